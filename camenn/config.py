@@ -1,0 +1,260 @@
+"""Typed application configuration, parsed from YAML.
+
+Every section is a pydantic model that forbids unknown keys, so a typo in a YAML file fails
+before Spark starts, with the file, the dotted key and what was expected. Jobs accept
+``--set section.key=value`` overrides, parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+TABLE_NAMES = (
+    "items", "users", "events", "impressions", "candidates",
+    "truth_items", "truth_impressions",
+    "item_features", "item_alignment", "cvr_scores", "quarantine", "runs", "quality_flags",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used; the message says where and why."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(Section):
+    root: str = Field(description="folder or URI under which every table lives")
+    tables: dict[str, str] = Field(default_factory=dict, description="per-table path overrides")
+
+    @field_validator("tables")
+    @classmethod
+    def _known_tables(cls, tables: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(tables) - set(TABLE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown table(s) {unknown}; known: {list(TABLE_NAMES)}")
+        return tables
+
+    def table(self, name: str) -> str:
+        if name not in TABLE_NAMES:
+            raise KeyError(f"unknown table {name!r}; known: {list(TABLE_NAMES)}")
+        return self.tables.get(name) or f"{self.root.rstrip('/')}/{name}"
+
+
+class DefectRates(Section):
+    """Share of items that carry each planted defect (recorded only in truth_items)."""
+
+    text_swap: float = Field(0.03, ge=0, le=1)
+    image_swap: float = Field(0.03, ge=0, le=1)
+    vague_text: float = Field(0.02, ge=0, le=1)
+    blurred_image: float = Field(0.02, ge=0, le=1)
+    wrong_category: float = Field(0.02, ge=0, le=1)
+
+
+class WorldConfig(Section):
+    seed: int = 7
+    n_merchants: int = Field(40, gt=0)
+    n_items: int = Field(2000, gt=0)
+    n_users: int = Field(1000, gt=0)
+    days: int = Field(60, gt=1, description="days of purchase history before the run date")
+    image_px: int = Field(112, ge=32, le=512)
+    impressions_per_user: int = Field(40, ge=0)
+    candidates_per_user: int = Field(20, ge=0)
+    run_date: dt.date = dt.date(2026, 11, 24)
+    partitions: int = Field(4, gt=0, description="Spark partitions; one seed per partition")
+    defects: DefectRates = DefectRates()
+
+
+class FeaturizerSettings(Section):
+    text_model_dir: str | None = Field(None, description="local HF model folder; null = packaged all-MiniLM-L6-v2")
+    image_arch: str = "tf_efficientnet_lite0"
+    image_weights: str | None = Field(None, description="local weights file; null = packaged EfficientNet-Lite0")
+    max_text_tokens: int = Field(50, gt=2, le=512)
+    patch_grid: int = Field(3, gt=0)
+    patch_size: int = Field(224, ge=32)
+    batch_size: int = Field(64, gt=0)
+    unfreeze_last_layers: int = Field(0, ge=0)
+
+    def to_featurizer_config(self):
+        from camenn.featurizer import FeaturizerConfig
+
+        return FeaturizerConfig(**self.model_dump())
+
+
+class ModelSettings(Section):
+    frame: Literal["camenn", "mmoe", "mose", "single_task"] = "camenn"
+    d_model: int = Field(64, gt=0)
+    n_heads: int = Field(8, gt=0)
+    ffn_mult: int = Field(4, gt=0)
+    n_bottom_layers: int = Field(1, ge=1)
+    n_experts: int = Field(4, ge=1)
+    expert_layers: int = Field(1, ge=1)
+    tower_layers: int = Field(1, ge=1)
+    top_k: int | None = Field(None, ge=1)
+    max_behaviour: int = Field(5, ge=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    tasks: tuple[Literal["cvr", "ita", "tia"], ...] = ("cvr", "ita", "tia")
+
+
+class SplitConfig(Section):
+    rule: Literal["random_user", "time"] = "random_user"
+    test_fraction: float = Field(0.25, gt=0, lt=1)
+
+
+class TrainingConfig(Section):
+    artifact_dir: str = "artifacts/model"
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, gt=0)
+    alignment_batch_size: int = Field(128, ge=0, description="item-only examples mixed into each batch")
+    lr: float = Field(4e-4, gt=0)
+    betas: tuple[float, float] = (0.95, 0.999)
+    weight_decay: float = Field(1e-4, ge=0)
+    patience: int = Field(2, ge=1, description="early stopping: epochs without validation gain")
+    negative_ratio: float = Field(4.0, gt=0, description="sampled negatives per purchase when there are no impressions")
+    task_weights: dict[Literal["cvr", "ita", "tia"], float] = {"cvr": 1.0, "ita": 1.0, "tia": 1.0}
+    attribute_side: bool = True
+    split: SplitConfig = SplitConfig()
+    seeds: list[int] = [0, 1, 2]
+    num_processes: int = Field(1, ge=1, description="TorchDistributor processes; 1 = train in the driver")
+    use_gpu: bool = False
+
+
+class ThresholdConfig(Section):
+    mode: Literal["absolute", "category_quantile"] = "absolute"
+    ita: float = Field(0.5, ge=0, le=1)
+    tia: float = Field(0.5, ge=0, le=1)
+    quantile: float = Field(0.05, gt=0, lt=1)
+
+
+class ScoringConfig(Section):
+    model_dir: str | None = Field(None, description="model artifact; null = training.artifact_dir")
+    batch_size: int = Field(256, gt=0)
+    max_records_per_batch: int = Field(1024, gt=0)
+    autocast: Literal["bf16", "fp16", "none"] = "bf16"
+    thresholds: ThresholdConfig = ThresholdConfig()
+
+    @field_validator("max_records_per_batch")
+    @classmethod
+    def _multiple_of_batch(cls, value: int, info) -> int:
+        batch = info.data.get("batch_size")
+        if batch and value % batch:
+            raise ValueError(f"must be a multiple of scoring.batch_size ({batch}), got {value}")
+        return value
+
+
+class ReportConfig(Section):
+    out_dir: str = "reports"
+    thumbnail_px: int = Field(96, ge=16, le=512)
+
+
+class SparkConfig(Section):
+    master: str | None = Field(None, description="null = leave it to spark-submit / spark-defaults.conf")
+    app_name: str = "camenn"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class AppConfig(Section):
+    name: str
+    data: DataConfig
+    world: WorldConfig = WorldConfig()
+    featurizer: FeaturizerSettings = FeaturizerSettings()
+    model: ModelSettings = ModelSettings()
+    training: TrainingConfig = TrainingConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    report: ReportConfig = ReportConfig()
+    spark: SparkConfig = SparkConfig()
+    source: str = Field("", description="the file this config came from (filled in by load_config)")
+
+    def table(self, name: str) -> str:
+        return self.data.table(name)
+
+    @property
+    def model_dir(self) -> str:
+        return self.scoring.model_dir or self.training.artifact_dir
+
+
+# Keys whose values are paths; relative ones are resolved against the project root so that
+# a job behaves the same whatever folder Airflow or a person starts it from.
+_PATH_KEYS = (
+    ("data", "root"), ("featurizer", "text_model_dir"), ("featurizer", "image_weights"),
+    ("training", "artifact_dir"), ("scoring", "model_dir"), ("report", "out_dir"),
+)
+
+
+def project_root() -> Path:
+    return Path(os.environ.get("CAMENN_HOME", Path(__file__).resolve().parent.parent))
+
+
+def _resolve(value: str | None, root: Path) -> str | None:
+    if value is None or "://" in value or Path(value).is_absolute():
+        return value
+    return str((root / value).resolve())
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any, origin: str) -> None:
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{origin}: cannot set {dotted!r}: {key!r} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def _describe(error: dict) -> str:
+    where = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key"
+    if kind == "missing":
+        return f"{where}: required value is missing"
+    return f"{where}: {error['msg']} (got {error.get('input')!r})"
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> AppConfig:
+    """Read a YAML config, apply ``key=value`` overrides, validate and resolve paths."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (the jobs take --conf conf/demo.yaml or conf/production.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        _set_dotted(raw, key.strip(), yaml.safe_load(text), origin=f"override {item!r}")
+    raw["source"] = str(path)
+    try:
+        config = AppConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from None
+    root = project_root()
+    updates = {}
+    for section, key in _PATH_KEYS:
+        part = getattr(config, section)
+        resolved = _resolve(getattr(part, key), root)
+        if resolved != getattr(part, key):
+            updates.setdefault(section, {})[key] = resolved
+    for section, values in updates.items():
+        config = config.model_copy(update={section: getattr(config, section).model_copy(update=values)})
+    return config
+
+
+DEFAULT_CONFIG = "conf/demo.yaml"
+
+
+def default_config_path() -> Path:
+    return project_root() / DEFAULT_CONFIG

@@ -1,0 +1,163 @@
+"""The Delta tables of DESIGN.md: schemas, constraints and the few ways we write them.
+
+Every table is created from DDL here, before its first write, so keys are NOT NULL and
+probabilities carry CHECK constraints; a write that breaks them fails and commits nothing.
+Per-run outputs are rewritten with ``replaceWhere run_date = D``, so a rerun of the same date
+replaces exactly that date's rows in one atomic commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from camenn.config import AppConfig
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    columns: str                      # Spark DDL column list, NOT NULL where the contract says so
+    partition_by: tuple[str, ...] = ()
+    checks: dict[str, str] = field(default_factory=dict)   # constraint name -> SQL condition
+    key: tuple[str, ...] = ()
+
+
+_PROBABILITY = "{c} >= 0 AND {c} <= 1"
+
+SPECS: dict[str, TableSpec] = {spec.name: spec for spec in [
+    TableSpec("items", """item_id STRING NOT NULL, merchant_id STRING NOT NULL, category STRING,
+        title STRING, description STRING, image BINARY, price DOUBLE, updated_at TIMESTAMP""",
+        key=("item_id",)),
+    TableSpec("users", "user_id STRING NOT NULL, age_band STRING, household STRING, zone STRING",
+        key=("user_id",)),
+    TableSpec("events", "user_id STRING NOT NULL, item_id STRING NOT NULL, ts TIMESTAMP NOT NULL, event STRING NOT NULL, price DOUBLE"),
+    TableSpec("impressions", "user_id STRING NOT NULL, item_id STRING NOT NULL, ts TIMESTAMP NOT NULL, bought INT NOT NULL",
+        checks={"bought_is_binary": "bought IN (0, 1)"}),
+    TableSpec("candidates", "run_date DATE NOT NULL, user_id STRING NOT NULL, item_id STRING NOT NULL",
+        partition_by=("run_date",), key=("run_date", "user_id", "item_id")),
+    TableSpec("truth_items", "item_id STRING NOT NULL, true_category STRING NOT NULL, defect STRING NOT NULL, source_item_id STRING",
+        key=("item_id",)),
+    TableSpec("truth_impressions", "user_id STRING NOT NULL, item_id STRING NOT NULL, ts TIMESTAMP NOT NULL, p_buy DOUBLE NOT NULL",
+        checks={"p_buy_is_probability": _PROBABILITY.format(c="p_buy")}),
+    TableSpec("item_features", """item_id STRING NOT NULL, content_hash STRING NOT NULL, encoder_fingerprint STRING NOT NULL,
+        text_emb BINARY NOT NULL, n_text_tokens INT NOT NULL, image_emb BINARY NOT NULL, updated_at TIMESTAMP NOT NULL""",
+        checks={"has_text_tokens": "n_text_tokens > 0"}, key=("item_id",)),
+    TableSpec("item_alignment", """run_date DATE NOT NULL, item_id STRING NOT NULL, merchant_id STRING NOT NULL, category STRING,
+        p_ita DOUBLE NOT NULL, p_tia DOUBLE NOT NULL, flag BOOLEAN NOT NULL, reason STRING, model_version STRING NOT NULL""",
+        partition_by=("run_date",),
+        checks={"p_ita_is_probability": _PROBABILITY.format(c="p_ita"), "p_tia_is_probability": _PROBABILITY.format(c="p_tia")},
+        key=("run_date", "item_id")),
+    TableSpec("cvr_scores", "run_date DATE NOT NULL, user_id STRING NOT NULL, item_id STRING NOT NULL, cvr DOUBLE NOT NULL, model_version STRING NOT NULL",
+        partition_by=("run_date",), checks={"cvr_is_probability": _PROBABILITY.format(c="cvr")},
+        key=("run_date", "user_id", "item_id")),
+    TableSpec("quarantine", "run_date DATE NOT NULL, job STRING NOT NULL, source STRING NOT NULL, key STRING, reason STRING NOT NULL, payload STRING",
+        partition_by=("run_date",)),
+    TableSpec("runs", """run_id STRING NOT NULL, job STRING NOT NULL, run_date DATE NOT NULL, model_version STRING,
+        started_at TIMESTAMP NOT NULL, finished_at TIMESTAMP, status STRING NOT NULL,
+        counts MAP<STRING, BIGINT>, timings MAP<STRING, DOUBLE>, details STRING""", key=("run_id",)),
+    TableSpec("quality_flags", """run_date DATE NOT NULL, merchant_id STRING NOT NULL, item_id STRING NOT NULL, rank INT NOT NULL,
+        side STRING NOT NULL, p_ita DOUBLE NOT NULL, p_tia DOUBLE NOT NULL, category STRING, suggested_category STRING,
+        first_flagged DATE NOT NULL, is_new BOOLEAN NOT NULL, title STRING""",
+        partition_by=("run_date",), key=("run_date", "item_id")),
+]}
+
+
+def _is_delta(spark: SparkSession, path: str) -> bool:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.isDeltaTable(spark, path)
+
+
+def ensure_table(spark: SparkSession, config: AppConfig, name: str) -> str:
+    """Create the table (empty, with its constraints) if it does not exist; return its path."""
+    spec, path = SPECS[name], config.table(name)
+    if _is_delta(spark, path):
+        return path
+    partitioned = f" PARTITIONED BY ({', '.join(spec.partition_by)})" if spec.partition_by else ""
+    spark.sql(f"CREATE TABLE IF NOT EXISTS delta.`{path}` ({spec.columns}) USING DELTA{partitioned}")
+    for constraint, condition in spec.checks.items():
+        spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {constraint} CHECK ({condition})")
+    return path
+
+
+def schema_of(spark: SparkSession, name: str):
+    """The contracted schema of a table, as a StructType (for conformance checks and empty frames)."""
+    from pyspark.sql.types import StructType
+
+    return StructType.fromDDL(" ".join(SPECS[name].columns.split()))
+
+
+def conform(df: DataFrame, spark: SparkSession, name: str) -> DataFrame:
+    """Select and cast df's columns to the table's contract, in the contract's order."""
+    return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema_of(spark, name).fields])
+
+
+def overwrite_table(spark: SparkSession, config: AppConfig, name: str, df: DataFrame) -> str:
+    """Replace a whole (input) table in one commit, keeping its DDL and constraints."""
+    path = ensure_table(spark, config, name)
+    conform(df, spark, name).write.format("delta").mode("overwrite").save(path)
+    return path
+
+
+def replace_run_date(spark: SparkSession, config: AppConfig, name: str, df: DataFrame, run_date: dt.date) -> str:
+    """Replace one run date's rows atomically: a rerun of the date leaves one row per key."""
+    path = ensure_table(spark, config, name)
+    (conform(df, spark, name).write.format("delta").mode("overwrite")
+        .option("replaceWhere", f"run_date = DATE'{run_date.isoformat()}'").save(path))
+    return path
+
+
+def append_rows(spark: SparkSession, config: AppConfig, name: str, df: DataFrame) -> str:
+    path = ensure_table(spark, config, name)
+    conform(df, spark, name).write.format("delta").mode("append").save(path)
+    return path
+
+
+def read_table(spark: SparkSession, config: AppConfig, name: str, version: int | None = None) -> DataFrame:
+    path = config.table(name)
+    if not _is_delta(spark, path):
+        raise MissingTable(name, path)
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(path)
+
+
+def table_version(spark: SparkSession, config: AppConfig, name: str) -> int:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.forPath(spark, config.table(name)).history(1).select("version").first()[0]
+
+
+class MissingTable(FileNotFoundError):
+    def __init__(self, name: str, path: str):
+        super().__init__(
+            f"table {name!r} not found at {path}; make it with "
+            "`spark-submit jobs/make_demo_data.py --conf <conf>` (demo) or `jobs/ingest_catalog.py` (real exports)")
+        self.name, self.path = name, path
+
+
+def quarantine_rows(df: DataFrame, *, run_date: dt.date, job: str, source: str, key_col: str,
+                    reason_col: str = "reason", payload_cols: list[str] | None = None) -> DataFrame:
+    """Shape rejected rows as quarantine rows: the key, a reason and the offending fields as JSON."""
+    payload_cols = payload_cols or [c for c in df.columns if c not in (reason_col,) and df.schema[c].dataType.typeName() != "binary"]
+    return df.select(
+        F.lit(run_date).cast("date").alias("run_date"), F.lit(job).alias("job"), F.lit(source).alias("source"),
+        F.col(key_col).cast("string").alias("key"), F.col(reason_col).alias("reason"),
+        F.to_json(F.struct(*[F.col(c) for c in payload_cols])).alias("payload"),
+    )
+
+
+def runs_row(spark: SparkSession, *, run_id: str, job: str, run_date: dt.date, model_version: str | None,
+             started_at: dt.datetime, finished_at: dt.datetime, status: str,
+             counts: dict[str, int], timings: dict[str, float], details: dict | None = None) -> DataFrame:
+    return spark.createDataFrame(
+        [(run_id, job, run_date, model_version, started_at, finished_at, status,
+          {k: int(v) for k, v in counts.items()}, {k: float(v) for k, v in timings.items()}, json.dumps(details or {}))],
+        schema_of(spark, "runs"),
+    )

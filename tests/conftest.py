@@ -1,0 +1,47 @@
+"""One SparkSession with Delta for the whole suite, and the tiny world's configuration."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TESTS = Path(__file__).resolve().parent
+TINY_CONF = TESTS / "conf" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    from pipeline.session import get_spark
+
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    os.environ.setdefault("SPARK_CONF_DIR", str(TESTS.parent / "conf" / "spark"))
+    from camenn.config import load_config
+
+    config = load_config(TINY_CONF)
+    spark_conf = {**config.spark.conf, "spark.sql.warehouse.dir": str(warehouse)}
+    config = config.model_copy(update={"spark": config.spark.model_copy(update={"conf": spark_conf})})
+    session = get_spark(config)
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_config_path() -> Path:
+    return TINY_CONF
+
+
+def tiny_config(root: Path, *overrides: str):
+    """The tiny test world's config with every path under ``root``."""
+    from camenn.config import load_config
+
+    return load_config(TINY_CONF, [
+        f"data.root={root / 'tables'}",
+        f"training.artifact_dir={root / 'artifacts' / 'model'}",
+        f"report.out_dir={root / 'reports'}",
+        *overrides,
+    ])

@@ -1,0 +1,99 @@
+"""Configuration: every bad file fails before Spark starts, saying where and what was expected."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from camenn.config import ConfigError, load_config, project_root
+
+CONF = project_root() / "conf"
+
+
+def write_yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "conf.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def config_error(path: Path, *overrides: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, list(overrides))
+    return str(info.value)
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "production.yaml"])
+def test_shipped_configs_load(name):
+    config = load_config(CONF / name)
+    assert config.name == name.removesuffix(".yaml")
+    assert config.scoring.max_records_per_batch % config.scoring.batch_size == 0
+
+
+def test_production_uses_the_papers_encoders_from_local_files():
+    config = load_config(CONF / "production.yaml")
+    assert config.featurizer.text_model_dir.endswith("bert-base-chinese")
+    assert config.featurizer.image_arch == "inception_v4"
+    assert config.featurizer.max_text_tokens == 50 and config.featurizer.patch_grid == 3
+    assert config.spark.conf["spark.executor.resource.gpu.amount"] == "1"
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    path = write_yaml(tmp_path, """
+        name: x
+        data: {root: data/x}
+        training: {epochs: 3, learning_rate: 0.1}
+    """)
+    message = config_error(path)
+    assert str(path) in message and "training.learning_rate: unknown key" in message
+
+
+def test_wrong_type_says_what_was_expected(tmp_path):
+    path = write_yaml(tmp_path, """
+        name: x
+        data: {root: data/x}
+        training: {epochs: three}
+    """)
+    message = config_error(path)
+    assert "training.epochs" in message and "integer" in message and "'three'" in message
+
+
+def test_missing_required_value(tmp_path):
+    path = write_yaml(tmp_path, "name: x\n")
+    assert "data: required value is missing" in config_error(path)
+
+
+def test_missing_file():
+    message = config_error(Path("conf/nope.yaml"))
+    assert "config file not found: conf/nope.yaml" in message
+
+
+def test_invalid_yaml(tmp_path):
+    path = write_yaml(tmp_path, "name: [unclosed\n")
+    assert "not valid YAML" in config_error(path)
+
+
+def test_batch_sizes_must_divide(tmp_path):
+    message = config_error(CONF / "demo.yaml", "scoring.max_records_per_batch=1000")
+    assert "scoring.max_records_per_batch" in message and "multiple of scoring.batch_size (256)" in message
+
+
+def test_overrides_replace_single_values_and_are_validated():
+    config = load_config(CONF / "demo.yaml", ["training.epochs=2", "world.seed=99", "model.top_k=2"])
+    assert (config.training.epochs, config.world.seed, config.model.top_k) == (2, 99, 2)
+    assert "model.top_k" in config_error(CONF / "demo.yaml", "model.top_k=0")
+    assert "override 'epochs'" in config_error(CONF / "demo.yaml", "epochs")
+
+
+def test_relative_paths_resolve_against_the_project_root():
+    config = load_config(CONF / "demo.yaml")
+    assert config.data.root == str(project_root() / "data" / "demo")
+    assert config.table("items") == str(project_root() / "data" / "demo" / "items")
+    production = load_config(CONF / "production.yaml")
+    assert production.table("items") == "s3a://retail-ml/camenn/tables/items"
+
+
+def test_unknown_table_name_is_rejected(tmp_path):
+    path = write_yaml(tmp_path, "name: x\ndata: {root: d, tables: {itmes: /x}}\n")
+    assert "unknown table(s) ['itmes']" in config_error(path)

@@ -1,0 +1,60 @@
+"""Table contracts: constraints reject bad rows without a commit; run-date writes are idempotent."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from chispa import assert_df_equality
+
+from conftest import tiny_config
+from pipeline import tables
+
+RUN = dt.date(2026, 11, 24)
+
+
+def cvr_rows(spark, rows):
+    return spark.createDataFrame(rows, "run_date date, user_id string, item_id string, cvr double, model_version string")
+
+
+@pytest.fixture()
+def config(tmp_path):
+    return tiny_config(tmp_path)
+
+
+def test_every_table_is_created_with_its_contract(spark, config):
+    for name, spec in tables.SPECS.items():
+        path = tables.ensure_table(spark, config, name)
+        df = spark.read.format("delta").load(path)
+        assert df.schema.fieldNames() == tables.schema_of(spark, name).fieldNames(), name
+        for key in spec.key:
+            assert not df.schema[key].nullable, f"{name}.{key} must be NOT NULL"
+
+
+def test_rerun_of_a_date_replaces_its_rows(spark, config):
+    first = cvr_rows(spark, [(RUN, "u1", "i1", 0.2, "m1"), (RUN, "u1", "i2", 0.3, "m1")])
+    other_day = cvr_rows(spark, [(RUN - dt.timedelta(days=1), "u1", "i1", 0.9, "m0")])
+    tables.replace_run_date(spark, config, "cvr_scores", other_day, RUN - dt.timedelta(days=1))
+    tables.replace_run_date(spark, config, "cvr_scores", first, RUN)
+    second = cvr_rows(spark, [(RUN, "u1", "i1", 0.25, "m2"), (RUN, "u1", "i2", 0.35, "m2")])
+    tables.replace_run_date(spark, config, "cvr_scores", second, RUN)
+    table = tables.read_table(spark, config, "cvr_scores")
+    assert_df_equality(table, second.unionByName(other_day), ignore_row_order=True, ignore_nullable=True)
+
+
+@pytest.mark.parametrize("bad_row", [
+    (RUN, "u1", "i1", 1.5, "m1"),      # probability out of range
+    (RUN, None, "i1", 0.5, "m1"),      # null key
+])
+def test_constraint_violation_commits_nothing(spark, config, bad_row):
+    tables.replace_run_date(spark, config, "cvr_scores", cvr_rows(spark, [(RUN, "u0", "i0", 0.5, "m1")]), RUN)
+    before = tables.table_version(spark, config, "cvr_scores")
+    with pytest.raises(Exception, match="(?i)constraint|null"):
+        tables.replace_run_date(spark, config, "cvr_scores", cvr_rows(spark, [(RUN, "u9", "i9", 0.1, "m1"), bad_row]), RUN)
+    assert tables.table_version(spark, config, "cvr_scores") == before
+    assert tables.read_table(spark, config, "cvr_scores").count() == 1
+
+
+def test_missing_table_says_how_to_make_it(spark, config):
+    with pytest.raises(tables.MissingTable, match="make_demo_data.py"):
+        tables.read_table(spark, config, "items")
