@@ -160,6 +160,43 @@ class SparkConfig(Section):
     conf: dict[str, str] = Field(default_factory=dict)
 
 
+ITEM_FIELDS = ("item_id", "merchant_id", "category", "title", "description", "price", "image", "updated_at")
+EVENT_FIELDS = ("user_id", "item_id", "ts", "price")
+
+
+class IngestConfig(Section):
+    """Ingest of a real catalogue export (jobs/ingest_catalog.py); its flags override these.
+
+    A mapping value is an export column name, ``const:VALUE`` for a constant, or for ``image``
+    a path template in Python format syntax over export columns (``"{article_id:0>10}.jpg"``),
+    relative to ``images_root``. The defaults fit the H&M export (articles.csv, transactions_train.csv).
+    """
+
+    items_path: str | None = Field(None, description="CSV/Parquet file or folder of item rows")
+    images_root: str | None = Field(None, description="folder (or URI) holding the image files")
+    events_path: str | None = Field(None, description="CSV/Parquet file or folder of purchases")
+    format: Literal["csv", "parquet"] | None = Field(None, description="null = from the file extension")
+    csv_options: dict[str, str] = {"header": "true", "multiLine": "true", "escape": '"'}
+    item_map: dict[str, str] = {
+        "item_id": "article_id", "merchant_id": "const:default", "category": "product_type_name",
+        "title": "prod_name", "description": "detail_desc", "image": "{article_id:0>10}.jpg",
+    }
+    event_map: dict[str, str] = {"user_id": "customer_id", "item_id": "article_id", "ts": "t_dat", "price": "price"}
+    ts_format: str | None = Field(None, description="Spark datetime pattern of event timestamps; null = ISO")
+    mode: Literal["overwrite", "merge"] = Field(
+        "overwrite", description="overwrite: the export is the whole catalogue; merge: upsert on item_id")
+    known_items_only: bool = Field(True, description="quarantine events whose item is not in items")
+
+    @field_validator("item_map", "event_map")
+    @classmethod
+    def _known_fields(cls, mapping: dict[str, str], info) -> dict[str, str]:
+        known = ITEM_FIELDS if info.field_name == "item_map" else EVENT_FIELDS
+        unknown = sorted(set(mapping) - set(known))
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown}; known: {list(known)}")
+        return mapping
+
+
 class AppConfig(Section):
     name: str
     data: DataConfig
@@ -170,6 +207,7 @@ class AppConfig(Section):
     scoring: ScoringConfig = ScoringConfig()
     report: ReportConfig = ReportConfig()
     spark: SparkConfig = SparkConfig()
+    ingest: IngestConfig = IngestConfig()
     source: str = Field("", description="the file this config came from (filled in by load_config)")
 
     def table(self, name: str) -> str:
