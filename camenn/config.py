@@ -138,6 +138,8 @@ class ScoringConfig(Section):
     batch_size: int = Field(256, gt=0)
     max_records_per_batch: int = Field(1024, gt=0)
     autocast: Literal["bf16", "fp16", "none"] = "bf16"
+    encoder_autocast: Literal["bf16", "fp16", "none"] = Field(
+        "none", description="autocast for the frozen encoders on GPU; cached features then differ slightly from fp32 ones")
     thresholds: ThresholdConfig = ThresholdConfig()
 
     @field_validator("max_records_per_batch")
