@@ -19,6 +19,7 @@ TABLE_NAMES = (
     "items", "users", "events", "impressions", "candidates",
     "truth_items", "truth_impressions",
     "item_features", "item_alignment", "cvr_scores", "quarantine", "runs", "quality_flags",
+    "training_examples",
 )
 
 
@@ -106,6 +107,8 @@ class ModelSettings(Section):
 class SplitConfig(Section):
     rule: Literal["random_user", "time"] = "random_user"
     test_fraction: float = Field(0.25, gt=0, lt=1)
+    valid_fraction: float = Field(0.1, ge=0, lt=1, description="share of all rows (carved from the training side) for early stopping")
+    seed: int = Field(0, description="salt of the hash splits and seed of negative sampling")
 
 
 class TrainingConfig(Section):
@@ -124,6 +127,11 @@ class TrainingConfig(Section):
     seeds: list[int] = [0, 1, 2]
     num_processes: int = Field(1, ge=1, description="TorchDistributor processes; 1 = train in the driver")
     use_gpu: bool = False
+    examples_from: Literal["auto", "impressions", "sampled"] = Field(
+        "auto", description="auto = impressions when the table has rows, else negatives sampled from events")
+    price_buckets: int = Field(10, ge=1, description="price quantile buckets of the feature vocabulary")
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on batches per epoch; null = the whole training set")
+    num_threads: int | None = Field(None, ge=1, description="torch threads per training process; null = cores / processes")
 
 
 class ThresholdConfig(Section):

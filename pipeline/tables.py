@@ -64,6 +64,12 @@ SPECS: dict[str, TableSpec] = {spec.name: spec for spec in [
         side STRING NOT NULL, p_ita DOUBLE NOT NULL, p_tia DOUBLE NOT NULL, category STRING, suggested_category STRING,
         first_flagged DATE NOT NULL, is_new BOOLEAN NOT NULL, title STRING""",
         partition_by=("run_date",), key=("run_date", "item_id")),
+    TableSpec("training_examples", """example_id STRING NOT NULL, user_id STRING NOT NULL, item_id STRING NOT NULL,
+        ts TIMESTAMP NOT NULL, label INT NOT NULL, behaviour ARRAY<STRING> NOT NULL, age_band STRING, household STRING,
+        zone STRING, split STRING NOT NULL, bucket INT NOT NULL, source STRING NOT NULL""",
+        checks={"label_is_binary": "label IN (0, 1)", "split_is_known": "split IN ('train', 'valid', 'test')",
+                "bucket_in_range": "bucket >= 0 AND bucket < 1024"},
+        key=("example_id",)),
 ]}
 
 
