@@ -1,0 +1,298 @@
+"""The item feature cache: validate items, encode only what changed, MERGE into item_features.
+
+    stats = update_item_features(spark, config, run_date)      # FeatureStats
+    items = valid_items(spark, config)                          # valid items joined to their features
+
+One pass over ``items`` per run:
+
+1. Spark checks the cheap things (null/blank item_id, empty text = title and description both
+   blank, missing image, duplicate item_id: the newest row wins) and left-joins each item to
+   the content_hash that ``item_features`` holds for it under the current encoder fingerprint.
+2. One mapInPandas (``udfs.featurize``) hashes every item (``camenn.featurizer.content_hash``)
+   and encodes only the items whose hash is not cached; undecodable images are found here.
+   Its output goes to a staging Delta table once, so the encoders run exactly once per item
+   even though three things read the result (the MERGE, the quarantine and the counts).
+3. ``item_features`` gets one MERGE commit keyed on item_id (update where the hash or the
+   fingerprint differs, insert new items); bad rows go to ``quarantine`` (source='items'),
+   replacing that run date's rows of this job, so a rerun never duplicates them.
+
+Invariant: items_in = valid + quarantined, and valid = encoded + reused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from camenn.config import AppConfig
+from camenn.featurizer import FeaturizerConfig
+from pipeline import tables
+from udfs.featurize import ENCODED, PENDING, QUARANTINED, REUSED, STAGING_SCHEMA, featurize_fn
+
+SOURCE = "items"
+DEFAULT_JOB = "item_features"
+
+# Java regex with Unicode classes: a full-width space (U+3000) is blank, as Python's strip() says.
+_NON_BLANK = "(?U)\\S"
+
+
+@dataclass
+class FeatureStats:
+    items_in: int
+    valid: int
+    quarantined: dict[str, int]      # reason (details in parentheses dropped) -> rows
+    encoded: int
+    reused: int
+    fingerprint: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def quarantined_total(self) -> int:
+        return sum(self.quarantined.values())
+
+    def check(self) -> "FeatureStats":
+        if self.items_in != self.valid + self.quarantined_total or self.valid != self.encoded + self.reused:
+            raise AssertionError(f"feature counts do not add up: {self}")
+        return self
+
+    def counts(self, prefix: str = "items_") -> dict[str, int]:
+        return {f"{prefix}in": self.items_in, f"{prefix}valid": self.valid,
+                f"{prefix}quarantined": self.quarantined_total, f"{prefix}encoded": self.encoded,
+                f"{prefix}reused": self.reused}
+
+
+# ------------------------------------------------------------------------ featurizer identity
+
+
+def featurizer_config(config: AppConfig) -> FeaturizerConfig:
+    return config.featurizer.to_featurizer_config()
+
+
+def featurizer_fingerprint(cfg: FeaturizerConfig) -> str:
+    """The fingerprint ItemFeaturizer.from_config(cfg) reports, without loading the encoders."""
+    from camenn import encoders
+
+    return encoders.encoder_fingerprint(cfg.text_model_dir, cfg.image_arch, cfg.image_weights,
+                                        max_text_tokens=cfg.max_text_tokens, patch_grid=cfg.patch_grid,
+                                        patch_size=cfg.patch_size)
+
+
+# ------------------------------------------------------------------------ validation
+
+
+def _blank(col):
+    return col.isNull() | ~col.rlike(_NON_BLANK)
+
+
+def checked_items(items: DataFrame) -> DataFrame:
+    """items + ``reason``: why a row cannot be featurized (null when it can), found in Spark.
+
+    Several problems of one row are joined with "; ". Of rows sharing an item_id the newest
+    (updated_at, then a content hash to break ties) is the item; the others are duplicates.
+    """
+    id_blank = _blank(F.col("item_id"))
+    rank = F.row_number().over(
+        Window.partitionBy("item_id").orderBy(
+            F.col("updated_at").desc_nulls_last(),
+            F.xxhash64("title", "description", "image", "merchant_id", "category", "price").desc()))
+    checks = [
+        F.when(id_blank, F.lit("item_id: null or blank")),
+        F.when(~id_blank & (rank > 1), F.lit("item_id: duplicate (a newer row of this item wins)")),
+        F.when(_blank(F.col("title")) & _blank(F.col("description")), F.lit("text: empty title and description")),
+        F.when(F.col("image").isNull() | (F.octet_length("image") == 0), F.lit("image: missing")),
+    ]
+    reason = F.concat_ws("; ", *checks)
+    return items.withColumn("reason", F.when(reason != "", reason))
+
+
+def reason_kind(col):
+    """A reason without its parenthesised details: groups "image: cannot decode (...)" rows together."""
+    parts = F.split(col, "; ")
+    return F.array_join(F.transform(parts, lambda p: F.trim(F.regexp_extract(p, "^[^(]*", 0))), "; ")
+
+
+# ------------------------------------------------------------------------ the update
+
+
+def _cached_hashes(spark: SparkSession, config: AppConfig, fingerprint: str) -> DataFrame:
+    tables.ensure_table(spark, config, "item_features")
+    return (tables.read_table(spark, config, "item_features")
+            .where(F.col("encoder_fingerprint") == fingerprint)
+            .select("item_id", F.col("content_hash").alias("cached_hash")))
+
+
+def _featurize_input(spark: SparkSession, config: AppConfig, fingerprint: str, items_df: DataFrame | None) -> DataFrame:
+    items = items_df if items_df is not None else tables.read_table(spark, config, "items")
+    items = tables.conform(items, spark, "items")
+    return checked_items(items).join(_cached_hashes(spark, config, fingerprint), "item_id", "left")
+
+
+def write_quarantine(spark: SparkSession, config: AppConfig, rows: DataFrame, *, run_date: dt.date,
+                     job: str, source: str) -> str:
+    """Replace run_date's quarantine rows of (job, source) with ``rows`` in one commit."""
+    path = tables.ensure_table(spark, config, "quarantine")
+    where = f"run_date = DATE'{run_date.isoformat()}' AND job = '{job}' AND source = '{source}'"
+    (tables.conform(rows, spark, "quarantine").write.format("delta").mode("overwrite")
+        .option("replaceWhere", where).save(path))
+    return path
+
+
+def _delete_path(spark: SparkSession, path: str) -> None:
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(hpath, True)
+
+
+@dataclass
+class FeatureUpdate:
+    """The outcome of one feature update; the staging table stays until ``cleanup()``."""
+
+    stats: FeatureStats
+    staging_path: str
+    fingerprint: str
+
+    def staged(self, spark: SparkSession) -> DataFrame:
+        return spark.read.format("delta").load(self.staging_path)
+
+    def valid_keys(self, spark: SparkSession) -> DataFrame:
+        """item_id, content_hash and item fields of this run's valid items (no blobs)."""
+        return (self.staged(spark).where(F.col("status").isin(REUSED, ENCODED))
+                .select("item_id", "merchant_id", "category", "title", "description", "price", "content_hash"))
+
+    def cleanup(self, spark: SparkSession) -> None:
+        _delete_path(spark, self.staging_path)
+
+
+def run_feature_update(spark: SparkSession, config: AppConfig, run_date: dt.date, items_df: DataFrame | None = None,
+                       *, job: str = DEFAULT_JOB, autocast: str | None = None) -> FeatureUpdate:
+    """update_item_features, keeping the staging table for the caller (call ``cleanup()``)."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    fcfg = featurizer_config(config)
+    fingerprint = featurizer_fingerprint(fcfg)
+    autocast = autocast if autocast is not None else config.scoring.encoder_autocast
+    staging = f"{config.table('item_features').rstrip('/')}_staging/{run_date.isoformat()}-{uuid.uuid4().hex[:8]}"
+
+    spark.sparkContext.setJobDescription(f"item features: hash and encode changed items ({run_date})")
+    staged = _featurize_input(spark, config, fingerprint, items_df).mapInPandas(
+        featurize_fn(fcfg, fingerprint, encode=True, autocast=autocast), STAGING_SCHEMA)
+    staged.write.format("delta").mode("overwrite").save(staging)
+    timings["encode"] = time.perf_counter() - t0
+
+    try:
+        t1 = time.perf_counter()
+        out = spark.read.format("delta").load(staging)
+        bad = out.where(F.col("status") == QUARANTINED)
+        by_status = {r["status"]: r["n"] for r in out.groupBy("status").agg(F.count(F.lit(1)).alias("n")).collect()}
+        quarantined = {r["kind"]: r["n"] for r in bad.groupBy(reason_kind(F.col("reason")).alias("kind"))
+                       .agg(F.count(F.lit(1)).alias("n")).collect()}
+        if by_status.get(PENDING):
+            raise AssertionError(f"{by_status[PENDING]} items were neither encoded nor quarantined")
+        encoded, reused = by_status.get(ENCODED, 0), by_status.get(REUSED, 0)
+        stats = FeatureStats(items_in=sum(by_status.values()), valid=encoded + reused, quarantined=quarantined,
+                             encoded=encoded, reused=reused, fingerprint=fingerprint, timings=timings).check()
+
+        spark.sparkContext.setJobDescription(f"item features: merge into item_features ({run_date})")
+        if encoded:  # nothing new: no MERGE, no commit
+            _merge(spark, config, out.where(F.col("status") == ENCODED), fingerprint)
+        write_quarantine(spark, config, tables.quarantine_rows(
+            bad, run_date=run_date, job=job, source=SOURCE, key_col="item_id",
+            payload_cols=["merchant_id", "category", "title", "description", "price", "updated_at", "image_size"]),
+            run_date=run_date, job=job, source=SOURCE)
+        timings["merge"] = time.perf_counter() - t1
+    except BaseException:
+        _delete_path(spark, staging)
+        raise
+    finally:
+        spark.sparkContext.setJobDescription(None)
+    return FeatureUpdate(stats=stats, staging_path=staging, fingerprint=fingerprint)
+
+
+def _merge(spark: SparkSession, config: AppConfig, encoded: DataFrame, fingerprint: str) -> None:
+    from delta.tables import DeltaTable
+
+    path = tables.ensure_table(spark, config, "item_features")
+    source = tables.conform(
+        encoded.withColumn("encoder_fingerprint", F.lit(fingerprint)).withColumn("updated_at", F.current_timestamp()),
+        spark, "item_features")
+    (DeltaTable.forPath(spark, path).alias("t")
+        .merge(source.alias("s"), "t.item_id = s.item_id")
+        .whenMatchedUpdateAll(condition="t.content_hash <> s.content_hash OR t.encoder_fingerprint <> s.encoder_fingerprint")
+        .whenNotMatchedInsertAll()
+        .execute())
+
+
+def update_item_features(spark: SparkSession, config: AppConfig, run_date: dt.date, items_df: DataFrame | None = None,
+                         *, job: str = DEFAULT_JOB) -> FeatureStats:
+    """Validate ``items`` (or ``items_df``), encode new and changed items, MERGE them into item_features."""
+    update = run_feature_update(spark, config, run_date, items_df, job=job)
+    update.cleanup(spark)
+    return update.stats
+
+
+# ------------------------------------------------------------------------ readers for training and scoring
+
+
+def item_keys(spark: SparkSession, config: AppConfig, fingerprint: str | None = None,
+              items_df: DataFrame | None = None) -> DataFrame:
+    """item_id, content_hash and item fields of every item that passes validation (hashes recomputed, nothing encoded)."""
+    fcfg = featurizer_config(config)
+    fingerprint = fingerprint or featurizer_fingerprint(fcfg)
+    staged = _featurize_input(spark, config, fingerprint, items_df).mapInPandas(
+        featurize_fn(fcfg, fingerprint, encode=False), STAGING_SCHEMA)
+    return (staged.where(F.col("status") != QUARANTINED)
+            .select("item_id", "merchant_id", "category", "title", "description", "price", "content_hash"))
+
+
+def valid_items(spark: SparkSession, config: AppConfig, fingerprint: str | None = None,
+                keys: DataFrame | None = None) -> DataFrame:
+    """Valid items with their current cached features.
+
+    Columns: item_id, merchant_id, category, title, description, price, content_hash,
+    text_emb, n_text_tokens, image_emb. An item is valid when it passes validation and
+    ``item_features`` holds its current content under ``fingerprint`` (items whose new version
+    could not be encoded drop out here). ``keys``: FeatureUpdate.valid_keys() of this run, or
+    None to recompute the hashes from ``items`` (one read of the images, no encoding).
+    """
+    fingerprint = fingerprint or featurizer_fingerprint(featurizer_config(config))
+    keys = keys if keys is not None else item_keys(spark, config, fingerprint)
+    feats = (tables.read_table(spark, config, "item_features")
+             .where(F.col("encoder_fingerprint") == fingerprint)
+             .select("item_id", "content_hash", "text_emb", "n_text_tokens", "image_emb"))
+    return keys.join(feats, ["item_id", "content_hash"], "inner")
+
+
+def cached_features(spark: SparkSession, config: AppConfig, fingerprint: str) -> DataFrame:
+    """item_features rows under ``fingerprint``: item_id, text_emb, n_text_tokens, image_emb."""
+    return (tables.read_table(spark, config, "item_features")
+            .where(F.col("encoder_fingerprint") == fingerprint)
+            .select("item_id", "text_emb", "n_text_tokens", "image_emb"))
+
+
+def behaviour_sequences(events: DataFrame, before: dt.date, max_n: int, known_items: DataFrame | None = None,
+                        users: DataFrame | None = None) -> DataFrame:
+    """user_id, behaviour: the last ``max_n`` purchased item_ids strictly before ``before``, oldest first.
+
+    ``known_items`` (a frame with item_id): keep only purchases of these items (items without
+    cached features cannot be embedded), before taking the last ``max_n``. ``users`` (a frame
+    with user_id): only these users. Users without purchases get no row.
+    """
+    purchases = (events.where((F.col("event") == "purchase") & (F.col("ts") < F.lit(before).cast("timestamp")))
+                 .select("user_id", "item_id", "ts"))
+    if users is not None:
+        purchases = purchases.join(users.select("user_id").distinct(), "user_id", "left_semi")
+    if known_items is not None:
+        purchases = purchases.join(known_items.select("item_id"), "item_id", "left_semi")
+    if max_n <= 0:
+        return purchases.select("user_id").distinct().withColumn("behaviour", F.array().cast("array<string>"))
+    # newest first, then keep max_n, then put them back oldest first (ties broken by item_id)
+    recent = F.row_number().over(Window.partitionBy("user_id").orderBy(F.col("ts").desc(), F.col("item_id").desc()))
+    last = purchases.withColumn("k", recent).where(F.col("k") <= max_n)
+    return (last.groupBy("user_id")
+            .agg(F.array_sort(F.collect_list(F.struct("ts", "item_id"))).alias("seq"))
+            .select("user_id", F.col("seq.item_id").alias("behaviour")))

@@ -1,0 +1,183 @@
+"""The item feature cache on real Spark + Delta: validation, quarantine, incremental encoding."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import random
+
+import pytest
+from PIL import Image, ImageDraw
+from pyspark.sql import functions as F
+
+from conftest import tiny_config
+from pipeline import features, tables
+
+RUN = dt.date(2026, 11, 24)
+T0 = dt.datetime(2026, 11, 1, 8, 0)
+
+COLOURS = ["red", "green", "blue", "orange", "purple", "brown", "pink", "grey", "yellow", "white"]
+CATEGORIES = ["fruit", "dairy", "bakery", "drinks"]
+
+
+def jpeg(seed: int, px: int = 64) -> bytes:
+    rng = random.Random(seed)
+    img = Image.new("RGB", (px, px), COLOURS[seed % len(COLOURS)])
+    draw = ImageDraw.Draw(img)
+    for _ in range(3):
+        x, y = rng.randrange(px // 2), rng.randrange(px // 2)
+        draw.rectangle([x, y, x + px // 3, y + px // 3], fill=tuple(rng.randrange(256) for _ in range(3)))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+_DEFAULT = object()
+
+
+def item_row(i: int, title=_DEFAULT, description=_DEFAULT, image=_DEFAULT, item_id=_DEFAULT):
+    """A valid items row for item i; any field given replaces the default (None included)."""
+    category = CATEGORIES[i % len(CATEGORIES)]
+    return (f"i{i:03d}" if item_id is _DEFAULT else item_id, f"m{i % 3}", category,
+            f"{COLOURS[i % len(COLOURS)]} {category} item {i}" if title is _DEFAULT else title,
+            f"a fresh {category} product number {i}" if description is _DEFAULT else description,
+            jpeg(i) if image is _DEFAULT else image, 1.0 + (i % 7) * 2.5, T0 + dt.timedelta(hours=i))
+
+
+def clean_items(n: int) -> list[tuple]:
+    return [item_row(i) for i in range(n)]
+
+
+def poison_items(start: int) -> list[tuple]:
+    """Rows the pipeline must quarantine, each with the reason it must give."""
+    good = jpeg(start)
+    return [
+        item_row(start, image=b"this is not an image"),                       # undecodable
+        item_row(start + 1, image=good[: len(good) // 2]),                    # truncated JPEG
+        item_row(start + 2, title="  ", description="\u3000"),                # empty text (a full-width space)
+        item_row(start + 3, item_id="   "),                                   # blank key
+        item_row(start + 4, image=b""),                                       # missing image
+    ]
+
+
+POISON_REASONS = {"image: cannot decode": 2, "text: empty title and description": 1,
+                  "item_id: null or blank": 1, "image: missing": 1}
+
+
+def items_frame(spark, rows):
+    return spark.createDataFrame(rows, tables.schema_of(spark, "items"))
+
+
+def nullable_items_schema(spark):
+    """The items contract without NOT NULL, for frames that carry rows the table would refuse."""
+    from pyspark.sql.types import StructType
+
+    schema = tables.schema_of(spark, "items").jsonValue()
+    return StructType.fromJson({**schema, "fields": [{**f, "nullable": True} for f in schema["fields"]]})
+
+
+def write_items(spark, config, rows):
+    tables.overwrite_table(spark, config, "items", items_frame(spark, rows))
+
+
+@pytest.fixture()
+def config(tmp_path):
+    return tiny_config(tmp_path)
+
+
+def test_fingerprint_is_the_featurizers(config):
+    from udfs.featurize import get_featurizer
+
+    cfg = features.featurizer_config(config)
+    assert features.featurizer_fingerprint(cfg) == get_featurizer(cfg, "cpu").fingerprint
+
+
+def test_checked_items_reasons(spark):
+    rows = [item_row(0), item_row(1, title="", description=" \t"), item_row(2, image=b""),
+            item_row(3, item_id=" ", title="\u3000", description=""),
+            # the same item twice: the newer row wins, the older one is a duplicate
+            item_row(4), item_row(4, title="newer title")[:7] + (T0 + dt.timedelta(days=30),)]
+    df = spark.createDataFrame(rows, nullable_items_schema(spark))
+    got = {(r.item_id, r.title): r.reason for r in features.checked_items(df).collect()}
+    assert got[("i000", rows[0][3])] is None
+    assert got[("i001", "")] == "text: empty title and description"
+    assert got[("i002", rows[2][3])] == "image: missing"
+    assert got[(" ", "\u3000")] == "item_id: null or blank; text: empty title and description"
+    assert got[("i004", "newer title")] is None
+    assert got[("i004", rows[4][3])].startswith("item_id: duplicate")
+
+
+def test_incremental_update_reencodes_only_changed_items(spark, config):
+    n_clean = 12
+    rows = clean_items(n_clean) + poison_items(100)
+    write_items(spark, config, rows)
+
+    first = features.update_item_features(spark, config, RUN)
+    print("first run:", first)
+    assert first.items_in == len(rows) == first.valid + first.quarantined_total
+    assert (first.valid, first.encoded, first.reused) == (n_clean, n_clean, 0)
+    assert first.quarantined == POISON_REASONS
+
+    cache = tables.read_table(spark, config, "item_features").collect()
+    assert len(cache) == n_clean
+    assert {r.encoder_fingerprint for r in cache} == {first.fingerprint}
+    stamps = {r.item_id: r.updated_at for r in cache}
+
+    # nothing changed: nothing is encoded, the quarantine keeps one row per bad item
+    again = features.update_item_features(spark, config, RUN)
+    assert (again.encoded, again.reused, again.quarantined) == (0, n_clean, POISON_REASONS)
+    quarantine = tables.read_table(spark, config, "quarantine").where(F.col("run_date") == F.lit(RUN))
+    assert quarantine.count() == sum(POISON_REASONS.values())
+    assert quarantine.where("source = 'items' AND job = 'item_features'").count() == quarantine.count()
+    decode_rows = quarantine.where(F.col("reason").startswith("image: cannot decode")).collect()
+    assert sorted(r.key for r in decode_rows) == ["i100", "i101"]
+    assert '"title"' in decode_rows[0].payload
+    # an empty MERGE source rewrites no row
+    assert {r.item_id: r.updated_at for r in tables.read_table(spark, config, "item_features").collect()} == stamps
+
+    # three titles change: exactly those three are encoded again
+    changed = {"i002", "i005", "i009"}
+    before = {r.item_id: (r.content_hash, r.text_emb) for r in tables.read_table(spark, config, "item_features").collect()}
+    rows2 = [r if r[0] not in changed else (r[0], r[1], r[2], r[3] + " (new pack)") + r[4:] for r in rows]
+    write_items(spark, config, rows2)
+    third = features.update_item_features(spark, config, RUN)
+    assert (third.encoded, third.reused, third.valid) == (3, n_clean - 3, n_clean)
+    after = {r.item_id: (r.content_hash, r.text_emb) for r in tables.read_table(spark, config, "item_features").collect()}
+    assert len(after) == n_clean
+    assert {k for k in after if after[k][0] != before[k][0]} == changed
+    assert all(after[k][1] != before[k][1] for k in changed)
+
+
+def test_items_frame_with_null_key_and_valid_items(spark, config):
+    rows = clean_items(4) + [item_row(50, item_id=None)]
+    df = spark.createDataFrame(rows, nullable_items_schema(spark))
+    update = features.run_feature_update(spark, config, RUN, items_df=df, job="score_catalog")
+    try:
+        assert update.stats.quarantined == {"item_id: null or blank": 1}
+        assert update.stats.valid == 4
+        q = tables.read_table(spark, config, "quarantine").collect()
+        assert [(r.job, r.source, r.key) for r in q] == [("score_catalog", "items", None)]
+        valid = features.valid_items(spark, config, update.fingerprint, keys=update.valid_keys(spark))
+        assert sorted(r.item_id for r in valid.collect()) == ["i000", "i001", "i002", "i003"]
+    finally:
+        update.cleanup(spark)
+    # the same set recomputed from the items frame's hashes (the training side's way in)
+    write_items(spark, config, rows[:4])
+    again = features.valid_items(spark, config)
+    assert again.count() == 4 and again.where("n_text_tokens > 0").count() == 4
+
+
+def test_behaviour_sequences(spark):
+    ts = lambda d, h=0: dt.datetime(2026, 11, d, h)  # noqa: E731
+    events = spark.createDataFrame([
+        ("u1", "a", ts(1), "purchase", 1.0), ("u1", "b", ts(2), "purchase", 1.0), ("u1", "c", ts(3), "purchase", 1.0),
+        ("u1", "d", ts(4), "purchase", 1.0), ("u1", "e", ts(24, 1), "purchase", 1.0),   # on the run date: excluded
+        ("u1", "x", ts(5), "view", 1.0),                                                   # not a purchase
+        ("u1", "gone", ts(6), "purchase", 1.0),                                            # no features: skipped
+        ("u2", "a", ts(1), "purchase", 1.0),
+        ("u3", "b", ts(1), "purchase", 1.0),
+    ], "user_id string, item_id string, ts timestamp, event string, price double")
+    known = spark.createDataFrame([(i,) for i in "abcdex"], "item_id string")
+    users = spark.createDataFrame([("u1",), ("u2",)], "user_id string")
+    got = {r.user_id: r.behaviour for r in features.behaviour_sequences(events, RUN, 3, known, users).collect()}
+    assert got == {"u1": ["b", "c", "d"], "u2": ["a"]}
