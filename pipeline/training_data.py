@@ -1,0 +1,304 @@
+"""Training examples for CameNN, built in Spark and written to the ``training_examples`` table.
+
+    data = prepare_training_data(spark, config, run_date)      # TrainingData
+    data.versions        # table versions the model is trained from (pinned in the artifact)
+    data.vocab           # FeatureVocab fitted with Spark (distincts, approxQuantile)
+
+One row per (user, target item, time) with label = bought:
+
+- from ``impressions`` (user_id, item_id, ts, bought) where that table has rows, else from
+  ``events``: every purchase is a positive and ``training.negative_ratio`` items drawn at
+  random from the catalogue, at the same time, are negatives (``training.examples_from``
+  forces either source);
+- ``behaviour``: the user's last ``model.max_behaviour`` purchases STRICTLY before the
+  example's ``ts``, oldest first (item_id array), of items with cached features - the same
+  rule the nightly job applies at its run date (``pipeline.features.behaviour_sequences``);
+- the user's profile fields (age_band, household, zone), null where unknown;
+- ``split``: train / valid / test by a salted hash of user_id (``split.rule: random_user``,
+  so no user is on two sides) or by time quantiles (``split.rule: time``: every valid row is
+  later than every train row, every test row later than every valid row);
+- ``bucket``: a hash of example_id in [0, 1024); training process r of w reads the buckets
+  with bucket % w == r.
+
+The behaviour sequence avoids a (user x purchases) range join: purchases are numbered per
+user in time order, a running count over the user's purchases and examples (examples sort
+before purchases at an equal ts) gives each example the number k of purchases strictly
+before it, and the example is joined on (user_id, rank) to ranks k-N+1..k - an equi-join of
+N rows per example, whatever the length of the user's history.
+
+Nothing is collected to the driver but the vocabularies (distinct values, price quantiles)
+and a few counts. A rebuild from the same input versions and settings reuses the existing
+table version (the inputs are recorded in the Delta commit's userMetadata).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from camenn.config import AppConfig
+from camenn.inputs import USER_FEATURES, FeatureVocab
+from pipeline import tables
+
+N_BUCKETS = 1024
+_HASH_RANGE = 1_000_000
+
+
+@dataclass
+class TrainingData:
+    vocab: FeatureVocab
+    versions: dict[str, int]            # table -> Delta version read (training_examples included)
+    fingerprint: str                    # encoder fingerprint of the item features
+    source: str                         # "impressions" or "sampled"
+    counts: dict[str, int] = field(default_factory=dict)
+    reused: bool = False                # the training_examples version was reused, not rewritten
+    feature_stats: object | None = None
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+def has_rows(spark: SparkSession, config: AppConfig, name: str) -> bool:
+    try:
+        return tables.read_table(spark, config, name).limit(1).count() > 0
+    except tables.MissingTable:
+        return False
+
+
+def examples_source(spark: SparkSession, config: AppConfig) -> str:
+    """"impressions" or "sampled", from training.examples_from (auto = impressions when it has rows)."""
+    mode = config.training.examples_from
+    if mode != "auto":
+        return mode
+    return "impressions" if has_rows(spark, config, "impressions") else "sampled"
+
+
+def purchases(events: DataFrame, known_items: DataFrame | None = None) -> DataFrame:
+    """user_id, item_id, ts of purchases (of known items, when given)."""
+    p = events.where(F.col("event") == "purchase").select("user_id", "item_id", "ts")
+    if known_items is not None:
+        p = p.join(known_items.select("item_id"), "item_id", "left_semi")
+    return p
+
+
+# ------------------------------------------------------------------------------ vocabulary
+
+
+def fit_vocab(items: DataFrame, users: DataFrame, n_price_buckets: int = 10, rel_error: float = 1e-3) -> FeatureVocab:
+    """FeatureVocab from Spark: distinct categories and user values, price bucket edges by approxQuantile."""
+    categories = [r[0] for r in items.where(F.col("category").isNotNull() & (F.col("category") != ""))
+                  .select("category").distinct().collect()]
+    probs = [i / n_price_buckets for i in range(1, n_price_buckets)]
+    priced = items.where(F.col("price").isNotNull() & ~F.isnan("price"))
+    edges = priced.approxQuantile("price", probs, rel_error) if probs else []
+    user_values = {}
+    for f in USER_FEATURES:
+        user_values[f] = sorted(str(r[0]) for r in users.where(F.col(f).isNotNull()).select(f).distinct().collect())
+    return FeatureVocab(categories=sorted(set(categories)), price_edges=sorted({float(e) for e in edges}),
+                        user_values=user_values)
+
+
+# ------------------------------------------------------------------------------ examples
+
+
+def _with_example_id(df: DataFrame) -> DataFrame:
+    """A stable example_id: md5 of the row's fields plus its index among identical rows."""
+    dup = F.row_number().over(Window.partitionBy("user_id", "item_id", "ts", "label", "source").orderBy(F.lit(0)))
+    return (df.withColumn("_dup", dup)
+            .withColumn("example_id", F.md5(F.concat_ws("|", "user_id", "item_id", F.col("ts").cast("string"),
+                                                        F.col("label").cast("string"), "source", F.col("_dup").cast("string"))))
+            .drop("_dup"))
+
+
+def impression_examples(impressions: DataFrame, known_items: DataFrame) -> DataFrame:
+    return (impressions.join(known_items.select("item_id"), "item_id", "left_semi")
+            .select("user_id", "item_id", "ts", F.col("bought").cast("int").alias("label"), F.lit("impressions").alias("source")))
+
+
+def sampled_examples(bought: DataFrame, known_items: DataFrame, negative_ratio: float, seed: int) -> DataFrame:
+    """Every purchase (label 1) and about ``negative_ratio`` random catalogue items at its ts (label 0).
+
+    Items are numbered with zipWithIndex (distributed), each purchase draws its negatives'
+    numbers with rand(seed) and fetches them with an equi-join; a draw of the purchased item
+    itself is dropped. A fractional ratio gives floor(ratio) or floor(ratio)+1 negatives.
+    """
+    spark = bought.sparkSession
+    ids = known_items.select("item_id").distinct()
+    indexed = spark.createDataFrame(ids.rdd.zipWithIndex().map(lambda r: (r[0][0], r[1])), "item_id string, idx long")
+    n_items = indexed.count()
+    positives = bought.select("user_id", "item_id", "ts", F.lit(1).alias("label"))
+    whole = int(negative_ratio)
+    frac = float(negative_ratio) - whole
+    n_neg = F.lit(whole) + (F.rand(seed) < F.lit(frac)).cast("int") if frac > 0 else F.lit(whole)
+    draws = (bought.withColumn("_n", n_neg)
+             .withColumn("_j", F.explode(F.when(F.col("_n") > 0, F.sequence(F.lit(1), F.col("_n")))
+                                         .otherwise(F.array().cast("array<int>"))))
+             .withColumn("idx", F.floor(F.rand(seed + 1) * F.lit(n_items)).cast("long")))
+    negatives = (draws.join(indexed.withColumnRenamed("item_id", "neg_item"), "idx")
+                 .where(F.col("neg_item") != F.col("item_id"))
+                 .select("user_id", F.col("neg_item").alias("item_id"), "ts", F.lit(0).alias("label")))
+    return positives.unionByName(negatives).withColumn("source", F.lit("sampled"))
+
+
+def attach_behaviour(examples: DataFrame, bought: DataFrame, max_n: int) -> DataFrame:
+    """examples + ``behaviour``: the last ``max_n`` purchases strictly before each example's ts, oldest first."""
+    if max_n <= 0:
+        return examples.withColumn("behaviour", F.array().cast("array<string>"))
+    ranked = bought.withColumn("prank", F.row_number().over(
+        Window.partitionBy("user_id").orderBy(F.col("ts"), F.col("item_id"))))
+    timeline = (ranked.select("user_id", "ts", F.lit(1).alias("is_p"), F.lit(None).cast("string").alias("example_id"))
+                .unionByName(examples.select("user_id", "ts", F.lit(0).alias("is_p"), "example_id")))
+    # examples sort before purchases of the same ts, so the running count excludes them: strictly before
+    running = Window.partitionBy("user_id").orderBy("ts", "is_p").rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    counts = (timeline.withColumn("k", F.sum("is_p").over(running))
+              .where(F.col("is_p") == 0).select("example_id", "user_id", "k"))
+    wanted = (counts.where(F.col("k") > 0)
+              .select("example_id", "user_id",
+                      F.explode(F.sequence(F.greatest(F.col("k") - F.lit(max_n - 1), F.lit(1)), F.col("k"))).alias("prank")))
+    seqs = (wanted.join(ranked.select("user_id", "prank", "item_id"), ["user_id", "prank"])
+            .groupBy("example_id")
+            .agg(F.array_sort(F.collect_list(F.struct("prank", "item_id"))).alias("seq"))
+            .select("example_id", F.col("seq.item_id").alias("behaviour")))
+    return (examples.join(seqs, "example_id", "left")
+            .withColumn("behaviour", F.coalesce(F.col("behaviour"), F.array().cast("array<string>"))))
+
+
+def _unit_hash(col, salt: str):
+    return (F.pmod(F.xxhash64(F.lit(salt), col), F.lit(_HASH_RANGE)) / F.lit(float(_HASH_RANGE)))
+
+
+def assign_split(examples: DataFrame, rule: str, test_fraction: float, valid_fraction: float, seed: int) -> DataFrame:
+    """examples + ``split`` in {train, valid, test}."""
+    if rule == "random_user":
+        u = _unit_hash(F.col("user_id"), f"users/{seed}")
+        split = (F.when(u < test_fraction, "test").when(u < test_fraction + valid_fraction, "valid").otherwise("train"))
+        return examples.withColumn("split", split)
+    if rule == "time":
+        t = F.col("ts").cast("double")
+        probs = [1.0 - test_fraction, 1.0 - test_fraction - valid_fraction]
+        cut_test, cut_valid = examples.select(t.alias("t")).approxQuantile("t", probs, 1e-4)
+        split = F.when(t >= cut_test, "test").when(t >= cut_valid, "valid").otherwise("train") if valid_fraction > 0 \
+            else F.when(t >= cut_test, "test").otherwise("train")
+        return examples.withColumn("split", split)
+    raise ValueError(f"unknown split rule {rule!r}")
+
+
+def build_examples(config: AppConfig, *, items: DataFrame, users: DataFrame, events: DataFrame,
+                   impressions: DataFrame | None, source: str) -> DataFrame:
+    """The training_examples rows (not yet written) from input frames; ``items`` = the valid items."""
+    known = items.select("item_id").distinct()
+    bought = purchases(events, known)
+    split_cfg = config.training.split
+    if source == "impressions":
+        if impressions is None:
+            raise ValueError("examples from impressions asked for, but there is no impressions table")
+        ex = impression_examples(impressions, known)
+    elif source == "sampled":
+        ex = sampled_examples(bought, known, config.training.negative_ratio, split_cfg.seed)
+    else:
+        raise ValueError(f"unknown examples source {source!r}")
+    ex = _with_example_id(ex)
+    ex = attach_behaviour(ex, bought, config.model.max_behaviour)
+    profile = users.select("user_id", *USER_FEATURES).dropDuplicates(["user_id"])
+    ex = ex.join(profile, "user_id", "left")
+    ex = assign_split(ex, split_cfg.rule, split_cfg.test_fraction, split_cfg.valid_fraction, split_cfg.seed)
+    ex = ex.withColumn("bucket", F.pmod(F.xxhash64("example_id"), F.lit(N_BUCKETS)).cast("int"))
+    return ex
+
+
+# ------------------------------------------------------------------------------ the table
+
+
+def _inputs_key(inputs: dict) -> str:
+    return json.dumps(inputs, sort_keys=True, default=str)
+
+
+def latest_commit(spark: SparkSession, path: str) -> tuple[int, str | None] | None:
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, path):
+        return None
+    row = DeltaTable.forPath(spark, path).history(1).select("version", "userMetadata").first()
+    return int(row[0]), row[1]
+
+
+def write_examples(spark: SparkSession, config: AppConfig, examples: DataFrame, inputs: dict) -> tuple[int, bool]:
+    """Overwrite training_examples in one commit tagged with ``inputs``; reuse the table when the tag matches.
+
+    Returns (version, reused).
+    """
+    path = tables.ensure_table(spark, config, "training_examples")
+    key = _inputs_key(inputs)
+    latest = latest_commit(spark, path)
+    if latest is not None and latest[1] == key:
+        return latest[0], True
+    (tables.conform(examples, spark, "training_examples").write.format("delta").mode("overwrite")
+        .option("userMetadata", key).save(path))
+    return tables.table_version(spark, config, "training_examples"), False
+
+
+def settings_of(config: AppConfig, source: str, fingerprint: str) -> dict:
+    s = config.training.split
+    return {"source": source, "negative_ratio": config.training.negative_ratio, "max_behaviour": config.model.max_behaviour,
+            "split": {"rule": s.rule, "test_fraction": s.test_fraction, "valid_fraction": s.valid_fraction, "seed": s.seed},
+            "fingerprint": fingerprint}
+
+
+def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
+                          update_features: bool = True) -> TrainingData:
+    """Refresh the item feature cache, fit the vocabulary and write training_examples; pin every version."""
+    from pipeline import features
+
+    run_date = run_date or dt.date.today()
+    fcfg = features.featurizer_config(config)
+    fingerprint = features.featurizer_fingerprint(fcfg)
+    stats = None
+    if update_features:
+        spark.sparkContext.setJobDescription("training: item feature cache")
+        stats = features.update_item_features(spark, config, run_date, job="train")
+
+    versions: dict[str, int] = {}
+    source = examples_source(spark, config)
+    names = ["items", "users", "events", "item_features"] + (["impressions"] if source == "impressions" else [])
+    for name in names:
+        versions[name] = tables.table_version(spark, config, name)
+    frames = {name: tables.read_table(spark, config, name, version=versions[name]) for name in names}
+    # valid items: those the cache holds under this fingerprint with their current content (hashes recomputed)
+    spark.sparkContext.setJobDescription("training: valid items and vocabulary")
+    cached = (frames["item_features"].where(F.col("encoder_fingerprint") == fingerprint)
+              .select("item_id", "content_hash"))
+    keys = features.item_keys(spark, config, fingerprint, items_df=frames["items"])
+    valid = keys.join(cached, ["item_id", "content_hash"], "inner").select("item_id", "category", "price").cache()
+    vocab = fit_vocab(valid, frames["users"], config.training.price_buckets)
+
+    inputs = {"versions": {k: v for k, v in versions.items() if k != "item_features"},
+              **settings_of(config, source, fingerprint)}
+    # the set of valid items is fixed by the items version and the fingerprint, so item_features'
+    # version (bumped by every feature update) is not part of the key
+    spark.sparkContext.setJobDescription("training: examples")
+    examples = build_examples(config, items=valid, users=frames["users"], events=frames["events"],
+                              impressions=frames.get("impressions"), source=source)
+    version, reused = write_examples(spark, config, examples, inputs)
+    versions["training_examples"] = version
+    written = tables.read_table(spark, config, "training_examples", version=version)
+    counts = {f"{r['split']}_{r['label']}": int(r["n"])
+              for r in written.groupBy("split", "label").agg(F.count(F.lit(1)).alias("n")).collect()}
+    counts["items_valid"] = valid.count()
+    valid.unpersist()
+    spark.sparkContext.setJobDescription(None)
+    return TrainingData(vocab=vocab, versions=versions, fingerprint=fingerprint, source=source, counts=counts,
+                        reused=reused, feature_stats=stats)
+
+
+def examples_digest(inputs: dict) -> str:
+    return hashlib.sha256(_inputs_key(inputs).encode()).hexdigest()[:16]
+
+
+__all__ = ["TrainingData", "prepare_training_data", "build_examples", "attach_behaviour", "assign_split",
+           "sampled_examples", "impression_examples", "fit_vocab", "purchases", "examples_source", "write_examples",
+           "N_BUCKETS"]
