@@ -139,6 +139,8 @@ class ThresholdConfig(Section):
     ita: float = Field(0.5, ge=0, le=1)
     tia: float = Field(0.5, ge=0, le=1)
     quantile: float = Field(0.05, gt=0, lt=1)
+    min_category_items: int = Field(
+        50, ge=1, description="category_quantile: a category with fewer scored items uses the absolute ita/tia thresholds")
 
 
 class ScoringConfig(Section):
