@@ -1,0 +1,118 @@
+"""Losses and the item-only alignment examples that train ITA and TIA."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from camenn.model import ItemTokens
+
+
+def multitask_loss(
+    logits: dict,
+    labels: dict[str, torch.Tensor],
+    label_mask: dict[str, torch.Tensor],
+    weights: dict[str, float] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted sum of per-task BCE-with-logits, each averaged over its labelled rows.
+
+    logits: the model's output (task -> (B,); a "gates" entry is ignored).
+    labels / label_mask: task -> (B,) float / bool. A task that has logits but no labels, or
+    whose mask is all False in this batch (a CVR task in an item-only alignment batch), adds 0
+    and gets zero gradient, never NaN.
+    weights: task -> weight; a task missing from it weighs 1.0.
+    Returns (total, per_task) with per_task detached, for logging.
+    """
+    weights = weights or {}
+    total = None
+    per_task: dict[str, torch.Tensor] = {}
+    for task, z in logits.items():
+        if task == "gates":
+            continue
+        if task in labels:
+            y = labels[task].to(device=z.device, dtype=torch.float32)  # (B,)
+            m = label_mask.get(task)
+            m = torch.ones_like(y, dtype=torch.bool) if m is None else m.to(device=z.device, dtype=torch.bool)  # (B,)
+            if y.shape != z.shape or m.shape != z.shape:
+                raise ValueError(f"task {task!r}: logits {tuple(z.shape)}, labels {tuple(y.shape)}, mask {tuple(m.shape)} must match")
+            # unlabelled rows are replaced before the BCE, not multiplied by 0 after it: a NaN
+            # logit there (0 * NaN = NaN) must poison neither the loss nor the gradient
+            z = torch.where(m, z.float(), torch.zeros_like(z, dtype=torch.float32))  # (B,)
+            y = torch.where(m, y, torch.zeros_like(y))  # (B,)
+            bce = F.binary_cross_entropy_with_logits(z, y, reduction="none")  # (B,)
+            loss = (bce * m).sum() / m.sum().clamp_min(1)
+        else:
+            loss = z.sum() * 0.0  # keeps the graph (and DDP's unused-parameter check) happy
+        per_task[task] = loss.detach()
+        term = float(weights.get(task, 1.0)) * loss
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("multitask_loss: no task logits given")
+    return total, per_task
+
+
+def derangement(n: int, generator: torch.Generator) -> torch.Tensor:
+    """A random permutation of range(n) with no fixed point (one n-cycle, Sattolo-style)."""
+    if n < 2:
+        raise ValueError(f"a derangement needs at least 2 items, got {n}")
+    perm = torch.randperm(n, generator=generator)  # (n,)
+    out = torch.empty(n, dtype=torch.long)
+    out[perm] = perm.roll(-1)  # perm[i] -> perm[i+1]
+    return out
+
+
+def make_alignment_examples(
+    items: ItemTokens,
+    generator: torch.Generator,
+    swap_fraction: float = 0.5,
+    attribute_side: bool = True,
+) -> tuple[ItemTokens, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Item-only ITA / TIA examples from B real items (B >= 2).
+
+    Rows, in order: the B items as they are (ita=1, tia=1); round(swap_fraction * B) of them
+    with the text (and text_mask) of another item in the batch (text-swapped); and
+    round(swap_fraction * B) of them, chosen independently, with another item's image
+    (image-swapped). Donors come from one derangement of the batch, so no row is its own donor;
+    a batch holding duplicate items can still pair an item with its twin, a label noise the
+    caller avoids by de-duplicating.
+
+    Labelling. ITA asks "does the text match this item?", TIA "does the image match this
+    item?", where the item is everything else about the listing (its features and the other
+    modality). A text-swapped row has ita=0, and with ``attribute_side=True`` also tia=1: its
+    image still matches the item's category and other fields. Likewise an image-swapped row
+    has tia=0 and ita=1. Labelling the other side positive, rather than leaving it unlabelled
+    as the paper does, is what lets ITA vs TIA say WHICH side of a flagged listing is wrong.
+    ``attribute_side=False`` is paper-faithful: the other task is masked out on swapped rows.
+
+    Returns (examples, labels, label_mask) with labels/label_mask keyed "ita" and "tia",
+    each (B + 2 * round(swap_fraction * B),) float / bool, on the items' device.
+    """
+    B = len(items)
+    if not 0.0 <= swap_fraction <= 1.0:
+        raise ValueError(f"swap_fraction must be in [0, 1], got {swap_fraction}")
+    dev = items.text.device
+    donor = derangement(B, generator)  # (B,)
+    n = int(round(swap_fraction * B))
+    rows_t = torch.randperm(B, generator=generator)[:n]  # (n,) rows that get another item's text
+    rows_i = torch.randperm(B, generator=generator)[:n]  # (n,) rows that get another item's image
+
+    t_rows, t_donor = rows_t.to(dev), donor[rows_t].to(dev)
+    i_rows, i_donor = rows_i.to(dev), donor[rows_i].to(dev)
+    text_swapped = ItemTokens(items.text[t_donor], items.text_mask[t_donor], items.image[t_rows], items.feats[t_rows])
+    image_swapped = ItemTokens(items.text[i_rows], items.text_mask[i_rows], items.image[i_donor], items.feats[i_rows])
+    examples = ItemTokens.cat([items, text_swapped, image_swapped])
+
+    ones, zeros = torch.ones(B + 2 * n, device=dev), torch.zeros(n, device=dev)
+    ita = ones.clone()
+    ita[B:B + n] = zeros  # text-swapped
+    tia = ones.clone()
+    tia[B + n:] = zeros  # image-swapped
+    ita_mask = torch.ones(B + 2 * n, dtype=torch.bool, device=dev)
+    tia_mask = ita_mask.clone()
+    if not attribute_side:
+        tia_mask[B:B + n] = False  # a text swap says nothing the paper would label about the image
+        ita_mask[B + n:] = False
+    return examples, {"ita": ita, "tia": tia}, {"ita": ita_mask, "tia": tia_mask}
+
+
+__all__ = ["multitask_loss", "make_alignment_examples", "derangement"]

@@ -1,0 +1,579 @@
+"""CameNN: cross-modal alignment with a mixture-of-experts network (arXiv 2009.09926).
+
+One readable file: the config, the input containers, the layers and the model.
+
+    each item  = [CLS] text-tokens [SEP] image-patches     (+ segment, + position, + slot)
+    E_input    = [user tokens | behaviour items 1..N | target item]
+    X          = bottom(E_input)
+    X^k        = sum_j gate^k(mean E_input)_j * expert_j(X)
+    y^k        = head^k(tower^k(X^k)[target CLS])          k in config.tasks
+
+Every head (CVR, ITA and TIA) reads the target item's [CLS] output. For CVR this is the
+BST-style choice with a twist: the target's [CLS] attends to the user tokens and every
+behaviour item in the bottom, the expert and the tower, so it is the natural "target in the
+context of this user" summary, and it keeps one code path for all tasks.
+
+Padding invariance is a hard requirement (the nightly job pads behaviour sequences to the
+batch maximum): positions never depend on how much padding there is (text token i always
+gets position 1 + i, the [SEP] and the patches sit at fixed positions after max_text_tokens),
+the target always has slot 0, and padded tokens are masked as attention keys, skipped by the
+LSTM (packed sequences) and excluded from the gate's mean pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+TASKS = ("cvr", "ita", "tia")
+BLOCK_TYPES = ("transformer", "mlp", "lstm")
+
+# segment ids
+SEG_TEXT, SEG_IMAGE, SEG_USER = 0, 1, 2
+
+
+# -----------------------------------------------------------------------------
+# configuration
+
+
+@dataclass
+class CameNNConfig:
+    text_dim: int = 384  # all-MiniLM-L6-v2 hidden size
+    image_dim: int = 1280  # EfficientNet-Lite0 feature channels
+    n_patches: int = 9  # 3x3 grid
+    max_text_tokens: int = 50
+    d_model: int = 64
+    n_heads: int = 8
+    ffn_mult: int = 4
+    n_bottom_layers: int = 1
+    n_experts: int = 4
+    expert_layers: int = 1
+    tower_layers: int = 1
+    top_k: int | None = None  # None = dense softmax gate over all experts
+    bottom_type: str = "transformer"
+    expert_type: str = "transformer"
+    tasks: tuple[str, ...] = TASKS
+    max_behaviour: int = 5
+    # vocabulary size per categorical feature, ids in [0, size), 0 = unknown / padding;
+    # the order of the keys is the column order of ItemTokens.feats / CameNNBatch.user_feats
+    item_feature_sizes: dict[str, int] = field(default_factory=dict)
+    user_feature_sizes: dict[str, int] = field(default_factory=dict)
+    dropout: float = 0.1
+    lstm_bidirectional: bool = True
+
+    def __post_init__(self):
+        # JSON gives lists back; tuples keep the config hashable-ish and == after a round trip
+        self.tasks = tuple(self.tasks)
+        self.item_feature_sizes = {str(k): int(v) for k, v in dict(self.item_feature_sizes).items()}
+        self.user_feature_sizes = {str(k): int(v) for k, v in dict(self.user_feature_sizes).items()}
+        problems = []
+        for name in ("text_dim", "image_dim", "n_patches", "max_text_tokens", "d_model", "n_heads",
+                     "ffn_mult", "n_experts", "expert_layers", "tower_layers"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        for name in ("n_bottom_layers", "max_behaviour"):
+            if int(getattr(self, name)) < 0:
+                problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if self.n_heads >= 1 and self.d_model % self.n_heads != 0:
+            problems.append(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.top_k is not None and not 1 <= self.top_k <= self.n_experts:
+            problems.append(f"top_k must be None or in [1, n_experts={self.n_experts}] (got {self.top_k})")
+        for name in ("bottom_type", "expert_type"):
+            if getattr(self, name) not in BLOCK_TYPES:
+                problems.append(f"{name} must be one of {BLOCK_TYPES} (got {getattr(self, name)!r})")
+        if not self.tasks:
+            problems.append("tasks must name at least one task")
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            problems.append(f"unknown task(s) {unknown}; tasks must be a subset of {TASKS}")
+        if len(set(self.tasks)) != len(self.tasks):
+            problems.append(f"tasks must not repeat (got {self.tasks})")
+        for where in ("item_feature_sizes", "user_feature_sizes"):
+            for k, v in getattr(self, where).items():
+                if v < 1:
+                    problems.append(f"{where}[{k!r}] must be >= 1 (got {v})")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1) (got {self.dropout})")
+        if problems:
+            raise ValueError("invalid CameNNConfig: " + "; ".join(problems))
+
+    @property
+    def item_tokens_max(self) -> int:
+        return self.max_text_tokens + 2 + self.n_patches  # [CLS] text [SEP] patches
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["tasks"] = list(self.tasks)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CameNNConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown CameNNConfig key(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+# -----------------------------------------------------------------------------
+# inputs
+
+
+@dataclass
+class ItemTokens:
+    """Cached encoder outputs of a batch of items. Behaviour items carry an extra N dim after B."""
+
+    text: torch.Tensor  # (B, L, Dt) float
+    text_mask: torch.Tensor  # (B, L) bool, True = real token
+    image: torch.Tensor  # (B, P, Di) float
+    feats: torch.Tensor  # (B, Fi) long, one column per config.item_feature_sizes key
+
+    def to(self, device, non_blocking: bool = False) -> "ItemTokens":
+        return ItemTokens(*(t.to(device, non_blocking=non_blocking) for t in
+                            (self.text, self.text_mask, self.image, self.feats)))
+
+    def __len__(self) -> int:
+        return self.text.shape[0]
+
+    def select(self, idx: torch.Tensor) -> "ItemTokens":
+        """Rows ``idx`` (a LongTensor) of every field."""
+        return ItemTokens(self.text[idx], self.text_mask[idx], self.image[idx], self.feats[idx])
+
+    @staticmethod
+    def cat(parts: list["ItemTokens"]) -> "ItemTokens":
+        """Concatenate along B; text lengths must already agree."""
+        return ItemTokens(*(torch.cat([getattr(p, f) for p in parts], dim=0)
+                            for f in ("text", "text_mask", "image", "feats")))
+
+
+@dataclass
+class CameNNBatch:
+    """The model's input. behaviour=None and user_feats=None is item-only mode (alignment)."""
+
+    target: ItemTokens
+    behaviour: ItemTokens | None = None  # fields (B, N, ...); slots filled from index 0, padding at the end
+    behaviour_mask: torch.Tensor | None = None  # (B, N) bool, True = real slot; None = all real
+    user_feats: torch.Tensor | None = None  # (B, Fu) long
+
+    def to(self, device, non_blocking: bool = False) -> "CameNNBatch":
+        mv = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return CameNNBatch(
+            target=self.target.to(device, non_blocking),
+            behaviour=None if self.behaviour is None else self.behaviour.to(device, non_blocking),
+            behaviour_mask=mv(self.behaviour_mask),
+            user_feats=mv(self.user_feats),
+        )
+
+    @property
+    def item_only(self) -> bool:
+        return self.behaviour is None and self.user_feats is None
+
+
+# -----------------------------------------------------------------------------
+# layers: every block maps (x (B, T, D), pad (B, T) bool True = padding) -> (B, T, D)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: CameNNConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        H = self.n_heads
+        q, k, v = self.qkv(x).split(D, dim=2)  # 3 x (B, T, D)
+        q = q.view(B, T, H, D // H).transpose(1, 2)  # (B, H, T, Dh)
+        k = k.view(B, T, H, D // H).transpose(1, 2)  # (B, H, T, Dh)
+        v = v.view(B, T, H, D // H).transpose(1, 2)  # (B, H, T, Dh)
+        # only keys are masked: padded queries still see real keys, so no row is all -inf (no NaN)
+        attend = ~pad[:, None, None, :]  # (B, 1, 1, T)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attend,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, Dh)
+        y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+        return self.resid_drop(self.proj(y))  # (B, T, D)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: CameNNConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.ffn_mult * cfg.d_model)
+        self.proj = nn.Linear(cfg.ffn_mult * cfg.d_model, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.fc(x))  # (B, T, F*D)
+        return self.drop(self.proj(x))  # (B, T, D)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm encoder block (CameNN's bottom, experts and every tower)."""
+
+    def __init__(self, cfg: CameNNConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.d_model)
+        self.attn = SelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), pad)  # (B, T, D)
+        return x + self.mlp(self.ln_2(x))  # (B, T, D)
+
+
+class MLPBlock(nn.Module):
+    """Position-wise block (MMoE frame): tokens never mix, so padding cannot leak."""
+
+    def __init__(self, cfg: CameNNConfig):
+        super().__init__()
+        self.ln = nn.LayerNorm(cfg.d_model)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.ln(x))  # (B, T, D)
+
+
+class LSTMBlock(nn.Module):
+    """Recurrent block (MoSE frame).
+
+    Padding sits in the middle of the sequence (text padding inside an item, empty behaviour
+    slots), so a plain LSTM would read it. The real tokens are moved to the front, keeping
+    their order, run as a packed sequence and put back, which makes the block padding-invariant.
+    """
+
+    def __init__(self, cfg: CameNNConfig):
+        super().__init__()
+        self.ln = nn.LayerNorm(cfg.d_model)
+        self.lstm = nn.LSTM(cfg.d_model, cfg.d_model, batch_first=True, bidirectional=cfg.lstm_bidirectional)
+        n_dir = 2 if cfg.lstm_bidirectional else 1
+        self.proj = nn.Linear(n_dir * cfg.d_model, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        order = torch.argsort(pad.to(torch.uint8), dim=1, stable=True)  # (B, T) real tokens first
+        lengths = (~pad).sum(dim=1)  # (B,)
+        h = torch.gather(self.ln(x), 1, order[..., None].expand(B, T, D))  # (B, T, D) compacted
+        packed = nn.utils.rnn.pack_padded_sequence(h, lengths.cpu().clamp_min(1), batch_first=True,
+                                                   enforce_sorted=False)
+        h, _ = self.lstm(packed)
+        h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=T)  # (B, T, nD*D)
+        h = self.drop(self.proj(h))  # (B, T, D) compacted; past each row's length only junk, which lands on padding
+        h = torch.zeros_like(h).scatter(1, order[..., None].expand(B, T, D), h)  # (B, T, D) original order
+        return x + h  # (B, T, D)
+
+
+BLOCKS: dict[str, Callable[[CameNNConfig], nn.Module]] = {
+    "transformer": TransformerBlock,
+    "mlp": MLPBlock,
+    "lstm": LSTMBlock,
+}
+
+
+class BlockStack(nn.Module):
+    def __init__(self, kind: str, n_layers: int, cfg: CameNNConfig):
+        super().__init__()
+        self.blocks = nn.ModuleList([BLOCKS[kind](cfg) for _ in range(n_layers)])
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, pad)  # (B, T, D)
+        return x
+
+
+# -----------------------------------------------------------------------------
+# the model
+
+
+class CameNN(nn.Module):
+    def __init__(self, cfg: CameNNConfig):
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.d_model
+        # frozen encoders differ in scale (BERT vs CNN activations), so each side is normed first
+        self.text_in = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, D))
+        self.image_in = nn.Sequential(nn.LayerNorm(cfg.image_dim), nn.Linear(cfg.image_dim, D))
+        self.cls = nn.Parameter(torch.zeros(D))
+        self.sep = nn.Parameter(torch.zeros(D))
+        self.segment = nn.Embedding(3, D)  # text, image, user
+        self.position = nn.Embedding(cfg.item_tokens_max, D)  # within an item
+        self.slot = nn.Embedding(cfg.max_behaviour + 1, D)  # 0 = target, 1..N = behaviour slots
+        self.item_feats = nn.ModuleDict({k: nn.Embedding(n, D, padding_idx=0) for k, n in cfg.item_feature_sizes.items()})
+        self.user_feats = nn.ModuleDict({k: nn.Embedding(n, D, padding_idx=0) for k, n in cfg.user_feature_sizes.items()})
+        self.drop = nn.Dropout(cfg.dropout)
+
+        self.bottom = BlockStack(cfg.bottom_type, cfg.n_bottom_layers, cfg)
+        self.experts = nn.ModuleList([BlockStack(cfg.expert_type, cfg.expert_layers, cfg) for _ in range(cfg.n_experts)])
+        self.gates = nn.ModuleDict({t: nn.Linear(D, cfg.n_experts) for t in cfg.tasks})
+        self.towers = nn.ModuleDict({t: BlockStack("transformer", cfg.tower_layers, cfg) for t in cfg.tasks})
+        self.ln_f = nn.ModuleDict({t: nn.LayerNorm(D) for t in cfg.tasks})
+        self.heads = nn.ModuleDict({t: nn.Linear(D, 1) for t in cfg.tasks})
+
+        self.apply(self._init_weights)
+        nn.init.normal_(self.cls, std=0.02)
+        nn.init.normal_(self.sep, std=0.02)
+        # zero heads start every task at p = 0.5; zero gates start with uniform expert mixing
+        for layer in [*self.heads.values(), *self.gates.values()]:
+            nn.init.zeros_(layer.weight)
+
+        # fixed token layout inside an item: [CLS]=0, text i=1+i, [SEP] and patches after max_text_tokens
+        L, P = cfg.max_text_tokens, cfg.n_patches
+        self.register_buffer("text_pos", torch.arange(1, L + 1), persistent=False)
+        self.register_buffer("tail_pos", torch.arange(L + 1, L + 2 + P), persistent=False)  # [SEP], patches
+
+    @staticmethod
+    def _init_weights(module: nn.Module):
+        if isinstance(module, nn.Linear):
+            # not nanoGPT's 0.02: that is ~1/sqrt(768) scaled, and at d_model=64 it leaves attention
+            # near-uniform, so relational tasks (target vs behaviour, text vs image) sat at the
+            # label prior for ~100 steps in tests; a 1/sqrt(fan_in) std learns them in ~50
+            nn.init.normal_(module.weight, std=module.in_features ** -0.5)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # --- input assembly ------------------------------------------------------
+
+    def _check_ids(self, ids: torch.Tensor, sizes: dict[str, int], what: str):
+        if ids.dim() < 1 or ids.shape[-1] != len(sizes):
+            raise ValueError(f"{what}: expected {len(sizes)} feature column(s) {list(sizes)}, got shape {tuple(ids.shape)}")
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"{what}: expected integer ids, got {ids.dtype}")
+        if ids.numel():
+            flat = ids.reshape(-1, len(sizes))
+            lo, hi = flat.amin(0).tolist(), flat.amax(0).tolist()  # one sync per batch
+            for (name, n), a, b in zip(sizes.items(), lo, hi):
+                if a < 0 or b >= n:
+                    raise ValueError(f"{what}: feature {name!r} ids must be in [0, {n}) (0 = unknown), got [{a}, {b}]")
+
+    def _check_items(self, items: ItemTokens, lead: int, what: str):
+        cfg = self.cfg
+        t, m, im = items.text, items.text_mask, items.image
+        if t.dim() != lead + 2 or t.shape[-1] != cfg.text_dim:
+            raise ValueError(f"{what}.text: expected {lead + 2} dims ending in text_dim={cfg.text_dim}, got {tuple(t.shape)}")
+        if t.shape[-2] > cfg.max_text_tokens:
+            raise ValueError(f"{what}.text: {t.shape[-2]} tokens > max_text_tokens={cfg.max_text_tokens}")
+        if m.shape != t.shape[:-1] or m.dtype != torch.bool:
+            raise ValueError(f"{what}.text_mask: expected bool {tuple(t.shape[:-1])}, got {m.dtype} {tuple(m.shape)}")
+        if im.shape[:-2] != t.shape[:-2] or im.shape[-2:] != (cfg.n_patches, cfg.image_dim):
+            raise ValueError(f"{what}.image: expected {tuple(t.shape[:-2]) + (cfg.n_patches, cfg.image_dim)}, got {tuple(im.shape)}")
+        self._check_ids(items.feats, cfg.item_feature_sizes, f"{what}.feats")
+        if items.feats.shape[:-1] != t.shape[:-2]:
+            raise ValueError(f"{what}.feats: leading dims {tuple(items.feats.shape[:-1])} != {tuple(t.shape[:-2])}")
+
+    def embed_items(self, items: ItemTokens, slot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token run [CLS] text [SEP] patches per item. items (B', ...), slot (B',) -> x (B', Ti, D), pad (B', Ti)."""
+        B, L, _ = items.text.shape
+        P = self.cfg.n_patches
+        cls = self.cls.expand(B, 1, -1)  # (B', 1, D)
+        for j, emb in enumerate(self.item_feats.values()):
+            cls = cls + emb(items.feats[:, j])[:, None, :]  # (B', 1, D)
+        text = self.text_in(items.text)  # (B', L, D)
+        sep = self.sep.expand(B, 1, -1)  # (B', 1, D)
+        image = self.image_in(items.image)  # (B', P, D)
+        x = torch.cat([cls, text, sep, image], dim=1)  # (B', Ti, D), Ti = L + 2 + P
+
+        dev = x.device
+        pos = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), self.text_pos[:L], self.tail_pos])  # (Ti,)
+        seg = torch.tensor([SEG_TEXT] * (L + 2) + [SEG_IMAGE] * P, device=dev)  # (Ti,)
+        x = x + self.position(pos) + self.segment(seg)  # (B', Ti, D)
+        x = x + self.slot(slot)[:, None, :]  # (B', Ti, D)
+
+        real = torch.ones(B, 1, dtype=torch.bool, device=dev)  # (B', 1)
+        pad = ~torch.cat([real, items.text_mask, real.expand(B, 1 + P)], dim=1)  # (B', Ti)
+        return x, pad
+
+    def embed(self, batch: CameNNBatch) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """E_input. Returns x (B, T, D), pad (B, T) True = padding, and the target's [CLS] index."""
+        cfg = self.cfg
+        tgt = batch.target
+        self._check_items(tgt, 1, "target")
+        B = tgt.text.shape[0]
+        dev = tgt.text.device
+        xs, pads = [], []
+
+        if batch.user_feats is not None:
+            if batch.user_feats.shape[0] != B:
+                raise ValueError(f"user_feats: batch size {batch.user_feats.shape[0]} != target's {B}")
+            self._check_ids(batch.user_feats, cfg.user_feature_sizes, "user_feats")
+            if cfg.user_feature_sizes:
+                u = torch.stack([emb(batch.user_feats[:, j]) for j, emb in enumerate(self.user_feats.values())], dim=1)  # (B, Fu, D)
+                u = u + self.segment.weight[SEG_USER]  # (B, Fu, D)
+                xs.append(u)
+                pads.append(torch.zeros(B, u.shape[1], dtype=torch.bool, device=dev))
+
+        if batch.behaviour is not None:
+            beh = batch.behaviour
+            self._check_items(beh, 2, "behaviour")
+            Bb, N = beh.text.shape[:2]
+            if Bb != B:
+                raise ValueError(f"behaviour: batch size {Bb} != target's {B}")
+            if N > cfg.max_behaviour:
+                raise ValueError(f"behaviour: {N} slots > max_behaviour={cfg.max_behaviour}")
+            mask = batch.behaviour_mask
+            if mask is None:
+                mask = torch.ones(B, N, dtype=torch.bool, device=dev)
+            elif mask.shape != (B, N) or mask.dtype != torch.bool:
+                raise ValueError(f"behaviour_mask: expected bool {(B, N)}, got {mask.dtype} {tuple(mask.shape)}")
+            if N:
+                flat = ItemTokens(beh.text.flatten(0, 1), beh.text_mask.flatten(0, 1), beh.image.flatten(0, 1), beh.feats.flatten(0, 1))
+                slot = torch.arange(1, N + 1, device=dev).repeat(B)  # (B*N,)
+                xb, pb = self.embed_items(flat, slot)  # (B*N, Tb, D), (B*N, Tb)
+                Tb = xb.shape[1]
+                pb = pb | ~mask.reshape(B * N, 1)  # (B*N, Tb) an empty slot is padding end to end
+                xs.append(xb.reshape(B, N * Tb, -1))  # (B, N*Tb, D)
+                pads.append(pb.reshape(B, N * Tb))  # (B, N*Tb)
+
+        xt, pt = self.embed_items(tgt, torch.zeros(B, dtype=torch.long, device=dev))  # (B, Tt, D), (B, Tt)
+        cls_idx = sum(x.shape[1] for x in xs)
+        xs.append(xt)
+        pads.append(pt)
+        x = torch.cat(xs, dim=1)  # (B, T, D)
+        pad = torch.cat(pads, dim=1)  # (B, T)
+        return self.drop(x), pad, cls_idx
+
+    # --- forward -------------------------------------------------------------
+
+    def gate_weights(self, task: str, pooled: torch.Tensor) -> torch.Tensor:
+        logits = self.gates[task](pooled)  # (B, M)
+        k = self.cfg.top_k
+        if k is None or k >= logits.shape[-1]:
+            return logits.softmax(dim=-1)  # (B, M)
+        top, idx = logits.topk(k, dim=-1)  # (B, k)
+        # softmax over the chosen k only: the others get exactly 0, not a small leak
+        return torch.zeros_like(logits).scatter(-1, idx, top.softmax(dim=-1))  # (B, M)
+
+    def forward(self, batch: CameNNBatch) -> dict:
+        x, pad, cls_idx = self.embed(batch)  # (B, T, D), (B, T)
+        real = (~pad).unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+        pooled = (x * real).sum(1) / real.sum(1).clamp_min(1.0)  # (B, D) gate input: mean of E_input
+
+        x = self.bottom(x, pad)  # (B, T, D)
+        # every expert runs on every row, even with top_k: top-k here regularises, it does not save compute
+        ex = torch.stack([expert(x, pad) for expert in self.experts], dim=1)  # (B, M, T, D)
+
+        out: dict = {}
+        gates: dict[str, torch.Tensor] = {}
+        for task in self.cfg.tasks:
+            g = self.gate_weights(task, pooled)  # (B, M)
+            xk = torch.einsum("bm,bmtd->btd", g.to(ex.dtype), ex)  # (B, T, D)
+            h = self.towers[task](xk, pad)  # (B, T, D)
+            h = self.ln_f[task](h[:, cls_idx])  # (B, D) the target's [CLS]
+            out[task] = self.heads[task](h).squeeze(-1).float()  # (B,)
+            gates[task] = g.float()
+        out["gates"] = gates
+        return out
+
+    @torch.no_grad()
+    def predict(self, batch: CameNNBatch) -> dict[str, torch.Tensor]:
+        """Probabilities per task, in eval mode (the previous mode is restored)."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(batch)
+        finally:
+            self.train(was_training)
+        return {t: torch.sigmoid(out[t]) for t in self.cfg.tasks}  # each (B,)
+
+
+# -----------------------------------------------------------------------------
+# factory: a frame is a named set of config defaults (timm's register_model, in small)
+
+_FRAMES: dict[str, dict] = {}
+
+
+def register_frame(name: str, **defaults):
+    if name in _FRAMES:
+        raise ValueError(f"frame {name!r} is already registered")
+    CameNNConfig(**defaults)  # fail at import, not at first use
+    _FRAMES[name] = defaults
+
+
+register_frame("camenn", bottom_type="transformer", expert_type="transformer")
+register_frame("mmoe", bottom_type="mlp", expert_type="mlp")
+register_frame("mose", bottom_type="lstm", expert_type="lstm")
+register_frame("single_task", bottom_type="transformer", expert_type="transformer", tasks=("cvr",), n_experts=1)
+
+
+def list_frames() -> list[str]:
+    return sorted(_FRAMES)
+
+
+def frame_config(name: str, **overrides) -> CameNNConfig:
+    if name not in _FRAMES:
+        raise ValueError(f"unknown frame {name!r}; known frames: {list_frames()}")
+    return CameNNConfig(**{**_FRAMES[name], **overrides})
+
+
+def create_model(name: str, **overrides) -> CameNN:
+    return CameNN(frame_config(name, **overrides))
+
+
+def create_model_from_config(cfg: CameNNConfig) -> CameNN:
+    return CameNN(cfg)
+
+
+# -----------------------------------------------------------------------------
+# cost model
+
+
+def sequence_length(cfg: CameNNConfig, n_behaviour: int = 0, n_text_tokens: int | None = None,
+                    with_user: bool | None = None) -> int:
+    """Tokens in E_input for one row (behaviour items assumed to have the same text length)."""
+    L = cfg.max_text_tokens if n_text_tokens is None else n_text_tokens
+    with_user = n_behaviour > 0 if with_user is None else with_user
+    n_user = len(cfg.user_feature_sizes) if with_user else 0
+    return n_user + (n_behaviour + 1) * (L + 2 + cfg.n_patches)
+
+
+def _block_flops(kind: str, cfg: CameNNConfig, T: int) -> int:
+    D, Fm = cfg.d_model, cfg.ffn_mult
+    mlp = 2 * T * 2 * Fm * D * D
+    if kind == "mlp":
+        return mlp
+    if kind == "transformer":
+        return 2 * T * 4 * D * D + 4 * T * T * D + mlp  # qkv+proj, QK^T and AV, mlp
+    n_dir = 2 if cfg.lstm_bidirectional else 1
+    return n_dir * 2 * T * 4 * (D * D + D * D) + 2 * T * n_dir * D * D  # gates (input+hidden), proj
+
+
+def count_flops_per_item(cfg: CameNNConfig, n_behaviour: int = 0, n_text_tokens: int | None = None,
+                         with_user: bool | None = None) -> int:
+    """Forward matmul FLOPs (2 per multiply-add) for one row; the default is an item-only row.
+
+    Counts every expert (top_k does not skip any, see CameNN.forward); ignores norms,
+    activations and embedding lookups, which are small next to the matmuls.
+    """
+    D, M = cfg.d_model, cfg.n_experts
+    L = cfg.max_text_tokens if n_text_tokens is None else n_text_tokens
+    T = sequence_length(cfg, n_behaviour, n_text_tokens, with_user)
+    n_items, n_tasks = n_behaviour + 1, len(cfg.tasks)
+    flops = n_items * 2 * (L * cfg.text_dim * D + cfg.n_patches * cfg.image_dim * D)  # input projections
+    flops += cfg.n_bottom_layers * _block_flops(cfg.bottom_type, cfg, T)
+    flops += M * cfg.expert_layers * _block_flops(cfg.expert_type, cfg, T)
+    flops += n_tasks * (2 * D * M + 2 * M * T * D)  # gates, expert mixing
+    flops += n_tasks * cfg.tower_layers * _block_flops("transformer", cfg, T)
+    flops += n_tasks * 2 * D  # heads
+    return int(flops)
+
+
+__all__ = [
+    "TASKS", "BLOCK_TYPES", "CameNNConfig", "ItemTokens", "CameNNBatch", "CameNN",
+    "TransformerBlock", "MLPBlock", "LSTMBlock", "BlockStack",
+    "register_frame", "list_frames", "frame_config", "create_model", "create_model_from_config",
+    "sequence_length", "count_flops_per_item",
+]

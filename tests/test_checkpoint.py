@@ -1,0 +1,189 @@
+"""Model artifacts: round trip, tamper detection, pickle refusal, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from camenn.checkpoint import ArtifactError, PickleRefusedError, load_artifact, save_artifact
+from camenn.model import CameNNBatch, CameNNConfig, ItemTokens, create_model
+
+TINY = dict(text_dim=12, image_dim=10, n_patches=4, max_text_tokens=6, d_model=16, n_heads=2, ffn_mult=2,
+            n_experts=3, top_k=2, max_behaviour=4, item_feature_sizes={"category": 7, "price_bucket": 4},
+            user_feature_sizes={"age_band": 5})
+METADATA = {"featurizer": {"fingerprint": "abc123", "max_text_tokens": 6}, "vocab": {"category": ["?", "shoes"]},
+            "training": {"epochs": 2, "val_auc": {"cvr": 0.71}}}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def trained_like_model(frame: str = "camenn"):
+    """A model whose every weight is random (heads and gates too), as after training."""
+    model = create_model(frame, **TINY)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def random_batch(cfg: CameNNConfig, B: int = 3, N: int = 2, L: int = 4) -> CameNNBatch:
+    gen = torch.Generator().manual_seed(1)
+
+    def items(*lead):
+        return ItemTokens(torch.randn(*lead, L, cfg.text_dim, generator=gen), torch.rand(*lead, L, generator=gen) < 0.8,
+                          torch.randn(*lead, cfg.n_patches, cfg.image_dim, generator=gen),
+                          torch.stack([torch.randint(0, n, lead, generator=gen) for n in cfg.item_feature_sizes.values()], -1))
+
+    users = torch.stack([torch.randint(0, n, (B,), generator=gen) for n in cfg.user_feature_sizes.values()], -1)
+    return CameNNBatch(items(B), items(B, N), torch.rand(B, N, generator=gen) < 0.7, users)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = trained_like_model()
+    path = save_artifact(tmp_path / "model", model, METADATA)
+    return model, path
+
+
+def rewrite_manifest_entry(path, name):
+    """Make the manifest agree with the file as it is now (a tamperer who also edits the manifest)."""
+    import hashlib
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    data = (path / name).read_bytes()
+    manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("frame", ["camenn", "mose"])
+def test_round_trip_gives_identical_outputs(tmp_path, frame):
+    model = trained_like_model(frame)
+    path = save_artifact(tmp_path / "model", model, METADATA)
+    assert sorted(os.listdir(path)) == ["config.json", "manifest.json", "model.safetensors"]
+    art = load_artifact(path)
+    assert not art.model.training
+    assert art.config == model.cfg and art.metadata == METADATA
+    assert len(art.version) == 12 and all(c in "0123456789abcdef" for c in art.version)
+    batch = random_batch(model.cfg)
+    a, b = model(batch), art.model(batch)
+    for t in model.cfg.tasks:
+        assert torch.equal(a[t], b[t])
+        assert torch.equal(a["gates"][t], b["gates"][t])
+    only_items = CameNNBatch(batch.target)
+    assert torch.equal(model(only_items)["ita"], art.model(only_items)["ita"])
+
+
+def test_config_json_round_trips_the_config(saved):
+    model, path = saved
+    config = json.loads((path / "config.json").read_text())
+    assert config["format_version"] == 1
+    assert CameNNConfig.from_dict(config["model"]) == model.cfg
+    assert config["featurizer"] == METADATA["featurizer"] and config["vocab"] == METADATA["vocab"]
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"config.json", "model.safetensors"}
+    assert manifest["files"]["model.safetensors"]["size"] == (path / "model.safetensors").stat().st_size
+
+
+def test_version_changes_with_the_weights(tmp_path):
+    a = save_artifact(tmp_path / "a", trained_like_model(), METADATA)
+    model = trained_like_model()
+    with torch.no_grad():
+        model.heads["cvr"].bias.add_(1.0)
+    b = save_artifact(tmp_path / "b", model, METADATA)
+    assert load_artifact(a).version != load_artifact(b).version
+    assert load_artifact(a).version == load_artifact(a).version
+
+
+def test_flipped_byte_in_weights_is_caught(saved):
+    _, path = saved
+    data = bytearray((path / "model.safetensors").read_bytes())
+    data[len(data) - 5] ^= 0x01  # inside the tensor data, not the header
+    (path / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"model\.safetensors does not match manifest\.json"):
+        load_artifact(path)
+
+
+def test_edited_config_is_caught(saved):
+    _, path = saved
+    config = json.loads((path / "config.json").read_text())
+    config["model"]["dropout"] = 0.5
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ArtifactError, match=r"config\.json does not match"):
+        load_artifact(path)
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "manifest.json"])
+def test_missing_file_fails_clearly(saved, name):
+    _, path = saved
+    (path / name).unlink()
+    with pytest.raises(ArtifactError, match=name.replace(".", r"\.") + ".*missing"):
+        load_artifact(path)
+
+
+def test_unlisted_extra_file_is_refused(saved):
+    _, path = saved
+    (path / "notes.txt").write_text("hello")
+    with pytest.raises(ArtifactError, match=r"notes\.txt.*not listed"):
+        load_artifact(path)
+
+
+@pytest.mark.parametrize("update_manifest", [False, True])
+def test_pickle_in_place_of_safetensors_is_refused(saved, update_manifest):
+    model, path = saved
+    torch.save(model.state_dict(), path / "model.safetensors")
+    if update_manifest:  # hashes alone cannot stop this: the manifest was forged too
+        rewrite_manifest_entry(path, "model.safetensors")
+    with pytest.raises(PickleRefusedError, match="pickles are refused"):
+        load_artifact(path)
+
+
+def test_any_pickle_file_in_the_directory_is_refused(saved):
+    model, path = saved
+    torch.save(model.state_dict(), path / "extra.pt")
+    with pytest.raises(PickleRefusedError, match=r"extra\.pt.*pickles are refused"):
+        load_artifact(path)
+
+
+def test_wrong_weights_fail_strict_load(tmp_path):
+    """A manifest-consistent artifact whose weights belong to another config is not half-loaded."""
+    small = save_artifact(tmp_path / "small", trained_like_model(), METADATA)
+    other = save_artifact(tmp_path / "other", create_model("single_task", **{**TINY, "top_k": None}), METADATA)
+    (small / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
+    rewrite_manifest_entry(small, "model.safetensors")
+    with pytest.raises(ArtifactError, match="does not fit the model(.|\n)*Missing key"):
+        load_artifact(small)
+
+
+def test_save_is_atomic_and_refuses_to_clobber(tmp_path):
+    model = trained_like_model()
+    target = tmp_path / "model"
+    with pytest.raises(TypeError):  # metadata that is not JSON-safe fails before anything lands
+        save_artifact(target, model, {"when": object()})
+    assert os.listdir(tmp_path) == []  # no artifact, no temp directory left behind
+    with pytest.raises(ValueError, match="reserved"):
+        save_artifact(target, model, {"model": {}})
+    save_artifact(target, model, METADATA)
+    with pytest.raises(FileExistsError):
+        save_artifact(target, model, METADATA)
+    with torch.no_grad():
+        model.heads["cvr"].bias.add_(1.0)
+    save_artifact(target, model, {"run": 2}, overwrite=True)
+    assert os.listdir(tmp_path) == ["model"]
+    art = load_artifact(target)
+    assert art.metadata == {"run": 2}
+    assert torch.equal(art.model.heads["cvr"].bias, model.heads["cvr"].bias)
+
+
+def test_not_a_directory(tmp_path):
+    with pytest.raises(ArtifactError, match="not a directory"):
+        load_artifact(tmp_path / "nowhere")
