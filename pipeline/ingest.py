@@ -1,0 +1,628 @@
+"""Ingest of a real catalogue: CSV/Parquet exports + image files -> `items`, `events`, `quarantine`.
+
+Users arrive with exports, not with our tables. A column mapping (``IngestConfig.item_map`` /
+``event_map``, overridable by flags) says where each contracted field comes from:
+
+* ``"prod_name"``          an export column;
+* ``"const:acme"``         a constant for every row (a one-merchant export);
+* ``"{article_id:0>10}.jpg"`` (image only) a Python format template over export columns, giving a
+  path relative to ``images_root``; a plain column may also hold a relative path, or an absolute
+  path / URI under ``images_root``.
+
+Every export row either lands or goes to `quarantine` with one reason (the first that applies,
+in the order of :data:`ITEM_REASONS` / :data:`EVENT_REASONS`), so rows in = landed + quarantined.
+Image bytes are read by Spark (``binaryFile`` over ``images_root``, joined on the relative path)
+and decoded on executors by :func:`camenn.images.decode_image`, the decoder the featurizer uses;
+nothing catalogue-sized is collected to the driver.
+
+Reruns are idempotent: with ``mode=overwrite`` the items and events tables are replaced by a
+deterministic result of the export; with ``mode=merge`` items are upserted on item_id (a row
+is rewritten only when its content changed) and events are inserted only when not present.
+This job's quarantine rows are replaced per (run_date, job, source), never appended twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import string
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.window import Window
+
+from camenn.config import AppConfig, IngestConfig, project_root
+from pipeline import tables
+
+JOB = "ingest"
+CONST_PREFIX = "const:"
+
+# Quarantine reasons, in the order they are tested (a row carries the first that applies).
+MISSING_ITEM_ID = "missing item_id"
+DUPLICATE_ITEM_ID = "duplicate item_id"
+MISSING_MERCHANT_ID = "missing merchant_id"
+EMPTY_TEXT = "empty text (title and description blank)"
+INVALID_PRICE = "invalid price"
+INVALID_UPDATED_AT = "invalid updated_at"
+IMAGE_NO_PATH = "image: no path"
+IMAGE_OUTSIDE_ROOT = "image: path outside images_root"
+IMAGE_NOT_FOUND = "image: file not found"
+IMAGE_UNDECODABLE = "image: cannot decode"
+ITEM_REASONS = (MISSING_ITEM_ID, DUPLICATE_ITEM_ID, MISSING_MERCHANT_ID, EMPTY_TEXT, INVALID_PRICE,
+                INVALID_UPDATED_AT, IMAGE_NO_PATH, IMAGE_OUTSIDE_ROOT, IMAGE_NOT_FOUND, IMAGE_UNDECODABLE)
+
+MISSING_USER_ID = "missing user_id"
+MISSING_EVENT_ITEM_ID = "missing item_id"
+MISSING_TS = "missing ts"
+INVALID_TS = "invalid ts"
+UNKNOWN_ITEM_ID = "unknown item_id"
+EVENT_REASONS = (MISSING_USER_ID, MISSING_EVENT_ITEM_ID, MISSING_TS, INVALID_TS, INVALID_PRICE, UNKNOWN_ITEM_ID)
+
+_FILE, _POS = "__ingest_file", "__ingest_pos"     # row provenance, next to the export's own columns
+_ADDRESS = re.compile(r" ?<[^<>]* at 0x[0-9a-fA-F]+>")
+_CONTENT = ("merchant_id", "category", "title", "description", "image", "price")
+
+
+class IngestError(ValueError):
+    """An export or mapping that cannot be ingested; one line that says what and what to do."""
+
+
+@dataclass
+class SourceCounts:
+    rows_in: int = 0
+    landed: int = 0
+    quarantined: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class IngestResult:
+    run_id: str
+    run_date: dt.date
+    status: str
+    items: SourceCounts | None = None
+    events: SourceCounts | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for name in ("items", "events"):
+            part = getattr(self, name)
+            if part is not None:
+                out.update({f"{name}_in": part.rows_in, f"{name}_landed": part.landed,
+                            f"{name}_quarantined": part.quarantined})
+        return out
+
+    def summary(self) -> str:
+        lines = [f"ingest {self.run_date.isoformat()} ({self.run_id}): {self.status}"]
+        for name in ("items", "events"):
+            part = getattr(self, name)
+            if part is None:
+                continue
+            lines.append(f"  {name:<7} rows in {part.rows_in} = landed {part.landed} + quarantined {part.quarantined}")
+            for reason, n in sorted(part.reasons.items(), key=lambda kv: (-kv[1], kv[0])):
+                lines.append(f"      {n:>8}  {reason}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration: flags over config, paths, mapping resolution (all before any write)
+
+
+def with_flags(cfg: IngestConfig, *, items_path: str | None = None, images_root: str | None = None,
+               events_path: str | None = None, fmt: str | None = None, item_map: list[str] = (),
+               event_map: list[str] = (), mode: str | None = None) -> IngestConfig:
+    """The config's ingest section with command-line flags applied (``--map field=source``).
+
+    A flag ``--map category=`` (nothing after ``=``) unmaps a field that the config maps.
+    """
+    def merged(base: dict[str, str], pairs, flag: str) -> dict[str, str]:
+        out = dict(base)
+        for pair in pairs:
+            target, sep, source = pair.partition("=")
+            if not sep or not target.strip():
+                raise IngestError(f"{flag} {pair!r}: expected FIELD=COLUMN (or FIELD=const:VALUE, or image=TEMPLATE)")
+            if source.strip():
+                out[target.strip()] = source.strip()
+            else:
+                out.pop(target.strip(), None)
+        return out
+
+    updates = {k: v for k, v in {"items_path": items_path, "images_root": images_root, "events_path": events_path,
+                                 "format": fmt, "mode": mode}.items() if v is not None}
+    updates["item_map"] = merged(cfg.item_map, item_map, "--map")
+    updates["event_map"] = merged(cfg.event_map, event_map, "--event-map")
+    try:
+        return IngestConfig.model_validate({**cfg.model_dump(), **updates})
+    except Exception as exc:  # pydantic's message names the field
+        raise IngestError(f"ingest flags: {' '.join(str(exc).split())}") from None
+
+
+def _resolve(path: str | None) -> str | None:
+    """Relative paths in the config are relative to the project root, like every other path."""
+    if path is None or "://" in path or Path(path).is_absolute():
+        return path
+    return str((project_root() / path).resolve())
+
+
+def _hadoop_path(spark: SparkSession, path: str):
+    jvm = spark.sparkContext._jvm
+    jpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return fs, fs.makeQualified(jpath)
+
+
+def _must_exist(spark: SparkSession, path: str, what: str, flag: str) -> str:
+    fs, qualified = _hadoop_path(spark, path)
+    if not fs.exists(qualified):
+        raise IngestError(f"{what} not found: {path} (set {flag} or ingest.{flag.lstrip('-').replace('-', '_')})")
+    return qualified.toString()
+
+
+def _format_of(path: str, fmt: str | None) -> str:
+    if fmt:
+        return fmt
+    name = path.rstrip("/").lower()
+    if name.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
+        return "csv"
+    if name.endswith(".parquet") or name.endswith(".pq"):
+        return "parquet"
+    raise IngestError(f"cannot tell the format of {path} from its name; pass --format csv or --format parquet")
+
+
+def read_export(spark: SparkSession, cfg: IngestConfig, path: str, what: str, flag: str) -> DataFrame:
+    """An export as a DataFrame, with ``_FILE`` and ``_POS`` columns giving each row's place in it.
+
+    CSV columns stay strings (keys keep their leading zeros). ``_pos`` orders rows as they
+    appear in the files: within one file block all rows are in one partition, in file order.
+    """
+    _must_exist(spark, path, what, flag)
+    fmt = _format_of(path, cfg.format)
+    reader = spark.read.format(fmt)
+    if fmt == "csv":
+        reader = reader.options(**{"inferSchema": "false", **cfg.csv_options})
+    df = reader.load(path)
+    return df.select(
+        "*", F.col("_metadata.file_path").alias(_FILE),
+        F.struct(F.col("_metadata.file_path").alias("file"), F.col("_metadata.file_block_start").alias("block"),
+                 F.monotonically_increasing_id().alias("row")).alias(_POS),
+    )
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one contracted field comes from: kind is column, const or template."""
+    kind: str
+    value: str
+    fields: tuple[str, ...] = ()
+
+
+def resolve_mapping(mapping: dict[str, str], columns: list[str], *, what: str, path: str,
+                    required: tuple[str, ...], templates: tuple[str, ...] = ()) -> dict[str, Source]:
+    """Check a mapping against the export's columns; a miss is one line naming the column."""
+    available = [c for c in columns if c not in (_FILE, _POS)]
+
+    def missing(column: str, target: str) -> IngestError:
+        return IngestError(f"{what} {path} has no column {column!r} (mapped to {target}); "
+                           f"available columns: {', '.join(available)}")
+
+    out: dict[str, Source] = {}
+    for target, spec in mapping.items():
+        if spec.startswith(CONST_PREFIX):
+            out[target] = Source("const", spec[len(CONST_PREFIX):])
+        elif target in templates and "{" in spec:
+            try:
+                names = tuple(dict.fromkeys(f for _, f, _, _ in string.Formatter().parse(spec) if f is not None))
+            except ValueError as exc:
+                raise IngestError(f"{what} mapping {target}={spec!r}: not a valid template ({exc})") from None
+            if not names or any(not n or n.isdigit() or "." in n or "[" in n for n in names):
+                raise IngestError(f"{what} mapping {target}={spec!r}: use {{column}} or {{column:format}} fields only")
+            for name in names:
+                if name not in available:
+                    raise missing(name, f"{target} template {spec!r}")
+            out[target] = Source("template", spec, names)
+        else:
+            if spec not in available:
+                raise missing(spec, target)
+            out[target] = Source("column", spec)
+    absent = [t for t in required if t not in out]
+    if absent:
+        raise IngestError(f"{what} mapping lacks {absent}; map them with --map FIELD=COLUMN (or FIELD=const:VALUE)")
+    return out
+
+
+def _col(df: DataFrame, name: str) -> Column:
+    return df[f"`{name.replace('`', '``')}`"]
+
+
+def _raw(df: DataFrame, source: Source | None) -> Column:
+    """A field's value as a trimmed string, null when blank or unmapped."""
+    if source is None:
+        return F.lit(None).cast("string")
+    if source.kind == "const":
+        value = F.lit(source.value)
+    else:
+        value = _col(df, source.value).cast("string")
+    return F.nullif(F.trim(value), F.lit(""))
+
+
+def _text(df: DataFrame, source: Source | None) -> Column:
+    if source is None:
+        return F.lit(None).cast("string")
+    return F.lit(source.value) if source.kind == "const" else _col(df, source.value).cast("string")
+
+
+def _template_udf(template: str):
+    @F.pandas_udf("string")
+    def render(values: pd.DataFrame) -> pd.Series:
+        formatter = string.Formatter()
+
+        def one(row) -> str | None:
+            kwargs = {}
+            for name, value in row.items():
+                if value is None or (isinstance(value, float) and pd.isna(value)) or str(value).strip() == "":
+                    return None
+                kwargs[name] = str(value).strip()
+            try:
+                return formatter.vformat(template, (), kwargs)
+            except (ValueError, TypeError):  # a numeric format spec ("{id:010d}") over a string value
+                numbers = {}
+                for k, v in kwargs.items():
+                    try:
+                        numbers[k] = int(v)
+                    except ValueError:
+                        try:
+                            numbers[k] = float(v)
+                        except ValueError:
+                            numbers[k] = v
+                try:
+                    return formatter.vformat(template, (), numbers)
+                except (ValueError, TypeError):
+                    return None
+
+        return pd.Series([one(row) for row in values.to_dict("records")], dtype=object)
+
+    return render
+
+
+def _image_value(df: DataFrame, source: Source) -> Column:
+    if source.kind == "template":
+        return _template_udf(source.value)(F.struct(*[_col(df, n).cast("string").alias(n) for n in source.fields]))
+    return _raw(df, source)
+
+
+def _relative_image_path(value: Column, root: str) -> tuple[Column, Column]:
+    """(path relative to the qualified images root, True where an absolute path lies outside it).
+
+    Relative values are taken as relative to the root; absolute local paths and ``file:`` URIs
+    are normalised to Hadoop's ``file:/...`` form, then must start with the qualified root.
+    """
+    v = F.nullif(F.trim(value), F.lit(""))
+    absolute = v.startswith("/") | v.contains("://") | v.startswith("file:")
+    normal = (F.when(v.startswith("file:///"), F.concat(F.lit("file:/"), F.substring(v, 9, 1 << 30)))
+              .when(v.startswith("/"), F.concat(F.lit("file:"), v))
+              .otherwise(v))
+    prefix = root.rstrip("/") + "/"
+    inside = normal.startswith(prefix)
+    rel = (F.when(absolute & inside, normal.substr(F.lit(len(prefix) + 1), F.lit(1 << 30)))
+           .when(~absolute, F.regexp_replace(v, r"^(\./)+", "")))
+    return rel, F.coalesce(absolute & ~inside, F.lit(False))
+
+
+def read_images(spark: SparkSession, root: str) -> DataFrame:
+    """(rel_path, content) of every file under the qualified root, read by Spark's binaryFile."""
+    prefix = root.rstrip("/") + "/"
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root)
+    return files.select(F.col("path").substr(F.lit(len(prefix) + 1), F.lit(1 << 30)).alias("_rel"),
+                        F.col("content").alias("_content")).where(F.col("path").startswith(prefix))
+
+
+def _image_check_udf(min_size: int | None):
+    @F.pandas_udf("string")
+    def check(content: pd.Series) -> pd.Series:
+        # The featurizer's decoder, so ingest accepts exactly the images scoring can decode.
+        from camenn.images import ImageDecodeError, decode_image
+
+        def one(data) -> str | None:
+            if data is None:
+                return None
+            try:
+                decode_image(data, min_size=min_size)
+                return None
+            except ImageDecodeError as exc:
+                # Pillow names the in-memory stream with its address; drop it so reruns agree.
+                return _ADDRESS.sub("", exc.reason)[:300]
+
+        return pd.Series([one(d) for d in content], dtype=object)
+
+    return check
+
+
+# --------------------------------------------------------------------------------------------
+# Writes
+
+
+def replace_quarantine(spark: SparkSession, config: AppConfig, df: DataFrame, run_date: dt.date, source: str) -> None:
+    """Replace this job's quarantine rows for (run_date, source); other jobs' rows stay."""
+    path = tables.ensure_table(spark, config, "quarantine")
+    condition = f"run_date = DATE'{run_date.isoformat()}' AND job = '{JOB}' AND source = '{source}'"
+    (tables.conform(df, spark, "quarantine").write.format("delta").mode("overwrite")
+        .option("replaceWhere", condition).save(path))
+
+
+def _last_commit_metric(spark: SparkSession, path: str, names: tuple[str, ...]) -> int | None:
+    from delta.tables import DeltaTable
+
+    metrics = DeltaTable.forPath(spark, path).history(1).select("operationMetrics").first()[0] or {}
+    for name in names:
+        if name in metrics:
+            return int(metrics[name])
+    return None
+
+
+def _write_items(spark: SparkSession, config: AppConfig, landed: DataFrame, mode: str, updated_mapped: bool) -> int | None:
+    if mode == "overwrite":
+        path = tables.overwrite_table(spark, config, "items", landed)
+        return _last_commit_metric(spark, path, ("numOutputRows",))
+    from delta.tables import DeltaTable
+
+    path = tables.ensure_table(spark, config, "items")
+    changed = " OR ".join(f"NOT (t.{c} <=> s.{c})" for c in _CONTENT + (("updated_at",) if updated_mapped else ()))
+    (DeltaTable.forPath(spark, path).alias("t")
+        .merge(tables.conform(landed, spark, "items").alias("s"), "t.item_id = s.item_id")
+        .whenMatchedUpdateAll(condition=changed).whenNotMatchedInsertAll().execute())
+    return _last_commit_metric(spark, path, ("numSourceRows",))
+
+
+def _write_events(spark: SparkSession, config: AppConfig, landed: DataFrame, mode: str) -> int | None:
+    if mode == "overwrite":
+        path = tables.overwrite_table(spark, config, "events", landed)
+        return _last_commit_metric(spark, path, ("numOutputRows",))
+    from delta.tables import DeltaTable
+
+    path = tables.ensure_table(spark, config, "events")
+    same = " AND ".join(f"t.{c} <=> s.{c}" for c in ("user_id", "item_id", "ts", "event", "price"))
+    (DeltaTable.forPath(spark, path).alias("t").merge(tables.conform(landed, spark, "events").alias("s"), same)
+        .whenNotMatchedInsertAll().execute())
+    return _last_commit_metric(spark, path, ("numSourceRows",))
+
+
+def _first_reason(*rules: tuple[Column, str]) -> Column:
+    out = None
+    for condition, reason in rules:
+        out = F.when(condition, F.lit(reason)) if out is None else out.when(condition, F.lit(reason))
+    return out.otherwise(F.lit(None).cast("string"))
+
+
+def _tally(verdict: DataFrame) -> SourceCounts:
+    rows = verdict.groupBy("reason").count().collect()   # one row per distinct reason: small
+    reasons = {r["reason"]: int(r["count"]) for r in rows if r["reason"] is not None}
+    landed = next((int(r["count"]) for r in rows if r["reason"] is None), 0)
+    quarantined = sum(reasons.values())
+    return SourceCounts(rows_in=landed + quarantined, landed=landed, quarantined=quarantined, reasons=reasons)
+
+
+def _check_written(what: str, written: int | None, counts: SourceCounts) -> None:
+    if written is not None and written != counts.landed:
+        raise RuntimeError(f"{what}: {counts.landed} rows passed validation but {written} were written; "
+                          "did the export or images change during the run? rerun the ingest")
+
+
+# --------------------------------------------------------------------------------------------
+# Items
+
+
+@dataclass
+class _ItemsPlan:
+    export: DataFrame
+    mapping: dict[str, Source]
+    images_root: str       # qualified (file:/..., s3a://..., hdfs://...)
+
+
+def plan_items(spark: SparkSession, cfg: IngestConfig) -> _ItemsPlan:
+    items_path = _resolve(cfg.items_path)
+    if not items_path:
+        raise IngestError("no items export: pass --items-path (or set ingest.items_path)")
+    if "image" not in cfg.item_map:
+        raise IngestError("items mapping lacks image: pass --map image=COLUMN or --map 'image={key}.jpg' and --images-root")
+    if not cfg.images_root:
+        raise IngestError("no image folder: pass --images-root (image paths are relative to it, or URIs under it)")
+    images_root = _must_exist(spark, _resolve(cfg.images_root), "images root", "--images-root")
+    export = read_export(spark, cfg, items_path, "items export", "--items-path")
+    mapping = resolve_mapping(cfg.item_map, export.columns, what="items export", path=items_path,
+                              required=("item_id", "merchant_id", "image"), templates=("image",))
+    if "title" not in mapping and "description" not in mapping:
+        raise IngestError("items mapping has neither title nor description; map at least one (--map title=COLUMN)")
+    return _ItemsPlan(export, mapping, images_root)
+
+
+def classify_items(spark: SparkSession, config: AppConfig, plan: _ItemsPlan, run_date: dt.date) -> DataFrame:
+    """Every export row with the contracted fields, its image path, and a reason (null = lands). No bytes."""
+    df, m = plan.export, plan.mapping
+    updated_src = m.get("updated_at")
+    price_raw, updated_raw = _raw(df, m.get("price")), _raw(df, updated_src)
+    image_value = _image_value(df, m["image"])
+    rows = df.select(
+        _raw(df, m["item_id"]).alias("item_id"), _raw(df, m["merchant_id"]).alias("merchant_id"),
+        _raw(df, m.get("category")).alias("category"),
+        _text(df, m.get("title")).alias("title"), _text(df, m.get("description")).alias("description"),
+        price_raw.alias("price_raw"), price_raw.try_cast("double").alias("price"),
+        updated_raw.alias("updated_at_raw"),
+        (updated_raw.try_cast("timestamp") if updated_src else
+         F.lit(dt.datetime.combine(run_date, dt.time())).cast("timestamp")).alias("updated_at"),
+        image_value.alias("image_path"), F.col(_FILE).alias("source_file"), F.col(_POS).alias("_pos"),
+    )
+    rel, outside = _relative_image_path(F.col("image_path"), plan.images_root)
+    rows = rows.withColumn("_rel", rel).withColumn("_outside", outside)
+    # Duplicates: the latest updated_at wins, then the last row in export order (a later row
+    # of an export corrects an earlier one); ties cannot remain, so the choice is deterministic.
+    order = Window.partitionBy("item_id").orderBy(F.col("updated_at").desc_nulls_last(), F.col("_pos").desc())
+    rows = rows.withColumn("_rank", F.when(F.col("item_id").isNotNull(), F.row_number().over(order)))
+    blank = lambda c: F.coalesce(F.trim(F.col(c)), F.lit("")) == ""  # noqa: E731
+    early = _first_reason(
+        (F.col("item_id").isNull(), MISSING_ITEM_ID),
+        (F.col("_rank") > 1, DUPLICATE_ITEM_ID),
+        (F.col("merchant_id").isNull(), MISSING_MERCHANT_ID),
+        (blank("title") & blank("description"), EMPTY_TEXT),
+        (F.col("price_raw").isNotNull() & F.col("price").isNull(), INVALID_PRICE),
+        (F.col("updated_at_raw").isNotNull() & F.col("updated_at").isNull(), INVALID_UPDATED_AT),
+        (F.col("image_path").isNull(), IMAGE_NO_PATH),
+        (F.col("_outside"), IMAGE_OUTSIDE_ROOT),
+    )
+    rows = rows.withColumn("_early", early)
+    images = read_images(spark, plan.images_root)
+    joined = rows.join(images, on="_rel", how="left")
+    featurizer = config.featurizer
+    check = _image_check_udf(featurizer.patch_grid * featurizer.patch_size)
+    # Only rows that are still good are decoded; the others pass null (the UDF skips nulls).
+    joined = joined.withColumn("image_error", check(F.when(F.col("_early").isNull(), F.col("_content"))))
+    reason = (F.when(F.col("_early").isNotNull(), F.col("_early"))
+              .when(F.col("_content").isNull(), F.lit(IMAGE_NOT_FOUND))
+              .when(F.col("image_error").isNotNull(), F.lit(IMAGE_UNDECODABLE)))
+    return joined.withColumn("reason", reason).drop("_content", "_early", "_rank", "_outside", "_pos")
+
+
+def ingest_items(spark: SparkSession, config: AppConfig, cfg: IngestConfig, plan: _ItemsPlan,
+                 run_date: dt.date) -> SourceCounts:
+    verdict = classify_items(spark, config, plan, run_date).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        counts = _tally(verdict)
+        # Bytes are read again for the landing rows only (decoding happened once, in the tally).
+        good = verdict.where(F.col("reason").isNull()).drop("image_error")
+        landed = good.join(read_images(spark, plan.images_root), on="_rel", how="inner").withColumnRenamed("_content", "image")
+        written = _write_items(spark, config, landed, cfg.mode, "updated_at" in plan.mapping)
+        _check_written("items", written, counts)
+        bad = verdict.where(F.col("reason").isNotNull()).select(
+            "item_id", "merchant_id", "category", "title", "description", F.col("price_raw").alias("price"),
+            F.col("updated_at_raw").alias("updated_at"), F.col("image_path").alias("image"), "image_error",
+            "source_file", "reason")
+        quarantine = tables.quarantine_rows(bad, run_date=run_date, job=JOB, source="items", key_col="item_id")
+        replace_quarantine(spark, config, quarantine, run_date, "items")
+        return counts
+    finally:
+        verdict.unpersist()
+
+
+# --------------------------------------------------------------------------------------------
+# Events
+
+
+def plan_events(spark: SparkSession, cfg: IngestConfig) -> tuple[DataFrame, dict[str, Source], str]:
+    events_path = _resolve(cfg.events_path)
+    export = read_export(spark, cfg, events_path, "events export", "--events-path")
+    mapping = resolve_mapping(cfg.event_map, export.columns, what="events export", path=events_path,
+                              required=("user_id", "item_id", "ts"))
+    return export, mapping, events_path
+
+
+def classify_events(spark: SparkSession, config: AppConfig, cfg: IngestConfig, export: DataFrame,
+                    mapping: dict[str, Source]) -> DataFrame:
+    df, m = export, mapping
+    ts_raw, price_raw = _raw(df, m["ts"]), _raw(df, m.get("price"))
+    if m["ts"].kind == "column" and cfg.ts_format is None:
+        ts = _col(df, m["ts"].value).try_cast("timestamp")
+    elif cfg.ts_format:
+        ts = F.try_to_timestamp(ts_raw, F.lit(cfg.ts_format))
+    else:
+        ts = ts_raw.try_cast("timestamp")
+    rows = df.select(
+        _raw(df, m["user_id"]).alias("user_id"), _raw(df, m["item_id"]).alias("item_id"),
+        ts_raw.alias("ts_raw"), ts.alias("ts"), F.lit("purchase").alias("event"),
+        price_raw.alias("price_raw"), price_raw.try_cast("double").alias("price"), F.col(_FILE).alias("source_file"),
+    )
+    known = F.lit(True)
+    if cfg.known_items_only and tables._is_delta(spark, config.table("items")):
+        item_ids = tables.read_table(spark, config, "items").select(F.col("item_id").alias("_known"))
+        rows = rows.join(item_ids, rows["item_id"] == item_ids["_known"], "left")
+        known = F.col("_known").isNotNull()
+    reason = _first_reason(
+        (F.col("user_id").isNull(), MISSING_USER_ID),
+        (F.col("item_id").isNull(), MISSING_EVENT_ITEM_ID),
+        (F.col("ts_raw").isNull(), MISSING_TS),
+        (F.col("ts").isNull(), INVALID_TS),
+        (F.col("price_raw").isNotNull() & F.col("price").isNull(), INVALID_PRICE),
+        (~known, UNKNOWN_ITEM_ID),
+    )
+    rows = rows.withColumn("reason", reason)
+    return rows.drop("_known") if "_known" in rows.columns else rows
+
+
+def ingest_events(spark: SparkSession, config: AppConfig, cfg: IngestConfig, export: DataFrame,
+                  mapping: dict[str, Source], run_date: dt.date) -> SourceCounts:
+    verdict = classify_events(spark, config, cfg, export, mapping).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        counts = _tally(verdict)
+        written = _write_events(spark, config, verdict.where(F.col("reason").isNull()), cfg.mode)
+        _check_written("events", written, counts)
+        # Events have no key of their own: the quarantine key is user|item|ts as exported.
+        bad = verdict.where(F.col("reason").isNotNull()).select(
+            F.concat_ws("|", F.coalesce("user_id", F.lit("")), F.coalesce("item_id", F.lit("")),
+                        F.coalesce("ts_raw", F.lit(""))).alias("_key"),
+            "user_id", "item_id", F.col("ts_raw").alias("ts"), F.col("price_raw").alias("price"), "source_file", "reason")
+        quarantine = tables.quarantine_rows(bad, run_date=run_date, job=JOB, source="events", key_col="_key",
+                                            payload_cols=["user_id", "item_id", "ts", "price", "source_file"])
+        replace_quarantine(spark, config, quarantine, run_date, "events")
+        return counts
+    finally:
+        verdict.unpersist()
+
+
+# --------------------------------------------------------------------------------------------
+# The job
+
+
+def run_ingest(spark: SparkSession, config: AppConfig, cfg: IngestConfig | None = None,
+               run_date: dt.date | None = None) -> IngestResult:
+    """Ingest the items export (if any) then the events export (if any); append one `runs` row.
+
+    Every check of paths and mappings happens before the first write: a bad flag or a mapped
+    column the export lacks raises :class:`IngestError` and leaves every table as it was.
+    """
+    cfg = cfg or config.ingest
+    run_date = run_date or dt.datetime.now(dt.timezone.utc).date()
+    if not cfg.items_path and not cfg.events_path:
+        raise IngestError("nothing to ingest: pass --items-path and/or --events-path")
+    items_plan = plan_items(spark, cfg) if cfg.items_path else None
+    events_plan = plan_events(spark, cfg) if cfg.events_path else None
+
+    run_id = f"{JOB}-{run_date.isoformat()}-{uuid.uuid4().hex[:8]}"
+    result = IngestResult(run_id=run_id, run_date=run_date, status="running")
+    started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    t0 = time.perf_counter()
+    error: Exception | None = None
+    try:
+        if items_plan is not None:
+            t = time.perf_counter()
+            result.items = ingest_items(spark, config, cfg, items_plan, run_date)
+            result.timings["items_s"] = time.perf_counter() - t
+        if events_plan is not None:
+            t = time.perf_counter()
+            result.events = ingest_events(spark, config, cfg, events_plan[0], events_plan[1], run_date)
+            result.timings["events_s"] = time.perf_counter() - t
+        result.status = "ok"
+    except Exception as exc:  # record the failed run, then let the caller see the error
+        result.status, error = "failed", exc
+    result.timings["total_s"] = time.perf_counter() - t0
+    details = {
+        "items_path": cfg.items_path, "images_root": cfg.images_root, "events_path": cfg.events_path,
+        "mode": cfg.mode, "item_map": cfg.item_map if cfg.items_path else None,
+        "event_map": cfg.event_map if cfg.events_path else None,
+        "reasons": {name: getattr(result, name).reasons for name in ("items", "events") if getattr(result, name)},
+    }
+    if error is not None:
+        details["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    finished = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    tables.append_rows(spark, config, "runs", tables.runs_row(
+        spark, run_id=run_id, job=JOB, run_date=run_date, model_version=None, started_at=started,
+        finished_at=finished, status=result.status, counts=result.counts(), timings=result.timings,
+        details=json.loads(json.dumps(details, default=str))))
+    if error is not None:
+        raise error
+    return result
