@@ -1,0 +1,765 @@
+"""Merchant data-quality reports: which listings' text and image disagree, and what to fix.
+
+    result = build_report(spark, config, run_date)    # ReportResult; result.index_path
+
+For one run date, from ``item_alignment`` (the scoring job's flags), ``items`` (what the
+merchant typed and uploaded) and ``item_features`` (cached encoder outputs):
+
+1. **Side.** Low ITA (image-to-text) means the text looks wrong; low TIA (text-to-image) the
+   image; both low, both (:func:`side_of`).
+2. **Suggestion.** Per listed category, the centroid of the L2-normalised, mean-pooled text
+   and image vectors of that run's *unflagged* items, computed in Spark with map-side partial
+   sums (:func:`category_centroids`). A flagged item's text and image each go to their nearest
+   centroid by cosine; when both name the same category, that is the suggestion, otherwise the
+   trusted side's category (the image when the text looks wrong, and vice versa)
+   (:func:`suggest`).
+3. **New or still flagged.** ``first_flagged`` is kept per (item_id, content): the earliest
+   earlier ``quality_flags`` date of the same item with the same content (sha-256 of title,
+   description and image bytes, independent of the encoders). An item is *new* when that is
+   this run: never flagged before, or flagged before with other content (the merchant changed
+   it and it is still wrong). An item flagged before with the same content is *still flagged*
+   (shown, not marked new), also when it was unflagged in between.
+4. **Pages.** ``groupBy(merchant_id).applyInPandas``: each task renders one merchant's page
+   (HTML, Jinja2 with autoescaping, thumbnails as data: URIs) and CSV (same rows, same order)
+   and writes them from the executor; its output rows are the ``quality_flags`` table, written
+   with ``replace_run_date`` in the same Spark job. The driver only sees per-merchant and
+   per-category aggregates (index page, plot).
+
+Everything goes to ``<report.out_dir>/<run_date>/`` through ``pyarrow.fs`` (local folder,
+HDFS or S3), built in a staging folder and published at the end, so a rerun of a date
+replaces its folder and a reader never sees half a report. File names of merchant pages are
+``<slug>-<hash>`` (:func:`merchant_slug`): merchant ids never become paths.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import functools
+import datetime as dt
+import hashlib
+import io
+import math
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from camenn.config import AppConfig
+from pipeline import tables
+
+JOB = "quality_report"
+SIDES = ("text", "image", "both")
+MERCHANTS_DIR = "merchants"
+INDEX = "index.html"
+PLOT = "flag_rate_by_category.png"
+
+PROBLEM = {
+    "text": "The description does not match the photo — check the title and description.",
+    "image": "The photo does not match the description — check the photo.",
+    "both": "The photo and the description do not match each other — check the photo, the title and the description.",
+}
+SIDE_LABEL = {"text": "text looks wrong", "image": "photo looks wrong", "both": "text and photo disagree"}
+
+CSV_COLUMNS = ["rank", "item_id", "status", "first_flagged", "category", "title", "description",
+               "p_ita", "p_tia", "side", "problem", "suggested_category", "suggestion"]
+
+# Columns of one flagged item as the per-merchant task receives it.
+_PAGE_INPUT = ["merchant_id", "item_id", "category", "title", "description", "image", "p_ita", "p_tia",
+               "reason", "model_version", "content_hash", "first_flagged", "text_emb", "n_text_tokens", "image_emb"]
+
+
+class ReportError(RuntimeError):
+    """The report cannot be built from what is there (no scoring output for the date, ...)."""
+
+
+# ----------------------------------------------------------------------------- small pure parts
+
+
+def merchant_slug(merchant_id: str) -> str:
+    """A file-name stem for a merchant: lowercase ASCII letters, digits and dashes + a short hash.
+
+    The hash (of the exact id) keeps ids that slug alike apart ("Shop A" / "shop-a"); the slug
+    keeps names readable. Nothing of the id can reach the path as a separator, dot or control
+    character: "../../etc/passwd" becomes "etc-passwd-<hash>".
+    """
+    digest = hashlib.sha256(str(merchant_id).encode("utf-8")).hexdigest()[:10]
+    slug = re.sub(r"[^a-z0-9]+", "-", str(merchant_id).lower()).strip("-")[:40].strip("-")
+    return f"{slug or 'merchant'}-{digest}"
+
+
+def side_of(reason: str | None, p_ita: float, p_tia: float, ita_threshold: float = 0.5,
+            tia_threshold: float = 0.5) -> str:
+    """Which side of a flagged item looks wrong: "text" (low ITA), "image" (low TIA) or "both".
+
+    The scoring job's ``reason`` wins when it names the side(s) (e.g. "low_ita", "low ITA and
+    TIA", "text", "image", "both"); otherwise the probabilities against the thresholds decide,
+    and a flag neither threshold explains (per-category thresholds) goes to the lower one.
+    """
+    words = set(re.findall(r"[a-z]+", (reason or "").lower()))
+    text_bad = bool(words & {"ita", "text"})
+    image_bad = bool(words & {"tia", "image", "photo"})
+    if "both" in words or (text_bad and image_bad):
+        return "both"
+    if text_bad != image_bad:
+        return "text" if text_bad else "image"
+    low_text, low_image = p_ita < ita_threshold, p_tia < tia_threshold
+    if low_text and low_image:
+        return "both"
+    if low_text or low_image:
+        return "text" if low_text else "image"
+    return "text" if p_ita <= p_tia else "image"
+
+
+def suggest(side: str, category: str | None, text_category: str | None,
+            image_category: str | None) -> tuple[str | None, str]:
+    """(suggested category, one sentence for the merchant) from the nearest centroids.
+
+    When the model's text and image agree on a category, that is the suggestion; otherwise the
+    side that looks right is trusted (the image when the text looks wrong, and vice versa).
+    """
+    listed = category or "(none)"
+    if text_category is None and image_category is None:
+        return None, "No suggestion: there are not enough unflagged items to compare with."
+    if text_category is not None and text_category == image_category:
+        agreed = text_category
+        if agreed != category:
+            return agreed, (f"The photo and the text both look like “{agreed}”, but the item is listed under "
+                            f"“{listed}”: if it is a {agreed} item, move it to “{agreed}”.")
+        fix = {"text": "make the title and description say clearly what the photo shows",
+               "image": "use a clear photo of the product itself",
+               "both": "make the photo and the text clearer"}[side]
+        return agreed, f"The photo and the text both look like “{agreed}”, as listed: {fix}."
+    if side == "text" and image_category is not None:
+        return image_category, (f"The photo looks like “{image_category}”, the text like “{text_category}”: "
+                                f"describe what the photo shows, or replace the photo if the text is right.")
+    if side == "image" and text_category is not None:
+        return text_category, (f"The text describes “{text_category}”, the photo looks like “{image_category}”: "
+                               f"use a photo of the product the text describes.")
+    return None, (f"The text reads like “{text_category}” and the photo looks like “{image_category}”: "
+                  f"make both show the same product (listed under “{listed}”).")
+
+
+def csv_safe(value):
+    """Neutralise spreadsheet formulas in merchant text (OWASP CSV injection): prefix with '."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def _text(value) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
+def _opt(value) -> str | None:
+    text = _text(value)
+    return text if text else None
+
+
+def _as_date(value) -> dt.date | None:
+    if value is None or value is pd.NaT or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    return pd.Timestamp(value).date()
+
+
+def thumbnail_data_uri(image: bytes | None, px: int, quality: int = 82) -> str | None:
+    """A JPEG thumbnail (longest side ``px``) as a data: URI, or None when the bytes do not decode."""
+    from camenn.images import ImageDecodeError, decode_image
+
+    if image is None or isinstance(image, float):
+        return None
+    try:
+        img = decode_image(bytes(image), min_size=px)
+    except ImageDecodeError:
+        return None
+    img.thumbnail((px, px))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# ----------------------------------------------------------------------------- vectors and centroids
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / np.maximum(norm, 1e-12)
+
+
+def pooled_vectors(text_emb, n_text_tokens, image_emb, n_patches: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit mean-pooled text and image vectors of one item from its item_features blobs (fp16)."""
+    n = int(n_text_tokens)
+    text = np.frombuffer(bytes(text_emb), dtype=np.float16).reshape(n, -1).astype(np.float32)         # (n, Dt)
+    image = np.frombuffer(bytes(image_emb), dtype=np.float16).reshape(n_patches, -1).astype(np.float32)  # (P, Di)
+    return _unit(text.mean(axis=0)), _unit(image.mean(axis=0))
+
+
+@dataclass
+class Centroids:
+    """Per listed category: unit centroids of unflagged items' text and image vectors."""
+
+    categories: list[str]
+    text: np.ndarray            # (C, Dt)
+    image: np.ndarray           # (C, Di)
+    counts: list[int] = field(default_factory=list)
+
+    def nearest(self, text_vec: np.ndarray, image_vec: np.ndarray) -> tuple[str | None, str | None]:
+        if not self.categories:
+            return None, None
+        t = int(np.argmax(self.text @ text_vec)) if self.text.shape[1] == text_vec.shape[0] else None
+        i = int(np.argmax(self.image @ image_vec)) if self.image.shape[1] == image_vec.shape[0] else None
+        return (self.categories[t] if t is not None else None, self.categories[i] if i is not None else None)
+
+
+_PARTIAL_SCHEMA = "category string, n long, text_sum array<double>, image_sum array<double>"
+
+
+def _partial_sums_fn(n_patches: int):
+    def partial_sums(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        sums: dict[str, list] = {}
+        for pdf in batches:
+            for category, t, n, im in zip(pdf["category"], pdf["text_emb"], pdf["n_text_tokens"], pdf["image_emb"]):
+                tv, iv = pooled_vectors(t, n, im, n_patches)
+                acc = sums.get(category)
+                if acc is None:
+                    sums[category] = [1, tv.astype(np.float64), iv.astype(np.float64)]
+                else:
+                    acc[0] += 1
+                    acc[1] += tv
+                    acc[2] += iv
+        if sums:   # an empty frame has no element type for the array columns: yield nothing
+            yield pd.DataFrame({"category": list(sums), "n": [v[0] for v in sums.values()],
+                                "text_sum": [v[1].tolist() for v in sums.values()],
+                                "image_sum": [v[2].tolist() for v in sums.values()]})
+    return partial_sums
+
+
+def _total(pdf: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"category": [pdf["category"].iloc[0]], "n": [int(pdf["n"].sum())],
+                         "text_sum": [np.sum(np.stack(pdf["text_sum"].to_list()), axis=0).tolist()],
+                         "image_sum": [np.sum(np.stack(pdf["image_sum"].to_list()), axis=0).tolist()]})
+
+
+def category_centroids(vectors_in: DataFrame, n_patches: int) -> Centroids:
+    """Centroids from rows (category, text_emb, n_text_tokens, image_emb), computed in Spark.
+
+    Each partition sums its items' unit vectors per category; one small shuffle adds the
+    partial sums; only one row per category reaches the driver.
+    """
+    rows = (vectors_in.where(F.col("category").isNotNull())
+            .select("category", "text_emb", "n_text_tokens", "image_emb")
+            .mapInPandas(_partial_sums_fn(n_patches), _PARTIAL_SCHEMA)
+            .groupBy("category").applyInPandas(_total, _PARTIAL_SCHEMA)
+            .collect())
+    rows = sorted(rows, key=lambda r: r["category"])
+    if not rows:
+        return Centroids([], np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), [])
+    text = _unit(np.stack([np.asarray(r["text_sum"], np.float64) for r in rows]).astype(np.float32))
+    image = _unit(np.stack([np.asarray(r["image_sum"], np.float64) for r in rows]).astype(np.float32))
+    return Centroids([r["category"] for r in rows], text, image, [int(r["n"]) for r in rows])
+
+
+# ----------------------------------------------------------------------------- output file system
+
+
+def _filesystem(uri: str):
+    """(pyarrow FileSystem, path) for a local folder or a URI; s3a:// (Hadoop's name) is s3://."""
+    from pyarrow import fs as pafs
+
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    if uri.startswith(("s3a://", "s3n://")):
+        uri = "s3://" + uri.split("://", 1)[1]
+    return pafs.FileSystem.from_uri(uri)
+
+
+def _write_bytes(filesystem, path: str, data: bytes) -> None:
+    """Write a file whole: to a temporary name first, then renamed (a retried task overwrites it)."""
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with filesystem.open_output_stream(tmp) as out:
+        out.write(data)
+    filesystem.move(tmp, path)
+
+
+def _within(base: str, path: str) -> str:
+    """Refuse any output path outside ``base`` (defence in depth behind merchant_slug)."""
+    if os.path.normpath(path) != path.rstrip("/") or not os.path.normpath(path).startswith(base.rstrip("/") + "/"):
+        raise ReportError(f"refusing to write outside the report folder: {path!r}")
+    return path
+
+
+# ----------------------------------------------------------------------------- HTML
+
+_STYLE = """
+:root { --ink:#1f2933; --muted:#616e7c; --line:#d9e2ec; --bad:#c62828; --warn:#e65100; --ok:#2e7d32; --new:#1565c0; }
+* { box-sizing: border-box; }
+body { font: 15px/1.45 "Segoe UI", Roboto, "Helvetica Neue", Arial, "Liberation Sans", "DejaVu Sans", sans-serif; color: var(--ink);
+       margin: 0; background: #f5f7fa; }
+header { background: #fff; border-bottom: 1px solid var(--line); padding: 18px 28px; }
+header h1 { margin: 0 0 4px; font-size: 22px; }
+header p { margin: 2px 0; color: var(--muted); }
+main { padding: 20px 28px 40px; max-width: 1200px; }
+a { color: #0b5cad; }
+.stats { display: flex; flex-wrap: wrap; gap: 12px; margin: 0 0 18px; }
+.stat { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px 16px; min-width: 130px; }
+.stat b { display: block; font-size: 22px; }
+.stat span { color: var(--muted); font-size: 13px; }
+table { border-collapse: collapse; width: 100%; background: #fff; border: 1px solid var(--line); }
+th, td { text-align: left; padding: 8px 10px; border-bottom: 1px solid var(--line); vertical-align: top; }
+th { background: #eef2f7; font-size: 13px; color: var(--muted); font-weight: 600; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+.item { display: grid; grid-template-columns: auto 1fr 250px; gap: 16px; background: #fff;
+        border: 1px solid var(--line); border-radius: 8px; padding: 14px; margin: 0 0 12px; }
+.thumb { border-radius: 6px; border: 1px solid var(--line); object-fit: contain; background: #fff; }
+.nothumb { display: flex; align-items: center; justify-content: center; text-align: center; color: var(--muted);
+           font-size: 12px; border: 1px dashed var(--line); border-radius: 6px; }
+.item h2 { font-size: 16px; margin: 0 0 4px; overflow-wrap: anywhere; }
+.desc { margin: 0 0 6px; color: #323f4b; overflow-wrap: anywhere; white-space: pre-line; }
+.meta { color: var(--muted); font-size: 13px; }
+.problem { margin: 8px 0 4px; font-weight: 600; }
+.problem.text, .problem.both { color: var(--bad); }
+.problem.image { color: var(--warn); }
+.suggestion { margin: 0; }
+.badge { display: inline-block; font-size: 12px; font-weight: 700; border-radius: 10px; padding: 1px 8px;
+         margin-right: 6px; vertical-align: 2px; }
+.badge.new { background: var(--new); color: #fff; }
+.badge.still { background: #e4e7eb; color: #3e4c59; }
+.scores { font-size: 13px; }
+.score { margin: 0 0 8px; }
+.bar { height: 8px; background: #e4e7eb; border-radius: 4px; overflow: hidden; margin-top: 3px; }
+.bar i { display: block; height: 100%; }
+.low { color: var(--bad); font-weight: 700; }
+.plot { max-width: 100%; background: #fff; border: 1px solid var(--line); border-radius: 8px; }
+.reasons { margin: 0 0 18px; }
+h2.section { font-size: 18px; margin: 26px 0 10px; }
+"""
+
+_BASE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<title>{% block title %}{% endblock %}</title>
+<style>{{ style }}</style>
+</head>
+<body>
+{% block body %}{% endblock %}
+</body>
+</html>
+"""
+
+_MERCHANT = """{% extends "base.html" %}
+{% block title %}Listings to check — {{ merchant_id }} — {{ run_date }}{% endblock %}
+{% block body %}
+<header>
+  <h1>Listings to check: <span id="merchant">{{ merchant_id }}</span></h1>
+  <p>Run of {{ run_date }} · {{ rows|length }} flagged item{{ "" if rows|length == 1 else "s" }}, {{ n_new }} new ·
+     model {{ model_version }}</p>
+  <p><a href="../index.html">All merchants</a> · <a href="{{ csv_name }}" download>Download as CSV</a></p>
+</header>
+<main>
+<p class="meta">The model checks whether each listing's photo and text describe the same product.
+ITA: how well the text fits the photo (low = the text looks wrong); TIA: how well the photo fits the text
+(low = the photo looks wrong). Worst first.</p>
+{% for row in rows %}
+<article class="item" id="item-{{ loop.index }}" data-item-id="{{ row.item_id }}" data-rank="{{ row.rank }}">
+  {% if row.thumb %}<img class="thumb" src="{{ row.thumb }}" width="{{ px }}" height="{{ px }}" alt="photo of {{ row.title }}">
+  {% else %}<div class="nothumb" style="width:{{ px }}px;height:{{ px }}px">photo could not be read</div>{% endif %}
+  <div>
+    <h2><span class="badge {{ 'new' if row.is_new else 'still' }}">{{ "NEW" if row.is_new else "still flagged" }}</span><span class="title">{{ row.title }}</span></h2>
+    <p class="desc">{{ row.description }}</p>
+    <div class="meta">#{{ row.rank }} · item {{ row.item_id }} · category {{ row.category or "(none)" }} ·
+      {% if row.is_new %}flagged for the first time{% else %}flagged since {{ row.first_flagged }}{% endif %}</div>
+    <p class="problem {{ row.side }}">{{ row.problem }}</p>
+    <p class="suggestion">{{ row.suggestion }}</p>
+  </div>
+  <div class="scores">
+    {% for name, label, p in [("ita", "ITA — text fits photo", row.p_ita), ("tia", "TIA — photo fits text", row.p_tia)] %}
+    <div class="score">{{ label }}: <span class="{{ 'low' if p < 0.5 else '' }}">{{ "%.2f"|format(p) }}</span>
+      <div class="bar"><i style="width:{{ (p * 100)|round(1) }}%;background:{{ '#c62828' if p < 0.5 else '#2e7d32' }}"></i></div></div>
+    {% endfor %}
+    <div class="meta">{{ side_label[row.side] }}{% if row.suggested_category %} · suggested category: <b>{{ row.suggested_category }}</b>{% endif %}</div>
+  </div>
+</article>
+{% endfor %}
+</main>
+{% endblock %}
+"""
+
+_INDEX = """{% extends "base.html" %}
+{% block title %}Listing quality — {{ run_date }}{% endblock %}
+{% block body %}
+<header>
+  <h1>Listing quality report</h1>
+  <p>Run of {{ run_date }} · model {{ model_versions|join(", ") }} · generated {{ generated }}</p>
+</header>
+<main>
+<div class="stats">
+  <div class="stat"><b>{{ "{:,}".format(totals.n_items) }}</b><span>items scored</span></div>
+  <div class="stat"><b>{{ "{:,}".format(totals.flagged) }}</b><span>flagged ({{ "%.1f"|format(100 * totals.rate) }}%)</span></div>
+  <div class="stat"><b>{{ "{:,}".format(totals.new) }}</b><span>new since the last run</span></div>
+  <div class="stat"><b>{{ "{:,}".format(merchants|length) }}</b><span>merchants with flags</span></div>
+</div>
+<h2 class="section">Why items were flagged</h2>
+<table class="reasons" id="reasons">
+  <tr><th>reason</th><th class="num">items</th></tr>
+  {% for r in reasons %}<tr><td>{{ r.label }}</td><td class="num">{{ r.n }}</td></tr>{% endfor %}
+</table>
+<h2 class="section">Merchants, highest flag rate first</h2>
+<table id="merchants">
+  <tr><th class="num">#</th><th>merchant</th><th class="num">items</th><th class="num">flagged</th><th class="num">flag rate</th>
+      <th class="num">new</th><th class="num">text</th><th class="num">photo</th><th class="num">both</th><th>CSV</th></tr>
+  {% for m in merchants %}
+  <tr><td class="num">{{ loop.index }}</td><td><a href="{{ m.page }}">{{ m.merchant_id }}</a></td>
+      <td class="num">{{ m.n_items }}</td><td class="num">{{ m.n_flagged }}</td><td class="num">{{ "%.1f"|format(100 * m.rate) }}%</td>
+      <td class="num">{{ m.n_new }}</td><td class="num">{{ m.n_text }}</td><td class="num">{{ m.n_image }}</td><td class="num">{{ m.n_both }}</td>
+      <td><a href="{{ m.csv }}" download>CSV</a></td></tr>
+  {% endfor %}
+</table>
+{% if n_clean_merchants %}<p class="meta">{{ n_clean_merchants }} more merchant{{ "" if n_clean_merchants == 1 else "s" }} with no flagged items.</p>{% endif %}
+<h2 class="section">Flag rate by category</h2>
+{% if plot %}<img class="plot" id="plot" src="{{ plot }}" alt="flag rate by category">{% else %}<p>No categories.</p>{% endif %}
+</main>
+{% endblock %}
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def _jinja():
+    from jinja2 import DictLoader, Environment, StrictUndefined
+
+    return Environment(loader=DictLoader({"base.html": _BASE, "merchant.html": _MERCHANT, "index.html": _INDEX}),
+                       autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+# ----------------------------------------------------------------------------- one merchant
+
+
+@dataclass(frozen=True)
+class PageSettings:
+    run_date: dt.date
+    base: str                 # the run's (staging) folder URI, as _filesystem takes it
+    thumbnail_px: int
+    n_patches: int
+    ita_threshold: float
+    tia_threshold: float
+    centroids: Centroids
+
+
+def merchant_rows(pdf: pd.DataFrame, settings: PageSettings) -> pd.DataFrame:
+    """One merchant's flagged items -> report rows, worst first (all fields, thumbnails included)."""
+    out = []
+    for rec in pdf.to_dict("records"):
+        p_ita, p_tia = float(rec["p_ita"]), float(rec["p_tia"])
+        side = side_of(_opt(rec.get("reason")), p_ita, p_tia, settings.ita_threshold, settings.tia_threshold)
+        text_cat = image_cat = None
+        if rec.get("text_emb") is not None and not isinstance(rec.get("text_emb"), float):
+            try:
+                tv, iv = pooled_vectors(rec["text_emb"], rec["n_text_tokens"], rec["image_emb"], settings.n_patches)
+                text_cat, image_cat = settings.centroids.nearest(tv, iv)
+            except ValueError:          # blobs of another encoder shape: no suggestion
+                pass
+        category = _opt(rec.get("category"))
+        suggested, suggestion = suggest(side, category, text_cat, image_cat)
+        first = _as_date(rec.get("first_flagged")) or settings.run_date
+        out.append({
+            "item_id": _text(rec["item_id"]), "merchant_id": _text(rec["merchant_id"]), "category": category,
+            "title": _text(rec.get("title")), "description": _text(rec.get("description")),
+            "p_ita": p_ita, "p_tia": p_tia, "side": side, "problem": PROBLEM[side],
+            "text_category": text_cat, "image_category": image_cat, "suggested_category": suggested,
+            "suggestion": suggestion, "first_flagged": first, "is_new": first >= settings.run_date,
+            "content_hash": _text(rec.get("content_hash")), "model_version": _opt(rec.get("model_version")),
+            "image": rec.get("image"),
+        })
+    out.sort(key=lambda r: (min(r["p_ita"], r["p_tia"]), r["item_id"]))
+    for rank, row in enumerate(out, start=1):
+        row["rank"] = rank
+        row["status"] = "new" if row["is_new"] else "still flagged"
+    return pd.DataFrame(out)
+
+
+def render_merchant_csv(rows: pd.DataFrame) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows.to_dict("records"):
+        writer.writerow([csv_safe(f"{row[c]:.4f}" if c in ("p_ita", "p_tia") else _text(row[c])) for c in CSV_COLUMNS])
+    return buf.getvalue().encode("utf-8")
+
+
+def render_merchant_html(merchant_id: str, rows: pd.DataFrame, settings: PageSettings, csv_name: str) -> bytes:
+    records = rows.to_dict("records")
+    for row in records:
+        row["thumb"] = thumbnail_data_uri(row.get("image"), settings.thumbnail_px)
+    versions = sorted({r["model_version"] for r in records if r.get("model_version")})
+    html = _jinja().get_template("merchant.html").render(
+        style=_STYLE, merchant_id=merchant_id, run_date=settings.run_date.isoformat(), rows=records,
+        n_new=sum(1 for r in records if r["is_new"]), model_version=", ".join(versions) or "unknown",
+        csv_name=csv_name, px=settings.thumbnail_px, side_label=SIDE_LABEL)
+    return html.encode("utf-8")
+
+
+def _merchant_page_fn(settings: PageSettings, flag_columns: list[str]):
+    def write_merchant(pdf: pd.DataFrame) -> pd.DataFrame:
+        merchant_id = _text(pdf["merchant_id"].iloc[0])
+        rows = merchant_rows(pdf, settings)
+        stem = merchant_slug(merchant_id)
+        filesystem, base = _filesystem(settings.base)
+        folder = f"{base}/{MERCHANTS_DIR}"
+        filesystem.create_dir(folder, recursive=True)
+        _write_bytes(filesystem, _within(base, f"{folder}/{stem}.csv"), render_merchant_csv(rows))
+        _write_bytes(filesystem, _within(base, f"{folder}/{stem}.html"),
+                     render_merchant_html(merchant_id, rows, settings, f"{stem}.csv"))
+        rows["run_date"] = settings.run_date
+        return rows[flag_columns]
+    return write_merchant
+
+
+# ----------------------------------------------------------------------------- Spark inputs
+
+
+def content_key(title="title", description="description", image="image"):
+    """sha-256 of what the merchant controls (title, description, image bytes), null-safe.
+
+    Independent of the encoders, so a new model does not make every flag "new" again.
+    """
+    def part(c, is_binary=False):
+        value = F.sha2(F.col(c), 256) if is_binary else F.sha2(F.col(c).cast("binary"), 256)
+        return F.coalesce(value, F.lit("-"))
+    return F.sha2(F.concat_ws("|", part(title), part(description), part(image, True)).cast("binary"), 256)
+
+
+def latest_items(items: DataFrame) -> DataFrame:
+    """One row per item_id: the newest, as pipeline.features.checked_items picks it."""
+    newest = F.row_number().over(Window.partitionBy("item_id").orderBy(
+        F.col("updated_at").desc_nulls_last(),
+        F.xxhash64("title", "description", "image", "merchant_id", "category", "price").desc()))
+    return items.withColumn("_k", newest).where(F.col("_k") == 1).drop("_k")
+
+
+def _history(spark: SparkSession, config: AppConfig, run_date: dt.date) -> DataFrame:
+    """(item_id, content_hash) -> first_flagged over quality_flags runs before run_date."""
+    tables.ensure_table(spark, config, "quality_flags")
+    return (tables.read_table(spark, config, "quality_flags")
+            .where(F.col("run_date") < F.lit(run_date))
+            .groupBy("item_id", "content_hash").agg(F.min("first_flagged").alias("first_flagged")))
+
+
+def _fingerprint(config: AppConfig) -> str:
+    """The encoder fingerprint item_features rows of the configured featurizer carry."""
+    return _fingerprint_of(config.featurizer)
+
+
+@functools.lru_cache(maxsize=4)
+def _fingerprint_of(settings) -> str:   # hashes the encoder weight files: once per process and settings
+    from pipeline.features import featurizer_fingerprint
+
+    return featurizer_fingerprint(settings.to_featurizer_config())
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+@dataclass
+class ReportResult:
+    run_date: dt.date
+    folder: str               # <out_dir>/<run_date>
+    index_path: str
+    n_items: int
+    n_flagged: int
+    n_new: int
+    n_merchants: int          # merchants with at least one flagged item (one page each)
+    by_side: dict[str, int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        sides = ", ".join(f"{s} {self.by_side.get(s, 0)}" for s in SIDES)
+        return (f"quality report {self.run_date}: {self.n_flagged} of {self.n_items} items flagged "
+                f"({self.n_new} new; {sides}) across {self.n_merchants} merchant pages in {self.folder}")
+
+
+def _plot_png(categories: list[dict]) -> bytes | None:
+    if not categories:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cats = sorted(categories, key=lambda c: (c["rate"], c["category"]))
+    height = max(2.4, 0.28 * len(cats) + 1.0)
+    fig, ax = plt.subplots(figsize=(7.5, height), dpi=110)
+    labels = [c["category"] for c in cats]
+    rates = [100 * c["rate"] for c in cats]
+    bars = ax.barh(range(len(cats)), rates, color="#c62828", alpha=0.8)
+    ax.set_yticks(range(len(cats)), labels=labels, fontsize=9)
+    ax.set_xlabel("flagged items (%)")
+    ax.set_title("Flag rate by category")
+    for bar, c in zip(bars, cats):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {c['n_flagged']}/{c['n_items']}",
+                va="center", fontsize=8, color="#3e4c59")
+    ax.set_xlim(0, max(rates + [1.0]) * 1.25)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _publish(filesystem, staging: str, final: str) -> None:
+    """Replace ``final`` with ``staging``: a rename where the file system has one, else copy + delete."""
+    from pyarrow import fs as pafs
+
+    old = None
+    if filesystem.get_file_info(final).type != pafs.FileType.NotFound:
+        old = f"{final}.old-{uuid.uuid4().hex[:8]}"
+        filesystem.move(final, old)
+    try:
+        filesystem.move(staging, final)
+    except (OSError, NotImplementedError):   # object stores cannot rename folders
+        pafs.copy_files(staging, final, source_filesystem=filesystem, destination_filesystem=filesystem)
+        filesystem.delete_dir(staging)
+    if old is not None:
+        filesystem.delete_dir(old)
+
+
+def build_report(spark: SparkSession, config: AppConfig, run_date: dt.date) -> ReportResult:
+    """Write the run date's merchant pages, CSVs, index page, plot and quality_flags rows."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    alignment = tables.read_table(spark, config, "item_alignment").where(F.col("run_date") == F.lit(run_date))
+    counts = alignment.agg(F.count(F.lit(1)).alias("n"), F.collect_set("model_version").alias("versions")).first()
+    if not counts["n"]:
+        raise ReportError(f"item_alignment has no rows for {run_date}: run jobs/score_catalog.py --run-date {run_date} first")
+
+    fingerprint = _fingerprint(config)
+    n_patches = config.featurizer.patch_grid ** 2
+    features = (tables.read_table(spark, config, "item_features")
+                .where(F.col("encoder_fingerprint") == fingerprint)
+                .select("item_id", "text_emb", "n_text_tokens", "image_emb"))
+
+    spark.sparkContext.setJobDescription(f"quality report: category centroids ({run_date})")
+    centroids = category_centroids(
+        alignment.where(~F.col("flag")).select("item_id", "category").join(features, "item_id"), n_patches)
+    timings["centroids"] = time.perf_counter() - t0
+
+    thresholds = config.scoring.thresholds
+    filesystem, out_base = _filesystem(config.report.out_dir)
+    filesystem.create_dir(out_base, recursive=True)
+    final = f"{out_base}/{run_date.isoformat()}"
+    staging = f"{out_base}/.staging-{run_date.isoformat()}-{uuid.uuid4().hex[:8]}"
+    filesystem.create_dir(f"{staging}/{MERCHANTS_DIR}", recursive=True)
+    staging_uri = staging if "://" not in config.report.out_dir else _uri_like(config.report.out_dir, out_base, staging)
+    settings = PageSettings(run_date=run_date, base=staging_uri, thumbnail_px=config.report.thumbnail_px,
+                            n_patches=n_patches, ita_threshold=thresholds.ita, tia_threshold=thresholds.tia,
+                            centroids=centroids)
+    try:
+        t1 = time.perf_counter()
+        items = latest_items(tables.read_table(spark, config, "items")).select(
+            "item_id", "title", "description", "image", content_key().alias("content_hash"))
+        flagged = (alignment.where(F.col("flag"))
+                   .select("item_id", "merchant_id", "category", "p_ita", "p_tia", "reason", "model_version")
+                   .join(items, "item_id", "left")
+                   .join(features, "item_id", "left"))
+        flagged = (flagged.join(_history(spark, config, run_date), ["item_id", "content_hash"], "left")
+                   .select(*_PAGE_INPUT))
+        flag_schema = tables.schema_of(spark, "quality_flags")
+        spark.sparkContext.setJobDescription(f"quality report: merchant pages and quality_flags ({run_date})")
+        pages = flagged.groupBy("merchant_id").applyInPandas(
+            _merchant_page_fn(settings, [f.name for f in flag_schema.fields]), flag_schema)
+        tables.replace_run_date(spark, config, "quality_flags", pages, run_date)
+        timings["pages"] = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        spark.sparkContext.setJobDescription(f"quality report: index ({run_date})")
+        index = _index_data(spark, config, alignment, run_date, sorted(counts["versions"]))
+        plot = _plot_png(index["categories"])
+        if plot is not None:
+            _write_bytes(filesystem, f"{staging}/{PLOT}", plot)
+        html = _jinja().get_template("index.html").render(
+            style=_STYLE, run_date=run_date.isoformat(), generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            plot=("data:image/png;base64," + base64.b64encode(plot).decode("ascii")) if plot else None, **index)
+        _write_bytes(filesystem, f"{staging}/{INDEX}", html.encode("utf-8"))
+        _publish(filesystem, staging, final)
+        timings["index"] = time.perf_counter() - t2
+    except BaseException:
+        if filesystem.get_file_info(staging).type.name != "NotFound":
+            filesystem.delete_dir(staging)
+        raise
+    finally:
+        spark.sparkContext.setJobDescription(None)
+
+    totals = index["totals"]
+    folder = final if "://" not in config.report.out_dir else _uri_like(config.report.out_dir, out_base, final)
+    return ReportResult(run_date=run_date, folder=folder, index_path=f"{folder}/{INDEX}", n_items=totals["n_items"],
+                        n_flagged=totals["flagged"], n_new=totals["new"], n_merchants=len(index["merchants"]),
+                        by_side={r["side"]: r["n"] for r in index["reasons"]}, timings=timings)
+
+
+def _uri_like(original: str, base_path: str, path: str) -> str:
+    """Map a path of the pyarrow file system back to a URI of the same scheme as ``original``."""
+    scheme = original.split("://", 1)[0]
+    return f"{scheme}://{path}" if not path.startswith(f"{scheme}://") else path
+
+
+def _index_data(spark: SparkSession, config: AppConfig, alignment: DataFrame, run_date: dt.date,
+                model_versions: list[str]) -> dict:
+    """Aggregates for the index page in two small collects: one row per merchant, one per category."""
+    flags = tables.read_table(spark, config, "quality_flags").where(F.col("run_date") == F.lit(run_date))
+    per_merchant_flags = flags.groupBy("merchant_id").agg(
+        F.count(F.lit(1)).alias("n_flagged"), F.sum(F.col("is_new").cast("long")).alias("n_new"),
+        *[F.sum((F.col("side") == s).cast("long")).alias(f"n_{s}") for s in SIDES])
+    per_merchant = (alignment.groupBy("merchant_id").agg(F.count(F.lit(1)).alias("n_items"))
+                    .join(per_merchant_flags, "merchant_id", "left"))
+    merchants, n_clean = [], 0
+    for r in per_merchant.collect():
+        if not r["n_flagged"]:
+            n_clean += 1
+            continue
+        stem = merchant_slug(r["merchant_id"])
+        merchants.append({"merchant_id": r["merchant_id"], "n_items": r["n_items"], "n_flagged": r["n_flagged"],
+                          "rate": r["n_flagged"] / r["n_items"], "n_new": r["n_new"],
+                          **{f"n_{s}": r[f"n_{s}"] for s in SIDES},
+                          "page": f"{MERCHANTS_DIR}/{stem}.html", "csv": f"{MERCHANTS_DIR}/{stem}.csv"})
+    merchants.sort(key=lambda m: (-m["rate"], -m["n_flagged"], m["merchant_id"]))
+
+    categories = [{"category": r["category"] if r["category"] is not None else "(none)", "n_items": r["n_items"],
+                   "n_flagged": r["n_flagged"], "rate": r["n_flagged"] / r["n_items"]}
+                  for r in alignment.groupBy("category").agg(
+                      F.count(F.lit(1)).alias("n_items"), F.sum(F.col("flag").cast("long")).alias("n_flagged")).collect()]
+    reasons = [{"side": s, "label": f"{SIDE_LABEL[s]}: {PROBLEM[s]}",
+                "n": sum(m[f"n_{s}"] for m in merchants)} for s in SIDES]
+    n_items = sum(c["n_items"] for c in categories)
+    n_flagged = sum(m["n_flagged"] for m in merchants)
+    return {"merchants": merchants, "categories": categories, "reasons": reasons,
+            "n_clean_merchants": n_clean, "model_versions": model_versions,
+            "totals": {"n_items": n_items, "flagged": n_flagged, "rate": n_flagged / n_items if n_items else 0.0,
+                       "new": sum(m["n_new"] for m in merchants)}}
+
+
+def record_run(spark: SparkSession, config: AppConfig, result: ReportResult | None, *, run_id: str,
+               run_date: dt.date, started_at: dt.datetime, status: str, error: str | None = None) -> None:
+    """One ``runs`` row for this job (status ok or failed)."""
+    counts = ({"items": result.n_items, "flagged": result.n_flagged, "new": result.n_new,
+               "merchant_pages": result.n_merchants, **{f"side_{k}": v for k, v in result.by_side.items()}}
+              if result else {})
+    details = {"folder": result.folder, "index": result.index_path} if result else {"error": error}
+    tables.append_rows(spark, config, "runs", tables.runs_row(
+        spark, run_id=run_id, job=JOB, run_date=run_date, model_version=None, started_at=started_at,
+        finished_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), status=status, counts=counts,
+        timings=result.timings if result else {}, details=details))

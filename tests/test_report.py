@@ -1,0 +1,360 @@
+"""The merchant quality report on real Spark + Delta: pages, CSVs, quality_flags, escaping, browser.
+
+The inputs are real Delta tables in tmp_path, written through pipeline.tables: items with
+real JPEG images (PIL), item_features rows with fp16 blobs of the contracted shape (small,
+hand-made vectors whose category is known, so the suggestion is checkable) under the
+configured encoder fingerprint, and item_alignment rows as the scoring job writes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as dt
+import html
+import io
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from conftest import TINY_CONF, tiny_config
+from pipeline import report, tables
+
+D1 = dt.date(2026, 11, 24)
+T0 = dt.datetime(2026, 11, 1, 8, 0)
+CATEGORIES = ["bakery", "dairy", "drinks", "fruit"]
+COLOURS = {"bakery": (196, 140, 70), "dairy": (235, 235, 245), "drinks": (40, 110, 200), "fruit": (220, 50, 40)}
+TEXT_DIM, IMAGE_DIM, N_TOKENS = 8, 6, 3
+SCRIPT_TITLE = "<script>alert(1)</script>"
+HOSTILE_DESCRIPTION = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script> & more'
+FORMULA_TITLE = '=HYPERLINK("http://example.invalid","click me")'
+XSS_MERCHANT = "../../etc/passwd"
+TAG_MERCHANT = "<b>shop</b>"
+
+
+@dataclass(frozen=True)
+class Item:
+    item_id: str
+    merchant_id: str
+    category: str              # listed category
+    text_looks: str            # category its text vector points at
+    image_looks: str           # category its image vector (and JPEG colour) points at
+    p_ita: float = 0.93
+    p_tia: float = 0.91
+    flag: bool = False
+    reason: str | None = None
+    title: str | None = None
+    description: str | None = None
+
+
+def jpeg(category: str, seed: int, px: int = 120) -> bytes:
+    img = Image.new("RGB", (px, px), (250, 250, 250))
+    draw = ImageDraw.Draw(img)
+    colour = COLOURS[category]
+    r = px // 3 + seed % 7
+    draw.ellipse([px // 2 - r, px // 2 - r, px // 2 + r, px // 2 + r], fill=colour, outline=(30, 30, 30), width=2)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def _basis(category: str, dim: int, rng: np.random.Generator) -> np.ndarray:
+    v = rng.normal(0, 0.05, dim)
+    v[CATEGORIES.index(category)] += 1.0
+    return v
+
+
+def blobs(item: Item, n_patches: int, seed: int) -> tuple[bytes, int, bytes]:
+    rng = np.random.default_rng(seed)
+    text = np.stack([_basis(item.text_looks, TEXT_DIM, rng) for _ in range(N_TOKENS)]).astype(np.float16)      # (n, Dt)
+    image = np.stack([_basis(item.image_looks, IMAGE_DIM, rng) for _ in range(n_patches)]).astype(np.float16)  # (P, Di)
+    return text.tobytes(), N_TOKENS, image.tobytes()
+
+
+def base_items() -> list[Item]:
+    clean = [Item(f"c{m}{k}-{cat}", merchant, cat, cat, cat, p_ita=0.9 - 0.01 * k, p_tia=0.88 + 0.01 * k)
+             for m, merchant in enumerate(["m-clean", "Shop A"]) for cat in CATEGORIES for k in range(2)]
+    flagged = [
+        # text swapped in: listed fruit, photo fruit, text reads dairy -> text looks wrong, suggest fruit
+        Item("t1", TAG_MERCHANT, "fruit", "dairy", "fruit", p_ita=0.08, p_tia=0.71, flag=True, reason="low_ita",
+             title="Fresh whole milk 1 l", description="Creamy milk from local farms"),
+        # photo swapped in: listed bakery, text bakery, photo drinks -> photo looks wrong, suggest bakery
+        Item("t2", TAG_MERCHANT, "bakery", "bakery", "drinks", p_ita=0.77, p_tia=0.12, flag=True, reason="low_tia",
+             title="Sourdough loaf", description="Baked this morning"),
+        # wrong category: text and photo both dairy, listed drinks -> both, suggest dairy
+        Item("t3", TAG_MERCHANT, "drinks", "dairy", "dairy", p_ita=0.31, p_tia=0.36, flag=True, reason=None,
+             title="Greek yoghurt", description="Thick and creamy"),
+        Item("x1", XSS_MERCHANT, "fruit", "drinks", "fruit", p_ita=0.2, p_tia=0.6, flag=True, reason="low_ita",
+             title=SCRIPT_TITLE, description=HOSTILE_DESCRIPTION),
+        Item("x2", XSS_MERCHANT, "dairy", "dairy", "bakery", p_ita=0.45, p_tia=0.3, flag=True, reason="low_tia",
+             title=FORMULA_TITLE, description="-1 + 2"),
+        Item("a1", "Shop A", "drinks", "fruit", "drinks", p_ita=0.15, p_tia=0.8, flag=True, reason="low_ita",
+             title="Orange juice", description="Apples, freshly picked"),
+    ]
+    return clean + flagged
+
+
+def write_world(spark, config, items: list[Item], run_date: dt.date, *, write_items: bool = True,
+                model_version: str = "test-model-1") -> None:
+    """items, item_features and the run date's item_alignment as real Delta tables."""
+    n_patches = config.featurizer.patch_grid ** 2
+    fingerprint = report._fingerprint(config)
+    if write_items:
+        rows = [(it.item_id, it.merchant_id, it.category, it.title or f"{it.text_looks} item {it.item_id}",
+                 it.description or f"a good {it.text_looks} product", jpeg(it.image_looks, i), 1.5 + i,
+                 T0 + dt.timedelta(hours=i)) for i, it in enumerate(items)]
+        tables.overwrite_table(spark, config, "items", spark.createDataFrame(rows, tables.schema_of(spark, "items")))
+        feats = [(it.item_id, f"h-{it.item_id}", fingerprint, *blobs(it, n_patches, i), T0) for i, it in enumerate(items)]
+        tables.overwrite_table(spark, config, "item_features",
+                               spark.createDataFrame(feats, tables.schema_of(spark, "item_features")))
+    align = [(run_date, it.item_id, it.merchant_id, it.category, it.p_ita, it.p_tia, it.flag, it.reason, model_version)
+             for it in items]
+    tables.replace_run_date(spark, config, "item_alignment",
+                            spark.createDataFrame(align, tables.schema_of(spark, "item_alignment")), run_date)
+
+
+def run_job(config_root: Path, run_date: dt.date) -> list[str]:
+    """jobs/quality_report.py main() in this process (the suite's Spark session); its stdout lines."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quality_report_job", Path(report.__file__).parent.parent / "jobs" / "quality_report.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = job.main(["--conf", str(TINY_CONF), "--run-date", run_date.isoformat(),
+                           "--set", f"data.root={config_root / 'tables'}",
+                           "--set", f"report.out_dir={config_root / 'reports'}"])
+    assert status == 0, out.getvalue()
+    return out.getvalue().strip().splitlines()
+
+
+@dataclass
+class Built:
+    config: object
+    folder: Path
+    index: Path
+    stdout: list[str]
+    items: list[Item]
+
+
+@pytest.fixture(scope="module")
+def built(spark, tmp_path_factory) -> Built:
+    root = tmp_path_factory.mktemp("report")
+    config = tiny_config(root)
+    items = base_items()
+    write_world(spark, config, items, D1)
+    stdout = run_job(root, D1)
+    index = Path(stdout[-1])
+    return Built(config, index.parent, index, stdout, items)
+
+
+def merchant_files(built: Built, merchant_id: str) -> tuple[Path, Path]:
+    stem = report.merchant_slug(merchant_id)
+    return built.folder / "merchants" / f"{stem}.html", built.folder / "merchants" / f"{stem}.csv"
+
+
+def html_item_ids(page: str) -> list[str]:
+    return [html.unescape(m) for m in re.findall(r'data-item-id="([^"]*)"', page)]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+def test_merchant_slug_is_a_safe_file_name():
+    names = {m: report.merchant_slug(m) for m in
+             [XSS_MERCHANT, TAG_MERCHANT, "Shop A", "shop-a", "", "..", "/", "a\x00b", "Ünïcödé shop", "x" * 300]}
+    for merchant, slug in names.items():
+        assert re.fullmatch(r"[a-z0-9][a-z0-9-]*-[0-9a-f]{10}", slug), (merchant, slug)
+        assert len(slug) <= 51
+    assert names[XSS_MERCHANT].startswith("etc-passwd-")
+    assert names[TAG_MERCHANT].startswith("b-shop-b-")
+    assert len(set(names.values())) == len(names), "different merchants must get different files"
+    assert report.merchant_slug("Shop A") == names["Shop A"], "stable"
+
+
+def test_side_of_reads_the_reason_then_the_probabilities():
+    assert report.side_of("low_ita", 0.9, 0.9) == "text"
+    assert report.side_of("low TIA", 0.9, 0.9) == "image"
+    assert report.side_of("low_ita,low_tia", 0.9, 0.9) == "both"
+    assert report.side_of(None, 0.2, 0.8) == "text"
+    assert report.side_of(None, 0.8, 0.2) == "image"
+    assert report.side_of(None, 0.2, 0.3) == "both"
+    assert report.side_of("category quantile", 0.6, 0.7) == "text"   # neither threshold: the lower one
+
+
+def test_suggest_names_the_agreed_category_or_trusts_the_right_side():
+    assert report.suggest("both", "drinks", "dairy", "dairy")[0] == "dairy"
+    assert "move it to “dairy”" in report.suggest("both", "drinks", "dairy", "dairy")[1]
+    assert report.suggest("text", "fruit", "dairy", "fruit")[0] == "fruit"
+    assert report.suggest("image", "bakery", "bakery", "drinks")[0] == "bakery"
+    assert report.suggest("both", "fruit", "dairy", "drinks")[0] is None
+    assert report.suggest("text", "fruit", None, None)[0] is None
+
+
+def test_csv_safe_neutralises_formulas():
+    assert report.csv_safe('=1+1') == "'=1+1"
+    assert report.csv_safe("@SUM(A1)") == "'@SUM(A1)"
+    assert report.csv_safe("plain") == "plain"
+    assert report.csv_safe(0.5) == 0.5
+
+
+# ----------------------------------------------------------------------------- the report on Spark + Delta
+
+
+def test_job_prints_the_index_path_last_and_writes_the_pages(built):
+    assert built.index.is_file() and built.index.name == "index.html"
+    assert built.folder.name == D1.isoformat()
+    assert "6 of 22 items flagged" in built.stdout[-2]
+    pages = sorted(p.name for p in (built.folder / "merchants").iterdir())
+    flagged_merchants = {it.merchant_id for it in built.items if it.flag}
+    assert pages == sorted(f"{report.merchant_slug(m)}.{ext}" for m in flagged_merchants for ext in ("csv", "html"))
+    assert (built.folder / report.PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # nothing but the run folder (no staging or old copies left behind), nothing written outside it
+    assert sorted(p.name for p in built.folder.parent.iterdir()) == [D1.isoformat()]
+    for path in built.folder.rglob("*"):
+        assert path.resolve().is_relative_to(built.folder.resolve())
+        assert re.fullmatch(r"[A-Za-z0-9._-]+", path.name), path
+
+
+def test_quality_flags_rows(spark, built):
+    rows = {r["item_id"]: r.asDict() for r in tables.read_table(spark, built.config, "quality_flags")
+            .where(f"run_date = DATE'{D1}'").collect()}
+    assert set(rows) == {it.item_id for it in built.items if it.flag}
+    t1, t2, t3 = rows["t1"], rows["t2"], rows["t3"]
+    assert (t1["side"], t1["text_category"], t1["image_category"], t1["suggested_category"]) == ("text", "dairy", "fruit", "fruit")
+    assert (t2["side"], t2["text_category"], t2["image_category"], t2["suggested_category"]) == ("image", "bakery", "drinks", "bakery")
+    assert (t3["side"], t3["suggested_category"]) == ("both", "dairy")
+    assert "listed under “drinks”" in t3["suggestion"]
+    assert all(r["is_new"] and r["first_flagged"] == D1 for r in rows.values())
+    assert [r["item_id"] for r in sorted((r for r in rows.values() if r["merchant_id"] == TAG_MERCHANT), key=lambda r: r["rank"])] == ["t1", "t2", "t3"]
+    assert rows["x1"]["title"] == SCRIPT_TITLE, "the table keeps the text as typed; escaping is the page's job"
+    runs = tables.read_table(spark, built.config, "runs").where("job = 'quality_report'").collect()
+    assert [r["status"] for r in runs] == ["ok"] and runs[0]["counts"]["flagged"] == 6
+
+
+def test_csv_and_html_list_the_same_items_in_the_same_order(built):
+    for merchant in {it.merchant_id for it in built.items if it.flag}:
+        page, csv_path = merchant_files(built, merchant)
+        html_ids = html_item_ids(page.read_text(encoding="utf-8"))
+        rows = read_csv(csv_path)
+        assert [r["item_id"] for r in rows] == html_ids
+        assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
+        worst = [min(float(r["p_ita"]), float(r["p_tia"])) for r in rows]
+        assert worst == sorted(worst), "worst first"
+        expected = sorted((it for it in built.items if it.flag and it.merchant_id == merchant),
+                          key=lambda it: (min(it.p_ita, it.p_tia), it.item_id))
+        assert html_ids == [it.item_id for it in expected]
+
+
+def test_merchant_text_is_escaped_everywhere(built):
+    page, csv_path = merchant_files(built, XSS_MERCHANT)
+    text = page.read_text(encoding="utf-8")
+    assert "<script" not in text.lower(), "no script element of any origin on the page"
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "<img src=x" not in text and "&lt;img src=x onerror=" in text
+    assert f'<span id="merchant">{XSS_MERCHANT}</span>' in text      # shown as text ("/" and "." need no escaping)
+    index = built.index.read_text(encoding="utf-8")
+    assert TAG_MERCHANT not in index and "&lt;b&gt;shop&lt;/b&gt;" in index
+    assert "<script" not in index.lower()
+    assert "Content-Security-Policy" in index and "Content-Security-Policy" in text
+    rows = {r["item_id"]: r for r in read_csv(csv_path)}
+    assert rows["x1"]["title"] == SCRIPT_TITLE
+    assert rows["x2"]["title"] == "'" + FORMULA_TITLE and rows["x2"]["description"] == "'-1 + 2"
+
+
+def test_flagged_again_with_the_same_content_is_not_new(spark, tmp_path):
+    config = tiny_config(tmp_path)
+    d2, d3 = D1 + dt.timedelta(days=1), D1 + dt.timedelta(days=2)
+    a = Item("A", "m1", "fruit", "dairy", "fruit", p_ita=0.1, p_tia=0.8, flag=True, reason="low_ita")
+    b = Item("B", "m1", "bakery", "bakery", "drinks", p_ita=0.8, p_tia=0.2, flag=True, reason="low_tia", title="Rye bread")
+    c = Item("C", "m2", "dairy", "fruit", "dairy", p_ita=0.3, p_tia=0.7, flag=True, reason="low_ita")
+    ok = [Item(f"ok{i}", "m2", cat, cat, cat) for i, cat in enumerate(CATEGORIES)]
+
+    def flags(run_date):
+        return {r["item_id"]: (r["is_new"], r["first_flagged"]) for r in tables.read_table(spark, config, "quality_flags")
+                .where(f"run_date = DATE'{run_date}'").collect()}
+
+    write_world(spark, config, [a, b, c, *ok], D1)
+    report.build_report(spark, config, D1)
+    assert flags(D1) == {"A": (True, D1), "B": (True, D1), "C": (True, D1)}
+
+    # day 2: B's merchant edited the title (new content, still wrong): new again; C is not flagged
+    b2 = replace(b, title="Rye bread, sliced")
+    write_world(spark, config, [a, b2, replace(c, flag=False, p_ita=0.8), *ok], d2)
+    result = report.build_report(spark, config, d2)
+    assert flags(d2) == {"A": (False, D1), "B": (True, d2)}
+    assert result.n_new == 1
+    page = (Path(result.folder) / "merchants" / f"{report.merchant_slug('m1')}.html").read_text(encoding="utf-8")
+    assert re.search(r'data-item-id="A".*?still flagged.*?flagged since ' + D1.isoformat(), page, re.S)
+    assert re.search(r'data-item-id="B".*?NEW.*?flagged for the first time', page, re.S)
+    statuses = {r["item_id"]: (r["status"], r["first_flagged"]) for r in
+                read_csv(Path(result.folder) / "merchants" / f"{report.merchant_slug('m1')}.csv")}
+    assert statuses == {"A": ("still flagged", D1.isoformat()), "B": ("new", d2.isoformat())}
+
+    # day 3: C is flagged again with the content it had on day 1: still flagged since day 1, not new
+    write_world(spark, config, [a, b2, c, *ok], d3, write_items=False)
+    report.build_report(spark, config, d3)
+    assert flags(d3) == {"A": (False, D1), "B": (False, d2), "C": (False, D1)}
+
+    # a rerun of day 2 replaces its rows (one per item) and its folder, and reads only earlier runs
+    report.build_report(spark, config, d2)
+    assert flags(d2) == {"A": (False, D1), "B": (True, d2)}
+    assert tables.read_table(spark, config, "quality_flags").where(f"run_date = DATE'{d2}'").count() == 2
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [D1.isoformat(), d2.isoformat(), d3.isoformat()]
+
+
+def test_no_scoring_output_is_a_clear_error(spark, built):
+    with pytest.raises(report.ReportError, match="no rows for 2026-11-20: run jobs/score_catalog.py"):
+        report.build_report(spark, built.config, dt.date(2026, 11, 20))
+
+
+# ----------------------------------------------------------------------------- in a real browser
+
+
+def test_pages_in_headless_chromium(built, tmp_path):
+    from browser import Browser, BrowserMissing
+
+    try:
+        launched = Browser.launch(tmp_path / "chromium-profile")
+    except BrowserMissing as missing:
+        pytest.fail(str(missing))      # never skip: the pages must be seen by a browser
+    page, _ = merchant_files(built, XSS_MERCHANT)
+    tag_page, _ = merchant_files(built, TAG_MERCHANT)
+    with launched as browser:
+        for path, shot in [(built.index, "index.png"), (page, "merchant-xss.png"), (tag_page, "merchant.png")]:
+            visit = browser.open(path.as_uri())
+            assert visit.console_errors == [], (path.name, visit.console_errors)
+            assert visit.dialogs == [], "an alert fired: merchant text ran as script"
+            outside = [u for u in visit.requests if not u.startswith(("file://", "data:"))]
+            assert outside == [], f"the page reached outside its data: {outside}"
+            assert all(u == path.as_uri() or u.startswith("data:") for u in visit.requests), visit.requests
+            images = browser.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
+            assert images and all(done and width > 0 for done, width in images), images
+            assert browser.evaluate("document.querySelectorAll('script').length") == 0
+            assert browser.evaluate("typeof window.__pwned") == "undefined"
+            assert browser.screenshot(tmp_path / shot).stat().st_size > 10_000
+
+        browser.open(page.as_uri())
+        titles = browser.evaluate("Array.from(document.querySelectorAll('article .title')).map(e => e.textContent)")
+        assert SCRIPT_TITLE in titles
+        assert HOSTILE_DESCRIPTION in browser.evaluate(
+            "Array.from(document.querySelectorAll('article .desc')).map(e => e.textContent).join('|')")
+        assert browser.evaluate("document.getElementById('merchant').textContent") == XSS_MERCHANT
+        order = browser.evaluate("Array.from(document.querySelectorAll('article')).map(e => e.dataset.itemId)")
+        assert order == [r["item_id"] for r in read_csv(merchant_files(built, XSS_MERCHANT)[1])]
+
+        browser.open(built.index.as_uri())
+        links = browser.evaluate("Array.from(document.querySelectorAll('#merchants a')).map(a => [a.textContent, a.href])")
+        assert TAG_MERCHANT in [t for t, _ in links]
+        for _, href in links:
+            assert href.startswith(built.folder.as_uri() + "/merchants/"), href
