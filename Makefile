@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo demo-data train evaluate score report test test-fast airflow-env benchmark clean
+.PHONY: setup demo demo-data train evaluate score report test test-fast airflow-env browser benchmark clean
 
 setup: $(VENV)/.installed
 
@@ -61,7 +61,11 @@ airflow-env: .venv-airflow/.installed
 	.venv-airflow/bin/pip install -q "apache-airflow>=3,<4" "apache-airflow-providers-apache-spark>=5"
 	touch $@
 
-test: setup airflow-env
+# The report's browser test opens the merchant pages in headless Chromium (Debian's package).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+test: setup airflow-env browser
 	$(PY) -m pytest
 
 test-fast: setup
