@@ -51,6 +51,10 @@ def main(argv=None) -> int:
     from pipeline.session import EnvironmentProblem, get_spark
     from pipeline.world import write_world, world_summary
 
+    # Python workers of a spark-submit started elsewhere than the repository root must find
+    # camenn too (they get the executor environment, not the driver's sys.path).
+    spark_conf = {"spark.executorEnv.PYTHONPATH": _ROOT, **config.spark.conf}
+    config = config.model_copy(update={"spark": config.spark.model_copy(update={"conf": spark_conf})})
     try:
         spark = get_spark(config, app_name=f"{config.spark.app_name}-make-demo-data")
     except EnvironmentProblem as problem:
