@@ -22,7 +22,6 @@ every category (and of the image defects) into one PNG.
 from __future__ import annotations
 
 import colorsys
-import datetime as dt
 import io
 import math
 from dataclasses import dataclass
