@@ -18,7 +18,8 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+_ROOT = str(Path(__file__).resolve().parent.parent)
+sys.path.insert(0, _ROOT)
 
 from camenn.config import ConfigError, default_config_path, load_config  # noqa: E402
 
@@ -55,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = with_flags(config.ingest, items_path=_abs(args.items_path), images_root=_abs(args.images_root),
                          events_path=_abs(args.events_path), fmt=args.format, item_map=args.map,
                          event_map=args.event_map, mode=args.mode)
+        # Python workers (the image check imports camenn) get the executor environment, not
+        # the driver's sys.path: a spark-submit started outside the repository needs this.
+        spark_conf = {"spark.executorEnv.PYTHONPATH": _ROOT, **config.spark.conf}
+        config = config.model_copy(update={"spark": config.spark.model_copy(update={"conf": spark_conf})})
         spark = get_spark(config, app_name="camenn-ingest")
         result = run_ingest(spark, config, cfg, args.run_date)
     except (ConfigError, IngestError, EnvironmentProblem) as problem:
