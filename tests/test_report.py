@@ -142,15 +142,26 @@ class Built:
     items: list[Item]
 
 
-@pytest.fixture(scope="module")
+_BUILT: dict[str, Built] = {}
+
+
+def shared_report(spark, tmp_path_factory) -> Built:
+    """The base world's tables and its D1 report through the job, built once per test session
+    (test_notebook.py explores the same run)."""
+    if "d1" not in _BUILT:
+        root = tmp_path_factory.mktemp("report")
+        config = tiny_config(root)
+        items = base_items()
+        write_world(spark, config, items, D1)
+        stdout = run_job(root, D1)
+        index = Path(stdout[-1])
+        _BUILT["d1"] = Built(config, index.parent, index, stdout, items)
+    return _BUILT["d1"]
+
+
+@pytest.fixture()
 def built(spark, tmp_path_factory) -> Built:
-    root = tmp_path_factory.mktemp("report")
-    config = tiny_config(root)
-    items = base_items()
-    write_world(spark, config, items, D1)
-    stdout = run_job(root, D1)
-    index = Path(stdout[-1])
-    return Built(config, index.parent, index, stdout, items)
+    return shared_report(spark, tmp_path_factory)
 
 
 def merchant_files(built: Built, merchant_id: str) -> tuple[Path, Path]:
@@ -190,6 +201,10 @@ def test_side_of_reads_the_reason_then_the_probabilities():
     assert report.side_of(None, 0.8, 0.2) == "image"
     assert report.side_of(None, 0.2, 0.3) == "both"
     assert report.side_of("category quantile", 0.6, 0.7) == "text"   # neither threshold: the lower one
+    # the scoring job's reasons (pipeline.scoring.FLAG_REASONS)
+    assert report.side_of("text suspect", 0.9, 0.9) == "text"
+    assert report.side_of("image suspect", 0.9, 0.9) == "image"
+    assert report.side_of("text and image suspect", 0.9, 0.9) == "both"
 
 
 def test_suggest_names_the_agreed_category_or_trusts_the_right_side():
