@@ -19,7 +19,9 @@ import traceback
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
 
 from camenn.config import ConfigError, default_config_path, load_config  # noqa: E402
 
@@ -41,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = load_config(args.conf, args.set)
+        # Python workers (the merchant pages are rendered there) get the executor environment,
+        # not the driver's sys.path: a spark-submit started outside the repository needs this.
+        spark_conf = {"spark.executorEnv.PYTHONPATH": _ROOT, **config.spark.conf}
+        config = config.model_copy(update={"spark": config.spark.model_copy(update={"conf": spark_conf})})
         spark = get_spark(config, app_name="camenn-quality-report")
     except (ConfigError, EnvironmentProblem) as problem:
         print(f"error: {problem}", file=sys.stderr)
