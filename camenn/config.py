@@ -164,6 +164,8 @@ class ScoringConfig(Section):
 class ReportConfig(Section):
     out_dir: str = "reports"
     thumbnail_px: int = Field(96, ge=16, le=512)
+    max_items_per_page: int = Field(
+        1000, ge=1, description="worst flagged items on a merchant's page and CSV; quality_flags keeps them all")
 
 
 class SparkConfig(Section):
