@@ -1,0 +1,300 @@
+"""Evaluation: the comparison table, mislabel detection and the text-image similarity heat maps.
+
+Pure Python + PyTorch (no pyspark): the Spark side (pipeline.train.run_evaluation) hands in
+plain frames and arrays.
+
+- :func:`comparison` - CVR AUC mean +- std over seeds per model, ITA/TIA accuracy on held-out
+  items, and, on the synthetic world, each model's share of the achievable lift
+  (AUC - 0.5) / (Bayes AUC - 0.5) against the Bayes-optimal ceiling.
+- :func:`mislabel_detection` - per planted defect type (truth_items.defect): AUROC of low
+  ITA / TIA / min(ITA, TIA) against clean items, precision and recall of the flag rule
+  (scoring.thresholds), and whether ITA vs TIA names the wrong side (text or image).
+- :func:`similarity_heatmap` - cosine similarity between 8 items' text and image
+  representations (the paper's figures 4 and 5), as a PNG.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from camenn.inputs import FeatureVocab, ItemStore  # noqa: F401  (FeatureVocab re-exported for callers)
+from camenn.model import CameNN, CameNNBatch
+from camenn.training import item_split, predict_items, roc_auc, trim_items
+
+# which side a planted defect damages: text defects should show on ITA, image defects on TIA
+DEFECT_SIDE = {"text_swap": "text", "vague_text": "text", "image_swap": "image", "blurred_image": "image",
+               "wrong_category": None}
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def mean_std(values) -> tuple[float, float]:
+    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], dtype=np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def lift_share(auc: float, bayes_auc: float | None) -> float | None:
+    """(AUC - 0.5) / (Bayes AUC - 0.5): the share of the achievable lift over random a model gets."""
+    if bayes_auc is None or not bayes_auc > 0.5 or auc is None or math.isnan(auc):
+        return None
+    return (auc - 0.5) / (bayes_auc - 0.5)
+
+
+def comparison(results: dict[str, list[dict]], bayes: float | None = None) -> list[dict]:
+    """One row per model: mean and std over seeds of CVR AUC, ITA/TIA accuracy, lift share."""
+    rows = []
+    for name, runs in results.items():
+        row = {"model": name, "seeds": [r.get("seed") for r in runs]}
+        for key in ("cvr_auc", "ita_acc", "tia_acc", "ita_auc", "tia_auc", "train_seconds", "epochs_run"):
+            m, s = mean_std([r.get(key) for r in runs])
+            row[key] = m
+            row[f"{key}_std"] = s
+        shares = [lift_share(r.get("cvr_auc"), bayes) for r in runs]
+        row["lift_share"], row["lift_share_std"] = mean_std(shares) if bayes else (None, None)
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------ mislabel detection
+
+
+def _flags(p_ita: np.ndarray, p_tia: np.ndarray, categories: np.ndarray | None, thresholds) -> np.ndarray:
+    if thresholds.mode == "absolute" or categories is None:
+        return (p_ita < thresholds.ita) | (p_tia < thresholds.tia)
+    flag = (p_ita < thresholds.ita) | (p_tia < thresholds.tia)  # small categories keep the absolute rule
+    least = getattr(thresholds, "min_category_items", 1)
+    for c in np.unique(categories):
+        rows = categories == c
+        if rows.sum() < least:
+            continue
+        qi, qt = np.quantile(p_ita[rows], thresholds.quantile), np.quantile(p_tia[rows], thresholds.quantile)
+        flag[rows] = (p_ita[rows] <= qi) | (p_tia[rows] <= qt)
+    return flag
+
+
+def detection_table(p_ita: np.ndarray, p_tia: np.ndarray, defects: np.ndarray, flag: np.ndarray) -> dict:
+    """Per defect type vs clean items: AUROCs of low scores, precision/recall of ``flag``, side attribution."""
+    clean = defects == "none"
+    low = 1.0 - np.minimum(p_ita, p_tia)
+    out: dict = {"n_items": int(len(defects)), "n_clean": int(clean.sum()), "n_flagged": int(flag.sum()),
+                 "flag_rate_clean": float(flag[clean].mean()) if clean.any() else float("nan")}
+    bad = ~clean
+    out["overall"] = {
+        "n": int(bad.sum()), "auroc_min": roc_auc(bad[clean | bad], low),
+        "precision": float(bad[flag].mean()) if flag.any() else float("nan"),
+        "recall": float(flag[bad].mean()) if bad.any() else float("nan"),
+    }
+    per = {}
+    for d in sorted(set(defects) - {"none"}):
+        rows = defects == d
+        both = rows | clean
+        y = rows[both]
+        entry = {
+            "n": int(rows.sum()),
+            "auroc_ita": roc_auc(y, 1.0 - p_ita[both]), "auroc_tia": roc_auc(y, 1.0 - p_tia[both]),
+            "auroc_min": roc_auc(y, low[both]),
+            "recall": float(flag[rows].mean()) if rows.any() else float("nan"),
+            # precision of the flag among this type and clean items: how pure the flagged set is
+            "precision": float(rows[flag & both].mean()) if (flag & both).any() else float("nan"),
+            "mean_p_ita": float(p_ita[rows].mean()) if rows.any() else float("nan"),
+            "mean_p_tia": float(p_tia[rows].mean()) if rows.any() else float("nan"),
+        }
+        side = DEFECT_SIDE.get(d)
+        if side is not None and rows.any():
+            blamed_text = p_ita < p_tia
+            right = blamed_text if side == "text" else ~blamed_text
+            entry["side"] = side
+            entry["side_accuracy"] = float(right[rows].mean())
+            entry["side_accuracy_flagged"] = float(right[rows & flag].mean()) if (rows & flag).any() else float("nan")
+        per[d] = entry
+    out["per_defect"] = per
+    return out
+
+
+def mislabel_detection(model: CameNN, store: ItemStore, truth, thresholds, test_fraction: float,
+                       valid_fraction: float, seed: int, batch_size: int = 512) -> dict:
+    """Score every item item-only and compare the flags with truth_items (a pandas frame: item_id, defect)."""
+    known = truth[truth["item_id"].isin(store.index)]
+    idx = store.lookup(list(known["item_id"]))
+    probs = predict_items(model, store, idx, batch_size, "cpu")
+    if "ita" not in probs or "tia" not in probs:
+        return {}
+    p_ita, p_tia = probs["ita"].astype(np.float64), probs["tia"].astype(np.float64)
+    defects = known["defect"].to_numpy(dtype=object)
+    cats = None
+    if thresholds.mode == "category_quantile":
+        cats = store.feats[idx, 0].numpy()
+    flag = _flags(p_ita, p_tia, cats, thresholds)
+    held = np.asarray([item_split(i, test_fraction, valid_fraction, seed) == "test" for i in known["item_id"]])
+    return {"threshold": {"mode": thresholds.mode, "ita": thresholds.ita, "tia": thresholds.tia, "quantile": thresholds.quantile},
+            "all_items": detection_table(p_ita, p_tia, defects, flag),
+            "held_out_items": detection_table(p_ita[held], p_tia[held], defects[held], flag[held])}
+
+
+# ------------------------------------------------------------------------------ heat maps
+
+
+def pick_heatmap_items(store: ItemStore, truth=None, n: int = 8, seed: int = 0) -> list[int]:
+    """n clean items of n different categories where possible (store rows), chosen reproducibly."""
+    rng = np.random.default_rng(seed)
+    candidates = np.arange(len(store))
+    if truth is not None:
+        clean = set(truth.loc[truth["defect"] == "none", "item_id"])
+        candidates = np.asarray([i for i, item in enumerate(store.item_ids) if item in clean], dtype=np.int64)
+    candidates = rng.permutation(candidates)
+    cats = store.feats[:, 0].numpy()
+    picked, seen = [], set()
+    for i in candidates:
+        if cats[i] not in seen:
+            picked.append(int(i))
+            seen.add(cats[i])
+        if len(picked) == n:
+            return picked
+    for i in candidates:  # fewer categories than n
+        if int(i) not in picked:
+            picked.append(int(i))
+        if len(picked) == n:
+            break
+    return picked
+
+
+@torch.no_grad()
+def text_image_representations(model: CameNN, store: ItemStore, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per item (item-only input): the shared bottom's output averaged over its text tokens and over its
+    image patches -> (n, D), (n, D)."""
+    model.eval()
+    items = trim_items(store.gather(torch.as_tensor(rows, dtype=torch.long)))
+    x, pad, _ = model.embed(CameNNBatch(target=items))  # (n, T, D) with T = 1 + L + 1 + P
+    h = model.bottom(x, pad)  # (n, T, D)
+    L, P = items.text.shape[1], model.cfg.n_patches
+    mask = items.text_mask.float().unsqueeze(-1)  # (n, L, 1)
+    text = (h[:, 1:1 + L] * mask).sum(1) / mask.sum(1).clamp_min(1.0)  # (n, D)
+    image = h[:, 2 + L:2 + L + P].mean(1)  # (n, D)
+    return text, image
+
+
+def cosine_matrix(text: torch.Tensor, image: torch.Tensor) -> np.ndarray:
+    t = torch.nn.functional.normalize(text.float(), dim=-1)
+    i = torch.nn.functional.normalize(image.float(), dim=-1)
+    return (t @ i.T).numpy()  # (n, n): row = item's text, column = item's image
+
+
+def diagonal_contrast(sim: np.ndarray) -> dict:
+    n = sim.shape[0]
+    off = sim[~np.eye(n, dtype=bool)]
+    diag = np.diag(sim)
+    return {"diag_mean": float(diag.mean()), "offdiag_mean": float(off.mean()),
+            "contrast": float(diag.mean() - off.mean()),
+            "top1": float((sim.argmax(1) == np.arange(n)).mean())}
+
+
+def similarity_heatmap(model: CameNN, store: ItemStore, rows: list[int], path, title: str) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    text, image = text_image_representations(model, store, rows)
+    sim = cosine_matrix(text, image)
+    labels = [f"{k + 1}" for k in range(len(rows))]
+    fig, ax = plt.subplots(figsize=(5.6, 4.8), dpi=120)
+    im = ax.imshow(sim, cmap="viridis", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(rows)), labels)
+    ax.set_yticks(range(len(rows)), labels)
+    ax.set_xlabel("item image")
+    ax.set_ylabel("item text")
+    for a in range(len(rows)):
+        for b in range(len(rows)):
+            ax.text(b, a, f"{sim[a, b]:.2f}", ha="center", va="center", fontsize=6.5,
+                    color="black" if sim[a, b] > 0.3 else "white")
+    stats = diagonal_contrast(sim)
+    ax.set_title(f"{title}\ndiag {stats['diag_mean']:.2f} vs off-diag {stats['offdiag_mean']:.2f}", fontsize=8.5)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return {"path": str(path), "items": [store.item_ids[r] for r in rows], "similarity": sim.round(4).tolist(), **stats}
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def _f(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def _pm(row: dict, key: str, digits: int = 3) -> str:
+    m, s = row.get(key), row.get(f"{key}_std")
+    if m is None or (isinstance(m, float) and math.isnan(m)):
+        return "-"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if s is not None and not math.isnan(s) else f"{m:.{digits}f}"
+
+
+def report_markdown(metrics: dict) -> str:
+    lines = [f"# Evaluation: {metrics.get('config')} ({metrics.get('created')})", ""]
+    lines += [f"Config: `{metrics.get('config_source')}`; examples from **{metrics.get('examples_source')}**; "
+              f"seeds {metrics.get('seeds')}; table versions `{json_compact(metrics.get('table_versions'))}`.", ""]
+    counts = metrics.get("example_counts") or {}
+    if counts:
+        lines += ["Examples (split_label: rows): " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())), ""]
+    bayes = metrics.get("bayes") or {}
+    lines += ["## Comparison (held-out 25%: CVR AUC on test users, ITA/TIA on held-out items)", ""]
+    head = "| model | CVR AUC | share of achievable lift | ITA acc | TIA acc | ITA AUC | TIA AUC | epochs | train s |"
+    lines += [head, "|---" * (head.count("|") - 1) + "|"]
+    for row in metrics.get("comparison", []):
+        lines.append(f"| {row['model']} | {_pm(row, 'cvr_auc')} | {_pm(row, 'lift_share')} | {_pm(row, 'ita_acc')} | "
+                     f"{_pm(row, 'tia_acc')} | {_pm(row, 'ita_auc')} | {_pm(row, 'tia_auc')} | {_f(row.get('epochs_run'), 1)} | "
+                     f"{_f(row.get('train_seconds'), 0)} |")
+    if bayes:
+        lines.append(f"| Bayes-optimal (truth p_buy) | {_f(bayes.get('bayes_auc'))} | 1.000 | | | | | | |")
+        lines += ["", f"Bayes AUC on {bayes.get('n_matched')} of {bayes.get('n_test')} test rows matched in truth_impressions; "
+                  "lift share = (AUC - 0.5) / (Bayes AUC - 0.5)."]
+    mis = metrics.get("mislabel")
+    if mis:
+        th = mis["threshold"]
+        lines += ["", "## Mislabel detection (synthetic truth_items)", "",
+                  f"Flag rule: {th['mode']} (ITA < {th['ita']} or TIA < {th['tia']})" if th["mode"] == "absolute"
+                  else f"Flag rule: lowest {th['quantile']:.0%} of ITA or TIA per category", ""]
+        for scope in ("all_items", "held_out_items"):
+            t = mis[scope]
+            lines += [f"### {scope.replace('_', ' ')} ({t['n_items']} items, {t['n_flagged']} flagged, "
+                      f"{_f(t['flag_rate_clean'])} of clean items flagged)", "",
+                      "| defect | n | AUROC low ITA | AUROC low TIA | AUROC low min | precision | recall | side | side right (all) | side right (flagged) |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
+            for d, e in t["per_defect"].items():
+                lines.append(f"| {d} | {e['n']} | {_f(e['auroc_ita'])} | {_f(e['auroc_tia'])} | {_f(e['auroc_min'])} | "
+                             f"{_f(e['precision'])} | {_f(e['recall'])} | {e.get('side') or '-'} | {_f(e.get('side_accuracy'))} | "
+                             f"{_f(e.get('side_accuracy_flagged'))} |")
+            o = t["overall"]
+            lines += [f"| any defect | {o['n']} | | | {_f(o['auroc_min'])} | {_f(o['precision'])} | {_f(o['recall'])} | | | |", ""]
+    maps = metrics.get("heatmaps")
+    if maps:
+        lines += ["## Text-image cosine similarity of 8 clean items (figures 4 and 5)", ""]
+        for key, fig in maps.items():
+            lines += [f"![{key}]({Path(fig['path']).name})", "",
+                      f"{key}: diagonal {fig['diag_mean']:.3f}, off-diagonal {fig['offdiag_mean']:.3f}, "
+                      f"contrast {fig['contrast']:.3f}, text->image top-1 {fig['top1']:.2f}", ""]
+    lines += ["", "Per-seed numbers and training histories: metrics.json."]
+    return "\n".join(lines) + "\n"
+
+
+def json_compact(obj) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+__all__ = ["comparison", "lift_share", "mean_std", "mislabel_detection", "detection_table", "similarity_heatmap",
+           "pick_heatmap_items", "text_image_representations", "cosine_matrix", "report_markdown", "slug", "DEFECT_SIDE"]

@@ -1,0 +1,281 @@
+"""Training and evaluation orchestration: Spark prepares pinned data, PyTorch trains on it.
+
+    result = run_training(spark, config, if_missing=False)     # jobs/train.py
+    report = run_evaluation(spark, config)                     # jobs/evaluate.py
+
+``run_training`` refreshes the item feature cache, writes ``training_examples`` (Spark), builds
+a spec (a plain dict: table paths and versions, vocabulary, settings) and runs
+``camenn.training.train_fn`` on it: in the driver when ``training.num_processes`` is 1, else
+with ``TorchDistributor(num_processes, local_mode=True, use_gpu)``. Rank 0 writes the artifact.
+
+``run_evaluation`` trains the paper's comparison on the same data and seeds (CameNN, MoSE
+frame, MMoE frame, CameNN without the alignment tasks, CVR-only single-task transformer),
+adds the Bayes-optimal AUC of the synthetic world (``truth_impressions``) on the same test
+split, scores mislabel detection against ``truth_items`` and draws the text-image similarity
+heat maps; everything goes to ``runs/<config>/<timestamp>/``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from camenn.config import AppConfig, project_root
+from pipeline.training_data import TrainingData, prepare_training_data
+
+# The comparison of the paper's ablations: name -> model settings overriding config.model.
+VARIANTS: dict[str, dict] = {
+    "CameNN": {"frame": "camenn"},
+    "MoSE frame (LSTM)": {"frame": "mose"},
+    "MMoE frame (MLP)": {"frame": "mmoe"},
+    "CameNN w/o ITA+TIA": {"frame": "camenn", "tasks": ["cvr"]},
+    "single-task transformer (CVR)": {"frame": "single_task"},
+}
+
+
+# ------------------------------------------------------------------------------ spec
+
+
+def config_hash(config: AppConfig) -> str:
+    """What decides the trained model: model, featurizer, training (but where and how it runs) and the data root."""
+    training = config.training.model_dump(mode="json", exclude={"artifact_dir", "num_processes", "use_gpu", "num_threads"})
+    payload = {"name": config.name, "data": config.data.model_dump(mode="json"),
+               "model": config.model.model_dump(mode="json"), "featurizer": config.featurizer.model_dump(mode="json"),
+               "training": training}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def make_spec(config: AppConfig, data: TrainingData, *, seed: int | None = None, model_overrides: dict | None = None,
+              artifact_dir: str | None = None) -> dict:
+    """The plain-dict input of camenn.training.train_fn (picklable; no Spark objects)."""
+    fcfg = config.featurizer.to_featurizer_config()
+    model = config.model.model_dump(mode="json")
+    model.update(model_overrides or {})
+    seed = config.training.seeds[0] if seed is None else seed
+    return {
+        "config_name": config.name,
+        "seed": int(seed),
+        "model": model,
+        "training": config.training.model_dump(mode="json"),
+        "split": config.training.split.model_dump(mode="json"),
+        "featurizer": asdict(fcfg),
+        "encoder_fingerprint": data.fingerprint,
+        "n_patches": fcfg.patch_grid * fcfg.patch_grid,
+        "max_text_tokens": fcfg.max_text_tokens,
+        "vocab": data.vocab.to_dict(),
+        "table_versions": dict(data.versions),
+        "paths": {name: config.table(name) for name in ("items", "item_features", "training_examples")},
+        "artifact_dir": artifact_dir if artifact_dir is not None else config.training.artifact_dir,
+        "git_commit": _git_commit(),
+        "metadata": {"config_hash": config_hash(config), "examples_source": data.source,
+                     "example_counts": data.counts, "config_source": config.source},
+    }
+
+
+def _git_commit() -> str | None:
+    from camenn.training import git_commit
+
+    return git_commit(str(project_root()))
+
+
+def run_spec(spark, config: AppConfig, spec: dict) -> dict:
+    """train_fn(spec) in the driver (1 process) or under TorchDistributor (N local processes, DDP)."""
+    from camenn.training import train_fn
+
+    n = config.training.num_processes
+    if n == 1:
+        return train_fn(spec)
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    # torchrun's workers import camenn from the project, wherever the job was started
+    root = str(project_root())
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, *paths])
+    distributor = TorchDistributor(num_processes=n, local_mode=True, use_gpu=config.training.use_gpu)
+    return distributor.run(train_fn, spec)
+
+
+# ------------------------------------------------------------------------------ train
+
+
+@dataclass
+class TrainResult:
+    artifact: str | None
+    model_version: str | None
+    metrics: dict
+    skipped: bool = False
+    data: TrainingData | None = None
+    seconds: dict | None = None
+
+    def summary(self) -> str:
+        if self.skipped:
+            return f"artifact {self.artifact} (version {self.model_version}) is current for this config; training skipped"
+        m = self.metrics
+        parts = [f"{k}={m[k]:.4f}" for k in ("cvr_auc", "ita_acc", "tia_acc", "ita_auc", "tia_auc") if isinstance(m.get(k), float)]
+        secs = ", ".join(f"{k} {v:.0f}s" for k, v in (self.seconds or {}).items())
+        return (f"trained {self.artifact} (version {self.model_version}): {', '.join(parts)}; "
+                f"best epoch {m.get('best_epoch')} of {m.get('epochs_run')}; {secs}")
+
+
+def current_artifact(config: AppConfig, path: str | None = None):
+    """The artifact at training.artifact_dir when it loads, verifies and was trained from this config; else None."""
+    from camenn.checkpoint import ArtifactError, load_artifact
+    from pipeline.features import featurizer_config, featurizer_fingerprint
+
+    path = path or config.training.artifact_dir
+    if not Path(path).is_dir():
+        return None
+    try:
+        art = load_artifact(path)
+    except (ArtifactError, OSError, ValueError):
+        return None
+    meta = art.metadata
+    if meta.get("config_hash") != config_hash(config):
+        return None
+    if meta.get("encoder_fingerprint") != featurizer_fingerprint(featurizer_config(config)):
+        return None
+    required = ("featurizer", "vocab", "max_behaviour", "table_versions", "metrics", "trained_at", "config_name")
+    return art if all(k in meta for k in required) else None
+
+
+def run_training(spark, config: AppConfig, *, run_date: dt.date | None = None, if_missing: bool = False,
+                 seed: int | None = None) -> TrainResult:
+    if if_missing:
+        art = current_artifact(config)
+        if art is not None:
+            return TrainResult(str(art.path), art.version, art.metadata.get("metrics", {}), skipped=True)
+    t0 = time.perf_counter()
+    data = prepare_training_data(spark, config, run_date)
+    t1 = time.perf_counter()
+    spec = make_spec(config, data, seed=seed)
+    spec["metadata"]["data_seconds"] = t1 - t0
+    result = run_spec(spark, config, spec)
+    t2 = time.perf_counter()
+    return TrainResult(result["artifact"], result["model_version"], result["metrics"], data=data,
+                       seconds={"data": t1 - t0, "train": t2 - t1})
+
+
+# ------------------------------------------------------------------------------ evaluate
+
+
+def bayes_auc(spark, config: AppConfig, data: TrainingData) -> dict | None:
+    """AUC of the world's true buy probability (truth_impressions.p_buy) on the same test rows; None without truth."""
+    from pyspark.sql import functions as F
+
+    from camenn.training import roc_auc
+    from pipeline import tables
+
+    if data.source != "impressions":
+        return None
+    try:
+        truth = tables.read_table(spark, config, "truth_impressions")
+    except tables.MissingTable:
+        return None
+    test = (tables.read_table(spark, config, "training_examples", version=data.versions["training_examples"])
+            .where(F.col("split") == "test").select("user_id", "item_id", "ts", "label"))
+    truth = truth.groupBy("user_id", "item_id", "ts").agg(F.avg("p_buy").alias("p_buy"))
+    rows = test.join(truth, ["user_id", "item_id", "ts"], "left").select("label", "p_buy").toPandas()
+    matched = rows.dropna()
+    return {"bayes_auc": roc_auc(matched["label"], matched["p_buy"]), "n_test": int(len(rows)), "n_matched": int(len(matched))}
+
+
+def run_evaluation(spark, config: AppConfig, *, out_dir: str | None = None, variants: list[str] | None = None,
+                   run_date: dt.date | None = None) -> dict:
+    """The comparison table, Bayes ceiling, mislabel detection and heat maps; returns the metrics dict."""
+    from camenn import evaluation as ev
+    from camenn.checkpoint import load_artifact
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(out_dir) if out_dir else project_root() / "runs" / config.name / stamp
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    data = prepare_training_data(spark, config, run_date)
+    print(f"[evaluate] data ready in {time.perf_counter() - t0:.0f}s: training_examples v{data.versions['training_examples']} "
+          f"({data.source}) {data.counts}", file=sys.stderr, flush=True)
+    names = variants or list(VARIANTS)
+    results: dict[str, list[dict]] = {}
+    artifacts: dict[str, str] = {}
+    for name in names:
+        for seed in config.training.seeds:
+            slug = ev.slug(name)
+            spec = make_spec(config, data, seed=seed, model_overrides=VARIANTS[name],
+                             artifact_dir=str(run_dir / "models" / f"{slug}-s{seed}"))
+            print(f"[evaluate] {name}, seed {seed}", file=sys.stderr, flush=True)
+            out = run_spec(spark, config, spec)
+            results.setdefault(name, []).append({"seed": seed, **out["metrics"]})
+            artifacts.setdefault(name, out["artifact"])
+            _dump(run_dir / "metrics.json", {"partial": True, "runs": results})
+    bayes = bayes_auc(spark, config, data)
+    table = ev.comparison(results, bayes["bayes_auc"] if bayes else None)
+
+    metrics: dict = {"config": config.name, "config_source": config.source, "created": stamp,
+                     "table_versions": data.versions, "examples_source": data.source, "example_counts": data.counts,
+                     "seeds": list(config.training.seeds), "bayes": bayes, "comparison": table, "runs": results,
+                     "artifacts": artifacts}
+
+    # mislabel detection and heat maps, from the first seed's models
+    main = artifacts.get("CameNN")
+    if main:
+        from camenn.training import load_item_store
+
+        art = load_artifact(main)
+        vocab = ev.FeatureVocab.from_dict(art.metadata["vocab"])
+        v = data.versions
+        store = load_item_store(config.table("item_features"), v["item_features"], config.table("items"), v["items"],
+                                data.fingerprint, vocab, art.config.n_patches)
+        truth = _truth_items(spark, config)
+        split = config.training.split
+        if truth is not None:
+            metrics["mislabel"] = ev.mislabel_detection(art.model, store, truth, config.scoring.thresholds,
+                                                        split.test_fraction, split.valid_fraction, split.seed)
+        before = artifacts.get("CameNN w/o ITA+TIA")
+        ids = ev.pick_heatmap_items(store, truth, n=8, seed=config.training.seeds[0])
+        figs = {}
+        if before:
+            figs["before"] = ev.similarity_heatmap(load_artifact(before).model, store, ids, run_dir / "fig4_before_alignment.png",
+                                                   "before alignment training (CameNN w/o ITA+TIA)")
+        figs["after"] = ev.similarity_heatmap(art.model, store, ids, run_dir / "fig5_after_alignment.png",
+                                              "after alignment training (CameNN)")
+        metrics["heatmaps"] = figs
+    metrics["seconds"] = time.perf_counter() - t0
+    _dump(run_dir / "metrics.json", metrics)
+    (run_dir / "report.md").write_text(ev.report_markdown(metrics))
+    return {"run_dir": str(run_dir), **metrics}
+
+
+def _truth_items(spark, config: AppConfig):
+    from pipeline import tables
+
+    try:
+        return tables.read_table(spark, config, "truth_items").select("item_id", "defect").toPandas()
+    except tables.MissingTable:
+        return None
+
+
+def _dump(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+__all__ = ["VARIANTS", "config_hash", "make_spec", "run_spec", "run_training", "run_evaluation", "TrainResult",
+           "current_artifact", "bayes_auc"]

@@ -1,0 +1,162 @@
+"""Training end to end on real Spark + Delta and the real (frozen) encoders, on a tiny hand-made world.
+
+One module-scoped world; each test trains a few steps only.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config
+from pipeline import tables
+from test_training_data import synthetic_world, write_world
+
+FAST = ("training.epochs=2", "training.max_steps_per_epoch=3", "training.batch_size=16",
+        "training.alignment_batch_size=8", "training.patience=1", "model.d_model=16", "model.n_heads=2",
+        "model.n_experts=2", "model.max_behaviour=3")
+
+
+@pytest.fixture(scope="module")
+def world_root(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-world")
+    config = tiny_config(root, *FAST)
+    write_world(spark, config, synthetic_world(n_items=28, n_users=16, days=10))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(spark, world_root):
+    from pipeline.train import run_training
+
+    config = tiny_config(world_root, *FAST)
+    return config, run_training(spark, config)
+
+
+def test_artifact_records_the_contract_and_table_versions(spark, trained):
+    from camenn.checkpoint import load_artifact
+    from pipeline.features import featurizer_config, featurizer_fingerprint
+
+    config, result = trained
+    art = load_artifact(result.artifact)
+    meta = art.metadata
+    for key in ("featurizer", "encoder_fingerprint", "vocab", "max_behaviour", "table_versions", "metrics",
+                "git_commit", "trained_at", "config_name"):
+        assert key in meta, key
+    assert meta["config_name"] == "tiny" and meta["max_behaviour"] == 3 == art.config.max_behaviour
+    assert meta["encoder_fingerprint"] == featurizer_fingerprint(featurizer_config(config))
+    assert meta["featurizer"]["max_text_tokens"] == config.featurizer.max_text_tokens
+    versions = meta["table_versions"]
+    for name in ("items", "users", "events", "impressions", "item_features", "training_examples"):
+        assert versions[name] == tables.table_version(spark, config, name), name
+    # the pinned snapshot is readable by version, and it is what the model was trained from
+    from deltalake import DeltaTable
+
+    snap = DeltaTable(config.table("training_examples"), version=versions["training_examples"]).to_pyarrow_table()
+    assert snap.num_rows == sum(v for k, v in meta["example_counts"].items() if k[:4] in ("trai", "vali", "test"))
+    m = meta["metrics"]
+    assert 0.0 <= m["cvr_auc"] <= 1.0 and 0.0 <= m["ita_acc"] <= 1.0 and 0.0 <= m["tia_acc"] <= 1.0
+    assert m["epochs_run"] >= 1 and meta["history"]
+    json.dumps(meta)  # JSON-safe
+    assert result.model_version == art.version
+
+
+def test_artifact_scores_full_and_item_only(spark, trained):
+    from camenn.checkpoint import load_artifact
+    from camenn.inputs import FeatureVocab, full_batch, item_only_batch
+    from camenn.training import load_item_store
+
+    config, result = trained
+    art = load_artifact(result.artifact)
+    vocab = FeatureVocab.from_dict(art.metadata["vocab"])
+    v = art.metadata["table_versions"]
+    store = load_item_store(config.table("item_features"), v["item_features"], config.table("items"), v["items"],
+                            art.metadata["encoder_fingerprint"], vocab, art.config.n_patches)
+    idx = torch.arange(4)
+    probs = art.model.predict(item_only_batch(store, idx))
+    assert set(probs) == {"cvr", "ita", "tia"} and all(p.shape == (4,) for p in probs.values())
+    beh = torch.tensor([[4, 5, -1], [6, -1, -1], [-1, -1, -1], [7, 8, 9]])
+    users = torch.as_tensor(vocab.user_feats({"age_band": ["18-29"] * 4, "household": ["family"] * 4, "zone": ["z1"] * 4}))
+    out = art.model.predict(full_batch(store, idx, beh, users))["cvr"]
+    assert torch.isfinite(out).all() and ((out >= 0) & (out <= 1)).all()
+
+
+def test_training_is_deterministic_given_a_seed(spark, trained):
+    from camenn.training import train_fn
+    from pipeline.train import make_spec
+
+    config, result = trained
+    spec = make_spec(config, result.data, artifact_dir="")
+    a, b = train_fn(spec), train_fn(spec)
+    drop = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert drop(a["history"]) == drop(b["history"])
+    assert a["metrics"]["cvr_auc"] == b["metrics"]["cvr_auc"]
+
+
+def test_if_missing_skips_a_current_artifact(spark, world_root, trained):
+    from pipeline.train import run_training
+
+    config, result = trained
+    again = run_training(spark, config, if_missing=True)
+    assert again.skipped and again.model_version == result.model_version
+    from pipeline.train import current_artifact
+
+    assert current_artifact(config) is not None
+    assert current_artifact(tiny_config(world_root, *FAST, "training.lr=0.001")) is None  # another config
+
+
+def test_torch_distributor_two_processes(spark, world_root, tmp_path):
+    from camenn.checkpoint import load_artifact
+    from camenn.inputs import FeatureVocab, item_only_batch
+    from camenn.training import load_item_store
+    from pipeline.train import run_training
+
+    config = tiny_config(world_root, *FAST, "training.num_processes=2", "training.num_threads=1",
+                         f"training.artifact_dir={tmp_path / 'ddp-model'}")
+    result = run_training(spark, config)
+    assert result.metrics["world_size"] == 2
+    art = load_artifact(result.artifact)
+    assert art.metadata["table_versions"]["training_examples"] == tables.table_version(spark, config, "training_examples")
+    vocab = FeatureVocab.from_dict(art.metadata["vocab"])
+    v = art.metadata["table_versions"]
+    store = load_item_store(config.table("item_features"), v["item_features"], config.table("items"), v["items"],
+                            art.metadata["encoder_fingerprint"], vocab, art.config.n_patches)
+    probs = art.model.predict(item_only_batch(store, torch.arange(len(store))))
+    assert all(np.isfinite(p.numpy()).all() for p in probs.values())
+
+
+def test_rank_shards_partition_the_examples(spark, trained):
+    from camenn.inputs import FeatureVocab
+    from camenn.training import load_examples, load_item_store
+
+    config, result = trained
+    v = result.data.versions
+    vocab = result.data.vocab
+    store = load_item_store(config.table("item_features"), v["item_features"], config.table("items"), v["items"],
+                            result.data.fingerprint, FeatureVocab.from_dict(vocab.to_dict()), 9)
+    whole, _ = load_examples(config.table("training_examples"), v["training_examples"], 0, 1, store, vocab, 3)
+    parts = [load_examples(config.table("training_examples"), v["training_examples"], r, 3, store, vocab, 3)[0]
+             for r in range(3)]
+    for split in ("train", "valid", "test"):
+        assert sum(len(p[split]) for p in parts) == len(whole[split])
+
+
+def test_evaluation_report(spark, world_root, tmp_path):
+    from pipeline.train import run_evaluation
+
+    config = tiny_config(world_root, *FAST)
+    out = run_evaluation(spark, config, out_dir=str(tmp_path / "run"), variants=["CameNN", "CameNN w/o ITA+TIA"])
+    run = tmp_path / "run"
+    assert (run / "metrics.json").is_file() and (run / "report.md").is_file()
+    assert (run / "fig4_before_alignment.png").is_file() and (run / "fig5_after_alignment.png").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    names = [row["model"] for row in metrics["comparison"]]
+    assert names == ["CameNN", "CameNN w/o ITA+TIA"]
+    assert metrics["bayes"]["n_matched"] == metrics["bayes"]["n_test"] > 0
+    assert metrics["comparison"][0]["lift_share"] is not None
+    assert set(metrics["mislabel"]["all_items"]["per_defect"]) == {"text_swap", "image_swap", "vague_text",
+                                                                   "blurred_image", "wrong_category"}
+    assert "Bayes-optimal" in (run / "report.md").read_text()
