@@ -71,9 +71,15 @@ SIDE_LABEL = {"text": "text looks wrong", "image": "photo looks wrong", "both": 
 CSV_COLUMNS = ["rank", "item_id", "status", "first_flagged", "category", "title", "description",
                "p_ita", "p_tia", "side", "problem", "suggested_category", "suggestion"]
 
-# Columns of one flagged item as the per-merchant task receives it.
+# Columns of one flagged item as the Spark side hands it to the enrichment step.
 _PAGE_INPUT = ["merchant_id", "item_id", "category", "title", "description", "image", "p_ita", "p_tia",
                "reason", "model_version", "content_hash", "first_flagged", "text_emb", "n_text_tokens", "image_emb"]
+
+
+
+def flag_columns() -> list[str]:
+    """quality_flags column names, in contract order (its DDL has no nested types)."""
+    return [part.split()[0] for part in " ".join(tables.SPECS["quality_flags"].columns.split()).split(",")]
 
 
 class ReportError(RuntimeError):
@@ -367,8 +373,8 @@ _MERCHANT = """{% extends "base.html" %}
 {% block body %}
 <header>
   <h1>Listings to check: <span id="merchant">{{ merchant_id }}</span></h1>
-  <p>Run of {{ run_date }} · {{ rows|length }} flagged item{{ "" if rows|length == 1 else "s" }}, {{ n_new }} new ·
-     model {{ model_version }}</p>
+  <p>Run of {{ run_date }} · {{ n_flagged }} flagged item{{ "" if n_flagged == 1 else "s" }}{% if n_flagged > rows|length %}
+     (the worst {{ rows|length }} shown here and in the CSV){% endif %}, {{ n_new }} new · model {{ model_version }}</p>
   <p><a href="../index.html">All merchants</a> · <a href="{{ csv_name }}" download>Download as CSV</a></p>
 </header>
 <main>
@@ -457,23 +463,52 @@ class PageSettings:
     n_patches: int
     ita_threshold: float
     tia_threshold: float
+    max_items: int
     centroids: Centroids
 
 
+# One flagged item as the per-merchant task receives it: images already thumbnails and blobs
+# already reduced to their nearest categories (a step before the shuffle), so a merchant's
+# group holds a few KB per item.
+_ENRICHED_SCHEMA = ("merchant_id string, item_id string, category string, title string, description string, "
+                    "thumb string, text_category string, image_category string, p_ita double, p_tia double, "
+                    "reason string, model_version string, content_hash string, first_flagged date")
+_ENRICHED = [part.strip().split(" ")[0] for part in _ENRICHED_SCHEMA.split(",")]
+
+
+def _present(value) -> bool:
+    return value is not None and value is not pd.NA and not (isinstance(value, float) and math.isnan(value))
+
+
+def _enrich_fn(settings: PageSettings):
+    def enrich(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for pdf in batches:
+            thumbs, text_cats, image_cats = [], [], []
+            for image, t, n, im in zip(pdf["image"], pdf["text_emb"], pdf["n_text_tokens"], pdf["image_emb"]):
+                thumbs.append(thumbnail_data_uri(image, settings.thumbnail_px) if _present(image) else None)
+                text_cat = image_cat = None
+                if _present(t) and _present(im) and _present(n):
+                    try:
+                        text_cat, image_cat = settings.centroids.nearest(*pooled_vectors(t, n, im, settings.n_patches))
+                    except ValueError:          # blobs of another encoder shape: no suggestion
+                        pass
+                text_cats.append(text_cat)
+                image_cats.append(image_cat)
+            out = pdf.drop(columns=["image", "text_emb", "n_text_tokens", "image_emb"])
+            out["thumb"], out["text_category"], out["image_category"] = thumbs, text_cats, image_cats
+            out["first_flagged"] = [_as_date(v) for v in out["first_flagged"]]
+            yield out[_ENRICHED]
+    return enrich
+
+
 def merchant_rows(pdf: pd.DataFrame, settings: PageSettings) -> pd.DataFrame:
-    """One merchant's flagged items -> report rows, worst first (all fields, thumbnails included)."""
+    """One merchant's flagged items -> report rows, worst first (rank 1 = lowest min(p_ita, p_tia))."""
     out = []
     for rec in pdf.to_dict("records"):
         p_ita, p_tia = float(rec["p_ita"]), float(rec["p_tia"])
         side = side_of(_opt(rec.get("reason")), p_ita, p_tia, settings.ita_threshold, settings.tia_threshold)
-        text_cat = image_cat = None
-        if rec.get("text_emb") is not None and not isinstance(rec.get("text_emb"), float):
-            try:
-                tv, iv = pooled_vectors(rec["text_emb"], rec["n_text_tokens"], rec["image_emb"], settings.n_patches)
-                text_cat, image_cat = settings.centroids.nearest(tv, iv)
-            except ValueError:          # blobs of another encoder shape: no suggestion
-                pass
         category = _opt(rec.get("category"))
+        text_cat, image_cat = _opt(rec.get("text_category")), _opt(rec.get("image_category"))
         suggested, suggestion = suggest(side, category, text_cat, image_cat)
         first = _as_date(rec.get("first_flagged")) or settings.run_date
         out.append({
@@ -483,7 +518,7 @@ def merchant_rows(pdf: pd.DataFrame, settings: PageSettings) -> pd.DataFrame:
             "text_category": text_cat, "image_category": image_cat, "suggested_category": suggested,
             "suggestion": suggestion, "first_flagged": first, "is_new": first >= settings.run_date,
             "content_hash": _text(rec.get("content_hash")), "model_version": _opt(rec.get("model_version")),
-            "image": rec.get("image"),
+            "thumb": _opt(rec.get("thumb")),
         })
     out.sort(key=lambda r: (min(r["p_ita"], r["p_tia"]), r["item_id"]))
     for rank, row in enumerate(out, start=1):
@@ -501,14 +536,14 @@ def render_merchant_csv(rows: pd.DataFrame) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def render_merchant_html(merchant_id: str, rows: pd.DataFrame, settings: PageSettings, csv_name: str) -> bytes:
+def render_merchant_html(merchant_id: str, rows: pd.DataFrame, settings: PageSettings, csv_name: str,
+                         n_flagged: int | None = None, n_new: int | None = None) -> bytes:
     records = rows.to_dict("records")
-    for row in records:
-        row["thumb"] = thumbnail_data_uri(row.get("image"), settings.thumbnail_px)
     versions = sorted({r["model_version"] for r in records if r.get("model_version")})
     html = _jinja().get_template("merchant.html").render(
         style=_STYLE, merchant_id=merchant_id, run_date=settings.run_date.isoformat(), rows=records,
-        n_new=sum(1 for r in records if r["is_new"]), model_version=", ".join(versions) or "unknown",
+        n_flagged=n_flagged if n_flagged is not None else len(records),
+        n_new=n_new if n_new is not None else sum(1 for r in records if r["is_new"]), model_version=", ".join(versions) or "unknown",
         csv_name=csv_name, px=settings.thumbnail_px, side_label=SIDE_LABEL)
     return html.encode("utf-8")
 
@@ -517,13 +552,15 @@ def _merchant_page_fn(settings: PageSettings, flag_columns: list[str]):
     def write_merchant(pdf: pd.DataFrame) -> pd.DataFrame:
         merchant_id = _text(pdf["merchant_id"].iloc[0])
         rows = merchant_rows(pdf, settings)
+        shown = rows.iloc[: settings.max_items]          # the page and its CSV: the same worst rows
         stem = merchant_slug(merchant_id)
         filesystem, base = _filesystem(settings.base)
         folder = f"{base}/{MERCHANTS_DIR}"
         filesystem.create_dir(folder, recursive=True)
-        _write_bytes(filesystem, _within(base, f"{folder}/{stem}.csv"), render_merchant_csv(rows))
+        _write_bytes(filesystem, _within(base, f"{folder}/{stem}.csv"), render_merchant_csv(shown))
         _write_bytes(filesystem, _within(base, f"{folder}/{stem}.html"),
-                     render_merchant_html(merchant_id, rows, settings, f"{stem}.csv"))
+                     render_merchant_html(merchant_id, shown, settings, f"{stem}.csv", n_flagged=len(rows),
+                                          n_new=int(rows["is_new"].sum())))
         rows["run_date"] = settings.run_date
         return rows[flag_columns]
     return write_merchant
@@ -667,7 +704,7 @@ def build_report(spark: SparkSession, config: AppConfig, run_date: dt.date) -> R
     staging_uri = staging if "://" not in config.report.out_dir else _uri_like(config.report.out_dir, out_base, staging)
     settings = PageSettings(run_date=run_date, base=staging_uri, thumbnail_px=config.report.thumbnail_px,
                             n_patches=n_patches, ita_threshold=thresholds.ita, tia_threshold=thresholds.tia,
-                            centroids=centroids)
+                            max_items=config.report.max_items_per_page, centroids=centroids)
     try:
         t1 = time.perf_counter()
         items = latest_items(tables.read_table(spark, config, "items")).select(
@@ -680,7 +717,7 @@ def build_report(spark: SparkSession, config: AppConfig, run_date: dt.date) -> R
                    .select(*_PAGE_INPUT))
         flag_schema = tables.schema_of(spark, "quality_flags")
         spark.sparkContext.setJobDescription(f"quality report: merchant pages and quality_flags ({run_date})")
-        pages = flagged.groupBy("merchant_id").applyInPandas(
+        pages = flagged.mapInPandas(_enrich_fn(settings), _ENRICHED_SCHEMA).groupBy("merchant_id").applyInPandas(
             _merchant_page_fn(settings, [f.name for f in flag_schema.fields]), flag_schema)
         tables.replace_run_date(spark, config, "quality_flags", pages, run_date)
         timings["pages"] = time.perf_counter() - t1

@@ -223,6 +223,32 @@ def test_csv_safe_neutralises_formulas():
     assert report.csv_safe(0.5) == 0.5
 
 
+def test_merchant_page_shows_the_worst_items_up_to_the_cap(tmp_path):
+    """The per-merchant task on its own (no Spark): page and CSV carry the same worst rows."""
+    import pandas as pd
+
+    centroids = report.Centroids([], np.zeros((0, 0)), np.zeros((0, 0)))
+    settings = report.PageSettings(run_date=D1, base=str(tmp_path), thumbnail_px=64, n_patches=9, ita_threshold=0.5,
+                                   tia_threshold=0.5, max_items=2, centroids=centroids)
+    thumb = report.thumbnail_data_uri(jpeg("fruit", 1), 64)
+    pdf = pd.DataFrame([{"merchant_id": "m/1", "item_id": f"i{k}", "category": "fruit", "title": f"<i>{k}</i>",
+                         "description": "d", "thumb": thumb, "text_category": "fruit", "image_category": "fruit",
+                         "p_ita": p, "p_tia": 0.9, "reason": "text suspect", "model_version": "v",
+                         "content_hash": "h", "first_flagged": D1 if k else D1 - dt.timedelta(days=3)}
+                        for k, p in enumerate([0.4, 0.1, 0.3, 0.2])])
+    columns = report.flag_columns()
+    rows = report._merchant_page_fn(settings, columns)(pdf)
+    assert list(rows.columns) == columns
+    assert rows["item_id"].tolist() == ["i1", "i3", "i2", "i0"] and rows["rank"].tolist() == [1, 2, 3, 4]
+    assert rows["is_new"].tolist() == [True, True, True, False]
+    stem = report.merchant_slug("m/1")
+    page = (tmp_path / "merchants" / f"{stem}.html").read_text(encoding="utf-8")
+    assert html_item_ids(page) == ["i1", "i3"] == [r["item_id"] for r in read_csv(tmp_path / "merchants" / f"{stem}.csv")]
+    assert "4 flagged items" in page and "the worst 2 shown here and in the CSV" in page and "3 new" in page
+    assert "&lt;i&gt;1&lt;/i&gt;" in page and "<i>1</i>" not in page
+    assert sorted(p.name for p in (tmp_path / "merchants").iterdir()) == [f"{stem}.csv", f"{stem}.html"]
+
+
 # ----------------------------------------------------------------------------- the report on Spark + Delta
 
 
@@ -245,6 +271,7 @@ def test_quality_flags_rows(spark, built):
     rows = {r["item_id"]: r.asDict() for r in tables.read_table(spark, built.config, "quality_flags")
             .where(f"run_date = DATE'{D1}'").collect()}
     assert set(rows) == {it.item_id for it in built.items if it.flag}
+    assert report.flag_columns() == [f.name for f in tables.schema_of(spark, "quality_flags").fields]
     t1, t2, t3 = rows["t1"], rows["t2"], rows["t3"]
     assert (t1["side"], t1["text_category"], t1["image_category"], t1["suggested_category"]) == ("text", "dairy", "fruit", "fruit")
     assert (t2["side"], t2["text_category"], t2["image_category"], t2["suggested_category"]) == ("image", "bakery", "drinks", "bakery")
@@ -321,11 +348,20 @@ def test_flagged_again_with_the_same_content_is_not_new(spark, tmp_path):
     report.build_report(spark, config, d3)
     assert flags(d3) == {"A": (False, D1), "B": (False, d2), "C": (False, D1)}
 
+    # day 4: nothing flagged: an index without merchants, no pages, no quality_flags rows for the day
+    d4 = D1 + dt.timedelta(days=3)
+    write_world(spark, config, [replace(it, flag=False, p_ita=0.9, p_tia=0.9) for it in (a, b2, c)] + ok, d4,
+                write_items=False)
+    quiet = report.build_report(spark, config, d4)
+    assert (quiet.n_flagged, quiet.n_merchants, flags(d4)) == (0, 0, {})
+    assert list((Path(quiet.folder) / "merchants").iterdir()) == []
+    assert "7 more merchants" not in Path(quiet.index_path).read_text() and "2 more merchants with no flagged items" in Path(quiet.index_path).read_text()
+
     # a rerun of day 2 replaces its rows (one per item) and its folder, and reads only earlier runs
     report.build_report(spark, config, d2)
     assert flags(d2) == {"A": (False, D1), "B": (True, d2)}
     assert tables.read_table(spark, config, "quality_flags").where(f"run_date = DATE'{d2}'").count() == 2
-    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [D1.isoformat(), d2.isoformat(), d3.isoformat()]
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [d.isoformat() for d in (D1, d2, d3, d4)]
 
 
 def test_no_scoring_output_is_a_clear_error(spark, built):
