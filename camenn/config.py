@@ -166,6 +166,8 @@ class ReportConfig(Section):
     thumbnail_px: int = Field(96, ge=16, le=512)
     max_items_per_page: int = Field(
         1000, ge=1, description="worst flagged items on a merchant's page and CSV; quality_flags keeps them all")
+    centroid_sample_per_category: int = Field(
+        2000, ge=1, description="unflagged items per category (hash sample) behind the suggested-category centroids")
 
 
 class SparkConfig(Section):
