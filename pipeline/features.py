@@ -35,6 +35,7 @@ from pipeline import tables
 from udfs.featurize import ENCODED, PENDING, QUARANTINED, REUSED, STAGING_SCHEMA, featurize_fn
 
 SOURCE = "items"
+QUARANTINE_PAYLOAD = ["merchant_id", "category", "title", "description", "price", "updated_at", "image_size"]
 DEFAULT_JOB = "item_features"
 
 # Java regex with Unicode classes: a full-width space (U+3000) is blank, as Python's strip() says.
@@ -133,10 +134,10 @@ def _featurize_input(spark: SparkSession, config: AppConfig, fingerprint: str, i
 
 
 def write_quarantine(spark: SparkSession, config: AppConfig, rows: DataFrame, *, run_date: dt.date,
-                     job: str, source: str) -> str:
-    """Replace run_date's quarantine rows of (job, source) with ``rows`` in one commit."""
+                     job: str, source: str | None = None) -> str:
+    """Replace run_date's quarantine rows of ``job`` (and ``source``, if given) with ``rows`` in one commit."""
     path = tables.ensure_table(spark, config, "quarantine")
-    where = f"run_date = DATE'{run_date.isoformat()}' AND job = '{job}' AND source = '{source}'"
+    where = f"run_date = DATE'{run_date.isoformat()}' AND job = '{job}'" + (f" AND source = '{source}'" if source else "")
     (tables.conform(rows, spark, "quarantine").write.format("delta").mode("overwrite")
         .option("replaceWhere", where).save(path))
     return path
@@ -164,13 +165,24 @@ class FeatureUpdate:
         return (self.staged(spark).where(F.col("status").isin(REUSED, ENCODED))
                 .select("item_id", "merchant_id", "category", "title", "description", "price", "content_hash"))
 
+    def quarantine_rows(self, spark: SparkSession, run_date: dt.date, job: str) -> DataFrame:
+        """This run's rejected items, shaped as quarantine rows (source='items')."""
+        bad = self.staged(spark).where(F.col("status") == QUARANTINED)
+        return tables.quarantine_rows(bad, run_date=run_date, job=job, source=SOURCE, key_col="item_id",
+                                      payload_cols=QUARANTINE_PAYLOAD)
+
     def cleanup(self, spark: SparkSession) -> None:
         _delete_path(spark, self.staging_path)
 
 
 def run_feature_update(spark: SparkSession, config: AppConfig, run_date: dt.date, items_df: DataFrame | None = None,
-                       *, job: str = DEFAULT_JOB, autocast: str | None = None) -> FeatureUpdate:
-    """update_item_features, keeping the staging table for the caller (call ``cleanup()``)."""
+                       *, job: str = DEFAULT_JOB, autocast: str | None = None,
+                       write_quarantine_rows: bool = True) -> FeatureUpdate:
+    """update_item_features, keeping the staging table for the caller (call ``cleanup()``).
+
+    ``write_quarantine_rows=False`` leaves the quarantine to the caller (``quarantine_rows()``),
+    which lets a job write all its quarantine rows in one commit.
+    """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     fcfg = featurizer_config(config)
@@ -187,10 +199,14 @@ def run_feature_update(spark: SparkSession, config: AppConfig, run_date: dt.date
     try:
         t1 = time.perf_counter()
         out = spark.read.format("delta").load(staging)
-        bad = out.where(F.col("status") == QUARANTINED)
-        by_status = {r["status"]: r["n"] for r in out.groupBy("status").agg(F.count(F.lit(1)).alias("n")).collect()}
-        quarantined = {r["kind"]: r["n"] for r in bad.groupBy(reason_kind(F.col("reason")).alias("kind"))
-                       .agg(F.count(F.lit(1)).alias("n")).collect()}
+        counted = (out.groupBy("status", reason_kind(F.col("reason")).alias("kind"))
+                   .agg(F.count(F.lit(1)).alias("n")).collect())
+        by_status: dict[str, int] = {}
+        quarantined: dict[str, int] = {}
+        for r in counted:
+            by_status[r["status"]] = by_status.get(r["status"], 0) + r["n"]
+            if r["status"] == QUARANTINED:
+                quarantined[r["kind"]] = quarantined.get(r["kind"], 0) + r["n"]
         if by_status.get(PENDING):
             raise AssertionError(f"{by_status[PENDING]} items were neither encoded nor quarantined")
         encoded, reused = by_status.get(ENCODED, 0), by_status.get(REUSED, 0)
@@ -200,17 +216,17 @@ def run_feature_update(spark: SparkSession, config: AppConfig, run_date: dt.date
         spark.sparkContext.setJobDescription(f"item features: merge into item_features ({run_date})")
         if encoded:  # nothing new: no MERGE, no commit
             _merge(spark, config, out.where(F.col("status") == ENCODED), fingerprint)
-        write_quarantine(spark, config, tables.quarantine_rows(
-            bad, run_date=run_date, job=job, source=SOURCE, key_col="item_id",
-            payload_cols=["merchant_id", "category", "title", "description", "price", "updated_at", "image_size"]),
-            run_date=run_date, job=job, source=SOURCE)
+        update = FeatureUpdate(stats=stats, staging_path=staging, fingerprint=fingerprint)
+        if write_quarantine_rows:
+            write_quarantine(spark, config, update.quarantine_rows(spark, run_date, job), run_date=run_date, job=job,
+                             source=SOURCE)
         timings["merge"] = time.perf_counter() - t1
     except BaseException:
         _delete_path(spark, staging)
         raise
     finally:
         spark.sparkContext.setJobDescription(None)
-    return FeatureUpdate(stats=stats, staging_path=staging, fingerprint=fingerprint)
+    return update
 
 
 def _merge(spark: SparkSession, config: AppConfig, encoded: DataFrame, fingerprint: str) -> None:

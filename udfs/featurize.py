@@ -113,14 +113,21 @@ def featurize_fn(cfg: FeaturizerConfig, fingerprint: str, *, encode: bool = True
                              status=pdf["status"], reason=pdf["reason"])
             return
 
-        device = task_device()
-        configure_task_threads(device)
-        featurizer = get_featurizer(cfg, device)
-        if featurizer.fingerprint != fingerprint:
-            raise RuntimeError(
-                f"the encoders on this worker have fingerprint {featurizer.fingerprint[:12]} but the driver expected "
-                f"{fingerprint[:12]}: the worker's environment differs from the driver's (ship the same env / image)")
-        dtype = autocast_dtype(autocast, device)
+        loaded: dict = {}
+
+        def worker_featurizer():
+            """Loaded on the first chunk to encode: a task whose items are all cached never loads the encoders."""
+            if not loaded:
+                device = task_device()
+                configure_task_threads(device)
+                featurizer = get_featurizer(cfg, device)
+                if featurizer.fingerprint != fingerprint:
+                    raise RuntimeError(
+                        f"the encoders on this worker have fingerprint {featurizer.fingerprint[:12]} but the driver "
+                        f"expected {fingerprint[:12]}: the worker's environment differs from the driver's "
+                        "(ship the same environment / image to the executors)")
+                loaded.update(featurizer=featurizer, dtype=autocast_dtype(autocast, device))
+            return loaded["featurizer"]
 
         def units():
             """('ready', frame) for settled rows, ('encode', frame) chunks of at most chunk_rows rows to encode."""
@@ -136,10 +143,10 @@ def featurize_fn(cfg: FeaturizerConfig, fingerprint: str, *, encode: bool = True
                     yield "encode", todo.iloc[start:start + chunk_rows]
 
         def prepare(chunk: pd.DataFrame):
-            return chunk, featurizer.prepare(list(chunk["title"]), list(chunk["description"]), list(chunk["image"]))
+            return chunk, loaded["featurizer"].prepare(list(chunk["title"]), list(chunk["description"]), list(chunk["image"]))
 
         def finish(chunk: pd.DataFrame, prepared) -> pd.DataFrame:
-            encoded = featurizer.encode(prepared, autocast_dtype=dtype)
+            encoded = loaded["featurizer"].encode(prepared, autocast_dtype=loaded["dtype"])
             blobs = pack_item_features(encoded)
             errors = list(prepared.errors)
             return _frame(
@@ -159,6 +166,7 @@ def featurize_fn(cfg: FeaturizerConfig, fingerprint: str, *, encode: bool = True
                 if kind == "ready":
                     yield data
                     continue
+                worker_featurizer()
                 upcoming = pool.submit(prepare, data)
                 if in_flight is not None:
                     yield finish(*in_flight.result())

@@ -1,0 +1,372 @@
+"""The nightly scoring run: item features, alignment flags and CVR scores for one run date.
+
+    result = run(spark, config, run_date)       # ScoreRun; spark-submit jobs/score_catalog.py
+
+1. ``update_item_features`` (pipeline.features): validate items, quarantine bad rows, encode
+   only new or changed items, MERGE them into ``item_features``.
+2. Alignment: an item-only forward of the model for every valid item gives p_ita and p_tia;
+   items under the thresholds (absolute, or a per-category quantile computed with Spark's
+   percentile_approx) are flagged "text suspect" (low ITA only), "image suspect" (low TIA
+   only) or "text and image suspect" (both). ``item_alignment`` is replaced for the date.
+3. CVR: each candidate of the date gets the user's behaviour sequence (the last
+   ``max_behaviour`` purchases strictly before the date, oldest first) and profile; the
+   pairs are scored and ``cvr_scores`` is replaced for the date. Candidates with an unknown
+   or invalid item, an unknown user, a null key or a duplicate go to ``quarantine``.
+4. A ``runs`` row: model version, counts, timings per stage, status.
+
+Every output table is written by one atomic Delta commit (replaceWhere on the date, MERGE for
+the feature cache), so a failed run leaves no partial rows: it writes a ``runs`` row with
+status 'failed' and re-raises; a rerun of the date replaces that date's rows.
+Rows in = rows scored + rows quarantined, for items and for candidates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from camenn.config import AppConfig, ThresholdConfig
+from pipeline import features, tables
+from udfs.scoring import ALIGN_INPUT, ALIGN_SCHEMA, CVR_INPUT, CVR_SCHEMA, align_fn, cvr_fn
+
+JOB = "score_catalog"
+INPUT_TABLES = ("items", "users", "events", "candidates")
+TEXT_SUSPECT, IMAGE_SUSPECT, BOTH_SUSPECT = "text suspect", "image suspect", "text and image suspect"
+FLAG_REASONS = (TEXT_SUSPECT, IMAGE_SUSPECT, BOTH_SUSPECT)
+USER_FIELDS = ("age_band", "household", "zone")
+ARROW_BATCH = "spark.sql.execution.arrow.maxRecordsPerBatch"
+
+
+class MissingInput(RuntimeError):
+    """An input table or the model artifact is missing; the message says which command makes it."""
+
+
+@dataclass
+class ScoreRun:
+    run_id: str
+    run_date: dt.date
+    model_version: str | None
+    status: str
+    counts: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    flagged: dict[str, int] = field(default_factory=dict)
+    quarantined: dict[str, dict[str, int]] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        c = self.counts
+        lines = [
+            f"score_catalog {self.run_date} — model {self.model_version}, run {self.run_id}: {self.status}",
+            f"  items: {c.get('items_in', 0)} in, {c.get('items_valid', 0)} valid "
+            f"({c.get('items_encoded', 0)} encoded, {c.get('items_reused', 0)} reused from the cache), "
+            f"{c.get('items_quarantined', 0)} quarantined",
+            f"  alignment: {c.get('items_scored', 0)} items scored, {c.get('flagged', 0)} flagged"
+            + "".join(f"; {reason}: {self.flagged.get(reason, 0)}" for reason in FLAG_REASONS),
+            f"  cvr: {c.get('cvr_scored', 0)} scores written for {c.get('candidates_in', 0)} candidates, "
+            f"{c.get('candidates_quarantined', 0)} quarantined",
+        ]
+        for source, reasons in self.quarantined.items():
+            if reasons:
+                lines.append(f"  quarantined {source}: " + ", ".join(f"{k} ({v})" for k, v in sorted(reasons.items())))
+        lines.append("  timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
+        lines.append("  outputs: " + ", ".join(f"{k} -> {v}" for k, v in self.outputs.items()))
+        return "\n".join(lines)
+
+
+def _say(message: str) -> None:
+    print(f"[score_catalog] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------ preflight
+
+
+def check_inputs(spark: SparkSession, config: AppConfig) -> None:
+    """Input tables and the model artifact exist, or MissingInput says which command makes them."""
+    missing = [name for name in INPUT_TABLES if not tables._is_delta(spark, config.table(name))]
+    if missing:
+        raise MissingInput(
+            f"input table(s) {missing} not found under {config.data.root}; make the demo tables with `make demo-data` "
+            f"(spark-submit jobs/make_demo_data.py --conf {config.source or '<conf>'}), or load real exports with "
+            "jobs/ingest_catalog.py")
+    model_dir = Path(config.model_dir)
+    if not (model_dir / "manifest.json").is_file():
+        raise MissingInput(
+            f"no model artifact at {model_dir}; train one with `make train` "
+            f"(spark-submit jobs/train.py --conf {config.source or '<conf>'}) or point scoring.model_dir at one")
+
+
+def load_model(config: AppConfig):
+    """The artifact on the driver: version, tasks, vocabulary, fingerprint (the workers load their own copy)."""
+    from camenn.scoring import ScoringModel
+
+    return ScoringModel.load(config.model_dir, device="cpu")
+
+
+# ------------------------------------------------------------------------ alignment
+
+
+def alignment_flags(scores: DataFrame, thresholds: ThresholdConfig) -> DataFrame:
+    """scores (item_id, category, p_ita, p_tia, ...) + flag and reason."""
+    ita_abs, tia_abs = F.lit(float(thresholds.ita)), F.lit(float(thresholds.tia))
+    if thresholds.mode == "absolute":
+        scored = scores.withColumn("_ita_thr", ita_abs).withColumn("_tia_thr", tia_abs)
+    elif thresholds.mode == "category_quantile":
+        q = float(thresholds.quantile)
+        per_category = (scores.groupBy("category").agg(
+            F.count(F.lit(1)).alias("_n"),
+            F.percentile_approx("p_ita", q, 10000).alias("_q_ita"),
+            F.percentile_approx("p_tia", q, 10000).alias("_q_tia"))
+            .withColumnRenamed("category", "_category"))
+        big = F.col("_n") >= thresholds.min_category_items
+        scored = (scores.join(F.broadcast(per_category), scores["category"].eqNullSafe(per_category["_category"]), "left")
+                  .withColumn("_ita_thr", F.when(big, F.col("_q_ita")).otherwise(ita_abs))
+                  .withColumn("_tia_thr", F.when(big, F.col("_q_tia")).otherwise(tia_abs))
+                  .drop("_category", "_n", "_q_ita", "_q_tia"))
+    else:
+        raise ValueError(f"unknown threshold mode {thresholds.mode!r}")
+    low_ita, low_tia = F.col("p_ita") < F.col("_ita_thr"), F.col("p_tia") < F.col("_tia_thr")
+    reason = (F.when(low_ita & low_tia, F.lit(BOTH_SUSPECT)).when(low_ita, F.lit(TEXT_SUSPECT))
+              .when(low_tia, F.lit(IMAGE_SUSPECT)))
+    return scored.withColumn("reason", reason).withColumn("flag", reason.isNotNull()).drop("_ita_thr", "_tia_thr")
+
+
+def _not_finite(*cols: str):
+    cond = F.lit(False)
+    for c in cols:
+        cond = cond | F.col(c).isNull() | F.isnan(c)
+    return cond
+
+
+def score_alignment(spark: SparkSession, config: AppConfig, model, valid: DataFrame, run_date: dt.date,
+                    persisted: list[DataFrame]) -> dict:
+    """Score every valid item, flag, write item_alignment; returns counts and the quarantine rows (non-finite scores)."""
+    sc = config.scoring
+    spark.sparkContext.setJobDescription(f"alignment: item-only forward ({run_date})")
+    scores = (valid.select(*ALIGN_INPUT)
+              .mapInPandas(align_fn(config.model_dir, model.version, sc.batch_size, sc.autocast), ALIGN_SCHEMA)
+              .persist(StorageLevel.MEMORY_AND_DISK))
+    persisted.append(scores)
+    flagged = alignment_flags(scores.where(~_not_finite("p_ita", "p_tia")), sc.thresholds).persist(StorageLevel.MEMORY_AND_DISK)
+    persisted.append(flagged)
+    rows = flagged.select(F.lit(run_date).alias("run_date"), "item_id", "merchant_id", "category", "p_ita", "p_tia",
+                          "flag", "reason", F.lit(model.version).alias("model_version"))
+    spark.sparkContext.setJobDescription(f"alignment: write item_alignment ({run_date})")
+    path = tables.replace_run_date(spark, config, "item_alignment", rows, run_date)
+    by_reason = {r["reason"]: r["n"] for r in flagged.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()}
+    bad = scores.where(_not_finite("p_ita", "p_tia")).withColumn("reason", F.lit("score: not finite"))
+    n_bad = bad.count()
+    quarantine = tables.quarantine_rows(bad, run_date=run_date, job=JOB, source="item_alignment", key_col="item_id",
+                                        payload_cols=["merchant_id", "category", "p_ita", "p_tia"])
+    return {"path": path, "scored": sum(by_reason.values()), "not_finite": n_bad,
+            "flagged": {reason: by_reason.get(reason, 0) for reason in FLAG_REASONS}, "quarantine": quarantine}
+
+
+# ------------------------------------------------------------------------ CVR
+
+
+def _item_inputs(valid: DataFrame) -> DataFrame:
+    return valid.select("item_id", "category", "price", "text_emb", "n_text_tokens", "image_emb")
+
+
+def behaviour_inputs(events: DataFrame, valid: DataFrame, users: DataFrame, run_date: dt.date, max_n: int) -> DataFrame:
+    """user_id + the BEHAVIOUR_FIELDS arrays (oldest first): the blobs of each user's last max_n purchases.
+
+    The sequences hold item ids; they are exploded with their position, joined to the valid
+    items' features in Spark and regrouped per user, so each user's blobs travel once to the
+    candidates' join and nothing is collected to the driver.
+    """
+    seqs = features.behaviour_sequences(events, run_date, max_n, known_items=valid.select("item_id"), users=users)
+    exploded = seqs.select("user_id", F.posexplode("behaviour").alias("pos", "item_id"))
+    grouped = (exploded.join(_item_inputs(valid), "item_id")
+               .groupBy("user_id")
+               .agg(F.array_sort(F.collect_list(F.struct("pos", "text_emb", "n_text_tokens", "image_emb", "category",
+                                                          "price"))).alias("seq")))
+    return grouped.select(
+        "user_id",
+        F.col("seq.text_emb").alias("beh_text_emb"), F.col("seq.n_text_tokens").alias("beh_n_text_tokens"),
+        F.col("seq.image_emb").alias("beh_image_emb"), F.col("seq.category").alias("beh_category"),
+        F.col("seq.price").alias("beh_price"))
+
+
+def checked_candidates(candidates: DataFrame, valid_ids: DataFrame, users: DataFrame) -> DataFrame:
+    """candidates (user_id, item_id) + profile fields + ``reason`` (null = scorable)."""
+    profiles = (users.where(F.col("user_id").isNotNull()).dropDuplicates(["user_id"])
+                .select("user_id", *USER_FIELDS, F.lit(True).alias("_user_known")))
+    dup = F.row_number().over(Window.partitionBy("user_id", "item_id").orderBy(F.lit(1)))
+    joined = (candidates.select("user_id", "item_id").withColumn("_rank", dup)
+              .join(valid_ids.select("item_id", F.lit(True).alias("_item_ok")), "item_id", "left")
+              .join(profiles, "user_id", "left"))
+    null_key = F.col("user_id").isNull() | F.col("item_id").isNull()
+    reason = F.concat_ws("; ",
+                         F.when(null_key, F.lit("key: null user_id or item_id")),
+                         F.when(~null_key & (F.col("_rank") > 1), F.lit("candidate: duplicate")),
+                         F.when(F.col("item_id").isNotNull() & F.col("_item_ok").isNull(),
+                                F.lit("item: unknown or invalid")),
+                         F.when(F.col("user_id").isNotNull() & F.col("_user_known").isNull(), F.lit("user: unknown")))
+    return (joined.withColumn("reason", F.when(reason != "", reason))
+            .select("user_id", "item_id", *USER_FIELDS, "reason"))
+
+
+def scorable_pairs(good: DataFrame, valid: DataFrame, events: DataFrame, run_date: dt.date, max_n: int) -> DataFrame:
+    """The UDF's input (CVR_INPUT) for scorable candidates: target blobs, behaviour blobs, profile."""
+    behaviour = behaviour_inputs(events, valid, good.select("user_id").distinct(), run_date, max_n)
+    return good.join(_item_inputs(valid), "item_id").join(behaviour, "user_id", "left").select(*CVR_INPUT)
+
+
+def score_cvr(spark: SparkSession, config: AppConfig, model, valid: DataFrame, run_date: dt.date,
+              persisted: list[DataFrame], candidates: DataFrame | None = None) -> dict:
+    """Score the date's candidates, write cvr_scores; returns counts and the quarantine rows."""
+    sc = config.scoring
+    if candidates is None:
+        candidates = tables.read_table(spark, config, "candidates").where(F.col("run_date") == F.lit(run_date))
+    users = tables.read_table(spark, config, "users")
+    events = tables.read_table(spark, config, "events")
+    spark.sparkContext.setJobDescription(f"cvr: check candidates ({run_date})")
+    checked = checked_candidates(candidates, valid.select("item_id"), users).persist(StorageLevel.MEMORY_AND_DISK)
+    persisted.append(checked)
+    pairs = scorable_pairs(checked.where(F.col("reason").isNull()).drop("reason"), valid, events, run_date,
+                           model.max_behaviour)
+    spark.sparkContext.setJobDescription(f"cvr: score candidates ({run_date})")
+    scores = (pairs.mapInPandas(cvr_fn(config.model_dir, model.version, sc.batch_size, sc.autocast), CVR_SCHEMA)
+              .persist(StorageLevel.MEMORY_AND_DISK))
+    persisted.append(scores)
+    rows = scores.where(~_not_finite("cvr")).select(F.lit(run_date).alias("run_date"), "user_id", "item_id", "cvr",
+                                                    F.lit(model.version).alias("model_version"))
+    spark.sparkContext.setJobDescription(f"cvr: write cvr_scores ({run_date})")
+    path = tables.replace_run_date(spark, config, "cvr_scores", rows, run_date)
+
+    rejected = (checked.where(F.col("reason").isNotNull()).select("user_id", "item_id", "reason")
+                .unionByName(scores.where(_not_finite("cvr")).select("user_id", "item_id", F.lit("cvr: not finite").alias("reason"))))
+    kinds = {r["kind"]: r["n"] for r in (checked.select(features.reason_kind(F.col("reason")).alias("kind"))
+                                         .unionByName(scores.select(F.when(_not_finite("cvr"), F.lit("cvr: not finite"))
+                                                                    .otherwise(F.lit("scored")).alias("kind")))
+                                         .groupBy("kind").agg(F.count(F.lit(1)).alias("n")).collect())}
+    n_in = sum(n for kind, n in kinds.items() if kind != "scored")          # a null kind = a scorable candidate
+    n_scored = kinds.get("scored", 0)
+    reasons = {k: n for k, n in kinds.items() if k not in (None, "scored")}
+    n_quarantined = sum(reasons.values())
+    if n_in != n_scored + n_quarantined:
+        raise AssertionError(f"candidates do not add up: {n_in} in, {n_scored} scored, {n_quarantined} quarantined "
+                             "(a scorable candidate was lost between the checks and the scores)")
+    quarantine = tables.quarantine_rows(rejected.withColumn("key", F.concat_ws("|", "user_id", "item_id")),
+                                        run_date=run_date, job=JOB, source="candidates", key_col="key",
+                                        payload_cols=["user_id", "item_id"])
+    return {"path": path, "in": n_in, "scored": n_scored, "quarantined": n_quarantined, "reasons": reasons,
+            "quarantine": quarantine}
+
+
+# ------------------------------------------------------------------------ the run
+
+
+def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None, *,
+        candidates: DataFrame | None = None, items_df: DataFrame | None = None) -> ScoreRun:
+    """One nightly run for ``run_date`` (default: the world's run date)."""
+    run_date = run_date or config.world.run_date
+    result = ScoreRun(run_id=uuid.uuid4().hex, run_date=run_date, model_version=None, status="running")
+    started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    t_start = time.perf_counter()
+    previous_batch = spark.conf.get(ARROW_BATCH, None)
+    update = None
+    persisted: list[DataFrame] = []
+    try:
+        check_inputs(spark, config)
+        model = load_model(config)
+        result.model_version = model.version
+        spark.conf.set(ARROW_BATCH, str(config.scoring.max_records_per_batch))
+
+        fingerprint = features.featurizer_fingerprint(features.featurizer_config(config))
+        if model.encoder_fingerprint and model.encoder_fingerprint != fingerprint:
+            raise RuntimeError(
+                f"model {model.version} was trained on features with encoder fingerprint {model.encoder_fingerprint[:12]}, "
+                f"but the featurizer section of {config.source} gives {fingerprint[:12]}: score with the featurizer "
+                "settings the model was trained with, or retrain it (`make train`)")
+
+        _say(f"1/4 item features for {run_date}: validate items, encode new and changed ones")
+        t = time.perf_counter()
+        update = features.run_feature_update(spark, config, run_date, items_df, job=JOB, write_quarantine_rows=False)
+        stats = update.stats
+        result.timings["features"] = time.perf_counter() - t
+        result.counts.update(stats.counts())
+        result.quarantined["items"] = dict(stats.quarantined)
+        result.outputs["item_features"] = config.table("item_features")
+        _say(f"    {stats.items_in} items: {stats.encoded} encoded, {stats.reused} reused, "
+             f"{stats.quarantined_total} quarantined")
+        valid = features.valid_items(spark, config, fingerprint, keys=update.valid_keys(spark))
+        quarantine = update.quarantine_rows(spark, run_date, JOB)
+
+        t = time.perf_counter()
+        if {"ita", "tia"} <= set(model.tasks):
+            _say(f"2/4 alignment: score {stats.valid} items with model {model.version}")
+            align = score_alignment(spark, config, model, valid, run_date, persisted)
+            result.counts.update(items_scored=align["scored"], items_not_finite=align["not_finite"],
+                                 flagged=sum(align["flagged"].values()))
+            result.flagged = align["flagged"]
+            result.outputs["item_alignment"] = align["path"]
+            quarantine = quarantine.unionByName(align["quarantine"])
+            _say(f"    {align['scored']} items scored, {result.counts['flagged']} flagged")
+        else:
+            _say(f"2/4 alignment: skipped, model {model.version} has no ita/tia heads (tasks={model.tasks})")
+        result.timings["alignment"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        if "cvr" in model.tasks:
+            _say(f"3/4 cvr: score the candidates of {run_date}")
+            cvr = score_cvr(spark, config, model, valid, run_date, persisted, candidates)
+            result.counts.update(candidates_in=cvr["in"], cvr_scored=cvr["scored"], candidates_quarantined=cvr["quarantined"])
+            result.quarantined["candidates"] = cvr["reasons"]
+            result.outputs["cvr_scores"] = cvr["path"]
+            quarantine = quarantine.unionByName(cvr["quarantine"])
+            _say(f"    {cvr['scored']} scores written, {cvr['quarantined']} candidates quarantined")
+        else:
+            _say(f"3/4 cvr: skipped, model {model.version} has no cvr head")
+        # every rejected row of this run, whatever its source, in one commit
+        result.outputs["quarantine"] = features.write_quarantine(spark, config, quarantine, run_date=run_date, job=JOB)
+        result.timings["cvr"] = time.perf_counter() - t
+        result.status = "succeeded"
+    except BaseException as exc:
+        result.status = "failed"
+        result.timings["total"] = time.perf_counter() - t_start
+        _write_run(spark, config, result, started, error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        spark.sparkContext.setJobDescription(None)
+        for df in persisted:
+            df.unpersist()
+        if update is not None:
+            update.cleanup(spark)
+        if previous_batch is not None:
+            spark.conf.set(ARROW_BATCH, previous_batch)
+    result.timings["total"] = time.perf_counter() - t_start
+    _say("4/4 runs: record the run")
+    _write_run(spark, config, result, started)
+    return result
+
+
+def _write_run(spark: SparkSession, config: AppConfig, result: ScoreRun, started: dt.datetime, error: str | None = None):
+    result.outputs["runs"] = config.table("runs")
+    details = {"flagged": result.flagged, "quarantined": result.quarantined, "outputs": result.outputs,
+               "config": config.source, "model_dir": config.model_dir}
+    if error:
+        details["error"] = error[:4000]
+    row = tables.runs_row(spark, run_id=result.run_id, job=JOB, run_date=result.run_date,
+                          model_version=result.model_version, started_at=started,
+                          finished_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), status=result.status,
+                          counts=result.counts, timings=result.timings, details=details)
+    try:
+        tables.append_rows(spark, config, "runs", row)
+    except Exception as exc:  # noqa: BLE001 - never hide the run's own error behind the bookkeeping's
+        if error is None:
+            raise
+        _say(f"could not record the failed run in `runs`: {exc}")
+
+
+__all__ = ["run", "ScoreRun", "MissingInput", "check_inputs", "alignment_flags", "checked_candidates",
+           "behaviour_inputs", "scorable_pairs", "score_alignment", "score_cvr", "JOB", "FLAG_REASONS"]

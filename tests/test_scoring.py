@@ -1,0 +1,388 @@
+"""The nightly scoring run on real Spark + Delta, a hand-made world and a real (untrained) CameNN.
+
+The world is small enough to check by hand: 20 clean items and 5 poison rows, 8 users with
+purchase histories, candidates with unknown items, unknown users and a duplicate. The model
+is a real CameNN sized from the featurizer and the world's vocabulary, saved with
+save_artifact and the metadata contract the training job writes (its heads are re-drawn
+with a larger scale so the scores spread out and the parity checks mean something).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pyspark.sql import functions as F
+
+from conftest import tiny_config
+from pipeline import features, scoring, tables
+from test_features import POISON_REASONS, clean_items, item_row, poison_items, write_items
+
+RUN = dt.date(2026, 11, 24)
+BEFORE = RUN - dt.timedelta(days=1)
+N_CLEAN = 20
+USERS = [f"u{k}" for k in range(8)]
+PROFILES = {u: (["18-25", "26-40", "41-65"][k % 3], ["single", "family"][k % 2], ["north", "south", "centre"][k % 3])
+            for k, u in enumerate(USERS)}
+TOL = 1e-5
+
+
+# ------------------------------------------------------------------------ the world
+
+
+def purchases() -> list[tuple]:
+    rows = []
+    for k, user in enumerate(USERS[:7]):                      # u7 never bought anything
+        for j in range(k % 5 + 1):                           # 1..5 purchases, more than max_behaviour for some
+            rows.append((user, f"i{(3 * k + 2 * j) % N_CLEAN:03d}", dt.datetime(2026, 11, 10 + j, 9 + k), "purchase", 2.0))
+    rows += [
+        ("u0", "i100", dt.datetime(2026, 11, 20), "purchase", 1.0),    # a quarantined item: skipped
+        ("u0", "i999", dt.datetime(2026, 11, 21), "purchase", 1.0),    # an unknown item: skipped
+        ("u1", "i007", dt.datetime(2026, 11, 23, 23, 59), "view", 1.0),  # not a purchase
+        ("u1", "i008", dt.datetime(2026, 11, 24, 0, 0), "purchase", 1.0),  # on the run date: not before it
+        ("u2", "i011", dt.datetime(2026, 11, 12, 11), "purchase", 1.0),   # same time as u2 buying i010
+    ]
+    return rows
+
+
+def candidate_rows(run_date: dt.date) -> list[tuple]:
+    rows = [(run_date, user, f"i{(5 * k + 3 * j) % N_CLEAN:03d}") for k, user in enumerate(USERS) for j in range(3)]
+    return rows + [
+        (run_date, "u0", "i100"),      # the item is quarantined (undecodable image)
+        (run_date, "u1", "i999"),      # unknown item
+        (run_date, "u99", "i001"),     # unknown user
+        rows[4],                       # a duplicate
+    ]
+
+
+CANDIDATE_REASONS = {"item: unknown or invalid": 2, "user: unknown": 1, "candidate: duplicate": 1}
+
+
+def write_world(spark, config):
+    write_items(spark, config, clean_items(N_CLEAN) + poison_items(100))
+    tables.overwrite_table(spark, config, "users", spark.createDataFrame(
+        [(u, *PROFILES[u]) for u in USERS], tables.schema_of(spark, "users")))
+    tables.overwrite_table(spark, config, "events", spark.createDataFrame(purchases(), tables.schema_of(spark, "events")))
+    tables.overwrite_table(spark, config, "candidates", spark.createDataFrame(
+        candidate_rows(RUN) + candidate_rows(BEFORE)[:6], tables.schema_of(spark, "candidates")))
+
+
+def make_artifact(config, path: Path, seed: int) -> str:
+    """A real CameNN sized from the featurizer and the world, saved with the training metadata contract."""
+    from camenn.checkpoint import load_artifact, save_artifact
+    from camenn.inputs import FeatureVocab
+    from camenn.model import create_model
+    from udfs.featurize import get_featurizer
+
+    fcfg = features.featurizer_config(config)
+    featurizer = get_featurizer(fcfg, "cpu")
+    rows = clean_items(N_CLEAN)
+    vocab = FeatureVocab.fit([r[2] for r in rows], [r[6] for r in rows],
+                             {f: [p[j] for p in PROFILES.values()] for j, f in enumerate(("age_band", "household", "zone"))},
+                             n_price_buckets=3)
+    torch.manual_seed(seed)
+    m = config.model
+    model = create_model("camenn", text_dim=featurizer.text_dim, image_dim=featurizer.image_dim,
+                         n_patches=featurizer.n_patches, max_text_tokens=featurizer.max_text_tokens,
+                         d_model=m.d_model, n_heads=m.n_heads, n_experts=m.n_experts, max_behaviour=m.max_behaviour,
+                         item_feature_sizes=vocab.item_feature_sizes, user_feature_sizes=vocab.user_feature_sizes,
+                         dropout=0.0)
+    with torch.no_grad():
+        for head in model.heads.values():
+            head.weight.normal_(std=0.2)
+    metadata = {"featurizer": {k: getattr(fcfg, k) for k in fcfg.__dataclass_fields__},
+                "encoder_fingerprint": featurizer.fingerprint, "vocab": vocab.to_dict(),
+                "table_versions": {}, "metrics": {}}
+    save_artifact(path, model, metadata, overwrite=True)
+    return load_artifact(path).version
+
+
+@pytest.fixture(scope="module")
+def world(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("scoring")
+    config = tiny_config(root)
+    write_world(spark, config)
+    version = make_artifact(config, Path(config.model_dir), seed=0)
+    return config, version
+
+
+@pytest.fixture(scope="module")
+def first_run(spark, world):
+    config, _ = world
+    return scoring.run(spark, config, RUN)
+
+
+# ------------------------------------------------------------------------ an oracle without Spark
+
+
+def expected_scores(spark, config):
+    """p_ita, p_tia per valid item and cvr per scorable candidate, from camenn.scoring called row by row.
+
+    The behaviour sequences are worked out here in plain Python from the events, so this also
+    checks the Spark side's window and regrouping.
+    """
+    from camenn.scoring import ScoringModel
+
+    model = ScoringModel.load(config.model_dir)
+    feats = {r.item_id: r for r in tables.read_table(spark, config, "item_features").collect()}
+    items = {r.item_id: r for r in tables.read_table(spark, config, "items").collect()}
+    valid = sorted(i for i in feats if i in items and i.startswith("i0"))
+    assert len(valid) == N_CLEAN
+
+    def blobs(ids):
+        return ([feats[i].text_emb for i in ids], [feats[i].n_text_tokens for i in ids], [feats[i].image_emb for i in ids],
+                [items[i].category for i in ids], [items[i].price for i in ids])
+
+    p_ita, p_tia = model.score_items(*blobs(valid), batch_size=1)
+    align = {i: (a, t) for i, a, t in zip(valid, p_ita, p_tia)}
+
+    history: dict[str, list] = {}
+    for user, item, ts, event, _ in purchases():
+        if event == "purchase" and ts < dt.datetime.combine(RUN, dt.time()) and item in align:
+            history.setdefault(user, []).append((ts, item))
+    seqs = {u: [i for _, i in sorted(h)][-model.max_behaviour:] for u, h in history.items()}
+    cvr = {}
+    for _, user, item in candidate_rows(RUN):
+        if user not in PROFILES or item not in align or (user, item) in cvr:
+            continue
+        beh = seqs.get(user, [])
+        t = blobs([item])
+        b = blobs(beh)
+        cvr[(user, item)] = model.score_pairs(*t, [b[0]], [b[1]], [b[2]], [b[3]], [b[4]],
+                                              {f: [PROFILES[user][j]] for j, f in enumerate(("age_band", "household", "zone"))},
+                                              batch_size=1)[0]
+    return align, cvr, model.version
+
+
+def assert_tables_match_oracle(spark, config, version):
+    align, cvr, _ = expected_scores(spark, config)
+    got = tables.read_table(spark, config, "item_alignment").where(F.col("run_date") == F.lit(RUN)).collect()
+    assert sorted(r.item_id for r in got) == sorted(align)
+    assert {r.model_version for r in got} == {version}
+    worst = max(max(abs(r.p_ita - align[r.item_id][0]), abs(r.p_tia - align[r.item_id][1])) for r in got)
+    assert worst < TOL, f"alignment scores differ from camenn.scoring by {worst}"
+    got = tables.read_table(spark, config, "cvr_scores").where(F.col("run_date") == F.lit(RUN)).collect()
+    assert sorted((r.user_id, r.item_id) for r in got) == sorted(cvr)
+    worst = max(abs(r.cvr - cvr[(r.user_id, r.item_id)]) for r in got)
+    assert worst < TOL, f"cvr scores differ from camenn.scoring by {worst}"
+    spread = np.ptp([r.cvr for r in got])
+    assert spread > 1e-3, "scores hardly vary: the parity check would prove little"
+
+
+# ------------------------------------------------------------------------ no Spark
+
+
+def test_pick_device_from_task_resources():
+    from pyspark.resource import ResourceInformation
+
+    from udfs import autocast_dtype, pick_device
+
+    assert pick_device({}) == "cpu"
+    assert pick_device(None) == "cpu"
+    gpu = {"gpu": ResourceInformation("gpu", ["1"])}
+    assert pick_device(gpu, cuda_available=True, device_count=4) == "cuda:1"
+    assert pick_device(gpu, cuda_available=True, device_count=1) == "cuda:0"     # CUDA_VISIBLE_DEVICES narrowed
+    assert pick_device(gpu, cuda_available=False, device_count=0) == "cpu"
+    assert pick_device({"gpu": ["3"]}, cuda_available=True, device_count=8) == "cuda:3"
+    assert autocast_dtype("bf16", "cuda:0") == torch.bfloat16
+    assert autocast_dtype("fp16", "cuda:1") == torch.float16
+    assert autocast_dtype("bf16", "cpu") is None and autocast_dtype("none", "cuda:0") is None
+
+
+def test_scoring_model_is_the_model(tmp_path):
+    """ScoringModel gives model.predict's numbers, whatever the batch size and padding."""
+    from camenn.checkpoint import save_artifact
+    from camenn.featurizer import EncodedItems, pack_item_features
+    from camenn.inputs import FeatureVocab, ItemStore, full_batch, item_only_batch
+    from camenn.model import create_model
+    from camenn.scoring import ScoringModel
+
+    g = torch.Generator().manual_seed(0)
+    n, dt_, di, p = 7, 16, 8, 4
+    lengths = [3, 5, 2, 6, 4, 1, 5]
+    mask = torch.tensor([[j < k for j in range(6)] for k in lengths])
+    enc = EncodedItems(text=torch.randn(n, 6, dt_, generator=g) * mask[..., None], text_mask=mask,
+                       image=torch.randn(n, p, di, generator=g), valid=torch.ones(n, dtype=torch.bool))
+    blobs = pack_item_features(enc)
+    text, counts, image = (list(x) for x in zip(*blobs))
+    cats, prices = ["a", "b", None, "a", "c", "b", "zz"], [1.0, 5.0, None, 3.0, 9.0, float("nan"), 2.0]
+    vocab = FeatureVocab.fit(["a", "b", "c"], [1.0, 3.0, 5.0, 9.0], {"age_band": ["x", "y"], "zone": ["n"]}, n_price_buckets=2)
+    torch.manual_seed(1)
+    model = create_model("camenn", text_dim=dt_, image_dim=di, n_patches=p, max_text_tokens=8, d_model=16, n_heads=2,
+                         n_experts=2, max_behaviour=3, item_feature_sizes=vocab.item_feature_sizes,
+                         user_feature_sizes=vocab.user_feature_sizes)
+    save_artifact(tmp_path / "m", model, {"vocab": vocab.to_dict(), "encoder_fingerprint": "f"})
+    sm = ScoringModel.load(tmp_path / "m")
+    assert sm.dims == (dt_, di, p) and sm.max_behaviour == 3
+
+    store = ItemStore.from_blobs(range(n), text, counts, image, vocab.item_feats(cats, prices), dt_, di, p)
+    direct = model.eval().predict(item_only_batch(store, torch.arange(n)))
+    for bs in (1, 3, 64):
+        p_ita, p_tia = sm.score_items(text, counts, image, cats, prices, batch_size=bs)
+        np.testing.assert_allclose(p_ita, direct["ita"].numpy(), atol=TOL)
+        np.testing.assert_allclose(p_tia, direct["tia"].numpy(), atol=TOL)
+
+    # CVR: row 0 has 4 behaviour items (the oldest is dropped), row 1 none, row 2 one
+    beh = [[1, 2, 3, 4], [], [5]]
+    users = {"age_band": ["x", None, "y"], "household": [None, None, None], "zone": ["n", "n", "?"]}
+    cols = [[[col[i] for i in row] for row in beh] for col in (text, counts, image, cats, prices)]
+    targets = [0, 6, 2]
+    got = {bs: sm.score_pairs([text[i] for i in targets], [counts[i] for i in targets], [image[i] for i in targets],
+                              [cats[i] for i in targets], [prices[i] for i in targets], *cols, users, batch_size=bs)
+           for bs in (1, 2, 8)}
+    idx = torch.tensor([[2, 3, 4], [-1, -1, -1], [5, -1, -1]])
+    expected = model.predict(full_batch(store, torch.tensor(targets), idx,
+                                        torch.as_tensor(vocab.user_feats(users))))["cvr"].numpy()
+    for bs, values in got.items():
+        np.testing.assert_allclose(values, expected, atol=TOL, err_msg=f"batch_size={bs}")
+
+
+# ------------------------------------------------------------------------ the run on Spark + Delta
+
+
+def test_end_to_end_outputs_and_counts(spark, world, first_run):
+    config, version = world
+    result = first_run
+    print(result.summary())
+    assert result.status == "succeeded" and result.model_version == version
+    for name in ("item_features", "item_alignment", "cvr_scores", "quarantine", "runs"):
+        df = tables.read_table(spark, config, name)
+        expected = tables.schema_of(spark, name)
+        assert [(f.name, f.dataType) for f in df.schema] == [(f.name, f.dataType) for f in expected], name
+
+    c = result.counts
+    n_items = N_CLEAN + len(POISON_REASONS) + 1   # two undecodable images share a reason
+    assert c["items_in"] == n_items == c["items_valid"] + c["items_quarantined"]
+    assert c["items_valid"] == N_CLEAN == c["items_scored"]
+    assert result.quarantined["items"] == POISON_REASONS
+    assert c["flagged"] == sum(result.flagged.values())
+    n_candidates = len(candidate_rows(RUN))
+    assert c["candidates_in"] == n_candidates == c["cvr_scored"] + c["candidates_quarantined"]
+    assert result.quarantined["candidates"] == CANDIDATE_REASONS
+
+    align = tables.read_table(spark, config, "item_alignment").where(F.col("run_date") == F.lit(RUN)).collect()
+    for r in align:
+        low_ita, low_tia = r.p_ita < 0.5, r.p_tia < 0.5
+        assert r.flag == (low_ita or low_tia)
+        assert r.reason == ({(True, True): "text and image suspect", (True, False): "text suspect",
+                             (False, True): "image suspect"}.get((low_ita, low_tia)))
+        assert r.merchant_id and r.category
+
+    q = tables.read_table(spark, config, "quarantine").where(F.col("run_date") == F.lit(RUN))
+    assert q.where("source = 'items'").count() == c["items_quarantined"]
+    assert {(r.key, r.reason) for r in q.where("source = 'candidates'").collect()} >= {
+        ("u0|i100", "item: unknown or invalid"), ("u1|i999", "item: unknown or invalid"), ("u99|i001", "user: unknown")}
+
+    run_row = tables.read_table(spark, config, "runs").where(F.col("run_id") == result.run_id).collect()
+    assert len(run_row) == 1
+    row = run_row[0]
+    assert (row.status, row.job, row.run_date, row.model_version) == ("succeeded", "score_catalog", RUN, version)
+    assert row.counts["cvr_scored"] == c["cvr_scored"] and row.counts["items_encoded"] == N_CLEAN
+    assert {"features", "alignment", "cvr", "total"} <= set(row.timings)
+    assert json.loads(row.details)["flagged"] == result.flagged
+
+
+def test_spark_scores_equal_plain_pytorch(spark, world, first_run):
+    config, version = world
+    assert_tables_match_oracle(spark, config, version)
+
+
+def test_rerun_same_date_other_batching_replaces_rows(spark, world, first_run):
+    config, version = world
+    # Arrow batches of 8 rows, model batches of 4: the numbers must not move
+    config2 = tiny_config(Path(config.data.root).parent, "scoring.batch_size=4", "scoring.max_records_per_batch=8")
+    again = scoring.run(spark, config2, RUN)
+    assert again.counts["items_encoded"] == 0 and again.counts["items_reused"] == N_CLEAN
+    for name, key in (("item_alignment", ["item_id"]), ("cvr_scores", ["user_id", "item_id"])):
+        df = tables.read_table(spark, config, name).where(F.col("run_date") == F.lit(RUN))
+        assert df.count() == df.select(*key).distinct().count() > 0, name
+    q = tables.read_table(spark, config, "quarantine").where(F.col("run_date") == F.lit(RUN))
+    assert q.count() == first_run.counts["items_quarantined"] + first_run.counts["candidates_quarantined"]
+    assert_tables_match_oracle(spark, config, version)
+    assert spark.conf.get(scoring.ARROW_BATCH) != "8"   # the session's setting is put back
+
+
+def test_backfill_leaves_the_newer_date_alone(spark, world, first_run):
+    config, _ = world
+    def snapshot(name):
+        return sorted(tuple(r) for r in tables.read_table(spark, config, name).where(F.col("run_date") == F.lit(RUN)).collect())
+
+    before = {name: snapshot(name) for name in ("item_alignment", "cvr_scores", "quarantine")}
+    old = scoring.run(spark, config, BEFORE)
+    assert old.counts["candidates_in"] == 6 == old.counts["cvr_scored"]
+    assert {name: snapshot(name) for name in before} == before
+    cvr = tables.read_table(spark, config, "cvr_scores").where(F.col("run_date") == F.lit(BEFORE))
+    assert cvr.count() == 6
+    assert tables.read_table(spark, config, "item_alignment").where(F.col("run_date") == F.lit(BEFORE)).count() == N_CLEAN
+
+
+def test_constraints_reject_bad_rows_without_a_commit(spark, world, first_run):
+    config, version = world
+    good = (RUN, "i000", "m0", "fruit", 0.5, 0.5, False, None, version)
+    schema = "run_date date, item_id string, merchant_id string, category string, p_ita double, p_tia double, " \
+             "flag boolean, reason string, model_version string"
+    before = tables.table_version(spark, config, "item_alignment")
+    rows_before = tables.read_table(spark, config, "item_alignment").count()
+    for bad in [good[:4] + (1.5,) + good[5:], (RUN, None) + good[2:]]:
+        with pytest.raises(Exception, match="(?i)constraint|null"):
+            tables.replace_run_date(spark, config, "item_alignment", spark.createDataFrame([good, bad], schema), RUN)
+        assert tables.table_version(spark, config, "item_alignment") == before
+    assert tables.read_table(spark, config, "item_alignment").count() == rows_before
+
+
+def test_failed_run_is_recorded_and_leaves_outputs_alone(spark, world, first_run, tmp_path):
+    config, _ = world
+    versions = {name: tables.table_version(spark, config, name) for name in ("item_alignment", "cvr_scores")}
+    broken = tmp_path / "broken-model"
+    make_artifact(config, broken, seed=3)
+    with open(broken / "model.safetensors", "ab") as f:   # one byte more than the manifest says
+        f.write(b"\0")
+    bad_config = config.model_copy(update={"scoring": config.scoring.model_copy(update={"model_dir": str(broken)})})
+    with pytest.raises(Exception, match="does not match"):
+        scoring.run(spark, bad_config, RUN)
+    failed = tables.read_table(spark, config, "runs").where("status = 'failed'").collect()
+    assert len(failed) == 1 and "does not match" in json.loads(failed[0].details)["error"]
+    assert {name: tables.table_version(spark, config, name) for name in versions} == versions
+
+
+def test_missing_inputs_say_which_command_makes_them(spark, tmp_path):
+    config = tiny_config(tmp_path)
+    with pytest.raises(scoring.MissingInput, match="make demo-data"):
+        scoring.check_inputs(spark, config)
+    write_world(spark, config)
+    with pytest.raises(scoring.MissingInput, match="make train"):
+        scoring.check_inputs(spark, config)
+
+
+def test_new_model_version_replaces_the_rows(spark, world, first_run, tmp_path):
+    config, old_version = world
+    new_dir = tmp_path / "model-v2"
+    new_version = make_artifact(config, new_dir, seed=1)
+    assert new_version != old_version
+    config2 = config.model_copy(update={"scoring": config.scoring.model_copy(update={"model_dir": str(new_dir)})})
+    result = scoring.run(spark, config2, RUN)
+    assert result.model_version == new_version
+    for name in ("item_alignment", "cvr_scores"):
+        versions = tables.read_table(spark, config, name).where(F.col("run_date") == F.lit(RUN)) \
+            .groupBy("model_version").count().collect()
+        assert [(r.model_version, r["count"]) for r in versions] == \
+            [(new_version, result.counts["items_scored" if name == "item_alignment" else "cvr_scored"])]
+    assert_tables_match_oracle(spark, config2, new_version)
+
+
+# ------------------------------------------------------------------------ the job's command line
+
+
+def test_job_says_what_to_run_when_inputs_are_missing(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "jobs" / "score_catalog.py"), "--conf", str(root / "tests/conf/tiny.yaml"),
+                          "--set", f"data.root={tmp_path / 'empty'}", "--set", "spark.master=local[1]"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "make demo-data" in out.stderr
