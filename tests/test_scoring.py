@@ -243,6 +243,28 @@ def test_scoring_model_is_the_model(tmp_path):
         np.testing.assert_allclose(values, expected, atol=TOL, err_msg=f"batch_size={bs}")
 
 
+def test_alignment_flags_absolute_and_per_category_quantile(spark):
+    from camenn.config import ThresholdConfig
+
+    rows = [(f"f{k:02d}", "m1", "fruit", k / 100, 1 - k / 100) for k in range(100)]       # 100 fruit items
+    rows += [("t1", "m2", "tea", 0.3, 0.9), ("t2", "m2", "tea", 0.9, 0.2), ("n1", "m2", None, 0.1, 0.1)]
+    scores = spark.createDataFrame(rows, "item_id string, merchant_id string, category string, p_ita double, p_tia double")
+
+    absolute = {r.item_id: r.reason for r in scoring.alignment_flags(scores, ThresholdConfig(ita=0.5, tia=0.5)).collect()}
+    assert absolute["t1"] == "text suspect" and absolute["t2"] == "image suspect" and absolute["n1"] == "text and image suspect"
+    assert absolute["f60"] == "image suspect" and absolute["f40"] == "text suspect" and absolute["f50"] is None
+
+    quantile = ThresholdConfig(mode="category_quantile", quantile=0.05, min_category_items=50, ita=0.5, tia=0.5)
+    got = {r.item_id: (r.flag, r.reason) for r in scoring.alignment_flags(scores, quantile).collect()}
+    fruit = {k: v for k, v in got.items() if k.startswith("f")}
+    # the lowest 5% of each score in the category: f00..f03 (p_ita < 0.04), f96..f99 (p_tia < 0.05)
+    assert sorted(k for k, (flag, _) in fruit.items() if flag) == ["f00", "f01", "f02", "f03", "f96", "f97", "f98", "f99"]
+    assert {fruit["f00"][1], fruit["f99"][1]} == {"text suspect", "image suspect"}
+    # categories with fewer than min_category_items items (the null category too) use the absolute thresholds
+    assert got["t1"] == (True, "text suspect") and got["t2"] == (True, "image suspect")
+    assert got["n1"] == (True, "text and image suspect")
+
+
 # ------------------------------------------------------------------------ the run on Spark + Delta
 
 
