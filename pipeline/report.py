@@ -259,6 +259,22 @@ def _total(pdf: pd.DataFrame) -> pd.DataFrame:
                          "image_sum": [np.sum(np.stack(pdf["image_sum"].to_list()), axis=0).tolist()]})
 
 
+def centroid_sample(alignment: DataFrame, per_category: int) -> DataFrame:
+    """item_id, category of about ``per_category`` unflagged items per category (all of a smaller one).
+
+    A deterministic hash sample: the same items every run while they stay unflagged. One row
+    per category reaches the driver (the counts).
+    """
+    unflagged = alignment.where(~F.col("flag") & F.col("category").isNotNull()).select("item_id", "category")
+    counts = {r["category"]: r["n"] for r in unflagged.groupBy("category").agg(F.count(F.lit(1)).alias("n")).collect()}
+    partial = {c: per_category / n for c, n in counts.items() if n > per_category}
+    if not partial:
+        return unflagged
+    fraction = F.create_map(*[F.lit(x) for c, f in sorted(partial.items()) for x in (c, f)])
+    u = (F.abs(F.xxhash64("item_id")) % 1_000_003) / 1_000_003.0
+    return unflagged.where(F.coalesce(fraction[F.col("category")], F.lit(1.0)) > u)
+
+
 def category_centroids(vectors_in: DataFrame, n_patches: int) -> Centroids:
     """Centroids from rows (category, text_emb, n_text_tokens, image_emb), computed in Spark.
 
@@ -691,8 +707,8 @@ def build_report(spark: SparkSession, config: AppConfig, run_date: dt.date) -> R
                 .select("item_id", "text_emb", "n_text_tokens", "image_emb"))
 
     spark.sparkContext.setJobDescription(f"quality report: category centroids ({run_date})")
-    centroids = category_centroids(
-        alignment.where(~F.col("flag")).select("item_id", "category").join(features, "item_id"), n_patches)
+    sample = centroid_sample(alignment, config.report.centroid_sample_per_category)
+    centroids = category_centroids(F.broadcast(sample).join(features, "item_id"), n_patches)
     timings["centroids"] = time.perf_counter() - t0
 
     thresholds = config.scoring.thresholds
@@ -701,18 +717,17 @@ def build_report(spark: SparkSession, config: AppConfig, run_date: dt.date) -> R
     final = f"{out_base}/{run_date.isoformat()}"
     staging = f"{out_base}/.staging-{run_date.isoformat()}-{uuid.uuid4().hex[:8]}"
     filesystem.create_dir(f"{staging}/{MERCHANTS_DIR}", recursive=True)
-    staging_uri = staging if "://" not in config.report.out_dir else _uri_like(config.report.out_dir, out_base, staging)
-    settings = PageSettings(run_date=run_date, base=staging_uri, thumbnail_px=config.report.thumbnail_px,
+    settings = PageSettings(run_date=run_date, base=_uri_like(config.report.out_dir, staging), thumbnail_px=config.report.thumbnail_px,
                             n_patches=n_patches, ita_threshold=thresholds.ita, tia_threshold=thresholds.tia,
                             max_items=config.report.max_items_per_page, centroids=centroids)
     try:
         t1 = time.perf_counter()
-        items = latest_items(tables.read_table(spark, config, "items")).select(
-            "item_id", "title", "description", "image", content_key().alias("content_hash"))
         flagged = (alignment.where(F.col("flag"))
-                   .select("item_id", "merchant_id", "category", "p_ita", "p_tia", "reason", "model_version")
-                   .join(items, "item_id", "left")
-                   .join(features, "item_id", "left"))
+                   .select("item_id", "merchant_id", "category", "p_ita", "p_tia", "reason", "model_version"))
+        # only the flagged items' rows reach the de-duplication window (not the catalogue's images)
+        items = (latest_items(tables.read_table(spark, config, "items").join(flagged.select("item_id"), "item_id", "left_semi"))
+                 .select("item_id", "title", "description", "image", content_key().alias("content_hash")))
+        flagged = flagged.join(items, "item_id", "left").join(features, "item_id", "left")
         flagged = (flagged.join(_history(spark, config, run_date), ["item_id", "content_hash"], "left")
                    .select(*_PAGE_INPUT))
         flag_schema = tables.schema_of(spark, "quality_flags")
@@ -742,16 +757,17 @@ def build_report(spark: SparkSession, config: AppConfig, run_date: dt.date) -> R
         spark.sparkContext.setJobDescription(None)
 
     totals = index["totals"]
-    folder = final if "://" not in config.report.out_dir else _uri_like(config.report.out_dir, out_base, final)
+    folder = _uri_like(config.report.out_dir, final)
     return ReportResult(run_date=run_date, folder=folder, index_path=f"{folder}/{INDEX}", n_items=totals["n_items"],
                         n_flagged=totals["flagged"], n_new=totals["new"], n_merchants=len(index["merchants"]),
                         by_side={r["side"]: r["n"] for r in index["reasons"]}, timings=timings)
 
 
-def _uri_like(original: str, base_path: str, path: str) -> str:
-    """Map a path of the pyarrow file system back to a URI of the same scheme as ``original``."""
-    scheme = original.split("://", 1)[0]
-    return f"{scheme}://{path}" if not path.startswith(f"{scheme}://") else path
+def _uri_like(original: str, path: str) -> str:
+    """A path of the pyarrow file system as ``original`` names it: itself for a local folder, else scheme://path."""
+    if "://" not in original:
+        return path
+    return f"{original.split('://', 1)[0]}://{path}"
 
 
 def _index_data(spark: SparkSession, config: AppConfig, alignment: DataFrame, run_date: dt.date,

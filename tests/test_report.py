@@ -284,6 +284,17 @@ def test_quality_flags_rows(spark, built):
     assert [r["status"] for r in runs] == ["ok"] and runs[0]["counts"]["flagged"] == 6
 
 
+def test_centroid_sample_is_a_stable_subset_of_unflagged_items(spark, built):
+    alignment = tables.read_table(spark, built.config, "item_alignment").where(f"run_date = DATE'{D1}'")
+    unflagged = {(r["item_id"], r["category"]) for r in alignment.where("NOT flag").collect()}
+    assert {tuple(r) for r in report.centroid_sample(alignment, 100).collect()} == unflagged
+    small = [tuple(r) for r in report.centroid_sample(alignment, 1).collect()]
+    assert set(small) < unflagged and len(small) < len(unflagged) / 2
+    assert sorted(small) == sorted(tuple(r) for r in report.centroid_sample(alignment, 1).collect())
+    assert report._uri_like("s3a://bucket/reports", "bucket/reports/2026-11-24") == "s3a://bucket/reports/2026-11-24"
+    assert report._uri_like("/srv/reports", "/srv/reports/2026-11-24") == "/srv/reports/2026-11-24"
+
+
 def test_csv_and_html_list_the_same_items_in_the_same_order(built):
     for merchant in {it.merchant_id for it in built.items if it.flag}:
         page, csv_path = merchant_files(built, merchant)
