@@ -8,8 +8,9 @@ merchant typed and uploaded) and ``item_features`` (cached encoder outputs):
 1. **Side.** Low ITA (image-to-text) means the text looks wrong; low TIA (text-to-image) the
    image; both low, both (:func:`side_of`).
 2. **Suggestion.** Per listed category, the centroid of the L2-normalised, mean-pooled text
-   and image vectors of that run's *unflagged* items, computed in Spark with map-side partial
-   sums (:func:`category_centroids`). A flagged item's text and image each go to their nearest
+   and image vectors (item_features blobs) of that run's *unflagged* items (a stable hash sample
+   of ``report.centroid_sample_per_category`` per category), computed in Spark with map-side
+   partial sums (:func:`category_centroids`). A flagged item's text and image each go to their nearest
    centroid by cosine; when both name the same category, that is the suggestion, otherwise the
    trusted side's category (the image when the text looks wrong, and vice versa)
    (:func:`suggest`).
@@ -19,11 +20,13 @@ merchant typed and uploaded) and ``item_features`` (cached encoder outputs):
    this run: never flagged before, or flagged before with other content (the merchant changed
    it and it is still wrong). An item flagged before with the same content is *still flagged*
    (shown, not marked new), also when it was unflagged in between.
-4. **Pages.** ``groupBy(merchant_id).applyInPandas``: each task renders one merchant's page
-   (HTML, Jinja2 with autoescaping, thumbnails as data: URIs) and CSV (same rows, same order)
-   and writes them from the executor; its output rows are the ``quality_flags`` table, written
-   with ``replace_run_date`` in the same Spark job. The driver only sees per-merchant and
-   per-category aggregates (index page, plot).
+4. **Pages.** A mapInPandas turns each flagged item's image into a JPEG thumbnail and its blobs
+   into nearest categories; then ``groupBy(merchant_id).applyInPandas``: each task renders one
+   merchant's page (HTML, Jinja2 with autoescaping, thumbnails as data: URIs, a CSP that allows
+   no scripts or fetches) and CSV (the same worst ``report.max_items_per_page`` rows, same order)
+   and writes them from the executor; its output rows are the ``quality_flags`` table (every
+   flagged item), written with ``replace_run_date`` in the same Spark job. The driver only sees
+   per-merchant and per-category aggregates (index page, plot).
 
 Everything goes to ``<report.out_dir>/<run_date>/`` through ``pyarrow.fs`` (local folder,
 HDFS or S3), built in a staging folder and published at the end, so a rerun of a date
@@ -35,8 +38,8 @@ from __future__ import annotations
 
 import base64
 import csv
-import functools
 import datetime as dt
+import functools
 import hashlib
 import io
 import math
@@ -74,7 +77,6 @@ CSV_COLUMNS = ["rank", "item_id", "status", "first_flagged", "category", "title"
 # Columns of one flagged item as the Spark side hands it to the enrichment step.
 _PAGE_INPUT = ["merchant_id", "item_id", "category", "title", "description", "image", "p_ita", "p_tia",
                "reason", "model_version", "content_hash", "first_flagged", "text_emb", "n_text_tokens", "image_emb"]
-
 
 
 def flag_columns() -> list[str]:
