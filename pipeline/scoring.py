@@ -327,9 +327,11 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
             _say(f"    {cvr['scored']} scores written, {cvr['quarantined']} candidates quarantined")
         else:
             _say(f"3/4 cvr: skipped, model {model.version} has no cvr head")
-        # every rejected row of this run, whatever its source, in one commit
-        result.outputs["quarantine"] = features.write_quarantine(spark, config, quarantine, run_date=run_date, job=JOB)
         result.timings["cvr"] = time.perf_counter() - t
+        # every rejected row of this run, whatever its source, in one commit
+        t = time.perf_counter()
+        result.outputs["quarantine"] = features.write_quarantine(spark, config, quarantine, run_date=run_date, job=JOB)
+        result.timings["quarantine"] = time.perf_counter() - t
         result.status = "succeeded"
     except BaseException as exc:
         result.status = "failed"
