@@ -385,6 +385,19 @@ def git_commit(root: str | None = None) -> str | None:
         return None
 
 
+def _json_safe(obj):
+    """NaN / inf -> None and numpy scalars -> Python, so config.json is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(float(obj)) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
 # -----------------------------------------------------------------------------
 # the loop
 
@@ -572,7 +585,7 @@ def train_fn(spec: dict) -> dict:
         metrics: dict = {}
         test = splits["test"]
         if "cvr" in cfg.tasks:
-            p = predict_cvr(model, store, test, bs, device)
+            p = predict_cvr(model, store, test, max(bs, 256), device)
             parts = _gather((p.tolist(), test.label.numpy().tolist()), dist_info)
             probs = np.concatenate([np.asarray(a, dtype=np.float64) for a, _ in parts])
             ys = np.concatenate([np.asarray(b, dtype=np.float64) for _, b in parts])
@@ -584,7 +597,8 @@ def train_fn(spec: dict) -> dict:
                        steps_per_epoch=n_steps, examples_dropped=dropped, world_size=ws,
                        n_items=len(store), n_train_items=int(len(align_idx["train"])))
 
-        result = {"metrics": metrics, "history": state.history, "artifact": None, "model_version": None}
+        metrics, history = _json_safe(metrics), _json_safe(state.history)
+        result = {"metrics": metrics, "history": history, "artifact": None, "model_version": None}
         if is_main and spec.get("artifact_dir"):
             from camenn.checkpoint import load_artifact, save_artifact
 
@@ -592,7 +606,7 @@ def train_fn(spec: dict) -> dict:
             metadata.update({
                 "featurizer": spec["featurizer"], "encoder_fingerprint": spec["encoder_fingerprint"],
                 "vocab": vocab.to_dict(), "max_behaviour": max_beh, "table_versions": dict(v),
-                "metrics": metrics, "history": state.history, "git_commit": spec.get("git_commit"),
+                "metrics": metrics, "history": history, "git_commit": spec.get("git_commit"),
                 "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "config_name": spec.get("config_name"), "seed": seed,
                 "item_features": list(ITEM_FEATURES),
