@@ -101,6 +101,7 @@ class ModelSettings(Section):
     top_k: int | None = Field(None, ge=1)
     max_behaviour: int = Field(5, ge=0)
     dropout: float = Field(0.1, ge=0, lt=1)
+    attn_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on attention weights; > 0 makes CPU attention ~5x slower")
     tasks: tuple[Literal["cvr", "ita", "tia"], ...] = ("cvr", "ita", "tia")
 
 
@@ -130,7 +131,9 @@ class TrainingConfig(Section):
     examples_from: Literal["auto", "impressions", "sampled"] = Field(
         "auto", description="auto = impressions when the table has rows, else negatives sampled from events")
     price_buckets: int = Field(10, ge=1, description="price quantile buckets of the feature vocabulary")
-    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on batches per epoch; null = the whole training set")
+    steps_per_epoch: int | None = Field(
+        None, ge=1, description="batches per epoch (between validations); null = one pass over the training examples, "
+                                "a number = that many batches from a reshuffled stream, fewer or more than one pass")
     num_threads: int | None = Field(None, ge=1, description="torch threads per training process; null = cores / processes")
 
 

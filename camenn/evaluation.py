@@ -123,11 +123,11 @@ def detection_table(p_ita: np.ndarray, p_tia: np.ndarray, defects: np.ndarray, f
 def mislabel_detection(model: CameNN, store: ItemStore, truth, thresholds, test_fraction: float,
                        valid_fraction: float, seed: int, batch_size: int = 512) -> dict:
     """Score every item item-only and compare the flags with truth_items (a pandas frame: item_id, defect)."""
+    if not {"ita", "tia"} <= set(model.cfg.tasks):
+        return {}
     known = truth[truth["item_id"].isin(store.index)]
     idx = store.lookup(list(known["item_id"]))
     probs = predict_items(model, store, idx, batch_size, "cpu")
-    if "ita" not in probs or "tia" not in probs:
-        return {}
     p_ita, p_tia = probs["ita"].astype(np.float64), probs["tia"].astype(np.float64)
     defects = known["defect"].to_numpy(dtype=object)
     cats = None

@@ -62,7 +62,11 @@ class CameNNConfig:
     # the order of the keys is the column order of ItemTokens.feats / CameNNBatch.user_feats
     item_feature_sizes: dict[str, int] = field(default_factory=dict)
     user_feature_sizes: dict[str, int] = field(default_factory=dict)
-    dropout: float = 0.1
+    dropout: float = 0.1  # embeddings, residual branches
+    # Dropout on the attention weights is off by default: with it, PyTorch's CPU attention leaves
+    # the fused flash kernel for the math path, and a training step got 5x slower (14.5 s vs 2.8 s
+    # for a 128-row full batch on 2 cores, benchmarks/bench_training_step.py)
+    attn_dropout: float = 0.0
     lstm_bidirectional: bool = True
 
     def __post_init__(self):
@@ -96,8 +100,9 @@ class CameNNConfig:
             for k, v in getattr(self, where).items():
                 if v < 1:
                     problems.append(f"{where}[{k!r}] must be >= 1 (got {v})")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout must be in [0, 1) (got {self.dropout})")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"{name} must be in [0, 1) (got {getattr(self, name)})")
         if problems:
             raise ValueError("invalid CameNNConfig: " + "; ".join(problems))
 
@@ -183,7 +188,7 @@ class SelfAttention(nn.Module):
         self.n_heads = cfg.n_heads
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.dropout = cfg.dropout
+        self.attn_dropout = cfg.attn_dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
@@ -196,7 +201,7 @@ class SelfAttention(nn.Module):
         # only keys are masked: padded queries still see real keys, so no row is all -inf (no NaN)
         attend = ~pad[:, None, None, :]  # (B, 1, 1, T)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attend,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, Dh)
+                                           dropout_p=self.attn_dropout if self.training else 0.0)  # (B, H, T, Dh)
         y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
         return self.resid_drop(self.proj(y))  # (B, T, D)
 
@@ -457,7 +462,23 @@ class CameNN(nn.Module):
         # softmax over the chosen k only: the others get exactly 0, not a small leak
         return torch.zeros_like(logits).scatter(-1, idx, top.softmax(dim=-1))  # (B, M)
 
-    def forward(self, batch: CameNNBatch) -> dict:
+    def _task_list(self, tasks) -> tuple[str, ...]:
+        if tasks is None:
+            return self.cfg.tasks
+        tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+        unknown = [t for t in tasks if t not in self.cfg.tasks]
+        if unknown or not tasks:
+            raise ValueError(f"tasks {list(tasks)}: this model has tasks {list(self.cfg.tasks)}")
+        return tasks
+
+    def forward(self, batch: CameNNBatch, tasks: tuple[str, ...] | str | None = None) -> dict:
+        """Logits (B,) of ``tasks`` (default: all of the model's), and their gate weights under "gates".
+
+        A task not asked for is not computed: its gate, tower and head are skipped. Training
+        asks for CVR on full batches and for ITA/TIA on item-only ones, which saves the towers
+        whose loss would be zero there (a third of the blocks of a full batch).
+        """
+        tasks = self._task_list(tasks)
         x, pad, cls_idx = self.embed(batch)  # (B, T, D), (B, T)
         real = (~pad).unsqueeze(-1).to(x.dtype)  # (B, T, 1)
         pooled = (x * real).sum(1) / real.sum(1).clamp_min(1.0)  # (B, D) gate input: mean of E_input
@@ -468,7 +489,7 @@ class CameNN(nn.Module):
 
         out: dict = {}
         gates: dict[str, torch.Tensor] = {}
-        for task in self.cfg.tasks:
+        for task in tasks:
             g = self.gate_weights(task, pooled)  # (B, M)
             xk = torch.einsum("bm,bmtd->btd", g.to(ex.dtype), ex)  # (B, T, D)
             h = self.towers[task](xk, pad)  # (B, T, D)
@@ -479,15 +500,16 @@ class CameNN(nn.Module):
         return out
 
     @torch.no_grad()
-    def predict(self, batch: CameNNBatch) -> dict[str, torch.Tensor]:
+    def predict(self, batch: CameNNBatch, tasks: tuple[str, ...] | str | None = None) -> dict[str, torch.Tensor]:
         """Probabilities per task, in eval mode (the previous mode is restored)."""
+        tasks = self._task_list(tasks)
         was_training = self.training
         self.eval()
         try:
-            out = self(batch)
+            out = self(batch, tasks)
         finally:
             self.train(was_training)
-        return {t: torch.sigmoid(out[t]) for t in self.cfg.tasks}  # each (B,)
+        return {t: torch.sigmoid(out[t]) for t in tasks}  # each (B,)
 
 
 # -----------------------------------------------------------------------------

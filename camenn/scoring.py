@@ -114,9 +114,9 @@ class ScoringModel:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    def _predict(self, batch: CameNNBatch) -> dict[str, np.ndarray]:
+    def _predict(self, batch: CameNNBatch, tasks: tuple[str, ...]) -> dict[str, np.ndarray]:
         with torch.inference_mode(), self._autocast():
-            probs = self.model.predict(batch.to(self.device, non_blocking=True))
+            probs = self.model.predict(batch.to(self.device, non_blocking=True), tasks)
         return {t: p.float().cpu().numpy().astype(np.float64) for t, p in probs.items()}
 
     # ------------------------------------------------------------------ scoring
@@ -133,7 +133,7 @@ class ScoringModel:
         for s in range(0, n, batch_size):
             e = min(n, s + batch_size)
             store = self.item_store(text_embs[s:e], n_text_tokens[s:e], image_embs[s:e], categories[s:e], prices[s:e])
-            probs = self._predict(item_only_batch(store, torch.arange(e - s)))
+            probs = self._predict(item_only_batch(store, torch.arange(e - s)), ("ita", "tia"))
             p_ita[s:e], p_tia[s:e] = probs["ita"], probs["tia"]
         return p_ita, p_tia
 
@@ -175,7 +175,7 @@ class ScoringModel:
                 behaviour[r, :len(seq)] = torch.arange(at, at + len(seq))
                 at += len(seq)
             batch = full_batch(store, torch.arange(b), behaviour, torch.as_tensor(users[s:e]))
-            out[s:e] = self._predict(batch)["cvr"]
+            out[s:e] = self._predict(batch, ("cvr",))["cvr"]
         return out
 
     def _behaviour_of(self, i, texts, counts, images, categories, prices) -> list[tuple]:

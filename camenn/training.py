@@ -242,15 +242,28 @@ def alignment_batch(store: ItemStore, idx: torch.Tensor, generator: torch.Genera
     return CameNNBatch(target=trim_items(examples)), labels, mask
 
 
+def cvr_tasks(model: CameNN) -> tuple[str, ...]:
+    """The tasks a full (user + behaviour + target) batch trains: CVR, where the model has it."""
+    return tuple(t for t in ("cvr",) if t in model.cfg.tasks) or model.cfg.tasks
+
+
+def alignment_tasks(model: CameNN) -> tuple[str, ...]:
+    return tuple(t for t in ("ita", "tia") if t in model.cfg.tasks)
+
+
 class _MixedStep(nn.Module):
-    """Both forward passes of a step in one module call, so DDP sees one forward per backward."""
+    """Both forward passes of a step in one module call, so DDP sees one forward per backward.
+
+    Each pass computes only the towers its batch has labels for; together they use every parameter.
+    """
 
     def __init__(self, model: CameNN):
         super().__init__()
         self.model = model
 
     def forward(self, full: CameNNBatch, align: CameNNBatch | None):
-        return self.model(full), (self.model(align) if align is not None else None)
+        return (self.model(full, cvr_tasks(self.model)),
+                self.model(align, alignment_tasks(self.model)) if align is not None else None)
 
 
 # -----------------------------------------------------------------------------
@@ -273,7 +286,7 @@ def predict_cvr(model: CameNN, store: ItemStore, ex: Examples, batch_size: int, 
     out = []
     for s in range(0, len(ex), batch_size):
         part = ex.select(torch.arange(s, min(len(ex), s + batch_size)))
-        out.append(model.predict(cvr_batch(store, part).to(device))["cvr"].float().cpu())
+        out.append(model.predict(cvr_batch(store, part).to(device), "cvr")["cvr"].float().cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
@@ -282,7 +295,10 @@ def predict_items(model: CameNN, store: ItemStore, idx: torch.Tensor, batch_size
                   swap: str | None = None, donor: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """Item-only probabilities per task for items ``idx``; ``swap`` = "text"/"image" takes that side from ``donor``."""
     model.eval()
-    out: dict[str, list] = {t: [] for t in model.cfg.tasks}
+    tasks = alignment_tasks(model)
+    if not tasks:
+        raise ValueError(f"model has no alignment task (tasks={list(model.cfg.tasks)})")
+    out: dict[str, list] = {t: [] for t in tasks}
     for s in range(0, len(idx), batch_size):
         rows = idx[s:s + batch_size]
         items = store.gather(rows)
@@ -292,7 +308,7 @@ def predict_items(model: CameNN, store: ItemStore, idx: torch.Tensor, batch_size
                 items = ItemTokens(other.text, other.text_mask, items.image, items.feats)
             else:
                 items = ItemTokens(items.text, items.text_mask, other.image, items.feats)
-        probs = model.predict(CameNNBatch(target=trim_items(items)).to(device))
+        probs = model.predict(CameNNBatch(target=trim_items(items)).to(device), tasks)
         for t in out:
             out[t].append(probs[t].float().cpu())
     return {t: (torch.cat(v).numpy() if v else np.zeros(0, dtype=np.float32)) for t, v in out.items()}
@@ -428,7 +444,7 @@ def validation_loss(model: CameNN, store: ItemStore, ex: Examples, align_idx: to
     if "cvr" in tasks:
         for s in range(0, len(ex), bs):
             part = ex.select(torch.arange(s, min(len(ex), s + bs)))
-            out = model(cvr_batch(store, part).to(device))
+            out = model(cvr_batch(store, part).to(device), "cvr")
             _, per = multitask_loss({"cvr": out["cvr"]}, {"cvr": part.label.to(device)}, {})
             sums["cvr"] += float(per["cvr"]) * len(part)
             counts["cvr"] += len(part)
@@ -441,7 +457,7 @@ def validation_loss(model: CameNN, store: ItemStore, ex: Examples, align_idx: to
             if len(rows) < 2:
                 continue
             batch, labels, mask = alignment_batch(store, rows, g, bool(spec["training"]["attribute_side"]))
-            out = model(batch.to(device))
+            out = model(batch.to(device), tuple(align_tasks))
             for t in align_tasks:
                 _, per = multitask_loss({t: out[t]}, {t: labels[t].to(device)}, {t: mask[t].to(device)})
                 n = float(mask[t].sum())
@@ -512,8 +528,8 @@ def train_fn(spec: dict) -> dict:
         abs_ = max(2, math.ceil(int(tcfg["alignment_batch_size"]) / ws)) if align_on else 0
         train = splits["train"]
         n_steps = int(_all_reduce([math.ceil(len(train) / bs)], "min", dist_info)[0])
-        if tcfg.get("max_steps_per_epoch"):
-            n_steps = min(n_steps, int(tcfg["max_steps_per_epoch"]))
+        if tcfg.get("steps_per_epoch"):
+            n_steps = int(tcfg["steps_per_epoch"])
         if n_steps < 1:
             raise ValueError(f"no training examples on rank {dist_info.rank}")
         if align_on and len(align_idx["train"]) < 2:
@@ -531,7 +547,9 @@ def train_fn(spec: dict) -> dict:
         for epoch in range(epochs):
             model.train()
             g_epoch = torch.Generator().manual_seed(seed * 7919 + epoch * 104729 + dist_info.rank)
-            order = torch.randperm(len(train), generator=g_epoch)
+            # an epoch longer than one pass draws further passes, each reshuffled
+            passes = max(1, math.ceil(n_steps * bs / max(1, len(train))))
+            order = torch.cat([torch.randperm(len(train), generator=g_epoch) for _ in range(passes)])
             bar = tqdm(range(n_steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not is_main, file=sys.stderr,
                        mininterval=2.0, leave=True, dynamic_ncols=True)
             running = 0.0

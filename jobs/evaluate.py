@@ -10,59 +10,35 @@ with metrics.json, report.md and the text-image similarity heat maps (PNG).
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import os
 import sys
 from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
-
-from camenn.config import ConfigError, default_config_path, load_config  # noqa: E402
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--conf", default=str(default_config_path()), help="YAML config (default conf/demo.yaml)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
-    parser.add_argument("--variants", help="comma-separated subset of the comparison (default: all)")
-    parser.add_argument("--out", help="run folder (default runs/<config>/<timestamp>)")
-    parser.add_argument("--run-date", type=dt.date.fromisoformat, help="date of the feature-cache update (default today)")
-    return parser.parse_args(argv)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # spark-submit puts jobs/ on the path, not the root
+from pipeline.cli import job_config, job_parser, job_session, run_job  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        config = load_config(args.conf, args.set)
-    except ConfigError as problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    from pipeline.train import VARIANTS, run_evaluation
+    parser = job_parser(__doc__, run_date="date of the feature-cache update (default today)")
+    parser.add_argument("--variants", help="comma-separated subset of the comparison (default: all)")
+    parser.add_argument("--out", help="run folder (default runs/<config>/<timestamp>)")
+    args = parser.parse_args(argv)
 
-    variants = None
-    if args.variants:
-        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-        unknown = [v for v in variants if v not in VARIANTS]
+    def evaluate() -> None:
+        from camenn.config import ConfigError
+        from pipeline.train import VARIANTS, run_evaluation
+
+        config = job_config(args)
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+        unknown = [v for v in variants or [] if v not in VARIANTS]
         if unknown:
-            print(f"error: unknown variant(s) {unknown}; known: {list(VARIANTS)}", file=sys.stderr)
-            return 2
-    from pipeline.session import EnvironmentProblem, get_spark
-    from pipeline.tables import MissingTable
-
-    try:
-        spark = get_spark(config, app_name=f"{config.spark.app_name}-evaluate")
-        out = run_evaluation(spark, config, out_dir=os.path.abspath(args.out) if args.out else None,
+            raise ConfigError(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+        out = run_evaluation(job_session(config, "evaluate"), config, out_dir=os.path.abspath(args.out) if args.out else None,
                              variants=variants, run_date=args.run_date)
-    except (EnvironmentProblem, MissingTable) as problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    print((Path(out["run_dir"]) / "report.md").read_text())
-    print(f"run folder: {out['run_dir']}")
-    return 0
+        print((Path(out["run_dir"]) / "report.md").read_text())
+        print(f"run folder: {out['run_dir']}")
+
+    return run_job(evaluate)
 
 
 if __name__ == "__main__":

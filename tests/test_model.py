@@ -166,6 +166,26 @@ def test_output_shapes(item_only):
     assert all(((p >= 0) & (p <= 1)).all() and p.shape == (4,) for p in probs.values())
 
 
+def test_forward_computes_only_the_tasks_asked_for():
+    cfg = tiny_config()
+    model = untrained_model(cfg).eval()
+    batch = random_batch(cfg, B=4)
+    every = model(batch)
+    cvr_only = model(batch, "cvr")
+    assert set(cvr_only) == {"cvr", "gates"} and set(cvr_only["gates"]) == {"cvr"}
+    torch.testing.assert_close(cvr_only["cvr"], every["cvr"])
+    align = model.predict(batch, ("ita", "tia"))
+    assert set(align) == {"ita", "tia"}
+    torch.testing.assert_close(align["tia"], torch.sigmoid(every["tia"]))
+    # the towers of tasks not asked for get no gradient: they were never run
+    model.train()
+    model(batch, "cvr")["cvr"].sum().backward()
+    assert model.towers["ita"].blocks[0].mlp.fc.weight.grad is None
+    assert model.towers["cvr"].blocks[0].mlp.fc.weight.grad is not None
+    with pytest.raises(ValueError, match="this model has tasks"):
+        create_model_from_config(tiny_config(tasks=("cvr",)))(batch, "ita")
+
+
 def test_gates_sum_to_one_per_task():
     cfg = tiny_config()
     out = untrained_model(cfg)(random_batch(cfg, B=5))

@@ -406,14 +406,17 @@ def test_job_says_what_to_run_when_inputs_are_missing(tmp_path):
     out = subprocess.run([sys.executable, str(root / "jobs" / "score_catalog.py"), "--conf", str(root / "tests/conf/tiny.yaml"),
                           "--set", f"data.root={tmp_path / 'empty'}", "--set", "spark.master=local[1]"],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert out.returncode == 1, out.stderr[-2000:]
+    assert out.returncode == 2, out.stderr[-2000:]
     assert "make demo-data" in out.stderr
 
 
 # ------------------------------------------------------------------------ planted defects, trained model
 
 DEFECT_OVERRIDES = ("scoring.thresholds.mode=category_quantile", "scoring.thresholds.quantile=0.1",
-                    "scoring.thresholds.min_category_items=5")
+                    "scoring.thresholds.min_category_items=5",
+                    # the alignment tasks need a few hundred steps before they take off; the tiny
+                    # world has ~10 batches of CVR examples, so epochs are set in steps
+                    "training.steps_per_epoch=80", "training.epochs=4", "training.patience=4", "training.lr=1e-3")
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from conftest import tiny_config
 from pipeline import tables
 from test_training_data import synthetic_world, write_world
 
-FAST = ("training.epochs=2", "training.max_steps_per_epoch=3", "training.batch_size=16",
+FAST = ("training.epochs=2", "training.steps_per_epoch=3", "training.batch_size=16",
         "training.alignment_batch_size=8", "training.patience=1", "model.d_model=16", "model.n_heads=2",
         "model.n_experts=2", "model.max_behaviour=3")
 

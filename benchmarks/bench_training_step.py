@@ -1,0 +1,97 @@
+"""Training-step cost of CameNN on this machine: what sizes the demo's 15-minute budget.
+
+    python benchmarks/bench_training_step.py                 # about a minute on 2 cores
+    python benchmarks/bench_training_step.py --threads 1 --batch 64
+
+One training step (forward + backward) of a full CVR batch (user + 5 behaviour items + the
+target, 32 text tokens and 9 patches per item) and of the item-only alignment batch that goes
+with it (3 rows per item: as is, text-swapped, image-swapped), on random inputs of the real
+shapes, for several model sizes. Each time is the best of --repeats; every ratio is taken
+against the first row, measured in the same run (the machines are shared and noisy).
+
+Rows:
+- the demo size (d_model 32, 2 heads) and the paper-like size (d_model 64, 4 and 8 heads);
+- attention dropout 0.1 against 0 (the default): PyTorch's CPU attention leaves its fused
+  kernel for the math path when dropout is on;
+- every tower on every batch (the loss of the others is zero) against only the towers the
+  batch has labels for (what training does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from camenn.model import CameNN, CameNNBatch, ItemTokens, frame_config  # noqa: E402
+
+CASES = [  # name, model overrides, towers computed (None = all)
+    ("demo: d32 h2", dict(d_model=32, n_heads=2), "labelled"),
+    ("d64 h4", dict(d_model=64, n_heads=4), "labelled"),
+    ("d64 h8", dict(d_model=64, n_heads=8), "labelled"),
+    ("d64 h8, all towers", dict(d_model=64, n_heads=8), None),
+    ("d64 h8, all towers, attention dropout 0.1", dict(d_model=64, n_heads=8, attn_dropout=0.1), None),
+]
+
+
+def random_items(lead: tuple[int, ...], L: int, cfg, gen: torch.Generator) -> ItemTokens:
+    return ItemTokens(torch.randn(*lead, L, cfg.text_dim, generator=gen), torch.ones(*lead, L, dtype=torch.bool),
+                      torch.randn(*lead, cfg.n_patches, cfg.image_dim, generator=gen),
+                      torch.ones(*lead, len(cfg.item_feature_sizes), dtype=torch.long))
+
+
+def step_seconds(model: CameNN, full: CameNNBatch, align: CameNNBatch, towers: str | None, repeats: int) -> tuple[float, float]:
+    cvr = "cvr" if towers else None
+    ita_tia = ("ita", "tia") if towers else None
+    best_full = best_align = float("inf")
+    for _ in range(repeats):
+        model.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        model(full, cvr)["cvr"].sum().backward()
+        t1 = time.perf_counter()
+        out = model(align, ita_tia)
+        (out["ita"].sum() + out["tia"].sum()).backward()
+        t2 = time.perf_counter()
+        best_full, best_align = min(best_full, t1 - t0), min(best_align, t2 - t1)
+    return best_full, best_align
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=128, help="CVR rows per step; as many items in the alignment batch")
+    parser.add_argument("--text-tokens", type=int, default=32)
+    parser.add_argument("--behaviour", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    print(f"{args.batch} CVR rows (+{args.behaviour} behaviour items) and {args.batch} alignment items "
+          f"({3 * args.batch} rows) per step, {args.text_tokens} text tokens, {args.threads} thread(s)")
+    print(f"{'model':<44}{'full s':>8}{'align s':>9}{'step s':>8}{'x first':>9}")
+    for name, overrides, towers in CASES:
+        cfg = frame_config("camenn", n_experts=4, max_behaviour=args.behaviour, max_text_tokens=args.text_tokens,
+                           item_feature_sizes={"category": 31, "price_bucket": 12},
+                           user_feature_sizes={"age_band": 6, "household": 6, "zone": 9}, **overrides)
+        model = CameNN(cfg).train()
+        full = CameNNBatch(random_items((args.batch,), args.text_tokens, cfg, gen),
+                           random_items((args.batch, args.behaviour), args.text_tokens, cfg, gen), None,
+                           torch.ones(args.batch, 3, dtype=torch.long))
+        align = CameNNBatch(random_items((3 * args.batch,), args.text_tokens, cfg, gen))
+        f, a = step_seconds(model, full, align, towers, args.repeats)
+        rows.append({"model": name, "full_s": f, "align_s": a, "step_s": f + a})
+        print(f"{name:<44}{f:>8.2f}{a:>9.2f}{f + a:>8.2f}{(f + a) / rows[0]['step_s']:>9.2f}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
