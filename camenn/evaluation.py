@@ -64,6 +64,46 @@ def comparison(results: dict[str, list[dict]], bayes: float | None = None) -> li
     return rows
 
 
+def logistic_ceiling(frame, seed: int = 0) -> dict:
+    """CVR AUC of a logistic regression on hand-made features of what the model's inputs show.
+
+    ``frame`` (pandas): split, label, category, price, age_band, household, zone, match (how
+    many of the example's behaviour items share the target's category) and boolean text-tag
+    columns whose names start with ``tag_``. The features follow the synthetic world's purchase
+    model (favourite categories from the profile and the history, price, tags): it is the
+    AUC within reach of the same inputs, which the Bayes AUC (true favourites) is not. Fit on
+    the train split, measured on test. Returns {"auc", "auc_without_tags", "n_train", "n_test"}.
+    """
+    import scipy.sparse as sp
+    from sklearn.linear_model import LogisticRegression
+
+    n = len(frame)
+    categories = {c: i for i, c in enumerate(sorted(frame["category"].astype(str).unique()))}
+    cat = frame["category"].astype(str).map(categories).to_numpy()
+    rows = np.arange(n)
+
+    def one_hot(codes: np.ndarray, width: int):
+        return sp.csr_matrix((np.ones(n), (rows, codes)), shape=(n, width))
+
+    blocks = [one_hot(cat, len(categories))]
+    for field in ("age_band", "household", "zone"):  # profile x category: favourites follow the profile
+        values = {v: i for i, v in enumerate(sorted(frame[field].astype(str).unique()))}
+        blocks.append(one_hot(frame[field].astype(str).map(values).to_numpy() * len(categories) + cat,
+                              len(values) * len(categories)))
+    match = frame["match"].to_numpy(dtype=np.float64)
+    price = np.log(np.clip(frame["price"].to_numpy(dtype=np.float64), 1e-3, None))
+    base = sp.hstack(blocks + [sp.csr_matrix(np.column_stack([match, match > 0, price]))]).tocsr()
+    tags = [c for c in frame.columns if c.startswith("tag_")]
+    with_tags = sp.hstack([base, sp.csr_matrix(frame[tags].to_numpy(dtype=np.float64))]).tocsr() if tags else base
+    train, test = (frame["split"] == "train").to_numpy(), (frame["split"] == "test").to_numpy()
+    y = frame["label"].to_numpy(dtype=np.float64)
+    out = {"n_train": int(train.sum()), "n_test": int(test.sum())}
+    for key, X in (("auc_without_tags", base), ("auc", with_tags)):
+        fit = LogisticRegression(max_iter=2000, random_state=seed).fit(X[train], y[train])
+        out[key] = roc_auc(y[test], fit.predict_proba(X[test])[:, 1])
+    return out
+
+
 # ------------------------------------------------------------------------------ mislabel detection
 
 
@@ -257,10 +297,20 @@ def report_markdown(metrics: dict) -> str:
         lines.append(f"| {row['model']} | {_pm(row, 'cvr_auc')} | {_pm(row, 'lift_share')} | {_pm(row, 'ita_acc')} | "
                      f"{_pm(row, 'tia_acc')} | {_pm(row, 'ita_auc')} | {_pm(row, 'tia_auc')} | {_f(row.get('epochs_run'), 1)} | "
                      f"{_f(row.get('train_seconds'), 0)} |")
+    ceiling = metrics.get("inputs_ceiling") or {}
+    if ceiling.get("auc") is not None:
+        share = lift_share(ceiling["auc"], bayes.get("bayes_auc")) if bayes else None
+        lines.append(f"| logistic regression on the world's observable features | {_f(ceiling['auc'])} | {_f(share)} | | | | | | |")
     if bayes:
         lines.append(f"| Bayes-optimal (truth p_buy) | {_f(bayes.get('bayes_auc'))} | 1.000 | | | | | | |")
         lines += ["", f"Bayes AUC on {bayes.get('n_matched')} of {bayes.get('n_test')} test rows matched in truth_impressions; "
                   "lift share = (AUC - 0.5) / (Bayes AUC - 0.5)."]
+    if ceiling.get("auc") is not None:
+        lines += ["", "The logistic regression is fitted on hand-made features of what the models' inputs show "
+                  "(profile x category, how many of the last behaviour items share the target's category, price, "
+                  "the text's tag words): the AUC within reach of these inputs "
+                  f"({_f(ceiling.get('auc_without_tags'))} without the tag words). The Bayes AUC knows each user's "
+                  "true favourite categories, which a handful of purchases only hints at."]
     mis = metrics.get("mislabel")
     if mis:
         th = mis["threshold"]
@@ -296,5 +346,5 @@ def json_compact(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-__all__ = ["comparison", "lift_share", "mean_std", "mislabel_detection", "detection_table", "similarity_heatmap",
+__all__ = ["comparison", "lift_share", "logistic_ceiling", "mean_std", "mislabel_detection", "detection_table", "similarity_heatmap",
            "pick_heatmap_items", "text_image_representations", "cosine_matrix", "report_markdown", "slug", "DEFECT_SIDE"]

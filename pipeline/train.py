@@ -186,6 +186,40 @@ def bayes_auc(spark, config: AppConfig, data: TrainingData) -> dict | None:
     return {"bayes_auc": roc_auc(matched["label"], matched["p_buy"]), "n_test": int(len(rows)), "n_matched": int(len(matched))}
 
 
+# the synthetic world's tag words (camenn.world) that move p_buy; a listing's text shows them
+WORLD_TAGS = {"tag_bestseller": "(?i)bestseller", "tag_organic": "(?i)organic|eco-friendly", "tag_local": "(?i)local farms"}
+
+
+def inputs_ceiling(spark, config: AppConfig, data: TrainingData) -> dict | None:
+    """CVR AUC of a logistic regression on the world's observable features (camenn.evaluation.logistic_ceiling).
+
+    Spark builds one compact row per training example (target category, price, profile, tag
+    words, behaviour items sharing the target's category); those rows (a few numbers each)
+    go to the driver for scikit-learn. None when the examples do not come from impressions.
+    """
+    from pyspark.sql import functions as F
+
+    from camenn.evaluation import logistic_ceiling
+    from pipeline import tables
+
+    if data.source != "impressions":
+        return None
+    v = data.versions
+    ex = tables.read_table(spark, config, "training_examples", version=v["training_examples"])
+    items = (tables.read_table(spark, config, "items", version=v["items"])
+             .dropDuplicates(["item_id"])
+             .select("item_id", "category", "price", F.concat_ws(" ", "title", "description").alias("text")))
+    rows = (ex.join(items, "item_id")
+            .select("example_id", "split", "label", "category", "price", "age_band", "household", "zone",
+                    *[F.col("text").rlike(rx).alias(name) for name, rx in WORLD_TAGS.items()]))
+    match = (ex.select("example_id", F.explode("behaviour").alias("b_item"))
+             .join(items.select(F.col("item_id").alias("b_item"), F.col("category").alias("b_category")), "b_item")
+             .join(rows.select("example_id", "category"), "example_id")
+             .groupBy("example_id").agg(F.sum((F.col("b_category") == F.col("category")).cast("int")).alias("match")))
+    frame = rows.join(match, "example_id", "left").fillna(0, ["match"]).drop("example_id").toPandas()
+    return logistic_ceiling(frame, seed=config.training.split.seed)
+
+
 def run_evaluation(spark, config: AppConfig, *, out_dir: str | None = None, variants: list[str] | None = None,
                    run_date: dt.date | None = None) -> dict:
     """The comparison table, Bayes ceiling, mislabel detection and heat maps; returns the metrics dict."""
@@ -213,11 +247,12 @@ def run_evaluation(spark, config: AppConfig, *, out_dir: str | None = None, vari
             artifacts.setdefault(name, out["artifact"])
             _dump(run_dir / "metrics.json", {"partial": True, "runs": results})
     bayes = bayes_auc(spark, config, data)
+    ceiling = inputs_ceiling(spark, config, data)
     table = ev.comparison(results, bayes["bayes_auc"] if bayes else None)
 
     metrics: dict = {"config": config.name, "config_source": config.source, "created": stamp,
                      "table_versions": data.versions, "examples_source": data.source, "example_counts": data.counts,
-                     "seeds": list(config.training.seeds), "bayes": bayes, "comparison": table, "runs": results,
+                     "seeds": list(config.training.seeds), "bayes": bayes, "inputs_ceiling": ceiling, "comparison": table, "runs": results,
                      "artifacts": artifacts}
 
     # mislabel detection and heat maps, from the first seed's models
@@ -278,4 +313,4 @@ def _json_default(o):
 
 
 __all__ = ["VARIANTS", "config_hash", "make_spec", "run_spec", "run_training", "run_evaluation", "TrainResult",
-           "current_artifact", "bayes_auc"]
+           "current_artifact", "bayes_auc", "inputs_ceiling"]

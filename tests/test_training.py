@@ -160,3 +160,27 @@ def test_evaluation_report(spark, world_root, tmp_path):
     assert set(metrics["mislabel"]["all_items"]["per_defect"]) == {"text_swap", "image_swap", "vague_text",
                                                                    "blurred_image", "wrong_category"}
     assert "Bayes-optimal" in (run / "report.md").read_text()
+    ceiling = metrics["inputs_ceiling"]
+    assert ceiling["n_test"] == metrics["bayes"]["n_test"] and 0.0 <= ceiling["auc"] <= 1.0
+    assert "observable features" in (run / "report.md").read_text()
+
+
+def test_logistic_ceiling_reads_history_and_profile_but_not_noise():
+    import pandas as pd
+
+    from camenn.evaluation import logistic_ceiling
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    frame = pd.DataFrame({
+        "split": np.where(np.arange(n) % 4 == 0, "test", "train"),
+        "category": rng.choice(["fruit", "dairy", "bakery"], n), "price": rng.uniform(1, 5, n),
+        "age_band": rng.choice(["18-24", "65+"], n), "household": "single", "zone": "centre",
+        "match": rng.integers(0, 4, n), "tag_bestseller": rng.random(n) < 0.2,
+    })
+    logit = -2 + 1.2 * frame["match"] + 2.0 * ((frame["age_band"] == "65+") & (frame["category"] == "bakery"))
+    frame["label"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
+    out = logistic_ceiling(frame)
+    assert out["auc"] > 0.75 and out["n_test"] == n // 4
+    frame["label"] = rng.permutation(frame["label"].to_numpy())  # the same rows, no signal left
+    assert abs(logistic_ceiling(frame)["auc"] - 0.5) < 0.06
