@@ -41,10 +41,13 @@ demo-data: setup
 	$(SPARK_SUBMIT) jobs/make_demo_data.py --conf $(CONF)
 
 train: setup
-	$(SPARK_SUBMIT) jobs/train.py --conf $(CONF)
+	$(SPARK_SUBMIT) jobs/train.py --conf $(CONF) $(ARGS)
+
+# extra flags for a job: make evaluate ARGS="--set 'training.seeds=[0]' --out runs/demo/x"
+ARGS        ?=
 
 evaluate: setup
-	$(SPARK_SUBMIT) jobs/evaluate.py --conf $(CONF)
+	$(SPARK_SUBMIT) jobs/evaluate.py --conf $(CONF) $(ARGS)
 
 score: setup
 	$(SPARK_SUBMIT) jobs/score_catalog.py --conf $(CONF) --run-date $(RUN_DATE)

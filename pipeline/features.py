@@ -149,6 +149,30 @@ def _delete_path(spark: SparkSession, path: str) -> None:
     hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(hpath, True)
 
 
+STALE_STAGING_HOURS = 24.0
+
+
+def sweep_stale_staging(spark: SparkSession, config: AppConfig, max_age_hours: float = STALE_STAGING_HOURS) -> list[str]:
+    """Delete staging tables that a killed driver left behind (older than ``max_age_hours``).
+
+    A run deletes its own staging table on success and on any Python-side failure; only a
+    driver killed outright (OOM, SIGKILL, a lost node) leaves one. The age limit keeps a run that
+    is going on beside this one (a backfill, an evaluation) safe. Returns the deleted paths.
+    """
+    jvm = spark.sparkContext._jvm
+    root = jvm.org.apache.hadoop.fs.Path(f"{config.table('item_features').rstrip('/')}_staging")
+    fs = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(root):
+        return []
+    cutoff_ms = (time.time() - max_age_hours * 3600.0) * 1000.0
+    deleted = []
+    for status in fs.listStatus(root):
+        if status.isDirectory() and status.getModificationTime() < cutoff_ms:
+            fs.delete(status.getPath(), True)
+            deleted.append(status.getPath().toString())
+    return deleted
+
+
 @dataclass
 class FeatureUpdate:
     """The outcome of one feature update; the staging table stays until ``cleanup()``."""
@@ -189,6 +213,8 @@ def run_feature_update(spark: SparkSession, config: AppConfig, run_date: dt.date
     fingerprint = featurizer_fingerprint(fcfg)
     autocast = autocast if autocast is not None else config.scoring.encoder_autocast
     staging = f"{config.table('item_features').rstrip('/')}_staging/{run_date.isoformat()}-{uuid.uuid4().hex[:8]}"
+    for path in sweep_stale_staging(spark, config):
+        print(f"[item_features] deleted the staging table of a killed run: {path}", flush=True)
 
     spark.sparkContext.setJobDescription(f"item features: hash and encode changed items ({run_date})")
     staged = _featurize_input(spark, config, fingerprint, items_df).mapInPandas(

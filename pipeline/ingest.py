@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 from pyspark import StorageLevel
+from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
@@ -188,7 +189,15 @@ def read_export(spark: SparkSession, cfg: IngestConfig, path: str, what: str, fl
     reader = spark.read.format(fmt)
     if fmt == "csv":
         reader = reader.options(**{"inferSchema": "false", **cfg.csv_options})
-    df = reader.load(path)
+    try:
+        df = reader.load(path)
+    except AnalysisException as problem:
+        if "TIMESTAMP(NANOS" in str(problem):  # pandas 2 / pyarrow write nanoseconds by default
+            raise IngestError(
+                f"{what} {path} has a nanosecond timestamp column, which Spark cannot read; write the export with "
+                "microsecond timestamps (pandas: to_parquet(..., coerce_timestamps='us', "
+                "allow_truncated_timestamps=True))") from None
+        raise
     return df.select(
         "*", F.col("_metadata.file_path").alias(_FILE),
         F.struct(F.col("_metadata.file_path").alias("file"), F.col("_metadata.file_block_start").alias("block"),

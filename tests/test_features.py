@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import os
 import random
+import time
+from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
@@ -146,6 +149,20 @@ def test_incremental_update_reencodes_only_changed_items(spark, config):
     assert len(after) == n_clean
     assert {k for k in after if after[k][0] != before[k][0]} == changed
     assert all(after[k][1] != before[k][1] for k in changed)
+
+
+def test_staging_tables_of_killed_runs_are_swept_and_fresh_ones_kept(spark, config):
+    root = Path(config.table("item_features") + "_staging")
+    killed, running = root / "2026-11-01-0badc0de", root / "2026-11-24-5ca1ab1e"
+    for folder in (killed, running):
+        (folder / "_delta_log").mkdir(parents=True)
+        (folder / "part-00000.parquet").write_bytes(b"half-written")
+    week_ago = time.time() - 7 * 86400
+    os.utime(killed, (week_ago, week_ago))
+    deleted = features.sweep_stale_staging(spark, config)
+    assert [Path(p).name for p in deleted] == [killed.name]
+    assert not killed.exists() and running.exists()
+    assert features.sweep_stale_staging(spark, config) == []
 
 
 def test_items_frame_with_null_key_and_valid_items(spark, config):

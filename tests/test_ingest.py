@@ -126,6 +126,20 @@ def test_items_land_or_are_quarantined_and_a_rerun_changes_nothing(spark, export
     assert tables.read_table(spark, config, "runs").where(F.col("job") == "ingest").count() == 2
 
 
+def test_nanosecond_parquet_timestamps_are_one_clear_line(spark, tmp_path):
+    root = tmp_path / "exports"
+    write_images(root)
+    pd.DataFrame({"sku": [1], "name": ["Kiwi"], "picture": ["img/0001.jpg"],
+                  "changed": pd.Series(pd.to_datetime(["2026-01-01 10:00:00.123456789"])).astype("datetime64[ns]")}
+                 ).to_parquet(root / "items.parquet", coerce_timestamps=None)  # what pandas 2 writes by default
+    config = tiny_config(tmp_path)
+    cfg = ingest.with_flags(config.ingest, items_path=str(root / "items.parquet"), images_root=str(root),
+                            item_map=["item_id=sku", "title=name", "image=picture", "updated_at=changed"])
+    with pytest.raises(ingest.IngestError, match="nanosecond timestamp column.*coerce_timestamps='us'"):
+        ingest.run_ingest(spark, config, cfg, RUN)
+    assert not os.path.exists(config.data.root)
+
+
 def test_parquet_export_events_and_merge_rerun(spark, tmp_path):
     root = tmp_path / "exports"
     files = write_images(root)
@@ -137,7 +151,7 @@ def test_parquet_export_events_and_merge_rerun(spark, tmp_path):
         "changed": pd.to_datetime(["2026-01-01", "2026-01-01", "2026-02-01", "2026-01-15"]),
         "cost": [0.5, 0.7, 0.3, 0.35],
         "picture": ["img/0001.jpg", str(img / "0002.png"), f"file://{img / '0003.jpg'}", "img/0004.jpg"],
-    }).to_parquet(root / "items.parquet")
+    }).to_parquet(root / "items.parquet", coerce_timestamps="us")
     pd.DataFrame({
         "customer": ["u1", "u1", None, "u2", "u3", "u2"],
         "article": ["1", "2", "1", "42", "3", "1"],

@@ -414,9 +414,15 @@ def test_job_says_what_to_run_when_inputs_are_missing(tmp_path):
 
 DEFECT_OVERRIDES = ("scoring.thresholds.mode=category_quantile", "scoring.thresholds.quantile=0.1",
                     "scoring.thresholds.min_category_items=5",
+                    # 240 items are memorised, not generalised from (held-out alignment stays at
+                    # chance while the training loss falls): alignment needs items by the thousand
+                    "world.n_items=2000", "training.alignment_batch_size=128",
                     # the alignment tasks need a few hundred steps before they take off; the tiny
                     # world has ~10 batches of CVR examples, so epochs are set in steps
-                    "training.steps_per_epoch=80", "training.epochs=4", "training.patience=4", "training.lr=1e-3")
+                    "training.steps_per_epoch=100", "training.epochs=4", "training.patience=4", "training.lr=1e-3",
+                    # early stopping restores the epoch of least validation loss; on 60 users the CVR
+                    # part of it overfits from the first epoch and would pick an epoch before alignment
+                    "training.task_weights.cvr=0.1")
 
 
 @pytest.fixture(scope="session")
@@ -454,10 +460,7 @@ def test_planted_defects_are_flagged_more_often_than_clean_items(spark, trained_
     print(f"overall: precision {precision:.2f}, recall {sum(r.flagged for r in defective) / sum(r.n for r in defective):.2f}")
 
     m = trained.metrics
-    learned = min(m.get("ita_auc", 0.0), m.get("tia_auc", 0.0))
-    if learned < 0.6:
-        pytest.xfail(f"the tiny model did not learn alignment (held-out ita_auc={m.get('ita_auc'):.3f}, "
-                     f"tia_auc={m.get('tia_auc'):.3f}): defect detection cannot be judged on it")
+    assert min(m["ita_auc"], m["tia_auc"]) >= 0.65, f"the model did not learn alignment on held-out items: {m}"
     swaps = [by[d] for d in ("text_swap", "image_swap") if d in by]
     swap_rate = sum(r.flagged for r in swaps) / sum(r.n for r in swaps)
     clean_rate = by["none"].flagged / by["none"].n
