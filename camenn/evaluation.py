@@ -279,7 +279,9 @@ def _pm(row: dict, key: str, digits: int = 3) -> str:
     m, s = row.get(key), row.get(f"{key}_std")
     if m is None or (isinstance(m, float) and math.isnan(m)):
         return "-"
-    return f"{m:.{digits}f} ± {s:.{digits}f}" if s is not None and not math.isnan(s) else f"{m:.{digits}f}"
+    if len(row.get("seeds") or ()) < 2 or s is None or math.isnan(s):  # one seed has no spread to show
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
 def report_markdown(metrics: dict) -> str:
