@@ -36,7 +36,7 @@ __all__ = [
     "item_attributes", "item_text", "item_image", "render_item_image", "encode_image",
     "items_frame", "truth_items_frame", "users_frame", "user_attributes",
     "events_frame", "impressions_frame", "candidates_frame",
-    "purchase_logit", "auc", "auc_from_counts", "contact_sheet",
+    "purchase_logit", "TAG_SENTENCES", "auc", "auc_from_counts", "contact_sheet",
 ]
 
 # Kinds of rows: each is a separate stream of the hash, so tables never share random numbers.
@@ -507,6 +507,11 @@ def _clean_of_row(row) -> dict:
     return a
 
 
+# The description sentences of the tags that move p_buy (evaluation reads them back from the text).
+TAG_SENTENCES = {"local": "From local farms around the city.", "organic": "Certified organic.",
+                 "eco": "Eco-friendly formula.", "bestseller": "Customer bestseller!"}
+
+
 def _clean_text(seed: int, i: int, a: dict | None = None) -> tuple[str, str]:
     a = a if a is not None else _one(seed, i)
     cat = _CATALOGUE[a["category"]]
@@ -522,14 +527,14 @@ def _clean_text(seed: int, i: int, a: dict | None = None) -> tuple[str, str]:
         title += " Value Pack"
     sentences = [cat.quality[int(_pick(u(_F_QUALITY), len(cat.quality)))]]
     if a["local"]:
-        sentences.append("From local farms around the city.")
+        sentences.append(TAG_SENTENCES["local"])
     else:
         sentences.append(f"Origin: {cat.origins[int(_pick(u(_F_ORIGIN), len(cat.origins)))]}.")
     sentences.append(cat.uses[int(_pick(u(_F_USE), len(cat.uses)))])
     if a["organic"]:
-        sentences.append("Certified organic." if cat.food else "Eco-friendly formula.")
+        sentences.append(TAG_SENTENCES["organic"] if cat.food else TAG_SENTENCES["eco"])
     if a["bestseller"]:
-        sentences.append("Customer bestseller!")
+        sentences.append(TAG_SENTENCES["bestseller"])
     if a["value"]:
         sentences.append("Value pack: more for less.")
     if a["premium"]:

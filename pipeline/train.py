@@ -186,8 +186,14 @@ def bayes_auc(spark, config: AppConfig, data: TrainingData) -> dict | None:
     return {"bayes_auc": roc_auc(matched["label"], matched["p_buy"]), "n_test": int(len(rows)), "n_matched": int(len(matched))}
 
 
-# the synthetic world's tag words (camenn.world) that move p_buy; a listing's text shows them
-WORLD_TAGS = {"tag_bestseller": "(?i)bestseller", "tag_organic": "(?i)organic|eco-friendly", "tag_local": "(?i)local farms"}
+def _world_tags() -> dict[str, str]:
+    """Column name -> regex of the synthetic world's tag sentences (camenn.world.TAG_SENTENCES)."""
+    import re
+
+    from camenn.world import TAG_SENTENCES as t
+
+    return {"tag_bestseller": re.escape(t["bestseller"]), "tag_local": re.escape(t["local"]),
+            "tag_organic": f"{re.escape(t['organic'])}|{re.escape(t['eco'])}"}
 
 
 def inputs_ceiling(spark, config: AppConfig, data: TrainingData) -> dict | None:
@@ -211,7 +217,7 @@ def inputs_ceiling(spark, config: AppConfig, data: TrainingData) -> dict | None:
              .select("item_id", "category", "price", F.concat_ws(" ", "title", "description").alias("text")))
     rows = (ex.join(items, "item_id")
             .select("example_id", "split", "label", "category", "price", "age_band", "household", "zone",
-                    *[F.col("text").rlike(rx).alias(name) for name, rx in WORLD_TAGS.items()]))
+                    *[F.col("text").rlike(rx).alias(name) for name, rx in _world_tags().items()]))
     match = (ex.select("example_id", F.explode("behaviour").alias("b_item"))
              .join(items.select(F.col("item_id").alias("b_item"), F.col("category").alias("b_category")), "b_item")
              .join(rows.select("example_id", "category"), "example_id")
