@@ -2,6 +2,7 @@
 
     python benchmarks/bench_training_step.py                 # about a minute on 2 cores
     python benchmarks/bench_training_step.py --threads 1 --batch 64
+    python benchmarks/bench_training_step.py --match frame       # the evaluation's frames only
 
 One training step (forward + backward) of a full CVR batch (user + 5 behaviour items + the
 target, 32 text tokens and 9 patches per item) and of the item-only alignment batch that goes
@@ -14,7 +15,13 @@ Rows:
 - attention dropout 0.1 against 0 (the default): PyTorch's CPU attention leaves its fused
   kernel for the math path when dropout is on;
 - every tower on every batch, the towers without labels entering the loss times 0 (and so
-  the backward pass), against only the towers the batch has labels for (what training does).
+  the backward pass), against only the towers the batch has labels for (what training does);
+- the evaluation's other frames at the demo size: MMoE (MLP experts) and MoSE (LSTM bottom and
+  experts), the latter also with the LSTM run the textbook way, as one packed bidirectional
+  call, which is what the LSTM block did before (rows of mixed length leave oneDNN's kernel).
+
+Text lengths vary from row to row (a third of --text-tokens up to all of it), as real titles do;
+the transformer frames pay for the padding anyway, the LSTM reads only real tokens.
 """
 
 from __future__ import annotations
@@ -26,21 +33,49 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from camenn.model import CameNN, CameNNBatch, ItemTokens, frame_config  # noqa: E402
+from camenn.model import CameNN, CameNNBatch, ItemTokens, LSTMBlock, frame_config  # noqa: E402
 
-CASES = [  # name, model overrides, towers computed (None = all)
-    ("demo: d32 h2", dict(d_model=32, n_heads=2), "labelled"),
-    ("d64 h4", dict(d_model=64, n_heads=4), "labelled"),
-    ("d64 h8", dict(d_model=64, n_heads=8), "labelled"),
-    ("d64 h8, all towers", dict(d_model=64, n_heads=8), None),
-    ("d64 h8, all towers, attention dropout 0.1", dict(d_model=64, n_heads=8, attn_dropout=0.1), None),
+DEMO = dict(d_model=32, n_heads=2)
+CASES = [  # name, frame, model overrides, towers computed (None = all)
+    ("demo: d32 h2", "camenn", DEMO, "labelled"),
+    ("d64 h4", "camenn", dict(d_model=64, n_heads=4), "labelled"),
+    ("d64 h8", "camenn", dict(d_model=64, n_heads=8), "labelled"),
+    ("d64 h8, all towers", "camenn", dict(d_model=64, n_heads=8), None),
+    ("d64 h8, all towers, attention dropout 0.1", "camenn", dict(d_model=64, n_heads=8, attn_dropout=0.1), None),
+    ("MMoE frame, d32 h2", "mmoe", DEMO, "labelled"),
+    ("MoSE frame, d32 h2", "mose", DEMO, "labelled"),
+    ("MoSE frame, d32 h2, packed LSTM (before)", "mose", DEMO, "labelled"),
 ]
 
 
+class PackedLSTMBlock(LSTMBlock):
+    """The same weights run as one packed bidirectional LSTM: the LSTM block before it was rewritten."""
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        order = torch.argsort(pad.to(torch.uint8), dim=1, stable=True)  # (B, T) real tokens first
+        index = order[..., None].expand(B, T, D)  # (B, T, D)
+        h = torch.gather(self.ln(x), 1, index)  # (B, T, D)
+        packed = nn.utils.rnn.pack_padded_sequence(h, (~pad).sum(1).clamp_min(1), batch_first=True, enforce_sorted=False)
+        h, _ = self.packed(packed)
+        h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=T)  # (B, T, 2D)
+        h = self.drop(self.proj(h))  # (B, T, D)
+        return x + torch.zeros_like(h).scatter(1, index, h)  # (B, T, D)
+
+
+def use_packed_lstm(model: CameNN) -> None:
+    for module in model.modules():
+        if isinstance(module, LSTMBlock):
+            module.__class__ = PackedLSTMBlock
+            module.packed = nn.LSTM(model.cfg.d_model, model.cfg.d_model, batch_first=True, bidirectional=True)
+
+
 def random_items(lead: tuple[int, ...], L: int, cfg, gen: torch.Generator) -> ItemTokens:
-    return ItemTokens(torch.randn(*lead, L, cfg.text_dim, generator=gen), torch.ones(*lead, L, dtype=torch.bool),
+    lengths = torch.randint(max(1, L // 3), L + 1, lead, generator=gen)  # lead
+    return ItemTokens(torch.randn(*lead, L, cfg.text_dim, generator=gen), torch.arange(L) < lengths[..., None],
                       torch.randn(*lead, cfg.n_patches, cfg.image_dim, generator=gen),
                       torch.ones(*lead, len(cfg.item_feature_sizes), dtype=torch.long))
 
@@ -70,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--behaviour", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--match", default="", help="only the rows whose name contains this (the demo row always runs)")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -78,11 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.batch} CVR rows (+{args.behaviour} behaviour items) and {args.batch} alignment items "
           f"({3 * args.batch} rows) per step, {args.text_tokens} text tokens, {args.threads} thread(s)")
     print(f"{'model':<44}{'full s':>8}{'align s':>9}{'step s':>8}{'x first':>9}")
-    for name, overrides, towers in CASES:
-        cfg = frame_config("camenn", n_experts=4, max_behaviour=args.behaviour, max_text_tokens=args.text_tokens,
+    for name, frame, overrides, towers in [c for c in CASES if c is CASES[0] or args.match in c[0]]:
+        cfg = frame_config(frame, n_experts=4, max_behaviour=args.behaviour, max_text_tokens=args.text_tokens,
                            item_feature_sizes={"category": 31, "price_bucket": 12},
                            user_feature_sizes={"age_band": 6, "household": 6, "zone": 9}, **overrides)
         model = CameNN(cfg).train()
+        if "packed" in name:
+            use_packed_lstm(model)
         full = CameNNBatch(random_items((args.batch,), args.text_tokens, cfg, gen),
                            random_items((args.batch, args.behaviour), args.text_tokens, cfg, gen), None,
                            torch.ones(args.batch, 3, dtype=torch.long))

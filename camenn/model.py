@@ -17,7 +17,7 @@ Padding invariance is a hard requirement (the nightly job pads behaviour sequenc
 batch maximum): positions never depend on how much padding there is (text token i always
 gets position 1 + i, the [SEP] and the patches sit at fixed positions after max_text_tokens),
 the target always has slot 0, and padded tokens are masked as attention keys, skipped by the
-LSTM (packed sequences) and excluded from the gate's mean pool.
+LSTM (it reads them only after the real tokens) and excluded from the gate's mean pool.
 """
 
 from __future__ import annotations
@@ -249,29 +249,42 @@ class LSTMBlock(nn.Module):
     """Recurrent block (MoSE frame).
 
     Padding sits in the middle of the sequence (text padding inside an item, empty behaviour
-    slots), so a plain LSTM would read it. The real tokens are moved to the front, keeping
-    their order, run as a packed sequence and put back, which makes the block padding-invariant.
+    slots), so a plain LSTM would read it. Each row's real tokens are gathered to the front,
+    keeping their order, for the forward LSTM, and gathered back to front for the reverse one.
+    Both runs read the padding only after the last real token, and those outputs land back on
+    padding, so the block is padding-invariant. Both are dense LSTM calls rather than one packed
+    bidirectional call: with rows of mixed length a packed sequence leaves oneDNN's fused kernel,
+    and a MoSE training step took twice as long (benchmarks/bench_training_step.py).
     """
 
     def __init__(self, cfg: CameNNConfig):
         super().__init__()
-        self.ln = nn.LayerNorm(cfg.d_model)
-        self.lstm = nn.LSTM(cfg.d_model, cfg.d_model, batch_first=True, bidirectional=cfg.lstm_bidirectional)
+        D = cfg.d_model
+        self.ln = nn.LayerNorm(D)
+        self.forward_lstm = nn.LSTM(D, D, batch_first=True)
+        self.reverse_lstm = nn.LSTM(D, D, batch_first=True) if cfg.lstm_bidirectional else None
         n_dir = 2 if cfg.lstm_bidirectional else 1
-        self.proj = nn.Linear(n_dir * cfg.d_model, cfg.d_model)
+        self.proj = nn.Linear(n_dir * D, D)
         self.drop = nn.Dropout(cfg.dropout)
+
+    @staticmethod
+    def _read(lstm: nn.LSTM, h: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """Run ``lstm`` over h's tokens taken in ``order`` (a per-row permutation); outputs in place."""
+        index = order[..., None].expand_as(h)  # (B, T, D)
+        out, _ = lstm(h.gather(1, index))  # (B, T, D) in reading order
+        return torch.zeros_like(out).scatter(1, index, out)  # (B, T, D) in the original order
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
-        order = torch.argsort(pad.to(torch.uint8), dim=1, stable=True)  # (B, T) real tokens first
-        lengths = (~pad).sum(dim=1)  # (B,)
-        h = torch.gather(self.ln(x), 1, order[..., None].expand(B, T, D))  # (B, T, D) compacted
-        packed = nn.utils.rnn.pack_padded_sequence(h, lengths.cpu().clamp_min(1), batch_first=True,
-                                                   enforce_sorted=False)
-        h, _ = self.lstm(packed)
-        h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=T)  # (B, T, nD*D)
-        h = self.drop(self.proj(h))  # (B, T, D) compacted; past each row's length only junk, which lands on padding
-        h = torch.zeros_like(h).scatter(1, order[..., None].expand(B, T, D), h)  # (B, T, D) original order
+        h = self.ln(x)  # (B, T, D)
+        order = torch.argsort(pad.to(torch.uint8), dim=1, stable=True)  # (B, T) real tokens first, in order
+        outs = [self._read(self.forward_lstm, h, order)]  # [(B, T, D)]
+        if self.reverse_lstm is not None:
+            lengths = (~pad).sum(dim=1, keepdim=True)  # (B, 1)
+            t = torch.arange(T, device=x.device)  # (T,)
+            back_to_front = torch.where(t < lengths, lengths - 1 - t, t)  # (B, T) a permutation of 0..T-1
+            outs.append(self._read(self.reverse_lstm, h, order.gather(1, back_to_front)))  # [(B, T, D)] * 2
+        h = self.drop(self.proj(torch.cat(outs, dim=-1)))  # (B, T, D); padding positions carry junk, masked later
         return x + h  # (B, T, D)
 
 

@@ -240,17 +240,23 @@ def run_evaluation(spark, config: AppConfig, *, out_dir: str | None = None, vari
     print(f"[evaluate] data ready in {time.perf_counter() - t0:.0f}s: training_examples v{data.versions['training_examples']} "
           f"({data.source}) {data.counts}", file=sys.stderr, flush=True)
     names = variants or list(VARIANTS)
-    results: dict[str, list[dict]] = {}
+    results: dict[str, list[dict]] = {name: [] for name in names}
     artifacts: dict[str, str] = {}
-    for name in names:
-        for seed in config.training.seeds:
-            slug = ev.slug(name)
+    # seed by seed, so an evaluation cut short still has whole seeds; a model already in the run
+    # folder from this config, data, variant and seed is reused, so rerunning the same --out resumes
+    for seed in config.training.seeds:
+        for name in names:
             spec = make_spec(config, data, seed=seed, model_overrides=VARIANTS[name],
-                             artifact_dir=str(run_dir / "models" / f"{slug}-s{seed}"))
-            print(f"[evaluate] {name}, seed {seed}", file=sys.stderr, flush=True)
-            out = run_spec(spark, config, spec)
-            results.setdefault(name, []).append({"seed": seed, **out["metrics"]})
-            artifacts.setdefault(name, out["artifact"])
+                             artifact_dir=str(run_dir / "models" / f"{ev.slug(name)}-s{seed}"))
+            spec["metadata"]["variant"] = name
+            metrics = finished_run(spec)
+            if metrics is None:
+                print(f"[evaluate] {name}, seed {seed}", file=sys.stderr, flush=True)
+                metrics = run_spec(spark, config, spec)["metrics"]
+            else:
+                print(f"[evaluate] {name}, seed {seed}: reusing the model in {spec['artifact_dir']}", file=sys.stderr, flush=True)
+            results[name].append({"seed": seed, **metrics})
+            artifacts.setdefault(name, spec["artifact_dir"])
             _dump(run_dir / "metrics.json", {"partial": True, "runs": results})
     bayes = bayes_auc(spark, config, data)
     ceiling = inputs_ceiling(spark, config, data)
@@ -291,6 +297,22 @@ def run_evaluation(spark, config: AppConfig, *, out_dir: str | None = None, vari
     return {"run_dir": str(run_dir), **metrics}
 
 
+def finished_run(spec: dict) -> dict | None:
+    """Held-out metrics of the model at spec's artifact_dir if it was trained from this very spec, else None."""
+    from camenn.checkpoint import ArtifactError, load_artifact
+
+    path = Path(spec["artifact_dir"])
+    if not path.is_dir():
+        return None
+    try:
+        meta = load_artifact(path).metadata
+    except (ArtifactError, OSError, ValueError):
+        return None
+    wanted = {"config_hash": spec["metadata"]["config_hash"], "variant": spec["metadata"]["variant"],
+              "seed": spec["seed"], "table_versions": spec["table_versions"], "encoder_fingerprint": spec["encoder_fingerprint"]}
+    return meta.get("metrics") if all(meta.get(k) == v for k, v in wanted.items()) else None
+
+
 def _truth_items(spark, config: AppConfig):
     from pipeline import tables
 
@@ -319,4 +341,4 @@ def _json_default(o):
 
 
 __all__ = ["VARIANTS", "config_hash", "make_spec", "run_spec", "run_training", "run_evaluation", "TrainResult",
-           "current_artifact", "bayes_auc", "inputs_ceiling"]
+           "current_artifact", "finished_run", "bayes_auc", "inputs_ceiling"]

@@ -16,6 +16,7 @@ from camenn.model import (
     CameNNBatch,
     CameNNConfig,
     ItemTokens,
+    LSTMBlock,
     count_flops_per_item,
     create_model,
     create_model_from_config,
@@ -219,6 +220,35 @@ def test_padding_invariance(frame):
     padded = padded_batch(cfg, batch, extra_slots=3, extra_text=3)
     assert padded.behaviour.text.shape[1:3] == (5, 7)
     assert_outputs_close(model(batch), model(padded), cfg.tasks)
+
+
+def packed_bidirectional_reference(block: LSTMBlock, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    """The textbook way: each row's real tokens as a packed sequence through one bidirectional LSTM."""
+    D = x.shape[-1]
+    lstm = torch.nn.LSTM(D, D, batch_first=True, bidirectional=True)
+    with torch.no_grad():
+        for name, p in block.forward_lstm.named_parameters():
+            getattr(lstm, name).copy_(p)
+        for name, p in block.reverse_lstm.named_parameters():
+            getattr(lstm, name + "_reverse").copy_(p)
+    out = torch.zeros(*x.shape[:2], 2 * D)  # (B, T, 2D)
+    for b in range(x.shape[0]):
+        real = (~pad[b]).nonzero().squeeze(-1)  # (n,)
+        y, _ = lstm(block.ln(x[b, real])[None])  # (1, n, 2D)
+        out[b, real] = y[0]
+    return x + block.proj(out)  # (B, T, D); only real positions are compared
+
+
+def test_lstm_block_equals_a_bidirectional_lstm_over_the_real_tokens():
+    cfg = tiny_config(bottom_type="lstm", dropout=0.0)
+    block = LSTMBlock(cfg).eval()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 11, cfg.d_model, generator=gen)  # (B, T, D)
+    pad = torch.rand(5, 11, generator=gen) < 0.4  # (B, T) padding anywhere, as between items
+    pad[:, 0] = False
+    with torch.no_grad():
+        got, want = block(x, pad), packed_bidirectional_reference(block, x, pad)
+    torch.testing.assert_close(got[~pad], want[~pad], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("frame", ["camenn", "mose"])

@@ -164,6 +164,14 @@ def test_evaluation_report(spark, world_root, tmp_path):
     assert ceiling["n_test"] == metrics["bayes"]["n_test"] and 0.0 <= ceiling["auc"] <= 1.0
     assert "observable features" in (run / "report.md").read_text()
 
+    # the same run folder again: every model is reused, not retrained, and the table is the same
+    weights = sorted(run.glob("models/*/model.safetensors"))
+    assert len(weights) == 2
+    stamps = {w: w.stat().st_mtime_ns for w in weights}
+    again = run_evaluation(spark, config, out_dir=str(run), variants=["CameNN", "CameNN w/o ITA+TIA"])
+    assert {w: w.stat().st_mtime_ns for w in weights} == stamps
+    assert json.dumps(again["comparison"], sort_keys=True) == json.dumps(out["comparison"], sort_keys=True)  # NaN-safe
+
 
 def test_logistic_ceiling_reads_history_and_profile_but_not_noise():
     import pandas as pd
