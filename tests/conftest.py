@@ -30,6 +30,17 @@ def spark(tmp_path_factory):
     session.stop()
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: with two threads on a busy 2-core box a training step was 20x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_config_path() -> Path:
     return TINY_CONF

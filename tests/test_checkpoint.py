@@ -18,12 +18,7 @@ METADATA = {"featurizer": {"fingerprint": "abc123", "max_text_tokens": 6}, "voca
             "training": {"epochs": 2, "val_auc": {"cvr": 0.71}}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def trained_like_model(frame: str = "camenn"):

@@ -29,13 +29,7 @@ TINY = dict(text_dim=12, image_dim=10, n_patches=4, max_text_tokens=8, d_model=1
             user_feature_sizes={"age_band": 5, "zone": 3}, dropout=0.1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: with two threads on a busy 2-core box a training step was 20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(**overrides) -> CameNNConfig:
