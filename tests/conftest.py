@@ -46,6 +46,25 @@ def tiny_config_path() -> Path:
     return TINY_CONF
 
 
+def jpeg_with_shapes(background, seed: int, px: int = 64, *, shape: str = "rectangle", n_shapes: int = 3,
+                     quality: int = 85) -> bytes:
+    """A small real JPEG: a plain background and a few shapes of random colour; the seed varies the bytes."""
+    import io
+    import random
+
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    img = Image.new("RGB", (px, px), background)
+    draw = getattr(ImageDraw.Draw(img), shape)
+    for _ in range(n_shapes):
+        x, y = rng.randrange(px // 2), rng.randrange(px // 2)
+        draw([x, y, x + px // 3, y + px // 3], fill=tuple(rng.randrange(256) for _ in range(3)))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def tiny_config(root: Path, *overrides: str):
     """The tiny test world's config with every path under ``root``."""
     from camenn.config import load_config

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 import os
-import random
 import time
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
 from pyspark.sql import functions as F
 
-from conftest import tiny_config
+from conftest import jpeg_with_shapes, tiny_config
 from pipeline import features, tables
 
 RUN = dt.date(2026, 11, 24)
@@ -24,15 +21,7 @@ CATEGORIES = ["fruit", "dairy", "bakery", "drinks"]
 
 
 def jpeg(seed: int, px: int = 64) -> bytes:
-    rng = random.Random(seed)
-    img = Image.new("RGB", (px, px), COLOURS[seed % len(COLOURS)])
-    draw = ImageDraw.Draw(img)
-    for _ in range(3):
-        x, y = rng.randrange(px // 2), rng.randrange(px // 2)
-        draw.rectangle([x, y, x + px // 3, y + px // 3], fill=tuple(rng.randrange(256) for _ in range(3)))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=85)
-    return buf.getvalue()
+    return jpeg_with_shapes(COLOURS[seed % len(COLOURS)], seed, px)
 
 
 _DEFAULT = object()

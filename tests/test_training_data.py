@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 import random
 
 import pytest
-from PIL import Image, ImageDraw
 from pyspark.sql import functions as F
 
-from conftest import tiny_config
+from conftest import jpeg_with_shapes, tiny_config
 from pipeline import tables, training_data
 
 T0 = dt.datetime(2026, 10, 1, 9, 0)
@@ -24,15 +22,7 @@ WORDS = {"fruit": "apple pear plum", "dairy": "milk yogurt cheese", "bakery": "b
 
 
 def jpeg(category: str, seed: int, px: int = 64) -> bytes:
-    rng = random.Random(seed)
-    img = Image.new("RGB", (px, px), COLOURS[category])
-    draw = ImageDraw.Draw(img)
-    for _ in range(2):
-        x, y = rng.randrange(px // 2), rng.randrange(px // 2)
-        draw.ellipse([x, y, x + px // 3, y + px // 3], fill=tuple(rng.randrange(256) for _ in range(3)))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=80)
-    return buf.getvalue()
+    return jpeg_with_shapes(COLOURS[category], seed, px, shape="ellipse", n_shapes=2, quality=80)
 
 
 def item_rows(n: int, with_images: bool = True) -> list[tuple]:
