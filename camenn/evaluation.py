@@ -11,6 +11,8 @@ plain frames and arrays.
   (scoring.thresholds), and whether ITA vs TIA names the wrong side (text or image).
 - :func:`similarity_heatmap` - cosine similarity between 8 items' text and image
   representations (the paper's figures 4 and 5), as a PNG.
+- :func:`comparison_chart` - the comparison table as a picture: CVR AUC per model with every
+  seed's value, against the inputs ceiling and the Bayes AUC; ITA/TIA accuracy beside it.
 """
 
 from __future__ import annotations
@@ -266,6 +268,53 @@ def similarity_heatmap(model: CameNN, store: ItemStore, rows: list[int], path, t
     return {"path": str(path), "items": [store.item_ids[r] for r in rows], "similarity": sim.round(4).tolist(), **stats}
 
 
+def comparison_chart(runs: dict[str, list[dict]], path, bayes_auc: float | None = None,
+                     ceiling_auc: float | None = None) -> dict:
+    """CVR AUC (mean, and each seed as a dot) and held-out ITA/TIA accuracy per model, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(runs)[::-1]  # first model on top
+    y = np.arange(len(names))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.55 * len(names) + 1.6), dpi=120, sharey=True,
+                                      gridspec_kw={"width_ratios": [3, 2]})
+    labelled: set[str] = set()
+    for row, name in enumerate(names):
+        auc = [a for a in (r.get("cvr_auc") for r in runs[name]) if a is not None]
+        mean, std = mean_std(auc)
+        left.barh(row, mean - 0.5, left=0.5, color="#4c72b0", alpha=0.75, xerr=std if len(auc) > 1 else None, capsize=3)
+        left.plot(auc, [row] * len(auc), "k.", ms=4)
+        for k, (key, label, colour) in enumerate((("ita_acc", "ITA", "#55a868"), ("tia_acc", "TIA", "#c44e52"))):
+            acc, acc_std = mean_std([r.get(key) for r in runs[name]])
+            if math.isnan(acc):
+                continue  # a model without the alignment tasks
+            right.barh(row + (k - 0.5) * 0.38, acc, height=0.36, color=colour, alpha=0.8, capsize=2,
+                       xerr=acc_std if len(runs[name]) > 1 else None, label=None if label in labelled else label)
+            labelled.add(label)
+    for value, label, style in ((ceiling_auc, "inputs ceiling (logistic regression)", ":"), (bayes_auc, "Bayes-optimal", "--")):
+        if value is not None:
+            left.axvline(value, color="grey", linestyle=style, label=f"{label} {value:.3f}")
+    left.set_yticks(y, names)
+    left.set_xlim(0.5, max([bayes_auc or 0.0, ceiling_auc or 0.0,
+                            *[r.get("cvr_auc") or 0.0 for rs in runs.values() for r in rs]]) + 0.03)
+    left.set_xlabel("CVR AUC, held-out users (bar: mean, dots: seeds)")
+    right.set_xlim(0.5, 1.0)
+    right.axvline(0.85, color="grey", linestyle="--", lw=0.8)
+    right.set_xlabel("ITA / TIA accuracy, held-out items")
+    for ax in (left, right):
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend(fontsize=7, loc="lower right")
+    n_seeds = max(len(r) for r in runs.values())
+    fig.suptitle(f"CameNN and the paper's ablations, {n_seeds} seed(s)", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return {"path": str(path)}
+
+
 # ------------------------------------------------------------------------------ report
 
 
@@ -299,6 +348,7 @@ def report_markdown(metrics: dict) -> str:
         lines.append(f"| {row['model']} | {_pm(row, 'cvr_auc')} | {_pm(row, 'lift_share')} | {_pm(row, 'ita_acc')} | "
                      f"{_pm(row, 'tia_acc')} | {_pm(row, 'ita_auc')} | {_pm(row, 'tia_auc')} | {_f(row.get('epochs_run'), 1)} | "
                      f"{_f(row.get('train_seconds'), 0)} |")
+    chart = metrics.get("comparison_chart")
     ceiling = metrics.get("inputs_ceiling") or {}
     if ceiling.get("auc") is not None:
         share = lift_share(ceiling["auc"], bayes.get("bayes_auc")) if bayes else None
@@ -313,6 +363,8 @@ def report_markdown(metrics: dict) -> str:
                   "the text's tag words): the AUC within reach of these inputs "
                   f"({_f(ceiling.get('auc_without_tags'))} without the tag words). The Bayes AUC knows each user's "
                   "true favourite categories, which a handful of purchases only hints at."]
+    if chart:
+        lines += ["", f"![comparison]({Path(chart['path']).name})"]
     mis = metrics.get("mislabel")
     if mis:
         th = mis["threshold"]

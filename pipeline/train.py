@@ -261,10 +261,12 @@ def run_evaluation(spark, config: AppConfig, *, out_dir: str | None = None, vari
     bayes = bayes_auc(spark, config, data)
     ceiling = inputs_ceiling(spark, config, data)
     table = ev.comparison(results, bayes["bayes_auc"] if bayes else None)
+    chart = ev.comparison_chart(results, run_dir / "comparison.png", bayes["bayes_auc"] if bayes else None,
+                                ceiling["auc"] if ceiling else None)
 
     metrics: dict = {"config": config.name, "config_source": config.source, "created": stamp,
                      "table_versions": data.versions, "examples_source": data.source, "example_counts": data.counts,
-                     "seeds": list(config.training.seeds), "bayes": bayes, "inputs_ceiling": ceiling, "comparison": table, "runs": results,
+                     "seeds": list(config.training.seeds), "bayes": bayes, "inputs_ceiling": ceiling, "comparison": table, "comparison_chart": chart, "runs": results,
                      "artifacts": artifacts}
 
     # mislabel detection and heat maps, from the first seed's models

@@ -152,6 +152,7 @@ def test_evaluation_report(spark, world_root, tmp_path):
     run = tmp_path / "run"
     assert (run / "metrics.json").is_file() and (run / "report.md").is_file()
     assert (run / "fig4_before_alignment.png").is_file() and (run / "fig5_after_alignment.png").is_file()
+    assert (run / "comparison.png").stat().st_size > 10_000 and "](comparison.png)" in (run / "report.md").read_text()
     metrics = json.loads((run / "metrics.json").read_text())
     names = [row["model"] for row in metrics["comparison"]]
     assert names == ["CameNN", "CameNN w/o ITA+TIA"]
