@@ -285,7 +285,8 @@ def comparison_chart(runs: dict[str, list[dict]], path, bayes_auc: float | None 
         auc = [a for a in (r.get("cvr_auc") for r in runs[name]) if a is not None]
         mean, std = mean_std(auc)
         left.barh(row, mean - 0.5, left=0.5, color="#4c72b0", alpha=0.75, xerr=std if len(auc) > 1 else None, capsize=3)
-        left.plot(auc, [row] * len(auc), "k.", ms=4)
+        # seeds drawn above the error bar, which would otherwise hide them
+        left.plot(auc, [row] * len(auc), "o", color="#dd8452", mec="white", ms=5, zorder=3)
         for k, (key, label, colour) in enumerate((("ita_acc", "ITA", "#55a868"), ("tia_acc", "TIA", "#c44e52"))):
             acc, acc_std = mean_std([r.get(key) for r in runs[name]])
             if math.isnan(acc):
@@ -301,7 +302,7 @@ def comparison_chart(runs: dict[str, list[dict]], path, bayes_auc: float | None 
                             *[r.get("cvr_auc") or 0.0 for rs in runs.values() for r in rs]]) + 0.03)
     left.set_xlabel("CVR AUC, held-out users (bar: mean, dots: seeds)")
     right.set_xlim(0.5, 1.0)
-    right.axvline(0.85, color="grey", linestyle="--", lw=0.8)
+    right.axvline(0.85, color="grey", linestyle="--", lw=0.8, label="paper's level 0.85")
     right.set_xlabel("ITA / TIA accuracy, held-out items")
     for ax in (left, right):
         if ax.get_legend_handles_labels()[1]:
