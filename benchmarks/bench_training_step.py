@@ -52,7 +52,7 @@ CASES = [  # name, frame, model overrides, towers computed (None = all)
 
 
 class PackedLSTMBlock(LSTMBlock):
-    """The same weights run as one packed bidirectional LSTM: the LSTM block before it was rewritten."""
+    """The LSTM block as it was before: one packed bidirectional LSTM (fresh weights; only its time is measured)."""
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape

@@ -254,7 +254,7 @@ class LSTMBlock(nn.Module):
     Both runs read the padding only after the last real token, and those outputs land back on
     padding, so the block is padding-invariant. Both are dense LSTM calls rather than one packed
     bidirectional call: with rows of mixed length a packed sequence leaves oneDNN's fused kernel,
-    and a MoSE training step took twice as long (benchmarks/bench_training_step.py).
+    and a MoSE training step took 4.5 times as long (benchmarks/bench_training_step.py).
     """
 
     def __init__(self, cfg: CameNNConfig):

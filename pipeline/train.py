@@ -21,6 +21,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -124,25 +125,27 @@ class TrainResult:
                 f"best epoch {m.get('best_epoch')} of {m.get('epochs_run')}; {secs}")
 
 
-def current_artifact(config: AppConfig, path: str | None = None):
-    """The artifact at training.artifact_dir when it loads, verifies and was trained from this config; else None."""
+def _matching_artifact(path, **wanted):
+    """The artifact at path when it loads, verifies and its metadata holds every wanted value; else None."""
     from camenn.checkpoint import ArtifactError, load_artifact
-    from pipeline.features import featurizer_config, featurizer_fingerprint
 
-    path = path or config.training.artifact_dir
     if not Path(path).is_dir():
         return None
     try:
         art = load_artifact(path)
     except (ArtifactError, OSError, ValueError):
         return None
-    meta = art.metadata
-    if meta.get("config_hash") != config_hash(config):
-        return None
-    if meta.get("encoder_fingerprint") != featurizer_fingerprint(featurizer_config(config)):
-        return None
+    return art if all(art.metadata.get(k) == v for k, v in wanted.items()) else None
+
+
+def current_artifact(config: AppConfig, path: str | None = None):
+    """The artifact at training.artifact_dir when it loads, verifies and was trained from this config; else None."""
+    from pipeline.features import featurizer_config, featurizer_fingerprint
+
+    art = _matching_artifact(path or config.training.artifact_dir, config_hash=config_hash(config),
+                             encoder_fingerprint=featurizer_fingerprint(featurizer_config(config)))
     required = ("featurizer", "vocab", "max_behaviour", "table_versions", "metrics", "trained_at", "config_name")
-    return art if all(k in meta for k in required) else None
+    return art if art is not None and all(k in art.metadata for k in required) else None
 
 
 def run_training(spark, config: AppConfig, *, run_date: dt.date | None = None, if_missing: bool = False,
@@ -188,8 +191,6 @@ def bayes_auc(spark, config: AppConfig, data: TrainingData) -> dict | None:
 
 def _world_tags() -> dict[str, str]:
     """Column name -> regex of the synthetic world's tag sentences (camenn.world.TAG_SENTENCES)."""
-    import re
-
     from camenn.world import TAG_SENTENCES as t
 
     return {"tag_bestseller": re.escape(t["bestseller"]), "tag_local": re.escape(t["local"]),
@@ -301,18 +302,10 @@ def run_evaluation(spark, config: AppConfig, *, out_dir: str | None = None, vari
 
 def finished_run(spec: dict) -> dict | None:
     """Held-out metrics of the model at spec's artifact_dir if it was trained from this very spec, else None."""
-    from camenn.checkpoint import ArtifactError, load_artifact
-
-    path = Path(spec["artifact_dir"])
-    if not path.is_dir():
-        return None
-    try:
-        meta = load_artifact(path).metadata
-    except (ArtifactError, OSError, ValueError):
-        return None
-    wanted = {"config_hash": spec["metadata"]["config_hash"], "variant": spec["metadata"]["variant"],
-              "seed": spec["seed"], "table_versions": spec["table_versions"], "encoder_fingerprint": spec["encoder_fingerprint"]}
-    return meta.get("metrics") if all(meta.get(k) == v for k, v in wanted.items()) else None
+    art = _matching_artifact(spec["artifact_dir"], config_hash=spec["metadata"]["config_hash"],
+                             variant=spec["metadata"]["variant"], seed=spec["seed"],
+                             table_versions=spec["table_versions"], encoder_fingerprint=spec["encoder_fingerprint"])
+    return art.metadata.get("metrics") if art is not None else None
 
 
 def _truth_items(spark, config: AppConfig):

@@ -173,6 +173,19 @@ def test_evaluation_report(spark, world_root, tmp_path):
     assert {w: w.stat().st_mtime_ns for w in weights} == stamps
     assert json.dumps(again["comparison"], sort_keys=True) == json.dumps(out["comparison"], sort_keys=True)  # NaN-safe
 
+    # a model is reused only for the very spec it was trained from
+    from camenn.checkpoint import load_artifact
+    from pipeline.train import finished_run
+
+    meta = load_artifact(weights[0].parent).metadata
+    spec = {"artifact_dir": str(weights[0].parent), "seed": meta["seed"], "table_versions": meta["table_versions"],
+            "encoder_fingerprint": meta["encoder_fingerprint"],
+            "metadata": {"config_hash": meta["config_hash"], "variant": meta["variant"]}}
+    assert finished_run(spec) == meta["metrics"]
+    assert finished_run({**spec, "seed": meta["seed"] + 1}) is None
+    assert finished_run({**spec, "table_versions": {**meta["table_versions"], "training_examples": -1}}) is None
+    assert finished_run({**spec, "metadata": {**spec["metadata"], "variant": "MMoE frame (MLP)"}}) is None
+
 
 def test_logistic_ceiling_reads_history_and_profile_but_not_noise():
     import pandas as pd
