@@ -135,6 +135,13 @@ class TrainingConfig(Section):
         None, ge=1, description="batches per epoch (between validations); null = one pass over the training examples, "
                                 "a number = that many batches from a reshuffled stream, fewer or more than one pass")
     num_threads: int | None = Field(None, ge=1, description="torch threads per training process; null = cores / processes")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="per-step lr: constant (the paper) or a cosine from lr down to min_lr_ratio * lr "
+                                "over epochs x steps_per_epoch, after warmup_steps of linear warm-up")
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    autocast: Literal["bf16", "fp16", "none"] = Field(
+        "bf16", description="mixed precision of training on GPU (fp16 with loss scaling); CPU training stays fp32")
 
 
 class ThresholdConfig(Section):
