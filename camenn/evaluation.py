@@ -316,6 +316,53 @@ def comparison_chart(runs: dict[str, list[dict]], path, bayes_auc: float | None 
     return {"path": str(path)}
 
 
+def learning_curves_chart(runs: dict[str, list[dict]], path, ceiling_auc: float | None = None) -> dict:
+    """Validation CVR AUC and CVR loss after each epoch, one line per model and seed, as a PNG.
+
+    Each run's ``history`` (camenn.training: one record per epoch) gives the points; the x axis
+    is training steps, so models with different epoch lengths line up. Whether a curve is still
+    rising at its last point says more about a short budget than the final number does.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    drawn = 0
+    for k, (name, rs) in enumerate(runs.items()):
+        colour = colours[k % len(colours)]
+        for j, run in enumerate(rs):
+            history = run.get("history") or []
+            steps = [h["epoch"] * (run.get("steps_per_epoch") or 1) for h in history]
+            label = name if j == 0 else None
+            auc = [h.get("valid_cvr_auc") for h in history]
+            if any(a is not None for a in auc):
+                left.plot(steps, [np.nan if a is None else a for a in auc], "o-", color=colour, ms=3, lw=1.2,
+                          alpha=0.85, label=label)
+                drawn += 1
+            # the CVR loss, not the task-weighted total: models without ITA/TIA have no alignment terms
+            right.plot(steps, [h.get("valid_loss_cvr") for h in history], "o-", color=colour, ms=3, lw=1.2,
+                       alpha=0.85, label=label)
+    if ceiling_auc is not None:
+        left.axhline(ceiling_auc, color="grey", linestyle=":", label=f"inputs ceiling {ceiling_auc:.3f}")
+    left.set_xlabel("training steps")
+    left.set_ylabel("CVR AUC, validation users")
+    right.set_xlabel("training steps")
+    right.set_ylabel("CVR loss (BCE), validation users")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend(fontsize=7)
+    fig.suptitle("Learning curves (one line per model and seed)", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return {"path": str(path), "cvr_curves": drawn}
+
+
 # ------------------------------------------------------------------------------ report
 
 
@@ -366,6 +413,10 @@ def report_markdown(metrics: dict) -> str:
                   "true favourite categories, which a handful of purchases only hints at."]
     if chart:
         lines += ["", f"![comparison]({Path(chart['path']).name})"]
+    curves = metrics.get("learning_curves_chart")
+    if curves:
+        lines += ["", "Validation CVR AUC and CVR loss after each epoch (a curve still rising at its end is undertrained):",
+                  "", f"![learning curves]({Path(curves['path']).name})"]
     mis = metrics.get("mislabel")
     if mis:
         th = mis["threshold"]
@@ -401,5 +452,5 @@ def json_compact(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-__all__ = ["comparison", "lift_share", "logistic_ceiling", "mean_std", "mislabel_detection", "detection_table", "similarity_heatmap",
+__all__ = ["comparison", "comparison_chart", "learning_curves_chart", "lift_share", "logistic_ceiling", "mean_std", "mislabel_detection", "detection_table", "similarity_heatmap",
            "pick_heatmap_items", "text_image_representations", "cosine_matrix", "report_markdown", "slug", "DEFECT_SIDE"]

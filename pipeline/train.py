@@ -250,13 +250,13 @@ def run_evaluation(spark, config: AppConfig, *, out_dir: str | None = None, vari
             spec = make_spec(config, data, seed=seed, model_overrides=VARIANTS[name],
                              artifact_dir=str(run_dir / "models" / f"{ev.slug(name)}-s{seed}"))
             spec["metadata"]["variant"] = name
-            metrics = finished_run(spec)
-            if metrics is None:
+            run = finished_run(spec)
+            if run is None:
                 print(f"[evaluate] {name}, seed {seed}", file=sys.stderr, flush=True)
-                metrics = run_spec(spark, config, spec)["metrics"]
+                run = run_spec(spark, config, spec)
             else:
                 print(f"[evaluate] {name}, seed {seed}: reusing the model in {spec['artifact_dir']}", file=sys.stderr, flush=True)
-            results[name].append({"seed": seed, **metrics})
+            results[name].append({"seed": seed, **run["metrics"], "history": run["history"]})
             artifacts.setdefault(name, spec["artifact_dir"])
             _dump(run_dir / "metrics.json", {"partial": True, "runs": results})
     bayes = bayes_auc(spark, config, data)
@@ -264,10 +264,11 @@ def run_evaluation(spark, config: AppConfig, *, out_dir: str | None = None, vari
     table = ev.comparison(results, bayes["bayes_auc"] if bayes else None)
     chart = ev.comparison_chart(results, run_dir / "comparison.png", bayes["bayes_auc"] if bayes else None,
                                 ceiling["auc"] if ceiling else None)
+    curves = ev.learning_curves_chart(results, run_dir / "learning_curves.png", ceiling["auc"] if ceiling else None)
 
     metrics: dict = {"config": config.name, "config_source": config.source, "created": stamp,
                      "table_versions": data.versions, "examples_source": data.source, "example_counts": data.counts,
-                     "seeds": list(config.training.seeds), "bayes": bayes, "inputs_ceiling": ceiling, "comparison": table, "comparison_chart": chart, "runs": results,
+                     "seeds": list(config.training.seeds), "bayes": bayes, "inputs_ceiling": ceiling, "comparison": table, "comparison_chart": chart, "learning_curves_chart": curves, "runs": results,
                      "artifacts": artifacts}
 
     # mislabel detection and heat maps, from the first seed's models
@@ -301,11 +302,16 @@ def run_evaluation(spark, config: AppConfig, *, out_dir: str | None = None, vari
 
 
 def finished_run(spec: dict) -> dict | None:
-    """Held-out metrics of the model at spec's artifact_dir if it was trained from this very spec, else None."""
+    """{"metrics", "history"} of the model at spec's artifact_dir if it was trained from this very spec, else None.
+
+    The same keys as train_fn's result, so a reused model and a fresh one enter the evaluation alike.
+    """
     art = _matching_artifact(spec["artifact_dir"], config_hash=spec["metadata"]["config_hash"],
                              variant=spec["metadata"]["variant"], seed=spec["seed"],
                              table_versions=spec["table_versions"], encoder_fingerprint=spec["encoder_fingerprint"])
-    return art.metadata.get("metrics") if art is not None else None
+    if art is None:
+        return None
+    return {"metrics": art.metadata.get("metrics", {}), "history": art.metadata.get("history", [])}
 
 
 def _truth_items(spark, config: AppConfig):

@@ -156,9 +156,14 @@ def test_evaluation_report(spark, world_root, tmp_path):
     assert (run / "metrics.json").is_file() and (run / "report.md").is_file()
     assert (run / "fig4_before_alignment.png").is_file() and (run / "fig5_after_alignment.png").is_file()
     assert (run / "comparison.png").stat().st_size > 10_000 and "](comparison.png)" in (run / "report.md").read_text()
+    assert (run / "learning_curves.png").stat().st_size > 10_000 and "](learning_curves.png)" in (run / "report.md").read_text()
     metrics = json.loads((run / "metrics.json").read_text())
     names = [row["model"] for row in metrics["comparison"]]
     assert names == ["CameNN", "CameNN w/o ITA+TIA"]
+    for name in names:  # each run carries its per-epoch history, which the learning curves are drawn from
+        (record,) = metrics["runs"][name]
+        assert len(record["history"]) == record["epochs_run"] >= 1
+        assert {"epoch", "valid_loss_cvr", "valid_cvr_auc"} <= set(record["history"][0])
     assert metrics["bayes"]["n_matched"] == metrics["bayes"]["n_test"] > 0
     assert metrics["comparison"][0]["lift_share"] is not None
     assert set(metrics["mislabel"]["all_items"]["per_defect"]) == {"text_swap", "image_swap", "vague_text",
@@ -184,7 +189,7 @@ def test_evaluation_report(spark, world_root, tmp_path):
     spec = {"artifact_dir": str(weights[0].parent), "seed": meta["seed"], "table_versions": meta["table_versions"],
             "encoder_fingerprint": meta["encoder_fingerprint"],
             "metadata": {"config_hash": meta["config_hash"], "variant": meta["variant"]}}
-    assert finished_run(spec) == meta["metrics"]
+    assert finished_run(spec) == {"metrics": meta["metrics"], "history": meta["history"]}
     assert finished_run({**spec, "seed": meta["seed"] + 1}) is None
     assert finished_run({**spec, "table_versions": {**meta["table_versions"], "training_examples": -1}}) is None
     assert finished_run({**spec, "metadata": {**spec["metadata"], "variant": "MMoE frame (MLP)"}}) is None
