@@ -103,6 +103,9 @@ class ModelSettings(Section):
     dropout: float = Field(0.1, ge=0, lt=1)
     attn_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on attention weights; > 0 makes CPU attention ~5x slower")
     tasks: tuple[Literal["cvr", "ita", "tia"], ...] = ("cvr", "ita", "tia")
+    behaviour_tokens: Literal["full", "pooled"] = Field(
+        "full", description="full = each behaviour item as its whole token run (the paper); pooled = 3 tokens per "
+                            "behaviour item ([CLS], mean text, mean patches), the target still a full run")
 
 
 class SplitConfig(Section):

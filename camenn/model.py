@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 TASKS = ("cvr", "ita", "tia")
 BLOCK_TYPES = ("transformer", "mlp", "lstm")
+BEHAVIOUR_TOKENS = ("full", "pooled")
 
 # segment ids
 SEG_TEXT, SEG_IMAGE, SEG_USER = 0, 1, 2
@@ -68,6 +69,10 @@ class CameNNConfig:
     # for a 128-row full batch on 2 cores, benchmarks/bench_training_step.py)
     attn_dropout: float = 0.0
     lstm_bidirectional: bool = True
+    # How a behaviour item enters E_input: "full" = its whole [CLS] text [SEP] patches run (the
+    # paper); "pooled" = three tokens, its [CLS] (category, price), the mean of its text tokens
+    # and the mean of its patches. The target item is always a full run.
+    behaviour_tokens: str = "full"
 
     def __post_init__(self):
         # JSON gives lists back; tuples keep the config hashable-ish and == after a round trip
@@ -103,6 +108,8 @@ class CameNNConfig:
         for name in ("dropout", "attn_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"{name} must be in [0, 1) (got {getattr(self, name)})")
+        if self.behaviour_tokens not in BEHAVIOUR_TOKENS:
+            problems.append(f"behaviour_tokens must be one of {BEHAVIOUR_TOKENS} (got {self.behaviour_tokens!r})")
         if problems:
             raise ValueError("invalid CameNNConfig: " + "; ".join(problems))
 
@@ -415,6 +422,29 @@ class CameNN(nn.Module):
         pad = ~torch.cat([real, items.text_mask, real.expand(B, 1 + P)], dim=1)  # (B', Ti)
         return x, pad
 
+    def embed_items_pooled(self, items: ItemTokens, slot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Three tokens per item: [CLS], mean text, mean patches. items (B', ...), slot (B',) -> (B', 3, D), (B', 3).
+
+        Each token gets the position and segment its run would give it ([CLS] 0, first text
+        token, first patch), so a pooled item reads like a short full one.
+        """
+        B = items.text.shape[0]
+        cls = self.cls.expand(B, -1)  # (B', D)
+        for j, emb in enumerate(self.item_feats.values()):
+            cls = cls + emb(items.feats[:, j])  # (B', D)
+        real = items.text_mask.unsqueeze(-1).to(items.text.dtype)  # (B', L, 1)
+        n_text = real.sum(1)  # (B', 1)
+        text = (self.text_in(items.text) * real).sum(1) / n_text.clamp_min(1.0)  # (B', D) mean over real tokens
+        image = self.image_in(items.image).mean(1)  # (B', D)
+        x = torch.stack([cls, text, image], dim=1)  # (B', 3, D)
+        dev = x.device
+        pos = torch.stack([torch.zeros((), dtype=torch.long, device=dev), self.text_pos[0], self.tail_pos[1]])  # (3,)
+        seg = torch.tensor([SEG_TEXT, SEG_TEXT, SEG_IMAGE], device=dev)  # (3,)
+        x = x + self.position(pos) + self.segment(seg) + self.slot(slot)[:, None, :]  # (B', 3, D)
+        pad = torch.zeros(B, 3, dtype=torch.bool, device=dev)  # (B', 3)
+        pad[:, 1] = n_text[:, 0] == 0  # an item without text has no text token
+        return x, pad
+
     def embed(self, batch: CameNNBatch) -> tuple[torch.Tensor, torch.Tensor, int]:
         """E_input. Returns x (B, T, D), pad (B, T) True = padding, and the target's [CLS] index."""
         cfg = self.cfg
@@ -450,7 +480,8 @@ class CameNN(nn.Module):
             if N:
                 flat = ItemTokens(beh.text.flatten(0, 1), beh.text_mask.flatten(0, 1), beh.image.flatten(0, 1), beh.feats.flatten(0, 1))
                 slot = torch.arange(1, N + 1, device=dev).repeat(B)  # (B*N,)
-                xb, pb = self.embed_items(flat, slot)  # (B*N, Tb, D), (B*N, Tb)
+                embed_behaviour = self.embed_items_pooled if cfg.behaviour_tokens == "pooled" else self.embed_items
+                xb, pb = embed_behaviour(flat, slot)  # (B*N, Tb, D), (B*N, Tb); Tb = 3 when pooled
                 Tb = xb.shape[1]
                 pb = pb | ~mask.reshape(B * N, 1)  # (B*N, Tb) an empty slot is padding end to end
                 xs.append(xb.reshape(B, N * Tb, -1))  # (B, N*Tb, D)
@@ -572,7 +603,8 @@ def sequence_length(cfg: CameNNConfig, n_behaviour: int = 0, n_text_tokens: int 
     L = cfg.max_text_tokens if n_text_tokens is None else n_text_tokens
     with_user = n_behaviour > 0 if with_user is None else with_user
     n_user = len(cfg.user_feature_sizes) if with_user else 0
-    return n_user + (n_behaviour + 1) * (L + 2 + cfg.n_patches)
+    per_behaviour = 3 if cfg.behaviour_tokens == "pooled" else L + 2 + cfg.n_patches
+    return n_user + n_behaviour * per_behaviour + (L + 2 + cfg.n_patches)
 
 
 def _block_flops(kind: str, cfg: CameNNConfig, T: int) -> int:
@@ -607,7 +639,7 @@ def count_flops_per_item(cfg: CameNNConfig, n_behaviour: int = 0, n_text_tokens:
 
 
 __all__ = [
-    "TASKS", "BLOCK_TYPES", "CameNNConfig", "ItemTokens", "CameNNBatch", "CameNN",
+    "TASKS", "BLOCK_TYPES", "BEHAVIOUR_TOKENS", "CameNNConfig", "ItemTokens", "CameNNBatch", "CameNN",
     "TransformerBlock", "MLPBlock", "LSTMBlock", "BlockStack",
     "register_frame", "list_frames", "frame_config", "create_model", "create_model_from_config",
     "sequence_length", "count_flops_per_item",

@@ -206,9 +206,10 @@ def test_top_k_keeps_exactly_k_experts():
     torch.testing.assert_close(g.gather(-1, idx), top.softmax(-1))
 
 
-@pytest.mark.parametrize("frame", ["camenn", "mmoe", "mose"])
-def test_padding_invariance(frame):
-    cfg = frame_config(frame, **TINY)
+@pytest.mark.parametrize("frame, behaviour_tokens", [("camenn", "full"), ("camenn", "pooled"), ("mmoe", "full"),
+                                                     ("mose", "full"), ("mose", "pooled")])
+def test_padding_invariance(frame, behaviour_tokens):
+    cfg = frame_config(frame, **TINY, behaviour_tokens=behaviour_tokens)
     model = untrained_model(cfg).eval()
     batch = random_batch(cfg, B=6, N=2, L=4)
     padded = padded_batch(cfg, batch, extra_slots=3, extra_text=3)
@@ -245,15 +246,40 @@ def test_lstm_block_equals_a_bidirectional_lstm_over_the_real_tokens():
     torch.testing.assert_close(got[~pad], want[~pad], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("frame", ["camenn", "mose"])
-def test_item_only_equals_all_behaviour_masked(frame):
-    cfg = frame_config(frame, **TINY)
+@pytest.mark.parametrize("frame, behaviour_tokens", [("camenn", "full"), ("camenn", "pooled"), ("mose", "full")])
+def test_item_only_equals_all_behaviour_masked(frame, behaviour_tokens):
+    cfg = frame_config(frame, **TINY, behaviour_tokens=behaviour_tokens)
     model = untrained_model(cfg).eval()
     full = random_batch(cfg, B=4, N=3)
     empty = CameNNBatch(full.target, full.behaviour, torch.zeros_like(full.behaviour_mask), None)
     assert_outputs_close(model(CameNNBatch(full.target)), model(empty), cfg.tasks)
     # and behaviour does matter when it is there
     assert not torch.allclose(model(full)["cvr"], model(empty)["cvr"], atol=1e-4)
+
+
+def test_pooled_behaviour_items_are_three_tokens_of_their_run():
+    cfg = tiny_config(behaviour_tokens="pooled", dropout=0.0)
+    model = untrained_model(cfg).eval()
+    batch = random_batch(cfg, B=3, N=2, L=5)
+    batch.behaviour.text_mask[0, 1] = False  # one behaviour item without any text
+    x, pad, cls_idx = model.embed(batch)
+    n_user = len(cfg.user_feature_sizes)
+    assert x.shape[1] == n_user + 2 * 3 + (5 + 2 + cfg.n_patches) and cls_idx == n_user + 2 * 3
+    # the text token is the mean of the item's real projected text tokens, at the first text position
+    items = batch.behaviour
+    with torch.no_grad():
+        proj = model.text_in(items.text[1, 0])[items.text_mask[1, 0]].mean(0)  # (D,) row 1, slot 1
+        want = proj + model.position.weight[1] + model.segment.weight[0] + model.slot.weight[1]
+    torch.testing.assert_close(x[1, n_user + 1], want, atol=1e-5, rtol=0)
+    # an item without text has no text token, and nothing else is padding in a real slot
+    rows = pad[:, n_user:n_user + 6].reshape(3, 2, 3)  # (B, N, 3)
+    real_slot = batch.behaviour_mask
+    assert rows[0, 1].tolist() == [False, True, False] if real_slot[0, 1] else rows[0, 1].all()
+    assert not rows[1][real_slot[1]].any()
+    # the cost model counts the same tokens
+    from camenn.model import sequence_length
+
+    assert sequence_length(cfg, n_behaviour=2, n_text_tokens=5) == x.shape[1]
 
 
 def test_eval_is_deterministic_and_train_is_not():
