@@ -12,6 +12,8 @@ against the first row, measured in the same run (the machines are shared and noi
 
 Rows:
 - the demo size (d_model 32, 2 heads) and the paper-like size (d_model 64, 4 and 8 heads);
+- the demo size with pooled behaviour items (model.behaviour_tokens: pooled, 3 tokens per
+  behaviour item instead of its whole run), which is what conf/demo.yaml trains;
 - attention dropout 0.1 against 0 (the default): PyTorch's CPU attention leaves its fused
   kernel for the math path when dropout is on;
 - every tower on every batch, the towers without labels entering the loss times 0 (and so
@@ -38,9 +40,10 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from camenn.model import CameNN, CameNNBatch, ItemTokens, LSTMBlock, frame_config  # noqa: E402
 
-DEMO = dict(d_model=32, n_heads=2)
+DEMO = dict(d_model=32, n_heads=2)  # the first row: the demo's size with the paper's full behaviour runs
 CASES = [  # name, frame, model overrides, towers computed (None = all)
     ("demo: d32 h2", "camenn", DEMO, "labelled"),
+    ("demo, pooled behaviour items (the demo)", "camenn", {**DEMO, "behaviour_tokens": "pooled"}, "labelled"),
     ("d64 h4", "camenn", dict(d_model=64, n_heads=4), "labelled"),
     ("d64 h8", "camenn", dict(d_model=64, n_heads=8), "labelled"),
     ("d64 h8, all towers", "camenn", dict(d_model=64, n_heads=8), None),

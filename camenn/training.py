@@ -485,6 +485,25 @@ def train_step(step_module: nn.Module, opt: torch.optim.Optimizer, full: CameNNB
 # the loop
 
 
+class _LineStream:
+    """A file for tqdm that ends every redraw with a newline.
+
+    TorchDistributor relays its workers' output line by line, so a bar redrawn with carriage
+    returns would only show when its epoch ends; as lines, the job's log shows it as it goes.
+    """
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").rstrip("\n")
+        if text.strip():
+            self.stream.write(text + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 @dataclass
 class TrainState:
     best_loss: float = math.inf
@@ -631,8 +650,9 @@ def train_fn(spec: dict) -> dict:
             # an epoch longer than one pass draws further passes, each reshuffled
             passes = max(1, math.ceil(n_steps * bs / max(1, len(train))))
             order = torch.cat([torch.randperm(len(train), generator=g_epoch) for _ in range(passes)])
-            bar = tqdm(range(n_steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not is_main, file=sys.stderr,
-                       mininterval=2.0, leave=True, dynamic_ncols=True)
+            bar = tqdm(range(n_steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not is_main,
+                       file=_LineStream(sys.stderr) if dist_info.on else sys.stderr,
+                       mininterval=15.0 if dist_info.on else 2.0, leave=True, dynamic_ncols=not dist_info.on)
             running = 0.0
             for step in bar:
                 rows = order[step * bs:(step + 1) * bs]
@@ -650,7 +670,9 @@ def train_fn(spec: dict) -> dict:
                 schedule.step()
                 running += (float(loss.detach()) - running) / (step + 1)
                 if is_main and (step % 10 == 0 or step == n_steps - 1):
-                    bar.set_postfix(loss=f"{running:.4f}", **{k: f"{float(v):.3f}" for k, v in per.items()})
+                    # as lines (under a distributor) a redraw per postfix would be a log line per 10 steps
+                    bar.set_postfix(loss=f"{running:.4f}", **{k: f"{float(v):.3f}" for k, v in per.items()},
+                                    refresh=not dist_info.on)
             bar.close()
             val = validation_loss(model, store, splits["valid"], align_idx["valid"], spec, device, dist_info)
             record = {"epoch": epoch + 1, "train_loss": running, **{f"valid_{k}": x for k, x in val.items()},

@@ -111,7 +111,7 @@ def test_if_missing_skips_a_current_artifact(spark, world_root, trained):
     assert current_artifact(tiny_config(world_root, *FAST, "training.lr=0.001")) is None  # another config
 
 
-def test_torch_distributor_two_processes(spark, world_root, tmp_path):
+def test_torch_distributor_two_processes(spark, world_root, tmp_path, capfd):
     from camenn.checkpoint import load_artifact
     from camenn.inputs import FeatureVocab, item_only_batch
     from camenn.training import load_item_store
@@ -121,6 +121,11 @@ def test_torch_distributor_two_processes(spark, world_root, tmp_path):
                          f"training.artifact_dir={tmp_path / 'ddp-model'}")
     result = run_training(spark, config)
     assert result.metrics["world_size"] == 2
+    # TorchDistributor relays its workers' output line by line: the progress bar must come as
+    # whole lines (a carriage-return redraw would only surface when its epoch ends)
+    out = capfd.readouterr()
+    progress = [line for line in (out.out + out.err).split("\n") if "epoch 1/2" in line and "loss=" in line]
+    assert progress and not any("\r" in line for line in progress), progress
     art = load_artifact(result.artifact)
     assert art.metadata["table_versions"]["training_examples"] == tables.table_version(spark, config, "training_examples")
     vocab = FeatureVocab.from_dict(art.metadata["vocab"])
