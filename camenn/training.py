@@ -40,6 +40,7 @@ import torch.nn as nn
 from camenn.inputs import ITEM_FEATURES, FeatureVocab, ItemStore, full_batch, item_only_batch
 from camenn.losses import derangement, make_alignment_examples, multitask_loss
 from camenn.model import TASKS, CameNN, CameNNBatch, ItemTokens, frame_config
+from camenn.scoring import AUTOCAST_DTYPES
 
 SPLITS = ("train", "valid", "test")
 N_BUCKETS = 1024  # training_examples.bucket is in [0, N_BUCKETS)
@@ -416,9 +417,6 @@ def _json_safe(obj):
 
 # -----------------------------------------------------------------------------
 # optimisation
-
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def training_autocast_dtype(device: torch.device, setting: str) -> torch.dtype | None:
