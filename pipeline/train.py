@@ -44,8 +44,13 @@ VARIANTS: dict[str, dict] = {
 
 
 def config_hash(config: AppConfig) -> str:
-    """What decides the trained model: model, featurizer, training (but where and how it runs) and the data root."""
-    training = config.training.model_dump(mode="json", exclude={"artifact_dir", "num_processes", "use_gpu", "num_threads"})
+    """What decides the trained model: model, featurizer, training (but where and how it runs) and the data root.
+
+    The list of seeds is left out: each artifact records its own seed, so an evaluation of
+    seeds [0] and a later one of [0, 1, 2] in the same run folder share the seed-0 models.
+    """
+    training = config.training.model_dump(mode="json",
+                                          exclude={"artifact_dir", "num_processes", "use_gpu", "num_threads", "seeds"})
     payload = {"name": config.name, "data": config.data.model_dump(mode="json"),
                "model": config.model.model_dump(mode="json"), "featurizer": config.featurizer.model_dump(mode="json"),
                "training": training}
@@ -138,11 +143,12 @@ def _matching_artifact(path, **wanted):
     return art if all(art.metadata.get(k) == v for k, v in wanted.items()) else None
 
 
-def current_artifact(config: AppConfig, path: str | None = None):
-    """The artifact at training.artifact_dir when it loads, verifies and was trained from this config; else None."""
+def current_artifact(config: AppConfig, path: str | None = None, seed: int | None = None):
+    """The artifact at training.artifact_dir when it loads, verifies and was trained from this config and seed; else None."""
     from pipeline.features import featurizer_config, featurizer_fingerprint
 
-    art = _matching_artifact(path or config.training.artifact_dir, config_hash=config_hash(config),
+    seed = config.training.seeds[0] if seed is None else seed
+    art = _matching_artifact(path or config.training.artifact_dir, config_hash=config_hash(config), seed=int(seed),
                              encoder_fingerprint=featurizer_fingerprint(featurizer_config(config)))
     required = ("featurizer", "vocab", "max_behaviour", "table_versions", "metrics", "trained_at", "config_name")
     return art if art is not None and all(k in art.metadata for k in required) else None
@@ -151,7 +157,7 @@ def current_artifact(config: AppConfig, path: str | None = None):
 def run_training(spark, config: AppConfig, *, run_date: dt.date | None = None, if_missing: bool = False,
                  seed: int | None = None) -> TrainResult:
     if if_missing:
-        art = current_artifact(config)
+        art = current_artifact(config, seed=seed)
         if art is not None:
             return TrainResult(str(art.path), art.version, art.metadata.get("metrics", {}), skipped=True)
     t0 = time.perf_counter()

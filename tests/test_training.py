@@ -109,6 +109,9 @@ def test_if_missing_skips_a_current_artifact(spark, world_root, trained):
 
     assert current_artifact(config) is not None
     assert current_artifact(tiny_config(world_root, *FAST, "training.lr=0.001")) is None  # another config
+    # the list of seeds is not part of the config: the seed-0 model serves any list that starts with 0
+    assert current_artifact(tiny_config(world_root, *FAST, "training.seeds=[0, 5]")) is not None
+    assert current_artifact(tiny_config(world_root, *FAST, "training.seeds=[5, 0]")) is None
 
 
 def test_torch_distributor_two_processes(spark, world_root, tmp_path, capfd):
