@@ -305,13 +305,15 @@ def comparison_chart(runs: dict[str, list[dict]], path, bayes_auc: float | None 
     right.axvline(0.85, color="grey", linestyle="--", lw=0.8, label="paper's level 0.85")
     right.set_xlabel("ITA / TIA accuracy, held-out items")
     for ax in (left, right):
-        if ax.get_legend_handles_labels()[1]:
-            ax.legend(fontsize=7, loc="lower right")
+        labels = ax.get_legend_handles_labels()[1]
+        if labels:
+            # below the axes: inside, the legend covered the bottom model's bar
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(labels), frameon=False)
     n_seeds = max(len(r) for r in runs.values())
     fig.suptitle(f"CameNN and the paper's ablations, {n_seeds} seed(s)", fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return {"path": str(path)}
 
