@@ -108,18 +108,21 @@ def conform(df: DataFrame, spark: SparkSession, name: str) -> DataFrame:
     return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema_of(spark, name).fields])
 
 
-def overwrite_table(spark: SparkSession, config: AppConfig, name: str, df: DataFrame) -> str:
-    """Replace a whole (input) table in one commit, keeping its DDL and constraints."""
+def overwrite_table(spark: SparkSession, config: AppConfig, name: str, df: DataFrame, tag: str | None = None) -> str:
+    """Replace a whole (input) table in one commit, keeping its DDL and constraints; ``tag`` = the commit's userMetadata."""
     path = ensure_table(spark, config, name)
-    conform(df, spark, name).write.format("delta").mode("overwrite").save(path)
+    writer = conform(df, spark, name).write.format("delta").mode("overwrite")
+    (writer.option("userMetadata", tag) if tag is not None else writer).save(path)
     return path
 
 
-def replace_run_date(spark: SparkSession, config: AppConfig, name: str, df: DataFrame, run_date: dt.date) -> str:
+def replace_run_date(spark: SparkSession, config: AppConfig, name: str, df: DataFrame, run_date: dt.date,
+                     tag: str | None = None) -> str:
     """Replace one run date's rows atomically: a rerun of the date leaves one row per key."""
     path = ensure_table(spark, config, name)
-    (conform(df, spark, name).write.format("delta").mode("overwrite")
-        .option("replaceWhere", f"run_date = DATE'{run_date.isoformat()}'").save(path))
+    writer = (conform(df, spark, name).write.format("delta").mode("overwrite")
+              .option("replaceWhere", f"run_date = DATE'{run_date.isoformat()}'"))
+    (writer.option("userMetadata", tag) if tag is not None else writer).save(path)
     return path
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from camenn import world as W
 from conftest import tiny_config
 from pipeline import tables
-from pipeline.world import WORLD_TABLES, bayes_auc, world_frame, write_world
+from pipeline.world import WORLD_TABLES, bayes_auc, world_frame, world_key, write_world
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,35 @@ def tiny_config_world(*overrides):
     from conftest import TINY_CONF
 
     return load_config(TINY_CONF, list(overrides)).world
+
+
+# --- rerunning --------------------------------------------------------------------------------
+
+def versions(spark, config, names=WORLD_TABLES) -> dict[str, int]:
+    return {name: tables.table_version(spark, config, name) for name in names}
+
+
+def test_a_rerun_keeps_the_tables_that_hold_this_world(spark, tiny):
+    config, _ = tiny
+    before = versions(spark, config)
+    assert write_world(spark, config, log=None) == dict.fromkeys(WORLD_TABLES, 0)
+    assert versions(spark, config) == before  # what training and models were pinned to stays current
+
+    # a commit by anyone else, even of the same rows, makes the rerun write the table again
+    users = spark.createDataFrame(read(spark, config, "users").toPandas(), tables.schema_of(spark, "users"))
+    tables.overwrite_table(spark, config, "users", users)
+    assert write_world(spark, config, names=["users"], log=None) == {"users": config.world.n_users}
+    assert write_world(spark, config, names=["users"], log=None) == {"users": 0}
+
+    forced = write_world(spark, config, names=["events"], log=None, force=True)
+    assert forced["events"] > 0 and versions(spark, config, ["events"])["events"] == before["events"] + 1
+
+
+def test_the_world_key_changes_with_the_config_and_the_table():
+    a, b = tiny_config_world(), tiny_config_world("world.seed=99")
+    assert world_key(a, "items") != world_key(b, "items")
+    assert world_key(a, "items") != world_key(a, "users")
+    assert world_key(a, "items") == world_key(tiny_config_world(), "items")
 
 
 # --- contracts and truth ---------------------------------------------------------------------
