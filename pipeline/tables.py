@@ -108,11 +108,16 @@ def conform(df: DataFrame, spark: SparkSession, name: str) -> DataFrame:
     return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema_of(spark, name).fields])
 
 
-def overwrite_table(spark: SparkSession, config: AppConfig, name: str, df: DataFrame, tag: str | None = None) -> str:
-    """Replace a whole (input) table in one commit, keeping its DDL and constraints; ``tag`` = the commit's userMetadata."""
-    path = ensure_table(spark, config, name)
+def _overwriter(df: DataFrame, spark: SparkSession, name: str, tag: str | None):
+    """A Delta overwrite of ``name``'s conformed rows; ``tag`` becomes the commit's userMetadata (see latest_commit)."""
     writer = conform(df, spark, name).write.format("delta").mode("overwrite")
-    (writer.option("userMetadata", tag) if tag is not None else writer).save(path)
+    return writer.option("userMetadata", tag) if tag is not None else writer
+
+
+def overwrite_table(spark: SparkSession, config: AppConfig, name: str, df: DataFrame, tag: str | None = None) -> str:
+    """Replace a whole (input) table in one commit, keeping its DDL and constraints."""
+    path = ensure_table(spark, config, name)
+    _overwriter(df, spark, name, tag).save(path)
     return path
 
 
@@ -120,10 +125,22 @@ def replace_run_date(spark: SparkSession, config: AppConfig, name: str, df: Data
                      tag: str | None = None) -> str:
     """Replace one run date's rows atomically: a rerun of the date leaves one row per key."""
     path = ensure_table(spark, config, name)
-    writer = (conform(df, spark, name).write.format("delta").mode("overwrite")
-              .option("replaceWhere", f"run_date = DATE'{run_date.isoformat()}'"))
-    (writer.option("userMetadata", tag) if tag is not None else writer).save(path)
+    _overwriter(df, spark, name, tag).option("replaceWhere", f"run_date = DATE'{run_date.isoformat()}'").save(path)
     return path
+
+
+def latest_commit(spark: SparkSession, path: str) -> tuple[int, str | None] | None:
+    """(version, userMetadata) of the table's last commit; None when there is no Delta table at path.
+
+    Writers that tag their commits with what decided the rows (the world, training_examples)
+    compare the tag to skip a rewrite that would only move the version.
+    """
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, path):
+        return None
+    row = DeltaTable.forPath(spark, path).history(1).select("version", "userMetadata").first()
+    return int(row[0]), row[1]
 
 
 def append_rows(spark: SparkSession, config: AppConfig, name: str, df: DataFrame) -> str:

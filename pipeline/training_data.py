@@ -218,15 +218,6 @@ def _inputs_key(inputs: dict) -> str:
     return json.dumps(inputs, sort_keys=True, default=str)
 
 
-def latest_commit(spark: SparkSession, path: str) -> tuple[int, str | None] | None:
-    from delta.tables import DeltaTable
-
-    if not DeltaTable.isDeltaTable(spark, path):
-        return None
-    row = DeltaTable.forPath(spark, path).history(1).select("version", "userMetadata").first()
-    return int(row[0]), row[1]
-
-
 def write_examples(spark: SparkSession, config: AppConfig, examples: DataFrame, inputs: dict) -> tuple[int, bool]:
     """Overwrite training_examples in one commit tagged with ``inputs``; reuse the table when the tag matches.
 
@@ -234,11 +225,10 @@ def write_examples(spark: SparkSession, config: AppConfig, examples: DataFrame, 
     """
     path = tables.ensure_table(spark, config, "training_examples")
     key = _inputs_key(inputs)
-    latest = latest_commit(spark, path)
+    latest = tables.latest_commit(spark, path)
     if latest is not None and latest[1] == key:
         return latest[0], True
-    (tables.conform(examples, spark, "training_examples").write.format("delta").mode("overwrite")
-        .option("userMetadata", key).save(path))
+    tables.overwrite_table(spark, config, "training_examples", examples, tag=key)
     return tables.table_version(spark, config, "training_examples"), False
 
 

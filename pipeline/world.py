@@ -9,6 +9,7 @@ same code makes the 20k-item demo on one machine and a 200M-item catalogue on a 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -85,25 +86,22 @@ def _rows_written(spark: SparkSession, path: str) -> int | None:
     return int(value) if value is not None else None
 
 
+@functools.cache
+def _generator_digest() -> str:
+    code = hashlib.sha256()
+    for module in (W.__file__, __file__):
+        code.update(Path(module).read_bytes())
+    return code.hexdigest()[:16]
+
+
 def world_key(world: WorldConfig, name: str) -> str:
     """What decides a world table's rows: the world config, the table and the generator's code.
 
     It tags the table's commit (Delta userMetadata), so a rerun can tell its own identical
     write from anything else that wrote the table since.
     """
-    code = hashlib.sha256()
-    for module in (W.__file__, __file__):
-        code.update(Path(module).read_bytes())
-    return json.dumps({"table": name, "world": world.model_dump(mode="json"), "generator": code.hexdigest()[:16]},
+    return json.dumps({"table": name, "world": world.model_dump(mode="json"), "generator": _generator_digest()},
                       sort_keys=True)
-
-
-def _latest_tag(spark: SparkSession, path: str) -> str | None:
-    from delta.tables import DeltaTable
-
-    if not DeltaTable.isDeltaTable(spark, path):
-        return None
-    return DeltaTable.forPath(spark, path).history(1).select("userMetadata").first()[0]
 
 
 def write_world(spark: SparkSession, config: AppConfig, names: Iterable[str] = WORLD_TABLES,
@@ -124,11 +122,11 @@ def write_world(spark: SparkSession, config: AppConfig, names: Iterable[str] = W
         start = time.perf_counter()
         key = world_key(world, name)
         path = config.table(name)
-        if not force and _latest_tag(spark, path) == key:
+        latest = tables.latest_commit(spark, path)
+        if not force and latest is not None and latest[1] == key:
             written[name] = 0
             if log:
-                log(f"world: kept  {name:<17} (version {tables.table_version(spark, config, name)}: "
-                    f"already this world) -> {path}")
+                log(f"world: kept  {name:<17} (version {latest[0]}: already this world) -> {path}")
             continue
         df = world_frame(spark, world, name)
         if name == "candidates":
