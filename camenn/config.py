@@ -99,6 +99,8 @@ class ModelSettings(Section):
     expert_layers: int = Field(1, ge=1)
     tower_layers: int = Field(1, ge=1)
     top_k: int | None = Field(None, ge=1)
+    gate_balance_weight: float = Field(1e-2, ge=0, description="weight of the load-balancing loss of noisy "
+                                       "top-k gates (top_k < n_experts); unused with dense gating")
     max_behaviour: int = Field(5, ge=0)
     dropout: float = Field(0.1, ge=0, lt=1)
     attn_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on attention weights; > 0 makes CPU attention ~5x slower")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from camenn.model import ItemTokens
+from camenn.model import NON_TASK_OUTPUTS, ItemTokens
 
 
 def multitask_loss(
@@ -16,7 +16,8 @@ def multitask_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of per-task BCE-with-logits, each averaged over its labelled rows.
 
-    logits: the model's output (task -> (B,); a "gates" entry is ignored).
+    logits: the model's output (task -> (B,); its "gates" and "gate_aux_loss" entries, NON_TASK_OUTPUTS,
+    are ignored: the training step adds the weighted gate loss itself).
     labels / label_mask: task -> (B,) float / bool. A task that has logits but no labels, or
     whose mask is all False in this batch (a CVR task in an item-only alignment batch), adds 0
     and gets zero gradient, never NaN.
@@ -27,7 +28,7 @@ def multitask_loss(
     total = None
     per_task: dict[str, torch.Tensor] = {}
     for task, z in logits.items():
-        if task == "gates":
+        if task in NON_TASK_OUTPUTS:
             continue
         if task in labels:
             y = labels[task].to(device=z.device, dtype=torch.float32)  # (B,)

@@ -36,6 +36,14 @@ BEHAVIOUR_TOKENS = ("full", "pooled")
 # segment ids
 SEG_TEXT, SEG_IMAGE, SEG_USER = 0, 1, 2
 
+# forward-output keys that are not task logits
+NON_TASK_OUTPUTS = ("gates", "gate_aux_loss")
+
+# noisy top-k gating: std of the initial gate weights, and a floor on the noise std (the paper's
+# reference code), so the load estimate's division never meets 0
+GATE_INIT_STD = 0.02
+GATE_NOISE_EPS = 1e-2
+
 
 # -----------------------------------------------------------------------------
 # configuration
@@ -54,7 +62,10 @@ class CameNNConfig:
     n_experts: int = 4
     expert_layers: int = 1
     tower_layers: int = 1
-    top_k: int | None = None  # None = dense softmax gate over all experts
+    top_k: int | None = None  # None = dense softmax gate over all experts; k < n_experts = noisy top-k
+    # weight of the gates' load-balancing loss (out["gate_aux_loss"]) in training; used only with
+    # noisy top-k gating (top_k < n_experts), dense gating has no such loss
+    gate_balance_weight: float = 1e-2
     bottom_type: str = "transformer"
     expert_type: str = "transformer"
     tasks: tuple[str, ...] = TASKS
@@ -108,10 +119,17 @@ class CameNNConfig:
         for name in ("dropout", "attn_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"{name} must be in [0, 1) (got {getattr(self, name)})")
+        if not self.gate_balance_weight >= 0.0:  # also rejects NaN
+            problems.append(f"gate_balance_weight must be >= 0 (got {self.gate_balance_weight})")
         if self.behaviour_tokens not in BEHAVIOUR_TOKENS:
             problems.append(f"behaviour_tokens must be one of {BEHAVIOUR_TOKENS} (got {self.behaviour_tokens!r})")
         if problems:
             raise ValueError("invalid CameNNConfig: " + "; ".join(problems))
+
+    @property
+    def sparse_gating(self) -> bool:
+        """Noisy top-k gating; top_k = n_experts keeps every expert, which is dense gating."""
+        return self.top_k is not None and self.top_k < self.n_experts
 
     @property
     def item_tokens_max(self) -> int:
@@ -313,6 +331,12 @@ class BlockStack(nn.Module):
         return x
 
 
+def cv_squared(x: torch.Tensor) -> torch.Tensor:
+    """Squared coefficient of variation of a 1-d tensor: 0 when all entries are equal."""
+    x = x.float()
+    return x.var(unbiased=False) / (x.mean() ** 2 + 1e-10)
+
+
 # -----------------------------------------------------------------------------
 # the model
 
@@ -347,6 +371,24 @@ class CameNN(nn.Module):
         # zero heads start every task at p = 0.5; zero gates start with uniform expert mixing
         for layer in [*self.heads.values(), *self.gates.values()]:
             nn.init.zeros_(layer.weight)
+
+        # Noisy top-k gating (Shazeer et al. 2017): a per-task noise projection, created only then,
+        # so dense models keep their state dict keys. It is built and initialised after everything
+        # else, so the other weights of a top-k model draw the same random numbers as a dense one.
+        self.gate_noise = None
+        if cfg.sparse_gating:
+            self.gate_noise = nn.ModuleDict({t: nn.Linear(D, cfg.n_experts) for t in cfg.tasks})
+            for t in cfg.tasks:
+                # zero noise weights: every row's noise std starts at softplus(0) ~ 0.69 (the paper's
+                # init), which in training routes rows to random experts, so every expert gets
+                # chosen and trained from the first step. Zero gate weights would leave eval with
+                # all-equal logits, where topk's tie-break sends every row to the same k experts;
+                # small random ones (logit std ~0.02 at d_model 64, far under the noise) make eval
+                # routing depend on the input while the noise decides in training, and keep the
+                # softmax over the chosen k near uniform, as dense gating is at the start.
+                nn.init.zeros_(self.gate_noise[t].weight)
+                nn.init.zeros_(self.gate_noise[t].bias)
+                nn.init.normal_(self.gates[t].weight, std=GATE_INIT_STD)
 
         # fixed token layout inside an item: [CLS]=0, text i=1+i, [SEP] and patches after max_text_tokens
         L, P = cfg.max_text_tokens, cfg.n_patches
@@ -498,13 +540,43 @@ class CameNN(nn.Module):
     # --- forward -------------------------------------------------------------
 
     def gate_weights(self, task: str, pooled: torch.Tensor) -> torch.Tensor:
+        """Expert weights (B, M) of ``task`` for gate inputs ``pooled`` (B, D); noisy in training with top_k."""
+        return self.gate(task, pooled)[0]
+
+    def gate(self, task: str, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weights (B, M), load-balancing loss (a scalar), None for dense gating).
+
+        Noisy top-k (Shazeer et al. 2017, eq. 3-5 and 6-10): in training H = x W_g + N(0, 1) *
+        softplus(x W_noise), in eval H = x W_g (deterministic scoring); the weights are the
+        softmax over the k largest H, the others exactly 0. The loss is CV^2(importance) +
+        CV^2(load) over the batch: importance = the summed weights per expert, load = the smooth
+        number of rows per expert (the paper's normal-CDF estimate; hard counts in eval, where
+        there is no noise to smooth with).
+        """
         logits = self.gates[task](pooled)  # (B, M)
+        if not self.cfg.sparse_gating:
+            return logits.softmax(dim=-1), None  # (B, M)
         k = self.cfg.top_k
-        if k is None or k >= logits.shape[-1]:
-            return logits.softmax(dim=-1)  # (B, M)
-        top, idx = logits.topk(k, dim=-1)  # (B, k)
+        clean = logits.float()  # (B, M) fp32 under autocast too: the CDF below needs the precision
+        if self.training:
+            noise_std = F.softplus(self.gate_noise[task](pooled).float()) + GATE_NOISE_EPS  # (B, M)
+            noisy = clean + torch.randn_like(clean) * noise_std  # (B, M)
+        else:
+            noisy = clean  # (B, M)
+        top, idx = noisy.topk(k + 1, dim=-1)  # (B, k+1) k < M here, so the (k+1)-th exists
         # softmax over the chosen k only: the others get exactly 0, not a small leak
-        return torch.zeros_like(logits).scatter(-1, idx, top.softmax(dim=-1))  # (B, M)
+        weights = torch.zeros_like(noisy).scatter(-1, idx[:, :k], top[:, :k].softmax(dim=-1))  # (B, M)
+        importance = weights.sum(0)  # (M,)
+        if self.training:
+            # P(expert i in the top k | the others' noisy logits) = Phi((clean_i - bar_i) / std_i),
+            # bar_i = the k-th largest noisy logit among the other experts: the (k+1)-th overall
+            # for an expert that is in, the k-th overall for one that is out
+            bar_in, bar_out = top[:, k:k + 1], top[:, k - 1:k]  # (B, 1), (B, 1)
+            bar = torch.where(noisy > bar_in, bar_in, bar_out)  # (B, M)
+            load = torch.special.ndtr((clean - bar) / noise_std).sum(0)  # (M,)
+        else:
+            load = torch.zeros_like(noisy).scatter(-1, idx[:, :k], 1.0).sum(0)  # (M,) rows per expert
+        return weights, cv_squared(importance) + cv_squared(load)
 
     def _task_list(self, tasks) -> tuple[str, ...]:
         if tasks is None:
@@ -516,7 +588,9 @@ class CameNN(nn.Module):
         return tasks
 
     def forward(self, batch: CameNNBatch, tasks: tuple[str, ...] | str | None = None) -> dict:
-        """Logits (B,) of ``tasks`` (default: all of the model's), and their gate weights under "gates".
+        """Logits (B,) of ``tasks`` (default: all of the model's), their gate weights under "gates"
+        (task -> (B, M)) and the gates' load-balancing loss under "gate_aux_loss" (a scalar, the sum
+        over ``tasks``; 0 for dense gating). NON_TASK_OUTPUTS names the keys that are not tasks.
 
         A task not asked for is not computed: its gate, tower and head are skipped. Training
         asks for CVR on full batches and for ITA/TIA on item-only ones, which saves the towers
@@ -533,14 +607,18 @@ class CameNN(nn.Module):
 
         out: dict = {}
         gates: dict[str, torch.Tensor] = {}
+        aux = torch.zeros((), device=x.device)  # () the gates' load-balancing loss, summed over tasks
         for task in tasks:
-            g = self.gate_weights(task, pooled)  # (B, M)
+            g, balance = self.gate(task, pooled)  # (B, M), () or None
+            if balance is not None:
+                aux = aux + balance  # ()
             xk = torch.einsum("bm,bmtd->btd", g.to(ex.dtype), ex)  # (B, T, D)
             h = self.towers[task](xk, pad)  # (B, T, D)
             h = self.ln_f[task](h[:, cls_idx])  # (B, D) the target's [CLS]
             out[task] = self.heads[task](h).squeeze(-1).float()  # (B,)
             gates[task] = g.float()
         out["gates"] = gates
+        out["gate_aux_loss"] = aux
         return out
 
     @torch.no_grad()
@@ -639,7 +717,8 @@ def count_flops_per_item(cfg: CameNNConfig, n_behaviour: int = 0, n_text_tokens:
 
 
 __all__ = [
-    "TASKS", "BLOCK_TYPES", "BEHAVIOUR_TOKENS", "CameNNConfig", "ItemTokens", "CameNNBatch", "CameNN",
+    "TASKS", "BLOCK_TYPES", "BEHAVIOUR_TOKENS", "NON_TASK_OUTPUTS", "CameNNConfig", "ItemTokens", "CameNNBatch", "CameNN",
+    "cv_squared",
     "TransformerBlock", "MLPBlock", "LSTMBlock", "BlockStack",
     "register_frame", "list_frames", "frame_config", "create_model", "create_model_from_config",
     "sequence_length", "count_flops_per_item",

@@ -39,7 +39,7 @@ import torch.nn as nn
 
 from camenn.inputs import ITEM_FEATURES, FeatureVocab, ItemStore, full_batch, item_only_batch
 from camenn.losses import derangement, make_alignment_examples, multitask_loss
-from camenn.model import TASKS, CameNN, CameNNBatch, ItemTokens, frame_config
+from camenn.model import NON_TASK_OUTPUTS, TASKS, CameNN, CameNNBatch, ItemTokens, frame_config
 from camenn.scoring import AUTOCAST_DTYPES
 
 SPLITS = ("train", "valid", "test")
@@ -455,19 +455,27 @@ def train_step(step_module: nn.Module, opt: torch.optim.Optimizer, full: CameNNB
     """One optimiser step on a full batch plus its item-only alignment batch; returns (loss, per-task losses).
 
     The forward pass runs under autocast when ``amp_dtype`` is set (CUDA in training; the test
-    runs it on CPU); the loss is computed in fp32 (multitask_loss upcasts the logits).
+    runs it on CPU); the loss is computed in fp32 (multitask_loss upcasts the logits). With noisy
+    top-k gates the loss also holds ``gate_balance_weight`` x the gates' load-balancing loss of
+    both passes, and the per-task losses a "gate_aux" entry (that unweighted sum).
     """
     device = full.target.text.device
+    cfg = getattr(step_module, "module", step_module).model.cfg  # a _MixedStep, or DDP around one
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         out_full, out_align = step_module(full, align)
-    loss, per = multitask_loss({k: v for k, v in out_full.items() if k != "gates"},
+    loss, per = multitask_loss({k: v for k, v in out_full.items() if k not in NON_TASK_OUTPUTS},
                                {"cvr": cvr_labels.to(device)}, {}, weights)
+    gate_aux = out_full["gate_aux_loss"]
     if out_align is not None:
-        loss_a, per_a = multitask_loss({k: v for k, v in out_align.items() if k != "gates"},
+        loss_a, per_a = multitask_loss({k: v for k, v in out_align.items() if k not in NON_TASK_OUTPUTS},
                                        {k: v.to(device) for k, v in align_labels.items()},
                                        {k: v.to(device) for k, v in align_mask.items()}, weights)
         loss = loss + loss_a
         per = {**per, **{k: per_a[k] for k in ("ita", "tia") if k in per_a}}
+        gate_aux = gate_aux + out_align["gate_aux_loss"]
+    if cfg.sparse_gating:  # dense gating has no such loss: its loss stays bit-for-bit what it was
+        loss = loss + cfg.gate_balance_weight * gate_aux
+        per["gate_aux"] = gate_aux.detach()
     opt.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()

@@ -20,6 +20,7 @@ from camenn.model import (
     count_flops_per_item,
     create_model,
     create_model_from_config,
+    cv_squared,
     frame_config,
     list_frames,
 )
@@ -123,6 +124,7 @@ def test_config_json_round_trip():
     (dict(tasks=()), "at least one task"),
     (dict(expert_type="gru"), "expert_type"),
     (dict(dropout=1.0), "dropout"),
+    (dict(gate_balance_weight=-0.1), "gate_balance_weight"),
 ])
 def test_config_rejects_bad_values(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -153,7 +155,7 @@ def test_factory_frames_and_overrides():
 def test_output_shapes(item_only):
     cfg = tiny_config()
     out = create_model_from_config(cfg)(random_batch(cfg, B=4, item_only=item_only))
-    assert set(out) == {"cvr", "ita", "tia", "gates"}
+    assert set(out) == {"cvr", "ita", "tia", "gates", "gate_aux_loss"}
     for t in cfg.tasks:
         assert out[t].shape == (4,) and out[t].dtype == torch.float32
         assert out["gates"][t].shape == (4, cfg.n_experts)
@@ -167,7 +169,7 @@ def test_forward_computes_only_the_tasks_asked_for():
     batch = random_batch(cfg, B=4)
     every = model(batch)
     cvr_only = model(batch, "cvr")
-    assert set(cvr_only) == {"cvr", "gates"} and set(cvr_only["gates"]) == {"cvr"}
+    assert set(cvr_only) == {"cvr", "gates", "gate_aux_loss"} and set(cvr_only["gates"]) == {"cvr"}
     torch.testing.assert_close(cvr_only["cvr"], every["cvr"])
     align = model.predict(batch, ("ita", "tia"))
     assert set(align) == {"ita", "tia"}
@@ -190,15 +192,17 @@ def test_gates_sum_to_one_per_task():
         assert (g > 0).all()
 
 
-def test_top_k_keeps_exactly_k_experts():
+@pytest.mark.parametrize("training", [True, False], ids=["train-noisy", "eval"])
+def test_top_k_keeps_exactly_k_experts(training):
     cfg = tiny_config(n_experts=4, top_k=2)
-    model = untrained_model(cfg)
+    model = untrained_model(cfg).train(training)
     out = model(random_batch(cfg, B=8))
     for t in cfg.tasks:
         g = out["gates"][t]
         assert ((g != 0).sum(-1) == 2).all()
         torch.testing.assert_close(g.sum(-1), torch.ones(8))
-    # the kept weights are the softmax over the two largest gate logits, renormalised
+    # in eval (no noise) the kept weights are the softmax over the two largest gate logits, renormalised
+    model.eval()
     pooled = torch.randn(8, cfg.d_model)
     logits = model.gates["cvr"](pooled)
     top, idx = logits.topk(2, dim=-1)
@@ -398,6 +402,172 @@ def test_alignment_examples_swap_the_right_side(attribute_side):
         assert labels["ita"][r] == 1 and bool(mask["ita"][r]) == attribute_side
     assert (labels["ita"][:B] == 1).all() and (labels["tia"][:B] == 1).all()
     assert mask["ita"][:B].all() and mask["tia"][:B].all()
+
+
+# --- noisy top-k gating ------------------------------------------------------
+
+
+def top_k_model(seed: int = 0, **overrides) -> CameNN:
+    """A top-2-of-4 model at its REAL initialisation (gates not overwritten)."""
+    torch.manual_seed(seed)
+    return create_model_from_config(tiny_config(n_experts=4, top_k=2, **overrides))
+
+
+def test_top_k_real_init_selects_every_expert():
+    model = top_k_model()
+    assert model.training
+    out = model(random_batch(model.cfg, B=16))
+    for t in model.cfg.tasks:
+        chosen = out["gates"][t] > 0  # (B, M)
+        assert (chosen.sum(-1) == 2).all()
+        assert chosen.any(0).all(), (t, chosen.sum(0))  # every expert is some row's choice
+    # without noise (eval) the small random gate weights still route rows by their input, not
+    # all to the same pair by topk's tie-break, as all-zero gate weights would
+    model.eval()
+    out = model(random_batch(model.cfg, B=16))
+    for t in model.cfg.tasks:
+        assert (out["gates"][t] > 0).any(0).sum() > 2, t
+
+
+def test_top_k_every_expert_gets_gradient_within_a_few_steps():
+    model = top_k_model()
+    cfg = model.cfg
+    batch = random_batch(cfg, B=8)
+    labels = {t: (torch.arange(8) % 2).float() for t in cfg.tasks}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    trained = torch.zeros(cfg.n_experts, dtype=torch.bool)
+    noise_trained = set()
+    for _ in range(3):
+        out = model(batch)
+        loss, _ = multitask_loss(out, labels, {})
+        assert out["gate_aux_loss"].requires_grad and out["gate_aux_loss"].item() > 0
+        opt.zero_grad(set_to_none=True)
+        (loss + cfg.gate_balance_weight * out["gate_aux_loss"]).backward()
+        for m, expert in enumerate(model.experts):
+            trained[m] |= any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in expert.parameters())
+        noise_trained |= {t for t, layer in model.gate_noise.items() if layer.weight.grad is not None
+                          and bool(layer.weight.grad.abs().sum() > 0)}
+        opt.step()
+    assert trained.all(), trained
+    assert noise_trained == set(cfg.tasks)
+
+
+def balanced_gate_model(training: bool, collapsed: bool) -> tuple[CameNN, torch.Tensor]:
+    """A top-2-of-4 model whose cvr gate logits are 10 x the first 4 input dims, with tiny noise,
+    and inputs that split 4 rows evenly over experts {0, 1} and {2, 3} (or all onto {0, 1})."""
+    model = top_k_model().train(training)
+    D = model.cfg.d_model
+    with torch.no_grad():
+        model.gates["cvr"].weight.copy_(10 * torch.eye(4, D))
+        model.gates["cvr"].bias.zero_()
+        model.gate_noise["cvr"].weight.zero_()
+        model.gate_noise["cvr"].bias.fill_(-30.0)  # noise std = softplus(-30) + 1e-2 ~ 0.01
+    a, b = torch.zeros(D), torch.zeros(D)
+    a[:2], b[2:4] = 1.0, 1.0
+    pooled = torch.stack([a, a, a, a] if collapsed else [a, b, a, b])  # (4, D)
+    return model, pooled
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train-smooth-load", "eval-hard-load"])
+def test_gate_aux_loss_is_zero_when_balanced_and_large_when_collapsed(training):
+    torch.manual_seed(0)
+    assert float(cv_squared(torch.full((4,), 2.0))) == 0.0
+    assert float(cv_squared(torch.tensor([4.0, 0.0, 0.0, 0.0]))) == pytest.approx(3.0)
+    model, pooled = balanced_gate_model(training, collapsed=False)
+    g, aux = model.gate("cvr", pooled)
+    torch.testing.assert_close(g.sum(0), torch.ones(4), atol=0.02, rtol=0)  # each expert: half of 2 rows
+    assert aux.item() < 1e-3
+    model, pooled = balanced_gate_model(training, collapsed=True)
+    _, aux = model.gate("cvr", pooled)
+    # importance (2, 2, 0, 0) and load (4, 4, 0, 0): CV^2 = 1 each
+    assert aux.item() == pytest.approx(2.0, abs=1e-2)
+
+
+def test_train_step_adds_the_weighted_gate_loss_of_both_passes():
+    from camenn.training import _MixedStep, train_step
+
+    results = {}
+    for w in (0.0, 0.5):
+        model = top_k_model(dropout=0.0, gate_balance_weight=w)
+        full = random_batch(model.cfg, 8)
+        align_items = random_batch(model.cfg, 6, item_only=True, seed=1).target
+        examples, align_labels, align_mask = make_alignment_examples(align_items, torch.Generator().manual_seed(0))
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        torch.manual_seed(1)  # the same gate noise for both weights
+        results[w] = train_step(_MixedStep(model), opt, full, (torch.arange(8) % 2).float(), CameNNBatch(examples),
+                                align_labels, align_mask, {})
+    (loss0, per0), (loss1, per1) = results[0.0], results[0.5]
+    assert set(per1) == {"cvr", "ita", "tia", "gate_aux"}
+    torch.testing.assert_close(per0["gate_aux"], per1["gate_aux"])
+    assert float(per1["gate_aux"]) > 0
+    torch.testing.assert_close(loss1 - loss0, 0.5 * per1["gate_aux"])
+
+
+def test_top_k_eval_is_deterministic_and_training_is_noisy():
+    model = top_k_model(dropout=0.0)
+    batch = random_batch(model.cfg, B=6)
+    a, b = model.predict(batch), model.predict(batch)
+    assert all(torch.equal(a[t], b[t]) for t in model.cfg.tasks)
+    model.eval()
+    x, y = model(batch), model(batch)
+    assert all(torch.equal(x["gates"][t], y["gates"][t]) for t in model.cfg.tasks)
+    model.train()  # no dropout: the gate noise alone makes two training passes differ
+    assert not torch.equal(model(batch)["gates"]["cvr"], model(batch)["gates"]["cvr"])
+
+
+@pytest.mark.parametrize("top_k", [None, 4], ids=["top_k-None", "top_k-all"])
+def test_dense_gating_is_unchanged(top_k):
+    cfg = tiny_config(n_experts=4, top_k=top_k)
+    model = create_model_from_config(cfg)
+    assert not cfg.sparse_gating and model.gate_noise is None
+    assert not any("gate_noise" in k for k in model.state_dict())
+    for layer in model.gates.values():  # zero gates: uniform mixing at the start
+        assert torch.equal(layer.weight, torch.zeros_like(layer.weight))
+    batch = random_batch(cfg, B=5)
+    out = model(batch)  # training mode: dense gating has no noise
+    for t in cfg.tasks:
+        assert torch.equal(out["gates"][t], torch.full((5, 4), 0.25))
+    assert float(out["gate_aux_loss"]) == 0.0 and not out["gate_aux_loss"].requires_grad
+    # the dense gate is exactly the softmax of the gate logits, in training as in eval
+    model = untrained_model(cfg)
+    pooled = torch.randn(5, cfg.d_model)
+    assert torch.equal(model.gate_weights("cvr", pooled), model.gates["cvr"](pooled).softmax(-1))
+    # a top-k model draws the same initial weights as the dense one, gates and noise aside
+    torch.manual_seed(7)
+    dense = create_model_from_config(tiny_config(n_experts=4)).state_dict()
+    torch.manual_seed(7)
+    sparse = create_model_from_config(tiny_config(n_experts=4, top_k=2)).state_dict()
+    assert {k for k in sparse if not k.startswith("gate_noise.")} == set(dense)
+    for k, v in dense.items():
+        if not k.startswith("gates."):
+            assert torch.equal(v, sparse[k]), k
+
+
+def test_top_k_noise_weights_round_trip_through_an_artifact(tmp_path):
+    from camenn.checkpoint import load_artifact, save_artifact
+
+    model = top_k_model()
+    with torch.no_grad():
+        for layer in model.gate_noise.values():
+            layer.weight.normal_()
+    art = load_artifact(save_artifact(tmp_path / "model", model, {}))
+    for t in model.cfg.tasks:
+        assert torch.equal(art.model.gate_noise[t].weight, model.gate_noise[t].weight)
+
+
+def test_gate_balance_weight_reaches_the_model_from_the_app_config():
+    from pathlib import Path
+
+    from camenn.config import ModelSettings, load_config
+    from camenn.inputs import FeatureVocab
+    from camenn.training import model_config_from_spec
+
+    assert ModelSettings().gate_balance_weight == CameNNConfig().gate_balance_weight == 1e-2
+    conf = Path(__file__).resolve().parents[1] / "conf" / "demo.yaml"
+    config = load_config(conf, ["model.gate_balance_weight=0.25", "model.n_experts=4", "model.top_k=2"])
+    spec = {"model": config.model.model_dump(mode="json"), "n_patches": 4, "max_text_tokens": 8}
+    cfg = model_config_from_spec(spec, FeatureVocab(["a", "b"], [1.0]), text_dim=12, image_dim=10)
+    assert (cfg.gate_balance_weight, cfg.top_k, cfg.sparse_gating) == (0.25, 2, True)
 
 
 # --- learning ------------------------------------------------------------------
