@@ -5,11 +5,11 @@
 
 Measures, on the world of --conf (generated under --root when it is not there yet):
 
-1. a full nightly run (``pipeline.scoring.run``: every item encoded, aligned, every candidate
+1. a full nightly run (``pipeline.nightly.run``: every item encoded, aligned, every candidate
    scored) and a rerun after 1% of the items changed (their titles), and the ratio;
 2. the alignment path: items/s of (a) the Spark path (valid items joined to their features,
    the mapInPandas UDF, results to Spark's no-op sink) and (b) a plain single-process PyTorch
-   loop (``camenn.scoring.ScoringModel.score_items``) over the same items, with the same model
+   loop (``camenn.predictor.Predictor.score_items``) over the same items, with the same model
    and batch size; both warm (the second of two passes), and their ratio;
 3. model FLOPs per item (``camenn.model.count_flops_per_item`` at the items' mean text
    length) and the achieved FLOP/s of both paths as a share of a dense fp32 matmul peak
@@ -79,9 +79,9 @@ def ensure_model(config, root: Path):
     from camenn.checkpoint import save_artifact
     from camenn.inputs import USER_FEATURES, FeatureVocab
     from camenn.model import create_model
-    from pipeline import features, tables
+    from pipeline import feature_cache, tables
     from pipeline.session import get_spark
-    from udfs.featurize import get_featurizer
+    from udfs.encode import get_featurizer
 
     if (Path(config.model_dir) / "manifest.json").is_file():
         return config, "trained artifact"
@@ -93,7 +93,7 @@ def ensure_model(config, root: Path):
     vocab = FeatureVocab(categories=sorted(c for c in cats if c), price_edges=sorted(set(edges)),
                          user_values={f: sorted(r[0] for r in users.select(f).distinct().collect() if r[0] is not None)
                                       for f in USER_FEATURES})
-    fcfg = features.featurizer_config(config)
+    fcfg = feature_cache.featurizer_config(config)
     featurizer = get_featurizer(fcfg, "cpu")
     m = config.model
     torch.manual_seed(0)
@@ -119,10 +119,10 @@ def main(argv=None) -> int:
     from pyspark.sql import functions as F
 
     from camenn.model import count_flops_per_item
-    from camenn.scoring import ScoringModel
-    from pipeline import features, scoring, tables
+    from camenn.predictor import Predictor
+    from pipeline import feature_cache, nightly, tables
     from pipeline.session import get_spark
-    from udfs.scoring import ALIGN_INPUT, ALIGN_SCHEMA, align_fn
+    from udfs.predict import ALIGN_INPUT, ALIGN_SCHEMA, align_fn
 
     spark = get_spark(config)
     figures: dict = {"config": str(args.conf), "root": str(root), "spark_master": spark.sparkContext.master,
@@ -141,14 +141,14 @@ def main(argv=None) -> int:
             path = config.table(name)
             if tables._is_delta(spark, path):
                 spark.sql(f"DELETE FROM delta.`{path}`")
-        full, figures["full_run_s"] = timed(lambda: scoring.run(spark, config, run_date))
+        full, figures["full_run_s"] = timed(lambda: nightly.run(spark, config, run_date))
         print(full.summary())
         items = tables.read_table(spark, config, "items")
         bucket = F.pmod(F.xxhash64("item_id"), F.lit(10_000)) < int(args.changed * 10_000)
         changed = items.withColumn("title", F.when(bucket, F.concat("title", F.lit(" (new pack)"))).otherwise(F.col("title")))
         changed = changed.localCheckpoint()   # the overwrite reads the table it replaces
         tables.overwrite_table(spark, config, "items", changed)
-        incr, figures["incremental_run_s"] = timed(lambda: scoring.run(spark, config, run_date))
+        incr, figures["incremental_run_s"] = timed(lambda: nightly.run(spark, config, run_date))
         print(incr.summary())
         figures.update(items=full.counts["items_in"], candidates=full.counts.get("candidates_in", 0),
                        full_encoded=full.counts["items_encoded"], incremental_encoded=incr.counts["items_encoded"],
@@ -157,10 +157,10 @@ def main(argv=None) -> int:
 
 
     # 2a. the Spark alignment path, warm
-    model = ScoringModel.load(config.model_dir)
+    model = Predictor.load(config.model_dir)
     fingerprint = model.encoder_fingerprint
-    spark.conf.set(scoring.ARROW_BATCH, str(config.scoring.max_records_per_batch))
-    valid = features.valid_items(spark, config, fingerprint)
+    spark.conf.set(nightly.ARROW_BATCH, str(config.scoring.max_records_per_batch))
+    valid = feature_cache.valid_items(spark, config, fingerprint)
     keys = valid.select(*ALIGN_INPUT).localCheckpoint()        # hashes and joins out of the timed part
     n = keys.count()
     udf = align_fn(config.model_dir, model.version, config.scoring.batch_size, "none")

@@ -7,7 +7,6 @@ __version__ = "0.1.0"
 _LAZY = {
     "FeaturizerConfig": "camenn.featurizer",
     "ItemFeaturizer": "camenn.featurizer",
-    "content_hash": "camenn.featurizer",
     "ImageDecodeError": "camenn.images",
 }
 

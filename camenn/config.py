@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 TABLE_NAMES = (
     "items", "users", "events", "impressions", "candidates",
     "truth_items", "truth_impressions",
-    "item_features", "item_alignment", "cvr_scores", "quarantine", "runs", "quality_flags",
+    "item_features", "item_model_outputs", "item_alignment", "cvr_scores", "quarantine", "runs", "quality_flags",
     "training_examples",
 )
 
@@ -82,11 +82,12 @@ class FeaturizerSettings(Section):
     patch_size: int = Field(224, ge=32)
     batch_size: int = Field(64, gt=0)
     unfreeze_last_layers: int = Field(0, ge=0)
+    rows_per_task: int = Field(512, gt=0, description="items per Spark encode task: the progress bar's step and a retry's cost")
 
     def to_featurizer_config(self):
         from camenn.featurizer import FeaturizerConfig
 
-        return FeaturizerConfig(**self.model_dump())
+        return FeaturizerConfig(**self.model_dump(exclude={"rows_per_task"}))
 
 
 class ModelSettings(Section):

@@ -12,7 +12,6 @@ Rows that cannot be featurized carry a reason in ``errors`` and are encoded as n
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,11 +29,14 @@ __all__ = [
     "EncodedItems",
     "pack_item_features",
     "unpack_item_features",
-    "content_hash",
+    "pack_tokens",
+    "BLOB_FP16",
+    "BLOB_FP32",
 ]
 
 # Little-endian on disk whatever the worker's byte order, so blobs move between machines.
-_BLOB_DTYPE = np.dtype("<f2")
+BLOB_FP16, BLOB_FP32 = np.dtype("<f2"), np.dtype("<f4")
+_BLOB_DTYPE = BLOB_FP16
 _AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -293,8 +295,13 @@ def unpack_item_features(
     text_dim: int,
     image_dim: int,
     n_patches: int,
+    blob_dtype: np.dtype = BLOB_FP16,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Blobs from :func:`pack_item_features` -> (text (B, Lmax, Dt), text_mask (B, Lmax), image (B, P, Di)) float32."""
+    """Blobs from :func:`pack_item_features` -> (text (B, Lmax, Dt), text_mask (B, Lmax), image (B, P, Di)) float32.
+
+    The one blob codec of the project: ``blob_dtype`` BLOB_FP32 reads the model's projected
+    item tokens (``item_projections``, written by :func:`pack_tokens`) with the same layout.
+    """
     b = len(text_embs)
     if len(n_text_tokens) != b or len(image_embs) != b:
         raise ValueError(f"text_embs, n_text_tokens and image_embs differ in length: {b}, {len(n_text_tokens)}, {len(image_embs)}")
@@ -304,28 +311,17 @@ def unpack_item_features(
     mask = np.zeros((b, longest), dtype=bool)  # (B, Lmax)
     image = np.zeros((b, n_patches, image_dim), dtype=np.float32)  # (B, P, Di)
     for i, (t, n, im) in enumerate(zip(text_embs, counts, image_embs)):
-        if len(t) != n * text_dim * _BLOB_DTYPE.itemsize or len(im) != n_patches * image_dim * _BLOB_DTYPE.itemsize:
+        if len(t) != n * text_dim * blob_dtype.itemsize or len(im) != n_patches * image_dim * blob_dtype.itemsize:
             raise ValueError(
                 f"row {i}: blob sizes {len(t)}/{len(im)} bytes do not match n_text_tokens={n}, "
-                f"text_dim={text_dim}, n_patches={n_patches}, image_dim={image_dim} (fp16)"
+                f"text_dim={text_dim}, n_patches={n_patches}, image_dim={image_dim} ({blob_dtype})"
             )
-        text[i, :n] = np.frombuffer(t, dtype=_BLOB_DTYPE).reshape(n, text_dim)
+        text[i, :n] = np.frombuffer(t, dtype=blob_dtype).reshape(n, text_dim)
         mask[i, :n] = True
-        image[i] = np.frombuffer(im, dtype=_BLOB_DTYPE).reshape(n_patches, image_dim)
+        image[i] = np.frombuffer(im, dtype=blob_dtype).reshape(n_patches, image_dim)
     return torch.from_numpy(text), torch.from_numpy(mask), torch.from_numpy(image)
 
 
-def content_hash(title: str | None, description: str | None, image_bytes: bytes | None, fingerprint: str) -> str:
-    """sha256 hex of an item version's content under one encoder fingerprint.
-
-    Each field is framed as presence flag + 8-byte length + bytes, so no two different field
-    tuples (including None vs "") can produce the same byte stream.
-    """
-    h = hashlib.sha256(b"camenn-item-content/v1\0")
-    for value in (fingerprint, title, description, image_bytes):
-        if value is None:
-            h.update(b"\0")
-            continue
-        data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
-        h.update(b"\1" + len(data).to_bytes(8, "little") + data)
-    return h.hexdigest()
+def pack_tokens(tokens: torch.Tensor, blob_dtype: np.dtype = BLOB_FP32) -> bytes:
+    """One item's token vectors (n, D) as a little-endian blob that unpack_item_features reads."""
+    return tokens.detach().cpu().numpy().astype(blob_dtype).tobytes()

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from camenn.featurizer import unpack_item_features
+from camenn.featurizer import BLOB_FP16, BLOB_FP32, unpack_item_features
 from camenn.model import CameNNBatch, ItemTokens
 
 ITEM_FEATURES = ("category", "price_bucket")
@@ -81,24 +81,29 @@ class FeatureVocab:
 class ItemStore:
     """Encoder outputs and item features of a set of items, addressable by row index.
 
-    Text and image vectors stay float16 (as cached) until a batch is gathered, which halves
-    the memory of a demo-sized catalogue held for training.
+    Encoder outputs stay float16 (as cached) until a batch is gathered, which halves the memory
+    of a demo-sized catalogue held for training. Projected items (the model's own d_model input
+    tokens, ``CameNN.project_items``) stay float32, as cached in ``item_projections``.
     """
 
     def __init__(self, item_ids: Sequence[str], text: torch.Tensor, text_mask: torch.Tensor,
-                 image: torch.Tensor, feats: torch.Tensor):
+                 image: torch.Tensor, feats: torch.Tensor, projected: bool = False):
         self.item_ids = list(item_ids)
         self.index = {item_id: i for i, item_id in enumerate(self.item_ids)}
-        self.text = text.to(torch.float16)      # (N, L, Dt)
+        self.projected = projected
+        dtype = torch.float32 if projected else torch.float16
+        self.text = text.to(dtype)              # (N, L, Dt) or (N, L, D) projected
         self.text_mask = text_mask              # (N, L) bool
-        self.image = image.to(torch.float16)    # (N, P, Di)
+        self.image = image.to(dtype)            # (N, P, Di) or (N, P, D) projected
         self.feats = feats.long()               # (N, Fi)
 
     @classmethod
     def from_blobs(cls, item_ids, text_embs, n_text_tokens, image_embs, feats: np.ndarray,
-                   text_dim: int, image_dim: int, n_patches: int) -> "ItemStore":
-        text, mask, image = unpack_item_features(text_embs, n_text_tokens, image_embs, text_dim, image_dim, n_patches)
-        return cls(item_ids, text, mask, image, torch.as_tensor(feats))
+                   text_dim: int, image_dim: int, n_patches: int, projected: bool = False) -> "ItemStore":
+        """Encoder-output blobs (fp16, item_features), or with ``projected`` the model's fp32 d_model tokens."""
+        text, mask, image = unpack_item_features(text_embs, n_text_tokens, image_embs, text_dim, image_dim, n_patches,
+                                                 blob_dtype=BLOB_FP32 if projected else BLOB_FP16)
+        return cls(item_ids, text, mask, image, torch.as_tensor(feats), projected=projected)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -116,6 +121,7 @@ class ItemStore:
             text_mask=self.text_mask[safe] & present,                        # (..., L)
             image=self.image[safe].float(),                                  # (..., P, Di)
             feats=self.feats[safe] * present,                                # (..., Fi)
+            projected=self.projected,
         )
 
 

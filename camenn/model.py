@@ -155,29 +155,35 @@ class CameNNConfig:
 
 @dataclass
 class ItemTokens:
-    """Cached encoder outputs of a batch of items. Behaviour items carry an extra N dim after B."""
+    """Cached encoder outputs of a batch of items. Behaviour items carry an extra N dim after B.
 
-    text: torch.Tensor  # (B, L, Dt) float
+    ``projected`` items carry the model's own input projections instead (``CameNN.project_items``:
+    text and image already mapped to d_model), which is all an item contributes besides its
+    feature ids; the nightly CVR path moves these compact tokens instead of the encoder outputs.
+    """
+
+    text: torch.Tensor  # (B, L, Dt) float, or (B, L, D) when projected
     text_mask: torch.Tensor  # (B, L) bool, True = real token
-    image: torch.Tensor  # (B, P, Di) float
+    image: torch.Tensor  # (B, P, Di) float, or (B, P, D) when projected
     feats: torch.Tensor  # (B, Fi) long, one column per config.item_feature_sizes key
+    projected: bool = False
 
     def to(self, device, non_blocking: bool = False) -> "ItemTokens":
         return ItemTokens(*(t.to(device, non_blocking=non_blocking) for t in
-                            (self.text, self.text_mask, self.image, self.feats)))
+                            (self.text, self.text_mask, self.image, self.feats)), projected=self.projected)
 
     def __len__(self) -> int:
         return self.text.shape[0]
 
     def select(self, idx: torch.Tensor) -> "ItemTokens":
         """Rows ``idx`` (a LongTensor) of every field."""
-        return ItemTokens(self.text[idx], self.text_mask[idx], self.image[idx], self.feats[idx])
+        return ItemTokens(self.text[idx], self.text_mask[idx], self.image[idx], self.feats[idx], self.projected)
 
     @staticmethod
     def cat(parts: list["ItemTokens"]) -> "ItemTokens":
         """Concatenate along B; text lengths must already agree."""
         return ItemTokens(*(torch.cat([getattr(p, f) for p in parts], dim=0)
-                            for f in ("text", "text_mask", "image", "feats")))
+                            for f in ("text", "text_mask", "image", "feats")), projected=parts[0].projected)
 
 
 @dataclass
@@ -430,17 +436,30 @@ class CameNN(nn.Module):
     def _check_items(self, items: ItemTokens, lead: int, what: str):
         cfg = self.cfg
         t, m, im = items.text, items.text_mask, items.image
-        if t.dim() != lead + 2 or t.shape[-1] != cfg.text_dim:
-            raise ValueError(f"{what}.text: expected {lead + 2} dims ending in text_dim={cfg.text_dim}, got {tuple(t.shape)}")
+        text_dim, image_dim = (cfg.d_model, cfg.d_model) if items.projected else (cfg.text_dim, cfg.image_dim)
+        if t.dim() != lead + 2 or t.shape[-1] != text_dim:
+            raise ValueError(f"{what}.text: expected {lead + 2} dims ending in {text_dim}, got {tuple(t.shape)}")
         if t.shape[-2] > cfg.max_text_tokens:
             raise ValueError(f"{what}.text: {t.shape[-2]} tokens > max_text_tokens={cfg.max_text_tokens}")
         if m.shape != t.shape[:-1] or m.dtype != torch.bool:
             raise ValueError(f"{what}.text_mask: expected bool {tuple(t.shape[:-1])}, got {m.dtype} {tuple(m.shape)}")
-        if im.shape[:-2] != t.shape[:-2] or im.shape[-2:] != (cfg.n_patches, cfg.image_dim):
-            raise ValueError(f"{what}.image: expected {tuple(t.shape[:-2]) + (cfg.n_patches, cfg.image_dim)}, got {tuple(im.shape)}")
+        if im.shape[:-2] != t.shape[:-2] or im.shape[-2:] != (cfg.n_patches, image_dim):
+            raise ValueError(f"{what}.image: expected {tuple(t.shape[:-2]) + (cfg.n_patches, image_dim)}, got {tuple(im.shape)}")
         self._check_ids(items.feats, cfg.item_feature_sizes, f"{what}.feats")
         if items.feats.shape[:-1] != t.shape[:-2]:
             raise ValueError(f"{what}.feats: leading dims {tuple(items.feats.shape[:-1])} != {tuple(t.shape[:-2])}")
+
+    def project_items(self, items: ItemTokens) -> ItemTokens:
+        """The per-item part of the input: encoder outputs -> d_model tokens (no-op when already projected).
+
+        It depends only on the item's content and the weights, so the nightly job computes it
+        once per (content, model version) and caches it (``item_projections``).
+        """
+        if items.projected:
+            return items
+        return ItemTokens(self.text_in(items.text),  # (..., L, D)
+                          items.text_mask, self.image_in(items.image),  # (..., P, D)
+                          items.feats, projected=True)
 
     def embed_items(self, items: ItemTokens, slot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Token run [CLS] text [SEP] patches per item. items (B', ...), slot (B',) -> x (B', Ti, D), pad (B', Ti)."""
@@ -449,9 +468,10 @@ class CameNN(nn.Module):
         cls = self.cls.expand(B, 1, -1)  # (B', 1, D)
         for j, emb in enumerate(self.item_feats.values()):
             cls = cls + emb(items.feats[:, j])[:, None, :]  # (B', 1, D)
-        text = self.text_in(items.text)  # (B', L, D)
+        items = self.project_items(items)
+        text = items.text  # (B', L, D)
         sep = self.sep.expand(B, 1, -1)  # (B', 1, D)
-        image = self.image_in(items.image)  # (B', P, D)
+        image = items.image  # (B', P, D)
         x = torch.cat([cls, text, sep, image], dim=1)  # (B', Ti, D), Ti = L + 2 + P
 
         dev = x.device
@@ -474,10 +494,11 @@ class CameNN(nn.Module):
         cls = self.cls.expand(B, -1)  # (B', D)
         for j, emb in enumerate(self.item_feats.values()):
             cls = cls + emb(items.feats[:, j])  # (B', D)
+        items = self.project_items(items)
         real = items.text_mask.unsqueeze(-1).to(items.text.dtype)  # (B', L, 1)
         n_text = real.sum(1)  # (B', 1)
-        text = (self.text_in(items.text) * real).sum(1) / n_text.clamp_min(1.0)  # (B', D) mean over real tokens
-        image = self.image_in(items.image).mean(1)  # (B', D)
+        text = (items.text * real).sum(1) / n_text.clamp_min(1.0)  # (B', D) mean over real tokens
+        image = items.image.mean(1)  # (B', D)
         x = torch.stack([cls, text, image], dim=1)  # (B', 3, D)
         dev = x.device
         pos = torch.stack([torch.zeros((), dtype=torch.long, device=dev), self.text_pos[0], self.tail_pos[1]])  # (3,)
@@ -520,7 +541,8 @@ class CameNN(nn.Module):
             elif mask.shape != (B, N) or mask.dtype != torch.bool:
                 raise ValueError(f"behaviour_mask: expected bool {(B, N)}, got {mask.dtype} {tuple(mask.shape)}")
             if N:
-                flat = ItemTokens(beh.text.flatten(0, 1), beh.text_mask.flatten(0, 1), beh.image.flatten(0, 1), beh.feats.flatten(0, 1))
+                flat = ItemTokens(beh.text.flatten(0, 1), beh.text_mask.flatten(0, 1), beh.image.flatten(0, 1),
+                                  beh.feats.flatten(0, 1), projected=beh.projected)
                 slot = torch.arange(1, N + 1, device=dev).repeat(B)  # (B*N,)
                 embed_behaviour = self.embed_items_pooled if cfg.behaviour_tokens == "pooled" else self.embed_items
                 xb, pb = embed_behaviour(flat, slot)  # (B*N, Tb, D), (B*N, Tb); Tb = 3 when pooled

@@ -40,7 +40,7 @@ import torch.nn as nn
 from camenn.inputs import ITEM_FEATURES, FeatureVocab, ItemStore, full_batch, item_only_batch
 from camenn.losses import derangement, make_alignment_examples, multitask_loss
 from camenn.model import NON_TASK_OUTPUTS, TASKS, CameNN, CameNNBatch, ItemTokens, frame_config
-from camenn.scoring import AUTOCAST_DTYPES
+from camenn.predictor import AUTOCAST_DTYPES
 
 SPLITS = ("train", "valid", "test")
 N_BUCKETS = 1024  # training_examples.bucket is in [0, N_BUCKETS)

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = job_parser(__doc__, run_date="default: the config's world.run_date").parse_args(argv)
 
     def score() -> None:
-        from pipeline.scoring import run
+        from pipeline.nightly import run
 
         config = job_config(args)
         result = run(job_session(config, "score-catalog"), config, args.run_date)

@@ -69,7 +69,7 @@ def job_session(config: AppConfig, job: str):
 def _nothing_done_errors() -> tuple[type[BaseException], ...]:
     from pipeline.ingest import IngestError
     from pipeline.report import ReportError
-    from pipeline.scoring import MissingInput
+    from pipeline.nightly import MissingInput
     from pipeline.session import EnvironmentProblem
     from pipeline.tables import MissingTable
 

@@ -56,7 +56,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from camenn.config import AppConfig
-from pipeline import tables
+from pipeline import feature_cache, tables
 
 JOB = "quality_report"
 SIDES = ("text", "image", "both")
@@ -587,23 +587,11 @@ def _merchant_page_fn(settings: PageSettings, flag_columns: list[str]):
 # ----------------------------------------------------------------------------- Spark inputs
 
 
-def content_key(title="title", description="description", image="image"):
-    """sha-256 of what the merchant controls (title, description, image bytes), null-safe.
-
-    Independent of the encoders, so a new model does not make every flag "new" again.
-    """
-    def part(c, is_binary=False):
-        value = F.sha2(F.col(c), 256) if is_binary else F.sha2(F.col(c).cast("binary"), 256)
-        return F.coalesce(value, F.lit("-"))
-    return F.sha2(F.concat_ws("|", part(title), part(description), part(image, True)).cast("binary"), 256)
-
-
-def latest_items(items: DataFrame) -> DataFrame:
-    """One row per item_id: the newest, as pipeline.features.checked_items picks it."""
-    newest = F.row_number().over(Window.partitionBy("item_id").orderBy(
-        F.col("updated_at").desc_nulls_last(),
-        F.xxhash64("title", "description", "image", "merchant_id", "category", "price").desc()))
-    return items.withColumn("_k", newest).where(F.col("_k") == 1).drop("_k")
+def latest_items(spark: SparkSession, config: AppConfig, item_ids: DataFrame) -> DataFrame:
+    """One row per item_id of ``item_ids`` with its image: the newest, by feature_cache's one rule."""
+    items = feature_cache.item_rows(spark, config, with_image=True).join(item_ids, "item_id", "left_semi")
+    return (items.withColumn("_k", F.row_number().over(feature_cache.newest_first()))
+            .where(F.col("_k") == 1).drop("_k"))
 
 
 def _history(spark: SparkSession, config: AppConfig, run_date: dt.date) -> DataFrame:
@@ -621,7 +609,7 @@ def _fingerprint(config: AppConfig) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _fingerprint_of(settings) -> str:   # hashes the encoder weight files: once per process and settings
-    from pipeline.features import featurizer_fingerprint
+    from pipeline.feature_cache import featurizer_fingerprint
 
     return featurizer_fingerprint(settings.to_featurizer_config())
 
@@ -727,8 +715,8 @@ def build_report(spark: SparkSession, config: AppConfig, run_date: dt.date) -> R
         flagged = (alignment.where(F.col("flag"))
                    .select("item_id", "merchant_id", "category", "p_ita", "p_tia", "reason", "model_version"))
         # only the flagged items' rows reach the de-duplication window (not the catalogue's images)
-        items = (latest_items(tables.read_table(spark, config, "items").join(flagged.select("item_id"), "item_id", "left_semi"))
-                 .select("item_id", "title", "description", "image", content_key().alias("content_hash")))
+        items = (latest_items(spark, config, flagged.select("item_id"))
+                 .select("item_id", "title", "description", "image", "content_hash"))
         flagged = flagged.join(items, "item_id", "left").join(features, "item_id", "left")
         flagged = (flagged.join(_history(spark, config, run_date), ["item_id", "content_hash"], "left")
                    .select(*_PAGE_INPUT))

@@ -30,8 +30,11 @@ class TableSpec:
 _PROBABILITY = "{c} >= 0 AND {c} <= 1"
 
 SPECS: dict[str, TableSpec] = {spec.name: spec for spec in [
+    # content_hash and image_size are derived by conform() whenever a row is written, so a night
+    # learns what changed from these two small columns without reading a single image
     TableSpec("items", """item_id STRING NOT NULL, merchant_id STRING NOT NULL, category STRING,
-        title STRING, description STRING, image BINARY, price DOUBLE, updated_at TIMESTAMP""",
+        title STRING, description STRING, image BINARY, price DOUBLE, updated_at TIMESTAMP,
+        content_hash STRING, image_size INT""",
         key=("item_id",)),
     TableSpec("users", "user_id STRING NOT NULL, age_band STRING, household STRING, zone STRING",
         key=("user_id",)),
@@ -46,6 +49,13 @@ SPECS: dict[str, TableSpec] = {spec.name: spec for spec in [
         checks={"p_buy_is_probability": _PROBABILITY.format(c="p_buy")}),
     TableSpec("item_features", """item_id STRING NOT NULL, content_hash STRING NOT NULL, encoder_fingerprint STRING NOT NULL,
         text_emb BINARY NOT NULL, n_text_tokens INT NOT NULL, image_emb BINARY NOT NULL, updated_at TIMESTAMP NOT NULL""",
+        checks={"has_text_tokens": "n_text_tokens > 0"}, key=("item_id",)),
+    # One row per item: what the model in service computes from the item alone, keyed on what it
+    # read (content, category, price) and the model version; the nightly job reuses a row while
+    # all of those are unchanged. p_ita / p_tia are null for a model without alignment heads.
+    TableSpec("item_model_outputs", """item_id STRING NOT NULL, content_hash STRING NOT NULL, category STRING, price DOUBLE,
+        model_version STRING NOT NULL, text_proj BINARY NOT NULL, n_text_tokens INT NOT NULL, image_proj BINARY NOT NULL,
+        p_ita DOUBLE, p_tia DOUBLE, updated_at TIMESTAMP NOT NULL""",
         checks={"has_text_tokens": "n_text_tokens > 0"}, key=("item_id",)),
     TableSpec("item_alignment", """run_date DATE NOT NULL, item_id STRING NOT NULL, merchant_id STRING NOT NULL, category STRING,
         p_ita DOUBLE NOT NULL, p_tia DOUBLE NOT NULL, flag BOOLEAN NOT NULL, reason STRING, model_version STRING NOT NULL""",
@@ -88,12 +98,22 @@ def ensure_table(spark: SparkSession, config: AppConfig, name: str) -> str:
     """Create the table (empty, with its constraints) if it does not exist; return its path."""
     spec, path = SPECS[name], config.table(name)
     if _is_delta(spark, path):
+        _add_missing_columns(spark, name, path)
         return path
     partitioned = f" PARTITIONED BY ({', '.join(spec.partition_by)})" if spec.partition_by else ""
     spark.sql(f"CREATE TABLE IF NOT EXISTS delta.`{path}` ({spec.columns}) USING DELTA{partitioned}")
     for constraint, condition in spec.checks.items():
         spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {constraint} CHECK ({condition})")
     return path
+
+
+def _add_missing_columns(spark: SparkSession, name: str, path: str) -> None:
+    """A table written before a (nullable) column joined its contract gets the column, one metadata commit."""
+    have = {f.name for f in spark.read.format("delta").load(path).schema.fields}
+    missing = [f for f in schema_of(spark, name).fields if f.name not in have]
+    if missing:
+        cols = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in missing)
+        spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({cols})")
 
 
 def schema_of(spark: SparkSession, name: str):
@@ -103,9 +123,38 @@ def schema_of(spark: SparkSession, name: str):
     return StructType.fromDDL(" ".join(SPECS[name].columns.split()))
 
 
+def content_hash(title="title", description="description", image="image"):
+    """sha-256 hex of what the encoders read and the merchant controls: title, description, image bytes.
+
+    Each field is hashed on its own and a missing field is "-", so no two different field
+    tuples (None vs "" included) give the same input to the outer hash. Independent of the
+    encoders and the model: ``item_features`` is keyed on it together with the encoder
+    fingerprint, the alignment reuse with the model version, and a report's "new flag" on it alone.
+    """
+    def part(c):
+        return F.coalesce(F.sha2(F.col(c).cast("binary"), 256), F.lit("-"))
+    return F.sha2(F.concat_ws("|", part(title), part(description), part(image)).cast("binary"), 256)
+
+
+DERIVED = {"items": {"content_hash": content_hash, "image_size": lambda: F.octet_length("image")}}
+
+
+def input_schema(spark: SparkSession, name: str):
+    """The columns a writer provides: the contract without the ones conform() derives."""
+    from pyspark.sql.types import StructType
+
+    return StructType([f for f in schema_of(spark, name).fields if f.name not in DERIVED.get(name, {})])
+
+
 def conform(df: DataFrame, spark: SparkSession, name: str) -> DataFrame:
-    """Select and cast df's columns to the table's contract, in the contract's order."""
-    return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema_of(spark, name).fields])
+    """Select and cast df's columns to the table's contract, in the contract's order.
+
+    Derived columns (``DERIVED``) are computed here from the row itself, whatever the writer
+    passed, so every writer (world, ingest, a MERGE) stores the same hash for the same content.
+    """
+    derived = DERIVED.get(name, {})
+    return df.select(*[(derived[f.name]() if f.name in derived else F.col(f.name)).cast(f.dataType).alias(f.name)
+                       for f in schema_of(spark, name).fields])
 
 
 def _overwriter(df: DataFrame, spark: SparkSession, name: str, tag: str | None):

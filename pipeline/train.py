@@ -145,7 +145,7 @@ def _matching_artifact(path, **wanted):
 
 def current_artifact(config: AppConfig, path: str | None = None, seed: int | None = None):
     """The artifact at training.artifact_dir when it loads, verifies and was trained from this config and seed; else None."""
-    from pipeline.features import featurizer_config, featurizer_fingerprint
+    from pipeline.feature_cache import featurizer_config, featurizer_fingerprint
 
     seed = config.training.seeds[0] if seed is None else seed
     art = _matching_artifact(path or config.training.artifact_dir, config_hash=config_hash(config), seed=int(seed),

@@ -12,7 +12,7 @@ One row per (user, target item, time) with label = bought:
   forces either source);
 - ``behaviour``: the user's last ``model.max_behaviour`` purchases STRICTLY before the
   example's ``ts``, oldest first (item_id array), of items with cached features - the same
-  rule the nightly job applies at its run date (``pipeline.features.behaviour_sequences``);
+  rule the nightly job applies at its run date (``pipeline.feature_cache.behaviour_sequences``);
 - the user's profile fields (age_band, household, zone), null where unknown;
 - ``split``: train / valid / test by a salted hash of user_id (``split.rule: random_user``,
   so no user is on two sides) or by time quantiles (``split.rule: time``: every valid row is
@@ -242,15 +242,15 @@ def settings_of(config: AppConfig, source: str, fingerprint: str) -> dict:
 def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
                           update_features: bool = True) -> TrainingData:
     """Refresh the item feature cache, fit the vocabulary and write training_examples; pin every version."""
-    from pipeline import features
+    from pipeline import feature_cache
 
     run_date = run_date or dt.date.today()
-    fcfg = features.featurizer_config(config)
-    fingerprint = features.featurizer_fingerprint(fcfg)
+    fcfg = feature_cache.featurizer_config(config)
+    fingerprint = feature_cache.featurizer_fingerprint(fcfg)
     stats = None
     if update_features:
         spark.sparkContext.setJobDescription("training: item feature cache")
-        stats = features.update_item_features(spark, config, run_date, job="train")
+        stats = feature_cache.update_item_features(spark, config, run_date, job="train")
 
     versions: dict[str, int] = {}
     source = examples_source(spark, config)
@@ -262,7 +262,7 @@ def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.d
     spark.sparkContext.setJobDescription("training: valid items and vocabulary")
     cached = (frames["item_features"].where(F.col("encoder_fingerprint") == fingerprint)
               .select("item_id", "content_hash"))
-    keys = features.item_keys(spark, config, fingerprint, items_df=frames["items"])
+    keys = feature_cache.item_keys(spark, config, fingerprint, items_df=frames["items"])
     valid = keys.join(cached, ["item_id", "content_hash"], "inner").select("item_id", "category", "price").cache()
     vocab = fit_vocab(valid, frames["users"], config.training.price_buckets)
 

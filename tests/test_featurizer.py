@@ -14,7 +14,6 @@ from PIL import Image, ImageFile
 from camenn.featurizer import (
     FeaturizerConfig,
     ItemFeaturizer,
-    content_hash,
     pack_item_features,
     unpack_item_features,
 )
@@ -237,23 +236,6 @@ def test_pack_unpack_round_trip(featurizer, catalogue):
 
     with pytest.raises(ValueError, match="row 0"):
         unpack_item_features([text_embs[0][:-2]], [counts[0]], [image_embs[0]], 384, 1280, 9)
-
-
-def test_content_hash_separates_every_field(featurizer):
-    fp = featurizer.fingerprint
-    base = content_hash("Tea", "Green", b"\x89PNG", fp)
-    assert len(base) == 64 and base == content_hash("Tea", "Green", b"\x89PNG", fp)
-    variants = [
-        content_hash("Tea!", "Green", b"\x89PNG", fp),
-        content_hash("Tea", "Green!", b"\x89PNG", fp),
-        content_hash("Tea", "Green", b"\x89PNG!", fp),
-        content_hash("Tea", "Green", b"\x89PNG", "0" * 64),
-        content_hash("TeaG", "reen", b"\x89PNG", fp),  # moving a field boundary
-        content_hash("Tea", "", b"\x89PNG", fp),
-        content_hash("Tea", None, b"\x89PNG", fp),
-        content_hash("Tea", "Green", None, fp),
-    ]
-    assert len({base, *variants}) == len(variants) + 1
 
 
 def test_config_is_validated_with_the_key_name():

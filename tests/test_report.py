@@ -107,7 +107,7 @@ def write_world(spark, config, items: list[Item], run_date: dt.date, *, write_it
         rows = [(it.item_id, it.merchant_id, it.category, it.title or f"{it.text_looks} item {it.item_id}",
                  it.description or f"a good {it.text_looks} product", jpeg(it.image_looks, i), 1.5 + i,
                  T0 + dt.timedelta(hours=i)) for i, it in enumerate(items)]
-        tables.overwrite_table(spark, config, "items", spark.createDataFrame(rows, tables.schema_of(spark, "items")))
+        tables.overwrite_table(spark, config, "items", spark.createDataFrame(rows, tables.input_schema(spark, "items")))
         feats = [(it.item_id, f"h-{it.item_id}", fingerprint, *blobs(it, n_patches, i), T0) for i, it in enumerate(items)]
         tables.overwrite_table(spark, config, "item_features",
                                spark.createDataFrame(feats, tables.schema_of(spark, "item_features")))
@@ -201,7 +201,7 @@ def test_side_of_reads_the_reason_then_the_probabilities():
     assert report.side_of(None, 0.8, 0.2) == "image"
     assert report.side_of(None, 0.2, 0.3) == "both"
     assert report.side_of("category quantile", 0.6, 0.7) == "text"   # neither threshold: the lower one
-    # the scoring job's reasons (pipeline.scoring.FLAG_REASONS)
+    # the scoring job's reasons (pipeline.nightly.FLAG_REASONS)
     assert report.side_of("text suspect", 0.9, 0.9) == "text"
     assert report.side_of("image suspect", 0.9, 0.9) == "image"
     assert report.side_of("text and image suspect", 0.9, 0.9) == "both"

@@ -38,7 +38,7 @@ def trained(spark, world_root):
 
 def test_artifact_records_the_contract_and_table_versions(spark, trained):
     from camenn.checkpoint import load_artifact
-    from pipeline.features import featurizer_config, featurizer_fingerprint
+    from pipeline.feature_cache import featurizer_config, featurizer_fingerprint
 
     config, result = trained
     art = load_artifact(result.artifact)

@@ -2,7 +2,7 @@
 
 Spark keeps Python workers alive between tasks (``spark.python.worker.reuse``), so anything
 cached in a module-level dict here survives from one task to the next on the same worker:
-the featurizer's encoders (``udfs.featurize``) and the CameNN model (``udfs.scoring``) are
+the featurizer's encoders (``udfs.encode``) and the CameNN model (``udfs.predict``) are
 loaded once per worker and per device, not once per task or per Arrow batch.
 
 The helpers below decide where a task runs: the GPU Spark assigned to the task when there is

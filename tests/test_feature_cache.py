@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from conftest import jpeg_with_shapes, tiny_config
-from pipeline import features, tables
+from pipeline import feature_cache, tables
 
 RUN = dt.date(2026, 11, 24)
 T0 = dt.datetime(2026, 11, 1, 8, 0)
@@ -57,15 +58,20 @@ POISON_REASONS = {"image: cannot decode": 2, "text: empty title and description"
 
 
 def items_frame(spark, rows):
-    return spark.createDataFrame(rows, tables.schema_of(spark, "items"))
+    return spark.createDataFrame(rows, tables.input_schema(spark, "items"))
 
 
 def nullable_items_schema(spark):
     """The items contract without NOT NULL, for frames that carry rows the table would refuse."""
     from pyspark.sql.types import StructType
 
-    schema = tables.schema_of(spark, "items").jsonValue()
+    schema = tables.input_schema(spark, "items").jsonValue()
     return StructType.fromJson({**schema, "fields": [{**f, "nullable": True} for f in schema["fields"]]})
+
+
+def checked(spark, df):
+    """checked_items over a frame as a writer gives it: the stored columns derived first, as the table would."""
+    return feature_cache.checked_items(feature_cache.item_rows(spark, None, df))
 
 
 def write_items(spark, config, rows):
@@ -78,10 +84,10 @@ def config(tmp_path):
 
 
 def test_fingerprint_is_the_featurizers(config):
-    from udfs.featurize import get_featurizer
+    from udfs.encode import get_featurizer
 
-    cfg = features.featurizer_config(config)
-    assert features.featurizer_fingerprint(cfg) == get_featurizer(cfg, "cpu").fingerprint
+    cfg = feature_cache.featurizer_config(config)
+    assert feature_cache.featurizer_fingerprint(cfg) == get_featurizer(cfg, "cpu").fingerprint
 
 
 def test_checked_items_reasons(spark):
@@ -90,7 +96,7 @@ def test_checked_items_reasons(spark):
             # the same item twice: the newer row wins, the older one is a duplicate
             item_row(4), item_row(4, title="newer title")[:7] + (T0 + dt.timedelta(days=30),)]
     df = spark.createDataFrame(rows, nullable_items_schema(spark))
-    got = {(r.item_id, r.title): r.reason for r in features.checked_items(df).collect()}
+    got = {(r.item_id, r.title): r.reason for r in checked(spark, df).collect()}
     assert got[("i000", rows[0][3])] is None
     assert got[("i001", "")] == "text: empty title and description"
     assert got[("i002", rows[2][3])] == "image: missing"
@@ -104,7 +110,7 @@ def test_incremental_update_reencodes_only_changed_items(spark, config):
     rows = clean_items(n_clean) + poison_items(100)
     write_items(spark, config, rows)
 
-    first = features.update_item_features(spark, config, RUN)
+    first = feature_cache.update_item_features(spark, config, RUN)
     print("first run:", first)
     assert first.items_in == len(rows) == first.valid + first.quarantined_total
     assert (first.valid, first.encoded, first.reused) == (n_clean, n_clean, 0)
@@ -116,7 +122,7 @@ def test_incremental_update_reencodes_only_changed_items(spark, config):
     stamps = {r.item_id: r.updated_at for r in cache}
 
     # nothing changed: nothing is encoded, the quarantine keeps one row per bad item
-    again = features.update_item_features(spark, config, RUN)
+    again = feature_cache.update_item_features(spark, config, RUN)
     assert (again.encoded, again.reused, again.quarantined) == (0, n_clean, POISON_REASONS)
     quarantine = tables.read_table(spark, config, "quarantine").where(F.col("run_date") == F.lit(RUN))
     assert quarantine.count() == sum(POISON_REASONS.values())
@@ -132,7 +138,7 @@ def test_incremental_update_reencodes_only_changed_items(spark, config):
     before = {r.item_id: (r.content_hash, r.text_emb) for r in tables.read_table(spark, config, "item_features").collect()}
     rows2 = [r if r[0] not in changed else (r[0], r[1], r[2], r[3] + " (new pack)") + r[4:] for r in rows]
     write_items(spark, config, rows2)
-    third = features.update_item_features(spark, config, RUN)
+    third = feature_cache.update_item_features(spark, config, RUN)
     assert (third.encoded, third.reused, third.valid) == (3, n_clean - 3, n_clean)
     after = {r.item_id: (r.content_hash, r.text_emb) for r in tables.read_table(spark, config, "item_features").collect()}
     assert len(after) == n_clean
@@ -148,28 +154,28 @@ def test_staging_tables_of_killed_runs_are_swept_and_fresh_ones_kept(spark, conf
         (folder / "part-00000.parquet").write_bytes(b"half-written")
     week_ago = time.time() - 7 * 86400
     os.utime(killed, (week_ago, week_ago))
-    deleted = features.sweep_stale_staging(spark, config)
+    deleted = feature_cache.sweep_stale_staging(spark, config)
     assert [Path(p).name for p in deleted] == [killed.name]
     assert not killed.exists() and running.exists()
-    assert features.sweep_stale_staging(spark, config) == []
+    assert feature_cache.sweep_stale_staging(spark, config) == []
 
 
 def test_items_frame_with_null_key_and_valid_items(spark, config):
     rows = clean_items(4) + [item_row(50, item_id=None)]
     df = spark.createDataFrame(rows, nullable_items_schema(spark))
-    update = features.run_feature_update(spark, config, RUN, items_df=df, job="score_catalog")
+    update = feature_cache.run_feature_update(spark, config, RUN, items_df=df, job="score_catalog")
     try:
         assert update.stats.quarantined == {"item_id: null or blank": 1}
         assert update.stats.valid == 4
         q = tables.read_table(spark, config, "quarantine").collect()
         assert [(r.job, r.source, r.key) for r in q] == [("score_catalog", "items", None)]
-        valid = features.valid_items(spark, config, update.fingerprint, keys=update.valid_keys(spark))
+        valid = feature_cache.valid_items(spark, config, update.fingerprint, keys=update.valid_keys(spark))
         assert sorted(r.item_id for r in valid.collect()) == ["i000", "i001", "i002", "i003"]
     finally:
         update.cleanup(spark)
     # the same set recomputed from the items frame's hashes (the training side's way in)
     write_items(spark, config, rows[:4])
-    again = features.valid_items(spark, config)
+    again = feature_cache.valid_items(spark, config)
     assert again.count() == 4 and again.where("n_text_tokens > 0").count() == 4
 
 
@@ -185,5 +191,42 @@ def test_behaviour_sequences(spark):
     ], "user_id string, item_id string, ts timestamp, event string, price double")
     known = spark.createDataFrame([(i,) for i in "abcdex"], "item_id string")
     users = spark.createDataFrame([("u1",), ("u2",)], "user_id string")
-    got = {r.user_id: r.behaviour for r in features.behaviour_sequences(events, RUN, 3, known, users).collect()}
+    got = {r.user_id: r.behaviour for r in feature_cache.behaviour_sequences(events, RUN, 3, known, users).collect()}
     assert got == {"u1": ["b", "c", "d"], "u2": ["a"]}
+
+
+def test_change_detection_reads_no_image_of_an_unchanged_item(spark, config):
+    """Three changed items: exactly three encoded; the plan of the unchanged side never touches ``image``."""
+    write_items(spark, config, clean_items(8))
+    assert feature_cache.update_item_features(spark, config, RUN).encoded == 8
+    stored = tables.read_table(spark, config, "items").collect()
+    assert all(r.content_hash and r.image_size for r in stored)
+
+    changed = {"i001", "i004", "i006"}
+    rows = [r if r[0] not in changed else r[:5] + (jpeg(100 + int(r[0][1:])),) + r[6:] for r in clean_items(8)]
+    write_items(spark, config, rows)
+    keys = feature_cache._item_keys(spark, config, feature_cache.featurizer_fingerprint(feature_cache.featurizer_config(config)), None)
+    assert "image" not in keys.columns
+    plan = keys._jdf.queryExecution().executedPlan().toString()
+    scans = re.findall(r"ReadSchema: (struct<[^>]*>)", plan)
+    assert scans and not any("image:binary" in schema for schema in scans), scans
+    stats = feature_cache.update_item_features(spark, config, RUN)
+    assert (stats.encoded, stats.reused) == (3, 5)
+    assert feature_cache.update_item_features(spark, config, RUN).encoded == 0
+
+
+def test_an_items_table_written_without_hashes_still_works(spark, config):
+    """A table of the older contract (no content_hash, no image_size): hashes computed on the fly, then stored on write."""
+    from pyspark.sql.types import StructType
+
+    old = StructType([f for f in tables.input_schema(spark, "items").fields])
+    path = config.table("items")
+    spark.createDataFrame(clean_items(4), old).write.format("delta").save(path)
+    assert feature_cache.legacy_rows(spark, config) == 4
+    first = feature_cache.update_item_features(spark, config, RUN)
+    assert (first.valid, first.encoded) == (4, 4)
+    # the same content written through the contract (ensure_table adds the columns) is not encoded again
+    write_items(spark, config, clean_items(4))
+    assert feature_cache.legacy_rows(spark, config) == 0
+    again = feature_cache.update_item_features(spark, config, RUN)
+    assert (again.encoded, again.reused) == (0, 4)

@@ -2,17 +2,22 @@
 
     result = run(spark, config, run_date)       # ScoreRun; spark-submit jobs/score_catalog.py
 
-1. ``update_item_features`` (pipeline.features): validate items, quarantine bad rows, encode
-   only new or changed items, MERGE them into ``item_features``.
-2. Alignment: an item-only forward of the model for every valid item gives p_ita and p_tia;
-   items under the thresholds (absolute, or a per-category quantile computed with Spark's
-   percentile_approx) are flagged "text suspect" (low ITA only), "image suspect" (low TIA
-   only) or "text and image suspect" (both). ``item_alignment`` is replaced for the date.
-3. CVR: each candidate of the date gets the user's behaviour sequence (the last
-   ``max_behaviour`` purchases strictly before the date, oldest first) and profile; the
-   pairs are scored and ``cvr_scores`` is replaced for the date. Candidates with an unknown
-   or invalid item, an unknown user, a null key or a duplicate go to ``quarantine``.
-4. A ``runs`` row: model version, counts, timings per stage, status.
+1. ``update_item_features`` (pipeline.feature_cache): validate items from their stored
+   content hashes, quarantine bad rows, encode only new or changed items, MERGE them into
+   ``item_features``.
+2. The model cache (pipeline.model_cache): the model's item pass (projected tokens, p_ita,
+   p_tia) over the valid items whose (content, category, price, model version) is not cached
+   yet; a new model version rescores every item by that rule alone.
+3. Alignment: every valid item's cached p_ita and p_tia; items under the thresholds (absolute,
+   or a per-category quantile computed with Spark's percentile_approx over all of them) are
+   flagged "text suspect" (low ITA only), "image suspect" (low TIA only) or "text and image
+   suspect" (both). ``item_alignment`` is replaced for the date.
+4. CVR: the date's candidates are grouped by user: one row per user carries its behaviour
+   sequence (the last ``max_behaviour`` purchases strictly before the date, oldest first) once,
+   its profile, and its candidates, every item as cached projected tokens; ``cvr_scores`` is
+   replaced for the date. Candidates with an unknown or invalid item, an unknown user, a null
+   key or a duplicate go to ``quarantine``.
+5. A ``runs`` row: model version, counts, timings per stage, status.
 
 Every output table is written by one atomic Delta commit (replaceWhere on the date, MERGE for
 the feature cache), so a failed run leaves no partial rows: it writes a ``runs`` row with
@@ -34,8 +39,8 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from camenn.config import AppConfig, ThresholdConfig
-from pipeline import features, tables
-from udfs.scoring import ALIGN_INPUT, ALIGN_SCHEMA, CVR_INPUT, CVR_SCHEMA, align_fn, cvr_fn
+from pipeline import feature_cache, model_cache, tables
+from udfs.predict import CVR_INPUT, CVR_SCHEMA, CVR_USERS_INPUT, PROJECTED_FIELDS, cvr_users_fn
 
 JOB = "score_catalog"
 INPUT_TABLES = ("items", "users", "events", "candidates")
@@ -43,6 +48,9 @@ TEXT_SUSPECT, IMAGE_SUSPECT, BOTH_SUSPECT = "text suspect", "image suspect", "te
 FLAG_REASONS = (TEXT_SUSPECT, IMAGE_SUSPECT, BOTH_SUSPECT)
 USER_FIELDS = ("age_band", "household", "zone")
 ARROW_BATCH = "spark.sql.execution.arrow.maxRecordsPerBatch"
+# Arrow rows of the grouped CVR input are users with their candidates (tens each): a user batch
+# is max_records_per_batch / 16 users, so a batch's bytes stay near those of the per-row path's.
+USERS_PER_BATCH_DIVISOR = 16
 
 
 class MissingInput(RuntimeError):
@@ -105,9 +113,9 @@ def check_inputs(spark: SparkSession, config: AppConfig) -> None:
 
 def load_model(config: AppConfig):
     """The artifact on the driver: version, tasks, vocabulary, fingerprint (the workers load their own copy)."""
-    from camenn.scoring import ScoringModel
+    from camenn.predictor import Predictor
 
-    return ScoringModel.load(config.model_dir, device="cpu")
+    return Predictor.load(config.model_dir, device="cpu")
 
 
 # ------------------------------------------------------------------------ alignment
@@ -145,15 +153,14 @@ def _not_finite(*cols: str):
     return cond
 
 
-def score_alignment(spark: SparkSession, config: AppConfig, model, valid: DataFrame, run_date: dt.date,
+def score_alignment(spark: SparkSession, config: AppConfig, model, outputs: DataFrame, run_date: dt.date,
                     persisted: list[DataFrame]) -> dict:
-    """Score every valid item, flag, write item_alignment; returns counts and the quarantine rows (non-finite scores)."""
+    """Flag every valid item from its cached scores, write item_alignment; returns counts and the quarantine rows.
+
+    ``outputs``: item_id, merchant_id, category, p_ita, p_tia of every valid item (model_cache.current).
+    """
     sc = config.scoring
-    spark.sparkContext.setJobDescription(f"alignment: item-only forward ({run_date})")
-    scores = (valid.select(*ALIGN_INPUT)
-              .mapInPandas(align_fn(config.model_dir, model.version, sc.batch_size, sc.autocast), ALIGN_SCHEMA)
-              .persist(StorageLevel.MEMORY_AND_DISK))
-    persisted.append(scores)
+    scores = outputs.select("item_id", "merchant_id", "category", "p_ita", "p_tia")
     flagged = alignment_flags(scores.where(~_not_finite("p_ita", "p_tia")), sc.thresholds).persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(flagged)
     rows = flagged.select(F.lit(run_date).alias("run_date"), "item_id", "merchant_id", "category", "p_ita", "p_tia",
@@ -183,7 +190,7 @@ def behaviour_inputs(events: DataFrame, valid: DataFrame, users: DataFrame, run_
     items' features in Spark and regrouped per user, so each user's blobs travel once to the
     candidates' join and nothing is collected to the driver.
     """
-    seqs = features.behaviour_sequences(events, run_date, max_n, known_items=valid.select("item_id"), users=users)
+    seqs = feature_cache.behaviour_sequences(events, run_date, max_n, known_items=valid.select("item_id"), users=users)
     exploded = seqs.select("user_id", F.posexplode("behaviour").alias("pos", "item_id"))
     grouped = (exploded.join(_item_inputs(valid), "item_id")
                .groupBy("user_id")
@@ -216,28 +223,64 @@ def checked_candidates(candidates: DataFrame, valid_ids: DataFrame, users: DataF
 
 
 def scorable_pairs(good: DataFrame, valid: DataFrame, events: DataFrame, run_date: dt.date, max_n: int) -> DataFrame:
-    """The UDF's input (CVR_INPUT) for scorable candidates: target blobs, behaviour blobs, profile."""
+    """The reference path's input (CVR_INPUT), one row per candidate: target blobs, behaviour blobs, profile.
+
+    Every candidate carries the encoder outputs of its target and of each behaviour item
+    (≈0.5 MB with the demo encoders); kept to hold ``user_rows`` to it (parity test, benchmark).
+    """
     behaviour = behaviour_inputs(events, valid, good.select("user_id").distinct(), run_date, max_n)
     return good.join(_item_inputs(valid), "item_id").join(behaviour, "user_id", "left").select(*CVR_INPUT)
 
 
-def score_cvr(spark: SparkSession, config: AppConfig, model, valid: DataFrame, run_date: dt.date,
+def user_rows(good: DataFrame, outputs: DataFrame, events: DataFrame, run_date: dt.date, max_n: int) -> DataFrame:
+    """The nightly CVR input (CVR_USERS_INPUT): one row per user with scorable candidates.
+
+    ``good``: scorable candidates (user_id, item_id, profile fields); ``outputs``: every valid
+    item's cached projected tokens (model_cache.current). A candidate moves its item id and its
+    target's projected tokens once (to its user's partition); a user's behaviour items move once
+    per user, not once per candidate, and the profile rides on the user's row.
+    """
+    items = outputs.select("item_id", *PROJECTED_FIELDS)
+    candidates = (good.join(items, "item_id")
+                  .groupBy("user_id", *USER_FIELDS)
+                  .agg(F.collect_list(F.struct("item_id", *PROJECTED_FIELDS)).alias("c")))
+    seqs = feature_cache.behaviour_sequences(events, run_date, max_n, known_items=items.select("item_id"),
+                                             users=good.select("user_id"))
+    behaviour = (seqs.select("user_id", F.posexplode("behaviour").alias("pos", "item_id"))
+                 .join(items, "item_id")
+                 .groupBy("user_id")
+                 .agg(F.array_sort(F.collect_list(F.struct("pos", *PROJECTED_FIELDS))).alias("b")))
+    return (candidates.join(behaviour, "user_id", "left")
+            .select("user_id", *USER_FIELDS, F.col("c.item_id").alias("cand_item_id"),
+                    *[F.col(f"c.{f}").alias(f"cand_{f}") for f in PROJECTED_FIELDS],
+                    *[F.col(f"b.{f}").alias(f"beh_{f}") for f in PROJECTED_FIELDS])
+            .select(*CVR_USERS_INPUT))
+
+
+def score_cvr(spark: SparkSession, config: AppConfig, model, outputs: DataFrame, run_date: dt.date,
               persisted: list[DataFrame], candidates: DataFrame | None = None) -> dict:
-    """Score the date's candidates, write cvr_scores; returns counts and the quarantine rows."""
+    """Score the date's candidates grouped by user, write cvr_scores; returns counts and the quarantine rows."""
     sc = config.scoring
     if candidates is None:
         candidates = tables.read_table(spark, config, "candidates").where(F.col("run_date") == F.lit(run_date))
     users = tables.read_table(spark, config, "users")
     events = tables.read_table(spark, config, "events")
     spark.sparkContext.setJobDescription(f"cvr: check candidates ({run_date})")
-    checked = checked_candidates(candidates, valid.select("item_id"), users).persist(StorageLevel.MEMORY_AND_DISK)
+    checked = checked_candidates(candidates, outputs.select("item_id"), users).persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(checked)
-    pairs = scorable_pairs(checked.where(F.col("reason").isNull()).drop("reason"), valid, events, run_date,
-                           model.max_behaviour)
-    spark.sparkContext.setJobDescription(f"cvr: score candidates ({run_date})")
-    scores = (pairs.mapInPandas(cvr_fn(config.model_dir, model.version, sc.batch_size, sc.autocast), CVR_SCHEMA)
+    rows_in = user_rows(checked.where(F.col("reason").isNull()).drop("reason"), outputs, events, run_date,
+                        model.max_behaviour)
+    spark.sparkContext.setJobDescription(f"cvr: score candidates grouped by user ({run_date})")
+    scores = (rows_in.mapInPandas(cvr_users_fn(config.model_dir, model.version, sc.batch_size, sc.autocast), CVR_SCHEMA)
               .persist(StorageLevel.MEMORY_AND_DISK))
     persisted.append(scores)
+    # an Arrow batch now holds users, each with its candidates: fewer rows keep it as large as before
+    previous = spark.conf.get(ARROW_BATCH, None)
+    spark.conf.set(ARROW_BATCH, str(max(8, sc.max_records_per_batch // USERS_PER_BATCH_DIVISOR)))
+    try:
+        scores.count()
+    finally:
+        spark.conf.set(ARROW_BATCH, previous) if previous is not None else spark.conf.unset(ARROW_BATCH)
     rows = scores.where(~_not_finite("cvr")).select(F.lit(run_date).alias("run_date"), "user_id", "item_id", "cvr",
                                                     F.lit(model.version).alias("model_version"))
     spark.sparkContext.setJobDescription(f"cvr: write cvr_scores ({run_date})")
@@ -245,11 +288,13 @@ def score_cvr(spark: SparkSession, config: AppConfig, model, valid: DataFrame, r
 
     rejected = (checked.where(F.col("reason").isNotNull()).select("user_id", "item_id", "reason")
                 .unionByName(scores.where(_not_finite("cvr")).select("user_id", "item_id", F.lit("cvr: not finite").alias("reason"))))
-    kinds = {r["kind"]: r["n"] for r in (checked.select(features.reason_kind(F.col("reason")).alias("kind"))
+    kinds = {r["kind"]: r["n"] for r in (checked.select(feature_cache.reason_kind(F.col("reason")).alias("kind"))
                                          .unionByName(scores.select(F.when(_not_finite("cvr"), F.lit("cvr: not finite"))
                                                                     .otherwise(F.lit("scored")).alias("kind")))
                                          .groupBy("kind").agg(F.count(F.lit(1)).alias("n")).collect())}
-    n_in = sum(n for kind, n in kinds.items() if kind != "scored")          # a null kind = a scorable candidate
+    # candidates in = the checked rows (a null kind = scorable); a non-finite score is one of them,
+    # counted again under "cvr: not finite" and not under "scored"
+    n_in = sum(n for kind, n in kinds.items() if kind not in ("scored", "cvr: not finite"))
     n_scored = kinds.get("scored", 0)
     reasons = {k: n for k, n in kinds.items() if k not in (None, "scored")}
     n_quarantined = sum(reasons.values())
@@ -282,16 +327,16 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
         result.model_version = model.version
         spark.conf.set(ARROW_BATCH, str(config.scoring.max_records_per_batch))
 
-        fingerprint = features.featurizer_fingerprint(features.featurizer_config(config))
+        fingerprint = feature_cache.featurizer_fingerprint(feature_cache.featurizer_config(config))
         if model.encoder_fingerprint and model.encoder_fingerprint != fingerprint:
             raise RuntimeError(
                 f"model {model.version} was trained on features with encoder fingerprint {model.encoder_fingerprint[:12]}, "
                 f"but the featurizer section of {config.source} gives {fingerprint[:12]}: score with the featurizer "
                 "settings the model was trained with, or retrain it (`make train`)")
 
-        _say(f"1/4 item features for {run_date}: validate items, encode new and changed ones")
+        _say(f"1/5 item features for {run_date}: validate items, encode new and changed ones")
         t = time.perf_counter()
-        update = features.run_feature_update(spark, config, run_date, items_df, job=JOB, write_quarantine_rows=False)
+        update = feature_cache.run_feature_update(spark, config, run_date, items_df, job=JOB, write_quarantine_rows=False)
         stats = update.stats
         result.timings["features"] = time.perf_counter() - t
         result.counts.update(stats.counts())
@@ -299,13 +344,28 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
         result.outputs["item_features"] = config.table("item_features")
         _say(f"    {stats.items_in} items: {stats.encoded} encoded, {stats.reused} reused, "
              f"{stats.quarantined_total} quarantined")
-        valid = features.valid_items(spark, config, fingerprint, keys=update.valid_keys(spark))
+        blobs = feature_cache.cached_features(spark, config, fingerprint)
+        valid = (update.valid_keys(spark).join(blobs.select("item_id", "content_hash"), ["item_id", "content_hash"])
+                 .persist(StorageLevel.MEMORY_AND_DISK))
+        persisted.append(valid)
         quarantine = update.quarantine_rows(spark, run_date, JOB)
+
+        _say(f"2/5 model cache: item pass of model {model.version} over new or changed items")
+        cache = model_cache.refresh(spark, config, model, valid, blobs, run_date)
+        result.timings["item_pass"] = cache.seconds
+        result.counts.update(items_model_scored=cache.scored, items_model_reused=cache.reused)
+        result.outputs["item_model_outputs"] = config.table(model_cache.TABLE)
+        _say(f"    {cache.scored} items through the model, {cache.reused} reused from the cache")
+        outputs = model_cache.current(spark, config, model, valid).persist(StorageLevel.MEMORY_AND_DISK)
+        persisted.append(outputs)
+        n_outputs = outputs.count()
+        if n_outputs != cache.valid:
+            raise AssertionError(f"model cache: {cache.valid} valid items but {n_outputs} current cached outputs")
 
         t = time.perf_counter()
         if {"ita", "tia"} <= set(model.tasks):
-            _say(f"2/4 alignment: score {stats.valid} items with model {model.version}")
-            align = score_alignment(spark, config, model, valid, run_date, persisted)
+            _say(f"3/5 alignment: flag {stats.valid} items from model {model.version}'s scores")
+            align = score_alignment(spark, config, model, outputs, run_date, persisted)
             result.counts.update(items_scored=align["scored"], items_not_finite=align["not_finite"],
                                  flagged=sum(align["flagged"].values()))
             result.flagged = align["flagged"]
@@ -313,24 +373,24 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
             quarantine = quarantine.unionByName(align["quarantine"])
             _say(f"    {align['scored']} items scored, {result.counts['flagged']} flagged")
         else:
-            _say(f"2/4 alignment: skipped, model {model.version} has no ita/tia heads (tasks={model.tasks})")
+            _say(f"3/5 alignment: skipped, model {model.version} has no ita/tia heads (tasks={model.tasks})")
         result.timings["alignment"] = time.perf_counter() - t
 
         t = time.perf_counter()
         if "cvr" in model.tasks:
-            _say(f"3/4 cvr: score the candidates of {run_date}")
-            cvr = score_cvr(spark, config, model, valid, run_date, persisted, candidates)
+            _say(f"4/5 cvr: score the candidates of {run_date}, grouped by user")
+            cvr = score_cvr(spark, config, model, outputs, run_date, persisted, candidates)
             result.counts.update(candidates_in=cvr["in"], cvr_scored=cvr["scored"], candidates_quarantined=cvr["quarantined"])
             result.quarantined["candidates"] = cvr["reasons"]
             result.outputs["cvr_scores"] = cvr["path"]
             quarantine = quarantine.unionByName(cvr["quarantine"])
             _say(f"    {cvr['scored']} scores written, {cvr['quarantined']} candidates quarantined")
         else:
-            _say(f"3/4 cvr: skipped, model {model.version} has no cvr head")
+            _say(f"4/5 cvr: skipped, model {model.version} has no cvr head")
         result.timings["cvr"] = time.perf_counter() - t
         # every rejected row of this run, whatever its source, in one commit
         t = time.perf_counter()
-        result.outputs["quarantine"] = features.write_quarantine(spark, config, quarantine, run_date=run_date, job=JOB)
+        result.outputs["quarantine"] = feature_cache.write_quarantine(spark, config, quarantine, run_date=run_date, job=JOB)
         result.timings["quarantine"] = time.perf_counter() - t
         result.status = "succeeded"
     except BaseException as exc:
@@ -347,7 +407,7 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
         if previous_batch is not None:
             spark.conf.set(ARROW_BATCH, previous_batch)
     result.timings["total"] = time.perf_counter() - t_start
-    _say("4/4 runs: record the run")
+    _say("5/5 runs: record the run")
     _write_run(spark, config, result, started)
     return result
 

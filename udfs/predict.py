@@ -1,10 +1,12 @@
 """CameNN inference inside Spark: mapInPandas functions that load the model once per worker.
 
-    scores = items.mapInPandas(align_fn(model_dir, version, batch_size, autocast), ALIGN_SCHEMA)
-    cvr = pairs.mapInPandas(cvr_fn(model_dir, version, batch_size, autocast), CVR_SCHEMA)
+    outputs = items.mapInPandas(item_outputs_fn(model_dir, version, batch_size, autocast), ITEM_OUTPUTS_SCHEMA)
+    cvr = users.mapInPandas(cvr_users_fn(model_dir, version, batch_size, autocast), CVR_SCHEMA)   # nightly
+    cvr = pairs.mapInPandas(cvr_fn(model_dir, version, batch_size, autocast), CVR_SCHEMA)         # reference
+    scores = items.mapInPandas(align_fn(model_dir, version, batch_size, autocast), ALIGN_SCHEMA)  # reference
 
 Each Arrow batch (``spark.sql.execution.arrow.maxRecordsPerBatch`` rows) is scored in model
-batches of ``scoring.batch_size`` rows by :class:`camenn.scoring.ScoringModel`, the same code
+batches of ``scoring.batch_size`` rows by :class:`camenn.predictor.Predictor`, the same code
 a plain PyTorch loop calls. The model is cached in a module-level dict keyed by
 (model_dir, version, device): with ``spark.python.worker.reuse`` a worker loads it once, and
 the version check makes a worker refuse an artifact that changed under the driver's feet.
@@ -30,19 +32,31 @@ CVR_INPUT = ["user_id", "item_id", "category", "price", "text_emb", "n_text_toke
              *BEHAVIOUR_FIELDS, "age_band", "household", "zone"]
 CVR_SCHEMA = "user_id string, item_id string, cvr double"
 
+# The item pass: encoder blobs in, the item's projected tokens and alignment scores out.
+ITEM_OUTPUTS_INPUT = ["item_id", "content_hash", "category", "price", "text_emb", "n_text_tokens", "image_emb"]
+ITEM_OUTPUTS_SCHEMA = ("item_id string, content_hash string, category string, price double, text_proj binary, "
+                       "n_text_tokens int, image_proj binary, p_ita double, p_tia double")
+
+# The nightly CVR input: one row per user, its behaviour once and its candidates as lists,
+# every item as projected tokens (ITEM_OUTPUTS_SCHEMA's text_proj / image_proj).
+PROJECTED_FIELDS = ["text_proj", "n_text_tokens", "image_proj", "category", "price"]
+USER_FIELDS = ["age_band", "household", "zone"]
+CVR_USERS_INPUT = ["user_id", *USER_FIELDS, "cand_item_id", *(f"cand_{f}" for f in PROJECTED_FIELDS),
+                   *(f"beh_{f}" for f in PROJECTED_FIELDS)]
+
 _MODELS: dict[tuple[str, str, str], object] = {}
 _LOCK = threading.Lock()
 
 
 def get_model(model_dir: str, version: str, device: str, autocast: str | None = None):
-    """The worker's ScoringModel for (model_dir, version, device), loaded on first use."""
+    """The worker's Predictor for (model_dir, version, device), loaded on first use."""
     key = (str(model_dir), version, device, autocast or "none")
     with _LOCK:
         model = _MODELS.get(key)
         if model is None:
-            from camenn.scoring import ScoringModel
+            from camenn.predictor import Predictor
 
-            model = ScoringModel.load(model_dir, device=device, autocast=autocast)
+            model = Predictor.load(model_dir, device=device, autocast=autocast)
             if model.version != version:
                 raise RuntimeError(f"model artifact {model_dir} is version {model.version} on this worker but the driver "
                                    f"planned version {version}: the artifact changed during the run")
@@ -83,5 +97,36 @@ def cvr_fn(model_dir: str, version: str, batch_size: int, autocast: str | None =
                 {f: list(pdf[f]) for f in ("age_band", "household", "zone")},
                 batch_size=batch_size)
             yield pd.DataFrame({"user_id": pdf["user_id"].to_numpy(), "item_id": pdf["item_id"].to_numpy(), "cvr": cvr})
+
+    return run
+
+
+def item_outputs_fn(model_dir: str, version: str, batch_size: int, autocast: str | None = None):
+    """(frames of ITEM_OUTPUTS_INPUT) -> (frames of ITEM_OUTPUTS_SCHEMA): projected tokens and p_ita / p_tia."""
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        model = _worker_model(model_dir, version, autocast)
+        for pdf in batches:
+            out = model.item_outputs(list(pdf["text_emb"]), list(pdf["n_text_tokens"]), list(pdf["image_emb"]),
+                                     list(pdf["category"]), list(pdf["price"]), batch_size=batch_size)
+            yield pd.DataFrame({"item_id": pdf["item_id"].to_numpy(), "content_hash": pdf["content_hash"].to_numpy(),
+                                "category": pdf["category"].to_numpy(), "price": pdf["price"].to_numpy(),
+                                "text_proj": out["text_proj"], "n_text_tokens": out["n_text_tokens"],
+                                "image_proj": out["image_proj"], "p_ita": out["p_ita"], "p_tia": out["p_tia"]})
+
+    return run
+
+
+def cvr_users_fn(model_dir: str, version: str, batch_size: int, autocast: str | None = None):
+    """(frames of CVR_USERS_INPUT, one row per user) -> (frames of CVR_SCHEMA, one row per candidate)."""
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        model = _worker_model(model_dir, version, autocast)
+        for pdf in batches:
+            user_idx, item_ids, cvr = model.score_users(
+                list(pdf["cand_item_id"]), *(list(pdf[f"cand_{f}"]) for f in PROJECTED_FIELDS),
+                *(list(pdf[f"beh_{f}"]) for f in PROJECTED_FIELDS),
+                {f: list(pdf[f]) for f in USER_FIELDS}, batch_size=batch_size)
+            yield pd.DataFrame({"user_id": pdf["user_id"].to_numpy()[user_idx], "item_id": item_ids, "cvr": cvr})
 
     return run

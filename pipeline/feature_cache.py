@@ -3,15 +3,21 @@
     stats = update_item_features(spark, config, run_date)      # FeatureStats
     items = valid_items(spark, config)                          # valid items joined to their features
 
-One pass over ``items`` per run:
+One pass over ``items``' small columns per run; images are read only for new or changed items:
 
 1. Spark checks the cheap things (null/blank item_id, empty text = title and description both
-   blank, missing image, duplicate item_id: the newest row wins) and left-joins each item to
-   the content_hash that ``item_features`` holds for it under the current encoder fingerprint.
-2. One mapInPandas (``udfs.featurize``) hashes every item (``camenn.featurizer.content_hash``)
-   and encodes only the items whose hash is not cached; undecodable images are found here.
-   Its output goes to a staging Delta table once, so the encoders run exactly once per item
-   even though three things read the result (the MERGE, the quarantine and the counts).
+   blank, missing image from the stored ``image_size``, duplicate item_id: the newest row wins)
+   and left-joins each item's stored ``content_hash`` (computed once, when the row was written:
+   ``pipeline.tables.content_hash``) to the hash ``item_features`` holds for it under the
+   current encoder fingerprint. Equal hashes are settled here, in Spark: no image is read.
+2. Only the pending rows (new or changed content) fetch their image bytes and go through one
+   mapInPandas (``udfs.encode``), in tasks of ``featurizer.rows_per_task`` items so the progress
+   bar moves and a retry is cheap; undecodable images are found there. The union of settled
+   and encoded rows goes to a staging Delta table once, so the encoders run exactly once per
+   item even though three things read the result (the MERGE, the quarantine and the counts).
+
+Rows of an older ``items`` table written without ``content_hash`` still work: their hash is
+computed from the row in Spark (their images are read), and the run says how many there were.
 3. ``item_features`` gets one MERGE commit keyed on item_id (update where the hash or the
    fingerprint differs, insert new items); bad rows go to ``quarantine`` (source='items'),
    replacing that run date's rows of this job, so a rerun never duplicates them.
@@ -32,7 +38,7 @@ from pyspark.sql import functions as F
 from camenn.config import AppConfig
 from camenn.featurizer import FeaturizerConfig
 from pipeline import tables
-from udfs.featurize import ENCODED, PENDING, QUARANTINED, REUSED, STAGING_SCHEMA, featurize_fn
+from udfs.encode import ENCODED, PENDING, QUARANTINED, REUSED, STAGING_SCHEMA, encode_fn
 
 SOURCE = "items"
 QUARANTINE_PAYLOAD = ["merchant_id", "category", "title", "description", "price", "updated_at", "image_size"]
@@ -90,22 +96,26 @@ def _blank(col):
     return col.isNull() | ~col.rlike(_NON_BLANK)
 
 
+def newest_first():
+    """The one rule for which row of an item_id counts: the newest, ties broken by content, never by chance."""
+    return Window.partitionBy("item_id").orderBy(
+        F.col("updated_at").desc_nulls_last(), F.col("content_hash").desc_nulls_last(),
+        F.xxhash64("merchant_id", "category", "price").desc())
+
+
 def checked_items(items: DataFrame) -> DataFrame:
-    """items + ``reason``: why a row cannot be featurized (null when it can), found in Spark.
+    """items (with content_hash and image_size, no image needed) + ``reason``: why a row cannot be featurized.
 
     Several problems of one row are joined with "; ". Of rows sharing an item_id the newest
     (updated_at, then a content hash to break ties) is the item; the others are duplicates.
     """
     id_blank = _blank(F.col("item_id"))
-    rank = F.row_number().over(
-        Window.partitionBy("item_id").orderBy(
-            F.col("updated_at").desc_nulls_last(),
-            F.xxhash64("title", "description", "image", "merchant_id", "category", "price").desc()))
+    rank = F.row_number().over(newest_first())
     checks = [
         F.when(id_blank, F.lit("item_id: null or blank")),
         F.when(~id_blank & (rank > 1), F.lit("item_id: duplicate (a newer row of this item wins)")),
         F.when(_blank(F.col("title")) & _blank(F.col("description")), F.lit("text: empty title and description")),
-        F.when(F.col("image").isNull() | (F.octet_length("image") == 0), F.lit("image: missing")),
+        F.when(F.col("image_size").isNull() | (F.col("image_size") == 0), F.lit("image: missing")),
     ]
     reason = F.concat_ws("; ", *checks)
     return items.withColumn("reason", F.when(reason != "", reason))
@@ -127,10 +137,53 @@ def _cached_hashes(spark: SparkSession, config: AppConfig, fingerprint: str) -> 
             .select("item_id", F.col("content_hash").alias("cached_hash")))
 
 
-def _featurize_input(spark: SparkSession, config: AppConfig, fingerprint: str, items_df: DataFrame | None) -> DataFrame:
+def item_rows(spark: SparkSession, config: AppConfig, items_df: DataFrame | None = None,
+              with_image: bool = False) -> DataFrame:
+    """``items`` with content_hash and image_size filled in, and the image column only if asked for.
+
+    Rows that carry their hash are read without the image column (Parquet never touches it);
+    rows of an older table without one get it computed here, which reads their images.
+    """
     items = items_df if items_df is not None else tables.read_table(spark, config, "items")
-    items = tables.conform(items, spark, "items")
-    return checked_items(items).join(_cached_hashes(spark, config, fingerprint), "item_id", "left")
+    if "content_hash" not in items.columns:
+        items = items.withColumn("content_hash", F.lit(None).cast("string"))
+    if "image_size" not in items.columns:
+        items = items.withColumn("image_size", F.lit(None).cast("int"))
+    cols = [f.name for f in tables.schema_of(spark, "items").fields if with_image or f.name != "image"]
+    stored = items.where(F.col("content_hash").isNotNull()).select(*cols)
+    if items.where(F.col("content_hash").isNull()).limit(1).count() == 0:
+        return stored  # the usual case: the plan has no branch that could read an image
+    legacy = (items.where(F.col("content_hash").isNull())
+              .withColumn("content_hash", tables.content_hash())
+              .withColumn("image_size", F.octet_length("image")).select(*cols))
+    return stored.unionByName(legacy)
+
+
+def legacy_rows(spark: SparkSession, config: AppConfig, items_df: DataFrame | None = None) -> int:
+    """How many ``items`` rows were written without a content_hash (an older table)."""
+    items = items_df if items_df is not None else tables.read_table(spark, config, "items")
+    if "content_hash" not in items.columns:
+        return items.count()
+    return items.where(F.col("content_hash").isNull()).count()
+
+
+def _item_keys(spark: SparkSession, config: AppConfig, fingerprint: str, items_df: DataFrame | None) -> DataFrame:
+    """Every items row (no image) + reason, cached_hash and status: reused, quarantined or pending."""
+    checked = checked_items(item_rows(spark, config, items_df)).join(_cached_hashes(spark, config, fingerprint),
+                                                                      "item_id", "left")
+    status = (F.when(F.col("reason").isNotNull(), F.lit(QUARANTINED))
+              .when(F.col("content_hash") == F.col("cached_hash"), F.lit(REUSED)).otherwise(F.lit(PENDING)))
+    return checked.withColumn("status", status)
+
+
+# A pending set at most this large is broadcast to the image scan, so the images of unchanged
+# items are never shuffled; a larger one (a first run, new encoders) needs every image anyway.
+BROADCAST_PENDING_ROWS = 2_000_000
+
+
+def _staging_rows(df: DataFrame) -> DataFrame:
+    return df.select(*[(F.col(c) if c in df.columns else F.lit(None)).cast(t).alias(c)
+                       for c, t in (part.strip().split(" ", 1) for part in STAGING_SCHEMA.split(","))])
 
 
 def write_quarantine(spark: SparkSession, config: AppConfig, rows: DataFrame, *, run_date: dt.date,
@@ -141,6 +194,10 @@ def write_quarantine(spark: SparkSession, config: AppConfig, rows: DataFrame, *,
     (tables.conform(rows, spark, "quarantine").write.format("delta").mode("overwrite")
         .option("replaceWhere", where).save(path))
     return path
+
+
+def _say(message: str) -> None:
+    print(f"[item_features] {message}", flush=True)
 
 
 def _delete_path(spark: SparkSession, path: str) -> None:
@@ -216,10 +273,24 @@ def run_feature_update(spark: SparkSession, config: AppConfig, run_date: dt.date
     for path in sweep_stale_staging(spark, config):
         print(f"[item_features] deleted the staging table of a killed run: {path}", flush=True)
 
-    spark.sparkContext.setJobDescription(f"item features: hash and encode changed items ({run_date})")
-    staged = _featurize_input(spark, config, fingerprint, items_df).mapInPandas(
-        featurize_fn(fcfg, fingerprint, encode=True, autocast=autocast), STAGING_SCHEMA)
-    staged.write.format("delta").mode("overwrite").save(staging)
+    spark.sparkContext.setJobDescription(f"item features: find new and changed items ({run_date})")
+    keys = _item_keys(spark, config, fingerprint, items_df).persist()
+    try:
+        n_pending = keys.where(F.col("status") == PENDING).count()
+        settled = keys.where(F.col("status") != PENDING)
+        pending = keys.where(F.col("status") == PENDING).drop("image_size")
+        images = item_rows(spark, config, items_df, with_image=True).select("item_id", "content_hash", "image_size", "image")
+        if 0 < n_pending <= BROADCAST_PENDING_ROWS:
+            pending = F.broadcast(pending)
+        tasks = max(1, -(-n_pending // config.featurizer.rows_per_task))
+        todo = (images.join(pending, ["item_id", "content_hash"], "inner")
+                .dropDuplicates(["item_id"]).repartition(tasks))
+        _say(f"{n_pending} new or changed item(s) to encode in {tasks} task(s)")
+        spark.sparkContext.setJobDescription(f"item features: encode {n_pending} new or changed items ({run_date})")
+        encoded = todo.mapInPandas(encode_fn(fcfg, fingerprint, autocast=autocast), STAGING_SCHEMA)
+        _staging_rows(settled).unionByName(encoded).write.format("delta").mode("overwrite").save(staging)
+    finally:
+        keys.unpersist()
     timings["encode"] = time.perf_counter() - t0
 
     try:
@@ -282,12 +353,9 @@ def update_item_features(spark: SparkSession, config: AppConfig, run_date: dt.da
 
 def item_keys(spark: SparkSession, config: AppConfig, fingerprint: str | None = None,
               items_df: DataFrame | None = None) -> DataFrame:
-    """item_id, content_hash and item fields of every item that passes validation (hashes recomputed, nothing encoded)."""
-    fcfg = featurizer_config(config)
-    fingerprint = fingerprint or featurizer_fingerprint(fcfg)
-    staged = _featurize_input(spark, config, fingerprint, items_df).mapInPandas(
-        featurize_fn(fcfg, fingerprint, encode=False), STAGING_SCHEMA)
-    return (staged.where(F.col("status") != QUARANTINED)
+    """item_id, content_hash and item fields of every item that passes validation (Spark only, no image read)."""
+    fingerprint = fingerprint or featurizer_fingerprint(featurizer_config(config))
+    return (_item_keys(spark, config, fingerprint, items_df).where(F.col("status") != QUARANTINED)
             .select("item_id", "merchant_id", "category", "title", "description", "price", "content_hash"))
 
 
@@ -299,7 +367,7 @@ def valid_items(spark: SparkSession, config: AppConfig, fingerprint: str | None 
     text_emb, n_text_tokens, image_emb. An item is valid when it passes validation and
     ``item_features`` holds its current content under ``fingerprint`` (items whose new version
     could not be encoded drop out here). ``keys``: FeatureUpdate.valid_keys() of this run, or
-    None to recompute the hashes from ``items`` (one read of the images, no encoding).
+    None to take them from ``items`` (stored hashes, no image read, no encoding).
     """
     fingerprint = fingerprint or featurizer_fingerprint(featurizer_config(config))
     keys = keys if keys is not None else item_keys(spark, config, fingerprint)
@@ -310,10 +378,10 @@ def valid_items(spark: SparkSession, config: AppConfig, fingerprint: str | None 
 
 
 def cached_features(spark: SparkSession, config: AppConfig, fingerprint: str) -> DataFrame:
-    """item_features rows under ``fingerprint``: item_id, text_emb, n_text_tokens, image_emb."""
+    """item_features rows under ``fingerprint``: item_id, content_hash, text_emb, n_text_tokens, image_emb."""
     return (tables.read_table(spark, config, "item_features")
             .where(F.col("encoder_fingerprint") == fingerprint)
-            .select("item_id", "text_emb", "n_text_tokens", "image_emb"))
+            .select("item_id", "content_hash", "text_emb", "n_text_tokens", "image_emb"))
 
 
 def behaviour_sequences(events: DataFrame, before: dt.date, max_n: int, known_items: DataFrame | None = None,

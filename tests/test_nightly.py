@@ -21,8 +21,8 @@ import torch
 from pyspark.sql import functions as F
 
 from conftest import tiny_config
-from pipeline import features, scoring, tables
-from test_features import POISON_REASONS, clean_items, item_row, poison_items, write_items
+from pipeline import feature_cache, nightly, tables
+from test_feature_cache import POISON_REASONS, clean_items, item_row, poison_items, write_items
 
 RUN = dt.date(2026, 11, 24)
 BEFORE = RUN - dt.timedelta(days=1)
@@ -78,9 +78,9 @@ def make_artifact(config, path: Path, seed: int) -> str:
     from camenn.checkpoint import load_artifact, save_artifact
     from camenn.inputs import FeatureVocab
     from camenn.model import create_model
-    from udfs.featurize import get_featurizer
+    from udfs.encode import get_featurizer
 
-    fcfg = features.featurizer_config(config)
+    fcfg = feature_cache.featurizer_config(config)
     featurizer = get_featurizer(fcfg, "cpu")
     rows = clean_items(N_CLEAN)
     vocab = FeatureVocab.fit([r[2] for r in rows], [r[6] for r in rows],
@@ -115,21 +115,21 @@ def world(spark, tmp_path_factory):
 @pytest.fixture(scope="module")
 def first_run(spark, world):
     config, _ = world
-    return scoring.run(spark, config, RUN)
+    return nightly.run(spark, config, RUN)
 
 
 # ------------------------------------------------------------------------ an oracle without Spark
 
 
 def expected_scores(spark, config):
-    """p_ita, p_tia per valid item and cvr per scorable candidate, from camenn.scoring called row by row.
+    """p_ita, p_tia per valid item and cvr per scorable candidate, from camenn.predictor called row by row.
 
     The behaviour sequences are worked out here in plain Python from the events, so this also
     checks the Spark side's window and regrouping.
     """
-    from camenn.scoring import ScoringModel
+    from camenn.predictor import Predictor
 
-    model = ScoringModel.load(config.model_dir)
+    model = Predictor.load(config.model_dir)
     feats = {r.item_id: r for r in tables.read_table(spark, config, "item_features").collect()}
     items = {r.item_id: r for r in tables.read_table(spark, config, "items").collect()}
     valid = sorted(i for i in feats if i in items and i.startswith("i0"))
@@ -166,11 +166,11 @@ def assert_tables_match_oracle(spark, config, version):
     assert sorted(r.item_id for r in got) == sorted(align)
     assert {r.model_version for r in got} == {version}
     worst = max(max(abs(r.p_ita - align[r.item_id][0]), abs(r.p_tia - align[r.item_id][1])) for r in got)
-    assert worst < TOL, f"alignment scores differ from camenn.scoring by {worst}"
+    assert worst < TOL, f"alignment scores differ from camenn.predictor by {worst}"
     got = tables.read_table(spark, config, "cvr_scores").where(F.col("run_date") == F.lit(RUN)).collect()
     assert sorted((r.user_id, r.item_id) for r in got) == sorted(cvr)
     worst = max(abs(r.cvr - cvr[(r.user_id, r.item_id)]) for r in got)
-    assert worst < TOL, f"cvr scores differ from camenn.scoring by {worst}"
+    assert worst < TOL, f"cvr scores differ from camenn.predictor by {worst}"
     spread = np.ptp([r.cvr for r in got])
     assert spread > 1e-3, "scores hardly vary: the parity check would prove little"
 
@@ -196,12 +196,12 @@ def test_pick_device_from_task_resources():
 
 
 def test_scoring_model_is_the_model(tmp_path):
-    """ScoringModel gives model.predict's numbers, whatever the batch size and padding."""
+    """Predictor gives model.predict's numbers, whatever the batch size and padding."""
     from camenn.checkpoint import save_artifact
     from camenn.featurizer import EncodedItems, pack_item_features
     from camenn.inputs import FeatureVocab, ItemStore, full_batch, item_only_batch
     from camenn.model import create_model
-    from camenn.scoring import ScoringModel
+    from camenn.predictor import Predictor
 
     g = torch.Generator().manual_seed(0)
     n, dt_, di, p = 7, 16, 8, 4
@@ -218,7 +218,7 @@ def test_scoring_model_is_the_model(tmp_path):
                          n_experts=2, max_behaviour=3, item_feature_sizes=vocab.item_feature_sizes,
                          user_feature_sizes=vocab.user_feature_sizes)
     save_artifact(tmp_path / "m", model, {"vocab": vocab.to_dict(), "encoder_fingerprint": "f"})
-    sm = ScoringModel.load(tmp_path / "m")
+    sm = Predictor.load(tmp_path / "m")
     assert sm.dims == (dt_, di, p) and sm.max_behaviour == 3
 
     store = ItemStore.from_blobs(range(n), text, counts, image, vocab.item_feats(cats, prices), dt_, di, p)
@@ -250,12 +250,12 @@ def test_alignment_flags_absolute_and_per_category_quantile(spark):
     rows += [("t1", "m2", "tea", 0.3, 0.9), ("t2", "m2", "tea", 0.9, 0.2), ("n1", "m2", None, 0.1, 0.1)]
     scores = spark.createDataFrame(rows, "item_id string, merchant_id string, category string, p_ita double, p_tia double")
 
-    absolute = {r.item_id: r.reason for r in scoring.alignment_flags(scores, ThresholdConfig(ita=0.5, tia=0.5)).collect()}
+    absolute = {r.item_id: r.reason for r in nightly.alignment_flags(scores, ThresholdConfig(ita=0.5, tia=0.5)).collect()}
     assert absolute["t1"] == "text suspect" and absolute["t2"] == "image suspect" and absolute["n1"] == "text and image suspect"
     assert absolute["f60"] == "image suspect" and absolute["f40"] == "text suspect" and absolute["f50"] is None
 
     quantile = ThresholdConfig(mode="category_quantile", quantile=0.05, min_category_items=50, ita=0.5, tia=0.5)
-    got = {r.item_id: (r.flag, r.reason) for r in scoring.alignment_flags(scores, quantile).collect()}
+    got = {r.item_id: (r.flag, r.reason) for r in nightly.alignment_flags(scores, quantile).collect()}
     fruit = {k: v for k, v in got.items() if k.startswith("f")}
     # the lowest 5% of each score in the category: f00..f03 (p_ita < 0.04), f96..f99 (p_tia < 0.05)
     assert sorted(k for k, (flag, _) in fruit.items() if flag) == ["f00", "f01", "f02", "f03", "f96", "f97", "f98", "f99"]
@@ -319,7 +319,7 @@ def test_rerun_same_date_other_batching_replaces_rows(spark, world, first_run):
     config, version = world
     # Arrow batches of 8 rows, model batches of 4: the numbers must not move
     config2 = tiny_config(Path(config.data.root).parent, "scoring.batch_size=4", "scoring.max_records_per_batch=8")
-    again = scoring.run(spark, config2, RUN)
+    again = nightly.run(spark, config2, RUN)
     assert again.counts["items_encoded"] == 0 and again.counts["items_reused"] == N_CLEAN
     for name, key in (("item_alignment", ["item_id"]), ("cvr_scores", ["user_id", "item_id"])):
         df = tables.read_table(spark, config, name).where(F.col("run_date") == F.lit(RUN))
@@ -327,7 +327,7 @@ def test_rerun_same_date_other_batching_replaces_rows(spark, world, first_run):
     q = tables.read_table(spark, config, "quarantine").where(F.col("run_date") == F.lit(RUN))
     assert q.count() == first_run.counts["items_quarantined"] + first_run.counts["candidates_quarantined"]
     assert_tables_match_oracle(spark, config, version)
-    assert spark.conf.get(scoring.ARROW_BATCH) != "8"   # the session's setting is put back
+    assert spark.conf.get(nightly.ARROW_BATCH) != "8"   # the session's setting is put back
 
 
 def test_backfill_leaves_the_newer_date_alone(spark, world, first_run):
@@ -336,7 +336,7 @@ def test_backfill_leaves_the_newer_date_alone(spark, world, first_run):
         return sorted(tuple(r) for r in tables.read_table(spark, config, name).where(F.col("run_date") == F.lit(RUN)).collect())
 
     before = {name: snapshot(name) for name in ("item_alignment", "cvr_scores", "quarantine")}
-    old = scoring.run(spark, config, BEFORE)
+    old = nightly.run(spark, config, BEFORE)
     assert old.counts["candidates_in"] == 6 == old.counts["cvr_scored"]
     assert {name: snapshot(name) for name in before} == before
     cvr = tables.read_table(spark, config, "cvr_scores").where(F.col("run_date") == F.lit(BEFORE))
@@ -367,7 +367,7 @@ def test_failed_run_is_recorded_and_leaves_outputs_alone(spark, world, first_run
         f.write(b"\0")
     bad_config = config.model_copy(update={"scoring": config.scoring.model_copy(update={"model_dir": str(broken)})})
     with pytest.raises(Exception, match="does not match"):
-        scoring.run(spark, bad_config, RUN)
+        nightly.run(spark, bad_config, RUN)
     failed = tables.read_table(spark, config, "runs").where("status = 'failed'").collect()
     assert len(failed) == 1 and "does not match" in json.loads(failed[0].details)["error"]
     assert {name: tables.table_version(spark, config, name) for name in versions} == versions
@@ -375,11 +375,11 @@ def test_failed_run_is_recorded_and_leaves_outputs_alone(spark, world, first_run
 
 def test_missing_inputs_say_which_command_makes_them(spark, tmp_path):
     config = tiny_config(tmp_path)
-    with pytest.raises(scoring.MissingInput, match="make demo-data"):
-        scoring.check_inputs(spark, config)
+    with pytest.raises(nightly.MissingInput, match="make demo-data"):
+        nightly.check_inputs(spark, config)
     write_world(spark, config)
-    with pytest.raises(scoring.MissingInput, match="make train"):
-        scoring.check_inputs(spark, config)
+    with pytest.raises(nightly.MissingInput, match="make train"):
+        nightly.check_inputs(spark, config)
 
 
 def test_new_model_version_replaces_the_rows(spark, world, first_run, tmp_path):
@@ -388,7 +388,7 @@ def test_new_model_version_replaces_the_rows(spark, world, first_run, tmp_path):
     new_version = make_artifact(config, new_dir, seed=1)
     assert new_version != old_version
     config2 = config.model_copy(update={"scoring": config.scoring.model_copy(update={"model_dir": str(new_dir)})})
-    result = scoring.run(spark, config2, RUN)
+    result = nightly.run(spark, config2, RUN)
     assert result.model_version == new_version
     for name in ("item_alignment", "cvr_scores"):
         versions = tables.read_table(spark, config, name).where(F.col("run_date") == F.lit(RUN)) \
@@ -435,7 +435,7 @@ def trained_world(spark, tmp_path_factory):
     write_generated_world(spark, config, log=None)
     trained = run_training(spark, config, run_date=config.world.run_date)
     print(trained.summary())
-    result = scoring.run(spark, config, config.world.run_date)
+    result = nightly.run(spark, config, config.world.run_date)
     print(result.summary())
     return config, trained, result
 

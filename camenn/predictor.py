@@ -1,13 +1,21 @@
 """Scoring with a trained CameNN artifact, from cached item features: pure torch, no Spark.
 
-    model = ScoringModel.load("artifacts/demo/model", device="cpu")
+    model = Predictor.load("artifacts/demo/model", device="cpu")
     p_ita, p_tia = model.score_items(text_embs, n_text_tokens, image_embs, categories, prices)
-    cvr = model.score_pairs(target..., behaviour..., user_fields)
+    out = model.item_outputs(text_embs, n_text_tokens, image_embs, categories, prices)  # + projections
+    cvr = model.score_pairs(target..., behaviour..., user_fields)           # one row per candidate
+    user_idx, item_ids, cvr = model.score_users(candidates..., behaviour..., user_fields)  # one row per user
+
+``score_pairs`` reads encoder-output blobs for every item of every row: the reference path.
+``item_outputs`` computes each item's projected tokens (``CameNN.project_items``, fp32 d_model
+vectors: what an item contributes to any row), which the nightly job caches per (content,
+model version) in ``item_projections``; ``score_users`` reads those, one row per user with its
+behaviour once and its candidates as lists, and gives the same CVR as ``score_pairs``.
 
 The blobs are the ``item_features`` columns (``camenn.featurizer.pack_item_features``); the
 rows go through the same path as training (``camenn.inputs``: FeatureVocab ids, ItemStore,
 item_only_batch / full_batch), in batches of ``batch_size`` rows, each batch unpacked on its
-own so memory stays bounded whatever the number of rows. The Spark UDFs (``udfs.scoring``)
+own so memory stays bounded whatever the number of rows. The Spark UDFs (``udfs.predict``)
 call exactly these methods, which is what the parity test holds them to.
 
 The artifact's ``config.json`` carries, besides the model config: ``featurizer`` (the
@@ -26,10 +34,11 @@ import numpy as np
 import torch
 
 from camenn.checkpoint import Artifact, ArtifactError, load_artifact
+from camenn.featurizer import pack_tokens
 from camenn.inputs import USER_FEATURES, FeatureVocab, ItemStore, full_batch, item_only_batch
 from camenn.model import CameNNBatch
 
-__all__ = ["ScoringModel", "AUTOCAST_DTYPES"]
+__all__ = ["Predictor", "AUTOCAST_DTYPES"]
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -48,14 +57,14 @@ def _seq(value) -> list:
 
 
 @dataclass
-class ScoringModel:
+class Predictor:
     artifact: Artifact
     vocab: FeatureVocab
     device: torch.device
     autocast_dtype: torch.dtype | None = None
 
     @classmethod
-    def load(cls, model_dir: str | Path, device: str | torch.device = "cpu", autocast: str | None = None) -> "ScoringModel":
+    def load(cls, model_dir: str | Path, device: str | torch.device = "cpu", autocast: str | None = None) -> "Predictor":
         """load_artifact + the artifact's vocabulary; ``autocast`` ("bf16"/"fp16") applies on CUDA only."""
         artifact = load_artifact(model_dir, device=device)
         if "vocab" not in artifact.metadata:
@@ -103,11 +112,14 @@ class ScoringModel:
     # ------------------------------------------------------------------ rows -> inputs
 
     def item_store(self, text_embs: Sequence[bytes], n_text_tokens: Sequence[int], image_embs: Sequence[bytes],
-                   categories: Sequence[str | None], prices: Sequence[float | None]) -> ItemStore:
+                   categories: Sequence[str | None], prices: Sequence[float | None], projected: bool = False) -> ItemStore:
+        """Rows of encoder-output blobs, or with ``projected`` of projected-token blobs (item_projections)."""
         feats = self.vocab.item_feats(_clean(categories), _clean(prices))  # (B, Fi)
         text_dim, image_dim, n_patches = self.dims
+        if projected:
+            text_dim = image_dim = int(self.config.d_model)
         return ItemStore.from_blobs(range(len(text_embs)), list(text_embs), [int(n) for n in n_text_tokens],
-                                    list(image_embs), feats, text_dim, image_dim, n_patches)
+                                    list(image_embs), feats, text_dim, image_dim, n_patches, projected=projected)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -137,6 +149,95 @@ class ScoringModel:
             p_ita[s:e], p_tia[s:e] = probs["ita"], probs["tia"]
         return p_ita, p_tia
 
+    def item_outputs(self, text_embs: Sequence[bytes], n_text_tokens: Sequence[int], image_embs: Sequence[bytes],
+                     categories: Sequence[str | None], prices: Sequence[float | None],
+                     batch_size: int = 256) -> dict[str, list | np.ndarray]:
+        """One item-only pass: projected tokens of every row, and p_ita / p_tia when the model has those heads.
+
+        Returns text_proj, image_proj (fp32 blobs of (n_text_tokens, D) and (P, D)),
+        n_text_tokens, and p_ita, p_tia (float64 arrays, NaN without the heads). The scores are
+        computed from the projections themselves, so cached projections reproduce them.
+        """
+        n = len(text_embs)
+        align = {"ita", "tia"} <= set(self.tasks)
+        p_ita, p_tia = np.full(n, np.nan), np.full(n, np.nan)
+        text_proj: list[bytes] = []
+        image_proj: list[bytes] = []
+        counts = [int(c) for c in n_text_tokens]
+        for s in range(0, n, batch_size):
+            e = min(n, s + batch_size)
+            store = self.item_store(text_embs[s:e], counts[s:e], image_embs[s:e], categories[s:e], prices[s:e])
+            items = store.gather(torch.arange(e - s)).to(self.device)
+            with torch.inference_mode(), self._autocast():
+                projected = self.model.project_items(items)
+                if align:
+                    probs = self.model.predict(CameNNBatch(target=projected), ("ita", "tia"))
+            text, image = projected.text.float().cpu(), projected.image.float().cpu()  # (b, L, D), (b, P, D)
+            for r in range(e - s):
+                text_proj.append(pack_tokens(text[r, :counts[s + r]]))
+                image_proj.append(pack_tokens(image[r]))
+            if align:
+                p_ita[s:e] = probs["ita"].float().cpu().numpy()
+                p_tia[s:e] = probs["tia"].float().cpu().numpy()
+        return {"text_proj": text_proj, "n_text_tokens": counts, "image_proj": image_proj, "p_ita": p_ita, "p_tia": p_tia}
+
+    def score_users(self, cand_item_ids: Sequence[Sequence[str]], cand_text: Sequence[Sequence[bytes]],
+                    cand_n_text_tokens: Sequence[Sequence[int]], cand_image: Sequence[Sequence[bytes]],
+                    cand_categories: Sequence[Sequence[str | None]], cand_prices: Sequence[Sequence[float | None]],
+                    behaviour_text: Sequence[Sequence[bytes]], behaviour_n_text_tokens: Sequence[Sequence[int]],
+                    behaviour_image: Sequence[Sequence[bytes]], behaviour_categories: Sequence[Sequence[str | None]],
+                    behaviour_prices: Sequence[Sequence[float | None]], user_fields: Mapping[str, Sequence[str | None]],
+                    batch_size: int = 256) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """CVR of every candidate of every user, from projected-token blobs; one input row per user.
+
+        Row u holds user u's candidates (``cand_*[u]``, lists) and behaviour items (oldest first,
+        the last ``max_behaviour`` are used), so a user's behaviour is unpacked once per model
+        batch however many candidates it has. Returns (user row index, item_id, cvr) per candidate.
+        """
+        if "cvr" not in self.tasks:
+            raise ValueError(f"model {self.version} has no cvr head (tasks={self.tasks})")
+        n_users = len(cand_item_ids)
+        users = self.vocab.user_feats({f: _clean(user_fields.get(f, [None] * n_users)) for f in USER_FEATURES})  # (U, Fu)
+        out_user: list[int] = []
+        out_item: list[str] = []
+        out_cvr: list[np.ndarray] = []
+        pending: list[tuple[int, int]] = []
+
+        def flush():
+            rows = [(u, j, _seq(cand_text[u])[j], int(_seq(cand_n_text_tokens[u])[j]), _seq(cand_image[u])[j],
+                     _seq(cand_categories[u])[j], _seq(cand_prices[u])[j]) for u, j in pending]
+            seqs = {u: self._behaviour_of(u, behaviour_text, behaviour_n_text_tokens, behaviour_image,
+                                          behaviour_categories, behaviour_prices) for u in dict.fromkeys(u for u, _ in pending)}
+            b = len(rows)
+            start, at = {}, b
+            for u, seq in seqs.items():
+                start[u] = at
+                at += len(seq)
+            flat = [item for seq in seqs.values() for item in seq]
+            store = self.item_store([r[2] for r in rows] + [x[0] for x in flat], [r[3] for r in rows] + [x[1] for x in flat],
+                                    [r[4] for r in rows] + [x[2] for x in flat], [r[5] for r in rows] + [x[3] for x in flat],
+                                    [r[6] for r in rows] + [x[4] for x in flat], projected=True)
+            slots = max((len(q) for q in seqs.values()), default=0)
+            behaviour = torch.full((b, slots), -1, dtype=torch.long)  # (b, slots), -1 = empty slot
+            for r, (u, _) in enumerate(pending):
+                behaviour[r, :len(seqs[u])] = torch.arange(start[u], start[u] + len(seqs[u]))
+            user_rows = torch.as_tensor(users[[u for u, _ in pending]])  # (b, Fu)
+            batch = full_batch(store, torch.arange(b), behaviour, user_rows)
+            out_cvr.append(self._predict(batch, ("cvr",))["cvr"])
+            out_user.extend(u for u, _ in pending)
+            out_item.extend(_seq(cand_item_ids[u])[j] for u, j in pending)
+            pending.clear()
+
+        for u in range(n_users):
+            for j in range(len(_seq(cand_item_ids[u]))):
+                pending.append((u, j))
+                if len(pending) == batch_size:
+                    flush()
+        if pending:
+            flush()
+        cvr = np.concatenate(out_cvr) if out_cvr else np.empty(0)
+        return np.asarray(out_user, dtype=np.int64), out_item, cvr
+
     def score_pairs(self, target_text_embs: Sequence[bytes], target_n_text_tokens: Sequence[int],
                     target_image_embs: Sequence[bytes], target_categories: Sequence[str | None],
                     target_prices: Sequence[float | None],
@@ -152,7 +253,7 @@ class ScoringModel:
         """
         if "cvr" not in self.tasks:
             raise ValueError(f"model {self.version} has no cvr head (tasks={self.tasks})")
-        n, N = len(target_text_embs), self.max_behaviour
+        n = len(target_text_embs)
         users = self.vocab.user_feats({f: _clean(user_fields.get(f, [None] * n)) for f in USER_FEATURES})  # (n, Fu)
         out = np.empty(n)
         for s in range(0, n, batch_size):

@@ -1,0 +1,113 @@
+"""The per-item model cache: what the model in service computes from an item alone, once per change.
+
+    stats = refresh(spark, config, model, valid, run_date)    # score new or changed items, MERGE
+    outputs = current(spark, config, model, valid)            # every valid item's cached outputs
+
+An item's projected tokens (``CameNN.project_items``: its text and image mapped to d_model)
+and its alignment scores depend only on its content (content_hash), its category and price,
+and the model version. ``item_model_outputs`` holds one row per item with that key; a night
+runs the model's item pass only over the valid items whose key is not cached (new or changed
+items, or all of them when the model version changed), MERGEs them in one commit, and then
+reads every valid item's outputs from the cache:
+
+- alignment for the date = the cached p_ita / p_tia of every valid item, so ``item_alignment``
+  is complete while only changed items were scored, and per-category quantiles see them all;
+- CVR reads the cached projected tokens: ``(n_text_tokens + n_patches) * d_model * 4`` bytes per
+  item instead of the encoder outputs (docs/architecture.md has the figures).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from camenn.config import AppConfig
+from pipeline import tables
+from udfs.predict import ITEM_OUTPUTS_INPUT, ITEM_OUTPUTS_SCHEMA, item_outputs_fn
+
+TABLE = "item_model_outputs"
+KEY = ("content_hash", "category", "price")
+# A set of stale items at most this large is broadcast to the item_features scan, so the blobs
+# of unchanged items are not shuffled; a larger one (a new model) needs every blob anyway.
+BROADCAST_STALE_ROWS = 2_000_000
+
+
+@dataclass
+class CacheStats:
+    valid: int
+    scored: int          # items that went through the model's item pass this run
+    reused: int          # items whose cached outputs were current
+    seconds: float
+
+    def check(self) -> "CacheStats":
+        if self.valid != self.scored + self.reused:
+            raise AssertionError(f"model cache counts do not add up: {self}")
+        return self
+
+
+def _fresh(cached: DataFrame, keys: DataFrame) -> DataFrame:
+    """keys (item_id + KEY columns) whose cached row has the same key: null-safe on category and price."""
+    cond = [keys["item_id"] == cached["_item_id"]] + [keys[k].eqNullSafe(cached[f"_{k}"]) for k in KEY]
+    return keys.join(cached, cond, "left_semi")
+
+
+def _cached(spark: SparkSession, config: AppConfig, version: str) -> DataFrame:
+    tables.ensure_table(spark, config, TABLE)
+    return (tables.read_table(spark, config, TABLE).where(F.col("model_version") == version)
+            .select(F.col("item_id").alias("_item_id"), *[F.col(k).alias(f"_{k}") for k in KEY]))
+
+
+def refresh(spark: SparkSession, config: AppConfig, model, valid: DataFrame, blobs: DataFrame,
+            run_date: dt.date) -> CacheStats:
+    """Run the item pass over the valid items whose outputs are not cached for ``model``; MERGE them.
+
+    ``valid``: item_id, content_hash, category, price of every valid item (no blobs).
+    ``blobs``: item_features rows (item_id, content_hash, text_emb, n_text_tokens, image_emb).
+    """
+    t0 = time.perf_counter()
+    sc = config.scoring
+    keys = valid.select("item_id", *KEY)
+    stale = keys.join(_fresh(_cached(spark, config, model.version), keys).select("item_id"), "item_id", "left_anti")
+    n_valid, n_stale = keys.count(), stale.count()
+    if n_stale:
+        if n_stale <= BROADCAST_STALE_ROWS:
+            stale = F.broadcast(stale)
+        todo = blobs.join(stale, ["item_id", "content_hash"], "inner").select(*ITEM_OUTPUTS_INPUT)
+        spark.sparkContext.setJobDescription(f"model cache: item pass over {n_stale} new or changed items ({run_date})")
+        outputs = (todo.mapInPandas(item_outputs_fn(config.model_dir, model.version, sc.batch_size, sc.autocast),
+                                    ITEM_OUTPUTS_SCHEMA)
+                   .withColumn("model_version", F.lit(model.version)).withColumn("updated_at", F.current_timestamp()))
+        _merge(spark, config, outputs)
+    return CacheStats(valid=n_valid, scored=n_stale, reused=n_valid - n_stale, seconds=time.perf_counter() - t0).check()
+
+
+def _merge(spark: SparkSession, config: AppConfig, outputs: DataFrame) -> None:
+    from delta.tables import DeltaTable
+
+    path = tables.ensure_table(spark, config, TABLE)
+    changed = " OR ".join([f"NOT (t.{k} <=> s.{k})" for k in (*KEY, "model_version")])
+    (DeltaTable.forPath(spark, path).alias("t")
+        .merge(tables.conform(outputs, spark, TABLE).alias("s"), "t.item_id = s.item_id")
+        .whenMatchedUpdateAll(condition=changed)
+        .whenNotMatchedInsertAll()
+        .execute())
+
+
+def current(spark: SparkSession, config: AppConfig, model, valid: DataFrame) -> DataFrame:
+    """Every valid item (valid's columns) + its cached text_proj, n_text_tokens, image_proj, p_ita, p_tia.
+
+    After ``refresh`` each valid item has exactly one current row, so this is an inner join
+    that loses nothing; ``score_catalog`` checks the count.
+    """
+    cached = (tables.read_table(spark, config, TABLE).where(F.col("model_version") == model.version)
+              .select(F.col("item_id").alias("_item_id"), *[F.col(k).alias(f"_{k}") for k in KEY],
+                      "text_proj", "n_text_tokens", "image_proj", "p_ita", "p_tia"))
+    cond = [valid["item_id"] == cached["_item_id"]] + [valid[k].eqNullSafe(cached[f"_{k}"]) for k in KEY]
+    return valid.join(cached, cond, "inner").drop("_item_id", *[f"_{k}" for k in KEY])
+
+
+__all__ = ["refresh", "current", "CacheStats", "TABLE"]
