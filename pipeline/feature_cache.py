@@ -287,8 +287,32 @@ def run_feature_update(spark: SparkSession, config: AppConfig, run_date: dt.date
                 .dropDuplicates(["item_id"]).repartition(tasks))
         _say(f"{n_pending} new or changed item(s) to encode in {tasks} task(s)")
         spark.sparkContext.setJobDescription(f"item features: encode {n_pending} new or changed items ({run_date})")
-        encoded = todo.mapInPandas(encode_fn(fcfg, fingerprint, autocast=autocast), STAGING_SCHEMA)
-        _staging_rows(settled).unionByName(encoded).write.format("delta").mode("overwrite").save(staging)
+        # progress: each encode task adds its rows to an accumulator when it finishes (task-level
+        # granularity, like the bar); a driver thread prints the count every 10 s while the write runs
+        encode, done = encode_fn(fcfg, fingerprint, autocast=autocast), spark.sparkContext.accumulator(0)
+
+        def encode_counted(batches):
+            for frame in encode(batches):
+                done.add(len(frame))
+                yield frame
+
+        import threading
+
+        stop = threading.Event()
+
+        def report():
+            while not stop.wait(10.0):
+                _say(f"encoded {min(done.value, n_pending)} / {n_pending} items")
+
+        encoded = todo.mapInPandas(encode_counted, STAGING_SCHEMA)
+        try:
+            if n_pending:
+                threading.Thread(target=report, name="item-features-progress", daemon=True).start()
+            _staging_rows(settled).unionByName(encoded).write.format("delta").mode("overwrite").save(staging)
+        finally:
+            stop.set()
+        if n_pending:
+            _say(f"encoded {min(done.value, n_pending)} / {n_pending} items")
     finally:
         keys.unpersist()
     timings["encode"] = time.perf_counter() - t0
@@ -386,23 +410,7 @@ def cached_features(spark: SparkSession, config: AppConfig, fingerprint: str) ->
 
 def behaviour_sequences(events: DataFrame, before: dt.date, max_n: int, known_items: DataFrame | None = None,
                         users: DataFrame | None = None) -> DataFrame:
-    """user_id, behaviour: the last ``max_n`` purchased item_ids strictly before ``before``, oldest first.
+    """user_id, behaviour at ``before`` (pipeline.history.behaviour_at: the one history rule); buyers only."""
+    from pipeline import history
 
-    ``known_items`` (a frame with item_id): keep only purchases of these items (items without
-    cached features cannot be embedded), before taking the last ``max_n``. ``users`` (a frame
-    with user_id): only these users. Users without purchases get no row.
-    """
-    purchases = (events.where((F.col("event") == "purchase") & (F.col("ts") < F.lit(before).cast("timestamp")))
-                 .select("user_id", "item_id", "ts"))
-    if users is not None:
-        purchases = purchases.join(users.select("user_id").distinct(), "user_id", "left_semi")
-    if known_items is not None:
-        purchases = purchases.join(known_items.select("item_id"), "item_id", "left_semi")
-    if max_n <= 0:
-        return purchases.select("user_id").distinct().withColumn("behaviour", F.array().cast("array<string>"))
-    # newest first, then keep max_n, then put them back oldest first (ties broken by item_id)
-    recent = F.row_number().over(Window.partitionBy("user_id").orderBy(F.col("ts").desc(), F.col("item_id").desc()))
-    last = purchases.withColumn("k", recent).where(F.col("k") <= max_n)
-    return (last.groupBy("user_id")
-            .agg(F.array_sort(F.collect_list(F.struct("ts", "item_id"))).alias("seq"))
-            .select("user_id", F.col("seq.item_id").alias("behaviour")))
+    return history.behaviour_at(events, before, max_n, known_items, users).where(F.size("behaviour") > 0)

@@ -39,7 +39,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from camenn.config import AppConfig, ThresholdConfig
-from pipeline import feature_cache, model_cache, tables
+from pipeline import feature_cache, history, model_cache, tables
 from udfs.predict import CVR_INPUT, CVR_SCHEMA, CVR_USERS_INPUT, PROJECTED_FIELDS, cvr_users_fn
 
 JOB = "score_catalog"
@@ -190,7 +190,7 @@ def behaviour_inputs(events: DataFrame, valid: DataFrame, users: DataFrame, run_
     items' features in Spark and regrouped per user, so each user's blobs travel once to the
     candidates' join and nothing is collected to the driver.
     """
-    seqs = feature_cache.behaviour_sequences(events, run_date, max_n, known_items=valid.select("item_id"), users=users)
+    seqs = history.behaviour_at(events, run_date, max_n, known_items=valid.select("item_id"), users=users)
     exploded = seqs.select("user_id", F.posexplode("behaviour").alias("pos", "item_id"))
     grouped = (exploded.join(_item_inputs(valid), "item_id")
                .groupBy("user_id")
@@ -244,8 +244,7 @@ def user_rows(good: DataFrame, outputs: DataFrame, events: DataFrame, run_date: 
     candidates = (good.join(items, "item_id")
                   .groupBy("user_id", *USER_FIELDS)
                   .agg(F.collect_list(F.struct("item_id", *PROJECTED_FIELDS)).alias("c")))
-    seqs = feature_cache.behaviour_sequences(events, run_date, max_n, known_items=items.select("item_id"),
-                                             users=good.select("user_id"))
+    seqs = history.behaviour_at(events, run_date, max_n, known_items=items.select("item_id"), users=good.select("user_id"))
     behaviour = (seqs.select("user_id", F.posexplode("behaviour").alias("pos", "item_id"))
                  .join(items, "item_id")
                  .groupBy("user_id")

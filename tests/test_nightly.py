@@ -321,6 +321,9 @@ def test_rerun_same_date_other_batching_replaces_rows(spark, world, first_run):
     config2 = tiny_config(Path(config.data.root).parent, "scoring.batch_size=4", "scoring.max_records_per_batch=8")
     again = nightly.run(spark, config2, RUN)
     assert again.counts["items_encoded"] == 0 and again.counts["items_reused"] == N_CLEAN
+    # nothing changed: no item goes through the model again, and item_alignment is still complete
+    assert (again.counts["items_model_scored"], again.counts["items_model_reused"]) == (0, N_CLEAN)
+    assert again.counts["items_scored"] == N_CLEAN
     for name, key in (("item_alignment", ["item_id"]), ("cvr_scores", ["user_id", "item_id"])):
         df = tables.read_table(spark, config, name).where(F.col("run_date") == F.lit(RUN))
         assert df.count() == df.select(*key).distinct().count() > 0, name
@@ -390,12 +393,31 @@ def test_new_model_version_replaces_the_rows(spark, world, first_run, tmp_path):
     config2 = config.model_copy(update={"scoring": config.scoring.model_copy(update={"model_dir": str(new_dir)})})
     result = nightly.run(spark, config2, RUN)
     assert result.model_version == new_version
+    assert (result.counts["items_encoded"], result.counts["items_model_scored"]) == (0, N_CLEAN)  # all rescored
     for name in ("item_alignment", "cvr_scores"):
         versions = tables.read_table(spark, config, name).where(F.col("run_date") == F.lit(RUN)) \
             .groupBy("model_version").count().collect()
         assert [(r.model_version, r["count"]) for r in versions] == \
             [(new_version, result.counts["items_scored" if name == "item_alignment" else "cvr_scored"])]
     assert_tables_match_oracle(spark, config2, new_version)
+
+
+def test_three_changed_items_are_encoded_and_scored_again_and_nothing_else(spark, world, first_run):
+    config, version = world
+    nightly.run(spark, config, RUN)   # the cache holds this model's outputs for every item (again)
+    changed = {"i002", "i005", "i009"}
+    rows = [r if r[0] not in changed else r[:3] + (r[3] + " (new pack)",) + r[4:]
+            for r in clean_items(N_CLEAN) + poison_items(100)]
+    write_items(spark, config, rows)
+    result = nightly.run(spark, config, RUN)
+    c = result.counts
+    assert (c["items_encoded"], c["items_model_scored"]) == (3, 3)
+    assert (c["items_reused"], c["items_model_reused"], c["items_scored"]) == (N_CLEAN - 3, N_CLEAN - 3, N_CLEAN)
+    assert c["items_in"] == c["items_valid"] + c["items_quarantined"]
+    assert c["candidates_in"] == c["cvr_scored"] + c["candidates_quarantined"]
+    assert_tables_match_oracle(spark, config, version)
+    again = nightly.run(spark, config, RUN).counts
+    assert (again["items_encoded"], again["items_model_scored"]) == (0, 0)
 
 
 # ------------------------------------------------------------------------ the job's command line
