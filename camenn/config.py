@@ -19,7 +19,7 @@ TABLE_NAMES = (
     "items", "users", "events", "impressions", "candidates",
     "truth_items", "truth_impressions",
     "item_features", "item_model_outputs", "item_alignment", "cvr_scores", "quarantine", "runs", "quality_flags",
-    "training_examples",
+    "training_examples", "training_items",
 )
 
 
@@ -148,6 +148,9 @@ class TrainingConfig(Section):
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     autocast: Literal["bf16", "fp16", "none"] = Field(
         "bf16", description="mixed precision of training on GPU (fp16 with loss scaling); CPU training stays fp32")
+    examples_per_chunk: int = Field(
+        100_000, gt=0, description="training streams its examples in chunks of about this many, each with the features "
+                                   "of just the items it references: a process holds one chunk, whatever the catalogue")
 
 
 class ThresholdConfig(Section):

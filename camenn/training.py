@@ -6,16 +6,16 @@
 (DDP: gloo on CPU, nccl on GPU); with one process the Spark driver calls it directly. It never
 imports pyspark. Each process
 
-1. reads the item feature cache (``item_features``) and the items' category and price at the
-   table versions pinned in the spec, through delta-rs, into an :class:`~camenn.inputs.ItemStore`;
-2. reads ITS shard of the ``training_examples`` snapshot (rows whose ``bucket`` % world_size
-   == rank) and turns it into index tensors (target item, behaviour items, user features);
-3. trains with Adam; every step mixes a full batch (user + behaviour + target, CVR labels) with
-   an item-only batch of random training items turned into ITA/TIA examples by
-   :func:`camenn.losses.make_alignment_examples`;
-4. early-stops on the validation split's loss (patience), restores the best weights and
-   measures the held-out metrics: CVR AUC on the test split, ITA/TIA accuracy on held-out items;
-5. on rank 0 alone, writes the artifact with :func:`camenn.checkpoint.save_artifact`.
+1. streams ITS chunks of the pinned training snapshot (``camenn.chunks``: chunk c holds the
+   examples with ``bucket % n_chunks == c`` and the features of just the items they reference,
+   read through delta-rs), one chunk in memory at a time, whatever the catalogue's size;
+2. trains with Adam; every step mixes a full batch (user + behaviour + target, CVR labels) of
+   the current chunk with an item-only batch of the chunk's own training items turned into
+   ITA/TIA examples by :func:`camenn.losses.make_alignment_examples`;
+3. early-stops on the validation split's loss (patience), restores the best weights and
+   measures the held-out metrics (CVR AUC on the test split, ITA/TIA accuracy and AUC on
+   held-out items), each process over its chunks, reducing histograms and counts only;
+4. on rank 0 alone, writes the artifact with :func:`camenn.checkpoint.save_artifact`.
 
 Items are split for the alignment tasks by a stable hash of item_id (:func:`item_split`), so
 held-out items are never seen in an alignment batch; CVR examples are split by the Spark side
@@ -31,22 +31,20 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from camenn.inputs import ITEM_FEATURES, FeatureVocab, ItemStore, full_batch, item_only_batch
+from camenn.chunks import Chunk, ChunkCache, Examples, batch_stream, load_chunk, rank_chunks, store_from_arrow
+from camenn.inputs import ITEM_FEATURES, FeatureVocab, ItemStore, full_batch
 from camenn.losses import derangement, make_alignment_examples, multitask_loss
 from camenn.model import NON_TASK_OUTPUTS, TASKS, CameNN, CameNNBatch, ItemTokens, frame_config
 from camenn.predictor import AUTOCAST_DTYPES
 
-SPLITS = ("train", "valid", "test")
-N_BUCKETS = 1024  # training_examples.bucket is in [0, N_BUCKETS)
 # A frame fixes some settings: the BST-like single-task model has one expert and the CVR task only.
 FRAME_FIXED = {"single_task": ("tasks", "n_experts")}
-EXAMPLE_COLUMNS = ["item_id", "behaviour", "age_band", "household", "zone", "label", "split", "bucket"]
 
 
 # -----------------------------------------------------------------------------
@@ -69,11 +67,6 @@ def item_split(item_id: str, test_fraction: float, valid_fraction: float, salt: 
     return "train"
 
 
-def rank_buckets(rank: int, world_size: int) -> list[int]:
-    """The training_examples buckets a rank reads: bucket % world_size == rank."""
-    return [b for b in range(N_BUCKETS) if b % world_size == rank]
-
-
 # -----------------------------------------------------------------------------
 # reading pinned Delta snapshots (delta-rs -> pyarrow -> torch)
 
@@ -84,122 +77,29 @@ def _delta_table(path: str, version: int | None):
     return DeltaTable(path, version=version)
 
 
-def _latest_per_item(pdf):
-    if "updated_at" in pdf.columns:
-        pdf = pdf.sort_values(["item_id", "updated_at"], na_position="first", kind="stable")
-    return pdf.drop_duplicates("item_id", keep="last")
-
-
 def load_item_store(features_path: str, features_version: int | None, items_path: str, items_version: int | None,
-                    fingerprint: str, vocab: FeatureVocab, n_patches: int, chunk: int = 2048) -> ItemStore:
-    """The item store of every cached item under ``fingerprint`` that ``items`` still holds.
+                    fingerprint: str, vocab: FeatureVocab, n_patches: int) -> ItemStore:
+    """Every cached item under ``fingerprint`` that ``items`` still holds, in one store.
 
-    Blobs are unpacked a chunk at a time straight into float16, so the peak memory is about
-    the store itself (fp16) plus one chunk in float32.
+    For the evaluation of the synthetic world (mislabel detection, heat maps) and tests: it holds
+    the whole catalogue, which training never does (it reads chunks, camenn.chunks).
     """
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     feats = _delta_table(features_path, features_version).to_pyarrow_table(
         columns=["item_id", "encoder_fingerprint", "text_emb", "n_text_tokens", "image_emb"])
-    feats = feats.filter(pc.equal(feats["encoder_fingerprint"], fingerprint))
-    items = _delta_table(items_path, items_version).to_pyarrow_table(
-        columns=["item_id", "category", "price", "updated_at"]).to_pandas()
-    items = _latest_per_item(items).set_index("item_id")
-    ids = feats["item_id"].to_pylist()
-    keep = np.array([i in items.index for i in ids], dtype=bool)
-    feats = feats.filter(keep)
-    order = np.argsort(np.asarray(feats["item_id"].to_pylist(), dtype=object), kind="stable")
-    feats = feats.take(order)
-    ids = feats["item_id"].to_pylist()
-    n = len(ids)
-    if n == 0:
+    feats = feats.filter(pc.equal(feats["encoder_fingerprint"], fingerprint)).drop(["encoder_fingerprint"])
+    items = _delta_table(items_path, items_version).to_pyarrow_table(columns=["item_id", "category", "price", "updated_at"])
+    items = items.take(pc.sort_indices(items, sort_keys=[("item_id", "ascending"), ("updated_at", "descending")]))
+    ids = items["item_id"].to_pylist()
+    newest = [0] + [k for k in range(1, len(ids)) if ids[k] != ids[k - 1]]
+    items = items.take(pa.array(newest, pa.int64())).drop(["updated_at"])
+    joined = feats.join(items, "item_id", join_type="inner")
+    if joined.num_rows == 0:
         raise ValueError(f"no cached item features under fingerprint {fingerprint[:12]} at {features_path} "
                          f"(version {features_version}) match the items table")
-
-    n_tok = np.asarray(feats["n_text_tokens"].to_numpy(zero_copy_only=False), dtype=np.int64)
-    first_text, first_image = feats["text_emb"][0].as_py(), feats["image_emb"][0].as_py()
-    text_dim = len(first_text) // (2 * int(n_tok[0]))
-    image_dim = len(first_image) // (2 * n_patches)
-    longest = int(n_tok.max())
-    text = torch.zeros(n, longest, text_dim, dtype=torch.float16)      # (N, L, Dt)
-    mask = torch.zeros(n, longest, dtype=torch.bool)                   # (N, L)
-    image = torch.zeros(n, n_patches, image_dim, dtype=torch.float16)  # (N, P, Di)
-    f16 = np.dtype("<f2")
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        t_blobs = feats["text_emb"].slice(start, stop - start).to_pylist()
-        i_blobs = feats["image_emb"].slice(start, stop - start).to_pylist()
-        for j, (tb, ib) in enumerate(zip(t_blobs, i_blobs)):
-            k, row = int(n_tok[start + j]), start + j
-            text[row, :k] = torch.from_numpy(np.frombuffer(tb, dtype=f16).reshape(k, text_dim).copy())
-            mask[row, :k] = True
-            image[row] = torch.from_numpy(np.frombuffer(ib, dtype=f16).reshape(n_patches, image_dim).copy())
-    meta = items.loc[ids]
-    item_feats = vocab.item_feats(list(meta["category"]), [None if p != p else p for p in meta["price"]])
-    return ItemStore(ids, text, mask, image, torch.as_tensor(item_feats))
-
-
-@dataclass
-class Examples:
-    """CVR examples of one split as index tensors into an ItemStore."""
-
-    target: torch.Tensor      # (n,) long
-    behaviour: torch.Tensor   # (n, N) long, -1 = empty slot (slots filled from 0)
-    user_feats: torch.Tensor  # (n, Fu) long
-    label: torch.Tensor       # (n,) float
-
-    def __len__(self) -> int:
-        return int(self.target.shape[0])
-
-    def select(self, idx: torch.Tensor) -> "Examples":
-        return Examples(self.target[idx], self.behaviour[idx], self.user_feats[idx], self.label[idx])
-
-
-def examples_from_arrow(table, store: ItemStore, vocab: FeatureVocab, max_behaviour: int) -> tuple[dict[str, Examples], int]:
-    """training_examples rows (a pyarrow Table) -> Examples per split; also the rows dropped (unknown target)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    n = table.num_rows
-    target = store.lookup(table["item_id"].to_pylist())                               # (n,)
-    beh = table["behaviour"].combine_chunks() if n else pa.array([], pa.list_(pa.string()))
-    lengths = np.asarray(pc.fill_null(pc.list_value_length(beh), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
-    flat = store.lookup(pc.list_flatten(beh).to_pylist()).numpy()                     # (sum lengths,)
-    behaviour = np.full((n, max_behaviour), -1, dtype=np.int64)                       # (n, N)
-    if max_behaviour and n:
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        # the sequence is oldest first; keep its last max_behaviour entries
-        take = np.minimum(lengths, max_behaviour)
-        for row in np.nonzero(take)[0]:
-            s, k = starts[row] + lengths[row] - take[row], take[row]
-            seq = flat[s:s + k]
-            seq = seq[seq >= 0]                                                        # unknown items drop out
-            behaviour[row, :len(seq)] = seq
-    user = vocab.user_feats({f: table[f].to_pylist() for f in ("age_band", "household", "zone")})
-    label = np.asarray(table["label"].to_numpy(zero_copy_only=False), dtype=np.float32)
-    split = np.asarray(table["split"].to_pylist(), dtype=object)
-    known = target.numpy() >= 0
-    out = {}
-    for name in SPLITS:
-        rows = np.nonzero((split == name) & known)[0]
-        out[name] = Examples(target[rows], torch.from_numpy(behaviour[rows]), torch.from_numpy(user[rows]),
-                             torch.from_numpy(label[rows]))
-    return out, int((~known).sum())
-
-
-def load_examples(path: str, version: int | None, rank: int, world_size: int, store: ItemStore,
-                  vocab: FeatureVocab, max_behaviour: int) -> tuple[dict[str, Examples], int]:
-    """This rank's shard of the pinned training_examples snapshot."""
-    filters = None if world_size == 1 else [("bucket", "in", rank_buckets(rank, world_size))]
-    table = _delta_table(path, version).to_pyarrow_table(columns=EXAMPLE_COLUMNS, filters=filters)
-    if world_size > 1:  # delta-rs prunes files by statistics; the row filter is exact here
-        import pyarrow.compute as pc
-
-        table = table.filter(pc.equal(pc.modulo(table["bucket"], world_size), rank))
-    # a deterministic row order whatever the file layout
-    table = table.take(np.argsort(np.asarray(table["bucket"].to_numpy(zero_copy_only=False)), kind="stable")) \
-        if table.num_rows else table
-    return examples_from_arrow(table, store, vocab, max_behaviour)
+    return store_from_arrow(joined, vocab, n_patches)
 
 
 # -----------------------------------------------------------------------------
@@ -315,10 +215,10 @@ def predict_items(model: CameNN, store: ItemStore, idx: torch.Tensor, batch_size
     return {t: (torch.cat(v).numpy() if v else np.zeros(0, dtype=np.float32)) for t, v in out.items()}
 
 
-def alignment_metrics(model: CameNN, store: ItemStore, idx: torch.Tensor, batch_size: int, device,
-                      seed: int = 0) -> dict[str, float]:
-    """ITA / TIA on items ``idx``: each item as it is (positive) and once with another held-out
-    item's text (ITA negative) or image (TIA negative); accuracy at 0.5 and AUC."""
+def alignment_scores(model: CameNN, store: ItemStore, idx: torch.Tensor, batch_size: int, device,
+                     seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """ITA / TIA probabilities and labels on items ``idx``: each item as it is (positive) and once with
+    another of these items' text (ITA negative) or image (TIA negative). task -> (labels, probs)."""
     tasks = [t for t in ("ita", "tia") if t in model.cfg.tasks]
     if not tasks or len(idx) < 2:
         return {}
@@ -330,12 +230,66 @@ def alignment_metrics(model: CameNN, store: ItemStore, idx: torch.Tensor, batch_
         if task not in tasks:
             continue
         neg = predict_items(model, store, idx, batch_size, device, swap=side, donor=donor)[task]
-        p = np.concatenate([pos[task], neg])
-        y = np.concatenate([np.ones(len(idx)), np.zeros(len(idx))])
+        out[task] = (np.concatenate([np.ones(len(idx)), np.zeros(len(idx))]), np.concatenate([pos[task], neg]))
+    return out
+
+
+def alignment_metrics(model: CameNN, store: ItemStore, idx: torch.Tensor, batch_size: int, device,
+                      seed: int = 0) -> dict[str, float]:
+    """Accuracy at 0.5 and AUC of ``alignment_scores`` on items ``idx`` of one store."""
+    out: dict = {}
+    for task, (y, p) in alignment_scores(model, store, idx, batch_size, device, seed).items():
         out[f"{task}_acc"] = float(((p >= 0.5) == (y == 1)).mean())
         out[f"{task}_auc"] = roc_auc(y, p)
-    out["n_items"] = int(len(idx))
+    if out:
+        out["n_items"] = int(len(idx))
     return out
+
+
+class BinnedAUC:
+    """ROC AUC from per-label score histograms: summable across chunks and processes, no scores kept.
+
+    Exact but for pairs whose scores share a bin (1/bins wide), which count one half; with
+    2**16 bins that moved the demo's AUC by less than 1e-4 against sklearn's.
+    """
+
+    def __init__(self, bins: int = 1 << 16):
+        self.counts = np.zeros((2, bins), dtype=np.float64)  # (label, bin)
+
+    def add(self, labels, scores) -> None:
+        labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+        bins = self.counts.shape[1]
+        at = np.clip((np.nan_to_num(scores, nan=0.0) * bins).astype(np.int64), 0, bins - 1)
+        for label in (0, 1):
+            np.add.at(self.counts[label], at[labels == label], 1.0)
+
+    def all_reduce(self, dist_info: "_Dist") -> "BinnedAUC":
+        if dist_info.on:
+            import torch.distributed as dist
+
+            t = torch.from_numpy(self.counts)
+            if dist.get_backend() == "nccl":
+                t = t.cuda()
+            dist.all_reduce(t)
+            self.counts = t.cpu().numpy()
+        return self
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
+    def auc(self) -> float:
+        neg, pos = self.counts
+        n_neg, n_pos = neg.sum(), pos.sum()
+        if n_neg == 0 or n_pos == 0:
+            return float("nan")
+        below = np.cumsum(neg) - neg  # negatives in lower bins
+        return float((pos * below).sum() + 0.5 * (pos * neg).sum()) / float(n_neg * n_pos)
+
+    def accuracy(self, threshold: float = 0.5) -> float:
+        cut = int(threshold * self.counts.shape[1])
+        right = self.counts[0, :cut].sum() + self.counts[1, cut:].sum()
+        return float(right / max(1.0, self.counts.sum()))
 
 
 # -----------------------------------------------------------------------------
@@ -524,39 +478,42 @@ def _loss_weights(spec: dict) -> dict[str, float]:
 
 
 @torch.no_grad()
-def validation_loss(model: CameNN, store: ItemStore, ex: Examples, align_idx: torch.Tensor, spec: dict,
-                    device, dist_info: _Dist) -> dict[str, float]:
-    """Task-weighted mean BCE on the validation split, reduced over all ranks."""
+def validation_loss(model: CameNN, cache: ChunkCache, chunks: list[int], spec: dict, device,
+                    dist_info: "_Dist") -> dict[str, float]:
+    """Task-weighted mean BCE on the validation split of this process's chunks, reduced over all ranks."""
     model.eval()
     weights = _loss_weights(spec)
     bs = int(spec["training"]["batch_size"])
     tasks = model.cfg.tasks
     sums = {t: 0.0 for t in TASKS}
     counts = {t: 0.0 for t in TASKS}
-    cvr_probs: list[np.ndarray] = []
-    if "cvr" in tasks:
-        for s in range(0, len(ex), bs):
-            part = ex.select(torch.arange(s, min(len(ex), s + bs)))
-            out = model(cvr_batch(store, part).to(device), "cvr")
-            _, per = multitask_loss({"cvr": out["cvr"]}, {"cvr": part.label.to(device)}, {})
-            sums["cvr"] += float(per["cvr"]) * len(part)
-            counts["cvr"] += len(part)
-            cvr_probs.append(torch.sigmoid(out["cvr"]).cpu().numpy())
+    hist = BinnedAUC()
     align_tasks = [t for t in ("ita", "tia") if t in tasks]
-    if align_tasks and len(align_idx) >= 2:
-        g = torch.Generator().manual_seed(12345)
-        abs_ = max(2, int(spec["training"]["alignment_batch_size"]))
-        for s in range(0, len(align_idx), abs_):
-            rows = align_idx[s:s + abs_]
-            if len(rows) < 2:
-                continue
-            batch, labels, mask = alignment_batch(store, rows, g, bool(spec["training"]["attribute_side"]))
-            out = model(batch.to(device), tuple(align_tasks))
-            for t in align_tasks:
-                _, per = multitask_loss({t: out[t]}, {t: labels[t].to(device)}, {t: mask[t].to(device)})
-                n = float(mask[t].sum())
-                sums[t] += float(per[t]) * n
-                counts[t] += n
+    for c in chunks:
+        chunk = cache.get(c)
+        store, ex, align_idx = chunk.store, chunk.splits["valid"], chunk.home["valid"]
+        if "cvr" in tasks:
+            for s in range(0, len(ex), bs):
+                part = ex.select(torch.arange(s, min(len(ex), s + bs)))
+                out = model(cvr_batch(store, part).to(device), "cvr")
+                _, per = multitask_loss({"cvr": out["cvr"]}, {"cvr": part.label.to(device)}, {})
+                sums["cvr"] += float(per["cvr"]) * len(part)
+                counts["cvr"] += len(part)
+                hist.add(part.label.numpy(), torch.sigmoid(out["cvr"]).float().cpu().numpy())
+        if align_tasks and len(align_idx) >= 2:
+            g = torch.Generator().manual_seed(12345)
+            abs_ = max(2, int(spec["training"]["alignment_batch_size"]))
+            for s in range(0, len(align_idx), abs_):
+                rows = align_idx[s:s + abs_]
+                if len(rows) < 2:
+                    continue
+                batch, labels, mask = alignment_batch(store, rows, g, bool(spec["training"]["attribute_side"]))
+                out = model(batch.to(device), tuple(align_tasks))
+                for t in align_tasks:
+                    _, per = multitask_loss({t: out[t]}, {t: labels[t].to(device)}, {t: mask[t].to(device)})
+                    n = float(mask[t].sum())
+                    sums[t] += float(per[t]) * n
+                    counts[t] += n
     flat = _all_reduce([sums[t] for t in TASKS] + [counts[t] for t in TASKS], "sum", dist_info)
     k = len(TASKS)
     per_task = {t: flat[i] / flat[k + i] for i, t in enumerate(TASKS) if flat[k + i] > 0}
@@ -564,11 +521,39 @@ def validation_loss(model: CameNN, store: ItemStore, ex: Examples, align_idx: to
     result = {"loss": total, **{f"loss_{t}": v for t, v in per_task.items()}}
     if "cvr" in tasks:
         # the AUC is what the CVR target is stated in; the loss alone hides whether ranking still improves
-        probs = np.concatenate(cvr_probs) if cvr_probs else np.zeros(0, dtype=np.float32)
-        parts = _gather((probs.tolist(), ex.label.numpy().tolist()), dist_info)
-        result["cvr_auc"] = roc_auc(np.concatenate([np.asarray(b) for _, b in parts]),
-                                    np.concatenate([np.asarray(a) for a, _ in parts]))
+        result["cvr_auc"] = hist.all_reduce(dist_info).auc()
     return result
+
+
+@torch.no_grad()
+def held_out_metrics(model: CameNN, cache: ChunkCache, chunks: list[int], batch_size: int, device, seed: int,
+                     dist_info: "_Dist") -> dict:
+    """CVR AUC on the test split and ITA/TIA accuracy and AUC on held-out home items, over every rank's chunks.
+
+    Each process scores its own chunks and only histograms and counts are reduced: no process
+    ever holds the test set's scores.
+    """
+    cvr, align = BinnedAUC(), {t: BinnedAUC() for t in ("ita", "tia") if t in model.cfg.tasks}
+    n_items = 0
+    for c in chunks:
+        chunk = cache.get(c)
+        if "cvr" in model.cfg.tasks:
+            test = chunk.splits["test"]
+            cvr.add(test.label.numpy(), predict_cvr(model, chunk.store, test, batch_size, device))
+        scores = alignment_scores(model, chunk.store, chunk.home["test"], batch_size, device, seed=seed + c)
+        for task, (y, p) in scores.items():
+            align[task].add(y, p)
+        n_items += len(chunk.home["test"]) if scores else 0
+    metrics: dict = {}
+    if "cvr" in model.cfg.tasks:
+        cvr.all_reduce(dist_info)
+        metrics.update(cvr_auc=cvr.auc(), n_test=cvr.n, test_positive_rate=float(cvr.counts[1].sum() / max(1, cvr.n)))
+    for task, hist in align.items():
+        hist.all_reduce(dist_info)
+        metrics.update({f"{task}_acc": hist.accuracy(), f"{task}_auc": hist.auc()})
+    if align:
+        metrics["n_items"] = int(_all_reduce([float(n_items)], "sum", dist_info)[0])
+    return metrics
 
 
 def train_fn(spec: dict) -> dict:
@@ -595,22 +580,31 @@ def train_fn(spec: dict) -> dict:
         # ---- data -------------------------------------------------------------------------
         t0 = time.perf_counter()
         vocab = FeatureVocab.from_dict(spec["vocab"])
-        v = spec["table_versions"]
-        store = load_item_store(spec["paths"]["item_features"], v.get("item_features"), spec["paths"]["items"],
-                                v.get("items"), spec["encoder_fingerprint"], vocab, int(spec["n_patches"]))
         max_beh = int(spec["model"]["max_behaviour"])
-        splits, dropped = load_examples(spec["paths"]["training_examples"], v.get("training_examples"),
-                                        dist_info.rank, dist_info.world_size, store, vocab, max_beh)
+        n_chunks = int(spec["n_chunks"])
+        chunks = rank_chunks(dist_info.rank, dist_info.world_size, n_chunks)
         sp = spec["split"]
-        item_part = np.asarray([item_split(i, sp["test_fraction"], sp["valid_fraction"], sp["seed"])
-                                for i in store.item_ids], dtype=object)
-        align_idx = {name: torch.from_numpy(np.nonzero(item_part == name)[0]) for name in SPLITS}
+
+        def split_of(item_id: str) -> str:
+            return item_split(item_id, sp["test_fraction"], sp["valid_fraction"], sp["seed"])
+
+        dropped: dict[int, int] = {}
+
+        def load(c: int) -> Chunk:
+            chunk = load_chunk(spec, c, vocab, split_of)
+            dropped[c] = chunk.dropped
+            return chunk
+
+        cache = ChunkCache(load)
+        first = cache.get(chunks[0])
+        per_chunk = {int(c): n for c, n in spec["chunks"].items()}
+        n_train = sum(per_chunk.get(c, {}).get("train", 0) for c in chunks)
         load_s = time.perf_counter() - t0
-        log(f"loaded {len(store)} items, examples (rank 0) " +
-            ", ".join(f"{k}={len(e)}" for k, e in splits.items()) + f" in {load_s:.1f}s")
+        log(f"{n_chunks} chunk(s), {len(chunks)} per process; chunk {first.index}: {len(first.store)} items, examples " +
+            ", ".join(f"{k}={len(e)}" for k, e in first.splits.items()) + f", read in {load_s:.1f}s")
 
         # ---- model ------------------------------------------------------------------------
-        text_dim, image_dim = store.text.shape[-1], store.image.shape[-1]
+        text_dim, image_dim = first.store.text.shape[-1], first.store.image.shape[-1]
         torch.manual_seed(seed)
         cfg = model_config_from_spec(spec, vocab, text_dim, image_dim)
         model = CameNN(cfg).to(device)
@@ -630,14 +624,11 @@ def train_fn(spec: dict) -> dict:
         ws = dist_info.world_size
         bs = max(1, math.ceil(int(tcfg["batch_size"]) / ws))
         abs_ = max(2, math.ceil(int(tcfg["alignment_batch_size"]) / ws)) if align_on else 0
-        train = splits["train"]
-        n_steps = int(_all_reduce([math.ceil(len(train) / bs)], "min", dist_info)[0])
+        n_steps = int(_all_reduce([math.ceil(n_train / bs)], "min", dist_info)[0])
         if tcfg.get("steps_per_epoch"):
             n_steps = int(tcfg["steps_per_epoch"])
         if n_steps < 1:
-            raise ValueError(f"no training examples on rank {dist_info.rank}")
-        if align_on and len(align_idx["train"]) < 2:
-            raise ValueError("the alignment tasks need at least 2 training items")
+            raise ValueError(f"no training examples in the chunks {chunks} of rank {dist_info.rank}")
         weights = _loss_weights(spec)
         attribute_side = bool(tcfg["attribute_side"])
         state = TrainState()
@@ -650,26 +641,27 @@ def train_fn(spec: dict) -> dict:
         from tqdm.auto import tqdm
 
         t_train = time.perf_counter()
+        # one stream per process: a pass over each of its chunks in turn, an epoch = n_steps batches of it
+        stream = batch_stream(cache, chunks, bs, torch.Generator().manual_seed(seed * 7919 + dist_info.rank))
         for epoch in range(epochs):
             model.train()
             g_epoch = torch.Generator().manual_seed(seed * 7919 + epoch * 104729 + dist_info.rank)
-            # an epoch longer than one pass draws further passes, each reshuffled
-            passes = max(1, math.ceil(n_steps * bs / max(1, len(train))))
-            order = torch.cat([torch.randperm(len(train), generator=g_epoch) for _ in range(passes)])
             bar = tqdm(range(n_steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not is_main,
                        file=_LineStream(sys.stderr) if dist_info.on else sys.stderr,
                        mininterval=15.0 if dist_info.on else 2.0, leave=True, dynamic_ncols=not dist_info.on)
             running = 0.0
             for step in bar:
-                rows = order[step * bs:(step + 1) * bs]
-                if len(rows) == 0:  # this rank ran out before the others (uneven shards): wrap around
-                    rows = order[:bs]
-                ex = train.select(rows)
-                full = cvr_batch(store, ex).to(device)
+                chunk, rows = next(stream)
+                ex = chunk.splits["train"].select(rows)
+                full = cvr_batch(chunk.store, ex).to(device)
                 align = labels = amask = None
                 if align_on:
-                    pick = align_idx["train"][torch.randperm(len(align_idx["train"]), generator=g_epoch)[:abs_]]
-                    align, labels, amask = alignment_batch(store, pick, g_epoch, attribute_side)
+                    home = chunk.home["train"]
+                    if len(home) < 2:
+                        raise ValueError(f"chunk {chunk.index} has {len(home)} training item(s) of its own; the alignment "
+                                         "tasks need 2 (raise training.examples_per_chunk: fewer, larger chunks)")
+                    pick = home[torch.randperm(len(home), generator=g_epoch)[:abs_]]
+                    align, labels, amask = alignment_batch(chunk.store, pick, g_epoch, attribute_side)
                     align = align.to(device)
                 loss, per = train_step(step_module, opt, full, ex.label, align, labels, amask, weights,
                                        amp_dtype, scaler)
@@ -680,7 +672,7 @@ def train_fn(spec: dict) -> dict:
                     bar.set_postfix(loss=f"{running:.4f}", **{k: f"{float(v):.3f}" for k, v in per.items()},
                                     refresh=not dist_info.on)
             bar.close()
-            val = validation_loss(model, store, splits["valid"], align_idx["valid"], spec, device, dist_info)
+            val = validation_loss(model, cache, chunks, spec, device, dist_info)
             record = {"epoch": epoch + 1, "train_loss": running, **{f"valid_{k}": x for k, x in val.items()},
                       "seconds": time.perf_counter() - t_train}
             state.history.append(record)
@@ -701,20 +693,12 @@ def train_fn(spec: dict) -> dict:
             model.load_state_dict(state.best_state)
 
         # ---- held-out metrics -----------------------------------------------------------
-        metrics: dict = {}
-        test = splits["test"]
-        if "cvr" in cfg.tasks:
-            p = predict_cvr(model, store, test, max(bs, 256), device)
-            parts = _gather((p.tolist(), test.label.numpy().tolist()), dist_info)
-            probs = np.concatenate([np.asarray(a, dtype=np.float64) for a, _ in parts])
-            ys = np.concatenate([np.asarray(b, dtype=np.float64) for _, b in parts])
-            metrics.update(cvr_auc=roc_auc(ys, probs), n_test=int(len(ys)), test_positive_rate=float(ys.mean()) if len(ys) else float("nan"))
-        if is_main:
-            metrics.update(alignment_metrics(model, store, align_idx["test"], max(bs, 256), device, seed=seed))
+        metrics = held_out_metrics(model, cache, chunks, max(bs, 256), device, seed, dist_info)
+        n_dropped = int(_all_reduce([float(sum(dropped.values()))], "sum", dist_info)[0])
         metrics.update(best_epoch=state.best_epoch, epochs_run=len(state.history), best_valid_loss=state.best_loss,
                        train_seconds=train_s, load_seconds=load_s, total_seconds=time.perf_counter() - t_start,
-                       steps_per_epoch=n_steps, examples_dropped=dropped, world_size=ws,
-                       n_items=len(store), n_train_items=int(len(align_idx["train"])))
+                       steps_per_epoch=n_steps, examples_dropped=n_dropped, world_size=ws, n_chunks=n_chunks,
+                       chunk_loads=cache.loads)
 
         metrics, history = _json_safe(metrics), _json_safe(state.history)
         result = {"metrics": metrics, "history": history, "artifact": None, "model_version": None}
@@ -724,7 +708,7 @@ def train_fn(spec: dict) -> dict:
             metadata = dict(spec.get("metadata", {}))
             metadata.update({
                 "featurizer": spec["featurizer"], "encoder_fingerprint": spec["encoder_fingerprint"],
-                "vocab": vocab.to_dict(), "max_behaviour": max_beh, "table_versions": dict(v),
+                "vocab": vocab.to_dict(), "max_behaviour": max_beh, "table_versions": dict(spec["table_versions"]),
                 "metrics": metrics, "history": history, "git_commit": spec.get("git_commit"),
                 "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "config_name": spec.get("config_name"), "seed": seed,
@@ -742,7 +726,6 @@ def train_fn(spec: dict) -> dict:
                 dist.destroy_process_group()
 
 
-__all__ = ["train_fn", "item_split", "stable_unit", "rank_buckets", "load_item_store", "load_examples",
-           "examples_from_arrow", "Examples", "cvr_batch", "alignment_batch", "trim_items", "roc_auc",
-           "predict_cvr", "predict_items", "alignment_metrics", "model_config_from_spec", "git_commit",
+__all__ = ["train_fn", "item_split", "stable_unit", "load_item_store", "Examples", "BinnedAUC", "cvr_batch", "alignment_batch", "trim_items", "roc_auc",
+           "predict_cvr", "predict_items", "alignment_metrics", "alignment_scores", "held_out_metrics", "model_config_from_spec", "git_commit",
            "lr_schedule", "train_step", "training_autocast_dtype"]

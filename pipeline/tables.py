@@ -85,6 +85,12 @@ SPECS: dict[str, TableSpec] = {spec.name: spec for spec in [
         checks={"label_is_binary": "label IN (0, 1)", "split_is_known": "split IN ('train', 'valid', 'test')",
                 "bucket_in_range": "bucket >= 0 AND bucket < 1024"},
         key=("example_id",)),
+    # The features of the items each training chunk references (examples with bucket % n_chunks
+    # == chunk), plus each valid item once in its home chunk for the alignment tasks: a training
+    # process reads one chunk's partition at a time.
+    TableSpec("training_items", """chunk INT NOT NULL, item_id STRING NOT NULL, home BOOLEAN NOT NULL, category STRING,
+        price DOUBLE, text_emb BINARY NOT NULL, n_text_tokens INT NOT NULL, image_emb BINARY NOT NULL""",
+        partition_by=("chunk",), key=("chunk", "item_id")),
 ]}
 
 

@@ -76,11 +76,13 @@ def make_spec(config: AppConfig, data: TrainingData, *, seed: int | None = None,
         "max_text_tokens": fcfg.max_text_tokens,
         "vocab": data.vocab.to_dict(),
         "table_versions": dict(data.versions),
-        "paths": {name: config.table(name) for name in ("items", "item_features", "training_examples")},
+        "paths": {name: config.table(name) for name in ("items", "item_features", "training_examples", "training_items")},
+        "n_chunks": len(data.chunks),
+        "chunks": {int(c): dict(n) for c, n in data.chunks.items()},
         "artifact_dir": artifact_dir if artifact_dir is not None else config.training.artifact_dir,
         "git_commit": _git_commit(),
         "metadata": {"config_hash": config_hash(config), "examples_source": data.source,
-                     "example_counts": data.counts, "config_source": config.source},
+                     "example_counts": data.counts, "dropped_rows": data.drops, "config_source": config.source},
     }
 
 
@@ -126,8 +128,10 @@ class TrainResult:
         m = self.metrics
         parts = [f"{k}={m[k]:.4f}" for k in ("cvr_auc", "ita_acc", "tia_acc", "ita_auc", "tia_auc") if isinstance(m.get(k), float)]
         secs = ", ".join(f"{k} {v:.0f}s" for k, v in (self.seconds or {}).items())
+        drops = (self.data.drops if self.data else {}) or {"none": 0}
         return (f"trained {self.artifact} (version {self.model_version}): {', '.join(parts)}; "
-                f"best epoch {m.get('best_epoch')} of {m.get('epochs_run')}; {secs}")
+                f"best epoch {m.get('best_epoch')} of {m.get('epochs_run')}; {secs}\n"
+                f"  input rows left out: " + ", ".join(f"{k} ({v})" for k, v in sorted(drops.items())))
 
 
 def _matching_artifact(path, **wanted):
@@ -161,14 +165,44 @@ def run_training(spark, config: AppConfig, *, run_date: dt.date | None = None, i
         if art is not None:
             return TrainResult(str(art.path), art.version, art.metadata.get("metrics", {}), skipped=True)
     t0 = time.perf_counter()
-    data = prepare_training_data(spark, config, run_date)
-    t1 = time.perf_counter()
-    spec = make_spec(config, data, seed=seed)
-    spec["metadata"]["data_seconds"] = t1 - t0
-    result = run_spec(spark, config, spec)
-    t2 = time.perf_counter()
-    return TrainResult(result["artifact"], result["model_version"], result["metrics"], data=data,
-                       seconds={"data": t1 - t0, "train": t2 - t1})
+    run_date = run_date or dt.date.today()
+    started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    data = None
+    try:
+        data = prepare_training_data(spark, config, run_date)
+        t1 = time.perf_counter()
+        spec = make_spec(config, data, seed=seed)
+        spec["metadata"]["data_seconds"] = t1 - t0
+        result = run_spec(spark, config, spec)
+        t2 = time.perf_counter()
+    except BaseException as exc:
+        _record_run(spark, config, run_date, started, "failed", data, None, {}, f"{type(exc).__name__}: {exc}")
+        raise
+    out = TrainResult(result["artifact"], result["model_version"], result["metrics"], data=data,
+                      seconds={"data": t1 - t0, "train": t2 - t1})
+    _record_run(spark, config, run_date, started, "succeeded", data, out.model_version, out.seconds)
+    return out
+
+
+def _record_run(spark, config: AppConfig, run_date: dt.date, started: dt.datetime, status: str,
+                data: TrainingData | None, model_version: str | None, seconds: dict, error: str | None = None) -> None:
+    """The training run's ``runs`` row: example counts and every dropped input row counted by reason."""
+    from pipeline import tables
+
+    counts = {**(data.counts if data else {}), **(data.drops if data else {})}
+    details = {"artifact_dir": config.training.artifact_dir, "config": config.source,
+               "dropped_rows": data.drops if data else {}, "n_chunks": len(data.chunks) if data else None}
+    if error:
+        details["error"] = error[:4000]
+    row = tables.runs_row(spark, run_id=os.urandom(16).hex(), job="train", run_date=run_date, model_version=model_version,
+                          started_at=started, finished_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
+                          status=status, counts=counts, timings=seconds, details=details)
+    try:
+        tables.append_rows(spark, config, "runs", row)
+    except Exception as exc:  # noqa: BLE001 - never hide the run's own error behind the bookkeeping's
+        if error is None:
+            raise
+        print(f"[train] could not record the failed run in `runs`: {exc}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------ evaluate

@@ -11,20 +11,14 @@ One row per (user, target item, time) with label = bought:
   random from the catalogue, at the same time, are negatives (``training.examples_from``
   forces either source);
 - ``behaviour``: the user's last ``model.max_behaviour`` purchases STRICTLY before the
-  example's ``ts``, oldest first (item_id array), of items with cached features - the same
-  rule the nightly job applies at its run date (``pipeline.feature_cache.behaviour_sequences``);
+  example's ``ts``, oldest first (item_id array), of items with cached features - the one
+  rule the nightly job applies at its run date (``pipeline.history``);
 - the user's profile fields (age_band, household, zone), null where unknown;
 - ``split``: train / valid / test by a salted hash of user_id (``split.rule: random_user``,
   so no user is on two sides) or by time quantiles (``split.rule: time``: every valid row is
   later than every train row, every test row later than every valid row);
 - ``bucket``: a hash of example_id in [0, 1024); training process r of w reads the buckets
   with bucket % w == r.
-
-The behaviour sequence avoids a (user x purchases) range join: purchases are numbered per
-user in time order, a running count over the user's purchases and examples (examples sort
-before purchases at an equal ts) gives each example the number k of purchases strictly
-before it, and the example is joined on (user_id, rank) to ranks k-N+1..k - an equi-join of
-N rows per example, whatever the length of the user's history.
 
 Nothing is collected to the driver but the vocabularies (distinct values, price quantiles)
 and a few counts. A rebuild from the same input versions and settings reuses the existing
@@ -36,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -43,7 +38,8 @@ from pyspark.sql import functions as F
 
 from camenn.config import AppConfig
 from camenn.inputs import USER_FEATURES, FeatureVocab
-from pipeline import tables
+from pipeline import history, tables
+from pipeline.history import purchases
 
 N_BUCKETS = 1024
 _HASH_RANGE = 1_000_000
@@ -58,6 +54,8 @@ class TrainingData:
     counts: dict[str, int] = field(default_factory=dict)
     reused: bool = False                # the training_examples version was reused, not rewritten
     feature_stats: object | None = None
+    drops: dict[str, int] = field(default_factory=dict)   # "dropped <source>: <reason>" -> input rows left out
+    chunks: dict[int, dict[str, int]] = field(default_factory=dict)  # chunk -> split -> examples
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -76,14 +74,6 @@ def examples_source(spark: SparkSession, config: AppConfig) -> str:
     if mode != "auto":
         return mode
     return "impressions" if has_rows(spark, config, "impressions") else "sampled"
-
-
-def purchases(events: DataFrame, known_items: DataFrame | None = None) -> DataFrame:
-    """user_id, item_id, ts of purchases (of known items, when given)."""
-    p = events.where(F.col("event") == "purchase").select("user_id", "item_id", "ts")
-    if known_items is not None:
-        p = p.join(known_items.select("item_id"), "item_id", "left_semi")
-    return p
 
 
 # ------------------------------------------------------------------------------ vocabulary
@@ -146,26 +136,10 @@ def sampled_examples(bought: DataFrame, known_items: DataFrame, negative_ratio: 
 
 
 def attach_behaviour(examples: DataFrame, bought: DataFrame, max_n: int) -> DataFrame:
-    """examples + ``behaviour``: the last ``max_n`` purchases strictly before each example's ts, oldest first."""
-    if max_n <= 0:
-        return examples.withColumn("behaviour", F.array().cast("array<string>"))
-    ranked = bought.withColumn("prank", F.row_number().over(
-        Window.partitionBy("user_id").orderBy(F.col("ts"), F.col("item_id"))))
-    timeline = (ranked.select("user_id", "ts", F.lit(1).alias("is_p"), F.lit(None).cast("string").alias("example_id"))
-                .unionByName(examples.select("user_id", "ts", F.lit(0).alias("is_p"), "example_id")))
-    # examples sort before purchases of the same ts, so the running count excludes them: strictly before
-    running = Window.partitionBy("user_id").orderBy("ts", "is_p").rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    counts = (timeline.withColumn("k", F.sum("is_p").over(running))
-              .where(F.col("is_p") == 0).select("example_id", "user_id", "k"))
-    wanted = (counts.where(F.col("k") > 0)
-              .select("example_id", "user_id",
-                      F.explode(F.sequence(F.greatest(F.col("k") - F.lit(max_n - 1), F.lit(1)), F.col("k"))).alias("prank")))
-    seqs = (wanted.join(ranked.select("user_id", "prank", "item_id"), ["user_id", "prank"])
-            .groupBy("example_id")
-            .agg(F.array_sort(F.collect_list(F.struct("prank", "item_id"))).alias("seq"))
-            .select("example_id", F.col("seq.item_id").alias("behaviour")))
-    return (examples.join(seqs, "example_id", "left")
-            .withColumn("behaviour", F.coalesce(F.col("behaviour"), F.array().cast("array<string>"))))
+    """examples + ``behaviour``: pipeline.history's rule with each example's ts as the cutoff."""
+    rows = examples.select(F.col("example_id").alias("row_id"), "user_id", "ts")
+    seqs = history.behaviour_before(rows, bought, max_n).withColumnRenamed("row_id", "example_id")
+    return examples.join(seqs, "example_id", "left")
 
 
 def _unit_hash(col, salt: str):
@@ -190,7 +164,11 @@ def assign_split(examples: DataFrame, rule: str, test_fraction: float, valid_fra
 
 def build_examples(config: AppConfig, *, items: DataFrame, users: DataFrame, events: DataFrame,
                    impressions: DataFrame | None, source: str) -> DataFrame:
-    """The training_examples rows (not yet written) from input frames; ``items`` = the valid items."""
+    """The training_examples rows (not yet written) from input frames; ``items`` = the valid items.
+
+    Examples of users missing from ``users`` are left out, as the nightly job quarantines their
+    candidates (one rule for both); ``dropped_rows`` says what was left out and why.
+    """
     known = items.select("item_id").distinct()
     bought = purchases(events, known)
     split_cfg = config.training.split
@@ -202,13 +180,38 @@ def build_examples(config: AppConfig, *, items: DataFrame, users: DataFrame, eve
         ex = sampled_examples(bought, known, config.training.negative_ratio, split_cfg.seed)
     else:
         raise ValueError(f"unknown examples source {source!r}")
+    profile = users.select("user_id", *USER_FEATURES).dropDuplicates(["user_id"])
+    ex = ex.join(profile, "user_id", "inner")
     ex = _with_example_id(ex)
     ex = attach_behaviour(ex, bought, config.model.max_behaviour)
-    profile = users.select("user_id", *USER_FEATURES).dropDuplicates(["user_id"])
-    ex = ex.join(profile, "user_id", "left")
     ex = assign_split(ex, split_cfg.rule, split_cfg.test_fraction, split_cfg.valid_fraction, split_cfg.seed)
     ex = ex.withColumn("bucket", F.pmod(F.xxhash64("example_id"), F.lit(N_BUCKETS)).cast("int"))
     return ex
+
+
+def dropped_rows(*, items: DataFrame, users: DataFrame, events: DataFrame, impressions: DataFrame | None,
+                 source: str) -> DataFrame:
+    """The input rows training leaves out, with the reason: source, key, reason (for quarantine and the counts).
+
+    An impression of an item that is not valid, a purchase of one (no example, no history), and
+    an impression or purchase of a user missing from ``users``. Sampled negatives are drawn from
+    valid items only, so they drop nothing.
+    """
+    known = items.select("item_id").distinct().withColumn("_item_ok", F.lit(True))
+    who = users.select("user_id").distinct().withColumn("_user_ok", F.lit(True))
+
+    def reasons(df: DataFrame, name: str) -> DataFrame:
+        checked = df.join(known, "item_id", "left").join(who, "user_id", "left")
+        reason = F.concat_ws("; ", F.when(F.col("_item_ok").isNull(), F.lit("item: unknown or invalid")),
+                             F.when(F.col("_user_ok").isNull(), F.lit("user: unknown")))
+        return (checked.withColumn("reason", F.when(reason != "", reason)).where(F.col("reason").isNotNull())
+                .select(F.lit(name).alias("source"),
+                        F.concat_ws("|", "user_id", "item_id", F.col("ts").cast("string")).alias("key"), "reason"))
+
+    out = reasons(events.where(F.col("event") == "purchase").select("user_id", "item_id", "ts"), "events")
+    if source == "impressions" and impressions is not None:
+        out = out.unionByName(reasons(impressions.select("user_id", "item_id", "ts"), "impressions"))
+    return out
 
 
 # ------------------------------------------------------------------------------ the table
@@ -230,6 +233,43 @@ def write_examples(spark: SparkSession, config: AppConfig, examples: DataFrame, 
         return latest[0], True
     tables.overwrite_table(spark, config, "training_examples", examples, tag=key)
     return tables.table_version(spark, config, "training_examples"), False
+
+
+def n_chunks_for(n_examples: int, examples_per_chunk: int, world_size: int) -> int:
+    """Chunks of about ``examples_per_chunk`` examples, a multiple of the training processes (each rank gets as many)."""
+    per_rank = max(1, math.ceil(n_examples / (examples_per_chunk * world_size)))
+    return world_size * per_rank
+
+
+def chunk_items(examples: DataFrame, items: DataFrame, n_chunks: int) -> DataFrame:
+    """training_items rows: per chunk, the valid items its examples reference, and each valid item in its home chunk.
+
+    ``items``: valid items with their features (item_id, category, price, text_emb, n_text_tokens,
+    image_emb). An item's home chunk (a hash of its id) is where the alignment tasks see it, so
+    every valid item is trained on and evaluated once, whether or not an example mentions it.
+    """
+    referenced = (examples.select((F.col("bucket") % n_chunks).alias("chunk"),
+                                  F.explode(F.array_union(F.array("item_id"), "behaviour")).alias("item_id"))
+                  .distinct().withColumn("home", F.lit(False)))
+    homes = items.select(home_chunk(F.col("item_id"), n_chunks).alias("chunk"), "item_id", F.lit(True).alias("home"))
+    wanted = (referenced.unionByName(homes).groupBy("chunk", "item_id").agg(F.max("home").alias("home")))
+    return wanted.join(items, "item_id", "inner")
+
+
+def home_chunk(item_id, n_chunks: int):
+    return F.pmod(F.xxhash64(F.lit("home"), item_id), F.lit(n_chunks)).cast("int")
+
+
+def write_chunk_items(spark: SparkSession, config: AppConfig, examples: DataFrame, items: DataFrame, n_chunks: int,
+                      inputs: dict) -> tuple[int, bool]:
+    """Overwrite training_items in one commit tagged with ``inputs``; reuse it when the tag matches. (version, reused)."""
+    path = tables.ensure_table(spark, config, "training_items")
+    key = _inputs_key(inputs)
+    latest = tables.latest_commit(spark, path)
+    if latest is not None and latest[1] == key:
+        return latest[0], True
+    tables.overwrite_table(spark, config, "training_items", chunk_items(examples, items, n_chunks), tag=key)
+    return tables.table_version(spark, config, "training_items"), False
 
 
 def settings_of(config: AppConfig, source: str, fingerprint: str) -> dict:
@@ -258,12 +298,13 @@ def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.d
     for name in names:
         versions[name] = tables.table_version(spark, config, name)
     frames = {name: tables.read_table(spark, config, name, version=versions[name]) for name in names}
-    # valid items: those the cache holds under this fingerprint with their current content (hashes recomputed)
+    # valid items: those the cache holds under this fingerprint with their current content (the nightly rule)
     spark.sparkContext.setJobDescription("training: valid items and vocabulary")
     cached = (frames["item_features"].where(F.col("encoder_fingerprint") == fingerprint)
-              .select("item_id", "content_hash"))
+              .select("item_id", "content_hash", "text_emb", "n_text_tokens", "image_emb"))
     keys = feature_cache.item_keys(spark, config, fingerprint, items_df=frames["items"])
-    valid = keys.join(cached, ["item_id", "content_hash"], "inner").select("item_id", "category", "price").cache()
+    with_blobs = keys.join(cached, ["item_id", "content_hash"], "inner")
+    valid = with_blobs.select("item_id", "category", "price").cache()
     vocab = fit_vocab(valid, frames["users"], config.training.price_buckets)
 
     inputs = {"versions": {k: v for k, v in versions.items() if k != "item_features"},
@@ -276,13 +317,35 @@ def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.d
     version, reused = write_examples(spark, config, examples, inputs)
     versions["training_examples"] = version
     written = tables.read_table(spark, config, "training_examples", version=version)
-    counts = {f"{r['split']}_{r['label']}": int(r["n"])
-              for r in written.groupBy("split", "label").agg(F.count(F.lit(1)).alias("n")).collect()}
+    per_split = written.groupBy("split", "label").agg(F.count(F.lit(1)).alias("n")).collect()
+    counts = {f"{r['split']}_{r['label']}": int(r["n"]) for r in per_split}
+    n_examples = sum(int(r["n"]) for r in per_split)
     counts["items_valid"] = valid.count()
+
+    spark.sparkContext.setJobDescription("training: dropped input rows")
+    dropped = dropped_rows(items=valid, users=frames["users"], events=frames["events"],
+                           impressions=frames.get("impressions"), source=source).persist()
+    drops = {f"dropped {r['source']}: {r['reason']}": int(r["n"])
+             for r in dropped.groupBy("source", "reason").agg(F.count(F.lit(1)).alias("n")).collect()}
+    feature_cache.write_quarantine(spark, config, tables.quarantine_rows(
+        dropped, run_date=run_date, job="train", source="training", key_col="key", payload_cols=["source"]),
+        run_date=run_date, job="train")
+    dropped.unpersist()
+
+    n_chunks = n_chunks_for(n_examples, config.training.examples_per_chunk, config.training.num_processes)
+    spark.sparkContext.setJobDescription(f"training: features of the items of {n_chunks} chunk(s)")
+    item_version, _ = write_chunk_items(spark, config, written, with_blobs, n_chunks,
+                                        {**inputs, "training_examples": version, "n_chunks": n_chunks})
+    versions["training_items"] = item_version
+    chunk_rows = (written.groupBy((F.col("bucket") % n_chunks).alias("chunk"), "split").agg(F.count(F.lit(1)).alias("n"))
+                  .collect())
+    chunks: dict[int, dict[str, int]] = {c: {} for c in range(n_chunks)}
+    for r in chunk_rows:
+        chunks[int(r["chunk"])][r["split"]] = int(r["n"])
     valid.unpersist()
     spark.sparkContext.setJobDescription(None)
     return TrainingData(vocab=vocab, versions=versions, fingerprint=fingerprint, source=source, counts=counts,
-                        reused=reused, feature_stats=stats)
+                        reused=reused, feature_stats=stats, drops=drops, chunks=chunks)
 
 
 def examples_digest(inputs: dict) -> str:

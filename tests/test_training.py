@@ -139,20 +139,45 @@ def test_torch_distributor_two_processes(spark, world_root, tmp_path, capfd):
     assert all(np.isfinite(p.numpy()).all() for p in probs.values())
 
 
-def test_rank_shards_partition_the_examples(spark, trained):
-    from camenn.inputs import FeatureVocab
-    from camenn.training import load_examples, load_item_store
+def test_chunks_partition_the_examples_and_hold_only_their_items(spark, world_root, tmp_path):
+    """Four chunks: every example in exactly one, each chunk's store only the items its examples name + its home items."""
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+
+    from camenn.chunks import load_chunk, read_chunk_examples
+    from camenn.training import item_split
+    from pipeline.train import make_spec
+    from pipeline.training_data import prepare_training_data
+
+    config = tiny_config(world_root, *FAST, "training.examples_per_chunk=40", "training.num_processes=2",
+                         f"training.artifact_dir={tmp_path / 'm'}")
+    data = prepare_training_data(spark, config)
+    spec = make_spec(config, data)
+    n_chunks = spec["n_chunks"]
+    assert n_chunks % 2 == 0 and n_chunks >= 4
+    examples = DeltaTable(config.table("training_examples"), version=data.versions["training_examples"]).to_pyarrow_table()
+    seen: list[str] = []
+    for c in range(n_chunks):
+        rows = read_chunk_examples(spec, c)
+        seen += rows["example_id"].to_pylist()
+        chunk = load_chunk(spec, c, data.vocab, lambda i: item_split(i, 0.25, 0.1))
+        named = set(rows["item_id"].to_pylist()) | set(pc.list_flatten(rows["behaviour"]).to_pylist())
+        home = {chunk.store.item_ids[k] for split in ("train", "valid", "test") for k in chunk.home[split].tolist()}
+        assert set(chunk.store.item_ids) <= named | home and named <= set(chunk.store.item_ids)
+        assert sum(len(e) for e in chunk.splits.values()) == rows.num_rows == sum(spec["chunks"][c].values())
+        assert chunk.dropped == 0
+    assert sorted(seen) == sorted(examples["example_id"].to_pylist())   # each example exactly once
+
+
+def test_dropped_input_rows_are_counted_and_quarantined(spark, trained):
+    from pyspark.sql import functions as F
 
     config, result = trained
-    v = result.data.versions
-    vocab = result.data.vocab
-    store = load_item_store(config.table("item_features"), v["item_features"], config.table("items"), v["items"],
-                            result.data.fingerprint, FeatureVocab.from_dict(vocab.to_dict()), 9)
-    whole, _ = load_examples(config.table("training_examples"), v["training_examples"], 0, 1, store, vocab, 3)
-    parts = [load_examples(config.table("training_examples"), v["training_examples"], r, 3, store, vocab, 3)[0]
-             for r in range(3)]
-    for split in ("train", "valid", "test"):
-        assert sum(len(p[split]) for p in parts) == len(whole[split])
+    drops = result.data.drops
+    q = tables.read_table(spark, config, "quarantine").where(F.col("job") == "train")
+    assert q.count() == sum(drops.values())
+    row = tables.read_table(spark, config, "runs").where(F.col("job") == "train").orderBy(F.col("started_at").desc()).first()
+    assert row.status == "succeeded" and all(row.counts[k] == v for k, v in drops.items())
 
 
 def test_evaluation_report(spark, world_root, tmp_path):

@@ -73,11 +73,11 @@ def write_world(spark, config, world: dict, skip: tuple[str, ...] = ()) -> None:
     for name, rows in world.items():
         if name in skip:
             continue
-        tables.overwrite_table(spark, config, name, spark.createDataFrame(rows, tables.schema_of(spark, name)))
+        tables.overwrite_table(spark, config, name, spark.createDataFrame(rows, tables.input_schema(spark, name)))
 
 
 def frames(spark, world: dict) -> dict:
-    return {name: spark.createDataFrame(rows, tables.schema_of(spark, name)) for name, rows in world.items()}
+    return {name: spark.createDataFrame(rows, tables.input_schema(spark, name)) for name, rows in world.items()}
 
 
 def build(spark, config, world: dict, source: str):

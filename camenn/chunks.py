@@ -1,0 +1,207 @@
+"""Training data in chunks: a process holds one chunk's examples and items, whatever the catalogue.
+
+    chunk = load_chunk(spec, c, vocab)           # Chunk: ItemStore + Examples per split + home items
+    for chunk, rows in batch_stream(spec, my_chunks, ...):   # endless stream of (chunk, example rows)
+
+``pipeline.training_data`` writes, next to the pinned ``training_examples`` snapshot, the table
+``training_items``: per chunk c (the examples with ``bucket % n_chunks == c``) the features of
+just the items those examples reference (targets and behaviour), plus every valid item once in
+its home chunk for the alignment tasks. Rank r of w reads the chunks with ``c % w == r``, one
+at a time, through delta-rs (the chunk is a partition column, so a read opens only its files).
+
+Memory per process is one chunk: its examples (ids and small ints) and its ItemStore (fp16
+encoder outputs of at most ``examples_per_chunk`` x (1 + max_behaviour) referenced items plus
+its home items), not the catalogue and not every example. docs/training.md has the bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from camenn.inputs import FeatureVocab, ItemStore
+
+SPLITS = ("train", "valid", "test")
+N_BUCKETS = 1024  # training_examples.bucket is in [0, N_BUCKETS)
+EXAMPLE_COLUMNS = ["example_id", "item_id", "behaviour", "age_band", "household", "zone", "label", "split", "bucket"]
+ITEM_COLUMNS = ["item_id", "home", "category", "price", "text_emb", "n_text_tokens", "image_emb"]
+
+
+@dataclass
+class Examples:
+    """CVR examples of one split as index tensors into an ItemStore."""
+
+    target: torch.Tensor      # (n,) long
+    behaviour: torch.Tensor   # (n, N) long, -1 = empty slot (slots filled from 0)
+    user_feats: torch.Tensor  # (n, Fu) long
+    label: torch.Tensor       # (n,) float
+
+    def __len__(self) -> int:
+        return int(self.target.shape[0])
+
+    def select(self, idx: torch.Tensor) -> "Examples":
+        return Examples(self.target[idx], self.behaviour[idx], self.user_feats[idx], self.label[idx])
+
+
+@dataclass
+class Chunk:
+    index: int
+    store: ItemStore
+    splits: dict[str, Examples]
+    home: dict[str, torch.Tensor]     # split -> store rows of this chunk's home items in that alignment split
+    dropped: int                      # examples whose target is not in the store (0 unless the table is damaged)
+
+
+def chunk_buckets(chunk: int, n_chunks: int) -> list[int]:
+    """The training_examples buckets of a chunk: bucket % n_chunks == chunk."""
+    return [b for b in range(N_BUCKETS) if b % n_chunks == chunk]
+
+
+def rank_chunks(rank: int, world_size: int, n_chunks: int) -> list[int]:
+    """The chunks a training process reads: chunk % world_size == rank (n_chunks is a multiple of world_size)."""
+    return [c for c in range(n_chunks) if c % world_size == rank]
+
+
+def _delta_table(path: str, version: int | None):
+    from deltalake import DeltaTable
+
+    return DeltaTable(path, version=version)
+
+
+def store_from_arrow(table, vocab: FeatureVocab, n_patches: int, rows_at_once: int = 2048) -> ItemStore:
+    """An ItemStore from item rows (item_id, category, price, text_emb, n_text_tokens, image_emb), ordered by item_id.
+
+    Blobs are unpacked ``rows_at_once`` rows at a time straight into float16, so the peak is
+    about the store itself plus one slice in float32.
+    """
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    if n == 0:
+        raise ValueError("no item features in this chunk")
+    table = table.take(pc.sort_indices(table, sort_keys=[("item_id", "ascending")]))
+    n_tok = np.asarray(table["n_text_tokens"].to_numpy(zero_copy_only=False), dtype=np.int64)
+    first_text, first_image = table["text_emb"][0].as_py(), table["image_emb"][0].as_py()
+    text_dim = len(first_text) // (2 * int(n_tok[0]))
+    image_dim = len(first_image) // (2 * n_patches)
+    longest = int(n_tok.max())
+    text = torch.zeros(n, longest, text_dim, dtype=torch.float16)      # (n, L, Dt)
+    mask = torch.zeros(n, longest, dtype=torch.bool)                   # (n, L)
+    image = torch.zeros(n, n_patches, image_dim, dtype=torch.float16)  # (n, P, Di)
+    f16 = np.dtype("<f2")
+    for start in range(0, n, rows_at_once):
+        stop = min(n, start + rows_at_once)
+        t_blobs = table["text_emb"].slice(start, stop - start).to_pylist()
+        i_blobs = table["image_emb"].slice(start, stop - start).to_pylist()
+        for j, (tb, ib) in enumerate(zip(t_blobs, i_blobs)):
+            k, row = int(n_tok[start + j]), start + j
+            text[row, :k] = torch.from_numpy(np.frombuffer(tb, dtype=f16).reshape(k, text_dim).copy())
+            mask[row, :k] = True
+            image[row] = torch.from_numpy(np.frombuffer(ib, dtype=f16).reshape(n_patches, image_dim).copy())
+    prices = [None if p is None or p != p else p for p in table["price"].to_pylist()]
+    feats = vocab.item_feats(table["category"].to_pylist(), prices)
+    return ItemStore(table["item_id"].to_pylist(), text, mask, image, torch.as_tensor(feats))
+
+
+def examples_from_arrow(table, store: ItemStore, vocab: FeatureVocab, max_behaviour: int) -> tuple[dict[str, Examples], int]:
+    """training_examples rows (a pyarrow Table) -> Examples per split; also the rows dropped (unknown target)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    target = store.lookup(table["item_id"].to_pylist())                               # (n,)
+    beh = table["behaviour"].combine_chunks() if n else pa.array([], pa.list_(pa.string()))
+    lengths = np.asarray(pc.fill_null(pc.list_value_length(beh), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    flat = store.lookup(pc.list_flatten(beh).to_pylist()).numpy()                     # (sum lengths,)
+    behaviour = np.full((n, max_behaviour), -1, dtype=np.int64)                       # (n, N)
+    if max_behaviour and n:
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        # the sequence is oldest first; keep its last max_behaviour entries
+        take = np.minimum(lengths, max_behaviour)
+        for row in np.nonzero(take)[0]:
+            s, k = starts[row] + lengths[row] - take[row], take[row]
+            seq = flat[s:s + k]
+            seq = seq[seq >= 0]                                                        # unknown items drop out
+            behaviour[row, :len(seq)] = seq
+    user = vocab.user_feats({f: table[f].to_pylist() for f in ("age_band", "household", "zone")})
+    label = np.asarray(table["label"].to_numpy(zero_copy_only=False), dtype=np.float32)
+    split = np.asarray(table["split"].to_pylist(), dtype=object)
+    known = target.numpy() >= 0
+    out = {}
+    for name in SPLITS:
+        rows = np.nonzero((split == name) & known)[0]
+        out[name] = Examples(target[rows], torch.from_numpy(behaviour[rows]), torch.from_numpy(user[rows]),
+                             torch.from_numpy(label[rows]))
+    return out, int((~known).sum())
+
+
+def read_chunk_examples(spec: dict, chunk: int):
+    """The pinned training_examples rows of one chunk, in a fixed order (by example_id) whatever the file layout."""
+    import pyarrow.compute as pc
+
+    n_chunks = int(spec["n_chunks"])
+    buckets = chunk_buckets(chunk, n_chunks)
+    filters = None if n_chunks == 1 else [("bucket", "in", buckets)]
+    table = _delta_table(spec["paths"]["training_examples"], spec["table_versions"].get("training_examples")) \
+        .to_pyarrow_table(columns=EXAMPLE_COLUMNS, filters=filters)
+    if n_chunks > 1:  # delta-rs prunes files by statistics; the row filter is exact here
+        table = table.filter(pc.equal(pc.modulo(table["bucket"], n_chunks), chunk))
+    return table.take(pc.sort_indices(table, sort_keys=[("example_id", "ascending")])) if table.num_rows else table
+
+
+def load_chunk(spec: dict, chunk: int, vocab: FeatureVocab, item_split_of) -> Chunk:
+    """One chunk: its item store (training_items partition), its examples, its home items per alignment split.
+
+    ``item_split_of(item_id) -> "train" | "valid" | "test"`` splits items for the alignment tasks.
+    """
+    items = _delta_table(spec["paths"]["training_items"], spec["table_versions"].get("training_items")) \
+        .to_pyarrow_table(columns=ITEM_COLUMNS, filters=[("chunk", "=", chunk)])
+    store = store_from_arrow(items, vocab, int(spec["n_patches"]))
+    splits, dropped = examples_from_arrow(read_chunk_examples(spec, chunk), store, vocab,
+                                          int(spec["model"]["max_behaviour"]))
+    home_ids = set(items.filter(items["home"])["item_id"].to_pylist())
+    part = np.asarray([item_split_of(i) if i in home_ids else "" for i in store.item_ids], dtype=object)
+    home = {name: torch.from_numpy(np.nonzero(part == name)[0]) for name in SPLITS}
+    return Chunk(chunk, store, splits, home, dropped)
+
+
+class ChunkCache:
+    """The chunk a process holds: ``get(c)`` loads chunk c unless it is the one held (the held one is dropped first).
+
+    The training stream keeps a reference to its current chunk, so while validation walks the
+    other chunks a process holds at most two.
+    """
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.held: Chunk | None = None
+        self.loads = 0
+
+    def get(self, chunk: int) -> Chunk:
+        if self.held is None or self.held.index != chunk:
+            self.held = None  # release before loading, so two chunks never sit side by side here
+            self.held = self.loader(chunk)
+            self.loads += 1
+        return self.held
+
+
+def batch_stream(cache: ChunkCache, chunks: list[int], batch_size: int, generator: torch.Generator):
+    """Endless (chunk, example rows) of training batches: a pass over each chunk in turn, chunks reshuffled every round."""
+    while True:
+        order = [chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist()]
+        yielded = False
+        for c in order:
+            chunk = cache.get(c)
+            n = len(chunk.splits["train"])
+            perm = torch.randperm(n, generator=generator)
+            for start in range(0, n, batch_size):
+                yielded = True
+                yield chunk, perm[start:start + batch_size]
+        if not yielded:
+            raise ValueError(f"chunks {chunks} hold no training examples")
+
+
+__all__ = ["Examples", "Chunk", "ChunkCache", "load_chunk", "store_from_arrow", "examples_from_arrow",
+           "read_chunk_examples", "chunk_buckets", "rank_chunks", "batch_stream", "SPLITS", "N_BUCKETS"]
