@@ -204,25 +204,9 @@ class Predictor:
         pending: list[tuple[int, int]] = []
 
         def flush():
-            rows = [(u, j, _seq(cand_text[u])[j], int(_seq(cand_n_text_tokens[u])[j]), _seq(cand_image[u])[j],
-                     _seq(cand_categories[u])[j], _seq(cand_prices[u])[j]) for u, j in pending]
-            seqs = {u: self._behaviour_of(u, behaviour_text, behaviour_n_text_tokens, behaviour_image,
-                                          behaviour_categories, behaviour_prices) for u in dict.fromkeys(u for u, _ in pending)}
-            b = len(rows)
-            start, at = {}, b
-            for u, seq in seqs.items():
-                start[u] = at
-                at += len(seq)
-            flat = [item for seq in seqs.values() for item in seq]
-            store = self.item_store([r[2] for r in rows] + [x[0] for x in flat], [r[3] for r in rows] + [x[1] for x in flat],
-                                    [r[4] for r in rows] + [x[2] for x in flat], [r[5] for r in rows] + [x[3] for x in flat],
-                                    [r[6] for r in rows] + [x[4] for x in flat], projected=True)
-            slots = max((len(q) for q in seqs.values()), default=0)
-            behaviour = torch.full((b, slots), -1, dtype=torch.long)  # (b, slots), -1 = empty slot
-            for r, (u, _) in enumerate(pending):
-                behaviour[r, :len(seqs[u])] = torch.arange(start[u], start[u] + len(seqs[u]))
-            user_rows = torch.as_tensor(users[[u for u, _ in pending]])  # (b, Fu)
-            batch = full_batch(store, torch.arange(b), behaviour, user_rows)
+            batch = self.user_batch(pending, cand_text, cand_n_text_tokens, cand_image, cand_categories, cand_prices,
+                                    behaviour_text, behaviour_n_text_tokens, behaviour_image, behaviour_categories,
+                                    behaviour_prices, users)
             out_cvr.append(self._predict(batch, ("cvr",))["cvr"])
             out_user.extend(u for u, _ in pending)
             out_item.extend(_seq(cand_item_ids[u])[j] for u, j in pending)
@@ -237,6 +221,32 @@ class Predictor:
             flush()
         cvr = np.concatenate(out_cvr) if out_cvr else np.empty(0)
         return np.asarray(out_user, dtype=np.int64), out_item, cvr
+
+    def user_batch(self, rows: Sequence[tuple[int, int]], cand_text, cand_n_text_tokens, cand_image, cand_categories,
+                   cand_prices, behaviour_text, behaviour_n_text_tokens, behaviour_image, behaviour_categories,
+                   behaviour_prices, users: np.ndarray) -> CameNNBatch:
+        """The model input of candidates ``rows`` = (user row u, candidate j) from score_users' columns.
+
+        Each user's behaviour items enter the batch's store once, however many of its
+        candidates the batch holds; ``users`` is vocab.user_feats of the user rows (U, Fu).
+        """
+        cands = [(_seq(cand_text[u])[j], int(_seq(cand_n_text_tokens[u])[j]), _seq(cand_image[u])[j],
+                  _seq(cand_categories[u])[j], _seq(cand_prices[u])[j]) for u, j in rows]
+        seqs = {u: self._behaviour_of(u, behaviour_text, behaviour_n_text_tokens, behaviour_image,
+                                      behaviour_categories, behaviour_prices) for u in dict.fromkeys(u for u, _ in rows)}
+        b = len(cands)
+        start, at = {}, b
+        for u, seq in seqs.items():
+            start[u] = at
+            at += len(seq)
+        every = cands + [item for seq in seqs.values() for item in seq]
+        store = self.item_store(*(list(col) for col in zip(*every)), projected=True)
+        slots = max((len(q) for q in seqs.values()), default=0)
+        behaviour = torch.full((b, slots), -1, dtype=torch.long)  # (b, slots), -1 = empty slot
+        for r, (u, _) in enumerate(rows):
+            behaviour[r, :len(seqs[u])] = torch.arange(start[u], start[u] + len(seqs[u]))
+        user_rows = torch.as_tensor(users[[u for u, _ in rows]])  # (b, Fu)
+        return full_batch(store, torch.arange(b), behaviour, user_rows)
 
     def score_pairs(self, target_text_embs: Sequence[bytes], target_n_text_tokens: Sequence[int],
                     target_image_embs: Sequence[bytes], target_categories: Sequence[str | None],

@@ -180,13 +180,20 @@ def build_examples(config: AppConfig, *, items: DataFrame, users: DataFrame, eve
         ex = sampled_examples(bought, known, config.training.negative_ratio, split_cfg.seed)
     else:
         raise ValueError(f"unknown examples source {source!r}")
-    profile = users.select("user_id", *USER_FEATURES).dropDuplicates(["user_id"])
-    ex = ex.join(profile, "user_id", "inner")
-    ex = _with_example_id(ex)
-    ex = attach_behaviour(ex, bought, config.model.max_behaviour)
+    ex = model_inputs(_with_example_id(ex), users, bought, config.model.max_behaviour)
     ex = assign_split(ex, split_cfg.rule, split_cfg.test_fraction, split_cfg.valid_fraction, split_cfg.seed)
     ex = ex.withColumn("bucket", F.pmod(F.xxhash64("example_id"), F.lit(N_BUCKETS)).cast("int"))
     return ex
+
+
+def model_inputs(examples: DataFrame, users: DataFrame, bought: DataFrame, max_n: int) -> DataFrame:
+    """examples (example_id, user_id, item_id, ts, ...) + profile fields + behaviour: what the model reads of a row.
+
+    The same rules as the nightly job's (pipeline.nightly.user_rows): a user missing from
+    ``users`` has no row, the history is pipeline.history's, of valid items (``bought``).
+    """
+    profile = users.select("user_id", *USER_FEATURES).dropDuplicates(["user_id"])
+    return attach_behaviour(examples.join(profile, "user_id", "inner"), bought, max_n)
 
 
 def dropped_rows(*, items: DataFrame, users: DataFrame, events: DataFrame, impressions: DataFrame | None,
@@ -235,9 +242,13 @@ def write_examples(spark: SparkSession, config: AppConfig, examples: DataFrame, 
     return tables.table_version(spark, config, "training_examples"), False
 
 
-def n_chunks_for(n_examples: int, examples_per_chunk: int, world_size: int) -> int:
-    """Chunks of about ``examples_per_chunk`` examples, a multiple of the training processes (each rank gets as many)."""
-    per_rank = max(1, math.ceil(n_examples / (examples_per_chunk * world_size)))
+def n_chunks_for(n_examples: int, n_items: int, examples_per_chunk: int, world_size: int) -> int:
+    """Chunks of at most about ``examples_per_chunk`` examples and as many home items, a multiple of the processes.
+
+    Both bounds matter: a chunk's store holds the items its examples name (at most
+    examples_per_chunk x (1 + max_behaviour)) and its home items (valid items / n_chunks).
+    """
+    per_rank = max(1, math.ceil(max(n_examples, n_items) / (examples_per_chunk * world_size)))
     return world_size * per_rank
 
 
@@ -332,7 +343,8 @@ def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.d
         run_date=run_date, job="train")
     dropped.unpersist()
 
-    n_chunks = n_chunks_for(n_examples, config.training.examples_per_chunk, config.training.num_processes)
+    n_chunks = n_chunks_for(n_examples, counts["items_valid"], config.training.examples_per_chunk,
+                            config.training.num_processes)
     spark.sparkContext.setJobDescription(f"training: features of the items of {n_chunks} chunk(s)")
     item_version, _ = write_chunk_items(spark, config, written, with_blobs, n_chunks,
                                         {**inputs, "training_examples": version, "n_chunks": n_chunks})

@@ -315,6 +315,62 @@ def test_spark_scores_equal_plain_pytorch(spark, world, first_run):
     assert_tables_match_oracle(spark, config, version)
 
 
+def test_training_and_nightly_build_the_same_inputs(spark, world, first_run):
+    """One (user, item, cutoff) through training's builder and the nightly one: the same model inputs."""
+    import pyarrow as pa
+
+    from camenn.chunks import EXAMPLE_COLUMNS, examples_from_arrow, store_from_arrow
+    from camenn.predictor import Predictor
+    from camenn.training import cvr_batch
+    from pipeline import history, model_cache, training_data
+    from udfs.predict import PROJECTED_FIELDS
+
+    config, _ = world
+    model = Predictor.load(config.model_dir)
+    n_beh = model.max_behaviour
+    valid = feature_cache.valid_items(spark, config)
+    users, events = tables.read_table(spark, config, "users"), tables.read_table(spark, config, "events")
+    outputs = model_cache.current(spark, config, model, valid.select("item_id", "merchant_id", "category", "price",
+                                                                     "content_hash"))
+    candidates = tables.read_table(spark, config, "candidates").where(F.col("run_date") == F.lit(RUN))
+    good = nightly.checked_candidates(candidates, outputs.select("item_id"), users).where("reason IS NULL").drop("reason")
+    pdf = nightly.user_rows(good, outputs, events, RUN, n_beh).toPandas()
+    u = max(range(len(pdf)), key=lambda k: len(pdf["beh_text_proj"][k]) if pdf["beh_text_proj"][k] is not None else 0)
+    user, item = pdf["user_id"][u], pdf["cand_item_id"][u][0]
+    assert len(pdf["beh_text_proj"][u]) >= 2, "pick a user with a history, or the test proves little"
+    user_feats = model.vocab.user_feats({f: list(pdf[f]) for f in ("age_band", "household", "zone")})
+    night = model.user_batch([(u, 0)], *(list(pdf[f"cand_{f}"]) for f in PROJECTED_FIELDS),
+                             *(list(pdf[f"beh_{f}"]) for f in PROJECTED_FIELDS), user_feats)
+
+    cutoff = dt.datetime.combine(RUN, dt.time())
+    ex = spark.createDataFrame([("p0", user, item, cutoff, 0)],
+                               "example_id string, user_id string, item_id string, ts timestamp, label int")
+    rows = (training_data.model_inputs(ex, users, history.purchases(events, valid.select("item_id")), n_beh)
+            .withColumn("split", F.lit("test")).withColumn("bucket", F.lit(0)).select(*EXAMPLE_COLUMNS))
+    table = pa.Table.from_pandas(rows.toPandas(), preserve_index=False)
+    named = {item, *table["behaviour"][0].as_py()}
+    items = valid.where(F.col("item_id").isin(list(named))).select("item_id", "category", "price", "text_emb",
+                                                                   "n_text_tokens", "image_emb").toPandas()
+    store = store_from_arrow(pa.Table.from_pandas(items, preserve_index=False), model.vocab, model.dims[2])
+    splits, dropped = examples_from_arrow(table, store, model.vocab, n_beh)
+    assert dropped == 0 and len(splits["test"]) == 1
+    train = cvr_batch(store, splits["test"])
+
+    with torch.no_grad():
+        pairs = [(night.target, model.model.project_items(train.target)),
+                 (night.behaviour, model.model.project_items(train.behaviour))]
+    assert torch.equal(night.user_feats, train.user_feats)
+    assert torch.equal(night.behaviour_mask, train.behaviour_mask)
+    for a, b in pairs:
+        n = min(a.text.shape[-2], b.text.shape[-2])
+        assert torch.equal(a.text_mask[..., :n], b.text_mask[..., :n])
+        assert not a.text_mask[..., n:].any() and not b.text_mask[..., n:].any()
+        mask = a.text_mask[..., :n, None]
+        torch.testing.assert_close(a.text[..., :n, :] * mask, b.text[..., :n, :] * mask, atol=1e-5, rtol=0)
+        torch.testing.assert_close(a.image, b.image, atol=1e-5, rtol=0)
+        assert torch.equal(a.feats, b.feats)
+
+
 def test_rerun_same_date_other_batching_replaces_rows(spark, world, first_run):
     config, version = world
     # Arrow batches of 8 rows, model batches of 4: the numbers must not move
