@@ -148,6 +148,8 @@ class TrainingConfig(Section):
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     autocast: Literal["bf16", "fp16", "none"] = Field(
         "bf16", description="mixed precision of training on GPU (fp16 with loss scaling); CPU training stays fp32")
+    ceiling_sample_rows: int = Field(
+        500_000, gt=0, description="evaluation: examples the driver-side logistic 'inputs ceiling' is fitted on, at most")
     examples_per_chunk: int = Field(
         100_000, gt=0, description="training streams its examples in chunks of about this many, each with the features "
                                    "of just the items it references: a process holds one chunk, whatever the catalogue")

@@ -212,7 +212,7 @@ def bayes_auc(spark, config: AppConfig, data: TrainingData) -> dict | None:
     """AUC of the world's true buy probability (truth_impressions.p_buy) on the same test rows; None without truth."""
     from pyspark.sql import functions as F
 
-    from camenn.training import roc_auc
+    from camenn.training import BinnedAUC
     from pipeline import tables
 
     if data.source != "impressions":
@@ -224,9 +224,16 @@ def bayes_auc(spark, config: AppConfig, data: TrainingData) -> dict | None:
     test = (tables.read_table(spark, config, "training_examples", version=data.versions["training_examples"])
             .where(F.col("split") == "test").select("user_id", "item_id", "ts", "label"))
     truth = truth.groupBy("user_id", "item_id", "ts").agg(F.avg("p_buy").alias("p_buy"))
-    rows = test.join(truth, ["user_id", "item_id", "ts"], "left").select("label", "p_buy").toPandas()
-    matched = rows.dropna()
-    return {"bayes_auc": roc_auc(matched["label"], matched["p_buy"]), "n_test": int(len(rows)), "n_matched": int(len(matched))}
+    rows = test.join(truth, ["user_id", "item_id", "ts"], "left").select("label", "p_buy")
+    # histograms per label in Spark, as the training processes reduce theirs: no test row reaches the driver
+    hist = BinnedAUC()
+    bins = hist.counts.shape[1]
+    at = F.least(F.lit(bins - 1), F.floor(F.col("p_buy") * bins)).cast("int")
+    for r in (rows.where(F.col("p_buy").isNotNull()).groupBy("label", at.alias("bin"))
+              .agg(F.count(F.lit(1)).alias("n")).collect()):
+        hist.counts[int(r["label"]), int(r["bin"])] += r["n"]
+    n_test = rows.count()
+    return {"bayes_auc": hist.auc(), "n_test": int(n_test), "n_matched": hist.n}
 
 
 def _world_tags() -> dict[str, str]:
@@ -263,8 +270,15 @@ def inputs_ceiling(spark, config: AppConfig, data: TrainingData) -> dict | None:
              .join(items.select(F.col("item_id").alias("b_item"), F.col("category").alias("b_category")), "b_item")
              .join(rows.select("example_id", "category"), "example_id")
              .groupBy("example_id").agg(F.sum((F.col("b_category") == F.col("category")).cast("int")).alias("match")))
-    frame = rows.join(match, "example_id", "left").fillna(0, ["match"]).drop("example_id").toPandas()
-    return logistic_ceiling(frame, seed=config.training.split.seed)
+    frame = rows.join(match, "example_id", "left").fillna(0, ["match"]).drop("example_id")
+    # scikit-learn fits on the driver: a configured sample of the examples, never all of them
+    n = frame.count()
+    cap = config.training.ceiling_sample_rows
+    if n > cap:
+        frame = frame.sample(fraction=min(1.0, 1.05 * cap / n), seed=config.training.split.seed).limit(cap)
+    print(f"[evaluate] inputs ceiling: logistic regression on {min(n, cap)} of {n} examples "
+          f"(training.ceiling_sample_rows={cap})", file=sys.stderr, flush=True)
+    return logistic_ceiling(frame.toPandas(), seed=config.training.split.seed)
 
 
 def run_evaluation(spark, config: AppConfig, *, out_dir: str | None = None, variants: list[str] | None = None,

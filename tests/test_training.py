@@ -247,3 +247,20 @@ def test_logistic_ceiling_reads_history_and_profile_but_not_noise():
     assert out["auc"] > 0.75 and out["n_test"] == n // 4
     frame["label"] = rng.permutation(frame["label"].to_numpy())  # the same rows, no signal left
     assert abs(logistic_ceiling(frame)["auc"] - 0.5) < 0.06
+
+
+def test_binned_auc_matches_sklearn_and_adds_up_across_processes():
+    from camenn.training import BinnedAUC, roc_auc
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 20_000)
+    p = 1 / (1 + np.exp(-(y * 1.2 + rng.normal(size=y.size))))
+    whole = BinnedAUC()
+    whole.add(y, p)
+    assert abs(whole.auc() - roc_auc(y, p)) < 1e-4
+    halves = [BinnedAUC(), BinnedAUC()]
+    halves[0].add(y[:7000], p[:7000])
+    halves[1].add(y[7000:], p[7000:])
+    assert np.array_equal(halves[0].counts + halves[1].counts, whole.counts)  # what all_reduce sums
+    assert abs(whole.accuracy() - float(((p >= 0.5) == (y == 1)).mean())) < 1e-3
+    assert np.isnan(BinnedAUC().auc())
