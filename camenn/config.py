@@ -151,7 +151,7 @@ class TrainingConfig(Section):
     ceiling_sample_rows: int = Field(
         500_000, gt=0, description="evaluation: examples the driver-side logistic 'inputs ceiling' is fitted on, at most")
     examples_per_chunk: int = Field(
-        100_000, gt=0, description="training streams its examples in chunks of about this many, each with the features "
+        20_000, gt=0, description="training streams its examples in chunks of about this many, each with the features "
                                    "of just the items it references: a process holds one chunk, whatever the catalogue")
 
 
