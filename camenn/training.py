@@ -17,6 +17,10 @@ imports pyspark. Each process
    held-out items), each process over its chunks, reducing histograms and counts only;
 4. on rank 0 alone, writes the artifact with :func:`camenn.checkpoint.save_artifact`.
 
+Why one module of ~700 lines: the loop, its batches, its metrics and the pieces a training
+process runs (distributed setup, schedule, step) are read together when a run misbehaves;
+the data it reads lives in ``camenn.chunks`` and the model in ``camenn.model``.
+
 Items are split for the alignment tasks by a stable hash of item_id (:func:`item_split`), so
 held-out items are never seen in an alignment batch; CVR examples are split by the Spark side
 (``training_examples.split``).
