@@ -647,6 +647,7 @@ def train_fn(spec: dict) -> dict:
         t_train = time.perf_counter()
         # one stream per process: a pass over each of its chunks in turn, an epoch = n_steps batches of it
         stream = batch_stream(cache, chunks, bs, torch.Generator().manual_seed(seed * 7919 + dist_info.rank))
+        steps_s = 0.0  # time in the steps themselves, chunk reads of the stream included, validation not
         for epoch in range(epochs):
             model.train()
             g_epoch = torch.Generator().manual_seed(seed * 7919 + epoch * 104729 + dist_info.rank)
@@ -654,6 +655,7 @@ def train_fn(spec: dict) -> dict:
                        file=_LineStream(sys.stderr) if dist_info.on else sys.stderr,
                        mininterval=15.0 if dist_info.on else 2.0, leave=True, dynamic_ncols=not dist_info.on)
             running = 0.0
+            t_steps = time.perf_counter()
             for step in bar:
                 chunk, rows = next(stream)
                 ex = chunk.splits["train"].select(rows)
@@ -676,6 +678,7 @@ def train_fn(spec: dict) -> dict:
                     bar.set_postfix(loss=f"{running:.4f}", **{k: f"{float(v):.3f}" for k, v in per.items()},
                                     refresh=not dist_info.on)
             bar.close()
+            steps_s += time.perf_counter() - t_steps
             val = validation_loss(model, cache, chunks, spec, device, dist_info)
             record = {"epoch": epoch + 1, "train_loss": running, **{f"valid_{k}": x for k, x in val.items()},
                       "seconds": time.perf_counter() - t_train}
@@ -701,7 +704,8 @@ def train_fn(spec: dict) -> dict:
         n_dropped = int(_all_reduce([float(sum(dropped.values()))], "sum", dist_info)[0])
         metrics.update(best_epoch=state.best_epoch, epochs_run=len(state.history), best_valid_loss=state.best_loss,
                        train_seconds=train_s, load_seconds=load_s, total_seconds=time.perf_counter() - t_start,
-                       steps_per_epoch=n_steps, examples_dropped=n_dropped, world_size=ws, n_chunks=n_chunks,
+                       steps_per_epoch=n_steps, step_seconds=steps_s / max(1, n_steps * len(state.history)),
+                       examples_dropped=n_dropped, world_size=ws, n_chunks=n_chunks,
                        chunk_loads=cache.loads)
 
         metrics, history = _json_safe(metrics), _json_safe(state.history)

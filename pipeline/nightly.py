@@ -236,20 +236,25 @@ def user_rows(good: DataFrame, outputs: DataFrame, events: DataFrame, run_date: 
     """The nightly CVR input (CVR_USERS_INPUT): one row per user with scorable candidates.
 
     ``good``: scorable candidates (user_id, item_id, profile fields); ``outputs``: every valid
-    item's cached projected tokens (model_cache.current). A candidate moves its item id and its
-    target's projected tokens once (to its user's partition); a user's behaviour items move once
-    per user, not once per candidate, and the profile rides on the user's row.
+    item's cached projected tokens (model_cache.current). The items a user needs, its
+    candidates and its behaviour items, are asked for in one list, so the item side is joined
+    (and shuffled) once; the joined rows then move once, to their user's partition. A
+    candidate moves its target's projected tokens once, a behaviour item once per user.
     """
     items = outputs.select("item_id", *PROJECTED_FIELDS)
-    candidates = (good.join(items, "item_id")
-                  .groupBy("user_id", *USER_FIELDS)
-                  .agg(F.collect_list(F.struct("item_id", *PROJECTED_FIELDS)).alias("c")))
     seqs = history.behaviour_at(events, run_date, max_n, known_items=items.select("item_id"), users=good.select("user_id"))
-    behaviour = (seqs.select("user_id", F.posexplode("behaviour").alias("pos", "item_id"))
-                 .join(items, "item_id")
-                 .groupBy("user_id")
-                 .agg(F.array_sort(F.collect_list(F.struct("pos", *PROJECTED_FIELDS))).alias("b")))
-    return (candidates.join(behaviour, "user_id", "left")
+    nulls = [F.lit(None).cast("string").alias(f) for f in USER_FIELDS]
+    wanted = (good.select("user_id", "item_id", F.lit(-1).alias("pos"), *USER_FIELDS)
+              .unionByName(seqs.select("user_id", F.posexplode("behaviour").alias("pos", "item_id"), *nulls)))
+    fields = [F.col(f) for f in PROJECTED_FIELDS]
+    is_candidate = F.col("pos") < 0
+    grouped = (wanted.join(items, "item_id")
+               .groupBy("user_id")
+               .agg(*[F.first(f, ignorenulls=True).alias(f) for f in USER_FIELDS],
+                    # collect_list skips the nulls of the other kind of row
+                    F.collect_list(F.when(is_candidate, F.struct(F.col("item_id"), *fields))).alias("c"),
+                    F.array_sort(F.collect_list(F.when(~is_candidate, F.struct(F.col("pos"), *fields)))).alias("b")))
+    return (grouped.where(F.size("c") > 0)
             .select("user_id", *USER_FIELDS, F.col("c.item_id").alias("cand_item_id"),
                     *[F.col(f"c.{f}").alias(f"cand_{f}") for f in PROJECTED_FIELDS],
                     *[F.col(f"b.{f}").alias(f"beh_{f}") for f in PROJECTED_FIELDS])
