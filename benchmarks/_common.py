@@ -1,0 +1,60 @@
+"""Helpers shared by the benchmarks: an untrained CameNN artifact of a config's model size.
+
+    vocab = table_vocab(spark, config)                      # from the items and users tables
+    config = save_untrained_model(config, path, vocab, text_dim, image_dim, fingerprint)
+    text_dim, image_dim = encoder_dims(fcfg)                # without loading any weights
+
+The artifact is what jobs/train.py writes (config, weights, manifest, vocabulary, featurizer
+settings and fingerprint), with random weights: the same FLOPs and bytes as a trained model,
+scores that mean nothing. The returned config points ``scoring.model_dir`` at it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+
+def table_vocab(spark, config):
+    """FeatureVocab from the tables: distinct categories and user values, price deciles (Spark aggregates only)."""
+    from camenn.inputs import USER_FEATURES, FeatureVocab
+    from pipeline import tables
+
+    items = tables.read_table(spark, config, "items")
+    users = tables.read_table(spark, config, "users")
+    cats = [r[0] for r in items.select("category").distinct().collect()]
+    edges = items.approxQuantile("price", [i / 10 for i in range(1, 10)], 0.01)
+    return FeatureVocab(categories=sorted(c for c in cats if c), price_edges=sorted(set(edges)),
+                        user_values={f: sorted(r[0] for r in users.select(f).distinct().collect() if r[0] is not None)
+                                     for f in USER_FEATURES})
+
+
+def encoder_dims(fcfg) -> tuple[int, int]:
+    """(text_dim, image_dim) of the configured encoders, read from their configs: no weights are loaded."""
+    import timm
+
+    from camenn import encoders
+
+    text_cfg = json.loads((encoders._resolve_text_dir(fcfg.text_model_dir) / "config.json").read_text())
+    image = timm.create_model(fcfg.image_arch, pretrained=False, num_classes=0)
+    return int(text_cfg["hidden_size"]), int(getattr(image, "head_hidden_size", None) or image.num_features)
+
+
+def save_untrained_model(config, path: Path, vocab, text_dim: int, image_dim: int, fingerprint: str, seed: int = 0):
+    """An untrained model of ``config.model``'s settings at ``path``; returns config scoring with it."""
+    import torch
+
+    from camenn.checkpoint import save_artifact
+    from camenn.model import create_model_from_config
+    from camenn.training import model_config_from_spec
+
+    fcfg = config.featurizer.to_featurizer_config()
+    # the same spec -> model config mapping as training, so every model setting (behaviour_tokens, ...) applies
+    spec = {"model": config.model.model_dump(mode="json"), "n_patches": fcfg.patch_grid * fcfg.patch_grid,
+            "max_text_tokens": fcfg.max_text_tokens}
+    torch.manual_seed(seed)
+    model = create_model_from_config(model_config_from_spec(spec, vocab, text_dim, image_dim))
+    save_artifact(path, model, {"featurizer": asdict(fcfg), "encoder_fingerprint": fingerprint,
+                                "vocab": vocab.to_dict(), "table_versions": {}, "metrics": {}}, overwrite=True)
+    return config.model_copy(update={"scoring": config.scoring.model_copy(update={"model_dir": str(path)})})

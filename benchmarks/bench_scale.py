@@ -1,0 +1,464 @@
+"""Scale harness for the nightly run: stage costs at N items, 10x apart, without the encoders.
+
+    flock /tmp/camenn-heavy.lock .venv/bin/python benchmarks/bench_scale.py --sizes 2000      # a quick check
+    flock /tmp/camenn-heavy.lock .venv/bin/python benchmarks/bench_scale.py \
+        --json benchmarks/results/bench_scale.json          # 10k, 100k, 1M: about an hour on 2 cores
+
+For each N of --sizes a synthetic world is written IN SPARK under --root/n<N>-s<seed> (and
+reused while its marker file says it holds this N, seed and feature shapes): N items whose
+``image`` is a few hundred random bytes (never decoded), their ``item_features`` written
+directly as random fp16 blobs of the configured shapes, keyed on the items' stored
+content_hash and the current encoder fingerprint so a night encodes nothing; N/20 users,
+~10 purchases per user before the run date, 20 candidates per user (candidates = N).
+With an untrained CameNN of the config's model size (benchmarks/_common.py) it measures:
+
+1. a full night (``pipeline.nightly.run`` with the model cache emptied: every item goes through
+   the item pass), then a second night after 1% of the titles changed (a MERGE through
+   ``tables.conform``; their feature rows are written directly too, as if encoded);
+2. per stage of each night (features, item_pass, alignment, cvr, total): seconds (the
+   ScoreRun's timings), rows/s, shuffle bytes read + written (Spark's status REST API; a Spark
+   stage counts for the stage of the night during which it was submitted) and peak RSS of the
+   driver Python process, the driver JVM and the Python workers (psutil, every 0.2 s);
+3. CVR input bytes per candidate of both designs, each written to Spark's noop sink: the old
+   per-candidate rows (``nightly.scorable_pairs``: encoder blobs) and the new per-user rows
+   (``nightly.user_rows``: cached projected tokens), beside the theoretical row bytes;
+4. the growth per 10x of N of seconds per item and of peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import urlopen
+
+_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(_ROOT))
+sys.path.insert(0, str(_ROOT / "benchmarks"))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH")) if p)
+os.environ.setdefault("SPARK_CONF_DIR", str(_ROOT / "conf" / "spark"))
+
+import psutil
+from _common import encoder_dims, save_untrained_model, table_vocab
+from pyspark.sql import functions as F
+
+from camenn.config import load_config
+from pipeline import feature_cache, model_cache, nightly, tables
+
+CATEGORIES, ITEMS_PER_USER, PURCHASES_PER_USER, CANDIDATES_PER_USER, MIN_TEXT_TOKENS = 20, 20, 10, 20, 4
+STEPS = {"1/5": "features", "2/5": "item_pass", "3/5": "alignment", "4/5": "cvr", "5/5": "runs"}
+STAGES = ("features", "item_pass", "alignment", "cvr", "total")
+OUTPUTS = ("item_model_outputs", "item_alignment", "cvr_scores", "quarantine", "runs")
+WORDS = ("red", "fresh", "large", "organic", "spicy", "frozen", "classic", "mini", "family", "light")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--conf", default=str(_ROOT / "conf" / "demo.yaml"), help="model, featurizer and Spark settings")
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--root", default=str(_ROOT / "runs" / "bench" / "scale"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--changed", type=float, default=0.01, help="share of items whose title changes before night 2")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", default=None)
+    return p.parse_args(argv)
+
+
+def say(message: str, t0: float) -> None:
+    print(f"[bench_scale {time.perf_counter() - t0:8.1f}s] {message}", flush=True)
+
+
+# ------------------------------------------------------------------------ measuring
+
+
+class Monitor:
+    """RSS of the driver's process tree every 0.2 s: this Python process, the JVM, the Python workers."""
+
+    def __init__(self):
+        self.samples: list[tuple[float, int, int, int, int]] = []   # time, driver py, jvm, worker max, workers sum
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        me = psutil.Process()
+        while not self._stop.wait(0.2):
+            jvm, workers = 0, []
+            for p in me.children(recursive=True):
+                try:
+                    name, rss, cmd = p.name(), p.memory_info().rss, " ".join(p.cmdline())
+                except psutil.Error:   # a worker that exited between the listing and the read
+                    continue
+                if name == "java":
+                    jvm = max(jvm, rss)
+                elif "python" in name or "pyspark" in cmd:   # pyspark.daemon and the workers it forks
+                    workers.append(rss)
+            self.samples.append((time.time(), me.memory_info().rss, jvm, max(workers, default=0), sum(workers)))
+
+    def peaks(self, t0: float, t1: float) -> dict[str, float]:
+        """Peak MiB in [t0, t1]. Forked workers share pages with pyspark.daemon, so workers_sum overcounts."""
+        rows = [s for s in self.samples if t0 <= s[0] <= t1] or self.samples[-1:]
+        if not rows:
+            return {}
+        out = {k: max(r[i + 1] for r in rows) / 2**20 for i, k in enumerate(("driver_python", "driver_jvm", "worker_max",
+                                                                               "workers_sum"))}
+        out["worker_max_at_s"] = max(rows, key=lambda r: r[3])[0] - t0   # when, to find the Spark stage behind it
+        return out
+
+
+class StageLog:
+    """Spark's stage metrics from the status REST API of this application's UI."""
+
+    def __init__(self, spark):
+        sc = spark.sparkContext
+        self.url = f"http://localhost:{urlparse(sc.uiWebUrl).port}/api/v1/applications/{sc.applicationId}/stages"
+
+    def totals(self, t0: float, t1: float) -> dict[str, int]:
+        """Bytes of the stages submitted in [t0, t1) (wall clock); waits for the listener to catch up first."""
+        time.sleep(1.0)
+        out = {"stages": 0, "shuffle_read": 0, "shuffle_write": 0, "input": 0, "output": 0}
+        for s in json.load(urlopen(self.url)):
+            if not s.get("submissionTime"):
+                continue   # skipped: its shuffle output was reused, it moved nothing
+            t = dt.datetime.strptime(s["submissionTime"].replace("GMT", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+            if t0 <= t < t1:
+                out["stages"] += 1
+                out["shuffle_read"] += s.get("shuffleReadBytes", 0)
+                out["shuffle_write"] += s.get("shuffleWriteBytes", 0)
+                out["input"] += s.get("inputBytes", 0)
+                out["output"] += s.get("outputBytes", 0)
+        return out
+
+
+# ------------------------------------------------------------------------ the synthetic world
+
+
+def _pick(values, salt: int):
+    return F.element_at(F.array(*map(F.lit, values)), (F.pmod(F.xxhash64("id", F.lit(salt)), F.lit(len(values))) + 1).cast("int"))
+
+
+def _items_fn(seed: int, run_date: dt.date, n_merchants: int):
+    def gen(batches):
+        import numpy as np
+        import pandas as pd
+        for pdf in batches:
+            ids, k = pdf["id"].to_numpy(), len(pdf)
+            if not k:
+                continue
+            rng = np.random.default_rng([seed, int(ids[0])])
+            cat, w1, w2 = rng.integers(0, CATEGORIES, k), rng.integers(0, len(WORDS), k), rng.integers(0, len(WORDS), k)
+            sizes = rng.integers(200, 600, k)
+            raw, ends = rng.bytes(int(sizes.sum())), np.cumsum(sizes)
+            yield pd.DataFrame({
+                "item_id": [f"i{i:09d}" for i in ids], "merchant_id": [f"m{i * 7919 % n_merchants:05d}" for i in ids],
+                "category": [f"cat{c:02d}" for c in cat],
+                "title": [f"{WORDS[a]} {WORDS[b]} item {i}" for a, b, i in zip(w1, w2, ids)],
+                "description": [f"{WORDS[b]} cat{c:02d} product, pack of {a + 1}" for a, b, c in zip(w1, w2, cat)],
+                "image": [raw[e - s:e] for s, e in zip(sizes, ends)],
+                "price": np.round(rng.lognormal(3.0, 1.0, k), 2),
+                "updated_at": pd.Timestamp(run_date) - pd.to_timedelta(rng.integers(86400, 365 * 86400, k), unit="s")})
+    return gen
+
+
+def _features_fn(seed: int, text_dim: int, image_dim: int, n_patches: int, max_tokens: int):
+    def gen(batches):
+        import zlib
+
+        import numpy as np
+        import pandas as pd
+        for pdf in batches:
+            k = len(pdf)
+            if not k:
+                continue
+            rng = np.random.default_rng([seed, zlib.crc32(pdf["item_id"].iloc[0].encode())])
+            ntok = rng.integers(MIN_TEXT_TOKENS, max_tokens + 1, k)
+            text_len, image_len = ntok * text_dim * 2, n_patches * image_dim * 2
+            # random fp16 bit patterns with the top exponent bit cleared: finite values in (-2, 2), no inf/nan
+            words = rng.integers(0, 1 << 16, (int(text_len.sum()) + k * image_len) // 2, dtype=np.uint16) & 0xBFFF
+            buf, texts, images, at = words.astype("<u2").tobytes(), [], [], 0
+            for n in text_len:
+                texts.append(buf[at:at + n])
+                images.append(buf[at + n:at + n + image_len])
+                at += n + image_len
+            yield pd.DataFrame({"item_id": pdf["item_id"], "content_hash": pdf["content_hash"], "text_emb": texts,
+                                "n_text_tokens": ntok.astype("int32"), "image_emb": images})
+    return gen
+
+
+def feature_rows(spark, keys, seed, shapes, fingerprint):
+    """item_features rows for keys (item_id, content_hash): random blobs of the encoders' shapes, as if encoded."""
+    rows = keys.mapInPandas(_features_fn(seed, *shapes), "item_id string, content_hash string, text_emb binary, "
+                                                         "n_text_tokens int, image_emb binary")
+    return rows.withColumn("encoder_fingerprint", F.lit(fingerprint)).withColumn("updated_at", F.current_timestamp())
+
+
+def synthesise(spark, config, n: int, seed: int, shapes, fingerprint: str, feature_bytes: float) -> None:
+    run_date = config.world.run_date
+    n_users = max(1, n // ITEMS_PER_USER)
+    item_parts, feature_parts = max(2, math.ceil(n / 100_000)), max(2, math.ceil(feature_bytes / 256e6))
+    items_schema = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in tables.input_schema(spark, "items").fields)
+    items = spark.range(n, numPartitions=item_parts).mapInPandas(_items_fn(seed, run_date, max(10, n // 200)), items_schema)
+    tables.overwrite_table(spark, config, "items", items)          # conform() stores content_hash and image_size
+    keys = tables.read_table(spark, config, "items").select("item_id", "content_hash").repartition(feature_parts)
+    tables.overwrite_table(spark, config, "item_features", feature_rows(spark, keys, seed, shapes, fingerprint))
+    users = spark.range(n_users, numPartitions=2).select(
+        F.format_string("u%08d", "id").alias("user_id"), _pick(["18-24", "25-34", "35-44", "45-54", "55+"], seed + 1).alias("age_band"),
+        _pick(["single", "couple", "family"], seed + 2).alias("household"), _pick([f"z{i}" for i in range(10)], seed + 3).alias("zone"))
+    tables.overwrite_table(spark, config, "users", users)
+    run_s = int(dt.datetime.combine(run_date, dt.time()).replace(tzinfo=dt.UTC).timestamp())
+    h = lambda salt: F.xxhash64("id", F.lit(seed), F.lit(salt))   # a per-column salted hash
+    events = spark.range(n_users * PURCHASES_PER_USER, numPartitions=item_parts).select(
+        F.format_string("u%08d", F.expr(f"id div {PURCHASES_PER_USER}")).alias("user_id"),
+        F.format_string("i%09d", F.pmod(h("item"), F.lit(n))).alias("item_id"),
+        F.timestamp_seconds(F.lit(run_s - 1) - F.pmod(h("ts"), F.lit(60 * 86400))).alias("ts"),
+        F.lit("purchase").alias("event"), (F.pmod(h("price"), F.lit(10_000)) / 100 + 1).alias("price"))
+    tables.overwrite_table(spark, config, "events", events)
+    # a stride prime to n walks a permutation of the items: a user's 20 candidates are 20 distinct items
+    candidates = spark.range(n_users * CANDIDATES_PER_USER, numPartitions=item_parts).select(
+        F.lit(run_date).alias("run_date"), F.format_string("u%08d", F.expr(f"id div {CANDIDATES_PER_USER}")).alias("user_id"),
+        F.format_string("i%09d", F.pmod(F.col("id") * 1_000_003 + seed * 7919, F.lit(n))).alias("item_id"))
+    tables.overwrite_table(spark, config, "candidates", candidates)
+
+
+def change_titles(spark, config, share: float, seed: int, shapes, fingerprint: str) -> int:
+    """MERGE new titles into ``share`` of the items (conform re-derives their hash) and their feature rows."""
+    from delta.tables import DeltaTable
+
+    salt = uuid.uuid4().hex[:8]
+    cols = [f.name for f in tables.input_schema(spark, "items").fields]
+    changed = (tables.read_table(spark, config, "items")
+               .where(F.pmod(F.xxhash64("item_id", F.lit(salt)), F.lit(10_000)) < int(share * 10_000))
+               .withColumn("title", F.concat("title", F.lit(f" (rev {salt})"))).select(*cols)
+               .localCheckpoint())   # the MERGE rewrites the files this was read from
+    conformed = tables.conform(changed, spark, "items")
+    DeltaTable.forPath(spark, config.table("items")).alias("t").merge(
+        conformed.alias("s"), "t.item_id = s.item_id").whenMatchedUpdateAll().execute()
+    # as if the encoders had run: night 2 re-runs the model's item pass for these items and encodes nothing
+    feats = tables.conform(feature_rows(spark, conformed.select("item_id", "content_hash"), seed + 1, shapes, fingerprint),
+                           spark, "item_features")
+    DeltaTable.forPath(spark, config.table("item_features")).alias("t").merge(
+        feats.alias("s"), "t.item_id = s.item_id").whenMatchedUpdateAll().execute()
+    return changed.count()
+
+
+# ------------------------------------------------------------------------ nights and the CVR input
+
+
+def run_night(spark, config, label: str, monitor: Monitor, log: StageLog, t0: float) -> dict:
+    """nightly.run with a mark at each of its numbered steps: Spark stages and RSS samples go to the step they fall in."""
+    marks, original = [("start", time.time())], nightly._say
+
+    def mark(message: str) -> None:
+        original(message)
+        step = STEPS.get(message.split(" ", 1)[0])
+        if step:
+            marks.append((step, time.time()))
+            say(f"{label}: {message}", t0)
+
+    nightly._say = mark
+    try:
+        result = nightly.run(spark, config, config.world.run_date)
+    finally:
+        nightly._say = original
+    end = time.time()
+    windows = {step: (t, marks[i + 1][1] if i + 1 < len(marks) else end) for i, (step, t) in enumerate(marks) if i}
+    windows["total"] = (marks[0][1], end)
+    c = result.counts
+    rows = {"features": c.get("items_in", 0), "item_pass": c.get("items_model_scored", 0),
+            "alignment": c.get("items_scored", 0), "cvr": c.get("candidates_in", 0), "total": c.get("items_in", 0)}
+    stages = {}
+    for stage in STAGES:
+        seconds = result.timings.get(stage, 0.0)
+        w = windows.get(stage, (end, end))
+        stages[stage] = {"seconds": seconds, "rows": rows[stage], "rows_per_s": rows[stage] / seconds if seconds else None,
+                         "window_s": w[1] - w[0], **log.totals(*w), "peak_rss_mib": monitor.peaks(*w)}
+    say(f"{label}: done in {result.timings['total']:.1f}s ({result.status})", t0)
+    return {"label": label, "status": result.status, "counts": result.counts, "timings": result.timings, "stages": stages}
+
+
+def cvr_input_bytes(spark, config, log: StageLog, disk_free: float, blob_mean: float, t0: float) -> dict:
+    """Shuffle bytes per candidate of the old per-candidate input and of the new per-user one (noop sink)."""
+    run_date = config.world.run_date
+    model = nightly.load_model(config)
+    fingerprint = feature_cache.featurizer_fingerprint(feature_cache.featurizer_config(config))
+    # the valid items and the scorable candidates are common to both designs: computed once, outside the windows
+    keys = feature_cache.item_keys(spark, config, fingerprint).localCheckpoint()
+    users, events = tables.read_table(spark, config, "users"), tables.read_table(spark, config, "events")
+    candidates = tables.read_table(spark, config, "candidates").where(F.col("run_date") == F.lit(run_date))
+    good = (nightly.checked_candidates(candidates, keys.select("item_id"), users)
+            .where(F.col("reason").isNull()).drop("reason").localCheckpoint())
+    n_cand, n_users = good.count(), good.select("user_id").distinct().count()
+    seqs = feature_cache.behaviour_sequences(events, run_date, model.max_behaviour, known_items=keys, users=good)
+    mean_beh = seqs.agg(F.avg(F.size("behaviour"))).first()[0] or 0.0
+    mean_tok = tables.read_table(spark, config, "item_features").agg(F.avg("n_text_tokens")).first()[0]
+    text_dim, image_dim, n_patches = model.dims
+    d_model, per_user = int(model.config.d_model), n_cand / max(1, n_users)
+    proj_item = (mean_tok + n_patches) * d_model * 4          # fp32 projected tokens of one item
+    blob_item = (mean_tok * text_dim + n_patches * image_dim) * 2   # fp16 encoder outputs of one item
+    out = {"candidates": n_cand, "users": n_users, "mean_text_tokens": mean_tok, "mean_behaviour": mean_beh,
+           "theory_bytes_per_item": {"old": blob_item, "new": proj_item},
+           # the rows the UDF receives: every candidate carries its behaviour (old), a user carries it once (new)
+           "theory_row_bytes_per_candidate": {"old": blob_item * (1 + mean_beh), "new": proj_item * (1 + mean_beh / per_user)}}
+    designs = {"new": lambda: nightly.user_rows(good, model_cache.current(spark, config, model, keys), events, run_date,
+                                                model.max_behaviour)}
+    old_estimate = 4 * n_cand * blob_mean   # target blobs, behaviour grouping and joins: ~4 blob moves per candidate
+    if old_estimate > 0.8 * disk_free:
+        print(f"old per-candidate CVR input skipped: ~{old_estimate / 1e9:.0f} GB of shuffle > 80% of {disk_free / 1e9:.0f} GB free")
+    else:
+        designs["old"] = lambda: nightly.scorable_pairs(good, feature_cache.valid_items(spark, config, fingerprint, keys),
+                                                        events, run_date, model.max_behaviour)
+    for name, make in designs.items():
+        w0 = time.time()
+        make().write.format("noop").mode("overwrite").save()
+        w1 = time.time()
+        sh = log.totals(w0, w1)
+        out[name] = {"seconds": w1 - w0, **sh, "shuffle_write_per_candidate": sh["shuffle_write"] / max(1, n_cand),
+                     "shuffle_read_per_candidate": sh["shuffle_read"] / max(1, n_cand)}
+        say(f"cvr input, {name} design: {out[name]['shuffle_write_per_candidate']:,.0f} shuffle bytes written per "
+            f"candidate ({w1 - w0:.1f}s)", t0)
+    if "old" in out:
+        out["old_over_new"] = out["old"]["shuffle_write_per_candidate"] / max(1.0, out["new"]["shuffle_write_per_candidate"])
+    return out
+
+
+# ------------------------------------------------------------------------ one size, the report
+
+
+def one_size(spark, args, n: int, monitor: Monitor, log: StageLog, t0: float) -> dict:
+    wdir = Path(args.root).resolve() / f"n{n}-s{args.seed}"
+    config = load_config(args.conf, [f"data.root={wdir / 'tables'}", f"training.artifact_dir={wdir / 'artifacts' / 'model'}",
+                                     *args.set])
+    fcfg = feature_cache.featurizer_config(config)
+    fingerprint = feature_cache.featurizer_fingerprint(fcfg)
+    text_dim, image_dim = encoder_dims(fcfg)
+    shapes = (text_dim, image_dim, fcfg.patch_grid ** 2, fcfg.max_text_tokens)
+    blob_mean = ((MIN_TEXT_TOKENS + fcfg.max_text_tokens) / 2 * text_dim + shapes[2] * image_dim) * 2
+    free = shutil.disk_usage(wdir.parent if wdir.parent.exists() else _ROOT).free
+    need = n * blob_mean
+    say(f"N={n}: item_features ~{need / 1e9:.2f} GB ({blob_mean / 1e3:.1f} kB/item), {free / 1e9:.0f} GB free", t0)
+    marker = wdir / "world.json"
+    world = {"n": n, "seed": args.seed, "shapes": shapes, "fingerprint": fingerprint}
+    old = json.loads(marker.read_text()) if marker.is_file() else {}
+    if {k: old.get(k) for k in world} == json.loads(json.dumps(world)):
+        say(f"N={n}: reusing the world at {wdir}", t0)
+    else:
+        if need > 0.8 * free:
+            print(f"N={n} refused: ~{need / 1e9:.1f} GB of item features exceed 80% of the {free / 1e9:.1f} GB free")
+            return {"refused": f"feature bytes {need:.0f} > 80% of free {free:.0f}"}
+        shutil.rmtree(wdir, ignore_errors=True)
+        w = time.perf_counter()
+        synthesise(spark, config, n, args.seed, shapes, fingerprint, need)
+        world["seconds"] = time.perf_counter() - w
+        wdir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(world, indent=2))
+        say(f"N={n}: world written in {world['seconds']:.0f}s", t0)
+    # an empty model cache and fresh outputs: night 1 is a full night for this model
+    for name in OUTPUTS:
+        shutil.rmtree(config.table(name), ignore_errors=True)
+    shutil.rmtree(f"{config.table('item_features')}_staging", ignore_errors=True)
+    config = save_untrained_model(config, wdir / "artifacts" / "untrained-model", table_vocab(spark, config),
+                                  text_dim, image_dim, fingerprint)
+    nights = [run_night(spark, config, f"N={n} night 1 (full)", monitor, log, t0)]
+    n_changed = change_titles(spark, config, args.changed, args.seed, shapes, fingerprint)
+    say(f"N={n}: {n_changed} titles changed", t0)
+    nights.append(run_night(spark, config, f"N={n} night 2 ({n_changed} changed)", monitor, log, t0))
+    free = shutil.disk_usage(wdir).free
+    return {"n": n, "world": world, "feature_bytes_estimate": need, "changed": n_changed, "nights": nights,
+            "cvr_input": cvr_input_bytes(spark, config, log, free, blob_mean, t0)}
+
+
+def growth(results: dict) -> dict:
+    """Per 10x of N between consecutive sizes: factor of seconds per item, per stage, and of peak RSS."""
+    sizes = sorted(int(n) for n, r in results.items() if "nights" in r)
+    out = {}
+    for a, b in itertools.pairwise(sizes):
+        per10 = 1 / math.log10(b / a)
+        g = {}
+        for i, night in enumerate(("night1", "night2")):
+            sa, sb = results[str(a)]["nights"][i]["stages"], results[str(b)]["nights"][i]["stages"]
+            g[night] = {s: ((sb[s]["seconds"] / b) / (sa[s]["seconds"] / a)) ** per10 if sa[s]["seconds"] else None for s in STAGES}
+            g[night]["peak_rss"] = {k: (v / sa["total"]["peak_rss_mib"][k]) ** per10
+                                    for k, v in sb["total"]["peak_rss_mib"].items() if sa["total"]["peak_rss_mib"][k]}
+        out[f"{a}->{b}"] = g
+    return out
+
+
+def report(r: dict) -> None:
+    if "nights" not in r:
+        return
+    for night in r["nights"]:
+        print(f"\n{night['label']}: {night['status']}")
+        print(f"  {'stage':10} {'seconds':>8} {'rows/s':>9} {'shuffle R+W MB':>15}   peak RSS MiB: driver py / JVM / worker max / sum")
+        for stage, s in night["stages"].items():
+            rss = s["peak_rss_mib"]
+            print(f"  {stage:10} {s['seconds']:8.1f} {s['rows_per_s'] or 0:9.0f} "
+                  f"{(s['shuffle_read'] + s['shuffle_write']) / 1e6:15.1f}   {rss.get('driver_python', 0):6.0f} / "
+                  f"{rss.get('driver_jvm', 0):6.0f} / {rss.get('worker_max', 0):6.0f} / {rss.get('workers_sum', 0):6.0f}")
+    c = r["cvr_input"]
+    print(f"  CVR input per candidate ({c['candidates']} candidates, {c['mean_behaviour']:.1f} behaviour items per user):")
+    for name in ("old", "new"):
+        if name in c:
+            print(f"    {name}: {c[name]['shuffle_write_per_candidate']:10,.0f} B shuffle written, "
+                  f"{c[name]['shuffle_read_per_candidate']:10,.0f} B read; theory: {c['theory_bytes_per_item'][name]:8,.0f} B "
+                  f"per item, {c['theory_row_bytes_per_candidate'][name]:10,.0f} B of input row per candidate")
+    if "old_over_new" in c:
+        print(f"    old / new shuffle bytes per candidate: {c['old_over_new']:.1f}")
+
+
+def _cpu_model() -> str:
+    """platform.processor() is empty on most Linux systems; /proc/cpuinfo names the CPU."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return ""
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    base = load_config(args.conf, args.set)
+    from pipeline.session import get_spark
+
+    # the UI's REST API is where the shuffle bytes come from; it keeps every stage of the process
+    conf = {**base.spark.conf, "spark.ui.enabled": "true", "spark.ui.showConsoleProgress": "false",
+            "spark.ui.retainedStages": "100000", "spark.ui.retainedJobs": "100000"}
+    spark = get_spark(base.model_copy(update={"spark": base.spark.model_copy(update={"conf": conf})}))
+    monitor, log = Monitor(), StageLog(spark)
+    figures = {"date": dt.datetime.now().isoformat(timespec="seconds"),
+               "machine": {"processor": platform.processor(), "cpu_model": _cpu_model(), "platform": platform.platform(),
+                           "cores": os.cpu_count(),
+                           "ram_gib": psutil.virtual_memory().total / 2**30},
+               "config": {"source": str(args.conf), "set": args.set, "model": base.model.model_dump(mode="json"),
+                          "featurizer": base.featurizer.model_dump(mode="json"),
+                          "scoring": base.scoring.model_dump(mode="json"), "spark": conf,
+                          "spark_master": spark.sparkContext.master},
+               "sizes": args.sizes, "seed": args.seed, "changed": args.changed, "results": {}}
+    for n in args.sizes:
+        r = figures["results"][str(n)] = one_size(spark, args, n, monitor, log, t0)
+        report(r)
+        figures["growth_per_10x"] = growth(figures["results"])
+        if args.json:   # after every size, so a long run keeps what it measured
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
+    if figures["growth_per_10x"]:
+        print("\ngrowth per 10x of N (seconds per item; peak RSS):")
+        for pair, g in figures["growth_per_10x"].items():
+            for night, v in g.items():
+                print(f"  {pair} {night}: " + ", ".join(f"{s} x{v[s]:.2f}" for s in STAGES if v[s])
+                      + " | RSS " + ", ".join(f"{k} x{x:.2f}" for k, x in v["peak_rss"].items()))
+    spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
