@@ -1,42 +1,66 @@
-"""Scoring throughput on one world and one machine: the Spark path against a plain PyTorch loop.
+"""Scoring throughput on one world and one machine: the nightly run, and its Spark paths against plain PyTorch loops.
 
-    python benchmarks/bench_scoring.py --conf tests/conf/tiny.yaml            # seconds to minutes
+    flock /tmp/camenn-heavy.lock .venv/bin/python benchmarks/bench_scoring.py --conf tests/conf/tiny.yaml \
+        --set world.n_items=3000 --set world.n_users=500 --set world.candidates_per_user=10 \
+        --json benchmarks/results/bench_scoring.json                 # about 12 minutes on 2 cores
     python benchmarks/bench_scoring.py --conf conf/demo.yaml --root runs/bench/demo
 
-Measures, on the world of --conf (generated under --root when it is not there yet):
+Measures, in one run, on the world of --conf (generated under --root; a world table that is not
+this world's, e.g. the items of a previous run's change, is rewritten by pipeline.world.write_world):
 
-1. a full nightly run (``pipeline.nightly.run``: every item encoded, aligned, every candidate
-   scored) and a rerun after 1% of the items changed (their titles), and the ratio;
-2. the alignment path: items/s of (a) the Spark path (valid items joined to their features,
-   the mapInPandas UDF, results to Spark's no-op sink) and (b) a plain single-process PyTorch
-   loop (``camenn.predictor.Predictor.score_items``) over the same items, with the same model
-   and batch size; both warm (the second of two passes), and their ratio;
-3. model FLOPs per item (``camenn.model.count_flops_per_item`` at the items' mean text
-   length) and the achieved FLOP/s of both paths as a share of a dense fp32 matmul peak
-   measured here (torch.matmul of two 2048 x 2048 matrices).
+1. a full nightly run (``pipeline.nightly.run`` from empty caches: every item encoded, every item
+   through the model's item pass, every candidate scored) and a rerun after --changed of the items
+   changed (their titles), the ratio, and the per-stage timings of both (ScoreRun.timings);
+2. the item pass: items/s of (a) the Spark path as ``pipeline.model_cache.refresh`` builds it (every
+   valid item's blobs: item_features joined to the valid keys, ``udfs.predict.item_outputs_fn`` in a
+   mapInPandas, Spark's noop sink; the input checkpointed, so Delta reads and joins are outside the
+   timing) and (b) a plain single-process loop of ``Predictor.item_outputs`` over the same rows
+   (collected once), same batch size, torch threads = --loop-threads (default 2, then 1 for
+   reference); both warm (the second of two passes), and the ratio;
+3. CVR grouped by user: pairs/s of (a) the Spark path ``nightly.user_rows(...)`` ->
+   ``udfs.predict.cvr_users_fn`` -> noop (the cached outputs and the checked candidates
+   checkpointed first, as the nightly run persists them; the user_rows joins and groupBy are in the
+   timing) and of the same with the user rows themselves checkpointed (scoring only), against (b) a
+   plain loop of ``Predictor.score_users`` over the same user rows (toPandas once, outside the
+   timing), same batch size and threads, warm; the Arrow batch is the nightly's (users per batch =
+   max_records_per_batch / USERS_PER_BATCH_DIVISOR);
+4. FLOPs per item of the model (``camenn.model.count_flops_per_item`` at the items' mean text length;
+   per CVR pair without the input projections, which the cache already holds, and also counted with
+   FlopCounterMode on one batch of score_users) and of the encoders (bench_encoders.encoder_flops:
+   FlopCounterMode on one real batch), and the achieved FLOP/s of each path as a share of a dense
+   fp32 matmul peak measured in the same run (torch.matmul of two 2048 x 2048, best of a few).
 
-The model is the artifact at the config's model_dir when there is one, else a real but
-untrained CameNN of the configured size (same FLOPs; the scores mean nothing).
+For each Spark path the tasks of its stages are recorded (a stage with fewer tasks than cores
+leaves a core idle). The model is the artifact at the config's model_dir when there is one, else a
+real but untrained CameNN of the configured size (same FLOPs; the scores mean nothing).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
+import platform
 import sys
 import time
+import uuid
+from dataclasses import asdict
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(_ROOT))
+sys.path.insert(0, str(_ROOT / "benchmarks"))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH")) if p)
 os.environ.setdefault("SPARK_CONF_DIR", str(_ROOT / "conf" / "spark"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from bench_encoders import encoder_flops, matmul_peak  # noqa: E402
 from camenn.config import load_config  # noqa: E402
+
+CACHES = ("item_features", "item_model_outputs", "item_alignment", "cvr_scores")
 
 
 def parse_args(argv=None):
@@ -46,10 +70,17 @@ def parse_args(argv=None):
                                                 "(default runs/bench/<config name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--changed", type=float, default=0.01, help="share of items changed for the incremental rerun")
+    p.add_argument("--loop-threads", type=int, nargs="+", default=[2, 1],
+                   help="torch threads of the plain loops; the first (compared with Spark) is timed warm as the second of "
+                        "two passes, the others once after it")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.add_argument("--throughput-only", action="store_true",
-                   help="skip the full and incremental runs (2. and 3. only; needs a scored world under --root)")
+                   help="skip the full and incremental runs (2.-4. only; needs a scored world under --root)")
     return p.parse_args(argv)
+
+
+def say(message: str, t0: float) -> None:
+    print(f"[bench_scoring {time.perf_counter() - t0:7.1f}s] {message}", flush=True)
 
 
 def timed(fn):
@@ -58,34 +89,23 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
-def matmul_peak(n: int = 2048, reps: int = 10) -> float:
-    """Dense fp32 matmul FLOP/s on this process's torch threads (best of reps)."""
-    import torch
+def ensure_model(spark, config, root: Path):
+    """The config's artifact, or an untrained CameNN of the configured size saved under root.
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
-
-
-def ensure_model(config, root: Path):
-    """The config's artifact, or an untrained CameNN of the configured size saved under root."""
+    The same spec -> model config mapping as training (camenn.training.model_config_from_spec),
+    so every model setting applies; the vocabulary comes from the tables.
+    """
     import torch
 
     from camenn.checkpoint import save_artifact
     from camenn.inputs import USER_FEATURES, FeatureVocab
-    from camenn.model import create_model
+    from camenn.model import create_model_from_config
+    from camenn.training import model_config_from_spec
     from pipeline import feature_cache, tables
-    from pipeline.session import get_spark
     from udfs.encode import get_featurizer
 
     if (Path(config.model_dir) / "manifest.json").is_file():
         return config, "trained artifact"
-    spark = get_spark(config)
     items = tables.read_table(spark, config, "items")
     users = tables.read_table(spark, config, "users")
     cats = [r[0] for r in items.select("category").distinct().collect()]
@@ -95,122 +115,312 @@ def ensure_model(config, root: Path):
                                       for f in USER_FEATURES})
     fcfg = feature_cache.featurizer_config(config)
     featurizer = get_featurizer(fcfg, "cpu")
-    m = config.model
+    spec = {"model": config.model.model_dump(mode="json"), "n_patches": featurizer.n_patches,
+            "max_text_tokens": featurizer.max_text_tokens}
     torch.manual_seed(0)
-    model = create_model(m.frame, text_dim=featurizer.text_dim, image_dim=featurizer.image_dim,
-                         n_patches=featurizer.n_patches, max_text_tokens=featurizer.max_text_tokens, d_model=m.d_model,
-                         n_heads=m.n_heads, n_experts=m.n_experts, max_behaviour=m.max_behaviour, top_k=m.top_k,
-                         item_feature_sizes=vocab.item_feature_sizes, user_feature_sizes=vocab.user_feature_sizes)
+    model = create_model_from_config(model_config_from_spec(spec, vocab, featurizer.text_dim, featurizer.image_dim))
     path = root / "artifacts" / "untrained-model"
-    save_artifact(path, model, {"featurizer": {k: getattr(fcfg, k) for k in fcfg.__dataclass_fields__},
-                                "encoder_fingerprint": featurizer.fingerprint, "vocab": vocab.to_dict(),
-                                "table_versions": {}, "metrics": {}}, overwrite=True)
+    save_artifact(path, model, {"featurizer": asdict(fcfg), "encoder_fingerprint": featurizer.fingerprint,
+                                "vocab": vocab.to_dict(), "table_versions": {}, "metrics": {}}, overwrite=True)
     config = config.model_copy(update={"scoring": config.scoring.model_copy(update={"model_dir": str(path)})})
     return config, "untrained CameNN of the configured size"
 
 
+def spark_timed(spark, label: str, action) -> tuple[float, list[int]]:
+    """Seconds of ``action()`` and the task count of every stage that ran in its jobs (one job group)."""
+    sc = spark.sparkContext
+    group = f"bench-{uuid.uuid4().hex[:8]}"
+    sc.setJobGroup(group, label)
+    try:
+        _, seconds = timed(action)
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+        sc.setJobDescription(None)
+    tracker = sc.statusTracker()
+    stages = []
+    for job in sorted(tracker.getJobIdsForGroup(group)):
+        info = tracker.getJobInfo(job)
+        for sid in sorted(info.stageIds if info else []):
+            stage = tracker.getStageInfo(sid)
+            if stage is not None and stage.numCompletedTasks > 0:   # skipped stages ran nothing
+                stages.append(int(stage.numTasks))
+    return seconds, stages
+
+
+def noop(df):
+    return lambda: df.write.format("noop").mode("overwrite").save()
+
+
+def plain_loops(fn, threads: list[int]) -> dict[int, list[float]]:
+    """Seconds of fn() per torch thread count: two passes at threads[0] (the second is warm), one at each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    out = {}
+    try:
+        for i, t in enumerate(threads):
+            torch.set_num_threads(t)
+            out[t] = [timed(fn)[1] for _ in range(2 if i == 0 else 1)]
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    t0 = time.perf_counter()
     base = load_config(args.conf, args.set)
     root = Path(args.root or _ROOT / "runs" / "bench" / base.name).resolve()
     config = load_config(args.conf, [f"data.root={root / 'tables'}", f"training.artifact_dir={root / 'artifacts' / 'model'}",
                                      *args.set])
+    import numpy as np
     import torch
     from pyspark.sql import functions as F
+    from torch.utils.flop_counter import FlopCounterMode
 
     from camenn.model import count_flops_per_item
     from camenn.predictor import Predictor
-    from pipeline import feature_cache, nightly, tables
+    from pipeline import feature_cache, model_cache, nightly, tables
     from pipeline.session import get_spark
-    from udfs.predict import ALIGN_INPUT, ALIGN_SCHEMA, align_fn
+    from pipeline.world import write_world
+    from udfs.encode import get_featurizer
+    from udfs.predict import (CVR_SCHEMA, CVR_USERS_INPUT, ITEM_OUTPUTS_INPUT, ITEM_OUTPUTS_SCHEMA, PROJECTED_FIELDS,
+                              USER_FIELDS, cvr_users_fn, item_outputs_fn)
 
     spark = get_spark(config)
-    figures: dict = {"config": str(args.conf), "root": str(root), "spark_master": spark.sparkContext.master,
-                     "torch_threads": torch.get_num_threads(), "batch_size": config.scoring.batch_size,
-                     "max_records_per_batch": config.scoring.max_records_per_batch}
-    if not tables._is_delta(spark, config.table("items")):
-        from pipeline.world import write_world
-
-        _, figures["world_seconds"] = timed(lambda: write_world(spark, config))
-    config, figures["model"] = ensure_model(config, root)
+    sc = config.scoring
+    cores = spark.sparkContext.defaultParallelism
+    figures: dict = {
+        "config": str(args.conf), "overrides": args.set, "root": str(root), "spark_master": spark.sparkContext.master,
+        "cpu_count": os.cpu_count(), "spark_cores": cores, "platform": platform.platform(), "torch": torch.__version__,
+        "batch_size": sc.batch_size, "max_records_per_batch": sc.max_records_per_batch,
+        "cvr_users_per_arrow_batch": max(8, sc.max_records_per_batch // nightly.USERS_PER_BATCH_DIVISOR),
+        "python_worker_reuse": spark.conf.get("spark.python.worker.reuse", None),
+        "task_cpus": int(spark.conf.get("spark.task.cpus", "1")),
+        "shuffle_partitions": spark.conf.get("spark.sql.shuffle.partitions"),
+        "adaptive": spark.conf.get("spark.sql.adaptive.enabled"), "loop_threads": args.loop_threads[0],
+    }
+    _, figures["world_seconds"] = timed(lambda: write_world(spark, config))
+    config, figures["model"] = ensure_model(spark, config, root)
     run_date = config.world.run_date
 
-    # 1. a full run from an empty feature cache, then a rerun after `changed` of the items changed
+    # 1. a full night from empty caches, then a rerun after `changed` of the items changed
     if not args.throughput_only:
-        for name in ("item_features", "item_alignment", "cvr_scores"):
+        for name in CACHES:
             path = config.table(name)
             if tables._is_delta(spark, path):
                 spark.sql(f"DELETE FROM delta.`{path}`")
+        say("full night", t0)
         full, figures["full_run_s"] = timed(lambda: nightly.run(spark, config, run_date))
-        print(full.summary())
+        print(full.summary(), flush=True)
         items = tables.read_table(spark, config, "items")
         bucket = F.pmod(F.xxhash64("item_id"), F.lit(10_000)) < int(args.changed * 10_000)
         changed = items.withColumn("title", F.when(bucket, F.concat("title", F.lit(" (new pack)"))).otherwise(F.col("title")))
         changed = changed.localCheckpoint()   # the overwrite reads the table it replaces
         tables.overwrite_table(spark, config, "items", changed)
+        say(f"rerun after {args.changed:.0%} of the titles changed", t0)
         incr, figures["incremental_run_s"] = timed(lambda: nightly.run(spark, config, run_date))
-        print(incr.summary())
+        print(incr.summary(), flush=True)
         figures.update(items=full.counts["items_in"], candidates=full.counts.get("candidates_in", 0),
-                       full_encoded=full.counts["items_encoded"], incremental_encoded=incr.counts["items_encoded"],
+                       full_counts=full.counts, incremental_counts=incr.counts,
                        full_timings=full.timings, incremental_timings=incr.timings,
                        incremental_over_full=figures["incremental_run_s"] / figures["full_run_s"])
 
-
-    # 2a. the Spark alignment path, warm
     model = Predictor.load(config.model_dir)
-    fingerprint = model.encoder_fingerprint
-    spark.conf.set(nightly.ARROW_BATCH, str(config.scoring.max_records_per_batch))
-    valid = feature_cache.valid_items(spark, config, fingerprint)
-    keys = valid.select(*ALIGN_INPUT).localCheckpoint()        # hashes and joins out of the timed part
-    n = keys.count()
-    udf = align_fn(config.model_dir, model.version, config.scoring.batch_size, "none")
-    spark_s = []
-    for _ in range(2):
-        _, s = timed(lambda: keys.mapInPandas(udf, ALIGN_SCHEMA).write.format("noop").mode("overwrite").save())
-        spark_s.append(s)
+    fingerprint = feature_cache.featurizer_fingerprint(feature_cache.featurizer_config(config))
+    previous_batch = spark.conf.get(nightly.ARROW_BATCH, None)
+    primary = args.loop_threads[0]
 
-    # 2b. a plain PyTorch loop over the same items (collected: fine for a benchmark world), with one
-    # thread and with all cores: on a shared machine OpenMP threads that spin-wait for a descheduled
-    # sibling can make the multi-threaded loop many times slower, so both are measured
-    rows = keys.collect()
-    cols = [[r[c] for r in rows] for c in ("text_emb", "n_text_tokens", "image_emb", "category", "price")]
-    mean_tokens = sum(cols[1]) / max(1, len(cols[1]))
-    flops = count_flops_per_item(model.config, n_behaviour=0, n_text_tokens=round(mean_tokens))
-    default_threads = torch.get_num_threads()
-    loops = {}
-    for threads in sorted({1, os.cpu_count() or 1}):
-        torch.set_num_threads(threads)
-        seconds = [timed(lambda: model.score_items(*cols, batch_size=config.scoring.batch_size))[1] for _ in range(2)]
-        loops[threads] = {"seconds": seconds, "items_per_s": n / seconds[-1], "matmul_peak_flops": matmul_peak()}
-    torch.set_num_threads(default_threads)
-    best_threads = max(loops, key=lambda k: loops[k]["items_per_s"])
-    peak = max(v["matmul_peak_flops"] for v in loops.values())
-    loop_rate = loops[best_threads]["items_per_s"]
-    figures.update(alignment_items=n, spark_items_per_s=n / spark_s[-1], spark_seconds=spark_s, loops=loops,
-                   loop_threads=best_threads, loop_items_per_s=loop_rate, spark_over_loop=(n / spark_s[-1]) / loop_rate)
+    # 2a. the item pass as model_cache.refresh builds it (every valid item stale), warm
+    spark.conf.set(nightly.ARROW_BATCH, str(sc.max_records_per_batch))
+    valid = feature_cache.valid_items(spark, config, fingerprint).select("item_id", *model_cache.KEY).localCheckpoint()
+    blobs = feature_cache.cached_features(spark, config, fingerprint)
+    todo = blobs.join(F.broadcast(valid), ["item_id", "content_hash"], "inner").select(*ITEM_OUTPUTS_INPUT)
+    todo = todo.localCheckpoint()
+    n_items = todo.count()
+    figures["item_pass_input_partitions"] = todo.rdd.getNumPartitions()
+    udf = item_outputs_fn(config.model_dir, model.version, sc.batch_size, sc.autocast)
+    item_runs = [spark_timed(spark, "bench: item pass", noop(todo.mapInPandas(udf, ITEM_OUTPUTS_SCHEMA))) for _ in range(2)]
+    say(f"item pass, Spark ({figures['item_pass_input_partitions']} input partitions): "
+        + ", ".join(f"{s:.1f} s" for s, _ in item_runs), t0)
+    spread = None
+    if figures["item_pass_input_partitions"] < cores:
+        # the cause, measured: the same rows spread over the cores
+        spread_df = todo.repartition(cores).localCheckpoint()
+        spread = [spark_timed(spark, "bench: item pass, repartitioned", noop(spread_df.mapInPandas(udf, ITEM_OUTPUTS_SCHEMA)))
+                  for _ in range(2)]
+        say(f"item pass, Spark, repartitioned to {cores}: " + ", ".join(f"{s:.1f} s" for s, _ in spread), t0)
 
-    # 3. FLOPs
-    figures.update(mean_text_tokens=mean_tokens, flops_per_item=flops, matmul_peak_flops=peak,
-                   loop_flops=flops * loop_rate, spark_flops=flops * figures["spark_items_per_s"])
-    figures["loop_share_of_peak"] = figures["loop_flops"] / peak
-    figures["spark_share_of_peak"] = figures["spark_flops"] / peak
+    # 2b. the plain loop over the same rows
+    rows = todo.toPandas()
+    cols = [list(rows[c]) for c in ("text_emb", "n_text_tokens", "image_emb", "category", "price")]
+    mean_tokens = float(np.mean(cols[1])) if n_items else 0.0
+    item_loops = plain_loops(lambda: model.item_outputs(*cols, batch_size=sc.batch_size), args.loop_threads)
+    say("item pass, plain loop: " + "; ".join(f"{t} thread(s) " + ", ".join(f"{s:.1f} s" for s in v)
+                                            for t, v in item_loops.items()), t0)
+    item_rates = {"spark": n_items / item_runs[-1][0], "plain_loop": n_items / item_loops[primary][-1],
+                  **{f"plain_loop_{t}_threads": n_items / v[-1] for t, v in item_loops.items()}}
+    # FLOPs of the item pass as it runs, one model batch (FlopCounterMode)
+    with FlopCounterMode(display=False) as item_counter:
+        model.item_outputs(*[c[:sc.batch_size] for c in cols], batch_size=sc.batch_size)
+    item_flops_measured = item_counter.get_total_flops() / max(1, min(sc.batch_size, n_items))
+    if spread:
+        item_rates["spark_repartitioned"] = n_items / spread[-1][0]
+    figures["item_pass"] = {
+        "items": n_items, "mean_text_tokens": mean_tokens,
+        "spark_seconds": [s for s, _ in item_runs], "spark_stage_tasks": item_runs[-1][1],
+        "spark_repartitioned_seconds": [s for s, _ in spread] if spread else None,
+        "loop_seconds": {str(t): v for t, v in item_loops.items()}, "items_per_s": item_rates,
+        "spark_over_loop": item_rates["spark"] / item_rates["plain_loop"],
+        "spark_repartitioned_over_loop": item_rates["spark_repartitioned"] / item_rates["plain_loop"] if spread else None,
+    }
 
-    print(f"\nbenchmark on {n} items, {figures.get('candidates', '?')} candidates ({figures['model']}), "
-          f"master {figures['spark_master']}, batch_size {config.scoring.batch_size}")
+    # 3a. CVR grouped by user: user_rows -> cvr_users_fn -> noop, warm
+    outputs = model_cache.current(spark, config, model, valid).localCheckpoint()
+    candidates = tables.read_table(spark, config, "candidates").where(F.col("run_date") == F.lit(run_date))
+    users = tables.read_table(spark, config, "users")
+    events = tables.read_table(spark, config, "events")
+    good = (nightly.checked_candidates(candidates, outputs.select("item_id"), users)
+            .where(F.col("reason").isNull()).drop("reason").localCheckpoint())
+    rows_in = nightly.user_rows(good, outputs, events, run_date, model.max_behaviour)
+    cvr_udf = cvr_users_fn(config.model_dir, model.version, sc.batch_size, sc.autocast)
+    spark.conf.set(nightly.ARROW_BATCH, str(figures["cvr_users_per_arrow_batch"]))
+    cvr_full = [spark_timed(spark, "bench: user_rows + cvr", noop(rows_in.mapInPandas(cvr_udf, CVR_SCHEMA))) for _ in range(2)]
+    say("cvr, Spark user_rows -> cvr_users_fn: " + ", ".join(f"{s:.1f} s" for s, _ in cvr_full), t0)
+    user_in = rows_in.localCheckpoint()
+    n_users = user_in.count()
+    figures["cvr_user_rows_partitions"] = user_in.rdd.getNumPartitions()
+    cvr_only = [spark_timed(spark, "bench: cvr only", noop(user_in.mapInPandas(cvr_udf, CVR_SCHEMA))) for _ in range(2)]
+    say(f"cvr, Spark, checkpointed user rows ({figures['cvr_user_rows_partitions']} partitions): "
+        + ", ".join(f"{s:.1f} s" for s, _ in cvr_only), t0)
+    spread_cvr = None
+    if figures["cvr_user_rows_partitions"] < cores:
+        spread_users = user_in.repartition(cores).localCheckpoint()
+        spread_cvr = [spark_timed(spark, "bench: cvr only, repartitioned", noop(spread_users.mapInPandas(cvr_udf, CVR_SCHEMA)))
+                      for _ in range(2)]
+        say(f"cvr, Spark, user rows repartitioned to {cores}: " + ", ".join(f"{s:.1f} s" for s, _ in spread_cvr), t0)
+
+    # 3b. the plain loop over the same user rows
+    upd = user_in.select(*CVR_USERS_INPUT).toPandas()
+    n_pairs = int(sum(len(c) for c in upd["cand_item_id"]))
+    beh_lens = [len(b) if hasattr(b, "__len__") else 0 for b in upd["beh_n_text_tokens"]]   # null: no purchases
+    cand_counts = [len(c) for c in upd["cand_item_id"]]
+    mean_beh = float(np.average(np.minimum(beh_lens, model.max_behaviour), weights=cand_counts)) if n_pairs else 0.0
+    cvr_args = ([list(upd["cand_item_id"])] + [list(upd[f"cand_{f}"]) for f in PROJECTED_FIELDS]
+                + [list(upd[f"beh_{f}"]) for f in PROJECTED_FIELDS] + [{f: list(upd[f]) for f in USER_FIELDS}])
+    cvr_loops = plain_loops(lambda: model.score_users(*cvr_args, batch_size=sc.batch_size), args.loop_threads)
+    # FLOPs of score_users as it runs (padding included), on the users of about one model batch
+    k, acc = 0, 0
+    while k < len(cand_counts) and acc < sc.batch_size:
+        acc += cand_counts[k]
+        k += 1
+    with FlopCounterMode(display=False) as counter:
+        model.score_users(*[a[:k] for a in cvr_args[:-1]], {f: v[:k] for f, v in cvr_args[-1].items()},
+                          batch_size=sc.batch_size)
+    say("cvr, plain loop: " + "; ".join(f"{t} thread(s) " + ", ".join(f"{s:.1f} s" for s in v)
+                                      for t, v in cvr_loops.items()), t0)
+    cvr_rates = {"spark_user_rows_and_scoring": n_pairs / cvr_full[-1][0], "spark_scoring_only": n_pairs / cvr_only[-1][0],
+                 "plain_loop": n_pairs / cvr_loops[primary][-1],
+                 **{f"plain_loop_{t}_threads": n_pairs / v[-1] for t, v in cvr_loops.items()}}
+    if spread_cvr:
+        cvr_rates["spark_scoring_only_repartitioned"] = n_pairs / spread_cvr[-1][0]
+    figures["cvr"] = {
+        "users": n_users, "pairs": n_pairs, "mean_behaviour_items_per_pair": mean_beh,
+        "spark_user_rows_and_scoring_seconds": [s for s, _ in cvr_full], "spark_user_rows_and_scoring_stage_tasks": cvr_full[-1][1],
+        "spark_scoring_only_seconds": [s for s, _ in cvr_only], "spark_scoring_only_stage_tasks": cvr_only[-1][1],
+        "spark_scoring_only_repartitioned_seconds": [s for s, _ in spread_cvr] if spread_cvr else None,
+        "loop_seconds": {str(t): v for t, v in cvr_loops.items()}, "pairs_per_s": cvr_rates,
+        "spark_over_loop": cvr_rates["spark_user_rows_and_scoring"] / cvr_rates["plain_loop"],
+        "spark_scoring_only_over_loop": cvr_rates["spark_scoring_only"] / cvr_rates["plain_loop"],
+        "spark_repartitioned_over_loop": (cvr_rates["spark_scoring_only_repartitioned"] / cvr_rates["plain_loop"]
+                                          if spread_cvr else None),
+        "flops_measured_pairs": acc,
+    }
+    if previous_batch is not None:
+        spark.conf.set(nightly.ARROW_BATCH, previous_batch)
+    else:
+        spark.conf.unset(nightly.ARROW_BATCH)
+
+    # 4. FLOPs: model and encoders, against the matmul peak
+    # count_flops_per_item counts a tower per task of the model; the item pass runs the ita and tia
+    # towers, CVR the cvr tower only, so each is counted with the tasks it runs
+    cfg = model.config
+    L, beh = round(mean_tokens), round(mean_beh)
+    item_tasks = tuple(t for t in cfg.tasks if t in ("ita", "tia"))
+    item_flops = count_flops_per_item(dataclasses.replace(cfg, tasks=item_tasks), n_behaviour=0, n_text_tokens=L)
+    projections = 2 * (L * cfg.text_dim * cfg.d_model + cfg.n_patches * cfg.image_dim * cfg.d_model)
+    pair_flops = (count_flops_per_item(dataclasses.replace(cfg, tasks=("cvr",)), n_behaviour=beh, n_text_tokens=L,
+                                       with_user=True) - (beh + 1) * projections)
+    pair_flops_measured = counter.get_total_flops() / max(1, acc)
+    fcfg = feature_cache.featurizer_config(config)
+    featurizer = get_featurizer(fcfg, "cpu")
+    sample = tables.read_table(spark, config, "items").select("title", "description", "image").limit(fcfg.batch_size).toPandas()
+    enc = encoder_flops(featurizer, sample["title"], sample["description"], sample["image"])
+    peaks = {t: matmul_peak(t) for t in sorted({1, *args.loop_threads, os.cpu_count() or 1})}
+    peak = peaks[primary]
+    achieved = {
+        "item_pass_spark": item_flops * item_rates["spark"], "item_pass_plain_loop": item_flops * item_rates["plain_loop"],
+        "cvr_spark": pair_flops * cvr_rates["spark_user_rows_and_scoring"],
+        "cvr_spark_scoring_only": pair_flops * cvr_rates["spark_scoring_only"],
+        "cvr_plain_loop": pair_flops * cvr_rates["plain_loop"],
+    }
+    if not args.throughput_only and figures["full_counts"].get("items_encoded"):
+        achieved["encoders_full_night_features_stage"] = (enc["per_item_real_batch"] * figures["full_counts"]["items_encoded"]
+                                                          / figures["full_timings"]["features"])
+    figures["flops"] = {
+        "model_per_item": item_flops, "model_per_item_text_tokens": L, "model_per_item_tasks": item_tasks,
+        "model_per_item_all_task_towers": count_flops_per_item(cfg, n_behaviour=0, n_text_tokens=L),
+        "model_per_item_measured": item_flops_measured,
+        "measured_note": "FlopCounterMode on one model batch; it does not count CPU scaled_dot_product_attention",
+        "model_per_cvr_pair": pair_flops, "model_per_cvr_pair_behaviour_items": beh,
+        "model_per_cvr_pair_measured": pair_flops_measured,
+        "encoders": enc, "matmul_peak_flops": {str(t): v for t, v in peaks.items()}, "peak_threads": primary,
+        "achieved": achieved, "share_of_peak": {k: v / peak for k, v in achieved.items()},
+    }
+    figures["measured_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+    ip, cv = figures["item_pass"], figures["cvr"]
+    print(f"\nbench_scoring ({figures['model']}), master {figures['spark_master']}, {cores} Spark cores, "
+          f"batch_size {sc.batch_size}, Arrow batch {sc.max_records_per_batch} rows "
+          f"({figures['cvr_users_per_arrow_batch']} users for CVR), plain loops: one process, {primary} torch threads "
+          f"(also {args.loop_threads[1:]})")
     if not args.throughput_only:
-        print(f"  full run            {figures['full_run_s']:8.1f} s  ({figures['full_encoded']} items encoded)")
+        def stages(t):
+            return ", ".join(f"{k} {v:.1f}s" for k, v in t.items())
+        print(f"  full night          {figures['full_run_s']:8.1f} s  ({figures['full_counts']['items_encoded']} items "
+              f"encoded, {figures['full_counts'].get('items_model_scored', 0)} through the model, "
+              f"{figures['candidates']} candidates)\n      stages: {stages(full.timings)}")
         print(f"  rerun, {args.changed:.0%} changed  {figures['incremental_run_s']:8.1f} s  "
-              f"({figures['incremental_encoded']} items encoded)  ratio {figures['incremental_over_full']:.2f}")
-    print(f"  alignment, Spark    {figures['spark_items_per_s']:8.1f} items/s")
-    for threads, v in loops.items():
-        print(f"  alignment, PyTorch  {v['items_per_s']:8.1f} items/s  (single process, {threads} thread(s); "
-              f"matmul peak {v['matmul_peak_flops'] / 1e9:.1f} GFLOP/s)")
-    print(f"  Spark / best PyTorch loop ({best_threads} thread(s)): {figures['spark_over_loop']:.2f}")
-    print(f"  model FLOPs/item    {flops / 1e6:8.2f} MFLOP  (item-only, {mean_tokens:.1f} text tokens)")
-    print(f"  matmul peak         {peak / 1e9:8.1f} GFLOP/s (fp32, 2048^3, best thread count)")
-    print(f"  achieved            PyTorch {figures['loop_flops'] / 1e9:.2f} GFLOP/s = {figures['loop_share_of_peak']:.1%}"
-          f" of peak; Spark {figures['spark_flops'] / 1e9:.2f} GFLOP/s = {figures['spark_share_of_peak']:.1%}")
+              f"({figures['incremental_counts']['items_encoded']} items encoded, "
+              f"{figures['incremental_counts'].get('items_model_scored', 0)} through the model)  "
+              f"ratio {figures['incremental_over_full']:.3f} (target <= 0.05)\n      stages: {stages(incr.timings)}")
+    print(f"  item pass, Spark    {ip['items_per_s']['spark']:8.1f} items/s  ({n_items} items, "
+          f"{figures['item_pass_input_partitions']} input partition(s), stage tasks {ip['spark_stage_tasks']})")
+    if spread:
+        print(f"  item pass, Spark repartitioned to {cores}: {ip['items_per_s']['spark_repartitioned']:8.1f} items/s")
+    others = "".join(f", {t} thread(s) {ip['items_per_s'][f'plain_loop_{t}_threads']:.1f}" for t in args.loop_threads[1:])
+    print(f"  item pass, loop     {ip['items_per_s']['plain_loop']:8.1f} items/s  ({primary} threads{others}) "
+          f"-> Spark / loop {ip['spark_over_loop']:.2f}"
+          + (f" (repartitioned {ip['spark_repartitioned_over_loop']:.2f})" if spread else "") + " (target >= 0.9)")
+    print(f"  cvr, Spark user_rows+score {cvr_rates['spark_user_rows_and_scoring']:8.1f} pairs/s  "
+          f"(scoring stage: {cv['spark_user_rows_and_scoring_stage_tasks'][-1]} task(s)); scoring only "
+          f"{cvr_rates['spark_scoring_only']:.1f} pairs/s ({figures['cvr_user_rows_partitions']} partition(s))"
+          + (f"; repartitioned to {cores} {cvr_rates['spark_scoring_only_repartitioned']:.1f}" if spread_cvr else ""))
+    others = "".join(f", {t} thread(s) {cvr_rates[f'plain_loop_{t}_threads']:.1f}" for t in args.loop_threads[1:])
+    print(f"  cvr, loop           {cvr_rates['plain_loop']:8.1f} pairs/s  ({primary} threads{others}; {n_users} users, "
+          f"{n_pairs} pairs) -> Spark / loop "
+          f"{cv['spark_over_loop']:.2f}, scoring only {cv['spark_scoring_only_over_loop']:.2f}"
+          + (f", repartitioned {cv['spark_repartitioned_over_loop']:.2f}" if spread_cvr else "") + " (target >= 0.9)")
+    print(f"  FLOPs: model {item_flops / 1e6:.2f} M/item ({L} text tokens, {'+'.join(item_tasks)} towers; measured "
+          f"{item_flops_measured / 1e6:.2f} M without CPU attention), {pair_flops / 1e6:.2f} M/CVR pair "
+          f"({beh} behaviour items, from projected tokens; measured {pair_flops_measured / 1e6:.2f} M); encoders "
+          f"{enc['per_item_real_batch'] / 1e6:.1f} M/item (real batch; {enc['per_item_at_max_tokens'] / 1e6:.1f} M at "
+          f"{enc['max_text_tokens']} tokens)")
+    print("  matmul peak (fp32 2048^3): " + ", ".join(f"{t} thread(s) {v / 1e9:.1f} GFLOP/s" for t, v in peaks.items()))
+    print(f"  achieved (share of the {primary}-thread peak): "
+          + ", ".join(f"{k} {v / 1e9:.3f} GFLOP/s = {v / peak:.2%}" for k, v in achieved.items()))
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
     spark.stop()
     return 0
