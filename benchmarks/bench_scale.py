@@ -3,6 +3,8 @@
     flock /tmp/camenn-heavy.lock .venv/bin/python benchmarks/bench_scale.py --sizes 2000      # a quick check
     flock /tmp/camenn-heavy.lock .venv/bin/python benchmarks/bench_scale.py \
         --json benchmarks/results/bench_scale.json          # 10k, 100k, 1M: about an hour on 2 cores
+    (1M writes ~37 GB of item_features and shuffles ~16 GB in a night: keep ~60 GB free; the old
+    per-candidate CVR input, ~150 GB of shuffle at 1M, is skipped when it would not fit)
 
 For each N of --sizes a synthetic world is written IN SPARK under --root/n<N>-s<seed> (and
 reused while its marker file says it holds this N, seed and feature shapes): N items whose
@@ -13,8 +15,8 @@ content_hash and the current encoder fingerprint so a night encodes nothing; N/2
 With an untrained CameNN of the config's model size (benchmarks/_common.py) it measures:
 
 1. a full night (``pipeline.nightly.run`` with the model cache emptied: every item goes through
-   the item pass), then a second night after 1% of the titles changed (a MERGE through
-   ``tables.conform``; their feature rows are written directly too, as if encoded);
+   the item pass), then a second night after 1% of the titles changed (a block of item ids, by a
+   MERGE through ``tables.conform``; their feature rows are written directly too, as if encoded);
 2. per stage of each night (features, item_pass, alignment, cvr, total): seconds (the
    ScoreRun's timings), rows/s, shuffle bytes read + written (Spark's status REST API; a Spark
    stage counts for the stage of the night during which it was submitted) and peak RSS of the
@@ -209,7 +211,8 @@ def synthesise(spark, config, n: int, seed: int, shapes, fingerprint: str, featu
     items_schema = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in tables.input_schema(spark, "items").fields)
     items = spark.range(n, numPartitions=item_parts).mapInPandas(_items_fn(seed, run_date, max(10, n // 200)), items_schema)
     tables.overwrite_table(spark, config, "items", items)          # conform() stores content_hash and image_size
-    keys = tables.read_table(spark, config, "items").select("item_id", "content_hash").repartition(feature_parts)
+    keys = (tables.read_table(spark, config, "items").select("item_id", "content_hash")
+            .repartitionByRange(feature_parts, "item_id"))   # files by item id, as items' (see change_titles)
     tables.overwrite_table(spark, config, "item_features", feature_rows(spark, keys, seed, shapes, fingerprint))
     users = spark.range(n_users, numPartitions=2).select(
         F.format_string("u%08d", "id").alias("user_id"), _pick(["18-24", "25-34", "35-44", "45-54", "55+"], seed + 1).alias("age_band"),
@@ -230,23 +233,27 @@ def synthesise(spark, config, n: int, seed: int, shapes, fingerprint: str, featu
     tables.overwrite_table(spark, config, "candidates", candidates)
 
 
-def change_titles(spark, config, share: float, seed: int, shapes, fingerprint: str) -> int:
-    """MERGE new titles into ``share`` of the items (conform re-derives their hash) and their feature rows."""
+def change_titles(spark, config, n: int, share: float, seed: int, shapes, fingerprint: str) -> int:
+    """MERGE new titles into ``share`` of the items (conform re-derives their hash) and their feature rows.
+
+    The changed items are one block of item ids (a merchant's update): the world's files are laid out
+    by item id, so the feature MERGE rewrites a file or two. Spread over the catalogue, 1% of the items
+    would make Delta's copy-on-write MERGE rewrite every file of item_features (the pipeline's own
+    MERGE into item_model_outputs shows that cost: night 2's item_pass output bytes).
+    """
     from delta.tables import DeltaTable
 
-    salt = uuid.uuid4().hex[:8]
+    salt, k = uuid.uuid4().hex[:8], max(1, int(share * n))
+    start = int.from_bytes(bytes.fromhex(salt), "big") % max(1, n - k + 1)
     cols = [f.name for f in tables.input_schema(spark, "items").fields]
     changed = (tables.read_table(spark, config, "items")
-               .where(F.pmod(F.xxhash64("item_id", F.lit(salt)), F.lit(10_000)) < int(share * 10_000))
+               .where(F.col("item_id").between(f"i{start:09d}", f"i{start + k - 1:09d}"))
                .withColumn("title", F.concat("title", F.lit(f" (rev {salt})"))).select(*cols)
                .localCheckpoint())   # the MERGE rewrites the files this was read from
     conformed = tables.conform(changed, spark, "items")
     DeltaTable.forPath(spark, config.table("items")).alias("t").merge(
         conformed.alias("s"), "t.item_id = s.item_id").whenMatchedUpdateAll().execute()
-    # as if the encoders had run: night 2 re-runs the model's item pass for these items and encodes nothing.
-    # Deletion vectors let this MERGE write only the changed rows: without them Delta rewrites every file
-    # holding one, i.e. the whole table (2x the feature bytes on disk at 1M items)
-    spark.sql(f"ALTER TABLE delta.`{config.table('item_features')}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
+    # as if the encoders had run: night 2 re-runs the model's item pass for these items and encodes nothing
     feats = tables.conform(feature_rows(spark, conformed.select("item_id", "content_hash"), seed + 1, shapes, fingerprint),
                            spark, "item_features")
     DeltaTable.forPath(spark, config.table("item_features")).alias("t").merge(
@@ -373,7 +380,7 @@ def one_size(spark, args, n: int, monitor: Monitor, log: StageLog, t0: float) ->
     config = save_untrained_model(config, wdir / "artifacts" / "untrained-model", table_vocab(spark, config),
                                   text_dim, image_dim, fingerprint)
     nights = [run_night(spark, config, f"N={n} night 1 (full)", monitor, log, t0)]
-    n_changed = change_titles(spark, config, args.changed, args.seed, shapes, fingerprint)
+    n_changed = change_titles(spark, config, n, args.changed, args.seed, shapes, fingerprint)
     say(f"N={n}: {n_changed} titles changed", t0)
     nights.append(run_night(spark, config, f"N={n} night 2 ({n_changed} changed)", monitor, log, t0))
     free = shutil.disk_usage(wdir).free
