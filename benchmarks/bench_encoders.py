@@ -1,7 +1,7 @@
 """Encoder throughput: the Spark featurize path against a plain single-process loop, and encoder FLOPs.
 
     flock /tmp/camenn-heavy.lock .venv/bin/python benchmarks/bench_encoders.py --conf tests/conf/tiny.yaml \
-        --n-items 2000 --images grocery --json benchmarks/results/bench_encoders.json
+        --n-items 2000 --images grocery --json benchmarks/results/bench_encoders.json      # about 5 minutes on 2 cores
 
 On N synthetic items, all new (an empty ``item_features``), written as an ``items`` Delta table
 under --root (``tables.overwrite_table``: content_hash and image_size as the pipeline stores them)

@@ -1,8 +1,8 @@
 """Scoring throughput on one world and one machine: the nightly run, and its Spark paths against plain PyTorch loops.
 
     flock /tmp/camenn-heavy.lock .venv/bin/python benchmarks/bench_scoring.py --conf tests/conf/tiny.yaml \
-        --set world.n_items=3000 --set world.n_users=500 --set world.candidates_per_user=10 \
-        --json benchmarks/results/bench_scoring.json                 # about 12 minutes on 2 cores
+        --set world.n_items=3000 --set world.n_users=1000 --set world.candidates_per_user=10 --item-repeat 4 \
+        --json benchmarks/results/bench_scoring.json                 # about 6 minutes on 2 cores
     python benchmarks/bench_scoring.py --conf conf/demo.yaml --root runs/bench/demo
 
 Measures, in one run, on the world of --conf (generated under --root; a world table that is not
@@ -16,14 +16,17 @@ this world's, e.g. the items of a previous run's change, is rewritten by pipelin
    mapInPandas, Spark's noop sink; the input checkpointed, so Delta reads and joins are outside the
    timing) and (b) a plain single-process loop of ``Predictor.item_outputs`` over the same rows
    (collected once), same batch size, torch threads = --loop-threads (default 2, then 1 for
-   reference); both warm (the second of two passes), and the ratio;
+   reference); both warm (the second of two passes), and the ratio; --item-repeat k runs both over
+   the valid items k times (same rows, same partitions). Its parts: the same rows moved to the
+   Python workers and back without the model (mapInPandas returning ids), and read in the JVM only;
 3. CVR grouped by user: pairs/s of (a) the Spark path ``nightly.user_rows(...)`` ->
    ``udfs.predict.cvr_users_fn`` -> noop (the cached outputs and the checked candidates
    checkpointed first, as the nightly run persists them; the user_rows joins and groupBy are in the
    timing) and of the same with the user rows themselves checkpointed (scoring only), against (b) a
    plain loop of ``Predictor.score_users`` over the same user rows (toPandas once, outside the
    timing), same batch size and threads, warm; the Arrow batch is the nightly's (users per batch =
-   max_records_per_batch / USERS_PER_BATCH_DIVISOR);
+   max_records_per_batch / USERS_PER_BATCH_DIVISOR). Its parts: user_rows built alone (noop, no
+   Python) and the checkpointed user rows moved to Python and back without the model;
 4. FLOPs per item of the model (``camenn.model.count_flops_per_item`` at the items' mean text length;
    per CVR pair without the input projections, which the cache already holds, and also counted with
    FlopCounterMode on one batch of score_users) and of the encoders (bench_encoders.encoder_flops:
@@ -73,6 +76,9 @@ def parse_args(argv=None):
     p.add_argument("--loop-threads", type=int, nargs="+", default=[2, 1],
                    help="torch threads of the plain loops; the first (compared with Spark) is timed warm as the second of "
                         "two passes, the others once after it")
+    p.add_argument("--item-repeat", type=int, default=1,
+                   help="the item pass measurements run over the valid items this many times (the same rows, repeated, "
+                        "in the same number of Spark partitions), so a small world still gives seconds to measure")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.add_argument("--throughput-only", action="store_true",
                    help="skip the full and incremental runs (2.-4. only; needs a scored world under --root)")
@@ -151,6 +157,14 @@ def noop(df):
     return lambda: df.write.format("noop").mode("overwrite").save()
 
 
+def ids_only(batches):
+    """A mapInPandas function that only receives its rows: the cost of moving them to Python and back."""
+    import pandas as pd
+
+    for pdf in batches:
+        yield pd.DataFrame({"id": pdf.iloc[:, 0].to_numpy()})
+
+
 def plain_loops(fn, threads: list[int]) -> dict[int, list[float]]:
     """Seconds of fn() per torch thread count: two passes at threads[0] (the second is warm), one at each other."""
     import torch
@@ -200,7 +214,10 @@ def main(argv=None) -> int:
         "shuffle_partitions": spark.conf.get("spark.sql.shuffle.partitions"),
         "adaptive": spark.conf.get("spark.sql.adaptive.enabled"), "loop_threads": args.loop_threads[0],
     }
-    _, figures["world_seconds"] = timed(lambda: write_world(spark, config))
+    if not (args.throughput_only and tables._is_delta(spark, config.table("items"))):
+        # a full run rewrites a world table that is not this world's (the items of a previous run's
+        # change); --throughput-only keeps the scored world as it is, so its features stay current
+        _, figures["world_seconds"] = timed(lambda: write_world(spark, config))
     config, figures["model"] = ensure_model(spark, config, root)
     run_date = config.world.run_date
 
@@ -237,12 +254,23 @@ def main(argv=None) -> int:
     blobs = feature_cache.cached_features(spark, config, fingerprint)
     todo = blobs.join(F.broadcast(valid), ["item_id", "content_hash"], "inner").select(*ITEM_OUTPUTS_INPUT)
     todo = todo.localCheckpoint()
+    if args.item_repeat > 1:
+        once = todo
+        for _ in range(args.item_repeat - 1):
+            todo = todo.unionAll(once)
+        todo = todo.coalesce(once.rdd.getNumPartitions()).localCheckpoint()
     n_items = todo.count()
     figures["item_pass_input_partitions"] = todo.rdd.getNumPartitions()
+    figures["item_repeat"] = args.item_repeat
     udf = item_outputs_fn(config.model_dir, model.version, sc.batch_size, sc.autocast)
     item_runs = [spark_timed(spark, "bench: item pass", noop(todo.mapInPandas(udf, ITEM_OUTPUTS_SCHEMA))) for _ in range(2)]
     say(f"item pass, Spark ({figures['item_pass_input_partitions']} input partitions): "
         + ", ".join(f"{s:.1f} s" for s, _ in item_runs), t0)
+    # its parts: the same rows only moved to the Python workers and back (no model), and read in the JVM only
+    item_transfer = [spark_timed(spark, "bench: item rows to Python", noop(todo.mapInPandas(ids_only, "id string")))[0]
+                     for _ in range(2)]
+    item_jvm = [spark_timed(spark, "bench: item rows in the JVM", noop(todo.select(F.length("text_emb"))))[0] for _ in range(2)]
+    say(f"item rows to Python and back (no model): {item_transfer[-1]:.1f} s; read in the JVM only: {item_jvm[-1]:.1f} s", t0)
     spread = None
     if figures["item_pass_input_partitions"] < cores:
         # the cause, measured: the same rows spread over the cores
@@ -252,8 +280,8 @@ def main(argv=None) -> int:
         say(f"item pass, Spark, repartitioned to {cores}: " + ", ".join(f"{s:.1f} s" for s, _ in spread), t0)
 
     # 2b. the plain loop over the same rows
-    rows = todo.toPandas()
-    cols = [list(rows[c]) for c in ("text_emb", "n_text_tokens", "image_emb", "category", "price")]
+    rows = once.toPandas() if args.item_repeat > 1 else todo.toPandas()
+    cols = [list(rows[c]) * args.item_repeat for c in ("text_emb", "n_text_tokens", "image_emb", "category", "price")]
     mean_tokens = float(np.mean(cols[1])) if n_items else 0.0
     item_loops = plain_loops(lambda: model.item_outputs(*cols, batch_size=sc.batch_size), args.loop_threads)
     say("item pass, plain loop: " + "; ".join(f"{t} thread(s) " + ", ".join(f"{s:.1f} s" for s in v)
@@ -269,6 +297,7 @@ def main(argv=None) -> int:
     figures["item_pass"] = {
         "items": n_items, "mean_text_tokens": mean_tokens,
         "spark_seconds": [s for s, _ in item_runs], "spark_stage_tasks": item_runs[-1][1],
+        "spark_rows_to_python_only_seconds": item_transfer, "spark_jvm_read_only_seconds": item_jvm,
         "spark_repartitioned_seconds": [s for s, _ in spread] if spread else None,
         "loop_seconds": {str(t): v for t, v in item_loops.items()}, "items_per_s": item_rates,
         "spark_over_loop": item_rates["spark"] / item_rates["plain_loop"],
@@ -287,12 +316,17 @@ def main(argv=None) -> int:
     spark.conf.set(nightly.ARROW_BATCH, str(figures["cvr_users_per_arrow_batch"]))
     cvr_full = [spark_timed(spark, "bench: user_rows + cvr", noop(rows_in.mapInPandas(cvr_udf, CVR_SCHEMA))) for _ in range(2)]
     say("cvr, Spark user_rows -> cvr_users_fn: " + ", ".join(f"{s:.1f} s" for s, _ in cvr_full), t0)
+    build = [spark_timed(spark, "bench: user_rows only", noop(rows_in))[0] for _ in range(2)]
     user_in = rows_in.localCheckpoint()
     n_users = user_in.count()
     figures["cvr_user_rows_partitions"] = user_in.rdd.getNumPartitions()
     cvr_only = [spark_timed(spark, "bench: cvr only", noop(user_in.mapInPandas(cvr_udf, CVR_SCHEMA))) for _ in range(2)]
     say(f"cvr, Spark, checkpointed user rows ({figures['cvr_user_rows_partitions']} partitions): "
         + ", ".join(f"{s:.1f} s" for s, _ in cvr_only), t0)
+    cvr_transfer = [spark_timed(spark, "bench: user rows to Python", noop(user_in.mapInPandas(ids_only, "id string")))[0]
+                    for _ in range(2)]
+    say(f"cvr parts: user_rows built in the JVM only {build[-1]:.1f} s; user rows to Python and back (no model) "
+        f"{cvr_transfer[-1]:.1f} s", t0)
     spread_cvr = None
     if figures["cvr_user_rows_partitions"] < cores:
         spread_users = user_in.repartition(cores).localCheckpoint()
@@ -327,6 +361,7 @@ def main(argv=None) -> int:
     figures["cvr"] = {
         "users": n_users, "pairs": n_pairs, "mean_behaviour_items_per_pair": mean_beh,
         "spark_user_rows_and_scoring_seconds": [s for s, _ in cvr_full], "spark_user_rows_and_scoring_stage_tasks": cvr_full[-1][1],
+        "spark_user_rows_build_only_seconds": build, "spark_rows_to_python_only_seconds": cvr_transfer,
         "spark_scoring_only_seconds": [s for s, _ in cvr_only], "spark_scoring_only_stage_tasks": cvr_only[-1][1],
         "spark_scoring_only_repartitioned_seconds": [s for s, _ in spread_cvr] if spread_cvr else None,
         "loop_seconds": {str(t): v for t, v in cvr_loops.items()}, "pairs_per_s": cvr_rates,
@@ -394,8 +429,10 @@ def main(argv=None) -> int:
               f"({figures['incremental_counts']['items_encoded']} items encoded, "
               f"{figures['incremental_counts'].get('items_model_scored', 0)} through the model)  "
               f"ratio {figures['incremental_over_full']:.3f} (target <= 0.05)\n      stages: {stages(incr.timings)}")
-    print(f"  item pass, Spark    {ip['items_per_s']['spark']:8.1f} items/s  ({n_items} items, "
+    print(f"  item pass, Spark    {ip['items_per_s']['spark']:8.1f} items/s  ({n_items} rows = {args.item_repeat} x the items, "
           f"{figures['item_pass_input_partitions']} input partition(s), stage tasks {ip['spark_stage_tasks']})")
+    print(f"      of which rows to Python and back (no model) {ip['spark_rows_to_python_only_seconds'][-1]:.1f} s of "
+          f"{ip['spark_seconds'][-1]:.1f} s (rows read in the JVM only: {ip['spark_jvm_read_only_seconds'][-1]:.1f} s)")
     if spread:
         print(f"  item pass, Spark repartitioned to {cores}: {ip['items_per_s']['spark_repartitioned']:8.1f} items/s")
     others = "".join(f", {t} thread(s) {ip['items_per_s'][f'plain_loop_{t}_threads']:.1f}" for t in args.loop_threads[1:])
@@ -406,6 +443,9 @@ def main(argv=None) -> int:
           f"(scoring stage: {cv['spark_user_rows_and_scoring_stage_tasks'][-1]} task(s)); scoring only "
           f"{cvr_rates['spark_scoring_only']:.1f} pairs/s ({figures['cvr_user_rows_partitions']} partition(s))"
           + (f"; repartitioned to {cores} {cvr_rates['spark_scoring_only_repartitioned']:.1f}" if spread_cvr else ""))
+    print(f"      parts: user_rows built (JVM only) {build[-1]:.1f} s, user rows to Python and back (no model) "
+          f"{cvr_transfer[-1]:.1f} s, scoring from checkpointed rows {cvr_only[-1][0]:.1f} s; "
+          f"user_rows + scoring {cvr_full[-1][0]:.1f} s")
     others = "".join(f", {t} thread(s) {cvr_rates[f'plain_loop_{t}_threads']:.1f}" for t in args.loop_threads[1:])
     print(f"  cvr, loop           {cvr_rates['plain_loop']:8.1f} pairs/s  ({primary} threads{others}; {n_users} users, "
           f"{n_pairs} pairs) -> Spark / loop "
