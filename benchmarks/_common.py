@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: an untrained CameNN artifact of a config's model size.
+"""Helpers shared by the benchmarks: an untrained CameNN artifact of a config's model size, timing.
 
     vocab = table_vocab(spark, config)                      # from the items and users tables
     config = save_untrained_model(config, path, vocab, text_dim, image_dim, fingerprint)
@@ -12,6 +12,7 @@ scores that mean nothing. The returned config points ``scoring.model_dir`` at it
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -58,3 +59,28 @@ def save_untrained_model(config, path: Path, vocab, text_dim: int, image_dim: in
     save_artifact(path, model, {"featurizer": asdict(fcfg), "encoder_fingerprint": fingerprint,
                                 "vocab": vocab.to_dict(), "table_versions": {}, "metrics": {}}, overwrite=True)
     return config.model_copy(update={"scoring": config.scoring.model_copy(update={"model_dir": str(path)})})
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def matmul_peak(threads: int, n: int = 2048, reps: int = 5) -> float:
+    """Dense fp32 matmul FLOP/s with ``threads`` torch threads (best of reps); the thread count is restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.matmul(a, b)
+        best = float("inf")
+        for _ in range(reps):
+            t = time.perf_counter()
+            torch.matmul(a, b)
+            best = min(best, time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(before)
+    return 2 * n**3 / best

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import glob
-import io
 import json
 import os
 import platform
@@ -48,6 +47,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), os.environ.ge
 os.environ.setdefault("SPARK_CONF_DIR", str(_ROOT / "conf" / "spark"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(_ROOT / "tests"))
+
+from _common import matmul_peak, timed  # noqa: E402
+from conftest import jpeg_with_shapes  # noqa: E402  - the tests' small real JPEGs, one recipe
 
 GROCERY = _ROOT.parent / "shared" / "data" / "grocery-store"
 WORDS = ("red", "fresh", "large", "organic", "spicy", "frozen", "classic", "mini", "family", "light", "sweet", "crisp")
@@ -71,47 +74,7 @@ def say(message: str, t0: float) -> None:
     print(f"[bench_encoders {time.perf_counter() - t0:7.1f}s] {message}", flush=True)
 
 
-def timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
-
-
-def matmul_peak(threads: int, n: int = 2048, reps: int = 5) -> float:
-    """Dense fp32 matmul FLOP/s with ``threads`` torch threads (best of reps); the thread count is restored."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        torch.matmul(a, b)
-        best = float("inf")
-        for _ in range(reps):
-            t = time.perf_counter()
-            torch.matmul(a, b)
-            best = min(best, time.perf_counter() - t)
-    finally:
-        torch.set_num_threads(before)
-    return 2 * n**3 / best
-
-
 # ------------------------------------------------------------------------ items
-
-
-def jpeg_with_shapes(background, seed: int, px: int = 64, n_shapes: int = 3, quality: int = 85) -> bytes:
-    """A small real JPEG: a plain background and a few rectangles of random colour (tests/conftest.py's recipe)."""
-    from PIL import Image, ImageDraw
-
-    rng = random.Random(seed)
-    img = Image.new("RGB", (px, px), background)
-    draw = ImageDraw.Draw(img)
-    for _ in range(n_shapes):
-        x, y = rng.randrange(px // 2), rng.randrange(px // 2)
-        draw.rectangle([x, y, x + px // 3, y + px // 3], fill=tuple(rng.randrange(256) for _ in range(3)))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
 
 
 def _grocery_descriptions() -> dict[str, str]:

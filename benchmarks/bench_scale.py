@@ -15,8 +15,10 @@ content_hash and the current encoder fingerprint so a night encodes nothing; N/2
 With an untrained CameNN of the config's model size (benchmarks/_common.py) it measures:
 
 1. a full night (``pipeline.nightly.run`` with the model cache emptied: every item goes through
-   the item pass), then a second night after 1% of the titles changed (a block of item ids, by a
-   MERGE through ``tables.conform``; their feature rows are written directly too, as if encoded);
+   the item pass), then the next day's night after 1% of the titles changed (a block of item ids,
+   by a MERGE through ``tables.conform``; their feature rows are written directly too, as if
+   encoded), with the same candidates and no new purchases: the CVR of a candidate whose inputs
+   did not change is carried over (pipeline/cvr_cache.py);
 2. per stage of each night (features, item_pass, alignment, cvr, total): seconds (the
    ScoreRun's timings), rows/s, shuffle bytes read + written (Spark's status REST API; a Spark
    stage counts for the stage of the night during which it was submitted) and peak RSS of the
@@ -56,7 +58,7 @@ from _common import encoder_dims, save_untrained_model, table_vocab
 from pyspark.sql import functions as F
 
 from camenn.config import load_config
-from pipeline import feature_cache, model_cache, nightly, tables
+from pipeline import feature_cache, history, model_cache, nightly, tables
 
 CATEGORIES, ITEMS_PER_USER, PURCHASES_PER_USER, CANDIDATES_PER_USER, MIN_TEXT_TOKENS = 20, 20, 10, 20, 4
 STEPS = {"1/5": "features", "2/5": "item_pass", "3/5": "alignment", "4/5": "cvr", "5/5": "runs"}
@@ -264,7 +266,7 @@ def change_titles(spark, config, n: int, share: float, seed: int, shapes, finger
 # ------------------------------------------------------------------------ nights and the CVR input
 
 
-def run_night(spark, config, label: str, monitor: Monitor, log: StageLog, t0: float) -> dict:
+def run_night(spark, config, label: str, monitor: Monitor, log: StageLog, t0: float, run_date: dt.date) -> dict:
     """nightly.run with a mark at each of its numbered steps: Spark stages and RSS samples go to the step they fall in."""
     marks, original = [("start", time.time())], nightly._say
 
@@ -277,7 +279,7 @@ def run_night(spark, config, label: str, monitor: Monitor, log: StageLog, t0: fl
 
     nightly._say = mark
     try:
-        result = nightly.run(spark, config, config.world.run_date)
+        result = nightly.run(spark, config, run_date)
     finally:
         nightly._say = original
     end = time.time()
@@ -308,7 +310,7 @@ def cvr_input_bytes(spark, config, log: StageLog, disk_free: float, blob_mean: f
     good = (nightly.checked_candidates(candidates, keys.select("item_id"), users)
             .where(F.col("reason").isNull()).drop("reason").localCheckpoint())
     n_cand, n_users = good.count(), good.select("user_id").distinct().count()
-    seqs = feature_cache.behaviour_sequences(events, run_date, model.max_behaviour, known_items=keys, users=good)
+    seqs = history.behaviour_at(events, run_date, model.max_behaviour, known_items=keys, users=good)
     mean_beh = seqs.agg(F.avg(F.size("behaviour"))).first()[0] or 0.0
     mean_tok = tables.read_table(spark, config, "item_features").agg(F.avg("n_text_tokens")).first()[0]
     text_dim, image_dim, n_patches = model.dims
@@ -379,10 +381,15 @@ def one_size(spark, args, n: int, monitor: Monitor, log: StageLog, t0: float) ->
     shutil.rmtree(f"{config.table('item_features')}_staging", ignore_errors=True)
     config = save_untrained_model(config, wdir / "artifacts" / "untrained-model", table_vocab(spark, config),
                                   text_dim, image_dim, fingerprint)
-    nights = [run_night(spark, config, f"N={n} night 1 (full)", monitor, log, t0)]
+    day1 = config.world.run_date
+    nights = [run_night(spark, config, f"N={n} night 1 (full)", monitor, log, t0, day1)]
     n_changed = change_titles(spark, config, n, args.changed, args.seed, shapes, fingerprint)
     say(f"N={n}: {n_changed} titles changed", t0)
-    nights.append(run_night(spark, config, f"N={n} night 2 ({n_changed} changed)", monitor, log, t0))
+    # the next day: the matching stage proposes the same candidates, nobody bought anything new
+    day2 = day1 + dt.timedelta(days=1)
+    same = tables.read_table(spark, config, "candidates").where(F.col("run_date") == F.lit(day1))
+    tables.replace_run_date(spark, config, "candidates", same.withColumn("run_date", F.lit(day2)), day2)
+    nights.append(run_night(spark, config, f"N={n} night 2 ({n_changed} changed)", monitor, log, t0, day2))
     free = shutil.disk_usage(wdir).free
     return {"n": n, "world": world, "feature_bytes_estimate": need, "changed": n_changed, "nights": nights,
             "cvr_input": cvr_input_bytes(spark, config, log, free, blob_mean, t0)}

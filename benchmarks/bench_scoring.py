@@ -10,7 +10,8 @@ this world's, e.g. the items of a previous run's change, is rewritten by pipelin
 
 1. a full nightly run (``pipeline.nightly.run`` from empty caches: every item encoded, every item
    through the model's item pass, every candidate scored) and a rerun after --changed of the items
-   changed (their titles), the ratio, and the per-stage timings of both (ScoreRun.timings);
+   changed (their titles), the next day with the same candidates (CVR of unchanged inputs is
+   carried over), the ratio, and the per-stage timings of both (ScoreRun.timings);
 2. the item pass: items/s of (a) the Spark path as ``pipeline.model_cache.refresh`` builds it (every
    valid item's blobs: item_features joined to the valid keys, ``udfs.predict.item_outputs_fn`` in a
    mapInPandas, Spark's noop sink; the input checkpointed, so Delta reads and joins are outside the
@@ -49,7 +50,6 @@ import platform
 import sys
 import time
 import uuid
-from dataclasses import asdict
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +60,8 @@ os.environ.setdefault("SPARK_CONF_DIR", str(_ROOT / "conf" / "spark"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from bench_encoders import encoder_flops, matmul_peak  # noqa: E402
+from _common import encoder_dims, matmul_peak, save_untrained_model, table_vocab, timed  # noqa: E402
+from bench_encoders import encoder_flops  # noqa: E402
 from camenn.config import load_config  # noqa: E402
 
 CACHES = ("item_features", "item_model_outputs", "item_alignment", "cvr_scores")
@@ -89,46 +90,15 @@ def say(message: str, t0: float) -> None:
     print(f"[bench_scoring {time.perf_counter() - t0:7.1f}s] {message}", flush=True)
 
 
-def timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
-
-
 def ensure_model(spark, config, root: Path):
-    """The config's artifact, or an untrained CameNN of the configured size saved under root.
-
-    The same spec -> model config mapping as training (camenn.training.model_config_from_spec),
-    so every model setting applies; the vocabulary comes from the tables.
-    """
-    import torch
-
-    from camenn.checkpoint import save_artifact
-    from camenn.inputs import USER_FEATURES, FeatureVocab
-    from camenn.model import create_model_from_config
-    from camenn.training import model_config_from_spec
-    from pipeline import feature_cache, tables
-    from udfs.encode import get_featurizer
+    """The config's artifact, or an untrained CameNN of the configured size saved under root (benchmarks/_common)."""
+    from pipeline import feature_cache
 
     if (Path(config.model_dir) / "manifest.json").is_file():
         return config, "trained artifact"
-    items = tables.read_table(spark, config, "items")
-    users = tables.read_table(spark, config, "users")
-    cats = [r[0] for r in items.select("category").distinct().collect()]
-    edges = items.approxQuantile("price", [i / 10 for i in range(1, 10)], 0.01)
-    vocab = FeatureVocab(categories=sorted(c for c in cats if c), price_edges=sorted(set(edges)),
-                         user_values={f: sorted(r[0] for r in users.select(f).distinct().collect() if r[0] is not None)
-                                      for f in USER_FEATURES})
     fcfg = feature_cache.featurizer_config(config)
-    featurizer = get_featurizer(fcfg, "cpu")
-    spec = {"model": config.model.model_dump(mode="json"), "n_patches": featurizer.n_patches,
-            "max_text_tokens": featurizer.max_text_tokens}
-    torch.manual_seed(0)
-    model = create_model_from_config(model_config_from_spec(spec, vocab, featurizer.text_dim, featurizer.image_dim))
-    path = root / "artifacts" / "untrained-model"
-    save_artifact(path, model, {"featurizer": asdict(fcfg), "encoder_fingerprint": featurizer.fingerprint,
-                                "vocab": vocab.to_dict(), "table_versions": {}, "metrics": {}}, overwrite=True)
-    config = config.model_copy(update={"scoring": config.scoring.model_copy(update={"model_dir": str(path)})})
+    config = save_untrained_model(config, root / "artifacts" / "untrained-model", table_vocab(spark, config),
+                                  *encoder_dims(fcfg), feature_cache.featurizer_fingerprint(fcfg))
     return config, "untrained CameNN of the configured size"
 
 
@@ -235,8 +205,12 @@ def main(argv=None) -> int:
         changed = items.withColumn("title", F.when(bucket, F.concat("title", F.lit(" (new pack)"))).otherwise(F.col("title")))
         changed = changed.localCheckpoint()   # the overwrite reads the table it replaces
         tables.overwrite_table(spark, config, "items", changed)
-        say(f"rerun after {args.changed:.0%} of the titles changed", t0)
-        incr, figures["incremental_run_s"] = timed(lambda: nightly.run(spark, config, run_date))
+        # the next day: the matching stage proposes the same candidates, nobody bought anything new
+        next_day = run_date + dt.timedelta(days=1)
+        same = tables.read_table(spark, config, "candidates").where(F.col("run_date") == F.lit(run_date))
+        tables.replace_run_date(spark, config, "candidates", same.withColumn("run_date", F.lit(next_day)), next_day)
+        say(f"the next night, after {args.changed:.0%} of the titles changed", t0)
+        incr, figures["incremental_run_s"] = timed(lambda: nightly.run(spark, config, next_day))
         print(incr.summary(), flush=True)
         figures.update(items=full.counts["items_in"], candidates=full.counts.get("candidates_in", 0),
                        full_counts=full.counts, incremental_counts=incr.counts,

@@ -64,7 +64,7 @@ def rank_chunks(rank: int, world_size: int, n_chunks: int) -> list[int]:
     return [c for c in range(n_chunks) if c % world_size == rank]
 
 
-def _delta_table(path: str, version: int | None):
+def delta_table(path: str, version: int | None):
     from deltalake import DeltaTable
 
     return DeltaTable(path, version=version)
@@ -144,7 +144,7 @@ def read_chunk_examples(spec: dict, chunk: int):
     n_chunks = int(spec["n_chunks"])
     buckets = chunk_buckets(chunk, n_chunks)
     filters = None if n_chunks == 1 else [("bucket", "in", buckets)]
-    table = _delta_table(spec["paths"]["training_examples"], spec["table_versions"].get("training_examples")) \
+    table = delta_table(spec["paths"]["training_examples"], spec["table_versions"].get("training_examples")) \
         .to_pyarrow_table(columns=EXAMPLE_COLUMNS, filters=filters)
     if n_chunks > 1:  # delta-rs prunes files by statistics; the row filter is exact here
         table = table.filter(pc.equal(pc.modulo(table["bucket"], n_chunks), chunk))
@@ -156,7 +156,7 @@ def load_chunk(spec: dict, chunk: int, vocab: FeatureVocab, item_split_of) -> Ch
 
     ``item_split_of(item_id) -> "train" | "valid" | "test"`` splits items for the alignment tasks.
     """
-    items = _delta_table(spec["paths"]["training_items"], spec["table_versions"].get("training_items")) \
+    items = delta_table(spec["paths"]["training_items"], spec["table_versions"].get("training_items")) \
         .to_pyarrow_table(columns=ITEM_COLUMNS, filters=[("chunk", "=", chunk)])
     store = store_from_arrow(items, vocab, int(spec["n_patches"]))
     splits, dropped = examples_from_arrow(read_chunk_examples(spec, chunk), store, vocab,
@@ -204,4 +204,4 @@ def batch_stream(cache: ChunkCache, chunks: list[int], batch_size: int, generato
 
 
 __all__ = ["Examples", "Chunk", "ChunkCache", "load_chunk", "store_from_arrow", "examples_from_arrow",
-           "read_chunk_examples", "chunk_buckets", "rank_chunks", "batch_stream", "SPLITS", "N_BUCKETS"]
+           "read_chunk_examples", "delta_table", "chunk_buckets", "rank_chunks", "batch_stream", "SPLITS", "N_BUCKETS"]

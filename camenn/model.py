@@ -1,6 +1,8 @@
 """CameNN: cross-modal alignment with a mixture-of-experts network (arXiv 2009.09926).
 
-One readable file: the config, the input containers, the layers and the model.
+One readable file: the config, the input containers, the layers and the model (~750 lines,
+as nanoGPT keeps its model in one file: a reader checks a shape or a mask against the layer
+that uses it without leaving the page; the data and training code live elsewhere).
 
     each item  = [CLS] text-tokens [SEP] image-patches     (+ segment, + position, + slot)
     E_input    = [user tokens | behaviour items 1..N | target item]

@@ -224,11 +224,13 @@ class Predictor:
 
     def user_batch(self, rows: Sequence[tuple[int, int]], cand_text, cand_n_text_tokens, cand_image, cand_categories,
                    cand_prices, behaviour_text, behaviour_n_text_tokens, behaviour_image, behaviour_categories,
-                   behaviour_prices, users: np.ndarray) -> CameNNBatch:
+                   behaviour_prices, users: np.ndarray, projected: bool = True) -> CameNNBatch:
         """The model input of candidates ``rows`` = (user row u, candidate j) from score_users' columns.
 
         Each user's behaviour items enter the batch's store once, however many of its
         candidates the batch holds; ``users`` is vocab.user_feats of the user rows (U, Fu).
+        Blobs are projected tokens (the nightly path) or, with ``projected=False``, encoder
+        outputs (``score_pairs``, the reference path).
         """
         cands = [(_seq(cand_text[u])[j], int(_seq(cand_n_text_tokens[u])[j]), _seq(cand_image[u])[j],
                   _seq(cand_categories[u])[j], _seq(cand_prices[u])[j]) for u, j in rows]
@@ -240,7 +242,7 @@ class Predictor:
             start[u] = at
             at += len(seq)
         every = cands + [item for seq in seqs.values() for item in seq]
-        store = self.item_store(*(list(col) for col in zip(*every)), projected=True)
+        store = self.item_store(*(list(col) for col in zip(*every)), projected=projected)
         slots = max((len(q) for q in seqs.values()), default=0)
         behaviour = torch.full((b, slots), -1, dtype=torch.long)  # (b, slots), -1 = empty slot
         for r, (u, _) in enumerate(rows):
@@ -265,27 +267,14 @@ class Predictor:
             raise ValueError(f"model {self.version} has no cvr head (tasks={self.tasks})")
         n = len(target_text_embs)
         users = self.vocab.user_feats({f: _clean(user_fields.get(f, [None] * n)) for f in USER_FEATURES})  # (n, Fu)
+        # each row is a "user" with one candidate: the same batch builder as the grouped path
+        targets = [[[v] for v in col] for col in (target_text_embs, target_n_text_tokens, target_image_embs,
+                                                  target_categories, target_prices)]
         out = np.empty(n)
         for s in range(0, n, batch_size):
             e = min(n, s + batch_size)
-            rows = range(s, e)
-            seqs = [self._behaviour_of(i, behaviour_text_embs, behaviour_n_text_tokens, behaviour_image_embs,
-                                       behaviour_categories, behaviour_prices) for i in rows]
-            flat = [item for seq in seqs for item in seq]
-            b = e - s
-            store = self.item_store(
-                list(target_text_embs[s:e]) + [x[0] for x in flat],
-                list(target_n_text_tokens[s:e]) + [x[1] for x in flat],
-                list(target_image_embs[s:e]) + [x[2] for x in flat],
-                list(target_categories[s:e]) + [x[3] for x in flat],
-                list(target_prices[s:e]) + [x[4] for x in flat])
-            slots = max((len(q) for q in seqs), default=0)
-            behaviour = torch.full((b, slots), -1, dtype=torch.long)  # (b, slots), -1 = empty slot
-            at = b
-            for r, seq in enumerate(seqs):
-                behaviour[r, :len(seq)] = torch.arange(at, at + len(seq))
-                at += len(seq)
-            batch = full_batch(store, torch.arange(b), behaviour, torch.as_tensor(users[s:e]))
+            batch = self.user_batch([(i, 0) for i in range(s, e)], *targets, behaviour_text_embs, behaviour_n_text_tokens,
+                                    behaviour_image_embs, behaviour_categories, behaviour_prices, users, projected=False)
             out[s:e] = self._predict(batch, ("cvr",))["cvr"]
         return out
 

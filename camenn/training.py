@@ -41,7 +41,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from camenn.chunks import Chunk, ChunkCache, Examples, batch_stream, load_chunk, rank_chunks, store_from_arrow
+from camenn.chunks import (Chunk, ChunkCache, Examples, batch_stream, delta_table, load_chunk, rank_chunks,
+                           store_from_arrow)
 from camenn.inputs import ITEM_FEATURES, FeatureVocab, ItemStore, full_batch
 from camenn.losses import derangement, make_alignment_examples, multitask_loss
 from camenn.model import NON_TASK_OUTPUTS, TASKS, CameNN, CameNNBatch, ItemTokens, frame_config
@@ -75,12 +76,6 @@ def item_split(item_id: str, test_fraction: float, valid_fraction: float, salt: 
 # reading pinned Delta snapshots (delta-rs -> pyarrow -> torch)
 
 
-def _delta_table(path: str, version: int | None):
-    from deltalake import DeltaTable
-
-    return DeltaTable(path, version=version)
-
-
 def load_item_store(features_path: str, features_version: int | None, items_path: str, items_version: int | None,
                     fingerprint: str, vocab: FeatureVocab, n_patches: int) -> ItemStore:
     """Every cached item under ``fingerprint`` that ``items`` still holds, in one store.
@@ -91,10 +86,10 @@ def load_item_store(features_path: str, features_version: int | None, items_path
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    feats = _delta_table(features_path, features_version).to_pyarrow_table(
+    feats = delta_table(features_path, features_version).to_pyarrow_table(
         columns=["item_id", "encoder_fingerprint", "text_emb", "n_text_tokens", "image_emb"])
     feats = feats.filter(pc.equal(feats["encoder_fingerprint"], fingerprint)).drop(["encoder_fingerprint"])
-    items = _delta_table(items_path, items_version).to_pyarrow_table(columns=["item_id", "category", "price", "updated_at"])
+    items = delta_table(items_path, items_version).to_pyarrow_table(columns=["item_id", "category", "price", "updated_at"])
     items = items.take(pc.sort_indices(items, sort_keys=[("item_id", "ascending"), ("updated_at", "descending")]))
     ids = items["item_id"].to_pylist()
     newest = [0] + [k for k in range(1, len(ids)) if ids[k] != ids[k - 1]]

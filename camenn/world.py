@@ -1,5 +1,9 @@
 """The synthetic intra-city world: a grocery catalogue, users and purchases with known truth.
 
+One file of ~1,750 lines for now, because the catalogue, the shoppers and the planted defects
+share one counter-based random scheme and one ground truth; splitting it into a package of its
+own (catalogue and images, shoppers, defects, truth) is issue 18's open work.
+
 Pure numpy/PIL (no pyspark). Every row is a pure function of ``(seed, kind, index)``: a
 counter-based hash (splitmix64) gives each field of each row its own uniform number, so any
 slice of any table can be generated on its own, in any order and on any number of Spark
@@ -1248,7 +1252,6 @@ def _m_baby_bottle(cv, col):
 
 
 def _m_nappies(cv, col):
-    rng = cv.rng
     c = cv.jit(col)
     cv.rect(0.15, 0.2, 0.85, 0.85, fill=c, outline=_shade(c, 0.7), width=0.008, r=0.05)
     cv.ell(0.5, 0.52, 0.2, 0.15, fill=(250, 250, 250))

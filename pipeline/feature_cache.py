@@ -27,7 +27,9 @@ Invariant: items_in = valid + quarantined, and valid = encoded + reused.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -181,6 +183,54 @@ def _item_keys(spark: SparkSession, config: AppConfig, fingerprint: str, items_d
 BROADCAST_PENDING_ROWS = 2_000_000
 
 
+def _encoded(spark: SparkSession, config: AppConfig, keys: DataFrame, items_df: DataFrame | None, n_pending: int,
+             fingerprint: str, autocast: str, run_date: dt.date):
+    """The pending items' images through the encoders, in tasks of ``featurizer.rows_per_task`` items.
+
+    Returns the STAGING_SCHEMA frame and an accumulator of the rows encoded so far (a task adds
+    its rows as it yields them; the driver sees them when the task ends, like the progress bar).
+    """
+    pending = keys.where(F.col("status") == PENDING).drop("image_size")
+    if n_pending <= BROADCAST_PENDING_ROWS:
+        pending = F.broadcast(pending)
+    images = item_rows(spark, config, items_df, with_image=True).select("item_id", "content_hash", "image_size", "image")
+    tasks = max(1, -(-n_pending // config.featurizer.rows_per_task))
+    todo = images.join(pending, ["item_id", "content_hash"], "inner").dropDuplicates(["item_id"]).repartition(tasks)
+    _say(f"{n_pending} new or changed item(s) to encode in {tasks} task(s)")
+    spark.sparkContext.setJobDescription(f"item features: encode {n_pending} new or changed items ({run_date})")
+    encode, done = encode_fn(featurizer_config(config), fingerprint, autocast=autocast), spark.sparkContext.accumulator(0)
+
+    def counted(batches):
+        for frame in encode(batches):
+            done.add(len(frame))
+            yield frame
+
+    return todo.mapInPandas(counted, STAGING_SCHEMA), done
+
+
+@contextlib.contextmanager
+def _progress(done, total: int, every_s: float = 10.0):
+    """While the block runs, "encoded k / n items" every ``every_s`` seconds when k moved; once more at the end."""
+    if done is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def report():
+        last = -1
+        while not stop.wait(every_s):
+            if done.value != last:
+                last = done.value
+                _say(f"encoded {min(last, total)} / {total} items")
+
+    threading.Thread(target=report, name="item-features-progress", daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()
+        _say(f"encoded {min(done.value, total)} / {total} items")
+
+
 def _staging_rows(df: DataFrame) -> DataFrame:
     return df.select(*[(F.col(c) if c in df.columns else F.lit(None)).cast(t).alias(c)
                        for c, t in (part.strip().split(" ", 1) for part in STAGING_SCHEMA.split(","))])
@@ -277,42 +327,12 @@ def run_feature_update(spark: SparkSession, config: AppConfig, run_date: dt.date
     keys = _item_keys(spark, config, fingerprint, items_df).persist()
     try:
         n_pending = keys.where(F.col("status") == PENDING).count()
-        settled = keys.where(F.col("status") != PENDING)
-        pending = keys.where(F.col("status") == PENDING).drop("image_size")
-        images = item_rows(spark, config, items_df, with_image=True).select("item_id", "content_hash", "image_size", "image")
-        if 0 < n_pending <= BROADCAST_PENDING_ROWS:
-            pending = F.broadcast(pending)
-        tasks = max(1, -(-n_pending // config.featurizer.rows_per_task))
-        todo = (images.join(pending, ["item_id", "content_hash"], "inner")
-                .dropDuplicates(["item_id"]).repartition(tasks))
-        _say(f"{n_pending} new or changed item(s) to encode in {tasks} task(s)")
-        spark.sparkContext.setJobDescription(f"item features: encode {n_pending} new or changed items ({run_date})")
-        # progress: each encode task adds its rows to an accumulator when it finishes (task-level
-        # granularity, like the bar); a driver thread prints the count every 10 s while the write runs
-        encode, done = encode_fn(fcfg, fingerprint, autocast=autocast), spark.sparkContext.accumulator(0)
-
-        def encode_counted(batches):
-            for frame in encode(batches):
-                done.add(len(frame))
-                yield frame
-
-        import threading
-
-        stop = threading.Event()
-
-        def report():
-            while not stop.wait(10.0):
-                _say(f"encoded {min(done.value, n_pending)} / {n_pending} items")
-
-        encoded = todo.mapInPandas(encode_counted, STAGING_SCHEMA)
-        try:
-            if n_pending:
-                threading.Thread(target=report, name="item-features-progress", daemon=True).start()
-            _staging_rows(settled).unionByName(encoded).write.format("delta").mode("overwrite").save(staging)
-        finally:
-            stop.set()
-        if n_pending:
-            _say(f"encoded {min(done.value, n_pending)} / {n_pending} items")
+        staged, done = _staging_rows(keys.where(F.col("status") != PENDING)), None
+        if n_pending:  # with nothing to encode, no image is joined, read or shuffled
+            encoded, done = _encoded(spark, config, keys, items_df, n_pending, fingerprint, autocast, run_date)
+            staged = staged.unionByName(encoded)
+        with _progress(done, n_pending):
+            staged.write.format("delta").mode("overwrite").save(staging)
     finally:
         keys.unpersist()
     timings["encode"] = time.perf_counter() - t0
@@ -406,11 +426,3 @@ def cached_features(spark: SparkSession, config: AppConfig, fingerprint: str) ->
     return (tables.read_table(spark, config, "item_features")
             .where(F.col("encoder_fingerprint") == fingerprint)
             .select("item_id", "content_hash", "text_emb", "n_text_tokens", "image_emb"))
-
-
-def behaviour_sequences(events: DataFrame, before: dt.date, max_n: int, known_items: DataFrame | None = None,
-                        users: DataFrame | None = None) -> DataFrame:
-    """user_id, behaviour at ``before`` (pipeline.history.behaviour_at: the one history rule); buyers only."""
-    from pipeline import history
-
-    return history.behaviour_at(events, before, max_n, known_items, users).where(F.size("behaviour") > 0)

@@ -1,5 +1,8 @@
 """Ingest of a real catalogue: CSV/Parquet exports + image files -> `items`, `events`, `quarantine`.
 
+One module (~640 lines): the column mapping, the checks behind every quarantine reason and the
+two writes are one contract that a reader follows row by row, for items and events alike.
+
 Users arrive with exports, not with our tables. A column mapping (``IngestConfig.item_map`` /
 ``event_map``, overridable by flags) says where each contracted field comes from:
 

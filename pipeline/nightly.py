@@ -15,7 +15,9 @@
 4. CVR: the date's candidates are grouped by user: one row per user carries its behaviour
    sequence (the last ``max_behaviour`` purchases strictly before the date, oldest first) once,
    its profile, and its candidates, every item as cached projected tokens; ``cvr_scores`` is
-   replaced for the date. Candidates with an unknown or invalid item, an unknown user, a null
+   replaced for the date. A candidate whose inputs (profile, behaviour, target, each item by
+   its cache key) hash as on the last scored date, under the same model, keeps that night's
+   score without going through the model (pipeline.cvr_cache). Candidates with an unknown or invalid item, an unknown user, a null
    key or a duplicate go to ``quarantine``.
 5. A ``runs`` row: model version, counts, timings per stage, status.
 
@@ -39,7 +41,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from camenn.config import AppConfig, ThresholdConfig
-from pipeline import feature_cache, history, model_cache, tables
+from pipeline import cvr_cache, feature_cache, history, model_cache, tables
 from udfs.predict import CVR_INPUT, CVR_SCHEMA, CVR_USERS_INPUT, PROJECTED_FIELDS, cvr_users_fn
 
 JOB = "score_catalog"
@@ -232,7 +234,8 @@ def scorable_pairs(good: DataFrame, valid: DataFrame, events: DataFrame, run_dat
     return good.join(_item_inputs(valid), "item_id").join(behaviour, "user_id", "left").select(*CVR_INPUT)
 
 
-def user_rows(good: DataFrame, outputs: DataFrame, events: DataFrame, run_date: dt.date, max_n: int) -> DataFrame:
+def user_rows(good: DataFrame, outputs: DataFrame, events: DataFrame, run_date: dt.date, max_n: int,
+              seqs: DataFrame | None = None) -> DataFrame:
     """The nightly CVR input (CVR_USERS_INPUT): one row per user with scorable candidates.
 
     ``good``: scorable candidates (user_id, item_id, profile fields); ``outputs``: every valid
@@ -242,7 +245,8 @@ def user_rows(good: DataFrame, outputs: DataFrame, events: DataFrame, run_date: 
     candidate moves its target's projected tokens once, a behaviour item once per user.
     """
     items = outputs.select("item_id", *PROJECTED_FIELDS)
-    seqs = history.behaviour_at(events, run_date, max_n, known_items=items.select("item_id"), users=good.select("user_id"))
+    if seqs is None:
+        seqs = history.behaviour_at(events, run_date, max_n, known_items=items.select("item_id"), users=good.select("user_id"))
     nulls = [F.lit(None).cast("string").alias(f) for f in USER_FIELDS]
     wanted = (good.select("user_id", "item_id", F.lit(-1).alias("pos"), *USER_FIELDS)
               .unionByName(seqs.select("user_id", F.posexplode("behaviour").alias("pos", "item_id"), *nulls)))
@@ -272,11 +276,23 @@ def score_cvr(spark: SparkSession, config: AppConfig, model, outputs: DataFrame,
     spark.sparkContext.setJobDescription(f"cvr: check candidates ({run_date})")
     checked = checked_candidates(candidates, outputs.select("item_id"), users).persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(checked)
-    rows_in = user_rows(checked.where(F.col("reason").isNull()).drop("reason"), outputs, events, run_date,
-                        model.max_behaviour)
+    good = checked.where(F.col("reason").isNull()).drop("reason")
+    seqs = history.behaviour_at(events, run_date, model.max_behaviour, known_items=outputs.select("item_id"),
+                                users=good.select("user_id")).persist(StorageLevel.MEMORY_AND_DISK)
+    persisted.append(seqs)
+    spark.sparkContext.setJobDescription(f"cvr: inputs of each candidate against the last night's ({run_date})")
+    keyed = cvr_cache.inputs_hash(good, outputs, seqs).persist(StorageLevel.MEMORY_AND_DISK)
+    persisted.append(keyed)
+    reused, todo = cvr_cache.split(keyed, cvr_cache.last_night(spark, config, run_date, model.version))
+    rows_in = user_rows(todo.drop("inputs_hash"), outputs, events, run_date, model.max_behaviour,
+                        seqs=seqs.join(todo.select("user_id").distinct(), "user_id", "left_semi"))
     spark.sparkContext.setJobDescription(f"cvr: score candidates grouped by user ({run_date})")
-    scores = (rows_in.mapInPandas(cvr_users_fn(config.model_dir, model.version, sc.batch_size, sc.autocast), CVR_SCHEMA)
-              .persist(StorageLevel.MEMORY_AND_DISK))
+    scored = (rows_in.mapInPandas(cvr_users_fn(config.model_dir, model.version, sc.batch_size, sc.autocast), CVR_SCHEMA)
+              .join(todo.select(*cvr_cache.KEY), ["user_id", "item_id"]))
+    scores = scored.select(*cvr_cache.KEY, "cvr", F.lit(True).alias("by_model"))
+    if reused is not None:
+        scores = scores.unionByName(reused.select(*cvr_cache.KEY, "cvr", F.lit(False).alias("by_model")))
+    scores = scores.persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(scores)
     # an Arrow batch now holds users, each with its candidates: fewer rows keep it as large as before
     previous = spark.conf.get(ARROW_BATCH, None)
@@ -286,7 +302,7 @@ def score_cvr(spark: SparkSession, config: AppConfig, model, outputs: DataFrame,
     finally:
         spark.conf.set(ARROW_BATCH, previous) if previous is not None else spark.conf.unset(ARROW_BATCH)
     rows = scores.where(~_not_finite("cvr")).select(F.lit(run_date).alias("run_date"), "user_id", "item_id", "cvr",
-                                                    F.lit(model.version).alias("model_version"))
+                                                    F.lit(model.version).alias("model_version"), "inputs_hash")
     spark.sparkContext.setJobDescription(f"cvr: write cvr_scores ({run_date})")
     path = tables.replace_run_date(spark, config, "cvr_scores", rows, run_date)
 
@@ -295,12 +311,15 @@ def score_cvr(spark: SparkSession, config: AppConfig, model, outputs: DataFrame,
     kinds = {r["kind"]: r["n"] for r in (checked.select(feature_cache.reason_kind(F.col("reason")).alias("kind"))
                                          .unionByName(scores.select(F.when(_not_finite("cvr"), F.lit("cvr: not finite"))
                                                                     .otherwise(F.lit("scored")).alias("kind")))
+                                         .unionByName(scores.select(F.when(F.col("by_model"), F.lit("by model"))
+                                                                    .otherwise(F.lit("reused")).alias("kind")))
                                          .groupBy("kind").agg(F.count(F.lit(1)).alias("n")).collect())}
     # candidates in = the checked rows (a null kind = scorable); a non-finite score is one of them,
     # counted again under "cvr: not finite" and not under "scored"
-    n_in = sum(n for kind, n in kinds.items() if kind not in ("scored", "cvr: not finite"))
-    n_scored = kinds.get("scored", 0)
-    reasons = {k: n for k, n in kinds.items() if k not in (None, "scored")}
+    scored_kinds = ("scored", "cvr: not finite", "by model", "reused")
+    n_in = sum(n for kind, n in kinds.items() if kind not in scored_kinds)
+    n_scored, n_by_model, n_reused = kinds.get("scored", 0), kinds.get("by model", 0), kinds.get("reused", 0)
+    reasons = {k: n for k, n in kinds.items() if k not in (None, *scored_kinds) or k == "cvr: not finite"}
     n_quarantined = sum(reasons.values())
     if n_in != n_scored + n_quarantined:
         raise AssertionError(f"candidates do not add up: {n_in} in, {n_scored} scored, {n_quarantined} quarantined "
@@ -308,8 +327,9 @@ def score_cvr(spark: SparkSession, config: AppConfig, model, outputs: DataFrame,
     quarantine = tables.quarantine_rows(rejected.withColumn("key", F.concat_ws("|", "user_id", "item_id")),
                                         run_date=run_date, job=JOB, source="candidates", key_col="key",
                                         payload_cols=["user_id", "item_id"])
-    return {"path": path, "in": n_in, "scored": n_scored, "quarantined": n_quarantined, "reasons": reasons,
-            "quarantine": quarantine}
+    return {"path": path, "in": n_in, "scored": n_scored, "by_model": n_by_model, "reused": n_reused,
+            "quarantined": n_quarantined,
+            "reasons": reasons, "quarantine": quarantine}
 
 
 # ------------------------------------------------------------------------ the run
@@ -384,11 +404,13 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
         if "cvr" in model.tasks:
             _say(f"4/5 cvr: score the candidates of {run_date}, grouped by user")
             cvr = score_cvr(spark, config, model, outputs, run_date, persisted, candidates)
-            result.counts.update(candidates_in=cvr["in"], cvr_scored=cvr["scored"], candidates_quarantined=cvr["quarantined"])
+            result.counts.update(candidates_in=cvr["in"], cvr_scored=cvr["scored"], candidates_quarantined=cvr["quarantined"],
+                                 cvr_model_scored=cvr["by_model"], cvr_reused=cvr["reused"])
             result.quarantined["candidates"] = cvr["reasons"]
             result.outputs["cvr_scores"] = cvr["path"]
             quarantine = quarantine.unionByName(cvr["quarantine"])
-            _say(f"    {cvr['scored']} scores written, {cvr['quarantined']} candidates quarantined")
+            _say(f"    {cvr['scored']} scores written ({cvr['by_model']} by the model, the rest reused from the last "
+                 f"night), {cvr['quarantined']} candidates quarantined")
         else:
             _say(f"4/5 cvr: skipped, model {model.version} has no cvr head")
         result.timings["cvr"] = time.perf_counter() - t

@@ -1,5 +1,8 @@
 """Merchant data-quality reports: which listings' text and image disagree, and what to fix.
 
+Still one module (~800 lines: Spark orchestration, the pure logic, the HTML and the publishing);
+issue 18 plans it as a small package with Jinja templates as package files, not done yet.
+
     result = build_report(spark, config, run_date)    # ReportResult; result.index_path
 
 For one run date, from ``item_alignment`` (the scoring job's flags), ``items`` (what the

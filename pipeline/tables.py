@@ -62,7 +62,8 @@ SPECS: dict[str, TableSpec] = {spec.name: spec for spec in [
         partition_by=("run_date",),
         checks={"p_ita_is_probability": _PROBABILITY.format(c="p_ita"), "p_tia_is_probability": _PROBABILITY.format(c="p_tia")},
         key=("run_date", "item_id")),
-    TableSpec("cvr_scores", "run_date DATE NOT NULL, user_id STRING NOT NULL, item_id STRING NOT NULL, cvr DOUBLE NOT NULL, model_version STRING NOT NULL",
+    TableSpec("cvr_scores", "run_date DATE NOT NULL, user_id STRING NOT NULL, item_id STRING NOT NULL, cvr DOUBLE NOT NULL, "
+        "model_version STRING NOT NULL, inputs_hash STRING",
         partition_by=("run_date",), checks={"cvr_is_probability": _PROBABILITY.format(c="cvr")},
         key=("run_date", "user_id", "item_id")),
     TableSpec("quarantine", "run_date DATE NOT NULL, job STRING NOT NULL, source STRING NOT NULL, key STRING, reason STRING NOT NULL, payload STRING",

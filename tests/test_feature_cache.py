@@ -179,7 +179,10 @@ def test_items_frame_with_null_key_and_valid_items(spark, config):
     assert again.count() == 4 and again.where("n_text_tokens > 0").count() == 4
 
 
-def test_behaviour_sequences(spark):
+def test_behaviour_at_the_run_date(spark):
+    """pipeline.history's rule at a run date: the last N purchases of known items strictly before it, oldest first."""
+    from pipeline import history
+
     ts = lambda d, h=0: dt.datetime(2026, 11, d, h)  # noqa: E731
     events = spark.createDataFrame([
         ("u1", "a", ts(1), "purchase", 1.0), ("u1", "b", ts(2), "purchase", 1.0), ("u1", "c", ts(3), "purchase", 1.0),
@@ -191,8 +194,11 @@ def test_behaviour_sequences(spark):
     ], "user_id string, item_id string, ts timestamp, event string, price double")
     known = spark.createDataFrame([(i,) for i in "abcdex"], "item_id string")
     users = spark.createDataFrame([("u1",), ("u2",)], "user_id string")
-    got = {r.user_id: r.behaviour for r in feature_cache.behaviour_sequences(events, RUN, 3, known, users).collect()}
+    got = {r.user_id: r.behaviour for r in history.behaviour_at(events, RUN, 3, known, users).collect()}
     assert got == {"u1": ["b", "c", "d"], "u2": ["a"]}
+    users3 = spark.createDataFrame([("u1",), ("u4",)], "user_id string")   # u4 never bought: an empty history
+    assert {r.user_id: r.behaviour for r in history.behaviour_at(events, RUN, 3, known, users3).collect()} == \
+        {"u1": ["b", "c", "d"], "u4": []}
 
 
 def test_change_detection_reads_no_image_of_an_unchanged_item(spark, config):

@@ -22,10 +22,11 @@ from pyspark.sql import functions as F
 
 from conftest import tiny_config
 from pipeline import feature_cache, nightly, tables
-from test_feature_cache import POISON_REASONS, clean_items, item_row, poison_items, write_items
+from test_feature_cache import POISON_REASONS, clean_items, poison_items, write_items
 
 RUN = dt.date(2026, 11, 24)
 BEFORE = RUN - dt.timedelta(days=1)
+NEXT = RUN + dt.timedelta(days=1)
 N_CLEAN = 20
 USERS = [f"u{k}" for k in range(8)]
 PROFILES = {u: (["18-25", "26-40", "41-65"][k % 3], ["single", "family"][k % 2], ["north", "south", "centre"][k % 3])
@@ -121,7 +122,16 @@ def first_run(spark, world):
 # ------------------------------------------------------------------------ an oracle without Spark
 
 
-def expected_scores(spark, config):
+def expected_behaviour(run_date: dt.date, valid, max_n: int) -> dict[str, list[str]]:
+    """Each user's last max_n purchases of valid items before run_date, oldest first, in plain Python."""
+    history: dict[str, list] = {}
+    for user, item, ts, event, _ in purchases():
+        if event == "purchase" and ts < dt.datetime.combine(run_date, dt.time()) and item in valid:
+            history.setdefault(user, []).append((ts, item))
+    return {u: [i for _, i in sorted(h)][-max_n:] for u, h in history.items()}
+
+
+def expected_scores(spark, config, run_date: dt.date = RUN):
     """p_ita, p_tia per valid item and cvr per scorable candidate, from camenn.predictor called row by row.
 
     The behaviour sequences are worked out here in plain Python from the events, so this also
@@ -142,13 +152,9 @@ def expected_scores(spark, config):
     p_ita, p_tia = model.score_items(*blobs(valid), batch_size=1)
     align = {i: (a, t) for i, a, t in zip(valid, p_ita, p_tia)}
 
-    history: dict[str, list] = {}
-    for user, item, ts, event, _ in purchases():
-        if event == "purchase" and ts < dt.datetime.combine(RUN, dt.time()) and item in align:
-            history.setdefault(user, []).append((ts, item))
-    seqs = {u: [i for _, i in sorted(h)][-model.max_behaviour:] for u, h in history.items()}
+    seqs = expected_behaviour(run_date, align, model.max_behaviour)
     cvr = {}
-    for _, user, item in candidate_rows(RUN):
+    for _, user, item in candidate_rows(run_date):
         if user not in PROFILES or item not in align or (user, item) in cvr:
             continue
         beh = seqs.get(user, [])
@@ -160,6 +166,15 @@ def expected_scores(spark, config):
     return align, cvr, model.version
 
 
+def assert_cvr_matches(spark, config, run_date: dt.date, cvr: dict):
+    got = tables.read_table(spark, config, "cvr_scores").where(F.col("run_date") == F.lit(run_date)).collect()
+    assert sorted((r.user_id, r.item_id) for r in got) == sorted(cvr)
+    worst = max(abs(r.cvr - cvr[(r.user_id, r.item_id)]) for r in got)
+    assert worst < TOL, f"cvr scores differ from camenn.predictor by {worst}"
+    spread = np.ptp([r.cvr for r in got])
+    assert spread > 1e-3, "scores hardly vary: the parity check would prove little"
+
+
 def assert_tables_match_oracle(spark, config, version):
     align, cvr, _ = expected_scores(spark, config)
     got = tables.read_table(spark, config, "item_alignment").where(F.col("run_date") == F.lit(RUN)).collect()
@@ -167,12 +182,7 @@ def assert_tables_match_oracle(spark, config, version):
     assert {r.model_version for r in got} == {version}
     worst = max(max(abs(r.p_ita - align[r.item_id][0]), abs(r.p_tia - align[r.item_id][1])) for r in got)
     assert worst < TOL, f"alignment scores differ from camenn.predictor by {worst}"
-    got = tables.read_table(spark, config, "cvr_scores").where(F.col("run_date") == F.lit(RUN)).collect()
-    assert sorted((r.user_id, r.item_id) for r in got) == sorted(cvr)
-    worst = max(abs(r.cvr - cvr[(r.user_id, r.item_id)]) for r in got)
-    assert worst < TOL, f"cvr scores differ from camenn.predictor by {worst}"
-    spread = np.ptp([r.cvr for r in got])
-    assert spread > 1e-3, "scores hardly vary: the parity check would prove little"
+    assert_cvr_matches(spark, config, RUN, cvr)
 
 
 # ------------------------------------------------------------------------ no Spark
@@ -193,6 +203,22 @@ def test_pick_device_from_task_resources():
     assert autocast_dtype("bf16", "cuda:0") == torch.bfloat16
     assert autocast_dtype("fp16", "cuda:1") == torch.float16
     assert autocast_dtype("bf16", "cpu") is None and autocast_dtype("none", "cuda:0") is None
+
+
+def test_user_frames_hold_enough_candidates_and_every_user_once():
+    import pandas as pd
+
+    from udfs.predict import user_frames
+
+    # Arrow batches of 3 users with 2, 3 and 0..4 candidates
+    batches = [pd.DataFrame({"user_id": [f"u{b}{k}" for k in range(3)],
+                             "cand_item_id": [["i"] * 2, ["i"] * 3, ["i"] * (b % 5)]}) for b in range(7)]
+    frames = list(user_frames(iter(batches), min_candidates=12))
+    sizes = [int(f["cand_item_id"].map(len).sum()) for f in frames]
+    assert all(n >= 12 for n in sizes[:-1]) and 0 < sizes[-1], sizes
+    assert all(n < 12 + 9 for n in sizes), sizes          # at most one Arrow batch more than needed
+    users = pd.concat(frames)["user_id"].tolist()
+    assert users == [u for b in batches for u in b["user_id"]]   # every user once, in order
 
 
 def test_scoring_model_is_the_model(tmp_path):
@@ -474,6 +500,35 @@ def test_three_changed_items_are_encoded_and_scored_again_and_nothing_else(spark
     assert_tables_match_oracle(spark, config, version)
     again = nightly.run(spark, config, RUN).counts
     assert (again["items_encoded"], again["items_model_scored"]) == (0, 0)
+
+
+def test_cvr_of_unchanged_inputs_is_carried_over_from_the_last_night(spark, world, first_run):
+    """u1 bought i008 on RUN, so the night after scores only u1's candidates again; once i005's
+    title changes, the next night scores again i005's candidates and those of users who bought it."""
+    config, version = world
+
+    def night(run_date: dt.date):
+        candidates = spark.createDataFrame(candidate_rows(run_date), tables.schema_of(spark, "candidates"))
+        counts = nightly.run(spark, config, run_date, candidates=candidates).counts
+        _, cvr, _ = expected_scores(spark, config, run_date)
+        assert counts["cvr_scored"] == counts["cvr_model_scored"] + counts["cvr_reused"] == len(cvr)
+        assert_cvr_matches(spark, config, run_date, cvr)
+        return counts, cvr
+
+    counts, cvr = night(NEXT)         # the last night is RUN's, scored by this model
+    rescored = {pair for pair in cvr if pair[0] == "u1"}
+    assert len(rescored) == 3 and counts["cvr_model_scored"] == 3, counts
+
+    items = tables.read_table(spark, config, "items").localCheckpoint()   # the overwrite replaces what it reads
+    tables.overwrite_table(spark, config, "items", items.withColumn(
+        "title", F.when(F.col("item_id") == "i005", F.concat("title", F.lit(" (2 kg)"))).otherwise(F.col("title"))))
+    later = NEXT + dt.timedelta(days=1)
+    counts, cvr = night(later)
+    seqs = expected_behaviour(later, {f"i{k:03d}" for k in range(N_CLEAN)}, config.model.max_behaviour)
+    rescored = {(u, i) for u, i in cvr if i == "i005" or "i005" in seqs.get(u, [])}
+    assert {"u1", "u5"} <= {u for u, _ in rescored}   # u1 bought i005, u5 is offered it
+    assert (counts["items_model_scored"], counts["cvr_model_scored"]) == (1, len(rescored)), counts
+    assert counts["cvr_reused"] == len(cvr) - len(rescored) > 0
 
 
 # ------------------------------------------------------------------------ the job's command line

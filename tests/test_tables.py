@@ -14,7 +14,8 @@ RUN = dt.date(2026, 11, 24)
 
 
 def cvr_rows(spark, rows):
-    return spark.createDataFrame(rows, "run_date date, user_id string, item_id string, cvr double, model_version string")
+    return spark.createDataFrame([(*r, None) for r in rows],
+                                 "run_date date, user_id string, item_id string, cvr double, model_version string, inputs_hash string")
 
 
 @pytest.fixture()

@@ -24,7 +24,11 @@ FAST = ("training.epochs=2", "training.steps_per_epoch=3", "training.batch_size=
 def world_root(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("train-world")
     config = tiny_config(root, *FAST)
-    write_world(spark, config, synthetic_world(n_items=28, n_users=16, days=10))
+    world = synthetic_world(n_items=28, n_users=16, days=10)
+    # rows training must leave out, each with its reason: a user missing from users, an unknown item
+    world["impressions"].append(("u999", "i000", world["impressions"][0][2], 1))
+    world["events"].append(("u000", "i999", world["events"][0][2], "purchase", 1.0))
+    write_world(spark, config, world)
     return root
 
 
@@ -85,6 +89,32 @@ def test_artifact_scores_full_and_item_only(spark, trained):
     users = torch.as_tensor(vocab.user_feats({"age_band": ["18-29"] * 4, "household": ["family"] * 4, "zone": ["z1"] * 4}))
     out = art.model.predict(full_batch(store, idx, beh, users))["cvr"]
     assert torch.isfinite(out).all() and ((out >= 0) & (out <= 1)).all()
+
+
+def test_an_artifact_trained_on_streamed_chunks_scores_in_the_nightly_job(spark, trained):
+    """The streamed training's artifact is what the nightly job loads: every item and candidate scored."""
+    import datetime as dt
+
+    from pyspark.sql import functions as F
+
+    from pipeline import nightly
+    from test_training_data import T0
+
+    config, result = trained
+    run_date = (T0 + dt.timedelta(days=12)).date()
+    users = [r.user_id for r in tables.read_table(spark, config, "users").select("user_id").collect()]
+    items = sorted(r.item_id for r in tables.read_table(spark, config, "items").select("item_id").collect())
+    rows = [(run_date, u, items[(3 * k + j) % len(items)]) for k, u in enumerate(users) for j in range(3)]
+    tables.overwrite_table(spark, config, "candidates", spark.createDataFrame(rows, tables.schema_of(spark, "candidates")))
+
+    night = nightly.run(spark, config, run_date)
+
+    assert night.status == "succeeded" and night.model_version == result.model_version, night.summary()
+    c = night.counts
+    assert c["items_scored"] == c["items_valid"] == len(items), night.summary()
+    assert c["candidates_in"] == len(rows) == c["cvr_scored"], night.summary()
+    cvr = tables.read_table(spark, config, "cvr_scores").where(F.col("run_date") == F.lit(run_date))
+    assert cvr.where(F.col("model_version") == result.model_version).where("cvr >= 0 AND cvr <= 1").count() == len(rows)
 
 
 def test_training_is_deterministic_given_a_seed(spark, trained):
@@ -174,7 +204,9 @@ def test_dropped_input_rows_are_counted_and_quarantined(spark, trained):
 
     config, result = trained
     drops = result.data.drops
+    assert drops, "the tiny world has no row to leave out: this test would prove nothing"
     q = tables.read_table(spark, config, "quarantine").where(F.col("job") == "train")
+    assert drops == {"dropped impressions: user: unknown": 1, "dropped events: item: unknown or invalid": 1}
     assert q.count() == sum(drops.values())
     row = tables.read_table(spark, config, "runs").where(F.col("job") == "train").orderBy(F.col("started_at").desc()).first()
     assert row.status == "succeeded" and all(row.counts[k] == v for k, v in drops.items())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import random
 
-import pytest
 from pyspark.sql import functions as F
 
 from conftest import jpeg_with_shapes, tiny_config
@@ -211,3 +210,20 @@ def test_vocab_from_spark(spark, tmp_path):
     assert vocab.categories == sorted(CATEGORIES)
     assert len(vocab.price_edges) <= 3 and vocab.price_edges == sorted(vocab.price_edges)
     assert vocab.user_values["zone"] == ["z0", "z1", "z2", "z3"]
+
+
+def test_dropped_rows_name_every_left_out_row_and_its_reason(spark):
+    """An impression or purchase of an invalid item or of a user missing from users is left out, with why."""
+    items = spark.createDataFrame([("a",), ("b",)], "item_id string")
+    users = spark.createDataFrame([("u1",)], "user_id string")
+    events = spark.createDataFrame([
+        ("u1", "a", T0, "purchase", 1.0), ("u1", "zz", T0, "purchase", 1.0), ("u9", "a", T0, "purchase", 1.0),
+        ("u1", "zz", T0, "view", 1.0)], "user_id string, item_id string, ts timestamp, event string, price double")
+    impressions = spark.createDataFrame([("u1", "b", T0, 1), ("u9", "zz", T0, 0)],
+                                        "user_id string, item_id string, ts timestamp, bought int")
+    got = sorted((r.source, r.key.split("|")[0], r.key.split("|")[1], r.reason) for r in training_data.dropped_rows(
+        items=items, users=users, events=events, impressions=impressions, source="impressions").collect())
+    assert got == [("events", "u1", "zz", "item: unknown or invalid"), ("events", "u9", "a", "user: unknown"),
+                   ("impressions", "u9", "zz", "item: unknown or invalid; user: unknown")]
+    sampled = training_data.dropped_rows(items=items, users=users, events=events, impressions=impressions, source="sampled")
+    assert sampled.where("source = 'impressions'").count() == 0   # impressions are not read when examples are sampled

@@ -117,12 +117,36 @@ def item_outputs_fn(model_dir: str, version: str, batch_size: int, autocast: str
     return run
 
 
-def cvr_users_fn(model_dir: str, version: str, batch_size: int, autocast: str | None = None):
-    """(frames of CVR_USERS_INPUT, one row per user) -> (frames of CVR_SCHEMA, one row per candidate)."""
+def user_frames(batches: Iterator[pd.DataFrame], min_candidates: int) -> Iterator[pd.DataFrame]:
+    """Arrow batches of users regrouped into frames of at least ``min_candidates`` candidates.
+
+    An Arrow batch is sized in users (rows), a model batch in candidates; without this a user
+    batch of ~80 candidates fills a third of a 256-row model batch. A frame holds at most one
+    Arrow batch more than it needs, so memory stays bounded by the two batch sizes.
+    """
+    held: list[pd.DataFrame] = []
+    n_held = 0
+    for pdf in batches:
+        held.append(pdf)
+        n_held += int(pdf["cand_item_id"].map(len).sum())
+        if n_held >= min_candidates:
+            yield pd.concat(held, ignore_index=True) if len(held) > 1 else held[0]
+            held, n_held = [], 0
+    if held:
+        yield pd.concat(held, ignore_index=True)
+
+
+def cvr_users_fn(model_dir: str, version: str, batch_size: int, autocast: str | None = None,
+                 batches_per_frame: int = 4):
+    """(frames of CVR_USERS_INPUT, one row per user) -> (frames of CVR_SCHEMA, one row per candidate).
+
+    Users are scored ``batches_per_frame`` model batches at a time (user_frames), so at most
+    one model batch in that many is partly filled.
+    """
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         model = _worker_model(model_dir, version, autocast)
-        for pdf in batches:
+        for pdf in user_frames(batches, batches_per_frame * batch_size):
             user_idx, item_ids, cvr = model.score_users(
                 list(pdf["cand_item_id"]), *(list(pdf[f"cand_{f}"]) for f in PROJECTED_FIELDS),
                 *(list(pdf[f"beh_{f}"]) for f in PROJECTED_FIELDS),
