@@ -17,11 +17,11 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo demo-data train evaluate score report test test-fast airflow-env browser benchmark clean
+.PHONY: setup demo demo-data train evaluate score report test test-fast lint format airflow-env browser benchmark clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -64,12 +64,23 @@ airflow-env: .venv-airflow/.installed
 	.venv-airflow/bin/pip install -q "apache-airflow>=3,<4" "apache-airflow-providers-apache-spark>=5"
 	touch $@
 
-# The report's browser test opens the merchant pages in headless Chromium (Debian's package).
+# The report's browser test opens the merchant pages through Playwright in Debian's Chromium
+# (launched by path: Playwright downloads no browser).
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-test: setup airflow-env browser
+test: setup airflow-env browser lint
 	$(PY) -m pytest
+
+# ruff's lint over the whole project (pyproject.toml [tool.ruff]); `make format FILES=...` runs the
+# formatter on the files you name (the code base is not re-wrapped wholesale: see the README)
+lint: setup
+	$(VENV)/bin/ruff check .
+
+FILES ?=
+format: setup
+	@test -n "$(FILES)" || { echo "error: name the files, e.g. make format FILES=pipeline/cvr_cache.py" >&2; exit 2; }
+	$(VENV)/bin/ruff format $(FILES)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow"

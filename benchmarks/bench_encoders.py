@@ -276,7 +276,7 @@ def main(argv=None) -> int:
         encoder_flops=flops, matmul_peak_flops={str(k): v for k, v in peaks.items()}, peak_threads=primary,
         achieved_flops={k: per_item * v for k, v in rates.items()},
         share_of_peak={k: per_item * v / peak for k, v in rates.items()},
-        measured_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        measured_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
     print(f"\nbench_encoders: {n} items ({args.images} JPEGs, mean {figures['mean_image_bytes'] / 1e3:.1f} kB), "
           f"master {figures['spark_master']}, {tasks} encode task(s) of <= {rows_per_task} items, "

@@ -62,6 +62,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from _common import encoder_dims, matmul_peak, save_untrained_model, table_vocab, timed  # noqa: E402
 from bench_encoders import encoder_flops  # noqa: E402
+
 from camenn.config import load_config  # noqa: E402
 
 CACHES = ("item_features", "item_model_outputs", "item_alignment", "cvr_scores")
@@ -168,8 +169,16 @@ def main(argv=None) -> int:
     from pipeline.session import get_spark
     from pipeline.world import write_world
     from udfs.encode import get_featurizer
-    from udfs.predict import (CVR_SCHEMA, CVR_USERS_INPUT, ITEM_OUTPUTS_INPUT, ITEM_OUTPUTS_SCHEMA, PROJECTED_FIELDS,
-                              USER_FIELDS, cvr_users_fn, item_outputs_fn)
+    from udfs.predict import (
+        CVR_SCHEMA,
+        CVR_USERS_INPUT,
+        ITEM_OUTPUTS_INPUT,
+        ITEM_OUTPUTS_SCHEMA,
+        PROJECTED_FIELDS,
+        USER_FIELDS,
+        cvr_users_fn,
+        item_outputs_fn,
+    )
 
     spark = get_spark(config)
     sc = config.scoring
@@ -386,7 +395,7 @@ def main(argv=None) -> int:
         "encoders": enc, "matmul_peak_flops": {str(t): v for t, v in peaks.items()}, "peak_threads": primary,
         "achieved": achieved, "share_of_peak": {k: v / peak for k, v in achieved.items()},
     }
-    figures["measured_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    figures["measured_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
     ip, cv = figures["item_pass"], figures["cvr"]
     print(f"\nbench_scoring ({figures['model']}), master {figures['spark_master']}, {cores} Spark cores, "

@@ -32,6 +32,7 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_training_step import DEMO, random_items  # noqa: E402
+
 from camenn.model import CameNN, CameNNBatch, frame_config  # noqa: E402
 from camenn.training import _MixedStep  # noqa: E402
 

@@ -41,7 +41,7 @@ class Examples:
     def __len__(self) -> int:
         return int(self.target.shape[0])
 
-    def select(self, idx: torch.Tensor) -> "Examples":
+    def select(self, idx: torch.Tensor) -> Examples:
         return Examples(self.target[idx], self.behaviour[idx], self.user_feats[idx], self.label[idx])
 
 

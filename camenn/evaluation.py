@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from camenn.inputs import FeatureVocab, ItemStore  # noqa: F401  (FeatureVocab re-exported for callers)
+from camenn.metrics import roc_auc
 from camenn.model import CameNN, CameNNBatch
-from camenn.training import item_split, predict_items, roc_auc, trim_items
+from camenn.training import item_split, predict_items, trim_items
 
 # which side a planted defect damages: text defects should show on ITA, image defects on TIA
 DEFECT_SIDE = {"text_swap": "text", "vague_text": "text", "image_swap": "image", "blurred_image": "image",
@@ -429,7 +430,8 @@ def report_markdown(metrics: dict) -> str:
             t = mis[scope]
             lines += [f"### {scope.replace('_', ' ')} ({t['n_items']} items, {t['n_flagged']} flagged, "
                       f"{_f(t['flag_rate_clean'])} of clean items flagged)", "",
-                      "| defect | n | AUROC low ITA | AUROC low TIA | AUROC low min | precision | recall | side | side right (all) | side right (flagged) |",
+                      "| defect | n | AUROC low ITA | AUROC low TIA | AUROC low min | precision | recall | side "
+                      "| side right (all) | side right (flagged) |",
                       "|---|---|---|---|---|---|---|---|---|---|"]
             for d, e in t["per_defect"].items():
                 lines.append(f"| {d} | {e['n']} | {_f(e['auroc_ita'])} | {_f(e['auroc_tia'])} | {_f(e['auroc_min'])} | "
@@ -454,5 +456,6 @@ def json_compact(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-__all__ = ["comparison", "comparison_chart", "learning_curves_chart", "lift_share", "logistic_ceiling", "mean_std", "mislabel_detection", "detection_table", "similarity_heatmap",
-           "pick_heatmap_items", "text_image_representations", "cosine_matrix", "report_markdown", "slug", "DEFECT_SIDE"]
+__all__ = ["comparison", "comparison_chart", "learning_curves_chart", "lift_share", "logistic_ceiling", "mean_std",
+           "mislabel_detection", "detection_table", "similarity_heatmap", "pick_heatmap_items", "text_image_representations",
+           "cosine_matrix", "report_markdown", "slug", "DEFECT_SIDE"]

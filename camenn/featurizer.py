@@ -122,7 +122,7 @@ class ItemFeaturizer:
             raise ValueError(f"featurizer.max_text_tokens={cfg.max_text_tokens} exceeds the text model's {limit} positions")
 
     @classmethod
-    def from_config(cls, cfg: FeaturizerConfig, device: str | torch.device = "cpu") -> "ItemFeaturizer":
+    def from_config(cls, cfg: FeaturizerConfig, device: str | torch.device = "cpu") -> ItemFeaturizer:
         tokenizer, text_model = encoders.load_text_encoder(cfg.text_model_dir)
         image_model = encoders.load_image_encoder(cfg.image_arch, cfg.image_weights, num_classes=0)
         encoders.set_trainable_layers(text_model, cfg.unfreeze_last_layers)

@@ -9,8 +9,8 @@ batch, behaviour sequences included, is a gather by item index.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ class FeatureVocab:
 
     @classmethod
     def fit(cls, categories: Sequence[str], prices: Sequence[float], user_values: dict[str, Sequence[str]],
-            n_price_buckets: int = 10) -> "FeatureVocab":
+            n_price_buckets: int = 10) -> FeatureVocab:
         """Vocabularies from distinct values; price buckets from quantiles (computed by the caller at scale)."""
         prices = np.asarray([p for p in prices if p is not None and np.isfinite(p)], dtype=np.float64)
         qs = np.quantile(prices, np.linspace(0, 1, n_price_buckets + 1)[1:-1]) if len(prices) else np.array([])
@@ -74,7 +74,7 @@ class FeatureVocab:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "FeatureVocab":
+    def from_dict(cls, data: dict) -> FeatureVocab:
         return cls(**data)
 
 
@@ -99,7 +99,7 @@ class ItemStore:
 
     @classmethod
     def from_blobs(cls, item_ids, text_embs, n_text_tokens, image_embs, feats: np.ndarray,
-                   text_dim: int, image_dim: int, n_patches: int, projected: bool = False) -> "ItemStore":
+                   text_dim: int, image_dim: int, n_patches: int, projected: bool = False) -> ItemStore:
         """Encoder-output blobs (fp16, item_features), or with ``projected`` the model's fp32 d_model tokens."""
         text, mask, image = unpack_item_features(text_embs, n_text_tokens, image_embs, text_dim, image_dim, n_patches,
                                                  blob_dtype=BLOB_FP32 if projected else BLOB_FP16)

@@ -24,8 +24,8 @@ LSTM (it reads them only after the real tokens) and excluded from the gate's mea
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -143,7 +143,7 @@ class CameNNConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CameNNConfig":
+    def from_dict(cls, d: dict) -> CameNNConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -170,19 +170,19 @@ class ItemTokens:
     feats: torch.Tensor  # (B, Fi) long, one column per config.item_feature_sizes key
     projected: bool = False
 
-    def to(self, device, non_blocking: bool = False) -> "ItemTokens":
+    def to(self, device, non_blocking: bool = False) -> ItemTokens:
         return ItemTokens(*(t.to(device, non_blocking=non_blocking) for t in
                             (self.text, self.text_mask, self.image, self.feats)), projected=self.projected)
 
     def __len__(self) -> int:
         return self.text.shape[0]
 
-    def select(self, idx: torch.Tensor) -> "ItemTokens":
+    def select(self, idx: torch.Tensor) -> ItemTokens:
         """Rows ``idx`` (a LongTensor) of every field."""
         return ItemTokens(self.text[idx], self.text_mask[idx], self.image[idx], self.feats[idx], self.projected)
 
     @staticmethod
-    def cat(parts: list["ItemTokens"]) -> "ItemTokens":
+    def cat(parts: list[ItemTokens]) -> ItemTokens:
         """Concatenate along B; text lengths must already agree."""
         return ItemTokens(*(torch.cat([getattr(p, f) for p in parts], dim=0)
                             for f in ("text", "text_mask", "image", "feats")), projected=parts[0].projected)
@@ -197,7 +197,7 @@ class CameNNBatch:
     behaviour_mask: torch.Tensor | None = None  # (B, N) bool, True = real slot; None = all real
     user_feats: torch.Tensor | None = None  # (B, Fu) long
 
-    def to(self, device, non_blocking: bool = False) -> "CameNNBatch":
+    def to(self, device, non_blocking: bool = False) -> CameNNBatch:
         mv = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
         return CameNNBatch(
             target=self.target.to(device, non_blocking),

@@ -64,7 +64,7 @@ class Predictor:
     autocast_dtype: torch.dtype | None = None
 
     @classmethod
-    def load(cls, model_dir: str | Path, device: str | torch.device = "cpu", autocast: str | None = None) -> "Predictor":
+    def load(cls, model_dir: str | Path, device: str | torch.device = "cpu", autocast: str | None = None) -> Predictor:
         """load_artifact + the artifact's vocabulary; ``autocast`` ("bf16"/"fp16") applies on CUDA only."""
         artifact = load_artifact(model_dir, device=device)
         if "vocab" not in artifact.metadata:

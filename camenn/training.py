@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import hashlib
+import logging
 import math
 import os
 import sys
@@ -41,12 +42,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from camenn.chunks import (Chunk, ChunkCache, Examples, batch_stream, delta_table, load_chunk, rank_chunks,
-                           store_from_arrow)
+from camenn.chunks import Chunk, ChunkCache, Examples, batch_stream, delta_table, load_chunk, rank_chunks, store_from_arrow
 from camenn.inputs import ITEM_FEATURES, FeatureVocab, ItemStore, full_batch
+from camenn.logs import setup_logging
 from camenn.losses import derangement, make_alignment_examples, multitask_loss
+from camenn.metrics import auc_from_counts, roc_auc
 from camenn.model import NON_TASK_OUTPUTS, TASKS, CameNN, CameNNBatch, ItemTokens, frame_config
 from camenn.predictor import AUTOCAST_DTYPES
+
+_log = logging.getLogger(__name__)
 
 # A frame fixes some settings: the BST-like single-task model has one expert and the CVR task only.
 FRAME_FIXED = {"single_task": ("tasks", "n_experts")}
@@ -58,7 +62,7 @@ FRAME_FIXED = {"single_task": ("tasks", "n_experts")}
 
 def stable_unit(key: str, salt: int | str = 0) -> float:
     """A uniform number in [0, 1) from a string, the same in every process and on every machine."""
-    digest = hashlib.blake2b(f"{salt}\0{key}".encode("utf-8"), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{salt}\0{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") / 2.0**64
 
 
@@ -170,16 +174,6 @@ class _MixedStep(nn.Module):
 # metrics
 
 
-def roc_auc(labels, scores) -> float:
-    """ROC AUC (sklearn), NaN where only one class is present."""
-    from sklearn.metrics import roc_auc_score
-
-    labels, scores = np.asarray(labels), np.asarray(scores)
-    if labels.size == 0 or labels.min() == labels.max():
-        return float("nan")
-    return float(roc_auc_score(labels, scores))
-
-
 @torch.no_grad()
 def predict_cvr(model: CameNN, store: ItemStore, ex: Examples, batch_size: int, device) -> np.ndarray:
     model.eval()
@@ -262,7 +256,7 @@ class BinnedAUC:
         for label in (0, 1):
             np.add.at(self.counts[label], at[labels == label], 1.0)
 
-    def all_reduce(self, dist_info: "_Dist") -> "BinnedAUC":
+    def all_reduce(self, dist_info: _Dist) -> BinnedAUC:
         if dist_info.on:
             import torch.distributed as dist
 
@@ -278,12 +272,8 @@ class BinnedAUC:
         return int(self.counts.sum())
 
     def auc(self) -> float:
-        neg, pos = self.counts
-        n_neg, n_pos = neg.sum(), pos.sum()
-        if n_neg == 0 or n_pos == 0:
-            return float("nan")
-        below = np.cumsum(neg) - neg  # negatives in lower bins
-        return float((pos * below).sum() + 0.5 * (pos * neg).sum()) / float(n_neg * n_pos)
+        neg, pos = self.counts  # counts[0]: negatives, counts[1]: positives, per bin in increasing score order
+        return auc_from_counts(pos, neg)
 
     def accuracy(self, threshold: float = 0.5) -> float:
         cut = int(threshold * self.counts.shape[1])
@@ -404,7 +394,7 @@ def lr_schedule(opt: torch.optim.Optimizer, kind: str, warmup_steps: int, total_
 def train_step(step_module: nn.Module, opt: torch.optim.Optimizer, full: CameNNBatch, cvr_labels: torch.Tensor,
                align: CameNNBatch | None, align_labels: dict | None, align_mask: dict | None,
                weights: dict[str, float], amp_dtype: torch.dtype | None = None,
-               scaler: "torch.amp.GradScaler | None" = None) -> tuple[torch.Tensor, dict]:
+               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, dict]:
     """One optimiser step on a full batch plus its item-only alignment batch; returns (loss, per-task losses).
 
     The forward pass runs under autocast when ``amp_dtype`` is set (CUDA in training; the test
@@ -478,7 +468,7 @@ def _loss_weights(spec: dict) -> dict[str, float]:
 
 @torch.no_grad()
 def validation_loss(model: CameNN, cache: ChunkCache, chunks: list[int], spec: dict, device,
-                    dist_info: "_Dist") -> dict[str, float]:
+                    dist_info: _Dist) -> dict[str, float]:
     """Task-weighted mean BCE on the validation split of this process's chunks, reduced over all ranks."""
     model.eval()
     weights = _loss_weights(spec)
@@ -526,7 +516,7 @@ def validation_loss(model: CameNN, cache: ChunkCache, chunks: list[int], spec: d
 
 @torch.no_grad()
 def held_out_metrics(model: CameNN, cache: ChunkCache, chunks: list[int], batch_size: int, device, seed: int,
-                     dist_info: "_Dist") -> dict:
+                     dist_info: _Dist) -> dict:
     """CVR AUC on the test split and ITA/TIA accuracy and AUC on held-out home items, over every rank's chunks.
 
     Each process scores its own chunks and only histograms and counts are reduced: no process
@@ -573,7 +563,8 @@ def train_fn(spec: dict) -> dict:
     torch.set_num_threads(int(threads))
     seed = int(spec["seed"])
     is_main = dist_info.rank == 0
-    log = (lambda msg: print(f"[train] {msg}", file=sys.stderr, flush=True)) if is_main else (lambda msg: None)
+    setup_logging()   # a torchrun process of its own: nothing has set up its logging
+    log = _log.info if is_main else (lambda msg: None)
 
     try:
         # ---- data -------------------------------------------------------------------------
@@ -713,7 +704,7 @@ def train_fn(spec: dict) -> dict:
                 "featurizer": spec["featurizer"], "encoder_fingerprint": spec["encoder_fingerprint"],
                 "vocab": vocab.to_dict(), "max_behaviour": max_beh, "table_versions": dict(spec["table_versions"]),
                 "metrics": metrics, "history": history, "git_commit": spec.get("git_commit"),
-                "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "config_name": spec.get("config_name"), "seed": seed,
                 "item_features": list(ITEM_FEATURES),
             })
@@ -729,6 +720,7 @@ def train_fn(spec: dict) -> dict:
                 dist.destroy_process_group()
 
 
-__all__ = ["train_fn", "item_split", "stable_unit", "load_item_store", "Examples", "BinnedAUC", "cvr_batch", "alignment_batch", "trim_items", "roc_auc",
-           "predict_cvr", "predict_items", "alignment_metrics", "alignment_scores", "held_out_metrics", "model_config_from_spec", "git_commit",
+__all__ = ["train_fn", "item_split", "stable_unit", "load_item_store", "Examples", "BinnedAUC", "cvr_batch", "alignment_batch",
+           "trim_items", "predict_cvr", "predict_items", "alignment_metrics", "alignment_scores", "held_out_metrics",
+           "model_config_from_spec", "git_commit",
            "lr_schedule", "train_step", "training_autocast_dtype"]

@@ -1,50 +1,6 @@
-"""Train CameNN: refresh the item feature cache, write training_examples, train, save the artifact.
+"""``spark-submit jobs/train.py``: the same job as the ``camenn-train`` command (pipeline/jobs/train.py)."""
 
-    spark-submit jobs/train.py --conf conf/demo.yaml [--set training.epochs=4] [--if-missing]
-                               [--run-date YYYY-MM-DD] [--seed N]
-
---if-missing: leave a valid artifact that was trained from this configuration alone (make demo
-is idempotent). training.num_processes > 1 trains with TorchDistributor (DDP, local processes).
-The artifact (training.artifact_dir) records the table versions it was trained from and its
-held-out metrics. Exit status 2 = bad configuration, environment or missing input tables,
-1 = training failed.
-"""
-
-from __future__ import annotations
-
-import sys
-import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # spark-submit puts jobs/ on the path, not the root
-from pipeline.cli import job_config, job_parser, job_session, run_job  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = job_parser(__doc__, run_date="date of the feature-cache update (default today)")
-    parser.add_argument("--if-missing", action="store_true", help="skip when a valid artifact for this config exists")
-    parser.add_argument("--seed", type=int, help="model seed (default: the first of training.seeds)")
-    args = parser.parse_args(argv)
-
-    def train() -> None:
-        from pipeline.train import current_artifact, run_training
-
-        config = job_config(args)
-        if args.if_missing:  # decided before Spark starts: a no-op run costs nothing
-            art = current_artifact(config)
-            if art is not None:
-                print(f"artifact {art.path} (version {art.version}) is current for {config.name}; training skipped")
-                return
-        t0 = time.perf_counter()
-        result = run_training(job_session(config, "train"), config, run_date=args.run_date,
-                              if_missing=args.if_missing, seed=args.seed)
-        print(result.summary())
-        if result.data is not None:
-            print(f"data: examples from {result.data.source}, table versions {result.data.versions}, counts {result.data.counts}")
-        print(f"total {time.perf_counter() - t0:.0f}s")
-
-    return run_job(train)
-
+from pipeline.jobs.train import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -20,19 +20,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
-from camenn.config import AppConfig, ConfigError, default_config_path, load_config, project_root
+from camenn.config import AppConfig, ConfigError, default_config_path, load_config
+from camenn.logs import setup_logging
 
 EXIT_OK, EXIT_FAILED, EXIT_NOTHING_DONE = 0, 1, 2
 
-ROOT = str(project_root())
-# Python workers (pandas UDFs, TorchDistributor's processes) inherit PYTHONPATH, not the
-# driver's sys.path: spark-submit only puts jobs/ on the path, so the project root is added here.
-if ROOT not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
 
 
 def job_parser(doc: str, *, run_date: str | None = None, conf_default: str | None = str(default_config_path())
@@ -58,18 +53,16 @@ def job_config(args: argparse.Namespace, conf: str | None = None) -> AppConfig:
 
 
 def job_session(config: AppConfig, job: str):
-    """The job's SparkSession; its Python workers import the project wherever the job was started."""
+    """The job's SparkSession. Its Python workers import the installed package (``pip install .``), as the driver does."""
     from pipeline.session import get_spark
 
-    spark_conf = {"spark.executorEnv.PYTHONPATH": ROOT, **config.spark.conf}
-    config = config.model_copy(update={"spark": config.spark.model_copy(update={"conf": spark_conf})})
     return get_spark(config, app_name=f"{config.spark.app_name}-{job}")
 
 
 def _nothing_done_errors() -> tuple[type[BaseException], ...]:
     from pipeline.ingest import IngestError
-    from pipeline.report import ReportError
     from pipeline.nightly import MissingInput
+    from pipeline.report import ReportError
     from pipeline.session import EnvironmentProblem
     from pipeline.tables import MissingTable
 
@@ -78,6 +71,7 @@ def _nothing_done_errors() -> tuple[type[BaseException], ...]:
 
 def run_job(body: Callable[[], int | None]) -> int:
     """Run a job's body; a known problem becomes one line on stderr and exit status 2."""
+    setup_logging()
     try:
         status = body()
     except Exception as problem:  # noqa: BLE001 - sorted into the two statuses below
@@ -88,4 +82,4 @@ def run_job(body: Callable[[], int | None]) -> int:
     return EXIT_OK if status is None else int(status)
 
 
-__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_NOTHING_DONE", "ROOT", "job_parser", "job_config", "job_session", "run_job"]
+__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_NOTHING_DONE", "job_parser", "job_config", "job_session", "run_job"]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import threading
 import time
 import uuid
@@ -41,6 +42,8 @@ from camenn.config import AppConfig
 from camenn.featurizer import FeaturizerConfig
 from pipeline import tables
 from udfs.encode import ENCODED, PENDING, QUARANTINED, REUSED, STAGING_SCHEMA, encode_fn
+
+log = logging.getLogger(__name__)
 
 SOURCE = "items"
 QUARANTINE_PAYLOAD = ["merchant_id", "category", "title", "description", "price", "updated_at", "image_size"]
@@ -64,7 +67,7 @@ class FeatureStats:
     def quarantined_total(self) -> int:
         return sum(self.quarantined.values())
 
-    def check(self) -> "FeatureStats":
+    def check(self) -> FeatureStats:
         if self.items_in != self.valid + self.quarantined_total or self.valid != self.encoded + self.reused:
             raise AssertionError(f"feature counts do not add up: {self}")
         return self
@@ -247,7 +250,7 @@ def write_quarantine(spark: SparkSession, config: AppConfig, rows: DataFrame, *,
 
 
 def _say(message: str) -> None:
-    print(f"[item_features] {message}", flush=True)
+    log.info(message)
 
 
 def _delete_path(spark: SparkSession, path: str) -> None:
@@ -321,7 +324,7 @@ def run_feature_update(spark: SparkSession, config: AppConfig, run_date: dt.date
     autocast = autocast if autocast is not None else config.scoring.encoder_autocast
     staging = f"{config.table('item_features').rstrip('/')}_staging/{run_date.isoformat()}-{uuid.uuid4().hex[:8]}"
     for path in sweep_stale_staging(spark, config):
-        print(f"[item_features] deleted the staging table of a killed run: {path}", flush=True)
+        log.warning(f"deleted the staging table of a killed run: {path}")
 
     spark.sparkContext.setJobDescription(f"item features: find new and changed items ({run_date})")
     keys = _item_keys(spark, config, fingerprint, items_df).persist()

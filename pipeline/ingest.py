@@ -598,7 +598,7 @@ def run_ingest(spark: SparkSession, config: AppConfig, cfg: IngestConfig | None 
     column the export lacks raises :class:`IngestError` and leaves every table as it was.
     """
     cfg = cfg or config.ingest
-    run_date = run_date or dt.datetime.now(dt.timezone.utc).date()
+    run_date = run_date or dt.datetime.now(dt.UTC).date()
     if not cfg.items_path and not cfg.events_path:
         raise IngestError("nothing to ingest: pass --items-path and/or --events-path")
     items_plan = plan_items(spark, cfg) if cfg.items_path else None
@@ -606,7 +606,7 @@ def run_ingest(spark: SparkSession, config: AppConfig, cfg: IngestConfig | None 
 
     run_id = f"{JOB}-{run_date.isoformat()}-{uuid.uuid4().hex[:8]}"
     result = IngestResult(run_id=run_id, run_date=run_date, status="running")
-    started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    started = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     t0 = time.perf_counter()
     error: Exception | None = None
     try:
@@ -630,7 +630,7 @@ def run_ingest(spark: SparkSession, config: AppConfig, cfg: IngestConfig | None 
     }
     if error is not None:
         details["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-    finished = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    finished = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     tables.append_rows(spark, config, "runs", tables.runs_row(
         spark, run_id=run_id, job=JOB, run_date=run_date, model_version=None, started_at=started,
         finished_at=finished, status=result.status, counts=result.counts(), timings=result.timings,

@@ -19,6 +19,7 @@ reads every valid item's outputs from the cache:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ from udfs.predict import ITEM_OUTPUTS_INPUT, ITEM_OUTPUTS_SCHEMA, item_outputs_f
 
 TABLE = "item_model_outputs"
 KEY = ("content_hash", "category", "price")
+FRESH = "cache_fresh"   # current()'s column: the cached row's key is the item's
 # A set of stale items at most this large is broadcast to the item_features scan, so the blobs
 # of unchanged items are not shuffled; a larger one (a new model) needs every blob anyway.
 BROADCAST_STALE_ROWS = 2_000_000
@@ -43,7 +45,7 @@ class CacheStats:
     reused: int          # items whose cached outputs were current
     seconds: float
 
-    def check(self) -> "CacheStats":
+    def check(self) -> CacheStats:
         if self.valid != self.scored + self.reused:
             raise AssertionError(f"model cache counts do not add up: {self}")
         return self
@@ -98,16 +100,28 @@ def _merge(spark: SparkSession, config: AppConfig, outputs: DataFrame) -> None:
 
 
 def current(spark: SparkSession, config: AppConfig, model, valid: DataFrame) -> DataFrame:
-    """Every valid item (valid's columns) + its cached text_proj, n_text_tokens, image_proj, p_ita, p_tia.
+    """Every valid item (valid's columns) + its cached text_proj, n_text_tokens, image_proj, p_ita, p_tia, and FRESH.
 
-    After ``refresh`` each valid item has exactly one current row, so this is an inner join
-    that loses nothing; ``score_catalog`` checks the count.
+    After ``refresh`` each valid item has exactly one cached row, and its key is the item's;
+    ``check_current`` asserts both. The join is on item_id alone, so its output is partitioned
+    by item_id and the CVR input's join on item_id (nightly.user_rows) does not shuffle the
+    projected tokens again; the key comparison is a column (FRESH), not a join condition,
+    which Spark would turn into more partitioning keys.
     """
     cached = (tables.read_table(spark, config, TABLE).where(F.col("model_version") == model.version)
               .select(F.col("item_id").alias("_item_id"), *[F.col(k).alias(f"_{k}") for k in KEY],
                       "text_proj", "n_text_tokens", "image_proj", "p_ita", "p_tia"))
-    cond = [valid["item_id"] == cached["_item_id"]] + [valid[k].eqNullSafe(cached[f"_{k}"]) for k in KEY]
-    return valid.join(cached, cond, "inner").drop("_item_id", *[f"_{k}" for k in KEY])
+    fresh = functools.reduce(lambda a, b: a & b, [valid[k].eqNullSafe(cached[f"_{k}"]) for k in KEY])
+    return (valid.join(cached, valid["item_id"] == cached["_item_id"], "inner").withColumn(FRESH, fresh)
+            .drop("_item_id", *[f"_{k}" for k in KEY]))
 
 
-__all__ = ["refresh", "current", "CacheStats", "TABLE"]
+def check_current(outputs: DataFrame, n_valid: int) -> None:
+    """One cached row per valid item, every one with the item's key: else the cache lost or kept something."""
+    row = outputs.agg(F.count(F.lit(1)).alias("n"), F.sum(F.when(F.col(FRESH), 0).otherwise(1)).alias("stale")).first()
+    if row["n"] != n_valid or (row["stale"] or 0):
+        raise AssertionError(f"model cache: {n_valid} valid items but {row['n']} cached outputs, {row['stale'] or 0} of them "
+                             "for other content than the item's")
+
+
+__all__ = ["refresh", "current", "check_current", "CacheStats", "TABLE", "KEY", "FRESH"]

@@ -30,7 +30,7 @@ Rows in = rows scored + rows quarantined, for items and for candidates.
 from __future__ import annotations
 
 import datetime as dt
-import sys
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -44,10 +44,14 @@ from camenn.config import AppConfig, ThresholdConfig
 from pipeline import cvr_cache, feature_cache, history, model_cache, tables
 from udfs.predict import CVR_INPUT, CVR_SCHEMA, CVR_USERS_INPUT, PROJECTED_FIELDS, cvr_users_fn
 
+log = logging.getLogger(__name__)
+
 JOB = "score_catalog"
 INPUT_TABLES = ("items", "users", "events", "candidates")
 TEXT_SUSPECT, IMAGE_SUSPECT, BOTH_SUSPECT = "text suspect", "image suspect", "text and image suspect"
 FLAG_REASONS = (TEXT_SUSPECT, IMAGE_SUSPECT, BOTH_SUSPECT)
+# item_alignment.suspect_side, the typed column readers use; ``reason`` is its label for people
+SUSPECT_SIDES = {"text": TEXT_SUSPECT, "image": IMAGE_SUSPECT, "both": BOTH_SUSPECT}
 USER_FIELDS = ("age_band", "household", "zone")
 ARROW_BATCH = "spark.sql.execution.arrow.maxRecordsPerBatch"
 # Arrow rows of the grouped CVR input are users with their candidates (tens each): a user batch
@@ -92,7 +96,7 @@ class ScoreRun:
 
 
 def _say(message: str) -> None:
-    print(f"[score_catalog] {message}", file=sys.stderr, flush=True)
+    log.info(message)
 
 
 # ------------------------------------------------------------------------ preflight
@@ -124,7 +128,7 @@ def load_model(config: AppConfig):
 
 
 def alignment_flags(scores: DataFrame, thresholds: ThresholdConfig) -> DataFrame:
-    """scores (item_id, category, p_ita, p_tia, ...) + flag and reason."""
+    """scores (item_id, category, p_ita, p_tia, ...) + flag, suspect_side (text, image, both) and reason."""
     ita_abs, tia_abs = F.lit(float(thresholds.ita)), F.lit(float(thresholds.tia))
     if thresholds.mode == "absolute":
         scored = scores.withColumn("_ita_thr", ita_abs).withColumn("_tia_thr", tia_abs)
@@ -143,9 +147,10 @@ def alignment_flags(scores: DataFrame, thresholds: ThresholdConfig) -> DataFrame
     else:
         raise ValueError(f"unknown threshold mode {thresholds.mode!r}")
     low_ita, low_tia = F.col("p_ita") < F.col("_ita_thr"), F.col("p_tia") < F.col("_tia_thr")
-    reason = (F.when(low_ita & low_tia, F.lit(BOTH_SUSPECT)).when(low_ita, F.lit(TEXT_SUSPECT))
-              .when(low_tia, F.lit(IMAGE_SUSPECT)))
-    return scored.withColumn("reason", reason).withColumn("flag", reason.isNotNull()).drop("_ita_thr", "_tia_thr")
+    side = F.when(low_ita & low_tia, F.lit("both")).when(low_ita, F.lit("text")).when(low_tia, F.lit("image"))
+    reason = F.create_map(*[F.lit(x) for pair in SUSPECT_SIDES.items() for x in pair])[F.col("suspect_side")]
+    return (scored.withColumn("suspect_side", side).withColumn("reason", reason)
+            .withColumn("flag", F.col("suspect_side").isNotNull()).drop("_ita_thr", "_tia_thr"))
 
 
 def _not_finite(*cols: str):
@@ -166,7 +171,7 @@ def score_alignment(spark: SparkSession, config: AppConfig, model, outputs: Data
     flagged = alignment_flags(scores.where(~_not_finite("p_ita", "p_tia")), sc.thresholds).persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(flagged)
     rows = flagged.select(F.lit(run_date).alias("run_date"), "item_id", "merchant_id", "category", "p_ita", "p_tia",
-                          "flag", "reason", F.lit(model.version).alias("model_version"))
+                          "flag", "reason", F.lit(model.version).alias("model_version"), "suspect_side")
     spark.sparkContext.setJobDescription(f"alignment: write item_alignment ({run_date})")
     path = tables.replace_run_date(spark, config, "item_alignment", rows, run_date)
     by_reason = {r["reason"]: r["n"] for r in flagged.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()}
@@ -340,7 +345,7 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
     """One nightly run for ``run_date`` (default: the world's run date)."""
     run_date = run_date or config.world.run_date
     result = ScoreRun(run_id=uuid.uuid4().hex, run_date=run_date, model_version=None, status="running")
-    started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    started = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     t_start = time.perf_counter()
     previous_batch = spark.conf.get(ARROW_BATCH, None)
     update = None
@@ -382,9 +387,7 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
         _say(f"    {cache.scored} items through the model, {cache.reused} reused from the cache")
         outputs = model_cache.current(spark, config, model, valid).persist(StorageLevel.MEMORY_AND_DISK)
         persisted.append(outputs)
-        n_outputs = outputs.count()
-        if n_outputs != cache.valid:
-            raise AssertionError(f"model cache: {cache.valid} valid items but {n_outputs} current cached outputs")
+        model_cache.check_current(outputs, cache.valid)
 
         t = time.perf_counter()
         if {"ita", "tia"} <= set(model.tasks):
@@ -446,7 +449,7 @@ def _write_run(spark: SparkSession, config: AppConfig, result: ScoreRun, started
         details["error"] = error[:4000]
     row = tables.runs_row(spark, run_id=result.run_id, job=JOB, run_date=result.run_date,
                           model_version=result.model_version, started_at=started,
-                          finished_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), status=result.status,
+                          finished_at=dt.datetime.now(dt.UTC).replace(tzinfo=None), status=result.status,
                           counts=result.counts, timings=result.timings, details=details)
     try:
         tables.append_rows(spark, config, "runs", row)

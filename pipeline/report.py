@@ -1,7 +1,7 @@
 """Merchant data-quality reports: which listings' text and image disagree, and what to fix.
 
-Still one module (~800 lines: Spark orchestration, the pure logic, the HTML and the publishing);
-issue 18 plans it as a small package with Jinja templates as package files, not done yet.
+Still one module (~680 lines: Spark orchestration, the pure logic and the publishing; the
+pages are Jinja templates in pipeline/templates/). Issue 18 plans it as a small package.
 
     result = build_report(spark, config, run_date)    # ReportResult; result.index_path
 
@@ -50,8 +50,8 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -79,7 +79,7 @@ CSV_COLUMNS = ["rank", "item_id", "status", "first_flagged", "category", "title"
 
 # Columns of one flagged item as the Spark side hands it to the enrichment step.
 _PAGE_INPUT = ["merchant_id", "item_id", "category", "title", "description", "image", "p_ita", "p_tia",
-               "reason", "model_version", "content_hash", "first_flagged", "text_emb", "n_text_tokens", "image_emb"]
+               "suspect_side", "model_version", "content_hash", "first_flagged", "text_emb", "n_text_tokens", "image_emb"]
 
 
 def flag_columns() -> list[str]:
@@ -106,21 +106,16 @@ def merchant_slug(merchant_id: str) -> str:
     return f"{slug or 'merchant'}-{digest}"
 
 
-def side_of(reason: str | None, p_ita: float, p_tia: float, ita_threshold: float = 0.5,
+def side_of(suspect_side: str | None, p_ita: float, p_tia: float, ita_threshold: float = 0.5,
             tia_threshold: float = 0.5) -> str:
     """Which side of a flagged item looks wrong: "text" (low ITA), "image" (low TIA) or "both".
 
-    The scoring job's ``reason`` wins when it names the side(s) (e.g. "low_ita", "low ITA and
-    TIA", "text", "image", "both"); otherwise the probabilities against the thresholds decide,
-    and a flag neither threshold explains (per-category thresholds) goes to the lower one.
+    The scoring job's ``item_alignment.suspect_side`` decides; a row without it (written before
+    the column existed) is decided by the probabilities against the thresholds, and a flag
+    neither threshold explains (per-category thresholds) goes to the lower one.
     """
-    words = set(re.findall(r"[a-z]+", (reason or "").lower()))
-    text_bad = bool(words & {"ita", "text"})
-    image_bad = bool(words & {"tia", "image", "photo"})
-    if "both" in words or (text_bad and image_bad):
-        return "both"
-    if text_bad != image_bad:
-        return "text" if text_bad else "image"
+    if suspect_side in SIDES:
+        return suspect_side
     low_text, low_image = p_ita < ita_threshold, p_tia < tia_threshold
     if low_text and low_image:
         return "both"
@@ -328,148 +323,15 @@ def _within(base: str, path: str) -> str:
     return path
 
 
-# ----------------------------------------------------------------------------- HTML
-
-_STYLE = """
-:root { --ink:#1f2933; --muted:#616e7c; --line:#d9e2ec; --bad:#c62828; --warn:#e65100; --ok:#2e7d32; --new:#1565c0; }
-* { box-sizing: border-box; }
-body { font: 15px/1.45 "Segoe UI", Roboto, "Helvetica Neue", Arial, "Liberation Sans", "DejaVu Sans", sans-serif; color: var(--ink);
-       margin: 0; background: #f5f7fa; }
-header { background: #fff; border-bottom: 1px solid var(--line); padding: 18px 28px; }
-header h1 { margin: 0 0 4px; font-size: 22px; }
-header p { margin: 2px 0; color: var(--muted); }
-main { padding: 20px 28px 40px; max-width: 1200px; }
-a { color: #0b5cad; }
-.stats { display: flex; flex-wrap: wrap; gap: 12px; margin: 0 0 18px; }
-.stat { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px 16px; min-width: 130px; }
-.stat b { display: block; font-size: 22px; }
-.stat span { color: var(--muted); font-size: 13px; }
-table { border-collapse: collapse; width: 100%; background: #fff; border: 1px solid var(--line); }
-th, td { text-align: left; padding: 8px 10px; border-bottom: 1px solid var(--line); vertical-align: top; }
-th { background: #eef2f7; font-size: 13px; color: var(--muted); font-weight: 600; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-.item { display: grid; grid-template-columns: auto 1fr 250px; gap: 16px; background: #fff;
-        border: 1px solid var(--line); border-radius: 8px; padding: 14px; margin: 0 0 12px; }
-.thumb { border-radius: 6px; border: 1px solid var(--line); object-fit: contain; background: #fff; }
-.nothumb { display: flex; align-items: center; justify-content: center; text-align: center; color: var(--muted);
-           font-size: 12px; border: 1px dashed var(--line); border-radius: 6px; }
-.item h2 { font-size: 16px; margin: 0 0 4px; overflow-wrap: anywhere; }
-.desc { margin: 0 0 6px; color: #323f4b; overflow-wrap: anywhere; white-space: pre-line; }
-.meta { color: var(--muted); font-size: 13px; }
-.problem { margin: 8px 0 4px; font-weight: 600; }
-.problem.text, .problem.both { color: var(--bad); }
-.problem.image { color: var(--warn); }
-.suggestion { margin: 0; }
-.badge { display: inline-block; font-size: 12px; font-weight: 700; border-radius: 10px; padding: 1px 8px;
-         margin-right: 6px; vertical-align: 2px; }
-.badge.new { background: var(--new); color: #fff; }
-.badge.still { background: #e4e7eb; color: #3e4c59; }
-.scores { font-size: 13px; }
-.score { margin: 0 0 8px; }
-.bar { height: 8px; background: #e4e7eb; border-radius: 4px; overflow: hidden; margin-top: 3px; }
-.bar i { display: block; height: 100%; }
-.low { color: var(--bad); font-weight: 700; }
-.plot { max-width: 100%; background: #fff; border: 1px solid var(--line); border-radius: 8px; }
-.reasons { margin: 0 0 18px; }
-h2.section { font-size: 18px; margin: 26px 0 10px; }
-"""
-
-_BASE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
-<title>{% block title %}{% endblock %}</title>
-<style>{{ style }}</style>
-</head>
-<body>
-{% block body %}{% endblock %}
-</body>
-</html>
-"""
-
-_MERCHANT = """{% extends "base.html" %}
-{% block title %}Listings to check — {{ merchant_id }} — {{ run_date }}{% endblock %}
-{% block body %}
-<header>
-  <h1>Listings to check: <span id="merchant">{{ merchant_id }}</span></h1>
-  <p>Run of {{ run_date }} · {{ n_flagged }} flagged item{{ "" if n_flagged == 1 else "s" }}{% if n_flagged > rows|length %}
-     (the worst {{ rows|length }} shown here and in the CSV){% endif %}, {{ n_new }} new · model {{ model_version }}</p>
-  <p><a href="../index.html">All merchants</a> · <a href="{{ csv_name }}" download>Download as CSV</a></p>
-</header>
-<main>
-<p class="meta">The model checks whether each listing's photo and text describe the same product.
-ITA: how well the text fits the photo (low = the text looks wrong); TIA: how well the photo fits the text
-(low = the photo looks wrong). Worst first.</p>
-{% for row in rows %}
-<article class="item" id="item-{{ loop.index }}" data-item-id="{{ row.item_id }}" data-rank="{{ row.rank }}">
-  {% if row.thumb %}<img class="thumb" src="{{ row.thumb }}" width="{{ px }}" height="{{ px }}" alt="photo of {{ row.title }}">
-  {% else %}<div class="nothumb" style="width:{{ px }}px;height:{{ px }}px">photo could not be read</div>{% endif %}
-  <div>
-    <h2><span class="badge {{ 'new' if row.is_new else 'still' }}">{{ "NEW" if row.is_new else "still flagged" }}</span><span class="title">{{ row.title }}</span></h2>
-    <p class="desc">{{ row.description }}</p>
-    <div class="meta">#{{ row.rank }} · item {{ row.item_id }} · category {{ row.category or "(none)" }} ·
-      {% if row.is_new %}flagged for the first time{% else %}flagged since {{ row.first_flagged }}{% endif %}</div>
-    <p class="problem {{ row.side }}">{{ row.problem }}</p>
-    <p class="suggestion">{{ row.suggestion }}</p>
-  </div>
-  <div class="scores">
-    {% for name, label, p in [("ita", "ITA — text fits photo", row.p_ita), ("tia", "TIA — photo fits text", row.p_tia)] %}
-    <div class="score">{{ label }}: <span class="{{ 'low' if p < 0.5 else '' }}">{{ "%.2f"|format(p) }}</span>
-      <div class="bar"><i style="width:{{ (p * 100)|round(1) }}%;background:{{ '#c62828' if p < 0.5 else '#2e7d32' }}"></i></div></div>
-    {% endfor %}
-    <div class="meta">{{ side_label[row.side] }}{% if row.suggested_category %} · suggested category: <b>{{ row.suggested_category }}</b>{% endif %}</div>
-  </div>
-</article>
-{% endfor %}
-</main>
-{% endblock %}
-"""
-
-_INDEX = """{% extends "base.html" %}
-{% block title %}Listing quality — {{ run_date }}{% endblock %}
-{% block body %}
-<header>
-  <h1>Listing quality report</h1>
-  <p>Run of {{ run_date }} · model {{ model_versions|join(", ") }} · generated {{ generated }}</p>
-</header>
-<main>
-<div class="stats">
-  <div class="stat"><b>{{ "{:,}".format(totals.n_items) }}</b><span>items scored</span></div>
-  <div class="stat"><b>{{ "{:,}".format(totals.flagged) }}</b><span>flagged ({{ "%.1f"|format(100 * totals.rate) }}%)</span></div>
-  <div class="stat"><b>{{ "{:,}".format(totals.new) }}</b><span>new since the last run</span></div>
-  <div class="stat"><b>{{ "{:,}".format(merchants|length) }}</b><span>merchants with flags</span></div>
-</div>
-<h2 class="section">Why items were flagged</h2>
-<table class="reasons" id="reasons">
-  <tr><th>reason</th><th class="num">items</th></tr>
-  {% for r in reasons %}<tr><td>{{ r.label }}</td><td class="num">{{ r.n }}</td></tr>{% endfor %}
-</table>
-<h2 class="section">Merchants, highest flag rate first</h2>
-<table id="merchants">
-  <tr><th class="num">#</th><th>merchant</th><th class="num">items</th><th class="num">flagged</th><th class="num">flag rate</th>
-      <th class="num">new</th><th class="num">text</th><th class="num">photo</th><th class="num">both</th><th>CSV</th></tr>
-  {% for m in merchants %}
-  <tr><td class="num">{{ loop.index }}</td><td><a href="{{ m.page }}">{{ m.merchant_id }}</a></td>
-      <td class="num">{{ m.n_items }}</td><td class="num">{{ m.n_flagged }}</td><td class="num">{{ "%.1f"|format(100 * m.rate) }}%</td>
-      <td class="num">{{ m.n_new }}</td><td class="num">{{ m.n_text }}</td><td class="num">{{ m.n_image }}</td><td class="num">{{ m.n_both }}</td>
-      <td><a href="{{ m.csv }}" download>CSV</a></td></tr>
-  {% endfor %}
-</table>
-{% if n_clean_merchants %}<p class="meta">{{ n_clean_merchants }} more merchant{{ "" if n_clean_merchants == 1 else "s" }} with no flagged items.</p>{% endif %}
-<h2 class="section">Flag rate by category</h2>
-{% if plot %}<img class="plot" id="plot" src="{{ plot }}" alt="flag rate by category">{% else %}<p>No categories.</p>{% endif %}
-</main>
-{% endblock %}
-"""
-
+# ----------------------------------------------------------------------------- HTML (pipeline/templates/)
 
 @functools.lru_cache(maxsize=1)
 def _jinja():
-    from jinja2 import DictLoader, Environment, StrictUndefined
+    from jinja2 import Environment, PackageLoader, StrictUndefined
 
-    return Environment(loader=DictLoader({"base.html": _BASE, "merchant.html": _MERCHANT, "index.html": _INDEX}),
+    # pipeline/templates/: base.html (with style.css inlined: the pages work offline, one file each),
+    # merchant.html, index.html; autoescaped, as merchant text is untrusted
+    return Environment(loader=PackageLoader("pipeline", "templates"),
                        autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
@@ -493,7 +355,7 @@ class PageSettings:
 # group holds a few KB per item.
 _ENRICHED_SCHEMA = ("merchant_id string, item_id string, category string, title string, description string, "
                     "thumb string, text_category string, image_category string, p_ita double, p_tia double, "
-                    "reason string, model_version string, content_hash string, first_flagged date")
+                    "suspect_side string, model_version string, content_hash string, first_flagged date")
 _ENRICHED = [part.strip().split(" ")[0] for part in _ENRICHED_SCHEMA.split(",")]
 
 
@@ -527,7 +389,7 @@ def merchant_rows(pdf: pd.DataFrame, settings: PageSettings) -> pd.DataFrame:
     out = []
     for rec in pdf.to_dict("records"):
         p_ita, p_tia = float(rec["p_ita"]), float(rec["p_tia"])
-        side = side_of(_opt(rec.get("reason")), p_ita, p_tia, settings.ita_threshold, settings.tia_threshold)
+        side = side_of(_opt(rec.get("suspect_side")), p_ita, p_tia, settings.ita_threshold, settings.tia_threshold)
         category = _opt(rec.get("category"))
         text_cat, image_cat = _opt(rec.get("text_category")), _opt(rec.get("image_category"))
         suggested, suggestion = suggest(side, category, text_cat, image_cat)
@@ -562,7 +424,7 @@ def render_merchant_html(merchant_id: str, rows: pd.DataFrame, settings: PageSet
     records = rows.to_dict("records")
     versions = sorted({r["model_version"] for r in records if r.get("model_version")})
     html = _jinja().get_template("merchant.html").render(
-        style=_STYLE, merchant_id=merchant_id, run_date=settings.run_date.isoformat(), rows=records,
+        merchant_id=merchant_id, run_date=settings.run_date.isoformat(), rows=records,
         n_flagged=n_flagged if n_flagged is not None else len(records),
         n_new=n_new if n_new is not None else sum(1 for r in records if r["is_new"]), model_version=", ".join(versions) or "unknown",
         csv_name=csv_name, px=settings.thumbnail_px, side_label=SIDE_LABEL)
@@ -716,7 +578,7 @@ def build_report(spark: SparkSession, config: AppConfig, run_date: dt.date) -> R
     try:
         t1 = time.perf_counter()
         flagged = (alignment.where(F.col("flag"))
-                   .select("item_id", "merchant_id", "category", "p_ita", "p_tia", "reason", "model_version"))
+                   .select("item_id", "merchant_id", "category", "p_ita", "p_tia", "suspect_side", "model_version"))
         # only the flagged items' rows reach the de-duplication window (not the catalogue's images)
         items = (latest_items(spark, config, flagged.select("item_id"))
                  .select("item_id", "title", "description", "image", "content_hash"))
@@ -737,7 +599,7 @@ def build_report(spark: SparkSession, config: AppConfig, run_date: dt.date) -> R
         if plot is not None:
             _write_bytes(filesystem, f"{staging}/{PLOT}", plot)
         html = _jinja().get_template("index.html").render(
-            style=_STYLE, run_date=run_date.isoformat(), generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            run_date=run_date.isoformat(), generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             plot=("data:image/png;base64," + base64.b64encode(plot).decode("ascii")) if plot else None, **index)
         _write_bytes(filesystem, f"{staging}/{INDEX}", html.encode("utf-8"))
         _publish(filesystem, staging, final)
@@ -807,5 +669,5 @@ def record_run(spark: SparkSession, config: AppConfig, result: ReportResult | No
     details = {"folder": result.folder, "index": result.index_path} if result else {"error": error}
     tables.append_rows(spark, config, "runs", tables.runs_row(
         spark, run_id=run_id, job=JOB, run_date=run_date, model_version=None, started_at=started_at,
-        finished_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), status=status, counts=counts,
+        finished_at=dt.datetime.now(dt.UTC).replace(tzinfo=None), status=status, counts=counts,
         timings=result.timings if result else {}, details=details))

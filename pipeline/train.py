@@ -20,15 +20,17 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from camenn.config import AppConfig, project_root
 from pipeline.training_data import TrainingData, prepare_training_data
+
+log = logging.getLogger(__name__)
 
 # The comparison of the paper's ablations: name -> model settings overriding config.model.
 VARIANTS: dict[str, dict] = {
@@ -101,11 +103,6 @@ def run_spec(spark, config: AppConfig, spec: dict) -> dict:
         return train_fn(spec)
     from pyspark.ml.torch.distributor import TorchDistributor
 
-    # torchrun's workers import camenn from the project, wherever the job was started
-    root = str(project_root())
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if root not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([root, *paths])
     distributor = TorchDistributor(num_processes=n, local_mode=True, use_gpu=config.training.use_gpu)
     return distributor.run(train_fn, spec)
 
@@ -166,7 +163,7 @@ def run_training(spark, config: AppConfig, *, run_date: dt.date | None = None, i
             return TrainResult(str(art.path), art.version, art.metadata.get("metrics", {}), skipped=True)
     t0 = time.perf_counter()
     run_date = run_date or dt.date.today()
-    started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    started = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     data = None
     try:
         data = prepare_training_data(spark, config, run_date)
@@ -195,20 +192,20 @@ def _record_run(spark, config: AppConfig, run_date: dt.date, started: dt.datetim
     if error:
         details["error"] = error[:4000]
     row = tables.runs_row(spark, run_id=os.urandom(16).hex(), job="train", run_date=run_date, model_version=model_version,
-                          started_at=started, finished_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
+                          started_at=started, finished_at=dt.datetime.now(dt.UTC).replace(tzinfo=None),
                           status=status, counts=counts, timings=seconds, details=details)
     try:
         tables.append_rows(spark, config, "runs", row)
     except Exception as exc:  # noqa: BLE001 - never hide the run's own error behind the bookkeeping's
         if error is None:
             raise
-        print(f"[train] could not record the failed run in `runs`: {exc}", file=sys.stderr)
+        log.error(f"could not record the failed run in `runs`: {exc}")
 
 
 # ------------------------------------------------------------------------------ evaluate
 
 
-def bayes_auc(spark, config: AppConfig, data: TrainingData) -> dict | None:
+def bayes_auc_on_test_split(spark, config: AppConfig, data: TrainingData) -> dict | None:
     """AUC of the world's true buy probability (truth_impressions.p_buy) on the same test rows; None without truth."""
     from pyspark.sql import functions as F
 
@@ -237,8 +234,8 @@ def bayes_auc(spark, config: AppConfig, data: TrainingData) -> dict | None:
 
 
 def _world_tags() -> dict[str, str]:
-    """Column name -> regex of the synthetic world's tag sentences (camenn.world.TAG_SENTENCES)."""
-    from camenn.world import TAG_SENTENCES as t
+    """Column name -> regex of the synthetic world's tag sentences (synthetic.TAG_SENTENCES)."""
+    from synthetic import TAG_SENTENCES as t
 
     return {"tag_bestseller": re.escape(t["bestseller"]), "tag_local": re.escape(t["local"]),
             "tag_organic": f"{re.escape(t['organic'])}|{re.escape(t['eco'])}"}
@@ -276,8 +273,8 @@ def inputs_ceiling(spark, config: AppConfig, data: TrainingData) -> dict | None:
     cap = config.training.ceiling_sample_rows
     if n > cap:
         frame = frame.sample(fraction=min(1.0, 1.05 * cap / n), seed=config.training.split.seed).limit(cap)
-    print(f"[evaluate] inputs ceiling: logistic regression on {min(n, cap)} of {n} examples "
-          f"(training.ceiling_sample_rows={cap})", file=sys.stderr, flush=True)
+    log.info(f"evaluate: inputs ceiling: logistic regression on {min(n, cap)} of {n} examples "
+             f"(training.ceiling_sample_rows={cap})")
     return logistic_ceiling(frame.toPandas(), seed=config.training.split.seed)
 
 
@@ -292,8 +289,8 @@ def run_evaluation(spark, config: AppConfig, *, out_dir: str | None = None, vari
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data = prepare_training_data(spark, config, run_date)
-    print(f"[evaluate] data ready in {time.perf_counter() - t0:.0f}s: training_examples v{data.versions['training_examples']} "
-          f"({data.source}) {data.counts}", file=sys.stderr, flush=True)
+    log.info(f"evaluate: data ready in {time.perf_counter() - t0:.0f}s: training_examples "
+             f"v{data.versions['training_examples']} ({data.source}) {data.counts}")
     names = variants or list(VARIANTS)
     results: dict[str, list[dict]] = {name: [] for name in names}
     artifacts: dict[str, str] = {}
@@ -306,14 +303,14 @@ def run_evaluation(spark, config: AppConfig, *, out_dir: str | None = None, vari
             spec["metadata"]["variant"] = name
             run = finished_run(spec)
             if run is None:
-                print(f"[evaluate] {name}, seed {seed}", file=sys.stderr, flush=True)
+                log.info(f"evaluate: {name}, seed {seed}")
                 run = run_spec(spark, config, spec)
             else:
-                print(f"[evaluate] {name}, seed {seed}: reusing the model in {spec['artifact_dir']}", file=sys.stderr, flush=True)
+                log.info(f"evaluate: {name}, seed {seed}: reusing the model in {spec['artifact_dir']}")
             results[name].append({"seed": seed, **run["metrics"], "history": run["history"]})
             artifacts.setdefault(name, spec["artifact_dir"])
             _dump(run_dir / "metrics.json", {"partial": True, "runs": results})
-    bayes = bayes_auc(spark, config, data)
+    bayes = bayes_auc_on_test_split(spark, config, data)
     ceiling = inputs_ceiling(spark, config, data)
     table = ev.comparison(results, bayes["bayes_auc"] if bayes else None)
     chart = ev.comparison_chart(results, run_dir / "comparison.png", bayes["bayes_auc"] if bayes else None,
@@ -322,7 +319,8 @@ def run_evaluation(spark, config: AppConfig, *, out_dir: str | None = None, vari
 
     metrics: dict = {"config": config.name, "config_source": config.source, "created": stamp,
                      "table_versions": data.versions, "examples_source": data.source, "example_counts": data.counts,
-                     "seeds": list(config.training.seeds), "bayes": bayes, "inputs_ceiling": ceiling, "comparison": table, "comparison_chart": chart, "learning_curves_chart": curves, "runs": results,
+                     "seeds": list(config.training.seeds), "bayes": bayes, "inputs_ceiling": ceiling, "comparison": table,
+                     "comparison_chart": chart, "learning_curves_chart": curves, "runs": results,
                      "artifacts": artifacts}
 
     # mislabel detection and heat maps, from the first seed's models
@@ -396,4 +394,4 @@ def _json_default(o):
 
 
 __all__ = ["VARIANTS", "config_hash", "make_spec", "run_spec", "run_training", "run_evaluation", "TrainResult",
-           "current_artifact", "finished_run", "bayes_auc", "inputs_ceiling"]
+           "current_artifact", "finished_run", "bayes_auc_on_test_split", "inputs_ceiling"]

@@ -1,4 +1,4 @@
-"""Write the synthetic world (camenn.world) as Delta tables, generated on the executors.
+"""Write the synthetic world (the ``synthetic`` package) as Delta tables, generated on the executors.
 
 Each table is ``spark.range(n, numPartitions=world.partitions).mapInPandas(...)``: a worker
 turns a batch of row indices into rows with the pure generator, so nothing is generated on or
@@ -21,8 +21,9 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from camenn import world as W
+import synthetic as W
 from camenn.config import AppConfig, WorldConfig
+from camenn.metrics import auc_from_counts
 from pipeline import tables
 
 WORLD_TABLES = ("items", "truth_items", "users", "events", "impressions", "truth_impressions", "candidates")
@@ -89,7 +90,7 @@ def _rows_written(spark: SparkSession, path: str) -> int | None:
 @functools.cache
 def _generator_digest() -> str:
     code = hashlib.sha256()
-    for module in (W.__file__, __file__):
+    for module in (*sorted(Path(W.__file__).parent.glob("*.py")), __file__):   # every module of the generator
         code.update(Path(module).read_bytes())
     return code.hexdigest()[:16]
 
@@ -154,7 +155,7 @@ def bayes_auc(spark: SparkSession, config: AppConfig, bins: int = 100_000) -> fl
               .orderBy("bin").collect())
     if not counts:
         return float("nan")
-    return W.auc_from_counts([r["pos"] for r in counts], [r["neg"] for r in counts])
+    return auc_from_counts([r["pos"] for r in counts], [r["neg"] for r in counts])
 
 
 def world_summary(spark: SparkSession, config: AppConfig) -> dict:

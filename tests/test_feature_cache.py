@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import jpeg_with_shapes, tiny_config
 from pyspark.sql import functions as F
 
-from conftest import jpeg_with_shapes, tiny_config
 from pipeline import feature_cache, tables
 
 RUN = dt.date(2026, 11, 24)

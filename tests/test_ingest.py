@@ -10,10 +10,10 @@ import os
 import pandas as pd
 import pytest
 from chispa import assert_df_equality
+from conftest import tiny_config
 from PIL import Image
 from pyspark.sql import functions as F
 
-from conftest import tiny_config
 from pipeline import ingest, tables
 
 RUN = dt.date(2026, 11, 24)
@@ -194,7 +194,7 @@ def test_parquet_export_events_and_merge_rerun(spark, tmp_path):
 
 
 def test_unknown_mapped_column_is_one_line_before_any_write(spark, export, capsys):
-    from jobs.ingest_catalog import main
+    from pipeline.jobs.ingest_catalog import main
 
     config, cfg, root, _ = export
     conf = root / "conf.yaml"

@@ -642,7 +642,7 @@ def test_training_drives_all_three_losses_down():
     before = held_out_losses()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.95, 0.999), weight_decay=1e-4)
     start = time.perf_counter()
-    for step in range(80):
+    for _ in range(80):
         batch, y, m = world.cvr_batch(64)
         loss_cvr, _ = multitask_loss(model(batch), y, m)
         batch, y, m = world.alignment_batch(4)

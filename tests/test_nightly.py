@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pyspark.sql import functions as F
-
 from conftest import tiny_config
-from pipeline import feature_cache, nightly, tables
+from pyspark.sql import functions as F
 from test_feature_cache import POISON_REASONS, clean_items, poison_items, write_items
+
+from pipeline import feature_cache, nightly, tables
 
 RUN = dt.date(2026, 11, 24)
 BEFORE = RUN - dt.timedelta(days=1)
@@ -276,9 +277,13 @@ def test_alignment_flags_absolute_and_per_category_quantile(spark):
     rows += [("t1", "m2", "tea", 0.3, 0.9), ("t2", "m2", "tea", 0.9, 0.2), ("n1", "m2", None, 0.1, 0.1)]
     scores = spark.createDataFrame(rows, "item_id string, merchant_id string, category string, p_ita double, p_tia double")
 
-    absolute = {r.item_id: r.reason for r in nightly.alignment_flags(scores, ThresholdConfig(ita=0.5, tia=0.5)).collect()}
+    flags = nightly.alignment_flags(scores, ThresholdConfig(ita=0.5, tia=0.5)).collect()
+    absolute = {r.item_id: r.reason for r in flags}
     assert absolute["t1"] == "text suspect" and absolute["t2"] == "image suspect" and absolute["n1"] == "text and image suspect"
     assert absolute["f60"] == "image suspect" and absolute["f40"] == "text suspect" and absolute["f50"] is None
+    side = {r.item_id: r.suspect_side for r in flags}   # the typed column the report reads
+    assert (side["t1"], side["t2"], side["n1"], side["f50"]) == ("text", "image", "both", None)
+    assert all(r.flag == (r.suspect_side is not None) for r in flags)
 
     quantile = ThresholdConfig(mode="category_quantile", quantile=0.05, min_category_items=50, ita=0.5, tia=0.5)
     got = {r.item_id: (r.flag, r.reason) for r in nightly.alignment_flags(scores, quantile).collect()}
@@ -397,6 +402,27 @@ def test_training_and_nightly_build_the_same_inputs(spark, world, first_run):
         assert torch.equal(a.feats, b.feats)
 
 
+def test_the_model_cache_check_catches_a_cached_row_of_other_content(spark, world, first_run):
+    from camenn.predictor import Predictor
+    from pipeline import model_cache
+
+    config, _ = world
+    model = Predictor.load(config.model_dir)
+    valid = feature_cache.valid_items(spark, config).select("item_id", "merchant_id", "category", "price", "content_hash")
+    outputs = model_cache.current(spark, config, model, valid)
+    model_cache.check_current(outputs, N_CLEAN)
+    # the CVR input joins these rows on item_id: partitioned by item_id alone, they are not shuffled again
+    plan = outputs._jdf.queryExecution().executedPlan().toString()
+    keys = re.findall(r"hashpartitioning\((.*?), \d+\)", plan)
+    assert keys and all(k.startswith("item_id#") and "," not in k for k in keys), keys
+    with pytest.raises(AssertionError, match="1 of them for other content"):
+        edited = valid.withColumn("content_hash", F.when(F.col("item_id") == "i003", F.lit("0" * 64))
+                                  .otherwise(F.col("content_hash")))
+        model_cache.check_current(model_cache.current(spark, config, model, edited), N_CLEAN)
+    with pytest.raises(AssertionError, match="20 valid items but 19 cached outputs"):
+        model_cache.check_current(model_cache.current(spark, config, model, valid.where("item_id != 'i004'")), N_CLEAN)
+
+
 def test_rerun_same_date_other_batching_replaces_rows(spark, world, first_run):
     config, version = world
     # Arrow batches of 8 rows, model batches of 4: the numbers must not move
@@ -431,12 +457,12 @@ def test_backfill_leaves_the_newer_date_alone(spark, world, first_run):
 
 def test_constraints_reject_bad_rows_without_a_commit(spark, world, first_run):
     config, version = world
-    good = (RUN, "i000", "m0", "fruit", 0.5, 0.5, False, None, version)
+    good = (RUN, "i000", "m0", "fruit", 0.5, 0.5, False, None, version, None)
     schema = "run_date date, item_id string, merchant_id string, category string, p_ita double, p_tia double, " \
-             "flag boolean, reason string, model_version string"
+             "flag boolean, reason string, model_version string, suspect_side string"
     before = tables.table_version(spark, config, "item_alignment")
     rows_before = tables.read_table(spark, config, "item_alignment").count()
-    for bad in [good[:4] + (1.5,) + good[5:], (RUN, None) + good[2:]]:
+    for bad in [good[:4] + (1.5,) + good[5:], (RUN, None) + good[2:], good[:9] + ("left",)]:
         with pytest.raises(Exception, match="(?i)constraint|null"):
             tables.replace_run_date(spark, config, "item_alignment", spark.createDataFrame([good, bad], schema), RUN)
         assert tables.table_version(spark, config, "item_alignment") == before
@@ -560,7 +586,7 @@ DEFECT_OVERRIDES = ("scoring.thresholds.mode=category_quantile", "scoring.thresh
 
 @pytest.fixture(scope="session")
 def trained_world(spark, tmp_path_factory):
-    """The generated tiny world (camenn.world), a model trained on it (pipeline.train) and one scoring run."""
+    """The generated tiny world (synthetic), a model trained on it (pipeline.train) and one scoring run."""
     from pipeline.train import run_training
     from pipeline.world import write_world as write_generated_world
 

@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
-
 from conftest import TINY_CONF
+from nbclient import NotebookClient
 from test_report import CATEGORIES, D1, IMAGE_DIM, SCRIPT_TITLE, TEXT_DIM, XSS_MERCHANT, shared_report
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "explore_run.ipynb"

@@ -11,11 +11,11 @@ import math
 
 import pytest
 import torch
+from test_model import random_batch, tiny_config
 
 from camenn.losses import make_alignment_examples
 from camenn.model import CameNNBatch, create_model_from_config
 from camenn.training import _MixedStep, lr_schedule, train_step, training_autocast_dtype
-from test_model import random_batch, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

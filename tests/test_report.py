@@ -14,14 +14,15 @@ import datetime as dt
 import html
 import io
 import re
-from dataclasses import dataclass, replace
+import shutil
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_CONF, tiny_config
 from PIL import Image, ImageDraw
 
-from conftest import TINY_CONF, tiny_config
 from pipeline import report, tables
 
 D1 = dt.date(2026, 11, 24)
@@ -46,7 +47,7 @@ class Item:
     p_ita: float = 0.93
     p_tia: float = 0.91
     flag: bool = False
-    reason: str | None = None
+    side: str | None = None    # item_alignment.suspect_side
     title: str | None = None
     description: str | None = None
 
@@ -80,19 +81,19 @@ def base_items() -> list[Item]:
              for m, merchant in enumerate(["m-clean", "Shop A"]) for cat in CATEGORIES for k in range(2)]
     flagged = [
         # text swapped in: listed fruit, photo fruit, text reads dairy -> text looks wrong, suggest fruit
-        Item("t1", TAG_MERCHANT, "fruit", "dairy", "fruit", p_ita=0.08, p_tia=0.71, flag=True, reason="low_ita",
+        Item("t1", TAG_MERCHANT, "fruit", "dairy", "fruit", p_ita=0.08, p_tia=0.71, flag=True, side="text",
              title="Fresh whole milk 1 l", description="Creamy milk from local farms"),
         # photo swapped in: listed bakery, text bakery, photo drinks -> photo looks wrong, suggest bakery
-        Item("t2", TAG_MERCHANT, "bakery", "bakery", "drinks", p_ita=0.77, p_tia=0.12, flag=True, reason="low_tia",
+        Item("t2", TAG_MERCHANT, "bakery", "bakery", "drinks", p_ita=0.77, p_tia=0.12, flag=True, side="image",
              title="Sourdough loaf", description="Baked this morning"),
         # wrong category: text and photo both dairy, listed drinks -> both, suggest dairy
-        Item("t3", TAG_MERCHANT, "drinks", "dairy", "dairy", p_ita=0.31, p_tia=0.36, flag=True, reason=None,
+        Item("t3", TAG_MERCHANT, "drinks", "dairy", "dairy", p_ita=0.31, p_tia=0.36, flag=True, side=None,
              title="Greek yoghurt", description="Thick and creamy"),
-        Item("x1", XSS_MERCHANT, "fruit", "drinks", "fruit", p_ita=0.2, p_tia=0.6, flag=True, reason="low_ita",
+        Item("x1", XSS_MERCHANT, "fruit", "drinks", "fruit", p_ita=0.2, p_tia=0.6, flag=True, side="text",
              title=SCRIPT_TITLE, description=HOSTILE_DESCRIPTION),
-        Item("x2", XSS_MERCHANT, "dairy", "dairy", "bakery", p_ita=0.45, p_tia=0.3, flag=True, reason="low_tia",
+        Item("x2", XSS_MERCHANT, "dairy", "dairy", "bakery", p_ita=0.45, p_tia=0.3, flag=True, side="image",
              title=FORMULA_TITLE, description="-1 + 2"),
-        Item("a1", "Shop A", "drinks", "fruit", "drinks", p_ita=0.15, p_tia=0.8, flag=True, reason="low_ita",
+        Item("a1", "Shop A", "drinks", "fruit", "drinks", p_ita=0.15, p_tia=0.8, flag=True, side="text",
              title="Orange juice", description="Apples, freshly picked"),
     ]
     return clean + flagged
@@ -111,22 +112,21 @@ def write_world(spark, config, items: list[Item], run_date: dt.date, *, write_it
         feats = [(it.item_id, f"h-{it.item_id}", fingerprint, *blobs(it, n_patches, i), T0) for i, it in enumerate(items)]
         tables.overwrite_table(spark, config, "item_features",
                                spark.createDataFrame(feats, tables.schema_of(spark, "item_features")))
-    align = [(run_date, it.item_id, it.merchant_id, it.category, it.p_ita, it.p_tia, it.flag, it.reason, model_version)
-             for it in items]
+    from pipeline.nightly import SUSPECT_SIDES
+
+    align = [(run_date, it.item_id, it.merchant_id, it.category, it.p_ita, it.p_tia, it.flag, SUSPECT_SIDES.get(it.side),
+              model_version, it.side) for it in items]
     tables.replace_run_date(spark, config, "item_alignment",
                             spark.createDataFrame(align, tables.schema_of(spark, "item_alignment")), run_date)
 
 
 def run_job(config_root: Path, run_date: dt.date) -> list[str]:
-    """jobs/quality_report.py main() in this process (the suite's Spark session); its stdout lines."""
-    import importlib.util
+    """The camenn-report job's main() in this process (the suite's Spark session); its stdout lines."""
+    from pipeline.jobs.quality_report import main
 
-    spec = importlib.util.spec_from_file_location("quality_report_job", Path(report.__file__).parent.parent / "jobs" / "quality_report.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        status = job.main(["--conf", str(TINY_CONF), "--run-date", run_date.isoformat(),
+        status = main(["--conf", str(TINY_CONF), "--run-date", run_date.isoformat(),
                            "--set", f"data.root={config_root / 'tables'}",
                            "--set", f"report.out_dir={config_root / 'reports'}"])
     assert status == 0, out.getvalue()
@@ -193,18 +193,15 @@ def test_merchant_slug_is_a_safe_file_name():
     assert report.merchant_slug("Shop A") == names["Shop A"], "stable"
 
 
-def test_side_of_reads_the_reason_then_the_probabilities():
-    assert report.side_of("low_ita", 0.9, 0.9) == "text"
-    assert report.side_of("low TIA", 0.9, 0.9) == "image"
-    assert report.side_of("low_ita,low_tia", 0.9, 0.9) == "both"
+def test_side_of_reads_the_suspect_side_then_the_probabilities():
+    assert report.side_of("text", 0.9, 0.9) == "text"
+    assert report.side_of("image", 0.9, 0.9) == "image"
+    assert report.side_of("both", 0.9, 0.9) == "both"
+    # a row written before item_alignment had suspect_side: the probabilities decide
     assert report.side_of(None, 0.2, 0.8) == "text"
     assert report.side_of(None, 0.8, 0.2) == "image"
     assert report.side_of(None, 0.2, 0.3) == "both"
-    assert report.side_of("category quantile", 0.6, 0.7) == "text"   # neither threshold: the lower one
-    # the scoring job's reasons (pipeline.nightly.FLAG_REASONS)
-    assert report.side_of("text suspect", 0.9, 0.9) == "text"
-    assert report.side_of("image suspect", 0.9, 0.9) == "image"
-    assert report.side_of("text and image suspect", 0.9, 0.9) == "both"
+    assert report.side_of(None, 0.6, 0.7) == "text"   # neither threshold (a per-category flag): the lower one
 
 
 def test_suggest_names_the_agreed_category_or_trusts_the_right_side():
@@ -233,7 +230,7 @@ def test_merchant_page_shows_the_worst_items_up_to_the_cap(tmp_path):
     thumb = report.thumbnail_data_uri(jpeg("fruit", 1), 64)
     pdf = pd.DataFrame([{"merchant_id": "m/1", "item_id": f"i{k}", "category": "fruit", "title": f"<i>{k}</i>",
                          "description": "d", "thumb": thumb, "text_category": "fruit", "image_category": "fruit",
-                         "p_ita": p, "p_tia": 0.9, "reason": "text suspect", "model_version": "v",
+                         "p_ita": p, "p_tia": 0.9, "suspect_side": "text", "model_version": "v",
                          "content_hash": "h", "first_flagged": D1 if k else D1 - dt.timedelta(days=3)}
                         for k, p in enumerate([0.4, 0.1, 0.3, 0.2])])
     columns = report.flag_columns()
@@ -278,7 +275,8 @@ def test_quality_flags_rows(spark, built):
     assert (t3["side"], t3["suggested_category"]) == ("both", "dairy")
     assert "listed under “drinks”" in t3["suggestion"]
     assert all(r["is_new"] and r["first_flagged"] == D1 for r in rows.values())
-    assert [r["item_id"] for r in sorted((r for r in rows.values() if r["merchant_id"] == TAG_MERCHANT), key=lambda r: r["rank"])] == ["t1", "t2", "t3"]
+    tagged = sorted((r for r in rows.values() if r["merchant_id"] == TAG_MERCHANT), key=lambda r: r["rank"])
+    assert [r["item_id"] for r in tagged] == ["t1", "t2", "t3"]
     assert rows["x1"]["title"] == SCRIPT_TITLE, "the table keeps the text as typed; escaping is the page's job"
     runs = tables.read_table(spark, built.config, "runs").where("job = 'quality_report'").collect()
     assert [r["status"] for r in runs] == ["ok"] and runs[0]["counts"]["flagged"] == 6
@@ -328,9 +326,9 @@ def test_merchant_text_is_escaped_everywhere(built):
 def test_flagged_again_with_the_same_content_is_not_new(spark, tmp_path):
     config = tiny_config(tmp_path)
     d2, d3 = D1 + dt.timedelta(days=1), D1 + dt.timedelta(days=2)
-    a = Item("A", "m1", "fruit", "dairy", "fruit", p_ita=0.1, p_tia=0.8, flag=True, reason="low_ita")
-    b = Item("B", "m1", "bakery", "bakery", "drinks", p_ita=0.8, p_tia=0.2, flag=True, reason="low_tia", title="Rye bread")
-    c = Item("C", "m2", "dairy", "fruit", "dairy", p_ita=0.3, p_tia=0.7, flag=True, reason="low_ita")
+    a = Item("A", "m1", "fruit", "dairy", "fruit", p_ita=0.1, p_tia=0.8, flag=True, side="text")
+    b = Item("B", "m1", "bakery", "bakery", "drinks", p_ita=0.8, p_tia=0.2, flag=True, side="image", title="Rye bread")
+    c = Item("C", "m2", "dairy", "fruit", "dairy", p_ita=0.3, p_tia=0.7, flag=True, side="text")
     ok = [Item(f"ok{i}", "m2", cat, cat, cat) for i, cat in enumerate(CATEGORIES)]
 
     def flags(run_date):
@@ -366,7 +364,8 @@ def test_flagged_again_with_the_same_content_is_not_new(spark, tmp_path):
     quiet = report.build_report(spark, config, d4)
     assert (quiet.n_flagged, quiet.n_merchants, flags(d4)) == (0, 0, {})
     assert list((Path(quiet.folder) / "merchants").iterdir()) == []
-    assert "7 more merchants" not in Path(quiet.index_path).read_text() and "2 more merchants with no flagged items" in Path(quiet.index_path).read_text()
+    index = Path(quiet.index_path).read_text()
+    assert "7 more merchants" not in index and "2 more merchants with no flagged items" in index
 
     # a rerun of day 2 replaces its rows (one per item) and its folder, and reads only earlier runs
     report.build_report(spark, config, d2)
@@ -383,40 +382,76 @@ def test_no_scoring_output_is_a_clear_error(spark, built):
 # ----------------------------------------------------------------------------- in a real browser
 
 
-def test_pages_in_headless_chromium(built, tmp_path):
-    from browser import Browser, BrowserMissing
+def system_chromium() -> str:
+    """Debian's Chromium (``make browser``); Playwright drives it, and downloads no browser of its own."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("no system Chromium on PATH: `make browser` installs Debian's package")   # never skip
+    return path
 
+
+@dataclass
+class PageVisit:
+    """What a page did while it loaded: console errors (CSP violations too), dialogs, requests."""
+    errors: list = field(default_factory=list)
+    dialogs: list = field(default_factory=list)
+    requests: list = field(default_factory=list)
+
+
+def visit(page, url: str) -> PageVisit:
+    seen = PageVisit()
+    handlers = {"console": lambda m: seen.errors.append(m.text) if m.type == "error" else None,
+                "pageerror": lambda e: seen.errors.append(str(e)),
+                "dialog": lambda d: (seen.dialogs.append(d.message), d.dismiss()),
+                "request": lambda r: seen.requests.append(r.url)}
+    for event, handler in handlers.items():
+        page.on(event, handler)
     try:
-        launched = Browser.launch(tmp_path / "chromium-profile")
-    except BrowserMissing as missing:
-        pytest.fail(str(missing))      # never skip: the pages must be seen by a browser
-    page, _ = merchant_files(built, XSS_MERCHANT)
+        page.goto(url, wait_until="load")
+        page.wait_for_timeout(300)   # late console messages and dialogs
+    finally:
+        for event, handler in handlers.items():
+            page.remove_listener(event, handler)
+    return seen
+
+
+def test_pages_in_headless_chromium(built, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    chromium = system_chromium()
+    page_path, _ = merchant_files(built, XSS_MERCHANT)
     tag_page, _ = merchant_files(built, TAG_MERCHANT)
-    with launched as browser:
-        for path, shot in [(built.index, "index.png"), (page, "merchant-xss.png"), (tag_page, "merchant.png")]:
-            visit = browser.open(path.as_uri())
-            assert visit.console_errors == [], (path.name, visit.console_errors)
-            assert visit.dialogs == [], "an alert fired: merchant text ran as script"
-            outside = [u for u in visit.requests if not u.startswith(("file://", "data:"))]
-            assert outside == [], f"the page reached outside its data: {outside}"
-            assert all(u == path.as_uri() or u.startswith("data:") for u in visit.requests), visit.requests
-            images = browser.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
-            assert images and all(done and width > 0 for done, width in images), images
-            assert browser.evaluate("document.querySelectorAll('script').length") == 0
-            assert browser.evaluate("typeof window.__pwned") == "undefined"
-            assert browser.screenshot(tmp_path / shot).stat().st_size > 10_000
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium)
+        page = browser.new_page()
+        try:
+            for path, shot in [(built.index, "index.png"), (page_path, "merchant-xss.png"), (tag_page, "merchant.png")]:
+                seen = visit(page, path.as_uri())
+                assert seen.errors == [], (path.name, seen.errors)
+                assert seen.dialogs == [], "an alert fired: merchant text ran as script"
+                assert path.as_uri() in seen.requests, seen.requests
+                outside = [u for u in seen.requests if not u.startswith(("file://", "data:"))]
+                assert outside == [], f"the page reached outside its data: {outside}"
+                assert all(u == path.as_uri() or u.startswith("data:") for u in seen.requests), seen.requests
+                images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
+                assert images and all(done and width > 0 for done, width in images), images
+                assert page.evaluate("document.querySelectorAll('script').length") == 0
+                assert page.evaluate("typeof window.__pwned") == "undefined"
+                page.screenshot(path=tmp_path / shot, full_page=True)
+                assert (tmp_path / shot).stat().st_size > 10_000
 
-        browser.open(page.as_uri())
-        titles = browser.evaluate("Array.from(document.querySelectorAll('article .title')).map(e => e.textContent)")
-        assert SCRIPT_TITLE in titles
-        assert HOSTILE_DESCRIPTION in browser.evaluate(
-            "Array.from(document.querySelectorAll('article .desc')).map(e => e.textContent).join('|')")
-        assert browser.evaluate("document.getElementById('merchant').textContent") == XSS_MERCHANT
-        order = browser.evaluate("Array.from(document.querySelectorAll('article')).map(e => e.dataset.itemId)")
-        assert order == [r["item_id"] for r in read_csv(merchant_files(built, XSS_MERCHANT)[1])]
+            visit(page, page_path.as_uri())
+            titles = page.locator("article .title").all_text_contents()
+            assert SCRIPT_TITLE in titles
+            assert HOSTILE_DESCRIPTION in "|".join(page.locator("article .desc").all_text_contents())
+            assert page.locator("#merchant").text_content() == XSS_MERCHANT
+            order = page.evaluate("Array.from(document.querySelectorAll('article')).map(e => e.dataset.itemId)")
+            assert order == [r["item_id"] for r in read_csv(merchant_files(built, XSS_MERCHANT)[1])]
 
-        browser.open(built.index.as_uri())
-        links = browser.evaluate("Array.from(document.querySelectorAll('#merchants a')).map(a => [a.textContent, a.href])")
-        assert TAG_MERCHANT in [t for t, _ in links]
-        for _, href in links:
-            assert href.startswith(built.folder.as_uri() + "/merchants/"), href
+            visit(page, built.index.as_uri())
+            links = page.evaluate("Array.from(document.querySelectorAll('#merchants a')).map(a => [a.textContent, a.href])")
+            assert TAG_MERCHANT in [t for t, _ in links]
+            for _, href in links:
+                assert href.startswith(built.folder.as_uri() + "/merchants/"), href
+        finally:
+            browser.close()

@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 from chispa import assert_df_equality
-
 from conftest import tiny_config
+
 from pipeline import tables
 
 RUN = dt.date(2026, 11, 24)

@@ -10,10 +10,10 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_config
-from pipeline import tables
 from test_training_data import synthetic_world, write_world
+
+from pipeline import tables
 
 FAST = ("training.epochs=2", "training.steps_per_epoch=3", "training.batch_size=16",
         "training.alignment_batch_size=8", "training.patience=1", "model.d_model=16", "model.n_heads=2",
@@ -96,9 +96,9 @@ def test_an_artifact_trained_on_streamed_chunks_scores_in_the_nightly_job(spark,
     import datetime as dt
 
     from pyspark.sql import functions as F
+    from test_training_data import T0
 
     from pipeline import nightly
-    from test_training_data import T0
 
     config, result = trained
     run_date = (T0 + dt.timedelta(days=12)).date()
@@ -282,7 +282,8 @@ def test_logistic_ceiling_reads_history_and_profile_but_not_noise():
 
 
 def test_binned_auc_matches_sklearn_and_adds_up_across_processes():
-    from camenn.training import BinnedAUC, roc_auc
+    from camenn.metrics import roc_auc
+    from camenn.training import BinnedAUC
 
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 20_000)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import random
 
+from conftest import jpeg_with_shapes, tiny_config
 from pyspark.sql import functions as F
 
-from conftest import jpeg_with_shapes, tiny_config
 from pipeline import tables, training_data
 
 T0 = dt.datetime(2026, 10, 1, 9, 0)
