@@ -84,7 +84,8 @@ class ScoreRun:
             f"{c.get('items_quarantined', 0)} quarantined",
             f"  alignment: {c.get('items_scored', 0)} items scored, {c.get('flagged', 0)} flagged"
             + "".join(f"; {reason}: {self.flagged.get(reason, 0)}" for reason in FLAG_REASONS),
-            f"  cvr: {c.get('cvr_scored', 0)} scores written for {c.get('candidates_in', 0)} candidates, "
+            f"  cvr: {c.get('cvr_scored', 0)} scores written for {c.get('candidates_in', 0)} candidates "
+            f"({c.get('cvr_model_scored', 0)} by the model, {c.get('cvr_reused', 0)} carried over from the last night), "
             f"{c.get('candidates_quarantined', 0)} quarantined",
         ]
         for source, reasons in self.quarantined.items():
