@@ -242,13 +242,17 @@ def write_examples(spark: SparkSession, config: AppConfig, examples: DataFrame, 
     return tables.table_version(spark, config, "training_examples"), False
 
 
-def n_chunks_for(n_examples: int, n_items: int, examples_per_chunk: int, world_size: int) -> int:
-    """Chunks of at most about ``examples_per_chunk`` examples and as many home items, a multiple of the processes.
+def n_chunks_for(n_examples: int, n_items: int, examples_per_chunk: int, world_size: int, max_behaviour: int) -> int:
+    """Chunks of at most about ``examples_per_chunk`` examples, a multiple of the processes.
 
-    Both bounds matter: a chunk's store holds the items its examples name (at most
-    examples_per_chunk x (1 + max_behaviour)) and its home items (valid items / n_chunks).
+    A chunk's store holds the items its examples name, at most examples_per_chunk x (1 +
+    max_behaviour), and its home items (valid items / n_chunks); the home items get the same
+    budget. Bounding them by the example count instead spread a small training set over a
+    large catalogue's worth of chunks (1M items, 20k examples: 2,000 chunks of 10 examples, a
+    dozen chunk reads per step).
     """
-    per_rank = max(1, math.ceil(max(n_examples, n_items) / (examples_per_chunk * world_size)))
+    item_budget = examples_per_chunk * (1 + max(0, max_behaviour))
+    per_rank = max(1, math.ceil(max(n_examples / examples_per_chunk, n_items / item_budget) / world_size))
     return world_size * per_rank
 
 
@@ -344,7 +348,7 @@ def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.d
     dropped.unpersist()
 
     n_chunks = n_chunks_for(n_examples, counts["items_valid"], config.training.examples_per_chunk,
-                            config.training.num_processes)
+                            config.training.num_processes, config.model.max_behaviour)
     spark.sparkContext.setJobDescription(f"training: features of the items of {n_chunks} chunk(s)")
     item_version, _ = write_chunk_items(spark, config, written, with_blobs, n_chunks,
                                         {**inputs, "training_examples": version, "n_chunks": n_chunks})

@@ -227,3 +227,14 @@ def test_dropped_rows_name_every_left_out_row_and_its_reason(spark):
                    ("impressions", "u9", "zz", "item: unknown or invalid; user: unknown")]
     sampled = training_data.dropped_rows(items=items, users=users, events=events, impressions=impressions, source="sampled")
     assert sampled.where("source = 'impressions'").count() == 0   # impressions are not read when examples are sampled
+
+
+def test_chunk_count_follows_the_examples_and_gives_home_items_a_chunk_s_item_budget():
+    from pipeline.training_data import n_chunks_for
+
+    assert n_chunks_for(20_000, 10_000, 500, 1, max_behaviour=10) == 40            # examples bound
+    assert n_chunks_for(20_000, 1_000_000, 500, 1, max_behaviour=10) == 182        # 1M / (500 x 11) home items
+    assert n_chunks_for(104_000, 20_000, 100_000, 2, max_behaviour=10) == 2        # the demo: one chunk per process
+    assert n_chunks_for(10, 5, 500, 4, max_behaviour=3) == 4                       # at least one per process
+    assert all(n_chunks_for(e, i, 64, 3, max_behaviour=2) % 3 == 0 for e in (1, 500, 9_999) for i in (1, 70_000))
+
