@@ -84,3 +84,10 @@ def matmul_peak(threads: int, n: int = 2048, reps: int = 5) -> float:
     finally:
         torch.set_num_threads(before)
     return 2 * n**3 / best
+
+
+def write_json(path: str | None, figures: dict) -> None:
+    """A benchmark's --json output (nothing when no path was given)."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(figures, indent=2, default=str))

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import glob
-import json
 import os
 import platform
 import random
@@ -49,7 +48,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(_ROOT / "tests"))
 
-from _common import matmul_peak, timed  # noqa: E402
+from _common import matmul_peak, timed, write_json  # noqa: E402
 from conftest import jpeg_with_shapes  # noqa: E402  - the tests' small real JPEGs, one recipe
 
 GROCERY = _ROOT.parent / "shared" / "data" / "grocery-store"
@@ -297,9 +296,7 @@ def main(argv=None) -> int:
     print("  matmul peak (fp32 2048^3): " + ", ".join(f"{k} thread(s) {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()))
     print(f"  achieved (share of the {primary}-thread peak): "
           + ", ".join(f"{k} {per_item * v / 1e9:.2f} GFLOP/s = {per_item * v / peak:.1%}" for k, v in rates.items()))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
+    write_json(args.json, figures)
     spark.stop()
     return 0
 

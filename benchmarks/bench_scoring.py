@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import os
 import platform
 import sys
@@ -60,7 +59,7 @@ os.environ.setdefault("SPARK_CONF_DIR", str(_ROOT / "conf" / "spark"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from _common import encoder_dims, matmul_peak, save_untrained_model, table_vocab, timed  # noqa: E402
+from _common import encoder_dims, matmul_peak, save_untrained_model, table_vocab, timed, write_json  # noqa: E402
 from bench_encoders import encoder_flops  # noqa: E402
 
 from camenn.config import load_config  # noqa: E402
@@ -442,9 +441,7 @@ def main(argv=None) -> int:
     print("  matmul peak (fp32 2048^3): " + ", ".join(f"{t} thread(s) {v / 1e9:.1f} GFLOP/s" for t, v in peaks.items()))
     print(f"  achieved (share of the {primary}-thread peak): "
           + ", ".join(f"{k} {v / 1e9:.3f} GFLOP/s = {v / peak:.2%}" for k, v in achieved.items()))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
+    write_json(args.json, figures)
     spark.stop()
     return 0
 
