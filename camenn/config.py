@@ -90,25 +90,35 @@ class FeaturizerSettings(Section):
         return FeaturizerConfig(**self.model_dump(exclude={"rows_per_task"}))
 
 
+def _model_default(name: str):
+    """The architecture's default for one knob: CameNNConfig (camenn/model.py) is its one source."""
+    from camenn.model import CameNNConfig
+
+    return CameNNConfig.__dataclass_fields__[name].default
+
+
 class ModelSettings(Section):
+    """The architecture knobs a YAML file may set; defaults and meanings are CameNNConfig's.
+
+    Only the bounds a user can get wrong are checked here (before Spark starts); the model's own
+    checks (divisibility, top_k range) run again when the model is built.
+    """
+
     frame: Literal["camenn", "mmoe", "mose", "single_task"] = "camenn"
-    d_model: int = Field(64, gt=0)
-    n_heads: int = Field(8, gt=0)
-    ffn_mult: int = Field(4, gt=0)
-    n_bottom_layers: int = Field(1, ge=1)
-    n_experts: int = Field(4, ge=1)
-    expert_layers: int = Field(1, ge=1)
-    tower_layers: int = Field(1, ge=1)
-    top_k: int | None = Field(None, ge=1)
-    gate_balance_weight: float = Field(1e-2, ge=0, description="weight of the load-balancing loss of noisy "
-                                       "top-k gates (top_k < n_experts); unused with dense gating")
-    max_behaviour: int = Field(5, ge=0)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    attn_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on attention weights; > 0 makes CPU attention ~5x slower")
-    tasks: tuple[Literal["cvr", "ita", "tia"], ...] = ("cvr", "ita", "tia")
-    behaviour_tokens: Literal["full", "pooled"] = Field(
-        "full", description="full = each behaviour item as its whole token run (the paper); pooled = 3 tokens per "
-                            "behaviour item ([CLS], mean text, mean patches), the target still a full run")
+    d_model: int = Field(_model_default("d_model"), gt=0)
+    n_heads: int = Field(_model_default("n_heads"), gt=0)
+    ffn_mult: int = Field(_model_default("ffn_mult"), gt=0)
+    n_bottom_layers: int = Field(_model_default("n_bottom_layers"), ge=1)
+    n_experts: int = Field(_model_default("n_experts"), ge=1)
+    expert_layers: int = Field(_model_default("expert_layers"), ge=1)
+    tower_layers: int = Field(_model_default("tower_layers"), ge=1)
+    top_k: int | None = Field(_model_default("top_k"), ge=1)
+    gate_balance_weight: float = Field(_model_default("gate_balance_weight"), ge=0)
+    max_behaviour: int = Field(_model_default("max_behaviour"), ge=0)
+    dropout: float = Field(_model_default("dropout"), ge=0, lt=1)
+    attn_dropout: float = Field(_model_default("attn_dropout"), ge=0, lt=1)
+    tasks: tuple[Literal["cvr", "ita", "tia"], ...] = _model_default("tasks")
+    behaviour_tokens: Literal["full", "pooled"] = _model_default("behaviour_tokens")
 
 
 class SplitConfig(Section):

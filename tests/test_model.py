@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import fields
 
 import pytest
 import torch
@@ -562,16 +563,24 @@ def test_top_k_noise_weights_round_trip_through_an_artifact(tmp_path):
 def test_gate_balance_weight_reaches_the_model_from_the_app_config():
     from pathlib import Path
 
-    from camenn.config import ModelSettings, load_config
+    from camenn.config import load_config
     from camenn.inputs import FeatureVocab
     from camenn.training import model_config_from_spec
 
-    assert ModelSettings().gate_balance_weight == CameNNConfig().gate_balance_weight == 1e-2
     conf = Path(__file__).resolve().parents[1] / "conf" / "demo.yaml"
     config = load_config(conf, ["model.gate_balance_weight=0.25", "model.n_experts=4", "model.top_k=2"])
     spec = {"model": config.model.model_dump(mode="json"), "n_patches": 4, "max_text_tokens": 8}
     cfg = model_config_from_spec(spec, FeatureVocab(["a", "b"], [1.0]), text_dim=12, image_dim=10)
     assert (cfg.gate_balance_weight, cfg.top_k, cfg.sparse_gating) == (0.25, 2, True)
+
+
+def test_the_app_config_takes_every_model_default_from_the_model_config():
+    from camenn.config import ModelSettings
+
+    shared = set(ModelSettings.model_fields) & {f.name for f in fields(CameNNConfig)}
+    assert shared >= {"d_model", "n_heads", "top_k", "gate_balance_weight", "max_behaviour", "behaviour_tokens"}
+    settings, model = ModelSettings(), CameNNConfig()
+    assert {k: getattr(settings, k) for k in shared} == {k: getattr(model, k) for k in shared}
 
 
 # --- learning ------------------------------------------------------------------
