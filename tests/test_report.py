@@ -103,7 +103,7 @@ def write_world(spark, config, items: list[Item], run_date: dt.date, *, write_it
                 model_version: str = "test-model-1") -> None:
     """items, item_features and the run date's item_alignment as real Delta tables."""
     n_patches = config.featurizer.patch_grid ** 2
-    fingerprint = report._fingerprint(config)
+    fingerprint = report.sources.encoder_fingerprint(config)
     if write_items:
         rows = [(it.item_id, it.merchant_id, it.category, it.title or f"{it.text_looks} item {it.item_id}",
                  it.description or f"a good {it.text_looks} product", jpeg(it.image_looks, i), 1.5 + i,
@@ -234,7 +234,7 @@ def test_merchant_page_shows_the_worst_items_up_to_the_cap(tmp_path):
                          "content_hash": "h", "first_flagged": D1 if k else D1 - dt.timedelta(days=3)}
                         for k, p in enumerate([0.4, 0.1, 0.3, 0.2])])
     columns = report.flag_columns()
-    rows = report._merchant_page_fn(settings, columns)(pdf)
+    rows = report.pages.merchant_page_fn(settings, columns)(pdf)
     assert list(rows.columns) == columns
     assert rows["item_id"].tolist() == ["i1", "i3", "i2", "i0"] and rows["rank"].tolist() == [1, 2, 3, 4]
     assert rows["is_new"].tolist() == [True, True, True, False]
@@ -289,8 +289,8 @@ def test_centroid_sample_is_a_stable_subset_of_unflagged_items(spark, built):
     small = [tuple(r) for r in report.centroid_sample(alignment, 1).collect()]
     assert set(small) < unflagged and len(small) < len(unflagged) / 2
     assert sorted(small) == sorted(tuple(r) for r in report.centroid_sample(alignment, 1).collect())
-    assert report._uri_like("s3a://bucket/reports", "bucket/reports/2026-11-24") == "s3a://bucket/reports/2026-11-24"
-    assert report._uri_like("/srv/reports", "/srv/reports/2026-11-24") == "/srv/reports/2026-11-24"
+    assert report.publish.uri_like("s3a://bucket/reports", "bucket/reports/2026-11-24") == "s3a://bucket/reports/2026-11-24"
+    assert report.publish.uri_like("/srv/reports", "/srv/reports/2026-11-24") == "/srv/reports/2026-11-24"
 
 
 def test_csv_and_html_list_the_same_items_in_the_same_order(built):

@@ -6,7 +6,7 @@
 Reads item_alignment (the scoring job's flags), items and item_features; writes
 <report.out_dir>/<run date>/index.html, one HTML page and one CSV per merchant with flagged
 items under merchants/, flag_rate_by_category.png, the run date's quality_flags rows and a
-runs row. The library is pipeline/report.py. The last line printed is the index page's path.
+runs row. The library is the package pipeline/report/. The last line printed is the index page's path.
 Exit status 2 = nothing to report from (no scoring output for the date, bad config),
 1 = the run failed (a runs row with status=failed says why).
 """

@@ -1,0 +1,177 @@
+"""What a flagged listing's report row says: which side looks wrong, which category fits, the advice.
+
+Pure logic (no Spark, no files): the flagged side, the category suggestion from the nearest
+centroids of unflagged items, and a merchant's rows worst first. Each function is unit-tested
+on plain values (tests/test_report.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from pipeline.report.pages import PageSettings
+
+
+SIDES = ("text", "image", "both")
+
+
+PROBLEM = {
+    "text": "The description does not match the photo — check the title and description.",
+    "image": "The photo does not match the description — check the photo.",
+    "both": "The photo and the description do not match each other — check the photo, the title and the description.",
+}
+
+
+SIDE_LABEL = {"text": "text looks wrong", "image": "photo looks wrong", "both": "text and photo disagree"}
+
+
+def merchant_slug(merchant_id: str) -> str:
+    """A file-name stem for a merchant: lowercase ASCII letters, digits and dashes + a short hash.
+
+    The hash (of the exact id) keeps ids that slug alike apart ("Shop A" / "shop-a"); the slug
+    keeps names readable. Nothing of the id can reach the path as a separator, dot or control
+    character: "../../etc/passwd" becomes "etc-passwd-<hash>".
+    """
+    digest = hashlib.sha256(str(merchant_id).encode("utf-8")).hexdigest()[:10]
+    slug = re.sub(r"[^a-z0-9]+", "-", str(merchant_id).lower()).strip("-")[:40].strip("-")
+    return f"{slug or 'merchant'}-{digest}"
+
+
+def side_of(suspect_side: str | None, p_ita: float, p_tia: float, ita_threshold: float = 0.5,
+            tia_threshold: float = 0.5) -> str:
+    """Which side of a flagged item looks wrong: "text" (low ITA), "image" (low TIA) or "both".
+
+    The scoring job's ``item_alignment.suspect_side`` decides; a row without it (written before
+    the column existed) is decided by the probabilities against the thresholds, and a flag
+    neither threshold explains (per-category thresholds) goes to the lower one.
+    """
+    if suspect_side in SIDES:
+        return suspect_side
+    low_text, low_image = p_ita < ita_threshold, p_tia < tia_threshold
+    if low_text and low_image:
+        return "both"
+    if low_text or low_image:
+        return "text" if low_text else "image"
+    return "text" if p_ita <= p_tia else "image"
+
+
+def suggest(side: str, category: str | None, text_category: str | None,
+            image_category: str | None) -> tuple[str | None, str]:
+    """(suggested category, one sentence for the merchant) from the nearest centroids.
+
+    When the model's text and image agree on a category, that is the suggestion; otherwise the
+    side that looks right is trusted (the image when the text looks wrong, and vice versa).
+    """
+    listed = category or "(none)"
+    if text_category is None and image_category is None:
+        return None, "No suggestion: there are not enough unflagged items to compare with."
+    if text_category is not None and text_category == image_category:
+        agreed = text_category
+        if agreed != category:
+            return agreed, (f"The photo and the text both look like “{agreed}”, but the item is listed under "
+                            f"“{listed}”: if it is a {agreed} item, move it to “{agreed}”.")
+        fix = {"text": "make the title and description say clearly what the photo shows",
+               "image": "use a clear photo of the product itself",
+               "both": "make the photo and the text clearer"}[side]
+        return agreed, f"The photo and the text both look like “{agreed}”, as listed: {fix}."
+    if side == "text" and image_category is not None:
+        return image_category, (f"The photo looks like “{image_category}”, the text like “{text_category}”: "
+                                f"describe what the photo shows, or replace the photo if the text is right.")
+    if side == "image" and text_category is not None:
+        return text_category, (f"The text describes “{text_category}”, the photo looks like “{image_category}”: "
+                               f"use a photo of the product the text describes.")
+    return None, (f"The text reads like “{text_category}” and the photo looks like “{image_category}”: "
+                  f"make both show the same product (listed under “{listed}”).")
+
+
+def csv_safe(value):
+    """Neutralise spreadsheet formulas in merchant text (OWASP CSV injection): prefix with '."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def text_of(value) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
+def optional_text(value) -> str | None:
+    text = text_of(value)
+    return text if text else None
+
+
+def as_date(value) -> dt.date | None:
+    if value is None or value is pd.NaT or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    return pd.Timestamp(value).date()
+
+
+def unit_vectors(v: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / np.maximum(norm, 1e-12)
+
+
+def pooled_vectors(text_emb, n_text_tokens, image_emb, n_patches: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit mean-pooled text and image vectors of one item from its item_features blobs (fp16)."""
+    n = int(n_text_tokens)
+    text = np.frombuffer(bytes(text_emb), dtype=np.float16).reshape(n, -1).astype(np.float32)         # (n, Dt)
+    image = np.frombuffer(bytes(image_emb), dtype=np.float16).reshape(n_patches, -1).astype(np.float32)  # (P, Di)
+    return unit_vectors(text.mean(axis=0)), unit_vectors(image.mean(axis=0))
+
+
+@dataclass
+class Centroids:
+    """Per listed category: unit centroids of unflagged items' text and image vectors."""
+
+    categories: list[str]
+    text: np.ndarray            # (C, Dt)
+    image: np.ndarray           # (C, Di)
+    counts: list[int] = field(default_factory=list)
+
+    def nearest(self, text_vec: np.ndarray, image_vec: np.ndarray) -> tuple[str | None, str | None]:
+        if not self.categories:
+            return None, None
+        t = int(np.argmax(self.text @ text_vec)) if self.text.shape[1] == text_vec.shape[0] else None
+        i = int(np.argmax(self.image @ image_vec)) if self.image.shape[1] == image_vec.shape[0] else None
+        return (self.categories[t] if t is not None else None, self.categories[i] if i is not None else None)
+
+
+def merchant_rows(pdf: pd.DataFrame, settings: PageSettings) -> pd.DataFrame:
+    """One merchant's flagged items -> report rows, worst first (rank 1 = lowest min(p_ita, p_tia))."""
+    out = []
+    for rec in pdf.to_dict("records"):
+        p_ita, p_tia = float(rec["p_ita"]), float(rec["p_tia"])
+        side = side_of(optional_text(rec.get("suspect_side")), p_ita, p_tia, settings.ita_threshold, settings.tia_threshold)
+        category = optional_text(rec.get("category"))
+        text_cat, image_cat = optional_text(rec.get("text_category")), optional_text(rec.get("image_category"))
+        suggested, suggestion = suggest(side, category, text_cat, image_cat)
+        first = as_date(rec.get("first_flagged")) or settings.run_date
+        out.append({
+            "item_id": text_of(rec["item_id"]), "merchant_id": text_of(rec["merchant_id"]), "category": category,
+            "title": text_of(rec.get("title")), "description": text_of(rec.get("description")),
+            "p_ita": p_ita, "p_tia": p_tia, "side": side, "problem": PROBLEM[side],
+            "text_category": text_cat, "image_category": image_cat, "suggested_category": suggested,
+            "suggestion": suggestion, "first_flagged": first, "is_new": first >= settings.run_date,
+            "content_hash": text_of(rec.get("content_hash")), "model_version": optional_text(rec.get("model_version")),
+            "thumb": optional_text(rec.get("thumb")),
+        })
+    out.sort(key=lambda r: (min(r["p_ita"], r["p_tia"]), r["item_id"]))
+    for rank, row in enumerate(out, start=1):
+        row["rank"] = rank
+        row["status"] = "new" if row["is_new"] else "still flagged"
+    return pd.DataFrame(out)
