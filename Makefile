@@ -10,16 +10,21 @@ CONF        ?= conf/demo.yaml
 RUN_DATE    ?= 2026-11-24
 SPARK_SUBMIT := $(VENV)/bin/spark-submit
 
-export SPARK_CONF_DIR := $(CURDIR)/conf/spark
+# conf/spark/ is the source; build/spark-conf/ is the same with Delta's jars already resolved
+# (written by `python -m pipeline.session` in setup), so jobs start without Ivy's output.
+RESOLVED_CONF := build/spark-conf/spark-defaults.conf
+export SPARK_CONF_DIR = $(shell if [ -f $(RESOLVED_CONF) ]; then echo $(CURDIR)/build/spark-conf; else echo $(CURDIR)/conf/spark; fi)
 export PYSPARK_PYTHON := $(CURDIR)/$(PY)
 export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(PY)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
+# Local runs bind to loopback: no "hostname resolves to a loopback address" warning per job.
+export SPARK_LOCAL_IP ?= 127.0.0.1
 
 .PHONY: setup demo demo-data train evaluate score report test test-fast lint format airflow-env browser benchmark clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(RESOLVED_CONF)
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11" >&2; exit 1; }
@@ -27,9 +32,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	@# Activation sets SPARK_CONF_DIR, so a plain `spark-submit jobs/...` finds Delta's settings.
-	grep -q SPARK_CONF_DIR $(VENV)/bin/activate || printf '\nexport SPARK_CONF_DIR="%s"\nexport PYSPARK_PYTHON="%s"\nexport HF_HUB_OFFLINE=1\n' "$(CURDIR)/conf/spark" "$(CURDIR)/$(PY)" >> $(VENV)/bin/activate
-	$(PY) -m pipeline.session
+	grep -q SPARK_CONF_DIR $(VENV)/bin/activate || printf '\nexport SPARK_CONF_DIR="%s"\nexport PYSPARK_PYTHON="%s"\nexport HF_HUB_OFFLINE=1\n' "$(CURDIR)/build/spark-conf" "$(CURDIR)/$(PY)" >> $(VENV)/bin/activate
 	touch $@
+
+# Resolves Delta's packages once (the only run that prints Ivy's resolution) and checks Java + Delta.
+$(RESOLVED_CONF): conf/spark/spark-defaults.conf conf/spark/log4j2.properties $(VENV)/.installed
+	SPARK_CONF_DIR=$(CURDIR)/conf/spark $(PY) -m pipeline.session
 
 demo: setup
 	$(SPARK_SUBMIT) jobs/make_demo_data.py --conf $(CONF)

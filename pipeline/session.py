@@ -2,6 +2,11 @@
 
 Under spark-submit the session already carries conf/spark/spark-defaults.conf (through
 SPARK_CONF_DIR); in-process sessions read the same file here, so both agree.
+
+``python -m pipeline.session`` (run by ``make setup``) resolves Delta's packages once and writes
+``build/spark-conf/``: the same two files, with ``spark.jars.packages`` replaced by the resolved
+jar files (``spark.jars``). The Makefile and the activated venv point SPARK_CONF_DIR there, so a
+job does not print Ivy's ~90 lines of resolution on every start; conf/spark/ stays the source.
 """
 
 from __future__ import annotations
@@ -99,12 +104,36 @@ def get_spark(config: AppConfig | None = None, app_name: str | None = None):
     return spark
 
 
+RESOLVED_CONF_DIR = "build/spark-conf"
+
+
+def write_resolved_conf(spark, source_dir: Path | None = None, out_dir: Path | None = None) -> Path:
+    """Copy conf/spark/ to build/spark-conf/ with the packages replaced by the jars this session resolved."""
+    source_dir = source_dir or project_root() / "conf" / "spark"
+    out_dir = out_dir or project_root() / RESOLVED_CONF_DIR
+    jars = [j for j in spark.sparkContext.getConf().get("spark.jars", "").split(",") if j]
+    missing = [j for j in jars if not Path(j.removeprefix("file://")).is_file()]
+    if not jars or missing:
+        raise EnvironmentProblem(f"Spark resolved no usable jars for spark.jars.packages (missing: {missing[:3]})")
+    lines = []
+    for line in (source_dir / "spark-defaults.conf").read_text().splitlines():
+        if line.strip().startswith("spark.jars.packages"):
+            lines.append(f"# resolved from conf/spark/spark-defaults.conf's `{line.strip()}` by `python -m pipeline.session`")
+            line = f"spark.jars {','.join(jars)}"
+        lines.append(line)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "spark-defaults.conf").write_text("\n".join(lines) + "\n")
+    shutil.copyfile(source_dir / "log4j2.properties", out_dir / "log4j2.properties")
+    return out_dir
+
+
 def main() -> int:
     """`python -m pipeline.session`: check Java and resolve Delta's jars once (used by `make setup`)."""
     try:
         spark = get_spark(app_name="camenn-setup-check")
         spark.range(1).write.format("delta").mode("overwrite").save(str(project_root() / "data" / ".setup-check"))
-        print(f"Spark {spark.version} with Delta is ready")
+        out = write_resolved_conf(spark)
+        print(f"Spark {spark.version} with Delta is ready; resolved settings in {out}")
         spark.stop()
     except EnvironmentProblem as problem:
         print(f"error: {problem}", file=sys.stderr)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from chispa import assert_df_equality
 
 from pipeline import session as session_module
@@ -20,7 +22,8 @@ def test_delta_round_trip_and_time_travel(spark, tmp_path):
 def test_in_process_session_uses_spark_defaults(spark):
     defaults = session_module.read_spark_defaults()
     assert spark.conf.get("spark.sql.extensions") == defaults["spark.sql.extensions"]
-    assert "delta" in defaults["spark.jars.packages"]
+    # conf/spark/ names the package; build/spark-conf/ (make setup) names its resolved jars
+    assert "delta" in defaults.get("spark.jars.packages", defaults.get("spark.jars", ""))
 
 
 def test_missing_java_is_one_clear_line(monkeypatch):
@@ -45,3 +48,15 @@ def test_old_java_is_one_clear_line(monkeypatch):
 
 def test_java_on_this_machine_is_recent_enough():
     assert session_module.java_major_version() >= session_module.MIN_JAVA
+
+
+def test_resolved_conf_replaces_the_packages_by_their_jars_and_keeps_every_other_line(spark, tmp_path):
+    source = session_module.project_root() / "conf" / "spark"
+    out = session_module.write_resolved_conf(spark, source_dir=source, out_dir=tmp_path / "spark-conf")
+    resolved = session_module.read_spark_defaults(out / "spark-defaults.conf")
+    original = session_module.read_spark_defaults(source / "spark-defaults.conf")
+    assert "spark.jars.packages" not in resolved
+    jars = resolved["spark.jars"].split(",")
+    assert any("delta-spark" in j for j in jars) and all(Path(j.removeprefix("file://")).is_file() for j in jars)
+    assert {k: v for k, v in resolved.items() if k != "spark.jars"} == {k: v for k, v in original.items() if k != "spark.jars.packages"}
+    assert (out / "log4j2.properties").read_text() == (source / "log4j2.properties").read_text()
