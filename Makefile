@@ -1,6 +1,9 @@
 # The two commands of the quick start:
-#   make demo   set up, make the demo world, train, score it and build the merchant reports
+#   make demo   set up, make the quick demo world (2k items), score it with the shipped model
+#               (models/demo; trained here instead when it no longer fits) and build the reports
 #   make test   set up and run the test suite
+# make demo-full: the same on the 20k-item world, training its own model (~15 minutes);
+# make ship-demo-model then copies that model to models/demo.
 # Every target is idempotent: a second run reuses the environment and what is already built.
 
 PYTHON      ?= python3.11
@@ -22,7 +25,7 @@ export PYTHONUNBUFFERED := 1
 # Local runs bind to loopback: no "hostname resolves to a loopback address" warning per job.
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: setup demo demo-data train evaluate score report test test-fast lint format airflow-env browser benchmark clean
+.PHONY: setup demo demo-full ship-demo-model demo-data train evaluate score report test test-fast lint format airflow-env browser benchmark clean
 
 setup: $(VENV)/.installed $(RESOLVED_CONF)
 
@@ -44,6 +47,12 @@ demo: setup
 	$(SPARK_SUBMIT) jobs/train.py --conf $(CONF) --if-missing
 	$(SPARK_SUBMIT) jobs/score_catalog.py --conf $(CONF) --run-date $(RUN_DATE)
 	$(SPARK_SUBMIT) jobs/quality_report.py --conf $(CONF) --run-date $(RUN_DATE)
+
+demo-full:
+	$(MAKE) demo CONF=conf/demo-full.yaml
+
+ship-demo-model: setup
+	$(PY) -m pipeline.jobs.ship_model artifacts/demo-full/model models/demo
 
 demo-data: setup
 	$(SPARK_SUBMIT) jobs/make_demo_data.py --conf $(CONF)

@@ -26,6 +26,18 @@ WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 RESERVED_KEYS = ("model", "format_version")
+# The code whose meaning a set of weights depends on: the layers, how inputs become tensors and
+# how items become features. A change to any of them may change what the same weights compute.
+MODEL_CODE = ("model.py", "inputs.py", "featurizer.py", "encoders.py")
+
+
+def code_fingerprint() -> str:
+    """sha-256 (16 hex digits) of the camenn modules in MODEL_CODE, as installed."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for name in MODEL_CODE:
+        digest.update(name.encode() + b"\0" + (package / name).read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 class ArtifactError(ValueError):

@@ -163,6 +163,10 @@ class TrainingConfig(Section):
     examples_per_chunk: int = Field(
         20_000, gt=0, description="training streams its examples in chunks of about this many, each with the features "
                                    "of just the items it references: a process holds one chunk, whatever the catalogue")
+    shipped_artifact: str | None = Field(
+        None, description="a model trained elsewhere (the quick demo ships one trained on conf/demo-full.yaml): "
+                          "`train --if-missing` copies it to artifact_dir instead of training when its model and "
+                          "featurizer settings, encoder weights and model code are this config's and code's")
 
 
 class ThresholdConfig(Section):
@@ -269,7 +273,7 @@ class AppConfig(Section):
 # a job behaves the same whatever folder Airflow or a person starts it from.
 _PATH_KEYS = (
     ("data", "root"), ("featurizer", "text_model_dir"), ("featurizer", "image_weights"),
-    ("training", "artifact_dir"), ("scoring", "model_dir"), ("report", "out_dir"),
+    ("training", "artifact_dir"), ("training", "shipped_artifact"), ("scoring", "model_dir"), ("report", "out_dir"),
 )
 
 

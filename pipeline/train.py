@@ -23,10 +23,13 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from camenn.checkpoint import code_fingerprint
 from camenn.config import AppConfig, project_root
 from pipeline.training_data import TrainingData, prepare_training_data
 
@@ -83,7 +86,7 @@ def make_spec(config: AppConfig, data: TrainingData, *, seed: int | None = None,
         "chunks": {int(c): dict(n) for c, n in data.chunks.items()},
         "artifact_dir": artifact_dir if artifact_dir is not None else config.training.artifact_dir,
         "git_commit": _git_commit(),
-        "metadata": {"config_hash": config_hash(config), "examples_source": data.source,
+        "metadata": {"config_hash": config_hash(config), "code_fingerprint": code_fingerprint(), "examples_source": data.source,
                      "example_counts": data.counts, "dropped_rows": data.drops, "config_source": config.source},
     }
 
@@ -153,6 +156,59 @@ def current_artifact(config: AppConfig, path: str | None = None, seed: int | Non
                              encoder_fingerprint=featurizer_fingerprint(featurizer_config(config)))
     required = ("featurizer", "vocab", "max_behaviour", "table_versions", "metrics", "trained_at", "config_name")
     return art if art is not None and all(k in art.metadata for k in required) else None
+
+
+def shipped_artifact_problem(config: AppConfig, path: str | None = None) -> str | None:
+    """Why the shipped artifact cannot stand in for training with this config and code; None when it can.
+
+    It can when it verifies and its model settings, featurizer settings, encoder weights and
+    model code (camenn.checkpoint.MODEL_CODE) are this config's and this checkout's: the same
+    weights then compute the same thing here as where they were trained. Its data and training
+    settings may differ (the quick demo ships a model trained on the 20k-item world).
+    """
+    from camenn.checkpoint import ArtifactError, load_artifact
+    from pipeline.feature_cache import featurizer_config, featurizer_fingerprint
+
+    path = path or config.training.shipped_artifact
+    if not path:
+        return "no training.shipped_artifact configured"
+    try:
+        art = load_artifact(path)
+    except (ArtifactError, OSError, ValueError) as exc:
+        return f"{path} does not load: {exc}"
+    meta = art.metadata
+    if meta.get("code_fingerprint") != code_fingerprint():
+        return (f"it was trained with other model code (code fingerprint {meta.get('code_fingerprint')}, this checkout "
+                f"{code_fingerprint()}): refresh it with `make ship-demo-model`")
+    if meta.get("encoder_fingerprint") != featurizer_fingerprint(featurizer_config(config)):
+        return "its item features came from other encoder weights or settings"
+    if meta.get("featurizer") != json.loads(json.dumps(asdict(featurizer_config(config)))):
+        return "its featurizer settings differ from this config's"
+    from camenn.model import frame_config
+
+    wanted = config.model.model_dump(mode="json")
+    frame = frame_config(wanted.pop("frame"))
+    wanted.update(bottom_type=frame.bottom_type, expert_type=frame.expert_type)
+    trained = json.loads(json.dumps(asdict(art.config)))
+    differing = sorted(k for k, v in json.loads(json.dumps(wanted)).items() if trained.get(k) != v)
+    if differing:
+        return f"its model settings differ from this config's: {differing}"
+    return None
+
+
+def use_shipped_artifact(config: AppConfig):
+    """Copy the shipped artifact to training.artifact_dir when it can stand in for training; the Artifact or None."""
+    from camenn.checkpoint import load_artifact
+
+    if shipped_artifact_problem(config) is not None:
+        return None
+    target = Path(config.training.artifact_dir)
+    staging = target.with_name(f".{target.name}.shipped-{uuid.uuid4().hex[:8]}")
+    shutil.copytree(config.training.shipped_artifact, staging)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return load_artifact(target)
 
 
 def run_training(spark, config: AppConfig, *, run_date: dt.date | None = None, if_missing: bool = False,

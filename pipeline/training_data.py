@@ -36,12 +36,12 @@ from dataclasses import dataclass, field
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from camenn.chunks import N_BUCKETS  # the examples' bucket range, which the chunk reader shares
 from camenn.config import AppConfig
 from camenn.inputs import USER_FEATURES, FeatureVocab
 from pipeline import history, tables
 from pipeline.history import purchases
 
-N_BUCKETS = 1024
 _HASH_RANGE = 1_000_000
 
 

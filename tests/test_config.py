@@ -24,11 +24,21 @@ def config_error(path: Path, *overrides: str) -> str:
     return str(info.value)
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "production.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "demo-full.yaml", "production.yaml"])
 def test_shipped_configs_load(name):
     config = load_config(CONF / name)
     assert config.name == name.removesuffix(".yaml")
     assert config.scoring.max_records_per_batch % config.scoring.batch_size == 0
+
+
+def test_the_quick_demo_is_the_full_demo_on_a_smaller_world():
+    quick, full = load_config(CONF / "demo.yaml"), load_config(CONF / "demo-full.yaml")
+    # the shipped model, trained on the full world, is only valid with the same model and featurizer
+    assert quick.model == full.model and quick.featurizer == full.featurizer
+    assert quick.world.defects == full.world.defects
+    assert quick.world.n_items * 10 == full.world.n_items
+    assert quick.training.shipped_artifact.endswith("models/demo") and full.training.shipped_artifact is None
+    assert quick.data.root != full.data.root and quick.training.artifact_dir != full.training.artifact_dir
 
 
 def test_production_uses_the_papers_encoders_from_local_files():

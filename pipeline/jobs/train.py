@@ -6,7 +6,9 @@
                  [--run-date YYYY-MM-DD] [--seed N]
 
 --if-missing: leave a valid artifact that was trained from this configuration alone (make demo
-is idempotent). training.num_processes > 1 trains with TorchDistributor (DDP, local processes).
+is idempotent); else, when training.shipped_artifact is set and fits this config and code
+(pipeline.train.shipped_artifact_problem), copy it to training.artifact_dir instead of training.
+training.num_processes > 1 trains with TorchDistributor (DDP, local processes).
 The artifact (training.artifact_dir) records the table versions it was trained from and its
 held-out metrics. Exit status 2 = bad configuration, environment or missing input tables,
 1 = training failed.
@@ -26,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def train() -> None:
-        from pipeline.train import current_artifact, run_training
+        from pipeline.train import current_artifact, run_training, shipped_artifact_problem, use_shipped_artifact
 
         config = job_config(args)
         if args.if_missing:  # decided before Spark starts: a no-op run costs nothing
@@ -34,6 +36,17 @@ def main(argv: list[str] | None = None) -> int:
             if art is not None:
                 print(f"artifact {art.path} (version {art.version}) is current for {config.name}; training skipped")
                 return
+            if config.training.shipped_artifact:
+                problem = shipped_artifact_problem(config)
+                if problem is None:
+                    art = use_shipped_artifact(config)
+                    m = art.metadata.get("metrics", {})
+                    print(f"using the shipped model {config.training.shipped_artifact} (version {art.version}, trained on "
+                          f"{art.metadata.get('config_name')} {str(art.metadata.get('trained_at'))[:10]}: held-out CVR AUC "
+                          f"{m.get('cvr_auc', float('nan')):.3f}, ITA {m.get('ita_acc', float('nan')):.3f}, TIA "
+                          f"{m.get('tia_acc', float('nan')):.3f}) as {art.path}; training skipped")
+                    return
+                print(f"the shipped model {config.training.shipped_artifact} does not fit: {problem}; training on {config.name}")
         t0 = time.perf_counter()
         result = run_training(job_session(config, "train"), config, run_date=args.run_date,
                               if_missing=args.if_missing, seed=args.seed)

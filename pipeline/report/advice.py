@@ -127,11 +127,20 @@ def unit_vectors(v: np.ndarray) -> np.ndarray:
 
 
 def pooled_vectors(text_emb, n_text_tokens, image_emb, n_patches: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unit mean-pooled text and image vectors of one item from its item_features blobs (fp16)."""
-    n = int(n_text_tokens)
-    text = np.frombuffer(bytes(text_emb), dtype=np.float16).reshape(n, -1).astype(np.float32)         # (n, Dt)
-    image = np.frombuffer(bytes(image_emb), dtype=np.float16).reshape(n_patches, -1).astype(np.float32)  # (P, Di)
-    return unit_vectors(text.mean(axis=0)), unit_vectors(image.mean(axis=0))
+    """Unit mean-pooled text and image vectors of one item from its item_features blobs (fp16).
+
+    Decoded by the project's one blob codec; the widths follow from the blob sizes, so blobs of
+    any encoder decode (a size that does not divide raises ValueError: no suggestion).
+    """
+    from camenn.featurizer import BLOB_FP16, unpack_item_features
+
+    n, text, image = int(n_text_tokens), bytes(text_emb), bytes(image_emb)
+    size = BLOB_FP16.itemsize
+    if n < 1 or len(text) % (n * size) or len(image) % (n_patches * size):
+        raise ValueError(f"blob sizes {len(text)}/{len(image)} bytes do not fit {n} tokens and {n_patches} patches")
+    t, _, im = unpack_item_features([text], [n], [image], len(text) // (n * size), len(image) // (n_patches * size),
+                                    n_patches)                          # (1, n, Dt), (1, n), (1, P, Di)
+    return unit_vectors(t[0].mean(dim=0).numpy()), unit_vectors(im[0].mean(dim=0).numpy())
 
 
 @dataclass

@@ -1,0 +1,50 @@
+"""The model shipped with the repository (models/demo) and the rule that decides when it may stand in for training.
+
+No Spark: the rule reads the artifact, the config and the installed model code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from camenn.checkpoint import load_artifact, save_artifact
+from camenn.config import load_config
+from pipeline.train import shipped_artifact_problem, use_shipped_artifact
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ROOT / "conf" / "demo.yaml"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_artifact(ROOT / "models" / "demo")
+
+
+def test_the_shipped_model_fits_the_quick_demo_and_this_code(shipped):
+    problem = shipped_artifact_problem(load_config(QUICK))
+    assert problem is None, f"models/demo cannot stand in for training: {problem}"
+    metrics = shipped.metadata["metrics"]
+    assert shipped.metadata["config_name"] == "demo-full" and metrics["n_items"] > 1000
+    assert metrics["ita_acc"] > 0.9 and metrics["tia_acc"] > 0.9 and metrics["cvr_auc"] > 0.7
+
+
+def test_other_model_settings_are_refused_with_the_setting_named():
+    problem = shipped_artifact_problem(load_config(QUICK, ["model.d_model=64", "model.n_heads=4"]))
+    assert problem is not None and "d_model" in problem and "n_heads" in problem
+
+
+def test_a_model_trained_with_other_model_code_is_refused(shipped, tmp_path):
+    stale = save_artifact(tmp_path / "stale", shipped.model, {**shipped.metadata, "code_fingerprint": "0" * 16})
+    problem = shipped_artifact_problem(load_config(QUICK), str(stale))
+    assert problem is not None and "other model code" in problem and "make ship-demo-model" in problem
+
+
+def test_the_shipped_model_is_copied_whole_to_the_artifact_dir(shipped, tmp_path):
+    config = load_config(QUICK, [f"training.artifact_dir={tmp_path / 'model'}"])
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "leftover.txt").write_text("an older artifact's file")
+    art = use_shipped_artifact(config)
+    assert art is not None and art.version == shipped.version
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == sorted(p.name for p in shipped.path.iterdir())
