@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from camenn.featurizer import unpack_item_features
 from camenn.inputs import FeatureVocab, ItemStore
 
 SPLITS = ("train", "valid", "test")
@@ -73,8 +74,8 @@ def delta_table(path: str, version: int | None):
 def store_from_arrow(table, vocab: FeatureVocab, n_patches: int, rows_at_once: int = 2048) -> ItemStore:
     """An ItemStore from item rows (item_id, category, price, text_emb, n_text_tokens, image_emb), ordered by item_id.
 
-    Blobs are unpacked ``rows_at_once`` rows at a time straight into float16, so the peak is
-    about the store itself plus one slice in float32.
+    Blobs are unpacked by the one blob codec ``rows_at_once`` rows at a time and stored in
+    float16, so the peak is about the store itself plus one slice in float32.
     """
     import pyarrow.compute as pc
 
@@ -90,16 +91,14 @@ def store_from_arrow(table, vocab: FeatureVocab, n_patches: int, rows_at_once: i
     text = torch.zeros(n, longest, text_dim, dtype=torch.float16)      # (n, L, Dt)
     mask = torch.zeros(n, longest, dtype=torch.bool)                   # (n, L)
     image = torch.zeros(n, n_patches, image_dim, dtype=torch.float16)  # (n, P, Di)
-    f16 = np.dtype("<f2")
     for start in range(0, n, rows_at_once):
         stop = min(n, start + rows_at_once)
-        t_blobs = table["text_emb"].slice(start, stop - start).to_pylist()
-        i_blobs = table["image_emb"].slice(start, stop - start).to_pylist()
-        for j, (tb, ib) in enumerate(zip(t_blobs, i_blobs)):
-            k, row = int(n_tok[start + j]), start + j
-            text[row, :k] = torch.from_numpy(np.frombuffer(tb, dtype=f16).reshape(k, text_dim).copy())
-            mask[row, :k] = True
-            image[row] = torch.from_numpy(np.frombuffer(ib, dtype=f16).reshape(n_patches, image_dim).copy())
+        t, m, im = unpack_item_features(table["text_emb"].slice(start, stop - start).to_pylist(), n_tok[start:stop],
+                                        table["image_emb"].slice(start, stop - start).to_pylist(),
+                                        text_dim, image_dim, n_patches)   # (b, Lb, Dt), (b, Lb), (b, P, Di) fp32
+        text[start:stop, :t.shape[1]] = t.half()
+        mask[start:stop, :m.shape[1]] = m
+        image[start:stop] = im.half()
     prices = [None if p is None or p != p else p for p in table["price"].to_pylist()]
     feats = vocab.item_feats(table["category"].to_pylist(), prices)
     return ItemStore(table["item_id"].to_pylist(), text, mask, image, torch.as_tensor(feats))
