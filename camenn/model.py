@@ -496,11 +496,21 @@ class CameNN(nn.Module):
         cls = self.cls.expand(B, -1)  # (B', D)
         for j, emb in enumerate(self.item_feats.values()):
             cls = cls + emb(items.feats[:, j])  # (B', D)
-        items = self.project_items(items)
         real = items.text_mask.unsqueeze(-1).to(items.text.dtype)  # (B', L, 1)
         n_text = real.sum(1)  # (B', 1)
-        text = (items.text * real).sum(1) / n_text.clamp_min(1.0)  # (B', D) mean over real tokens
-        image = items.image.mean(1)  # (B', D)
+        if items.projected:  # the nightly job's cached tokens: average them
+            text = (items.text * real).sum(1) / n_text.clamp_min(1.0)  # (B', D) mean over real tokens
+            image = items.image.mean(1)  # (B', D)
+        else:
+            # The mean of the projected tokens, computed as the projection of the mean of the
+            # normalised ones: the Linear layer commutes with a mean (its weights sum to 1), so a
+            # behaviour item's L + P tokens are normalised but never projected one by one (the
+            # projections were a quarter of a demo training step).
+            ln_text, lin_text = self.text_in
+            ln_image, lin_image = self.image_in
+            mean_text = (ln_text(items.text) * real).sum(1) / n_text.clamp_min(1.0)  # (B', Dt)
+            text = lin_text(mean_text) * (n_text > 0).to(mean_text.dtype)  # (B', D), 0 for an item without text
+            image = lin_image(ln_image(items.image).mean(1))  # (B', D)
         x = torch.stack([cls, text, image], dim=1)  # (B', 3, D)
         dev = x.device
         pos = torch.stack([torch.zeros((), dtype=torch.long, device=dev), self.text_pos[0], self.tail_pos[1]])  # (3,)

@@ -291,6 +291,21 @@ def test_pooled_behaviour_items_are_three_tokens_of_their_run():
     assert sequence_length(cfg, n_behaviour=2, n_text_tokens=5) == x.shape[1]
 
 
+def test_pooled_items_embed_alike_from_encoder_outputs_and_from_projected_tokens():
+    # training pools encoder outputs (mean, then one projection); the nightly job pools its cached
+    # projected tokens: the same numbers, items without text included
+    cfg = tiny_config(behaviour_tokens="pooled", dropout=0.0)
+    model = untrained_model(cfg).eval()
+    items = random_batch(cfg, B=5, N=1, L=6).target
+    items.text_mask[2] = False
+    slot = torch.arange(5) % 2
+    with torch.no_grad():
+        raw_x, raw_pad = model.embed_items_pooled(items, slot)  # (5, 3, D)
+        proj_x, proj_pad = model.embed_items_pooled(model.project_items(items), slot)
+    assert torch.equal(raw_pad, proj_pad) and raw_pad[2].tolist() == [False, True, False]
+    torch.testing.assert_close(raw_x[~raw_pad], proj_x[~proj_pad], atol=1e-5, rtol=1e-5)
+
+
 def test_eval_is_deterministic_and_train_is_not():
     cfg = tiny_config(dropout=0.3)
     model = untrained_model(cfg)
