@@ -665,6 +665,9 @@ def train_fn(spec: dict) -> dict:
                                     refresh=not dist_info.on)
             bar.close()
             steps_s += time.perf_counter() - t_steps
+            if spec.get("steps_only"):  # benchmarks/bench_training_scale.py: the steps alone, no chunk walks
+                state.history.append({"epoch": epoch + 1, "train_loss": running, "seconds": time.perf_counter() - t_train})
+                continue
             val = validation_loss(model, cache, chunks, spec, device, dist_info)
             record = {"epoch": epoch + 1, "train_loss": running, **{f"valid_{k}": x for k, x in val.items()},
                       "seconds": time.perf_counter() - t_train}
@@ -686,7 +689,8 @@ def train_fn(spec: dict) -> dict:
             model.load_state_dict(state.best_state)
 
         # ---- held-out metrics -----------------------------------------------------------
-        metrics = held_out_metrics(model, cache, chunks, max(bs, 256), device, seed, dist_info)
+        metrics = {} if spec.get("steps_only") else held_out_metrics(model, cache, chunks, max(bs, 256), device, seed,
+                                                                      dist_info)
         n_dropped = int(_all_reduce([float(sum(dropped.values()))], "sum", dist_info)[0])
         metrics.update(best_epoch=state.best_epoch, epochs_run=len(state.history), best_valid_loss=state.best_loss,
                        train_seconds=train_s, load_seconds=load_s, total_seconds=time.perf_counter() - t_start,
