@@ -51,7 +51,6 @@ _ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(_ROOT))
 sys.path.insert(0, str(_ROOT / "benchmarks"))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH")) if p)
-os.environ.setdefault("SPARK_CONF_DIR", str(_ROOT / "conf" / "spark"))
 
 import psutil
 from _common import encoder_dims, save_untrained_model, table_vocab

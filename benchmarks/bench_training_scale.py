@@ -34,7 +34,6 @@ _ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH")) if p)
-os.environ.setdefault("SPARK_CONF_DIR", str(_ROOT / "conf" / "spark"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from camenn.config import load_config  # noqa: E402

@@ -21,14 +21,21 @@ from pathlib import Path
 from camenn.config import AppConfig, project_root
 
 MIN_JAVA = 17
+RESOLVED_CONF_DIR = "build/spark-conf"
 
 
 class EnvironmentProblem(RuntimeError):
     """Something outside the project is missing; the message is one line that says what to do."""
 
 
+def default_conf_dir() -> Path:
+    """build/spark-conf/ once `make setup` resolved the jars there, else the source conf/spark/."""
+    resolved = project_root() / RESOLVED_CONF_DIR
+    return resolved if (resolved / "spark-defaults.conf").is_file() else project_root() / "conf" / "spark"
+
+
 def spark_defaults_path() -> Path:
-    conf_dir = os.environ.get("SPARK_CONF_DIR") or str(project_root() / "conf" / "spark")
+    conf_dir = os.environ.get("SPARK_CONF_DIR") or str(default_conf_dir())
     return Path(conf_dir) / "spark-defaults.conf"
 
 
@@ -80,6 +87,8 @@ def get_spark(config: AppConfig | None = None, app_name: str | None = None):
     if active is not None:
         return active
     check_java()
+    # the JVM reads log4j2.properties from here; spark-submit and make set it already
+    os.environ.setdefault("SPARK_CONF_DIR", str(default_conf_dir()))
     # Python workers must run the same interpreter (and so the same torch) as the driver.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -102,9 +111,6 @@ def get_spark(config: AppConfig | None = None, app_name: str | None = None):
         raise
     spark.sparkContext.setLogLevel("WARN")
     return spark
-
-
-RESOLVED_CONF_DIR = "build/spark-conf"
 
 
 def write_resolved_conf(spark, source_dir: Path | None = None, out_dir: Path | None = None) -> Path:

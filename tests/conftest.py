@@ -19,7 +19,6 @@ def spark(tmp_path_factory):
     from pipeline.session import get_spark
 
     warehouse = tmp_path_factory.mktemp("warehouse")
-    os.environ.setdefault("SPARK_CONF_DIR", str(TESTS.parent / "conf" / "spark"))
     from camenn.config import load_config
 
     config = load_config(TINY_CONF)
