@@ -242,31 +242,43 @@ def write_examples(spark: SparkSession, config: AppConfig, examples: DataFrame, 
     return tables.table_version(spark, config, "training_examples"), False
 
 
-def n_chunks_for(n_examples: int, n_items: int, examples_per_chunk: int, world_size: int, max_behaviour: int) -> int:
+def n_chunks_for(n_examples: int, examples_per_chunk: int, world_size: int) -> int:
     """Chunks of at most about ``examples_per_chunk`` examples, a multiple of the processes.
 
-    A chunk's store holds the items its examples name, at most examples_per_chunk x (1 +
-    max_behaviour), and its home items (valid items / n_chunks); the home items get the same
-    budget. Bounding them by the example count instead spread a small training set over a
-    large catalogue's worth of chunks (1M items, 20k examples: 2,000 chunks of 10 examples, a
-    dozen chunk reads per step).
+    The examples alone set the count. A chunk's store holds the items its examples name (at
+    most examples_per_chunk x (1 + max_behaviour)) and a share of home items within the same
+    budget (:func:`home_fraction`). Letting the home items set the count instead spread a small
+    training set over a large catalogue's worth of chunks (1M items, 20k examples: 182 chunks of
+    about 110 examples, a chunk read every step).
     """
-    item_budget = examples_per_chunk * (1 + max(0, max_behaviour))
-    per_rank = max(1, math.ceil(max(n_examples / examples_per_chunk, n_items / item_budget) / world_size))
-    return world_size * per_rank
+    return world_size * max(1, math.ceil(n_examples / examples_per_chunk / world_size))
 
 
-def chunk_items(examples: DataFrame, items: DataFrame, n_chunks: int) -> DataFrame:
-    """training_items rows: per chunk, the valid items its examples reference, and each valid item in its home chunk.
+def home_fraction(n_items: int, n_chunks: int, examples_per_chunk: int, max_behaviour: int) -> float:
+    """The share of valid items that get a home chunk: all of them while they fit the chunks' item budget.
+
+    Home items are what the alignment tasks train and are evaluated on; past the budget a
+    stable hash sample of the catalogue stands in for it, so a chunk's memory stays bounded
+    whatever the catalogue (1M items, 40 chunks of 500 examples and 10 behaviour items: 22%).
+    """
+    budget = n_chunks * examples_per_chunk * (1 + max(0, max_behaviour))
+    return 1.0 if n_items <= budget else budget / n_items
+
+
+def chunk_items(examples: DataFrame, items: DataFrame, n_chunks: int, fraction: float = 1.0) -> DataFrame:
+    """training_items rows: per chunk, the valid items its examples reference, and home items in their home chunk.
 
     ``items``: valid items with their features (item_id, category, price, text_emb, n_text_tokens,
     image_emb). An item's home chunk (a hash of its id) is where the alignment tasks see it, so
-    every valid item is trained on and evaluated once, whether or not an example mentions it.
+    every valid item (or, past the chunks' item budget, a stable ``fraction`` of them, see
+    :func:`home_fraction`) is trained on and evaluated once, whether or not an example mentions it.
     """
     referenced = (examples.select((F.col("bucket") % n_chunks).alias("chunk"),
                                   F.explode(F.array_union(F.array("item_id"), "behaviour")).alias("item_id"))
                   .distinct().withColumn("home", F.lit(False)))
-    homes = items.select(home_chunk(F.col("item_id"), n_chunks).alias("chunk"), "item_id", F.lit(True).alias("home"))
+    sampled = items if fraction >= 1.0 else items.where(
+        (F.abs(F.xxhash64(F.lit("home-sample"), F.col("item_id"))) % 1_000_003) < F.lit(int(fraction * 1_000_003)))
+    homes = sampled.select(home_chunk(F.col("item_id"), n_chunks).alias("chunk"), "item_id", F.lit(True).alias("home"))
     wanted = (referenced.unionByName(homes).groupBy("chunk", "item_id").agg(F.max("home").alias("home")))
     return wanted.join(items, "item_id", "inner")
 
@@ -276,14 +288,14 @@ def home_chunk(item_id, n_chunks: int):
 
 
 def write_chunk_items(spark: SparkSession, config: AppConfig, examples: DataFrame, items: DataFrame, n_chunks: int,
-                      inputs: dict) -> tuple[int, bool]:
+                      inputs: dict, fraction: float = 1.0) -> tuple[int, bool]:
     """Overwrite training_items in one commit tagged with ``inputs``; reuse it when the tag matches. (version, reused)."""
     path = tables.ensure_table(spark, config, "training_items")
     key = _inputs_key(inputs)
     latest = tables.latest_commit(spark, path)
     if latest is not None and latest[1] == key:
         return latest[0], True
-    tables.overwrite_table(spark, config, "training_items", chunk_items(examples, items, n_chunks), tag=key)
+    tables.overwrite_table(spark, config, "training_items", chunk_items(examples, items, n_chunks, fraction), tag=key)
     return tables.table_version(spark, config, "training_items"), False
 
 
@@ -347,11 +359,12 @@ def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.d
         run_date=run_date, job="train")
     dropped.unpersist()
 
-    n_chunks = n_chunks_for(n_examples, counts["items_valid"], config.training.examples_per_chunk,
-                            config.training.num_processes, config.model.max_behaviour)
+    n_chunks = n_chunks_for(n_examples, config.training.examples_per_chunk, config.training.num_processes)
+    fraction = home_fraction(counts["items_valid"], n_chunks, config.training.examples_per_chunk, config.model.max_behaviour)
     spark.sparkContext.setJobDescription(f"training: features of the items of {n_chunks} chunk(s)")
     item_version, _ = write_chunk_items(spark, config, written, with_blobs, n_chunks,
-                                        {**inputs, "training_examples": version, "n_chunks": n_chunks})
+                                        {**inputs, "training_examples": version, "n_chunks": n_chunks,
+                                         "home_fraction": fraction}, fraction)
     versions["training_items"] = item_version
     chunk_rows = (written.groupBy((F.col("bucket") % n_chunks).alias("chunk"), "split").agg(F.count(F.lit(1)).alias("n"))
                   .collect())

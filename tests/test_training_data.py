@@ -229,12 +229,30 @@ def test_dropped_rows_name_every_left_out_row_and_its_reason(spark):
     assert sampled.where("source = 'impressions'").count() == 0   # impressions are not read when examples are sampled
 
 
-def test_chunk_count_follows_the_examples_and_gives_home_items_a_chunk_s_item_budget():
-    from pipeline.training_data import n_chunks_for
+def test_chunk_count_follows_the_examples_and_home_items_fit_a_chunk_s_item_budget():
+    from pipeline.training_data import home_fraction, n_chunks_for
 
-    assert n_chunks_for(20_000, 10_000, 500, 1, max_behaviour=10) == 40            # examples bound
-    assert n_chunks_for(20_000, 1_000_000, 500, 1, max_behaviour=10) == 182        # 1M / (500 x 11) home items
-    assert n_chunks_for(104_000, 20_000, 100_000, 2, max_behaviour=10) == 2        # the demo: one chunk per process
-    assert n_chunks_for(10, 5, 500, 4, max_behaviour=3) == 4                       # at least one per process
-    assert all(n_chunks_for(e, i, 64, 3, max_behaviour=2) % 3 == 0 for e in (1, 500, 9_999) for i in (1, 70_000))
+    assert n_chunks_for(20_000, 500, 1) == 40                                      # the examples alone
+    assert n_chunks_for(104_000, 100_000, 2) == 2                                  # the demo: one chunk per process
+    assert n_chunks_for(10, 500, 4) == 4                                           # at least one per process
+    assert all(n_chunks_for(e, 64, 3) % 3 == 0 for e in (1, 500, 9_999))
+    assert home_fraction(20_000, 2, 100_000, 10) == 1.0                             # the demo: every item has a home
+    assert home_fraction(10_000, 40, 500, 10) == 1.0
+    assert home_fraction(1_000_000, 40, 500, 10) == 40 * 500 * 11 / 1_000_000       # 1M items: a 22% sample
 
+
+def test_past_the_item_budget_a_stable_sample_of_items_has_a_home(spark):
+    from pipeline.training_data import chunk_items
+
+    items = spark.createDataFrame([(f"i{k:05d}", "fruit", 1.0, b"t", 1, b"i") for k in range(4_000)],
+                                  "item_id string, category string, price double, text_emb binary, n_text_tokens int, image_emb binary")
+    examples = spark.createDataFrame([(3, "i00001", ["i00002"])], "bucket int, item_id string, behaviour array<string>")
+    every = chunk_items(examples, items, 4).where("home")
+    some = chunk_items(examples, items, 4, fraction=0.25).where("home")
+    assert every.count() == 4_000 and every.select("item_id").distinct().count() == 4_000
+    n = some.count()
+    assert 900 < n < 1_100 and some.select("item_id").distinct().count() == n          # each sampled item once
+    assert sorted(r.item_id for r in some.collect()) == sorted(r.item_id for r in chunk_items(
+        examples, items, 4, fraction=0.25).where("home").collect())                   # the same sample every time
+    referenced = {r.item_id for r in chunk_items(examples, items, 4, fraction=0.25).where("chunk = 3").collect()}
+    assert {"i00001", "i00002"} <= referenced                                          # examples' items stay whatever the sample
