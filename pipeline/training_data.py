@@ -246,22 +246,24 @@ def n_chunks_for(n_examples: int, examples_per_chunk: int, world_size: int) -> i
     """Chunks of at most about ``examples_per_chunk`` examples, a multiple of the processes.
 
     The examples alone set the count. A chunk's store holds the items its examples name (at
-    most examples_per_chunk x (1 + max_behaviour)) and a share of home items within the same
-    budget (:func:`home_fraction`). Letting the home items set the count instead spread a small
+    most examples_per_chunk x (1 + max_behaviour)) and at most one home item per example
+    (:func:`home_fraction`). Letting the home items set the count instead spread a small
     training set over a large catalogue's worth of chunks (1M items, 20k examples: 182 chunks of
     about 110 examples, a chunk read every step).
     """
     return world_size * max(1, math.ceil(n_examples / examples_per_chunk / world_size))
 
 
-def home_fraction(n_items: int, n_chunks: int, examples_per_chunk: int, max_behaviour: int) -> float:
-    """The share of valid items that get a home chunk: all of them while they fit the chunks' item budget.
+def home_fraction(n_items: int, n_chunks: int, examples_per_chunk: int) -> float:
+    """The share of valid items that get a home chunk: all of them while each chunk has at most one per example.
 
-    Home items are what the alignment tasks train and are evaluated on; past the budget a
-    stable hash sample of the catalogue stands in for it, so a chunk's memory stays bounded
-    whatever the catalogue (1M items, 40 chunks of 500 examples and 10 behaviour items: 22%).
+    Home items are what the alignment tasks train and are evaluated on, and an alignment batch
+    is as large as a CVR batch, so a pass over a chunk's examples visits about as many home
+    items as it has examples. Past that, a stable hash sample of the catalogue stands in for
+    it, so a chunk's store stays the size its examples set, whatever the catalogue (1M items,
+    40 chunks of 500 examples: a 2% sample, 20,000 items).
     """
-    budget = n_chunks * examples_per_chunk * (1 + max(0, max_behaviour))
+    budget = n_chunks * examples_per_chunk
     return 1.0 if n_items <= budget else budget / n_items
 
 
@@ -270,7 +272,7 @@ def chunk_items(examples: DataFrame, items: DataFrame, n_chunks: int, fraction: 
 
     ``items``: valid items with their features (item_id, category, price, text_emb, n_text_tokens,
     image_emb). An item's home chunk (a hash of its id) is where the alignment tasks see it, so
-    every valid item (or, past the chunks' item budget, a stable ``fraction`` of them, see
+    every valid item (or, past one per example, a stable ``fraction`` of them, see
     :func:`home_fraction`) is trained on and evaluated once, whether or not an example mentions it.
     """
     referenced = (examples.select((F.col("bucket") % n_chunks).alias("chunk"),
@@ -360,7 +362,7 @@ def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.d
     dropped.unpersist()
 
     n_chunks = n_chunks_for(n_examples, config.training.examples_per_chunk, config.training.num_processes)
-    fraction = home_fraction(counts["items_valid"], n_chunks, config.training.examples_per_chunk, config.model.max_behaviour)
+    fraction = home_fraction(counts["items_valid"], n_chunks, config.training.examples_per_chunk)
     spark.sparkContext.setJobDescription(f"training: features of the items of {n_chunks} chunk(s)")
     item_version, _ = write_chunk_items(spark, config, written, with_blobs, n_chunks,
                                         {**inputs, "training_examples": version, "n_chunks": n_chunks,

@@ -229,19 +229,19 @@ def test_dropped_rows_name_every_left_out_row_and_its_reason(spark):
     assert sampled.where("source = 'impressions'").count() == 0   # impressions are not read when examples are sampled
 
 
-def test_chunk_count_follows_the_examples_and_home_items_fit_a_chunk_s_item_budget():
+def test_chunk_count_follows_the_examples_and_a_chunk_has_at_most_one_home_item_per_example():
     from pipeline.training_data import home_fraction, n_chunks_for
 
     assert n_chunks_for(20_000, 500, 1) == 40                                      # the examples alone
     assert n_chunks_for(104_000, 100_000, 2) == 2                                  # the demo: one chunk per process
     assert n_chunks_for(10, 500, 4) == 4                                           # at least one per process
     assert all(n_chunks_for(e, 64, 3) % 3 == 0 for e in (1, 500, 9_999))
-    assert home_fraction(20_000, 2, 100_000, 10) == 1.0                             # the demo: every item has a home
-    assert home_fraction(10_000, 40, 500, 10) == 1.0
-    assert home_fraction(1_000_000, 40, 500, 10) == 40 * 500 * 11 / 1_000_000       # 1M items: a 22% sample
+    assert home_fraction(20_000, 2, 100_000) == 1.0                                 # the demo: every item has a home
+    assert home_fraction(20_000, 40, 500) == 1.0
+    assert home_fraction(1_000_000, 40, 500) == 40 * 500 / 1_000_000                # 1M items: a 2% sample
 
 
-def test_past_the_item_budget_a_stable_sample_of_items_has_a_home(spark):
+def test_past_one_per_example_a_stable_sample_of_items_has_a_home(spark):
     from pipeline.training_data import chunk_items
 
     items = spark.createDataFrame([(f"i{k:05d}", "fruit", 1.0, b"t", 1, b"i") for k in range(4_000)],
