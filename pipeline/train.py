@@ -197,11 +197,9 @@ def shipped_artifact_problem(config: AppConfig, path: str | None = None) -> str 
 
 
 def use_shipped_artifact(config: AppConfig):
-    """Copy the shipped artifact to training.artifact_dir when it can stand in for training; the Artifact or None."""
+    """Copy the shipped artifact to training.artifact_dir and load the copy; call after shipped_artifact_problem said None."""
     from camenn.checkpoint import load_artifact
 
-    if shipped_artifact_problem(config) is not None:
-        return None
     target = Path(config.training.artifact_dir)
     staging = target.with_name(f".{target.name}.shipped-{uuid.uuid4().hex[:8]}")
     shutil.copytree(config.training.shipped_artifact, staging)
