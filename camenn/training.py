@@ -715,6 +715,14 @@ def train_fn(spec: dict) -> dict:
             path = save_artifact(spec["artifact_dir"], model.cpu(), metadata, overwrite=True)
             result["artifact"] = str(path)
             result["model_version"] = load_artifact(path).version
+        if dist_info.on:
+            # TorchDistributor returns the output of whichever process wrote its result file last,
+            # not rank 0's: every rank returns rank 0's artifact path and version
+            import torch.distributed as dist
+
+            saved = [result["artifact"], result["model_version"]]
+            dist.broadcast_object_list(saved, src=0)
+            result["artifact"], result["model_version"] = saved
         return result
     finally:
         if dist_info.on:

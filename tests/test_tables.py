@@ -59,3 +59,31 @@ def test_constraint_violation_commits_nothing(spark, config, bad_row):
 def test_missing_table_says_how_to_make_it(spark, config):
     with pytest.raises(tables.MissingTable, match="make_demo_data.py"):
         tables.read_table(spark, config, "items")
+
+
+def model_output_rows(spark, ids, content="c0"):
+    return spark.createDataFrame(
+        [(i, content, "Fruit", 1.0, "m1", b"\x00" * 8, 1, b"\x00" * 8, 0.9, 0.9, dt.datetime(2026, 11, 24)) for i in ids],
+        tables.schema_of(spark, "item_model_outputs"))
+
+
+def test_a_cache_merge_marks_replaced_rows_instead_of_rewriting_files(spark, config):
+    from pipeline import model_cache
+
+    path = tables.ensure_table(spark, config, "item_model_outputs")
+    tables.append_rows(spark, config, "item_model_outputs", model_output_rows(spark, [f"i{n}" for n in range(50)]).coalesce(1))
+    model_cache._merge(spark, config, model_output_rows(spark, ["i3"], content="c1"))
+    metrics = spark.sql(f"DESCRIBE HISTORY delta.`{path}` LIMIT 1").first()["operationMetrics"]
+    assert int(metrics["numTargetRowsUpdated"]) == 1
+    assert int(metrics["numTargetDeletionVectorsAdded"]) == 1
+    assert int(metrics["numTargetFilesRemoved"]) == 0, "the 50-row file was rewritten for one changed row"
+    table = tables.read_table(spark, config, "item_model_outputs")
+    assert table.count() == 50 and table.where("content_hash = 'c1'").select("item_id").first()[0] == "i3"
+
+
+def test_a_cache_table_created_before_deletion_vectors_gets_them(spark, config):
+    path = config.table("item_model_outputs")
+    spark.sql(f"CREATE TABLE delta.`{path}` ({tables.SPECS['item_model_outputs'].columns}) USING DELTA")
+    tables.ensure_table(spark, config, "item_model_outputs")
+    props = {r["key"]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()}
+    assert props.get("delta.enableDeletionVectors") == "true"

@@ -6,6 +6,7 @@ One module-scoped world; each test trains a few steps only.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,7 +160,9 @@ def test_torch_distributor_two_processes(spark, world_root, tmp_path, capfd):
     out = capfd.readouterr()
     progress = [line for line in (out.out + out.err).split("\n") if "epoch 1/2" in line and "loss=" in line]
     assert progress and not any("\r" in line for line in progress), progress
+    # whichever process finished last, the job gets rank 0's artifact and version
     art = load_artifact(result.artifact)
+    assert Path(result.artifact) == tmp_path / "ddp-model" and result.model_version == art.version
     assert art.metadata["table_versions"]["training_examples"] == tables.table_version(spark, config, "training_examples")
     vocab = FeatureVocab.from_dict(art.metadata["vocab"])
     v = art.metadata["table_versions"]
