@@ -29,10 +29,6 @@ class TableSpec:
 
 
 _PROBABILITY = "{c} >= 0 AND {c} <= 1"
-# The caches are MERGEd every night with a few changed rows: with deletion vectors a MERGE marks
-# the replaced rows in a small side file and writes only the new ones, instead of rewriting
-# every data file that holds a changed item (all of them, when changes are spread evenly).
-_MERGED_CACHE = {"delta.enableDeletionVectors": "true"}
 
 SPECS: dict[str, TableSpec] = {spec.name: spec for spec in [
     # content_hash and image_size are derived by conform() whenever a row is written, so a night
@@ -54,14 +50,14 @@ SPECS: dict[str, TableSpec] = {spec.name: spec for spec in [
         checks={"p_buy_is_probability": _PROBABILITY.format(c="p_buy")}),
     TableSpec("item_features", """item_id STRING NOT NULL, content_hash STRING NOT NULL, encoder_fingerprint STRING NOT NULL,
         text_emb BINARY NOT NULL, n_text_tokens INT NOT NULL, image_emb BINARY NOT NULL, updated_at TIMESTAMP NOT NULL""",
-        checks={"has_text_tokens": "n_text_tokens > 0"}, key=("item_id",), properties=_MERGED_CACHE),
+        checks={"has_text_tokens": "n_text_tokens > 0"}, key=("item_id",)),
     # One row per item: what the model in service computes from the item alone, keyed on what it
     # read (content, category, price) and the model version; the nightly job reuses a row while
     # all of those are unchanged. p_ita / p_tia are null for a model without alignment heads.
     TableSpec("item_model_outputs", """item_id STRING NOT NULL, content_hash STRING NOT NULL, category STRING, price DOUBLE,
         model_version STRING NOT NULL, text_proj BINARY NOT NULL, n_text_tokens INT NOT NULL, image_proj BINARY NOT NULL,
         p_ita DOUBLE, p_tia DOUBLE, updated_at TIMESTAMP NOT NULL""",
-        checks={"has_text_tokens": "n_text_tokens > 0"}, key=("item_id",), properties=_MERGED_CACHE),
+        checks={"has_text_tokens": "n_text_tokens > 0"}, key=("item_id",)),
     TableSpec("item_alignment", """run_date DATE NOT NULL, item_id STRING NOT NULL, merchant_id STRING NOT NULL, category STRING,
         p_ita DOUBLE NOT NULL, p_tia DOUBLE NOT NULL, flag BOOLEAN NOT NULL, reason STRING, model_version STRING NOT NULL,
         suspect_side STRING""",
@@ -110,17 +106,23 @@ def _is_delta(spark: SparkSession, path: str) -> bool:
 
 
 def ensure_table(spark: SparkSession, config: AppConfig, name: str) -> str:
-    """Create the table (empty, with its constraints) if it does not exist; return its path."""
+    """Create the table (empty, with its constraints and properties) if it does not exist; return its path.
+
+    An existing table is brought up to its spec first: missing nullable columns, properties and
+    CHECK constraints are added (a run killed between CREATE TABLE and ADD CONSTRAINT, or a
+    table made by an older version), so no write lands in a table without its constraints.
+    """
     spec, path = SPECS[name], config.table(name)
     if _is_delta(spark, path):
         _add_missing_columns(spark, name, path)
-        _add_missing_properties(spark, name, path)
+        _repair_contract(spark, name, path)
         return path
     partitioned = f" PARTITIONED BY ({', '.join(spec.partition_by)})" if spec.partition_by else ""
     props = f" TBLPROPERTIES ({_properties_sql(spec.properties)})" if spec.properties else ""
     spark.sql(f"CREATE TABLE IF NOT EXISTS delta.`{path}` ({spec.columns}) USING DELTA{partitioned}{props}")
     for constraint, condition in spec.checks.items():
         spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {constraint} CHECK ({condition})")
+    _REPAIRED.add((spark.sparkContext.applicationId, path))
     return path
 
 
@@ -137,15 +139,24 @@ def _properties_sql(properties: dict[str, str]) -> str:
     return ", ".join(f"'{k}' = '{v}'" for k, v in properties.items())
 
 
-def _add_missing_properties(spark: SparkSession, name: str, path: str) -> None:
-    """A table created before a property joined its spec gets it, one metadata commit."""
-    want = SPECS[name].properties
-    if not want:
+# (application id, path) of the tables checked against their spec in this Spark application: a
+# night calls ensure_table a few dozen times, and one look at a table's properties is enough
+_REPAIRED: set[tuple[str, str]] = set()
+
+
+def _repair_contract(spark: SparkSession, name: str, path: str) -> None:
+    """Add the spec's properties and CHECK constraints that the table lacks (each one metadata commit)."""
+    spec, key = SPECS[name], (spark.sparkContext.applicationId, path)
+    if (not spec.properties and not spec.checks) or key in _REPAIRED:
         return
     have = {r["key"]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()}
-    missing = {k: v for k, v in want.items() if have.get(k) != v}
+    missing = {k: v for k, v in spec.properties.items() if have.get(k) != v}
     if missing:
         spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({_properties_sql(missing)})")
+    for constraint, condition in spec.checks.items():
+        if f"delta.constraints.{constraint.lower()}" not in have:
+            spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {constraint} CHECK ({condition})")
+    _REPAIRED.add(key)
 
 
 def schema_of(spark: SparkSession, name: str):
