@@ -186,6 +186,10 @@ class ScoringConfig(Section):
     encoder_autocast: Literal["bf16", "fp16", "none"] = Field(
         "none", description="autocast for the frozen encoders on GPU; cached features then differ slightly from fp32 ones")
     thresholds: ThresholdConfig = ThresholdConfig()
+    max_not_finite_share: float = Field(
+        0.01, ge=0, le=1, description="a night fails before writing item_alignment (or cvr_scores) when more than this "
+                                      "share of its scores is NaN or infinite (a broken model); below it those rows are "
+                                      "quarantined as 'score: not finite' / 'cvr: not finite'")
 
     @field_validator("max_records_per_batch")
     @classmethod

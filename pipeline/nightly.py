@@ -59,6 +59,18 @@ ARROW_BATCH = "spark.sql.execution.arrow.maxRecordsPerBatch"
 USERS_PER_BATCH_DIVISOR = 16
 
 
+class NotFiniteScores(RuntimeError):
+    """More of a stage's scores are NaN or infinite than scoring.max_not_finite_share allows: nothing was written."""
+
+
+def check_finite_share(what: str, n_bad: int, n_total: int, limit: float, version: str) -> None:
+    """Raise NotFiniteScores when n_bad / n_total exceeds limit; called before the stage's output commit."""
+    if n_total and n_bad / n_total > limit:
+        raise NotFiniteScores(
+            f"{n_bad} of {n_total} {what} scores of model {version} are NaN or infinite ({n_bad / n_total:.1%} > "
+            f"scoring.max_not_finite_share {limit:.1%}): nothing written for the date; check the model artifact")
+
+
 class MissingInput(RuntimeError):
     """An input table or the model artifact is missing; the message says which command makes it."""
 
@@ -169,6 +181,8 @@ def score_alignment(spark: SparkSession, config: AppConfig, model, outputs: Data
     """
     sc = config.scoring
     scores = outputs.select("item_id", "merchant_id", "category", "p_ita", "p_tia")
+    totals = scores.agg(F.count(F.lit(1)).alias("n"), F.sum(F.when(_not_finite("p_ita", "p_tia"), 1).otherwise(0)).alias("bad")).first()
+    check_finite_share("item alignment", int(totals["bad"] or 0), int(totals["n"]), sc.max_not_finite_share, model.version)
     flagged = alignment_flags(scores.where(~_not_finite("p_ita", "p_tia")), sc.thresholds).persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(flagged)
     rows = flagged.select(F.lit(run_date).alias("run_date"), "item_id", "merchant_id", "category", "p_ita", "p_tia",
@@ -177,7 +191,7 @@ def score_alignment(spark: SparkSession, config: AppConfig, model, outputs: Data
     path = tables.replace_run_date(spark, config, "item_alignment", rows, run_date)
     by_reason = {r["reason"]: r["n"] for r in flagged.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()}
     bad = scores.where(_not_finite("p_ita", "p_tia")).withColumn("reason", F.lit("score: not finite"))
-    n_bad = bad.count()
+    n_bad = int(totals["bad"] or 0)
     quarantine = tables.quarantine_rows(bad, run_date=run_date, job=JOB, source="item_alignment", key_col="item_id",
                                         payload_cols=["merchant_id", "category", "p_ita", "p_tia"])
     return {"path": path, "scored": sum(by_reason.values()), "not_finite": n_bad,
@@ -304,9 +318,10 @@ def score_cvr(spark: SparkSession, config: AppConfig, model, outputs: DataFrame,
     previous = spark.conf.get(ARROW_BATCH, None)
     spark.conf.set(ARROW_BATCH, str(max(8, sc.max_records_per_batch // USERS_PER_BATCH_DIVISOR)))
     try:
-        scores.count()
+        totals = scores.agg(F.count(F.lit(1)).alias("n"), F.sum(F.when(_not_finite("cvr"), 1).otherwise(0)).alias("bad")).first()
     finally:
         spark.conf.set(ARROW_BATCH, previous) if previous is not None else spark.conf.unset(ARROW_BATCH)
+    check_finite_share("CVR", int(totals["bad"] or 0), int(totals["n"]), sc.max_not_finite_share, model.version)
     rows = scores.where(~_not_finite("cvr")).select(F.lit(run_date).alias("run_date"), "user_id", "item_id", "cvr",
                                                     F.lit(model.version).alias("model_version"), "inputs_hash")
     spark.sparkContext.setJobDescription(f"cvr: write cvr_scores ({run_date})")
@@ -460,5 +475,6 @@ def _write_run(spark: SparkSession, config: AppConfig, result: ScoreRun, started
         _say(f"could not record the failed run in `runs`: {exc}")
 
 
-__all__ = ["run", "ScoreRun", "MissingInput", "check_inputs", "alignment_flags", "checked_candidates",
-           "behaviour_inputs", "scorable_pairs", "score_alignment", "score_cvr", "JOB", "FLAG_REASONS"]
+__all__ = ["run", "ScoreRun", "MissingInput", "NotFiniteScores", "check_finite_share", "check_inputs",
+           "alignment_flags", "checked_candidates", "behaviour_inputs", "scorable_pairs", "score_alignment",
+           "score_cvr", "JOB", "FLAG_REASONS"]

@@ -78,8 +78,11 @@ def write_world(spark, config):
         candidate_rows(RUN) + candidate_rows(BEFORE)[:6], tables.schema_of(spark, "candidates")))
 
 
-def make_artifact(config, path: Path, seed: int) -> str:
-    """A real CameNN sized from the featurizer and the world, saved with the training metadata contract."""
+def make_artifact(config, path: Path, seed: int, nan_head: str | None = None) -> str:
+    """A real CameNN sized from the featurizer and the world, saved with the training metadata contract.
+
+    ``nan_head``: that task's head weights are NaN, a model that emits NaN for every row of the task.
+    """
     from camenn.checkpoint import load_artifact, save_artifact
     from camenn.inputs import FeatureVocab
     from camenn.model import create_model
@@ -101,6 +104,8 @@ def make_artifact(config, path: Path, seed: int) -> str:
     with torch.no_grad():
         for head in model.heads.values():
             head.weight.normal_(std=0.2)
+        if nan_head:
+            model.heads[nan_head].weight.fill_(float("nan"))
     metadata = {"featurizer": {k: getattr(fcfg, k) for k in fcfg.__dataclass_fields__},
                 "encoder_fingerprint": featurizer.fingerprint, "vocab": vocab.to_dict(),
                 "table_versions": {}, "metrics": {}}
@@ -485,6 +490,34 @@ def test_failed_run_is_recorded_and_leaves_outputs_alone(spark, world, first_run
     failed = tables.read_table(spark, config, "runs").where("status = 'failed'").collect()
     assert len(failed) == 1 and "does not match" in json.loads(failed[0].details)["error"]
     assert {name: tables.table_version(spark, config, name) for name in versions} == versions
+
+
+def test_a_model_emitting_nan_fails_the_night_before_any_output_commit(spark, world, first_run, tmp_path):
+    config, _ = world
+    versions = {name: tables.table_version(spark, config, name) for name in ("item_alignment", "cvr_scores")}
+    nan_dir = tmp_path / "nan-model"
+    make_artifact(config, nan_dir, seed=4, nan_head="ita")
+    nan_config = config.model_copy(update={"scoring": config.scoring.model_copy(update={"model_dir": str(nan_dir)})})
+    with pytest.raises(nightly.NotFiniteScores, match=r"of \d+ item alignment scores .* are NaN or infinite \(100.0%"):
+        nightly.run(spark, nan_config, RUN)
+    assert {name: tables.table_version(spark, config, name) for name in versions} == versions   # the date is intact
+    failed = tables.read_table(spark, config, "runs").where("status = 'failed'").collect()
+    assert any("NaN or infinite" in json.loads(r.details)["error"] for r in failed)
+
+
+def test_below_the_limit_non_finite_scores_are_quarantined_and_counted(spark, world, first_run, tmp_path):
+    config, _ = world
+    nan_dir = tmp_path / "nan-model"
+    make_artifact(config, nan_dir, seed=4, nan_head="ita")
+    tolerant = config.model_copy(update={"scoring": config.scoring.model_copy(
+        update={"model_dir": str(nan_dir), "max_not_finite_share": 1.0})})
+    result = nightly.run(spark, tolerant, RUN)
+    c = result.counts
+    assert c["items_not_finite"] == c["items_valid"] > 0 and c["items_scored"] == 0
+    assert c["candidates_in"] == c["cvr_scored"] + c["candidates_quarantined"]
+    reasons = {r.reason: r["count"] for r in tables.read_table(spark, config, "quarantine")
+               .where((F.col("run_date") == F.lit(RUN)) & (F.col("source") == "item_alignment")).groupBy("reason").count().collect()}
+    assert reasons == {"score: not finite": c["items_valid"]}
 
 
 def test_missing_inputs_say_which_command_makes_them(spark, tmp_path):
