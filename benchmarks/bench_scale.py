@@ -23,7 +23,7 @@ With an untrained CameNN of the config's model size (benchmarks/_common.py) it m
    ScoreRun's timings), rows/s, shuffle bytes read + written (Spark's status REST API; a Spark
    stage counts for the stage of the night during which it was submitted) and peak RSS of the
    driver Python process, the driver JVM and the Python workers (psutil, every 0.2 s);
-3. CVR input bytes per candidate of both designs, each written to Spark's noop sink: the old
+3. CVR input bytes per candidate of both designs, each consumed by a row hash (``consume``): the old
    per-candidate rows (``nightly.scorable_pairs``: encoder blobs) and the new per-user rows
    (``nightly.user_rows``: cached projected tokens), beside the theoretical row bytes;
 4. the growth per 10x of N of seconds per item and of peak memory.
@@ -297,8 +297,18 @@ def run_night(spark, config, label: str, monitor: Monitor, log: StageLog, t0: fl
     return {"label": label, "status": result.status, "counts": result.counts, "timings": result.timings, "stages": stages}
 
 
+def consume(df) -> None:
+    """Compute every column of every row and keep nothing: the XOR of a hash of each row.
+
+    Spark's noop sink would do, but with Delta 4.4.0 a noop write of a plan that scans a table
+    with deletion vectors (the MERGEd caches) fails ("non-pinned table snapshot"); a hash needs
+    every column, so the joins and shuffles are the same as a real consumer's.
+    """
+    df.agg(F.bit_xor(F.xxhash64(*df.columns))).collect()
+
+
 def cvr_input_bytes(spark, config, log: StageLog, disk_free: float, blob_mean: float, t0: float) -> dict:
-    """Shuffle bytes per candidate of the old per-candidate input and of the new per-user one (noop sink)."""
+    """Shuffle bytes per candidate of the old per-candidate input and of the new per-user one (consumed by a row hash)."""
     run_date = config.world.run_date
     model = nightly.load_model(config)
     fingerprint = feature_cache.featurizer_fingerprint(feature_cache.featurizer_config(config))
@@ -330,7 +340,7 @@ def cvr_input_bytes(spark, config, log: StageLog, disk_free: float, blob_mean: f
                                                         events, run_date, model.max_behaviour)
     for name, make in designs.items():
         w0 = time.time()
-        make().write.format("noop").mode("overwrite").save()
+        consume(make())
         w1 = time.time()
         sh = log.totals(w0, w1)
         out[name] = {"seconds": w1 - w0, **sh, "shuffle_write_per_candidate": sh["shuffle_write"] / max(1, n_cand),

@@ -29,6 +29,10 @@ class TableSpec:
 
 
 _PROBABILITY = "{c} >= 0 AND {c} <= 1"
+# The model cache is MERGEd every night with a few changed rows: with deletion vectors a MERGE marks
+# the replaced rows in a small side file and writes only the new ones, instead of rewriting
+# every data file that holds a changed item (all of them, when changes are spread evenly).
+_MERGED_CACHE = {"delta.enableDeletionVectors": "true"}
 
 SPECS: dict[str, TableSpec] = {spec.name: spec for spec in [
     # content_hash and image_size are derived by conform() whenever a row is written, so a night
@@ -50,6 +54,8 @@ SPECS: dict[str, TableSpec] = {spec.name: spec for spec in [
         checks={"p_buy_is_probability": _PROBABILITY.format(c="p_buy")}),
     TableSpec("item_features", """item_id STRING NOT NULL, content_hash STRING NOT NULL, encoder_fingerprint STRING NOT NULL,
         text_emb BINARY NOT NULL, n_text_tokens INT NOT NULL, image_emb BINARY NOT NULL, updated_at TIMESTAMP NOT NULL""",
+        # no deletion vectors here (yet): pipeline.train's evaluation reads this table with delta-rs
+        # (deltalake 1.6.6), which refuses the deletionVectors reader feature
         checks={"has_text_tokens": "n_text_tokens > 0"}, key=("item_id",)),
     # One row per item: what the model in service computes from the item alone, keyed on what it
     # read (content, category, price) and the model version; the nightly job reuses a row while
@@ -57,7 +63,7 @@ SPECS: dict[str, TableSpec] = {spec.name: spec for spec in [
     TableSpec("item_model_outputs", """item_id STRING NOT NULL, content_hash STRING NOT NULL, category STRING, price DOUBLE,
         model_version STRING NOT NULL, text_proj BINARY NOT NULL, n_text_tokens INT NOT NULL, image_proj BINARY NOT NULL,
         p_ita DOUBLE, p_tia DOUBLE, updated_at TIMESTAMP NOT NULL""",
-        checks={"has_text_tokens": "n_text_tokens > 0"}, key=("item_id",)),
+        checks={"has_text_tokens": "n_text_tokens > 0"}, key=("item_id",), properties=_MERGED_CACHE),
     TableSpec("item_alignment", """run_date DATE NOT NULL, item_id STRING NOT NULL, merchant_id STRING NOT NULL, category STRING,
         p_ita DOUBLE NOT NULL, p_tia DOUBLE NOT NULL, flag BOOLEAN NOT NULL, reason STRING, model_version STRING NOT NULL,
         suspect_side STRING""",

@@ -70,3 +70,42 @@ def test_a_table_left_without_its_constraints_gets_them_before_a_write(spark, co
     props = {r["key"] for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()}
     assert "delta.constraints.cvr_is_probability" in props
     assert tables.read_table(spark, config, "cvr_scores").count() == 0
+
+
+def model_output_rows(spark, ids, content="c0"):
+    return spark.createDataFrame(
+        [(i, content, "Fruit", 1.0, "m1", b"\x00" * 8, 1, b"\x00" * 8, 0.9, 0.9, dt.datetime(2026, 11, 24)) for i in ids],
+        tables.schema_of(spark, "item_model_outputs"))
+
+
+def test_a_cache_merge_marks_replaced_rows_instead_of_rewriting_files(spark, config):
+    from pipeline import model_cache
+
+    path = tables.ensure_table(spark, config, "item_model_outputs")
+    tables.append_rows(spark, config, "item_model_outputs", model_output_rows(spark, [f"i{n}" for n in range(50)]).coalesce(1))
+    model_cache._merge(spark, config, model_output_rows(spark, ["i3"], content="c1"))
+    metrics = spark.sql(f"DESCRIBE HISTORY delta.`{path}` LIMIT 1").first()["operationMetrics"]
+    assert int(metrics["numTargetRowsUpdated"]) == 1
+    assert int(metrics["numTargetDeletionVectorsAdded"]) == 1
+    assert int(metrics["numTargetFilesRemoved"]) == 0, "the 50-row file was rewritten for one changed row"
+    table = tables.read_table(spark, config, "item_model_outputs")
+    assert table.count() == 50 and table.where("content_hash = 'c1'").select("item_id").first()[0] == "i3"
+
+
+def test_a_cache_table_created_before_deletion_vectors_gets_them(spark, config):
+    path = config.table("item_model_outputs")
+    spark.sql(f"CREATE TABLE delta.`{path}` ({tables.SPECS['item_model_outputs'].columns}) USING DELTA")
+    tables.ensure_table(spark, config, "item_model_outputs")
+    props = {r["key"]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()}
+    assert props.get("delta.enableDeletionVectors") == "true"
+
+
+def test_a_cache_with_deletion_vectors_reads_in_a_join(spark, config):
+    """After a MERGE wrote a deletion vector, the cache reads, filters and joins as before (the nightly's use)."""
+    from pipeline import model_cache
+
+    tables.append_rows(spark, config, "item_model_outputs", model_output_rows(spark, [f"i{n}" for n in range(20)]).coalesce(1))
+    model_cache._merge(spark, config, model_output_rows(spark, ["i3"], content="c1"))
+    keys = spark.createDataFrame([(f"i{n}",) for n in range(0, 20, 2)], "item_id string").localCheckpoint()
+    joined = tables.read_table(spark, config, "item_model_outputs").where("model_version = 'm1'").join(keys, "item_id")
+    assert joined.count() == 10 and joined.where("content_hash = 'c1'").count() == 0
