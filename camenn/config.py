@@ -190,6 +190,10 @@ class ScoringConfig(Section):
         0.01, ge=0, le=1, description="a night fails before writing item_alignment (or cvr_scores) when more than this "
                                       "share of its scores is NaN or infinite (a broken model); below it those rows are "
                                       "quarantined as 'score: not finite' / 'cvr: not finite'")
+    run_timeout_hours: float = Field(
+        12.0, gt=0, description="a run still 'running' after this long is taken as dead (its driver killed) by the next "
+                                "run, which records it as failed and deletes its unpublished rows and staging; a "
+                                "dead driver on the same host is found at once. Keep it above the longest night")
 
     @field_validator("max_records_per_batch")
     @classmethod
@@ -241,6 +245,9 @@ class IngestConfig(Section):
     mode: Literal["overwrite", "merge"] = Field(
         "overwrite", description="overwrite: the export is the whole catalogue; merge: upsert on item_id")
     known_items_only: bool = Field(True, description="quarantine events whose item is not in items")
+    max_image_pixels: int = Field(
+        40_000_000, gt=0, description="images with more pixels (width x height, read from the header) are quarantined: "
+        "a decode costs ~3 bytes a pixel, and Pillow's own bomb limit (~179 Mpx) is far above what scoring needs")
 
     @field_validator("item_map", "event_map")
     @classmethod

@@ -25,7 +25,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from camenn.config import AppConfig
-from pipeline import tables
+from pipeline import run_record, tables
 from udfs.predict import USER_FIELDS
 
 TABLE = "cvr_scores"
@@ -62,14 +62,13 @@ def inputs_hash(good: DataFrame, outputs: DataFrame, seqs: DataFrame) -> DataFra
 
 
 def last_night(spark: SparkSession, config: AppConfig, run_date: dt.date, version: str) -> DataFrame | None:
-    """user_id, item_id, inputs_hash, cvr of the latest date before ``run_date`` scored by ``version``; None if none."""
+    """user_id, item_id, inputs_hash, cvr of the latest date before ``run_date``, as published, scored by ``version``; None if none."""
     tables.ensure_table(spark, config, TABLE)
-    scores = tables.read_table(spark, config, TABLE)
-    before = scores.where(F.col("run_date") < F.lit(run_date))
-    last = before.agg(F.max("run_date")).first()[0]
+    last = tables.read_table(spark, config, TABLE).where(F.col("run_date") < F.lit(run_date)).agg(F.max("run_date")).first()[0]
     if last is None:
         return None
-    return (scores.where(F.col("run_date") == F.lit(last)).where(F.col("model_version") == version)
+    # only the published run's rows: a killed run's scores for that date would repeat each key
+    return (run_record.published(spark, config, TABLE, last, job=run_record.SCORING_JOB).where(F.col("model_version") == version)
             .where(F.col("inputs_hash").isNotNull()).select(*KEY, "cvr"))
 
 

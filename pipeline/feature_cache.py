@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import re
 import threading
 import time
 import uuid
@@ -240,9 +241,17 @@ def _staging_rows(df: DataFrame) -> DataFrame:
 
 
 def write_quarantine(spark: SparkSession, config: AppConfig, rows: DataFrame, *, run_date: dt.date,
-                     job: str, source: str | None = None) -> str:
-    """Replace run_date's quarantine rows of ``job`` (and ``source``, if given) with ``rows`` in one commit."""
+                     job: str, source: str | None = None, run_id: str | None = None) -> str:
+    """Write a job's quarantine rows for run_date in one commit.
+
+    Without ``run_id``: replace the date's rows of ``job`` (and ``source``, if given). With it
+    (the nightly job): append them tagged with the run, published by its runs row
+    (pipeline.run_record), so a failed or killed run never replaces the published run's rows.
+    """
     path = tables.ensure_table(spark, config, "quarantine")
+    if run_id is not None:
+        tables.conform(rows.withColumn("run_id", F.lit(run_id)), spark, "quarantine").write.format("delta").mode("append").save(path)
+        return path
     where = f"run_date = DATE'{run_date.isoformat()}' AND job = '{job}'" + (f" AND source = '{source}'" if source else "")
     (tables.conform(rows, spark, "quarantine").write.format("delta").mode("overwrite")
         .option("replaceWhere", where).save(path))
@@ -260,14 +269,22 @@ def _delete_path(spark: SparkSession, path: str) -> None:
 
 
 STALE_STAGING_HOURS = 24.0
+_RUN_ID = re.compile(r"-([0-9a-f]{32})$")
 
 
-def sweep_stale_staging(spark: SparkSession, config: AppConfig, max_age_hours: float = STALE_STAGING_HOURS) -> list[str]:
-    """Delete staging tables that a killed driver left behind (older than ``max_age_hours``).
+def staging_path(config: AppConfig, run_date: dt.date, run_id: str) -> str:
+    return f"{config.table('item_features').rstrip('/')}_staging/{run_date.isoformat()}-{run_id}"
+
+
+def sweep_stale_staging(spark: SparkSession, config: AppConfig, live_run_ids: set[str] | None = None,
+                        max_age_hours: float = STALE_STAGING_HOURS) -> list[str]:
+    """Delete staging tables that killed drivers left behind; returns the deleted paths.
 
     A run deletes its own staging table on success and on any Python-side failure; only a
-    driver killed outright (OOM, SIGKILL, a lost node) leaves one. The age limit keeps a run that
-    is going on beside this one (a backfill, an evaluation) safe. Returns the deleted paths.
+    driver killed outright (OOM, SIGKILL, a lost node) leaves one. A table named by a run_id
+    goes as soon as that run is not live (``live_run_ids``: runs whose latest ``runs`` row is
+    'running', see pipeline.run_record); one without a run id (an older run, or a caller that
+    does not record runs) after ``max_age_hours``, which keeps a concurrent run's table safe.
     """
     jvm = spark.sparkContext._jvm
     root = jvm.org.apache.hadoop.fs.Path(f"{config.table('item_features').rstrip('/')}_staging")
@@ -277,7 +294,14 @@ def sweep_stale_staging(spark: SparkSession, config: AppConfig, max_age_hours: f
     cutoff_ms = (time.time() - max_age_hours * 3600.0) * 1000.0
     deleted = []
     for status in fs.listStatus(root):
-        if status.isDirectory() and status.getModificationTime() < cutoff_ms:
+        if not status.isDirectory():
+            continue
+        owner = _RUN_ID.search(status.getPath().getName())
+        if owner and live_run_ids is not None:
+            stale = owner.group(1) not in live_run_ids
+        else:
+            stale = status.getModificationTime() < cutoff_ms
+        if stale:
             fs.delete(status.getPath(), True)
             deleted.append(status.getPath().toString())
     return deleted
@@ -311,19 +335,22 @@ class FeatureUpdate:
 
 def run_feature_update(spark: SparkSession, config: AppConfig, run_date: dt.date, items_df: DataFrame | None = None,
                        *, job: str = DEFAULT_JOB, autocast: str | None = None,
-                       write_quarantine_rows: bool = True) -> FeatureUpdate:
+                       write_quarantine_rows: bool = True, run_id: str | None = None,
+                       live_run_ids: set[str] | None = None) -> FeatureUpdate:
     """update_item_features, keeping the staging table for the caller (call ``cleanup()``).
 
     ``write_quarantine_rows=False`` leaves the quarantine to the caller (``quarantine_rows()``),
-    which lets a job write all its quarantine rows in one commit.
+    which lets a job write all its quarantine rows in one commit. ``run_id`` names the staging
+    table after the run (a recorded run, see sweep_stale_staging); ``live_run_ids`` are the runs
+    whose staging tables must stay.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     fcfg = featurizer_config(config)
     fingerprint = featurizer_fingerprint(fcfg)
     autocast = autocast if autocast is not None else config.scoring.encoder_autocast
-    staging = f"{config.table('item_features').rstrip('/')}_staging/{run_date.isoformat()}-{uuid.uuid4().hex[:8]}"
-    for path in sweep_stale_staging(spark, config):
+    staging = staging_path(config, run_date, run_id or uuid.uuid4().hex[:8])
+    for path in sweep_stale_staging(spark, config, live_run_ids):
         log.warning(f"deleted the staging table of a killed run: {path}")
 
     spark.sparkContext.setJobDescription(f"item features: find new and changed items ({run_date})")

@@ -8,23 +8,29 @@
 2. The model cache (pipeline.model_cache): the model's item pass (projected tokens, p_ita,
    p_tia) over the valid items whose (content, category, price, model version) is not cached
    yet; a new model version rescores every item by that rule alone.
+0. A ``runs`` row with status 'running' (pipeline.run_record), before anything else; runs of
+   this job that died without finishing are recorded as failed and their rows deleted.
 3. Alignment: every valid item's cached p_ita and p_tia; items under the thresholds (absolute,
    or a per-category quantile computed with Spark's percentile_approx over all of them) are
    flagged "text suspect" (low ITA only), "image suspect" (low TIA only) or "text and image
-   suspect" (both). ``item_alignment`` is replaced for the date.
+   suspect" (both).
 4. CVR: the date's candidates are grouped by user: one row per user carries its behaviour
    sequence (the last ``max_behaviour`` purchases strictly before the date, oldest first) once,
-   its profile, and its candidates, every item as cached projected tokens; ``cvr_scores`` is
-   replaced for the date. A candidate whose inputs (profile, behaviour, target, each item by
-   its cache key) hash as on the last scored date, under the same model, keeps that night's
-   score without going through the model (pipeline.cvr_cache). Candidates with an unknown or invalid item, an unknown user, a null
-   key or a duplicate go to ``quarantine``.
-5. A ``runs`` row: model version, counts, timings per stage, status.
+   its profile, and its candidates, every item as cached projected tokens. A candidate whose
+   inputs (profile, behaviour, target, each item by its cache key) hash as on the last
+   published date, under the same model, keeps that night's score without going through the
+   model (pipeline.cvr_cache). Candidates with an unknown or invalid item, an unknown user, a
+   null key or a duplicate go to ``quarantine``.
+5. Publish: stages 3 and 4 only compute and check (a share of non-finite scores over
+   ``scoring.max_not_finite_share`` fails the run here, before any output commit). Then the
+   rows of ``item_alignment``, ``cvr_scores`` and ``quarantine``, each tagged with the run_id,
+   are appended, and the ``runs`` row 'succeeded' publishes them all at once: readers take a
+   date's rows through ``run_record.published``, which shows one run's rows only. The date's
+   rows of earlier runs are then deleted. A failed run writes 'failed' and deletes its rows.
 
-Every output table is written by one atomic Delta commit (replaceWhere on the date, MERGE for
-the feature cache), so a failed run leaves no partial rows: it writes a ``runs`` row with
-status 'failed' and re-raises; a rerun of the date replaces that date's rows.
-Rows in = rows scored + rows quarantined, for items and for candidates.
+The caches (item_features, item_model_outputs) are MERGEd in stages 1 and 2: they hold what an
+item's content gives under an encoder or a model, whichever run wrote it, so they need no
+publication. Rows in = rows scored + rows quarantined, for items and for candidates.
 """
 
 from __future__ import annotations
@@ -41,12 +47,12 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from camenn.config import AppConfig, ThresholdConfig
-from pipeline import cvr_cache, feature_cache, history, model_cache, tables
+from pipeline import cvr_cache, feature_cache, history, model_cache, run_record, tables
 from udfs.predict import CVR_INPUT, CVR_SCHEMA, CVR_USERS_INPUT, PROJECTED_FIELDS, cvr_users_fn
 
 log = logging.getLogger(__name__)
 
-JOB = "score_catalog"
+JOB = run_record.SCORING_JOB
 INPUT_TABLES = ("items", "users", "events", "candidates")
 TEXT_SUSPECT, IMAGE_SUSPECT, BOTH_SUSPECT = "text suspect", "image suspect", "text and image suspect"
 FLAG_REASONS = (TEXT_SUSPECT, IMAGE_SUSPECT, BOTH_SUSPECT)
@@ -175,7 +181,7 @@ def _not_finite(*cols: str):
 
 def score_alignment(spark: SparkSession, config: AppConfig, model, outputs: DataFrame, run_date: dt.date,
                     persisted: list[DataFrame]) -> dict:
-    """Flag every valid item from its cached scores, write item_alignment; returns counts and the quarantine rows.
+    """Flag every valid item from its cached scores; returns the item_alignment rows, counts and the quarantine rows.
 
     ``outputs``: item_id, merchant_id, category, p_ita, p_tia of every valid item (model_cache.current).
     """
@@ -187,14 +193,13 @@ def score_alignment(spark: SparkSession, config: AppConfig, model, outputs: Data
     persisted.append(flagged)
     rows = flagged.select(F.lit(run_date).alias("run_date"), "item_id", "merchant_id", "category", "p_ita", "p_tia",
                           "flag", "reason", F.lit(model.version).alias("model_version"), "suspect_side")
-    spark.sparkContext.setJobDescription(f"alignment: write item_alignment ({run_date})")
-    path = tables.replace_run_date(spark, config, "item_alignment", rows, run_date)
+    spark.sparkContext.setJobDescription(f"alignment: flag items ({run_date})")
     by_reason = {r["reason"]: r["n"] for r in flagged.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()}
     bad = scores.where(_not_finite("p_ita", "p_tia")).withColumn("reason", F.lit("score: not finite"))
     n_bad = int(totals["bad"] or 0)
     quarantine = tables.quarantine_rows(bad, run_date=run_date, job=JOB, source="item_alignment", key_col="item_id",
                                         payload_cols=["merchant_id", "category", "p_ita", "p_tia"])
-    return {"path": path, "scored": sum(by_reason.values()), "not_finite": n_bad,
+    return {"rows": rows, "scored": sum(by_reason.values()), "not_finite": n_bad,
             "flagged": {reason: by_reason.get(reason, 0) for reason in FLAG_REASONS}, "quarantine": quarantine}
 
 
@@ -287,7 +292,7 @@ def user_rows(good: DataFrame, outputs: DataFrame, events: DataFrame, run_date: 
 
 def score_cvr(spark: SparkSession, config: AppConfig, model, outputs: DataFrame, run_date: dt.date,
               persisted: list[DataFrame], candidates: DataFrame | None = None) -> dict:
-    """Score the date's candidates grouped by user, write cvr_scores; returns counts and the quarantine rows."""
+    """Score the date's candidates grouped by user; returns the cvr_scores rows, counts and the quarantine rows."""
     sc = config.scoring
     if candidates is None:
         candidates = tables.read_table(spark, config, "candidates").where(F.col("run_date") == F.lit(run_date))
@@ -324,8 +329,7 @@ def score_cvr(spark: SparkSession, config: AppConfig, model, outputs: DataFrame,
     check_finite_share("CVR", int(totals["bad"] or 0), int(totals["n"]), sc.max_not_finite_share, model.version)
     rows = scores.where(~_not_finite("cvr")).select(F.lit(run_date).alias("run_date"), "user_id", "item_id", "cvr",
                                                     F.lit(model.version).alias("model_version"), "inputs_hash")
-    spark.sparkContext.setJobDescription(f"cvr: write cvr_scores ({run_date})")
-    path = tables.replace_run_date(spark, config, "cvr_scores", rows, run_date)
+    spark.sparkContext.setJobDescription(f"cvr: count scores and quarantine ({run_date})")
 
     rejected = (checked.where(F.col("reason").isNotNull()).select("user_id", "item_id", "reason")
                 .unionByName(scores.where(_not_finite("cvr")).select("user_id", "item_id", F.lit("cvr: not finite").alias("reason"))))
@@ -348,7 +352,7 @@ def score_cvr(spark: SparkSession, config: AppConfig, model, outputs: DataFrame,
     quarantine = tables.quarantine_rows(rejected.withColumn("key", F.concat_ws("|", "user_id", "item_id")),
                                         run_date=run_date, job=JOB, source="candidates", key_col="key",
                                         payload_cols=["user_id", "item_id"])
-    return {"path": path, "in": n_in, "scored": n_scored, "by_model": n_by_model, "reused": n_reused,
+    return {"rows": rows, "in": n_in, "scored": n_scored, "by_model": n_by_model, "reused": n_reused,
             "quarantined": n_quarantined,
             "reasons": reasons, "quarantine": quarantine}
 
@@ -360,13 +364,19 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
         candidates: DataFrame | None = None, items_df: DataFrame | None = None) -> ScoreRun:
     """One nightly run for ``run_date`` (default: the world's run date)."""
     run_date = run_date or config.world.run_date
-    result = ScoreRun(run_id=uuid.uuid4().hex, run_date=run_date, model_version=None, status="running")
-    started = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    result = ScoreRun(run_id=uuid.uuid4().hex, run_date=run_date, model_version=None, status=run_record.RUNNING)
+    started = run_record.now()
     t_start = time.perf_counter()
     previous_batch = spark.conf.get(ARROW_BATCH, None)
     update = None
     persisted: list[DataFrame] = []
+    # the run is recorded before it does anything else, so even a driver killed in stage 1 leaves a row
+    run_record.start(spark, config, run_id=result.run_id, job=JOB, run_date=run_date, started_at=started,
+                     details={"config": config.source, "model_dir": config.model_dir})
     try:
+        for dead in run_record.sweep_abandoned(spark, config, JOB, current_run_id=result.run_id,
+                                               timeout_hours=config.scoring.run_timeout_hours):
+            _say(f"    run {dead} was abandoned (its driver is gone): recorded as failed, its rows deleted")
         check_inputs(spark, config)
         model = load_model(config)
         result.model_version = model.version
@@ -381,7 +391,8 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
 
         _say(f"1/5 item features for {run_date}: validate items, encode new and changed ones")
         t = time.perf_counter()
-        update = feature_cache.run_feature_update(spark, config, run_date, items_df, job=JOB, write_quarantine_rows=False)
+        update = feature_cache.run_feature_update(spark, config, run_date, items_df, job=JOB, write_quarantine_rows=False,
+                                                  run_id=result.run_id, live_run_ids=run_record.live_run_ids(spark, config))
         stats = update.stats
         result.timings["features"] = time.perf_counter() - t
         result.counts.update(stats.counts())
@@ -405,6 +416,9 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
         persisted.append(outputs)
         model_cache.check_current(outputs, cache.valid)
 
+        # stages 3 and 4 compute and check every output before anything is written: a broken
+        # model (NaN scores) fails here, with no commit to any output table
+        writes: dict[str, DataFrame] = {}
         t = time.perf_counter()
         if {"ita", "tia"} <= set(model.tasks):
             _say(f"3/5 alignment: flag {stats.valid} items from model {model.version}'s scores")
@@ -412,7 +426,7 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
             result.counts.update(items_scored=align["scored"], items_not_finite=align["not_finite"],
                                  flagged=sum(align["flagged"].values()))
             result.flagged = align["flagged"]
-            result.outputs["item_alignment"] = align["path"]
+            writes["item_alignment"] = align["rows"]
             quarantine = quarantine.unionByName(align["quarantine"])
             _say(f"    {align['scored']} items scored, {result.counts['flagged']} flagged")
         else:
@@ -426,22 +440,31 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
             result.counts.update(candidates_in=cvr["in"], cvr_scored=cvr["scored"], candidates_quarantined=cvr["quarantined"],
                                  cvr_model_scored=cvr["by_model"], cvr_reused=cvr["reused"])
             result.quarantined["candidates"] = cvr["reasons"]
-            result.outputs["cvr_scores"] = cvr["path"]
+            writes["cvr_scores"] = cvr["rows"]
             quarantine = quarantine.unionByName(cvr["quarantine"])
-            _say(f"    {cvr['scored']} scores written ({cvr['by_model']} by the model, the rest reused from the last "
+            _say(f"    {cvr['scored']} scores ({cvr['by_model']} by the model, the rest reused from the last "
                  f"night), {cvr['quarantined']} candidates quarantined")
         else:
             _say(f"4/5 cvr: skipped, model {model.version} has no cvr head")
         result.timings["cvr"] = time.perf_counter() - t
-        # every rejected row of this run, whatever its source, in one commit
+
         t = time.perf_counter()
-        result.outputs["quarantine"] = feature_cache.write_quarantine(spark, config, quarantine, run_date=run_date, job=JOB)
-        result.timings["quarantine"] = time.perf_counter() - t
-        result.status = "succeeded"
+        _say(f"5/5 publish: write the outputs of run {result.run_id}, then its runs row")
+        for name, rows in writes.items():
+            spark.sparkContext.setJobDescription(f"publish: append {name} rows of run {result.run_id} ({run_date})")
+            result.outputs[name] = tables.append_rows(spark, config, name, rows.withColumn("run_id", F.lit(result.run_id)))
+        # every rejected row of this run, whatever its source, in one commit
+        result.outputs["quarantine"] = feature_cache.write_quarantine(spark, config, quarantine, run_date=run_date,
+                                                                      job=JOB, run_id=result.run_id)
+        result.timings["publish"] = time.perf_counter() - t
+        result.status = run_record.SUCCEEDED
+        result.timings["total"] = time.perf_counter() - t_start
+        _write_run(spark, config, result, started)   # the one commit that publishes the run's rows
     except BaseException as exc:
-        result.status = "failed"
+        result.status = run_record.FAILED
         result.timings["total"] = time.perf_counter() - t_start
         _write_run(spark, config, result, started, error=f"{type(exc).__name__}: {exc}")
+        _withdraw(spark, config, result)
         raise
     finally:
         spark.sparkContext.setJobDescription(None)
@@ -451,21 +474,29 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
             update.cleanup(spark)
         if previous_batch is not None:
             spark.conf.set(ARROW_BATCH, previous_batch)
-    result.timings["total"] = time.perf_counter() - t_start
-    _say("5/5 runs: record the run")
-    _write_run(spark, config, result, started)
+    try:
+        run_record.prune(spark, config, run_date, JOB, keep_run_id=result.run_id)
+    except Exception as exc:  # noqa: BLE001 - published already; the next run of the date prunes again
+        _say(f"could not delete the earlier runs' rows of {run_date} (readers see run {result.run_id} only): {exc}")
     return result
+
+
+def _withdraw(spark: SparkSession, config: AppConfig, result: ScoreRun) -> None:
+    try:
+        run_record.withdraw(spark, config, result.run_date, result.run_id)
+    except Exception as exc:  # noqa: BLE001 - unpublished rows stay invisible; the next run deletes them
+        _say(f"could not delete the rows of failed run {result.run_id}: {exc}")
 
 
 def _write_run(spark: SparkSession, config: AppConfig, result: ScoreRun, started: dt.datetime, error: str | None = None):
     result.outputs["runs"] = config.table("runs")
     details = {"flagged": result.flagged, "quarantined": result.quarantined, "outputs": result.outputs,
-               "config": config.source, "model_dir": config.model_dir}
+               "config": config.source, "model_dir": config.model_dir, **run_record.owner()}
     if error:
         details["error"] = error[:4000]
     row = tables.runs_row(spark, run_id=result.run_id, job=JOB, run_date=result.run_date,
                           model_version=result.model_version, started_at=started,
-                          finished_at=dt.datetime.now(dt.UTC).replace(tzinfo=None), status=result.status,
+                          finished_at=run_record.now(), status=result.status,
                           counts=result.counts, timings=result.timings, details=details)
     try:
         tables.append_rows(spark, config, "runs", row)

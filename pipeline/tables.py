@@ -66,21 +66,23 @@ SPECS: dict[str, TableSpec] = {spec.name: spec for spec in [
         checks={"has_text_tokens": "n_text_tokens > 0"}, key=("item_id",), properties=_MERGED_CACHE),
     TableSpec("item_alignment", """run_date DATE NOT NULL, item_id STRING NOT NULL, merchant_id STRING NOT NULL, category STRING,
         p_ita DOUBLE NOT NULL, p_tia DOUBLE NOT NULL, flag BOOLEAN NOT NULL, reason STRING, model_version STRING NOT NULL,
-        suspect_side STRING""",
+        suspect_side STRING, run_id STRING""",
         partition_by=("run_date",),
         checks={"p_ita_is_probability": _PROBABILITY.format(c="p_ita"), "p_tia_is_probability": _PROBABILITY.format(c="p_tia"),
                 "suspect_side_is_a_side": "suspect_side IS NULL OR suspect_side IN ('text', 'image', 'both')"},
         key=("run_date", "item_id")),
     TableSpec("cvr_scores", "run_date DATE NOT NULL, user_id STRING NOT NULL, item_id STRING NOT NULL, cvr DOUBLE NOT NULL, "
-        "model_version STRING NOT NULL, inputs_hash STRING",
+        "model_version STRING NOT NULL, inputs_hash STRING, run_id STRING",
         partition_by=("run_date",), checks={"cvr_is_probability": _PROBABILITY.format(c="cvr")},
         key=("run_date", "user_id", "item_id")),
     TableSpec("quarantine", "run_date DATE NOT NULL, job STRING NOT NULL, source STRING NOT NULL, key STRING, "
-        "reason STRING NOT NULL, payload STRING",
+        "reason STRING NOT NULL, payload STRING, run_id STRING",
         partition_by=("run_date",)),
     TableSpec("runs", """run_id STRING NOT NULL, job STRING NOT NULL, run_date DATE NOT NULL, model_version STRING,
         started_at TIMESTAMP NOT NULL, finished_at TIMESTAMP, status STRING NOT NULL,
-        counts MAP<STRING, BIGINT>, timings MAP<STRING, DOUBLE>, details STRING""", key=("run_id",)),
+        counts MAP<STRING, BIGINT>, timings MAP<STRING, DOUBLE>, details STRING""",
+        # a run appends a row when it starts (running) and one when it ends (pipeline.run_record)
+        key=("run_id", "status")),
     TableSpec("quality_flags", """run_date DATE NOT NULL, merchant_id STRING NOT NULL, item_id STRING NOT NULL, rank INT NOT NULL,
         side STRING NOT NULL, p_ita DOUBLE NOT NULL, p_tia DOUBLE NOT NULL, category STRING, suggested_category STRING,
         text_category STRING, image_category STRING, problem STRING NOT NULL, suggestion STRING NOT NULL,
@@ -200,10 +202,17 @@ def conform(df: DataFrame, spark: SparkSession, name: str) -> DataFrame:
 
     Derived columns (``DERIVED``) are computed here from the row itself, whatever the writer
     passed, so every writer (world, ingest, a MERGE) stores the same hash for the same content.
+    ``run_id`` is null when the writer has none (a writer that is not a recorded run); any other
+    column the writer lacks fails here, naming it.
     """
     derived = DERIVED.get(name, {})
-    return df.select(*[(derived[f.name]() if f.name in derived else F.col(f.name)).cast(f.dataType).alias(f.name)
-                       for f in schema_of(spark, name).fields])
+
+    def column(f):
+        if f.name in derived:
+            return derived[f.name]()
+        return F.lit(None) if f.name == "run_id" and f.name not in df.columns else F.col(f.name)
+
+    return df.select(*[column(f).cast(f.dataType).alias(f.name) for f in schema_of(spark, name).fields])
 
 
 def _overwriter(df: DataFrame, spark: SparkSession, name: str, tag: str | None):
@@ -283,7 +292,7 @@ def quarantine_rows(df: DataFrame, *, run_date: dt.date, job: str, source: str, 
 
 
 def runs_row(spark: SparkSession, *, run_id: str, job: str, run_date: dt.date, model_version: str | None,
-             started_at: dt.datetime, finished_at: dt.datetime, status: str,
+             started_at: dt.datetime, finished_at: dt.datetime | None, status: str,
              counts: dict[str, int], timings: dict[str, float], details: dict | None = None) -> DataFrame:
     return spark.createDataFrame(
         [(run_id, job, run_date, model_version, started_at, finished_at, status,

@@ -340,13 +340,16 @@ def test_end_to_end_outputs_and_counts(spark, world, first_run):
     assert {(r.key, r.reason) for r in q.where("source = 'candidates'").collect()} >= {
         ("u0|i100", "item: unknown or invalid"), ("u1|i999", "item: unknown or invalid"), ("u99|i001", "user: unknown")}
 
-    run_row = tables.read_table(spark, config, "runs").where(F.col("run_id") == result.run_id).collect()
-    assert len(run_row) == 1
-    row = run_row[0]
+    run_rows = tables.read_table(spark, config, "runs").where(F.col("run_id") == result.run_id).collect()
+    assert sorted(r.status for r in run_rows) == ["running", "succeeded"]   # one row at the start, one at the end
+    (row,) = [r for r in run_rows if r.status == "succeeded"]
     assert (row.status, row.job, row.run_date, row.model_version) == ("succeeded", "score_catalog", RUN, version)
     assert row.counts["cvr_scored"] == c["cvr_scored"] and row.counts["items_encoded"] == N_CLEAN
     assert {"features", "alignment", "cvr", "total"} <= set(row.timings)
     assert json.loads(row.details)["flagged"] == result.flagged
+    for name in ("item_alignment", "cvr_scores", "quarantine"):   # every output row names the run that wrote it
+        assert {r.run_id for r in tables.read_table(spark, config, name).where(F.col("run_date") == F.lit(RUN))
+                .select("run_id").distinct().collect()} == {result.run_id}, name
 
 
 def test_spark_scores_equal_plain_pytorch(spark, world, first_run):

@@ -15,7 +15,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from camenn.config import AppConfig
-from pipeline import tables
+from pipeline import run_record, tables
 from pipeline.report.advice import SIDES
 from pipeline.report.pages import ENRICHED_SCHEMA, PAGE_INPUT, PageSettings, enrich_fn, merchant_page_fn
 from pipeline.report.publish import INDEX, MERCHANTS_DIR, PLOT, ReportError, filesystem_for, publish_folder, uri_like, write_bytes
@@ -47,7 +47,8 @@ def build_report(spark: SparkSession, config: AppConfig, run_date: dt.date) -> R
     """Write the run date's merchant pages, CSVs, index page, plot and quality_flags rows."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    alignment = tables.read_table(spark, config, "item_alignment").where(F.col("run_date") == F.lit(run_date))
+    # the date's rows of the scoring run published for it, never a failed or unfinished run's
+    alignment = run_record.published(spark, config, "item_alignment", run_date, job=run_record.SCORING_JOB)
     counts = alignment.agg(F.count(F.lit(1)).alias("n"), F.collect_set("model_version").alias("versions")).first()
     if not counts["n"]:
         raise ReportError(f"item_alignment has no rows for {run_date}: run jobs/score_catalog.py --run-date {run_date} first")
