@@ -40,12 +40,40 @@ def code_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
+# What to do about an artifact that does not load; every ArtifactError ends with one of these.
+RETRAIN = "train a new one (`make train`) or restore the whole folder from a good copy"
+REFUSED = ("the folder must hold only config.json, model.safetensors and manifest.json as save_artifact writes them: "
+           "train a new one (`make train`) or restore the folder from a good copy")
+MISSING_FOLDER = "train one (`make train`) or point the config at an existing artifact folder"
+MISSING_MANIFEST = ("its save did not finish, or it was not written by camenn.checkpoint.save_artifact; the manifest is "
+                    "what vouches for the weights, so do not write one by hand: retrain (`make train`) or restore the "
+                    "whole folder from a good copy")
+_DETAIL = 400   # characters of a library's own message kept in the one line
+
+
 class ArtifactError(ValueError):
-    """The artifact directory is missing, incomplete, tampered with or of an unknown format."""
+    """The artifact directory is missing, incomplete, tampered with or of an unknown format.
+
+    Its message is one line (jobs print it as is, with exit status 2): what is wrong with which
+    folder, then what to do.
+    """
+
+    def __init__(self, message: str, remedy: str = RETRAIN):
+        line = " ".join(str(message).split())
+        super().__init__(f"{line}; {remedy}" if remedy else line)
+
+
+def _brief(exc: BaseException) -> str:
+    """A library's exception as a short one-line detail."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:_DETAIL]}{'...' if len(text) > _DETAIL else ''}"
 
 
 class PickleRefusedError(ArtifactError):
     """A pickle was found where only safetensors are accepted."""
+
+    def __init__(self, message: str, remedy: str = REFUSED):
+        super().__init__(message, remedy)
 
 
 @dataclass
@@ -136,15 +164,15 @@ def _looks_like_pickle(head: bytes) -> bool:
     return head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"
 
 
-def _check_safetensors(name: str, data: bytes):
+def _check_safetensors(root: Path, name: str, data: bytes):
     if _looks_like_pickle(data[:4]):
-        raise PickleRefusedError(f"{name} is a pickle (torch.save / pickle format), not safetensors; "
+        raise PickleRefusedError(f"artifact {root}: {name} is a pickle (torch.save / pickle format), not safetensors; "
                                  "pickles are refused because loading one can run arbitrary code")
     if len(data) < 9:
-        raise ArtifactError(f"{name} is not a safetensors file (only {len(data)} bytes)")
+        raise ArtifactError(f"artifact {root}: {name} is not a safetensors file (only {len(data)} bytes)")
     (n,) = struct.unpack("<Q", data[:8])
     if n > len(data) - 8 or data[8:9] != b"{":
-        raise ArtifactError(f"{name} is not a safetensors file (bad header)")
+        raise ArtifactError(f"artifact {root}: {name} is not a safetensors file (bad header)")
 
 
 def _read_verified(root: Path, name: str, entry: dict) -> bytes:
@@ -153,7 +181,7 @@ def _read_verified(root: Path, name: str, entry: dict) -> bytes:
         raise ArtifactError(f"artifact {root}: {name} is listed in {MANIFEST} but missing")
     data = p.read_bytes()
     if name == WEIGHTS:  # sniff before hashing: "this is a pickle" is the more useful error
-        _check_safetensors(name, data)
+        _check_safetensors(root, name, data)
     if len(data) != entry.get("size") or _sha256(data) != entry.get("sha256"):
         raise ArtifactError(f"artifact {root}: {name} does not match {MANIFEST} "
                             f"(size {len(data)} vs {entry.get('size')}, sha256 mismatch); "
@@ -161,9 +189,10 @@ def _read_verified(root: Path, name: str, entry: dict) -> bytes:
     return data
 
 
-def load_artifact(path, device="cpu") -> Artifact:
-    """Verify and load an artifact written by save_artifact; the model comes back in eval mode."""
-    root = Path(path)
+def _check_layout(root: Path) -> None:
+    """The folder exists, holds no pickle and has a manifest; cheap, no file is read."""
+    if not root.exists():
+        raise ArtifactError(f"artifact {root}: no such folder", MISSING_FOLDER)
     if not root.is_dir():
         raise ArtifactError(f"artifact {root}: not a directory (expected {CONFIG}, {WEIGHTS}, {MANIFEST})")
     pickles = sorted(p.name for p in root.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
@@ -171,15 +200,38 @@ def load_artifact(path, device="cpu") -> Artifact:
         raise PickleRefusedError(f"artifact {root}: pickle file(s) {pickles} found; pickles are refused "
                                  f"(weights are read only from {WEIGHTS})")
     if not (root / MANIFEST).is_file():
-        raise ArtifactError(f"artifact {root}: {MANIFEST} is missing")
+        present = sorted(p.name for p in root.iterdir())
+        raise ArtifactError(f"artifact {root}: {MANIFEST} is missing (the folder holds {present or 'nothing'})",
+                            MISSING_MANIFEST)
+
+
+def check_artifact(path) -> dict:
+    """Verify an artifact without building its model: layout, manifest, hashes, headers, config.
+
+    Returns config.json's content. Cheap enough for a job's preflight, so that an artifact
+    problem is one line before Spark starts; load_artifact runs the same checks.
+    """
+    root = Path(path)
+    _check_layout(root)
+    _, blobs = _verified_blobs(root)
+    return _parse_config(root, blobs[CONFIG])
+
+
+def _verified_blobs(root: Path) -> tuple[dict, dict[str, bytes]]:
+    """(manifest's file entries, each listed file's bytes), every file checked against the manifest."""
     try:
         manifest = json.loads((root / MANIFEST).read_bytes())
         listed = manifest["files"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"artifact {root}: {MANIFEST} is not a valid manifest ({exc})") from None
+        raise ArtifactError(f"artifact {root}: {MANIFEST} is not a valid manifest ({_brief(exc)})") from None
+    if not isinstance(listed, dict) or not all(isinstance(e, dict) for e in listed.values()):
+        raise ArtifactError(f"artifact {root}: {MANIFEST} is not a valid manifest (its files are not name: entry pairs)")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"artifact {root}: format_version {manifest.get('format_version')!r} "
                             f"is not supported (expected {FORMAT_VERSION})")
+    strays = sorted(n for n in listed if not n or n != Path(n).name or n in (".", ".."))
+    if strays:   # a forged manifest must not make the loader read files outside the folder
+        raise ArtifactError(f"artifact {root}: {MANIFEST} lists {strays}, which are not file names in the folder")
     for required in (CONFIG, WEIGHTS):
         if required not in listed:
             raise ArtifactError(f"artifact {root}: {required} is not listed in {MANIFEST}")
@@ -187,28 +239,50 @@ def load_artifact(path, device="cpu") -> Artifact:
     unlisted = sorted(present - set(listed))
     if unlisted:
         raise ArtifactError(f"artifact {root}: file(s) {unlisted} are not listed in {MANIFEST}")
-
     # read each file once: what is hashed is exactly what is parsed (no check-then-swap window)
-    blobs = {name: _read_verified(root, name, entry) for name, entry in listed.items()}
-    config = json.loads(blobs[CONFIG])
+    return listed, {name: _read_verified(root, name, entry) for name, entry in listed.items()}
+
+
+def _parse_config(root: Path, data: bytes) -> dict:
+    try:
+        config = json.loads(data)
+    except ValueError as exc:
+        raise ArtifactError(f"artifact {root}: {CONFIG} is not JSON ({_brief(exc)})") from None
+    if not isinstance(config, dict):
+        raise ArtifactError(f"artifact {root}: {CONFIG} is not a JSON object")
     if config.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"artifact {root}: {CONFIG} format_version {config.get('format_version')!r} "
                             f"is not supported (expected {FORMAT_VERSION})")
+    return config
+
+
+def load_artifact(path, device="cpu") -> Artifact:
+    """Verify and load an artifact written by save_artifact; the model comes back in eval mode.
+
+    Every problem with the folder is an ArtifactError, whatever library found it.
+    """
+    root = Path(path)
+    _check_layout(root)
+    listed, blobs = _verified_blobs(root)
+    config = _parse_config(root, blobs[CONFIG])
     try:
         cfg = CameNNConfig.from_dict(config["model"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"artifact {root}: {CONFIG} has no valid 'model' section ({exc})") from None
-
-    model = create_model_from_config(cfg)
-    state = load_safetensors_bytes(blobs[WEIGHTS])
+        model = create_model_from_config(cfg)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ArtifactError(f"artifact {root}: {CONFIG} has no valid 'model' section ({_brief(exc)})") from None
+    try:
+        state = load_safetensors_bytes(blobs[WEIGHTS])
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError on a bad body
+        raise ArtifactError(f"artifact {root}: {WEIGHTS} does not parse as safetensors ({_brief(exc)})") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # missing / unexpected keys or shape mismatches: never half-load
-        raise ArtifactError(f"artifact {root}: {WEIGHTS} does not fit the model in {CONFIG}: {exc}") from None
+        raise ArtifactError(f"artifact {root}: {WEIGHTS} does not fit the model in {CONFIG}: {_brief(exc)}") from None
     model.to(device).eval()
     metadata = {k: v for k, v in config.items() if k not in RESERVED_KEYS}
     return Artifact(model=model, config=cfg, metadata=metadata,
                     version=listed[WEIGHTS]["sha256"][:12], path=root)
 
 
-__all__ = ["Artifact", "ArtifactError", "PickleRefusedError", "save_artifact", "load_artifact", "FORMAT_VERSION"]
+__all__ = ["Artifact", "ArtifactError", "PickleRefusedError", "save_artifact", "load_artifact", "check_artifact",
+           "FORMAT_VERSION"]

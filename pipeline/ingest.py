@@ -16,7 +16,10 @@ Every export row either lands or goes to `quarantine` with one reason (the first
 in the order of :data:`ITEM_REASONS` / :data:`EVENT_REASONS`), so rows in = landed + quarantined.
 Image bytes are read by Spark (``binaryFile`` over ``images_root``, joined on the relative path)
 and decoded on executors by :func:`camenn.images.decode_image`, the decoder the featurizer uses;
-nothing catalogue-sized is collected to the driver.
+nothing catalogue-sized is collected to the driver. Before any byte is read, image paths are
+normalised (a ``../`` cannot leave the root) and, on a local root, every file is resolved with
+its symlinks followed: a file that resolves outside the root is quarantined and left out of the
+read. What ingest refuses, and why, is in docs/reliability.md ("Ingest refuses").
 
 Reruns are idempotent: with ``mode=overwrite`` the items and events tables are replaced by a
 deterministic result of the export; with ``mode=merge`` items are upserted on item_id (a row
@@ -27,11 +30,15 @@ This job's quarantine rows are replaced per (run_date, job, source), never appen
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
+import os
+import posixpath
 import re
 import string
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +47,7 @@ from pyspark import StorageLevel
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType
 from pyspark.sql.window import Window
 
 from camenn.config import AppConfig, IngestConfig, project_root
@@ -49,6 +57,7 @@ JOB = "ingest"
 CONST_PREFIX = "const:"
 
 # Quarantine reasons, in the order they are tested (a row carries the first that applies).
+MALFORMED_RECORD = "malformed CSV record"     # wrong column count or an unbalanced quote; payload names the line
 MISSING_ITEM_ID = "missing item_id"
 DUPLICATE_ITEM_ID = "duplicate item_id"
 MISSING_MERCHANT_ID = "missing merchant_id"
@@ -58,18 +67,28 @@ INVALID_UPDATED_AT = "invalid updated_at"
 IMAGE_NO_PATH = "image: no path"
 IMAGE_OUTSIDE_ROOT = "image: path outside images_root"
 IMAGE_NOT_FOUND = "image: file not found"
+IMAGE_EMPTY = "image: empty file"
+IMAGE_TOO_LARGE = "image: too large"          # payload image_error: "W×H px > limit px (ingest.max_image_pixels)"
 IMAGE_UNDECODABLE = "image: cannot decode"
-ITEM_REASONS = (MISSING_ITEM_ID, DUPLICATE_ITEM_ID, MISSING_MERCHANT_ID, EMPTY_TEXT, INVALID_PRICE,
-                INVALID_UPDATED_AT, IMAGE_NO_PATH, IMAGE_OUTSIDE_ROOT, IMAGE_NOT_FOUND, IMAGE_UNDECODABLE)
+ITEM_REASONS = (MALFORMED_RECORD, MISSING_ITEM_ID, DUPLICATE_ITEM_ID, MISSING_MERCHANT_ID, EMPTY_TEXT, INVALID_PRICE,
+                INVALID_UPDATED_AT, IMAGE_NO_PATH, IMAGE_OUTSIDE_ROOT, IMAGE_NOT_FOUND, IMAGE_EMPTY, IMAGE_TOO_LARGE,
+                IMAGE_UNDECODABLE)
 
 MISSING_USER_ID = "missing user_id"
 MISSING_EVENT_ITEM_ID = "missing item_id"
 MISSING_TS = "missing ts"
 INVALID_TS = "invalid ts"
 UNKNOWN_ITEM_ID = "unknown item_id"
-EVENT_REASONS = (MISSING_USER_ID, MISSING_EVENT_ITEM_ID, MISSING_TS, INVALID_TS, INVALID_PRICE, UNKNOWN_ITEM_ID)
+EVENT_REASONS = (MALFORMED_RECORD, MISSING_USER_ID, MISSING_EVENT_ITEM_ID, MISSING_TS, INVALID_TS, INVALID_PRICE,
+                 UNKNOWN_ITEM_ID)
 
-_FILE, _POS = "__ingest_file", "__ingest_pos"     # row provenance, next to the export's own columns
+# Row provenance, next to the export's own columns: the file, the place in it, the raw text of a
+# malformed CSV line (null for a good record) and how many lines of the file the record spans.
+_FILE, _POS, _CORRUPT, _SPAN = "__ingest_file", "__ingest_pos", "__ingest_corrupt", "__ingest_span"
+_PROVENANCE = (_FILE, _POS, _CORRUPT, _SPAN)
+# Files under a local images root that resolve outside it are excluded from the read by name;
+# past this many the root is taken as misconfigured (a linked folder) rather than listed.
+MAX_ESCAPING_FILES = 10_000
 _ADDRESS = re.compile(r" ?<[^<>]* at 0x[0-9a-fA-F]+>")
 _CONTENT = ("merchant_id", "category", "title", "description", "image", "price")
 
@@ -182,18 +201,18 @@ def _format_of(path: str, fmt: str | None) -> str:
 
 
 def read_export(spark: SparkSession, cfg: IngestConfig, path: str, what: str, flag: str) -> DataFrame:
-    """An export as a DataFrame, with ``_FILE`` and ``_POS`` columns giving each row's place in it.
+    """An export as a DataFrame, with provenance columns: ``_FILE``, ``_POS`` (each row's place in
+    the file), ``_CORRUPT`` (the text of a malformed CSV line, else null) and ``_SPAN`` (lines spanned).
 
     CSV columns stay strings (keys keep their leading zeros). ``_pos`` orders rows as they
     appear in the files: within one file block all rows are in one partition, in file order.
     """
     _must_exist(spark, path, what, flag)
     fmt = _format_of(path, cfg.format)
-    reader = spark.read.format(fmt)
-    if fmt == "csv":
-        reader = reader.options(**{"inferSchema": "false", **cfg.csv_options})
     try:
-        df = reader.load(path)
+        if fmt == "csv":
+            return _split_malformed(_read_csv(spark, cfg, path))
+        df = spark.read.format(fmt).load(path)
     except AnalysisException as problem:
         if "TIMESTAMP(NANOS" in str(problem):  # pandas 2 / pyarrow write nanoseconds by default
             raise IngestError(
@@ -201,11 +220,76 @@ def read_export(spark: SparkSession, cfg: IngestConfig, path: str, what: str, fl
                 "microsecond timestamps (pandas: to_parquet(..., coerce_timestamps='us', "
                 "allow_truncated_timestamps=True))") from None
         raise
+    return _with_provenance(df).select("*", F.lit(None).cast("string").alias(_CORRUPT), F.lit(1).alias(_SPAN))
+
+
+def _with_provenance(df: DataFrame, part: Column | None = None) -> DataFrame:
     return df.select(
         "*", F.col("_metadata.file_path").alias(_FILE),
         F.struct(F.col("_metadata.file_path").alias("file"), F.col("_metadata.file_block_start").alias("block"),
-                 F.monotonically_increasing_id().alias("row")).alias(_POS),
+                 F.monotonically_increasing_id().alias("row"), F.lit(0).alias("part")).alias(_POS),
     )
+
+
+def _read_csv(spark: SparkSession, cfg: IngestConfig, path: str) -> DataFrame:
+    """The CSV with Spark's PERMISSIVE mode keeping each malformed record's text in ``_CORRUPT``.
+
+    Why this and not FAILFAST or a bare line count: a record whose column count is wrong (an
+    extra field, or an unbalanced quote that ran on into the next lines and left the fields
+    misaligned) must not land with shifted fields, and one bad line must not stop a catalogue's
+    ingest; PERMISSIVE flags exactly those records and the rest parse as before. A line count
+    alone cannot tell a swallowed line from a legitimate newline inside a quoted field, which
+    ``multiLine`` (on by default: descriptions have newlines) allows. An export known to have
+    no newlines in fields is safest with ``multiLine: "false"``: a quote can then never run past
+    the end of its line.
+    """
+    options = {"inferSchema": "false", **cfg.csv_options}
+    columns = spark.read.options(**options).csv(path).schema     # the header's names, all strings
+    strict = {**options, "mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT}
+    df = spark.read.options(**strict).schema(StructType([*columns.fields, StructField(_CORRUPT, StringType())])).csv(path)
+    # Lines spanned: 1, plus the newlines kept inside quoted fields (multiLine).
+    newlines = [F.coalesce(F.length(_col(df, c)) - F.length(F.regexp_replace(_col(df, c), "\n", "")), F.lit(0))
+                for c in columns.fieldNames()]
+    return _with_provenance(df).withColumn(_SPAN, sum(newlines, F.lit(1)))
+
+
+def _split_malformed(df: DataFrame) -> DataFrame:
+    """Each malformed record becomes one row per line of its text, with every field null.
+
+    A record that swallowed the next lines (an unbalanced quote under multiLine) stands for as
+    many rows of the file: each is quarantined on its own, so rows in counts the file's records.
+    One select with posexplode, not a filter and a union: Spark refuses a CSV query that reads
+    the corrupt-record column alone, and one scan is cheaper anyway.
+    """
+    corrupt = F.col(_CORRUPT)
+    exports = [c for c in df.columns if c not in _PROVENANCE]
+    lines = F.when(corrupt.isNull(), F.array(F.lit(None).cast("string"))).otherwise(F.split(corrupt, "\r?\n"))
+    exploded = df.select(*[F.when(corrupt.isNull(), _col(df, c)).alias(c) for c in exports], F.col(_FILE), F.col(_POS),
+                         F.col(_SPAN), F.posexplode(lines).alias("_part", "_line"))
+    return exploded.select(
+        *exports, _FILE,
+        F.struct(F.col(f"{_POS}.file").alias("file"), F.col(f"{_POS}.block").alias("block"),
+                 F.col(f"{_POS}.row").alias("row"), F.col("_part").alias("part")).alias(_POS),
+        F.col("_line").alias(_CORRUPT), F.when(F.col("_line").isNull(), F.col(_SPAN)).otherwise(1).alias(_SPAN))
+
+
+def _line_numbers(verdict: DataFrame, header_lines: int) -> DataFrame:
+    """(_pos, line): each row's first line in its file, counting the header and the lines before it.
+
+    One window over the file (a sort of (_pos, _span) per file), so it runs only when a malformed
+    record is there to be named. Blank lines, which Spark skips, are not counted.
+    """
+    before = Window.partitionBy(F.col("_pos.file")).orderBy("_pos").rowsBetween(Window.unboundedPreceding, -1)
+    return verdict.select("_pos", (F.coalesce(F.sum("_span").over(before), F.lit(0)) + header_lines + 1).alias("line"))
+
+
+def _with_lines(verdict: DataFrame, bad: DataFrame, header_lines: int, counts: SourceCounts) -> DataFrame:
+    """The quarantined rows with the file line of each malformed record (null for the other reasons)."""
+    if not counts.reasons.get(MALFORMED_RECORD):
+        return bad.withColumn("line", F.lit(None).cast("long"))
+    lines = _line_numbers(verdict, header_lines)
+    return (bad.join(lines, "_pos", "left")
+            .withColumn("line", F.when(F.col("reason") == MALFORMED_RECORD, F.col("line")).cast("long")))
 
 
 @dataclass(frozen=True)
@@ -219,7 +303,7 @@ class Source:
 def resolve_mapping(mapping: dict[str, str], columns: list[str], *, what: str, path: str,
                     required: tuple[str, ...], templates: tuple[str, ...] = ()) -> dict[str, Source]:
     """Check a mapping against the export's columns; a miss is one line naming the column."""
-    available = [c for c in columns if c not in (_FILE, _POS)]
+    available = [c for c in columns if c not in _PROVENANCE]
 
     def missing(column: str, target: str) -> IngestError:
         return IngestError(f"{what} {path} has no column {column!r} (mapped to {target}); "
@@ -310,51 +394,185 @@ def _image_value(df: DataFrame, source: Source) -> Column:
     return _raw(df, source)
 
 
-def _relative_image_path(value: Column, root: str) -> tuple[Column, Column]:
-    """(path relative to the qualified images root, True where an absolute path lies outside it).
+_URI_HEAD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:(?://[^/]*)?)(.*)$")   # "file:" or "s3a://bucket", then the path
 
-    Relative values are taken as relative to the root; absolute local paths and ``file:`` URIs
-    are normalised to Hadoop's ``file:/...`` form, then must start with the qualified root.
+
+def _relative_to_root(value: str | None, prefix: str) -> tuple[str | None, bool]:
+    """(path relative to the root, True when it leaves the root) for one image value.
+
+    Paths are normalised before the test, so ``img/../../etc/passwd`` or ``file:/root/../etc``
+    is outside; absolute local paths and ``file:`` URIs take Hadoop's ``file:/...`` form first.
     """
-    v = F.nullif(F.trim(value), F.lit(""))
-    absolute = v.startswith("/") | v.contains("://") | v.startswith("file:")
-    normal = (F.when(v.startswith("file:///"), F.concat(F.lit("file:/"), F.substring(v, 9, 1 << 30)))
-              .when(v.startswith("/"), F.concat(F.lit("file:"), v))
-              .otherwise(v))
+    v = (value or "").strip()
+    if not v:
+        return None, False
+    if v.startswith("file:///"):
+        v = "file:/" + v[len("file:///"):]
+    elif v.startswith("/"):
+        v = "file:" + v
+    head = _URI_HEAD.match(v) if (v.startswith("file:") or "://" in v) else None
+    if head is None:                                    # relative to the root
+        rel = posixpath.normpath(v)
+        outside = rel == ".." or rel.startswith("../")
+        return (None, True) if outside else (rel, False)
+    normal = head.group(1) + posixpath.normpath(head.group(2) or "/")
+    return (normal[len(prefix):], False) if normal.startswith(prefix) else (None, True)
+
+
+def _relative_image_udf(root: str):
+    """A UDF giving struct(rel, outside) for image values, against the qualified root."""
     prefix = root.rstrip("/") + "/"
-    inside = normal.startswith(prefix)
-    rel = (F.when(absolute & inside, normal.substr(F.lit(len(prefix) + 1), F.lit(1 << 30)))
-           .when(~absolute, F.regexp_replace(v, r"^(\./)+", "")))
-    return rel, F.coalesce(absolute & ~inside, F.lit(False))
+
+    @F.pandas_udf("struct<rel:string,outside:boolean>")
+    def relative(values: pd.Series) -> pd.DataFrame:
+        return pd.DataFrame([_relative_to_root(v, prefix) for v in values], columns=["rel", "outside"])
+
+    return relative
 
 
-def read_images(spark: SparkSession, root: str) -> DataFrame:
-    """(rel_path, content) of every file under the qualified root, read by Spark's binaryFile."""
-    prefix = root.rstrip("/") + "/"
-    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root)
-    return files.select(F.col("path").substr(F.lit(len(prefix) + 1), F.lit(1 << 30)).alias("_rel"),
-                        F.col("content").alias("_content")).where(F.col("path").startswith(prefix))
+def _local_path(path: str) -> str:
+    """``file:/a/b`` (Hadoop's form) or ``file:///a/b`` as the local path ``/a/b``."""
+    return "/" + path[len("file:"):].lstrip("/")
 
 
-def _image_check_udf(min_size: int | None):
+def _escapes_udf(root: str):
+    """A UDF: True for a listed file whose real path (symlinks followed) is not under the root's.
+
+    It runs on executors, where the files are; the root is resolved there too.
+    """
+    local_root = _local_path(root)
+
+    @F.pandas_udf("boolean")
+    def escapes(paths: pd.Series) -> pd.Series:
+        base = os.path.realpath(local_root).rstrip("/") + "/"
+        return pd.Series([not os.path.realpath(_local_path(p)).startswith(base) for p in paths], dtype=bool)
+
+    return escapes
+
+
+def _unlisted_udf(root: str):
+    """A UDF for paths the listing lacks: "empty" for a 0-byte file (Spark lists no empty file),
+    "outside" for one that resolves outside the root, null when there is no such file."""
+    local_root = _local_path(root)
+
     @F.pandas_udf("string")
-    def check(content: pd.Series) -> pd.Series:
+    def unlisted(rels: pd.Series) -> pd.Series:
+        base = os.path.realpath(local_root).rstrip("/") + "/"
+
+        def one(rel: str | None) -> str | None:
+            real = os.path.realpath(os.path.join(local_root, rel)) if rel else None
+            if real is None or not os.path.isfile(real):
+                return None
+            return "outside" if not real.startswith(base) else ("empty" if os.path.getsize(real) == 0 else None)
+
+        return pd.Series([one(r) for r in rels], dtype=object)
+
+    return unlisted
+
+
+@dataclass
+class _ImageFiles:
+    """The files under the images root: their listing (no bytes) and the files left out of any read."""
+    root: str
+    listing: DataFrame        # _rel, _length, _escapes
+    excluded: list[str]       # _metadata.file_path of the files that resolve outside the root
+
+    def unlisted(self, rel: Column) -> Column:
+        """Why a path the listing lacks is not there: "empty", "outside" or null (no file); local roots only."""
+        return _unlisted_udf(self.root)(rel) if self.root.startswith("file:") else F.lit(None).cast("string")
+
+    def content(self, spark: SparkSession) -> DataFrame:
+        """(_rel, _content) of every file under the root but the excluded ones, read by Spark's binaryFile.
+
+        The exclusion is a filter on ``_metadata.file_path``, which Spark applies to the file
+        listing before any file is opened: an excluded file's bytes are never read.
+        """
+        files = _binary_files(spark, self.root)
+        if self.excluded:
+            files = files.where(~F.col("_metadata.file_path").isin(self.excluded))
+        return files.where(_under(self.root)).select(_rel_of(self.root), F.col("content").alias("_content"))
+
+
+def _binary_files(spark: SparkSession, root: str) -> DataFrame:
+    return spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root)
+
+
+def _rel_of(root: str) -> Column:
+    return F.col("path").substr(F.lit(len(root.rstrip("/")) + 2), F.lit(1 << 30)).alias("_rel")
+
+
+def _under(root: str) -> Column:
+    return F.col("path").startswith(root.rstrip("/") + "/")
+
+
+def list_images(spark: SparkSession, root: str) -> _ImageFiles:
+    """The root's listing: path and length only (binaryFile opens no file when content is not selected).
+
+    On a local root every file is resolved with its symlinks followed, on executors; the few that
+    land outside the root are collected by name (at most MAX_ESCAPING_FILES) to be left out of
+    every read. Object stores have no symlinks, and Hadoop does not follow HDFS ones by default.
+    """
+    files = _binary_files(spark, root).where(_under(root))
+    listing = files.select(_rel_of(root), F.col("length").alias("_length"), F.col("path").alias("_path"),
+                           F.col("_metadata.file_path").alias("_meta_path"))
+    if not root.startswith("file:"):
+        return _ImageFiles(root, listing.select("_rel", "_length", F.lit(False).alias("_escapes")), [])
+    escaping = listing.where(_escapes_udf(root)(F.col("_path"))).select("_meta_path")
+    excluded = [r[0] for r in escaping.limit(MAX_ESCAPING_FILES + 1).collect()]
+    if len(excluded) > MAX_ESCAPING_FILES:
+        raise IngestError(f"more than {MAX_ESCAPING_FILES} files under images root {root} resolve outside it "
+                          "(symlinks to another folder?); pass the folder the links point to as --images-root")
+    escapes = F.col("_meta_path").isin(excluded) if excluded else F.lit(False)
+    return _ImageFiles(root, listing.select("_rel", "_length", escapes.alias("_escapes")), excluded)
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image header: Image.open reads the header, not the pixels."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():   # Pillow warns above ~89 Mpx; the caller tests the size itself
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                return img.size
+    except Image.DecompressionBombError:   # over twice Pillow's own limit: too large, whatever ours is
+        raise
+    except Exception:  # noqa: BLE001 - an unreadable header is the decoder's to name
+        return None
+
+
+def _image_check_udf(min_size: int | None, max_pixels: int):
+    """A UDF giving struct(kind, detail) per image: kind null (fine), "too_large" or "undecodable"."""
+    @F.pandas_udf("struct<kind:string,detail:string>")
+    def check(content: pd.Series) -> pd.DataFrame:
         # The featurizer's decoder, so ingest accepts exactly the images scoring can decode.
         from camenn.images import ImageDecodeError, decode_image
 
-        def one(data) -> str | None:
+        def one(data) -> tuple[str | None, str | None]:
             if data is None:
-                return None
+                return None, None
+            try:
+                size = _header_size(data)
+            except Exception as exc:  # noqa: BLE001 - only Pillow's DecompressionBombError gets here
+                return "too_large", f"{exc} (ingest.max_image_pixels {max_pixels})"[:300]
+            if size is not None and size[0] * size[1] > max_pixels:   # refused before a decode allocates it
+                return "too_large", f"{size[0]}×{size[1]} px > {max_pixels} px (ingest.max_image_pixels)"
             try:
                 decode_image(data, min_size=min_size)
-                return None
+                return None, None
             except ImageDecodeError as exc:
                 # Pillow names the in-memory stream with its address; drop it so reruns agree.
-                return _ADDRESS.sub("", exc.reason)[:300]
+                return "undecodable", _ADDRESS.sub("", exc.reason)[:300]
 
-        return pd.Series([one(d) for d in content], dtype=object)
+        return pd.DataFrame([one(d) for d in content], columns=["kind", "detail"])
 
     return check
+
+
+def _invalid_price(raw: Column, value: Column) -> Column:
+    """A price given but not a finite number >= 0. Spark orders NaN above every number (NaN >= 0
+    is true), so NaN is tested apart; "1e309" casts to infinity."""
+    return raw.isNotNull() & (value.isNull() | F.isnan(value) | (value == F.lit(float("inf"))) | (value < 0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -436,6 +654,8 @@ class _ItemsPlan:
     export: DataFrame
     mapping: dict[str, Source]
     images_root: str       # qualified (file:/..., s3a://..., hdfs://...)
+    max_image_pixels: int
+    header_lines: int      # lines before the first record (CSV header)
 
 
 def plan_items(spark: SparkSession, cfg: IngestConfig) -> _ItemsPlan:
@@ -452,11 +672,21 @@ def plan_items(spark: SparkSession, cfg: IngestConfig) -> _ItemsPlan:
                               required=("item_id", "merchant_id", "image"), templates=("image",))
     if "title" not in mapping and "description" not in mapping:
         raise IngestError("items mapping has neither title nor description; map at least one (--map title=COLUMN)")
-    return _ItemsPlan(export, mapping, images_root)
+    return _ItemsPlan(export, mapping, images_root, cfg.max_image_pixels, _header_lines(cfg, items_path))
 
 
-def classify_items(spark: SparkSession, config: AppConfig, plan: _ItemsPlan, run_date: dt.date) -> DataFrame:
-    """Every export row with the contracted fields, its image path, and a reason (null = lands). No bytes."""
+def _header_lines(cfg: IngestConfig, path: str) -> int:
+    csv = _format_of(path, cfg.format) == "csv"
+    return 1 if csv and str(cfg.csv_options.get("header", "false")).lower() == "true" else 0
+
+
+def classify_items(spark: SparkSession, config: AppConfig, plan: _ItemsPlan, run_date: dt.date,
+                   images: _ImageFiles) -> DataFrame:
+    """Every export row with the contracted fields, its image path, and a reason (null = lands).
+
+    Bytes are read only for rows that passed every other test, and only from files that stay
+    inside the root; the pixel limit is tested on the header before the decoder runs.
+    """
     df, m = plan.export, plan.mapping
     updated_src = m.get("updated_at")
     price_raw, updated_raw = _raw(df, m.get("price")), _raw(df, updated_src)
@@ -470,51 +700,61 @@ def classify_items(spark: SparkSession, config: AppConfig, plan: _ItemsPlan, run
         (updated_raw.try_cast("timestamp") if updated_src else
          F.lit(dt.datetime.combine(run_date, dt.time())).cast("timestamp")).alias("updated_at"),
         image_value.alias("image_path"), F.col(_FILE).alias("source_file"), F.col(_POS).alias("_pos"),
+        F.col(_CORRUPT).alias("_corrupt"), F.col(_SPAN).alias("_span"),
     )
-    rel, outside = _relative_image_path(F.col("image_path"), plan.images_root)
-    rows = rows.withColumn("_rel", rel).withColumn("_outside", outside)
+    where = _relative_image_udf(plan.images_root)(F.col("image_path"))
+    rows = rows.withColumn("_rel", where["rel"]).withColumn("_outside", where["outside"])
     # Duplicates: the latest updated_at wins, then the last row in export order (a later row
     # of an export corrects an earlier one); ties cannot remain, so the choice is deterministic.
     order = Window.partitionBy("item_id").orderBy(F.col("updated_at").desc_nulls_last(), F.col("_pos").desc())
     rows = rows.withColumn("_rank", F.when(F.col("item_id").isNotNull(), F.row_number().over(order)))
     blank = lambda c: F.coalesce(F.trim(F.col(c)), F.lit("")) == ""  # noqa: E731
     early = _first_reason(
+        (F.col("_corrupt").isNotNull(), MALFORMED_RECORD),
         (F.col("item_id").isNull(), MISSING_ITEM_ID),
         (F.col("_rank") > 1, DUPLICATE_ITEM_ID),
         (F.col("merchant_id").isNull(), MISSING_MERCHANT_ID),
         (blank("title") & blank("description"), EMPTY_TEXT),
-        (F.col("price_raw").isNotNull() & F.col("price").isNull(), INVALID_PRICE),
+        (_invalid_price(F.col("price_raw"), F.col("price")), INVALID_PRICE),
         (F.col("updated_at_raw").isNotNull() & F.col("updated_at").isNull(), INVALID_UPDATED_AT),
         (F.col("image_path").isNull(), IMAGE_NO_PATH),
         (F.col("_outside"), IMAGE_OUTSIDE_ROOT),
     )
-    rows = rows.withColumn("_early", early)
-    images = read_images(spark, plan.images_root)
-    joined = rows.join(images, on="_rel", how="left")
+    # The listing answers the questions that need no bytes: where the file really is, whether it exists, its size.
+    listed = rows.withColumn("_early", early).join(images.listing, on="_rel", how="left")
+    unlisted = F.when(F.col("_early").isNull() & F.col("_length").isNull(), images.unlisted(F.col("_rel")))
+    listed = listed.withColumn("_unlisted", unlisted)
+    before_bytes = (F.when(F.col("_early").isNotNull(), F.col("_early"))
+                    .when(F.col("_escapes") | (F.col("_unlisted") == "outside"), F.lit(IMAGE_OUTSIDE_ROOT))
+                    .when((F.col("_length") == 0) | (F.col("_unlisted") == "empty"), F.lit(IMAGE_EMPTY))
+                    .when(F.col("_length").isNull(), F.lit(IMAGE_NOT_FOUND)))
+    joined = listed.withColumn("_before", before_bytes).join(images.content(spark), on="_rel", how="left")
     featurizer = config.featurizer
-    check = _image_check_udf(featurizer.patch_grid * featurizer.patch_size)
-    # Only rows that are still good are decoded; the others pass null (the UDF skips nulls).
-    joined = joined.withColumn("image_error", check(F.when(F.col("_early").isNull(), F.col("_content"))))
-    reason = (F.when(F.col("_early").isNotNull(), F.col("_early"))
-              .when(F.col("_content").isNull(), F.lit(IMAGE_NOT_FOUND))
-              .when(F.col("image_error").isNotNull(), F.lit(IMAGE_UNDECODABLE)))
-    return joined.withColumn("reason", reason).drop("_content", "_early", "_rank", "_outside", "_pos")
+    check = _image_check_udf(featurizer.patch_grid * featurizer.patch_size, plan.max_image_pixels)
+    # Only rows that are still good are looked at; the others pass null (the UDF skips nulls).
+    joined = joined.withColumn("_check", check(F.when(F.col("_before").isNull(), F.col("_content"))))
+    reason = (F.when(F.col("_before").isNotNull(), F.col("_before"))
+              .when(F.col("_check.kind") == "too_large", F.lit(IMAGE_TOO_LARGE))
+              .when(F.col("_check.kind") == "undecodable", F.lit(IMAGE_UNDECODABLE)))
+    return (joined.withColumn("reason", reason).withColumn("image_error", F.col("_check.detail"))
+            .drop("_content", "_early", "_rank", "_outside", "_escapes", "_length", "_unlisted", "_before", "_check"))
 
 
 def ingest_items(spark: SparkSession, config: AppConfig, cfg: IngestConfig, plan: _ItemsPlan,
                  run_date: dt.date) -> SourceCounts:
-    verdict = classify_items(spark, config, plan, run_date).persist(StorageLevel.MEMORY_AND_DISK)
+    images = list_images(spark, plan.images_root)
+    verdict = classify_items(spark, config, plan, run_date, images).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         counts = _tally(verdict)
         # Bytes are read again for the landing rows only (decoding happened once, in the tally).
         good = verdict.where(F.col("reason").isNull()).drop("image_error")
-        landed = good.join(read_images(spark, plan.images_root), on="_rel", how="inner").withColumnRenamed("_content", "image")
+        landed = good.join(images.content(spark), on="_rel", how="inner").withColumnRenamed("_content", "image")
         written = _write_items(spark, config, landed, cfg.mode, "updated_at" in plan.mapping)
         _check_written("items", written, counts)
-        bad = verdict.where(F.col("reason").isNotNull()).select(
+        bad = _with_lines(verdict, verdict.where(F.col("reason").isNotNull()), plan.header_lines, counts).select(
             "item_id", "merchant_id", "category", "title", "description", F.col("price_raw").alias("price"),
             F.col("updated_at_raw").alias("updated_at"), F.col("image_path").alias("image"), "image_error",
-            "source_file", "reason")
+            "source_file", "line", F.col("_corrupt").substr(1, 1000).alias("record"), "reason")
         quarantine = tables.quarantine_rows(bad, run_date=run_date, job=JOB, source="items", key_col="item_id")
         replace_quarantine(spark, config, quarantine, run_date, "items")
         return counts
@@ -548,6 +788,7 @@ def classify_events(spark: SparkSession, config: AppConfig, cfg: IngestConfig, e
         _raw(df, m["user_id"]).alias("user_id"), _raw(df, m["item_id"]).alias("item_id"),
         ts_raw.alias("ts_raw"), ts.alias("ts"), F.lit("purchase").alias("event"),
         price_raw.alias("price_raw"), price_raw.try_cast("double").alias("price"), F.col(_FILE).alias("source_file"),
+        F.col(_POS).alias("_pos"), F.col(_CORRUPT).alias("_corrupt"), F.col(_SPAN).alias("_span"),
     )
     known = F.lit(True)
     if cfg.known_items_only and tables._is_delta(spark, config.table("items")):
@@ -555,11 +796,12 @@ def classify_events(spark: SparkSession, config: AppConfig, cfg: IngestConfig, e
         rows = rows.join(item_ids, rows["item_id"] == item_ids["_known"], "left")
         known = F.col("_known").isNotNull()
     reason = _first_reason(
+        (F.col("_corrupt").isNotNull(), MALFORMED_RECORD),
         (F.col("user_id").isNull(), MISSING_USER_ID),
         (F.col("item_id").isNull(), MISSING_EVENT_ITEM_ID),
         (F.col("ts_raw").isNull(), MISSING_TS),
         (F.col("ts").isNull(), INVALID_TS),
-        (F.col("price_raw").isNotNull() & F.col("price").isNull(), INVALID_PRICE),
+        (_invalid_price(F.col("price_raw"), F.col("price")), INVALID_PRICE),
         (~known, UNKNOWN_ITEM_ID),
     )
     rows = rows.withColumn("reason", reason)
@@ -574,12 +816,14 @@ def ingest_events(spark: SparkSession, config: AppConfig, cfg: IngestConfig, exp
         written = _write_events(spark, config, verdict.where(F.col("reason").isNull()), cfg.mode)
         _check_written("events", written, counts)
         # Events have no key of their own: the quarantine key is user|item|ts as exported.
-        bad = verdict.where(F.col("reason").isNotNull()).select(
+        rejected = verdict.where(F.col("reason").isNotNull())
+        bad = _with_lines(verdict, rejected, _header_lines(cfg, cfg.events_path), counts).select(
             F.concat_ws("|", F.coalesce("user_id", F.lit("")), F.coalesce("item_id", F.lit("")),
                         F.coalesce("ts_raw", F.lit(""))).alias("_key"),
-            "user_id", "item_id", F.col("ts_raw").alias("ts"), F.col("price_raw").alias("price"), "source_file", "reason")
+            "user_id", "item_id", F.col("ts_raw").alias("ts"), F.col("price_raw").alias("price"), "source_file",
+            "line", F.col("_corrupt").substr(1, 1000).alias("record"), "reason")
         quarantine = tables.quarantine_rows(bad, run_date=run_date, job=JOB, source="events", key_col="_key",
-                                            payload_cols=["user_id", "item_id", "ts", "price", "source_file"])
+                                            payload_cols=["user_id", "item_id", "ts", "price", "source_file", "line", "record"])
         replace_quarantine(spark, config, quarantine, run_date, "events")
         return counts
     finally:

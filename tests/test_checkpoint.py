@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -180,5 +181,83 @@ def test_save_is_atomic_and_refuses_to_clobber(tmp_path):
 
 
 def test_not_a_directory(tmp_path):
-    with pytest.raises(ArtifactError, match="not a directory"):
+    with pytest.raises(ArtifactError, match="no such folder.*make train"):
         load_artifact(tmp_path / "nowhere")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ArtifactError, match="not a directory"):
+        load_artifact(tmp_path / "file")
+
+
+# ------------------------------------------------------------------------ faults: one line, exit 2, from the jobs
+
+
+def _flip_a_byte(path):
+    data = bytearray((path / "model.safetensors").read_bytes())
+    data[len(data) - 5] ^= 0x01
+    (path / "model.safetensors").write_bytes(bytes(data))
+
+
+def _pickle_weights(path):
+    torch.save(trained_like_model().state_dict(), path / "model.safetensors")
+
+
+def _forge_weights(path):
+    """Garbage weights and a manifest rewritten to vouch for them."""
+    (path / "model.safetensors").write_bytes(b"\x10" + bytes(64))
+    rewrite_manifest_entry(path, "model.safetensors")
+
+
+def _forge_config(path):
+    """A config.json that is not JSON, with a manifest rewritten to vouch for it."""
+    (path / "config.json").write_text("{not json")
+    rewrite_manifest_entry(path, "config.json")
+
+
+def _forge_manifest_path(path):
+    """A manifest that lists a file outside the folder: it must not be read."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"]["../../etc/passwd"] = {"sha256": "0" * 64, "size": 1}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+FAULTS = {
+    "missing manifest": (lambda p: (p / "manifest.json").unlink(), r"manifest\.json is missing \(the folder holds "
+                         r"\['config\.json', 'model\.safetensors'\]\).*do not write one by hand"),
+    "flipped byte": (_flip_a_byte, r"model\.safetensors does not match manifest\.json"),
+    "pickle": (_pickle_weights, r"model\.safetensors is a pickle"),
+    "forged weights": (_forge_weights, r"model\.safetensors is not a safetensors file"),
+    "forged config": (_forge_config, r"config\.json is not JSON"),
+    "manifest path outside": (_forge_manifest_path, r"lists \['\.\./\.\./etc/passwd'\], which are not file names"),
+}
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_every_artifact_fault_is_one_artifact_error_that_says_what_to_do(saved, fault):
+    _, path = saved
+    damage, says = FAULTS[fault]
+    damage(path)
+    with pytest.raises(ArtifactError, match=says) as caught:
+        load_artifact(path)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"artifact {path}:")
+    assert "make train" in message and "good copy" in message
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_score_job_exits_2_with_one_line_on_a_broken_artifact(saved, tmp_path, tiny_config_path, fault, capsys):
+    """Said before Spark starts. (A missing folder is the run's input check's: test_nightly.)"""
+    from pipeline.jobs.score_catalog import main
+
+    _, path = saved
+    damage, says = FAULTS[fault]
+    damage(path)
+    code = main(["--conf", str(tiny_config_path), "--set", f"data.root={tmp_path / 'tables'}",
+                 "--set", f"scoring.model_dir={path}"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"error: artifact {path}: ") and "make train" in err
+    assert re.search(says, err), err
+    assert not (tmp_path / "tables").exists()

@@ -210,3 +210,117 @@ def test_unknown_mapped_column_is_one_line_before_any_write(spark, export, capsy
     with pytest.raises(ingest.IngestError, match=r"no column 'sku' \(mapped to image template"):
         ingest.run_ingest(spark, config, ingest.with_flags(cfg, item_map=["image={sku}.jpg"]), RUN)
     assert not os.path.exists(config.data.root)
+
+
+# ------------------------------------------------------------------------ faults: what ingest refuses
+
+
+def bad_reasons(spark, config, source):
+    return sorted((r.key or "", r.reason) for r in quarantined(spark, config, source).collect())
+
+
+@pytest.mark.faults
+def test_images_outside_the_root_empty_or_too_large_are_refused_unread(spark, tmp_path):
+    root = tmp_path / "exports"
+    files = write_images(root)
+    img, sibling = root / "img", tmp_path / "sibling"
+    sibling.mkdir()
+    with open(sibling / "huge.jpg", "wb") as f:   # sparse, 3 GiB: binaryFile fails on any file over 2 GiB it opens
+        f.truncate(3 << 30)
+    (sibling / "fine.jpg").write_bytes(image_bytes("JPEG"))
+    (img / "passwd.jpg").symlink_to("/etc/passwd")
+    (img / "huge.jpg").symlink_to(sibling / "huge.jpg")
+    (img / "sibling.jpg").symlink_to(sibling / "fine.jpg")
+    (img / "alias.jpg").symlink_to(img / "0001.jpg")          # a link that stays inside lands
+    (img / "empty.jpg").write_bytes(b"")
+    big = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(big, "PNG")            # 144 Mpx, a few KB on disk
+    (img / "big.png").write_bytes(big.getvalue())
+    rows = [("1", "img/alias.jpg", None), ("2", "img/passwd.jpg", ingest.IMAGE_OUTSIDE_ROOT),
+            ("3", "img/huge.jpg", ingest.IMAGE_OUTSIDE_ROOT), ("4", "img/sibling.jpg", ingest.IMAGE_OUTSIDE_ROOT),
+            ("5", "../sibling/fine.jpg", ingest.IMAGE_OUTSIDE_ROOT), ("6", f"{img}/../../sibling/fine.jpg", ingest.IMAGE_OUTSIDE_ROOT),
+            ("7", "img/../img/0002.png", None), ("8", "img/empty.jpg", ingest.IMAGE_EMPTY),
+            ("9", "img/big.png", ingest.IMAGE_TOO_LARGE), ("10", "img/0099.jpg", ingest.IMAGE_NOT_FOUND)]
+    pd.DataFrame([(k, f"Item {k}", "m1", p) for k, p, _ in rows], columns=["sku", "name", "shop", "picture"]
+                 ).to_csv(root / "items.csv", index=False)
+    config = tiny_config(tmp_path)
+    cfg = ingest.with_flags(config.ingest, items_path=str(root / "items.csv"), images_root=str(root),
+                            item_map=["item_id=sku", "title=name", "description=", "category=", "merchant_id=shop",
+                                      "image=picture"])
+    assert cfg.max_image_pixels == 40_000_000
+    result = ingest.run_ingest(spark, config, cfg, RUN)
+
+    assert bad_reasons(spark, config, "items") == sorted((k, r) for k, _, r in rows if r)
+    c = result.items
+    assert (c.rows_in, c.landed, c.quarantined) == (len(rows), 2, len(rows) - 2) and c.rows_in == c.landed + c.quarantined
+    landed = {r.item_id: bytes(r.image) for r in tables.read_table(spark, config, "items").collect()}
+    assert landed == {"1": files["0001.jpg"], "7": files["0002.png"]}
+    payloads = {r.key: json.loads(r.payload) for r in quarantined(spark, config, "items").collect()}
+    assert payloads["9"]["image_error"] == "12000×12000 px > 40000000 px (ingest.max_image_pixels)"
+    assert all("root:" not in json.dumps(p) for p in payloads.values())   # nothing of /etc/passwd anywhere
+
+    # A lower limit catches ordinary images too; the reason says so, not "cannot decode".
+    strict = cfg.model_copy(update={"max_image_pixels": 1000})
+    again = ingest.run_ingest(spark, config, strict, RUN)
+    assert again.items.reasons[ingest.IMAGE_TOO_LARGE] == 3 and again.items.landed == 0
+
+
+@pytest.mark.faults
+def test_prices_must_be_finite_and_not_negative_for_items_and_events(spark, export):
+    config, cfg, root, _ = export
+    prices = {"11": "NaN", "12": "1e309", "13": "-5", "14": "0", "15": "-0.0"}
+    frame = pd.read_csv(root / "articles.csv", dtype=str, keep_default_na=False)
+    extra = pd.DataFrame([(k, f"Item {k}", "d", "fruit", "m1", p, "jpg") for k, p in prices.items()], columns=frame.columns)
+    for k in prices:
+        (root / "img" / f"00{k}.jpg").write_bytes(image_bytes("JPEG"))
+    pd.concat([frame, extra]).to_csv(root / "articles.csv", index=False)
+    pd.DataFrame({"customer": ["u1"] * 5, "article": ["1"] * 5, "day": ["2026-11-01"] * 5,
+                  "paid": ["NaN", "1e309", "-5", "2.5", "Infinity"]}).to_csv(root / "transactions.csv", index=False)
+    cfg = ingest.with_flags(cfg, events_path=str(root / "transactions.csv"),
+                            event_map=["user_id=customer", "item_id=article", "ts=day", "price=paid"])
+    result = ingest.run_ingest(spark, config, cfg, RUN)
+
+    items = {r.item_id: r.price for r in tables.read_table(spark, config, "items").collect()}
+    assert items["14"] == 0.0 and items["15"] == 0.0 and not {"11", "12", "13"} & set(items)
+    assert {k: r for k, r in bad_reasons(spark, config, "items") if k in prices} == dict.fromkeys(("11", "12", "13"),
+                                                                                                  ingest.INVALID_PRICE)
+    assert result.events.reasons == {ingest.INVALID_PRICE: 4} and result.events.landed == 1
+    assert [r.price for r in tables.read_table(spark, config, "events").collect()] == [2.5]
+    assert result.events.rows_in == result.events.landed + result.events.quarantined == 5
+
+
+@pytest.mark.faults
+def test_malformed_csv_lines_are_quarantined_by_line_and_rows_in_counts_the_files_records(spark, export):
+    config, cfg, root, files = export
+    (root / "articles.csv").write_text(
+        "article_id,prod_name,detail_desc,product_type_name,shop,price,ext\n"   # line 1
+        "1,Red apple,Crisp,fruit,m1,0.5,jpg\n"                                 # line 2
+        '2,"Green pear",Juicy,fruit,m1,0.7,png\n'                              # line 3
+        '3,"Broken quote,Sour,veg,m2,1.0,jpg\n'                                # line 4: the quote never closes here
+        '4,"Banana, ripe",Yellow,fruit,m2,1.2,jpg\n'                           # line 5: swallowed by line 4
+        "7,Extra,col,veg,m2,0.9,jpg,surplus\n"                                 # line 6: a column too many
+        '9,"Lemon\nwith a newline",Sour,fruit,m1,0.4,jpg\n'                    # lines 7-8: one good record
+        "8,Fig,Sweet,fruit,m1,0.6,jpg\n")                                      # line 9
+    pd.DataFrame({"customer": ["u1", "u2", "u3"], "article": ["1", "2", "9"], "day": ["2026-11-01"] * 3,
+                  "paid": ["0.5", "0.7", "0.4"]}).to_csv(root / "transactions.csv", index=False)
+    with open(root / "transactions.csv", "a") as f:
+        f.write('u4,"8,2026-11-02,0.6\nu5,1,2026-11-03,0.5,extra\n')        # lines 5 and 6
+    cfg = ingest.with_flags(cfg, events_path=str(root / "transactions.csv"),
+                            event_map=["user_id=customer", "item_id=article", "ts=day", "price=paid"])
+    result = ingest.run_ingest(spark, config, cfg, RUN)
+
+    c = result.items
+    assert (c.rows_in, c.landed, c.quarantined) == (7, 4, 3) and c.reasons == {ingest.MALFORMED_RECORD: 3}
+    landed = {r.item_id: r for r in tables.read_table(spark, config, "items").collect()}
+    assert sorted(landed) == ["1", "2", "8", "9"] and landed["9"].title == "Lemon\nwith a newline"
+    assert landed["8"].price == 0.6 and bytes(landed["8"].image) == files["0008.jpg"]
+    bad = sorted((json.loads(r.payload)["line"], r.reason, json.loads(r.payload)["record"])
+                 for r in quarantined(spark, config, "items").collect())
+    assert [(line, reason) for line, reason, _ in bad] == [(4, ingest.MALFORMED_RECORD), (5, ingest.MALFORMED_RECORD),
+                                                           (6, ingest.MALFORMED_RECORD)]
+    assert bad[0][2].startswith('3,"Broken quote') and bad[1][2].startswith('4,"Banana') and bad[2][2].endswith("surplus")
+
+    e = result.events
+    assert (e.rows_in, e.landed, e.reasons) == (5, 3, {ingest.MALFORMED_RECORD: 2})
+    lines = sorted(json.loads(r.payload)["line"] for r in quarantined(spark, config, "events").collect())
+    assert lines == [5, 6]

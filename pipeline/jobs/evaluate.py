@@ -7,15 +7,17 @@
 
 Trains every variant once per seed in training.seeds (CameNN; MoSE frame; MMoE frame; CameNN
 without ITA/TIA; the CVR-only single-task transformer) and writes runs/<config>/<timestamp>/
-with metrics.json, report.md and the text-image similarity heat maps (PNG).
+with metrics.json, report.md and the text-image similarity heat maps (PNG). A model in the run
+folder that does not verify exits 2 with one line naming it and what to do.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-from pipeline.cli import job_config, job_parser, job_session, run_job
+from pipeline.cli import EXIT_NOTHING_DONE, job_config, job_parser, job_session, run_job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="run folder (default runs/<config>/<timestamp>)")
     args = parser.parse_args(argv)
 
-    def evaluate() -> None:
+    def evaluate() -> int | None:
+        from camenn.checkpoint import ArtifactError
         from camenn.config import ConfigError
         from pipeline.train import VARIANTS, run_evaluation
 
@@ -33,10 +36,15 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [v for v in variants or [] if v not in VARIANTS]
         if unknown:
             raise ConfigError(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
-        out = run_evaluation(job_session(config, "evaluate"), config, out_dir=os.path.abspath(args.out) if args.out else None,
-                             variants=variants, run_date=args.run_date)
+        try:
+            out = run_evaluation(job_session(config, "evaluate"), config, out_dir=os.path.abspath(args.out) if args.out else None,
+                                 variants=variants, run_date=args.run_date)
+        except ArtifactError as problem:   # a model of the run folder was changed or cut short on disk
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_NOTHING_DONE
         print((Path(out["run_dir"]) / "report.md").read_text())
         print(f"run folder: {out['run_dir']}")
+        return None
 
     return run_job(evaluate)
 

@@ -10,13 +10,11 @@
         [--events-path exports/transactions.csv] \\
         [--map title=prod_name --map 'image={article_id:0>10}.jpg' ...] \\
         [--run-date YYYY-MM-DD] [--format csv|parquet] [--mode overwrite|merge]
-        --items-path exports/articles.csv --images-root exports/images \\
-        [--events-path exports/transactions.csv] \\
-        [--map title=prod_name --map 'image={article_id:0>10}.jpg' ...] \\
-        [--run-date YYYY-MM-DD] [--format csv|parquet] [--mode overwrite|merge]
 
 Flags override the config's `ingest` section; see docs/ingest.md. Exit status 2 = bad input
-(nothing written), 1 = the run failed (a `runs` row with status=failed says why).
+(nothing written), 1 = the run failed (a `runs` row with status=failed says why). Rows that
+cannot land (a malformed CSV line, a bad price, an image outside the root, empty, too large or
+undecodable) are quarantined with their reason, not an error; docs/reliability.md lists them.
 """
 
 from __future__ import annotations

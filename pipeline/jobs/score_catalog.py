@@ -6,23 +6,37 @@
 Writes item_features (MERGE), item_alignment and cvr_scores (the date's rows replaced),
 quarantine and runs. A rerun of a date replaces that date's rows; a failed run records a
 'failed' row in runs and exits 1. Missing inputs (no demo data yet) exit 2 and name the
-command that makes them.
+command that makes them; so does a model artifact that does not verify (no manifest, a
+changed byte, a pickle, a forged manifest): one line naming the folder and what to do.
 """
 
 from __future__ import annotations
 
-from pipeline.cli import job_config, job_parser, job_session, run_job
+import sys
+from pathlib import Path
+
+from pipeline.cli import EXIT_NOTHING_DONE, job_config, job_parser, job_session, run_job
 
 
 def main(argv: list[str] | None = None) -> int:
     args = job_parser(__doc__, run_date="default: the config's world.run_date").parse_args(argv)
 
-    def score() -> None:
+    def score() -> int | None:
+        from camenn.checkpoint import ArtifactError, check_artifact
         from pipeline.nightly import run
 
         config = job_config(args)
-        result = run(job_session(config, "score-catalog"), config, args.run_date)
+        try:
+            # An artifact that is there but does not verify is said before Spark starts; a missing
+            # folder is left to the run's input check, which names the tables first.
+            if Path(config.model_dir).exists():
+                check_artifact(config.model_dir)
+            result = run(job_session(config, "score-catalog"), config, args.run_date)
+        except ArtifactError as problem:   # the run (if it started) recorded itself as failed
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_NOTHING_DONE
         print(result.summary())
+        return None
 
     return run_job(score)
 

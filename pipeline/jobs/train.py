@@ -10,15 +10,17 @@ is idempotent); else, when training.shipped_artifact is set and fits this config
 (pipeline.train.shipped_artifact_problem), copy it to training.artifact_dir instead of training.
 training.num_processes > 1 trains with TorchDistributor (DDP, local processes).
 The artifact (training.artifact_dir) records the table versions it was trained from and its
-held-out metrics. Exit status 2 = bad configuration, environment or missing input tables,
+held-out metrics. Exit status 2 = bad configuration, environment or missing input tables, or a
+shipped artifact that does not verify once copied (one line naming the folder and what to do),
 1 = training failed.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
-from pipeline.cli import job_config, job_parser, job_session, run_job
+from pipeline.cli import EXIT_NOTHING_DONE, job_config, job_parser, job_session, run_job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="model seed (default: the first of training.seeds)")
     args = parser.parse_args(argv)
 
-    def train() -> None:
+    def train() -> int | None:
+        from camenn.checkpoint import ArtifactError
+
+        try:
+            return train_or_reuse()
+        except ArtifactError as problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_NOTHING_DONE
+
+    def train_or_reuse() -> None:
         from pipeline.train import current_artifact, run_training, shipped_artifact_problem, use_shipped_artifact
 
         config = job_config(args)
