@@ -463,10 +463,11 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
     except BaseException as exc:
         result.status = run_record.FAILED
         result.timings["total"] = time.perf_counter() - t_start
+        _withdraw(spark, config, result)   # first: on a full disk, deleting its rows frees room for the record
         _write_run(spark, config, result, started, error=f"{type(exc).__name__}: {exc}")
-        _withdraw(spark, config, result)
         raise
     finally:
+        run_record.ended(result.run_id)
         spark.sparkContext.setJobDescription(None)
         for df in persisted:
             df.unpersist()

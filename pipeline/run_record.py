@@ -14,7 +14,8 @@ invisible to :func:`published` until the next run of their date prunes them, or 
 :func:`sweep_abandoned` (at the start of every run, any date) finds the run dead.
 
 A run is dead ("abandoned") when its latest row is ``running`` and either its driver ran on
-this host and its process is gone, or it started more than ``scoring.run_timeout_hours`` ago
+this host and its process is gone (or is this process, which has ended the run: a final row
+that could not be written on a full disk), or it started more than ``scoring.run_timeout_hours`` ago
 (a driver on another host cannot be probed; the timeout is longer than any night may last and
 the Airflow task's execution_timeout says the same). The sweep records it as ``failed`` with
 the reason, deletes its unpublished rows and its staging table.
@@ -44,6 +45,11 @@ FINAL = (SUCCEEDED, FAILED)
 PUBLISHED_TABLES = ("item_alignment", "cvr_scores", "quarantine")
 
 
+# runs of this process that have started and not ended: for a run recorded by this very process
+# (a test, a notebook) the pid is alive, so only this set can tell that the run is over
+_IN_FLIGHT: set[str] = set()
+
+
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
@@ -60,6 +66,12 @@ def start(spark: SparkSession, config: AppConfig, *, run_id: str, job: str, run_
                           started_at=started_at, finished_at=None, status=RUNNING, counts={}, timings={},
                           details={**owner(), "app_id": spark.sparkContext.applicationId, **(details or {})})
     tables.append_rows(spark, config, "runs", row)
+    _IN_FLIGHT.add(run_id)
+
+
+def ended(run_id: str) -> None:
+    """The run is over in this process, whether or not its final row could be written."""
+    _IN_FLIGHT.discard(run_id)
 
 
 def latest_states(spark: SparkSession, config: AppConfig, job: str | None = None) -> DataFrame:
@@ -120,11 +132,13 @@ def withdraw(spark: SparkSession, config: AppConfig, run_date: dt.date, run_id: 
         _delete(spark, config, name, f"{_date(run_date)} AND run_id = '{run_id}'")
 
 
-def _alive(details: dict, started_at: dt.datetime, timeout_hours: float) -> bool:
+def _alive(run_id: str, details: dict, started_at: dt.datetime, timeout_hours: float) -> bool:
     if started_at < now() - dt.timedelta(hours=timeout_hours):
         return False
     if details.get("host") != socket.gethostname() or not details.get("pid"):
         return True  # another host's driver: only the timeout can tell
+    if int(details["pid"]) == os.getpid():
+        return run_id in _IN_FLIGHT
     try:
         os.kill(int(details["pid"]), 0)
     except ProcessLookupError:
@@ -144,10 +158,11 @@ def sweep_abandoned(spark: SparkSession, config: AppConfig, job: str, *, current
     dead = []
     for r in running:
         details = json.loads(r["details"] or "{}")
-        if _alive(details, r["started_at"], timeout_hours):
+        if _alive(r["run_id"], details, r["started_at"], timeout_hours):
             continue
-        why = (f"abandoned: the driver ({details.get('host')}, pid {details.get('pid')}) is gone or the run is older "
-               f"than scoring.run_timeout_hours={timeout_hours}; its unpublished rows were deleted by run {current_run_id}")
+        why = (f"abandoned: it ended without its final row (its driver {details.get('host')} pid {details.get('pid')} was "
+               f"killed, or the row could not be written) or it is older than scoring.run_timeout_hours={timeout_hours}; "
+               f"its unpublished rows were deleted by run {current_run_id}")
         withdraw(spark, config, r["run_date"], r["run_id"])
         tables.append_rows(spark, config, "runs", tables.runs_row(
             spark, run_id=r["run_id"], job=job, run_date=r["run_date"], model_version=r["model_version"],
@@ -165,5 +180,5 @@ def live_run_ids(spark: SparkSession, config: AppConfig) -> set[str]:
     return {r[0] for r in latest_states(spark, config).where(F.col("status") == RUNNING).select("run_id").collect()}
 
 
-__all__ = ["SCORING_JOB", "RUNNING", "SUCCEEDED", "FAILED", "PUBLISHED_TABLES", "start", "latest_states", "published_run",
+__all__ = ["SCORING_JOB", "RUNNING", "SUCCEEDED", "FAILED", "PUBLISHED_TABLES", "start", "ended", "latest_states", "published_run",
            "published", "prune", "withdraw", "sweep_abandoned", "live_run_ids", "owner", "now"]
