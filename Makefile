@@ -25,7 +25,7 @@ export PYTHONUNBUFFERED := 1
 # Local runs bind to loopback: no "hostname resolves to a loopback address" warning per job.
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: setup demo demo-full ship-demo-model demo-data train evaluate score report test test-fast lint format airflow-env browser benchmark clean
+.PHONY: setup demo demo-full ship-demo-model demo-data train evaluate score report test test-fast faults lint format airflow-env browser benchmark clean
 
 setup: $(VENV)/.installed $(RESOLVED_CONF)
 
@@ -87,7 +87,16 @@ browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 test: setup airflow-env browser lint
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not process_faults"
+
+# the fault suite: every `faults` test, with the process-level ones (a killed driver, a lost
+# executor on a standalone cluster, a full disk; minutes each); the summary goes to docs/
+faults: setup
+	@mkdir -p build
+	$(PY) -m pytest -m faults -rA --show-capture=stdout -p no:cacheprovider > build/faults.log 2>&1; rc=$$?; \
+	  grep -a -v '^\[Stage' build/faults.log | sed -n '/= PASSES =\|= FAILURES =\|= ERRORS =/,$$p' > docs/faults-last-run.txt; \
+	  tail -n 3 build/faults.log; exit $$rc
+	@echo "summary: docs/faults-last-run.txt"
 
 # ruff's lint over the whole project (pyproject.toml [tool.ruff]); `make format FILES=...` runs the
 # formatter on the files you name (the code base is not re-wrapped wholesale: see the README)
@@ -100,7 +109,7 @@ format: setup
 	$(VENV)/bin/ruff format $(FILES)
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not process_faults"
 
 benchmark: setup
 	$(PY) benchmarks/bench_scoring.py --conf $(CONF)

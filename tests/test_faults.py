@@ -1,19 +1,20 @@
-"""The fault suite: each fault done for real on Spark + Delta, and what must hold afterwards.
+"""The process-level faults, each done for real on Spark + Delta, and what must hold afterwards.
 
-    pytest -m faults            # this file alone (make faults)
+    make faults                 # pytest -m faults: these and the quicker faults beside their code
 
 - a driver SIGKILLed between the nightly job's output commits: readers still see the last
   published run, the killed run stays 'running' until the next run (of any date) records it as
   failed and deletes its rows and its staging table;
-- a model whose CVR head emits NaN: the night fails before any output commit (alignment, which
-  is computed first, is not written either);
 - an executor lost mid-stage on a Spark standalone cluster on loopback (a master and two
   workers started with ``spark-class``): the job finishes and its outputs equal a clean run's;
+- a driver killed between CREATE TABLE and ADD CONSTRAINT: the next writer's ensure_table adds
+  the constraint before its write, which the constraint then refuses;
 - a full disk under the tables (a tmpfs mounted for the test): the run fails, every table keeps
   its last version, and a rerun after space is freed succeeds.
 
-Ingest and artifact faults live beside their code (tests/test_ingest.py, tests/test_checkpoint.py,
-marked ``faults`` too).
+The quicker faults live beside their code, marked ``faults`` too, and run in ``make test``: ingest
+(tests/test_ingest.py), artifacts (tests/test_checkpoint.py), NaN scores (tests/test_nightly.py),
+a table left without its constraints (tests/test_tables.py).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from test_nightly import RUN, make_artifact, write_world
 
 from pipeline import feature_cache, nightly, run_record, tables
 
-pytestmark = pytest.mark.faults
+# minutes each, so `make test` leaves them to `make faults` (docs/reliability.md has the last run)
+pytestmark = [pytest.mark.faults, pytest.mark.process_faults]
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUTS = ("item_alignment", "cvr_scores")
@@ -153,20 +155,45 @@ def test_driver_killed_between_output_commits_publishes_nothing_and_the_next_run
     assert {name: rows_of(published(spark, config, name)) for name in OUTPUTS} == before
 
 
-# ------------------------------------------------------------------------ a broken model
+# ------------------------------------------------------------------------ a table half made
+
+CREATE_TABLE = """
+import sys
+from pathlib import Path
+sys.path[:0] = [{tests!r}]
+from conftest import tiny_config
+from pipeline import tables
+from pipeline.session import get_spark
+config = tiny_config(Path({root!r}))
+tables.ensure_table(get_spark(config), config, "cvr_scores")
+"""
 
 
-def test_a_cvr_head_emitting_nan_fails_the_night_before_any_output_commit(spark, world, tmp_path):
-    config, _ = world
-    names = (*OUTPUTS, "quarantine")
-    versions = {name: tables.table_version(spark, config, name) for name in names}
-    nan_dir = tmp_path / "nan-cvr"
-    make_artifact(config, nan_dir, seed=5, nan_head="cvr")
-    broken = config.model_copy(update={"scoring": config.scoring.model_copy(update={"model_dir": str(nan_dir)})})
-    with pytest.raises(nightly.NotFiniteScores, match=r"CVR scores .* are NaN or infinite"):
-        nightly.run(spark, broken, RUN)
-    # alignment was computed (finite) before CVR failed, and still nothing of the run was written
-    assert {name: tables.table_version(spark, config, name) for name in names} == versions
+def test_a_driver_killed_between_create_table_and_its_constraint_leaves_a_table_that_gets_it(spark, tmp_path):
+    """CREATE TABLE is commit 0 and each CHECK constraint a commit of its own: kill in between, for real."""
+    for attempt in range(1, 6):   # the window is a fraction of a second: retry until the kill lands in it
+        root = tmp_path / f"attempt{attempt}"
+        config = tiny_config(root)
+        path = config.table("cvr_scores")
+        job = subprocess.Popen([sys.executable, "-c", CREATE_TABLE.format(tests=str(ROOT / "tests"), root=str(root))],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while delta_version(path) < 0 and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        kill_tree(job.pid)
+        job.wait()
+        if delta_version(path) == 0:
+            break
+    else:
+        pytest.fail("five kills all missed the moment between CREATE TABLE and ADD CONSTRAINT")
+    print(f"killed after CREATE TABLE, before its constraint, on attempt {attempt}")
+    constraints = [k for k in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect() if k.key.startswith("delta.constraints")]
+    assert constraints == []                               # the kill left the table without its constraint
+    tables.ensure_table(spark, config, "cvr_scores")       # what every writer calls first
+    bad = spark.createDataFrame([(RUN, "u1", "i1", 7.5, "m1", None, None)], tables.schema_of(spark, "cvr_scores"))
+    with pytest.raises(Exception, match="(?i)constraint"):
+        tables.append_rows(spark, config, "cvr_scores", bad)
+    assert tables.read_table(spark, config, "cvr_scores").count() == 0
 
 
 # ------------------------------------------------------------------------ a lost executor
@@ -176,6 +203,17 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _alive_workers(ui_port: int) -> int:
+    """The master's count of registered workers, from its web UI's JSON."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=2) as page:
+            return int(json.load(page).get("aliveworkers", 0))
+    except OSError:
+        return 0
 
 
 @pytest.fixture
@@ -196,13 +234,14 @@ def standalone_cluster(tmp_path):
                                       env=env, start_new_session=True))
         return procs[-1]
 
+    ui = _free_port()
     start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-          "--webui-port", str(_free_port()))
+          "--webui-port", str(ui))
     workers = [start(f"worker{k}", "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1", "--cores", "1",
                      "--memory", "2g", "--webui-port", str(_free_port()), "--work-dir", str(tmp_path / f"work{k}"))
                for k in (1, 2)]
     deadline = time.monotonic() + 120
-    while sum("Successfully registered with master" in tail(tmp_path / f"worker{k}.log", 100000) for k in (1, 2)) < 2:
+    while _alive_workers(ui) < 2:
         assert time.monotonic() < deadline, "standalone workers did not register:\n" + tail(tmp_path / "master.log")
         assert all(p.poll() is None for p in procs), "a standalone daemon exited:\n" + tail(tmp_path / "master.log")
         time.sleep(0.5)
@@ -232,7 +271,9 @@ def test_an_executor_lost_mid_stage_on_a_standalone_cluster_changes_nothing(spar
         time.sleep(0.05)
     kill_tree(worker.pid)
     assert job.wait(timeout=JOB_TIMEOUT_S) == 0, tail(log)
-    assert "lost" in tail(log, 10**7).lower()      # the driver saw the executor go
+    lost = [line for line in tail(log, 10**7).splitlines() if "lost" in line.lower()]
+    assert lost, tail(log)                              # the driver saw the executor go
+    print("the driver's log on the lost executor:", *lost[:5], sep="\n  ")
 
     for name, key in (("item_alignment", ["item_id"]), ("cvr_scores", ["user_id", "item_id"])):
         assert_approx_df_equality(published(spark, faulted, name).orderBy(*key), published(spark, clean, name).orderBy(*key),

@@ -495,6 +495,7 @@ def test_failed_run_is_recorded_and_leaves_outputs_alone(spark, world, first_run
     assert {name: tables.table_version(spark, config, name) for name in versions} == versions
 
 
+@pytest.mark.faults
 def test_a_model_emitting_nan_fails_the_night_before_any_output_commit(spark, world, first_run, tmp_path):
     config, _ = world
     versions = {name: tables.table_version(spark, config, name) for name in ("item_alignment", "cvr_scores")}
@@ -506,6 +507,20 @@ def test_a_model_emitting_nan_fails_the_night_before_any_output_commit(spark, wo
     assert {name: tables.table_version(spark, config, name) for name in versions} == versions   # the date is intact
     failed = tables.read_table(spark, config, "runs").where("status = 'failed'").collect()
     assert any("NaN or infinite" in json.loads(r.details)["error"] for r in failed)
+
+
+@pytest.mark.faults
+def test_a_cvr_head_emitting_nan_fails_the_night_before_any_output_commit(spark, world, first_run, tmp_path):
+    config, _ = world
+    names = ("item_alignment", "cvr_scores", "quarantine")
+    versions = {name: tables.table_version(spark, config, name) for name in names}
+    nan_dir = tmp_path / "nan-cvr"
+    make_artifact(config, nan_dir, seed=5, nan_head="cvr")
+    broken = config.model_copy(update={"scoring": config.scoring.model_copy(update={"model_dir": str(nan_dir)})})
+    with pytest.raises(nightly.NotFiniteScores, match=r"CVR scores .* are NaN or infinite"):
+        nightly.run(spark, broken, RUN)
+    # alignment was computed (finite) before CVR failed, and still nothing of the run was written
+    assert {name: tables.table_version(spark, config, name) for name in names} == versions
 
 
 def test_below_the_limit_non_finite_scores_are_quarantined_and_counted(spark, world, first_run, tmp_path):
