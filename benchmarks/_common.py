@@ -46,7 +46,7 @@ def save_untrained_model(config, path: Path, vocab, text_dim: int, image_dim: in
     """An untrained model of ``config.model``'s settings at ``path``; returns config scoring with it."""
     import torch
 
-    from camenn.checkpoint import save_artifact
+    from camenn.checkpoint import write_artifact
     from camenn.model import create_model_from_config
     from camenn.training import model_config_from_spec
 
@@ -56,7 +56,7 @@ def save_untrained_model(config, path: Path, vocab, text_dim: int, image_dim: in
             "max_text_tokens": fcfg.max_text_tokens}
     torch.manual_seed(seed)
     model = create_model_from_config(model_config_from_spec(spec, vocab, text_dim, image_dim))
-    save_artifact(path, model, {"featurizer": asdict(fcfg), "encoder_fingerprint": fingerprint,
+    write_artifact(path, model, {"featurizer": asdict(fcfg), "encoder_fingerprint": fingerprint,
                                 "vocab": vocab.to_dict(), "table_versions": {}, "metrics": {}}, overwrite=True)
     return config.model_copy(update={"scoring": config.scoring.model_copy(update={"model_dir": str(path)})})
 

@@ -712,7 +712,7 @@ def train_fn(spec: dict) -> dict:
                 "config_name": spec.get("config_name"), "seed": seed,
                 "item_features": list(ITEM_FEATURES),
             })
-            path = save_artifact(spec["artifact_dir"], model.cpu(), metadata, overwrite=True)
+            path = save_artifact(spec["artifact_dir"], model.cpu(), metadata)   # a new version; the last is kept
             result["artifact"] = str(path)
             result["model_version"] = load_artifact(path).version
         if dist_info.on:

@@ -23,9 +23,7 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -138,9 +136,7 @@ def _matching_artifact(path, **wanted):
     """The artifact at path when it loads, verifies and its metadata holds every wanted value; else None."""
     from camenn.checkpoint import ArtifactError, load_artifact
 
-    if not Path(path).is_dir():
-        return None
-    try:
+    try:   # a missing folder is an ArtifactError too, on any filesystem
         art = load_artifact(path)
     except (ArtifactError, OSError, ValueError):
         return None
@@ -197,16 +193,14 @@ def shipped_artifact_problem(config: AppConfig, path: str | None = None) -> str 
 
 
 def use_shipped_artifact(config: AppConfig):
-    """Copy the shipped artifact to training.artifact_dir and load the copy; call after shipped_artifact_problem said None."""
-    from camenn.checkpoint import load_artifact
+    """Publish the shipped artifact as a new version under training.artifact_dir and load it.
 
-    target = Path(config.training.artifact_dir)
-    staging = target.with_name(f".{target.name}.shipped-{uuid.uuid4().hex[:8]}")
-    shutil.copytree(config.training.shipped_artifact, staging)
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
-    return load_artifact(target)
+    Call after shipped_artifact_problem said None. The copy is byte for byte (the same manifest,
+    so the same version name's hash), and the versions already there are left as they are.
+    """
+    from camenn.checkpoint import copy_artifact, load_artifact
+
+    return load_artifact(copy_artifact(config.training.shipped_artifact, config.training.artifact_dir))
 
 
 def run_training(spark, config: AppConfig, *, run_date: dt.date | None = None, if_missing: bool = False,

@@ -1,15 +1,31 @@
-"""Model artifacts: round trip, tamper detection, pickle refusal, atomic writes."""
+"""Model artifacts: round trip, tamper detection, pickle refusal, atomic writes, immutable versions, S3.
+
+The S3 tests run against a real S3-compatible server on loopback (moto's ThreadedMotoServer),
+through pyarrow's own S3 client: nothing on the client side is mocked.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
-from camenn.checkpoint import ArtifactError, PickleRefusedError, load_artifact, save_artifact
+from camenn.checkpoint import (
+    ArtifactError,
+    PickleRefusedError,
+    check_artifact,
+    copy_artifact,
+    list_versions,
+    load_artifact,
+    resolve_artifact,
+    save_artifact,
+    write_artifact,
+)
 from camenn.model import CameNNBatch, CameNNConfig, ItemTokens, create_model
 
 TINY = dict(text_dim=12, image_dim=10, n_patches=4, max_text_tokens=6, d_model=16, n_heads=2, ffn_mult=2,
@@ -47,7 +63,7 @@ def random_batch(cfg: CameNNConfig, B: int = 3, N: int = 2, L: int = 4) -> CameN
 @pytest.fixture
 def saved(tmp_path):
     model = trained_like_model()
-    path = save_artifact(tmp_path / "model", model, METADATA)
+    path = Path(save_artifact(tmp_path / "model", model, METADATA))
     return model, path
 
 
@@ -65,6 +81,7 @@ def rewrite_manifest_entry(path, name):
 def test_round_trip_gives_identical_outputs(tmp_path, frame):
     model = trained_like_model(frame)
     path = save_artifact(tmp_path / "model", model, METADATA)
+    assert sorted(os.listdir(tmp_path / "model")) == ["LATEST", "versions"]
     assert sorted(os.listdir(path)) == ["config.json", "manifest.json", "model.safetensors"]
     art = load_artifact(path)
     assert not art.model.training
@@ -152,32 +169,97 @@ def test_any_pickle_file_in_the_directory_is_refused(saved):
 
 def test_wrong_weights_fail_strict_load(tmp_path):
     """A manifest-consistent artifact whose weights belong to another config is not half-loaded."""
-    small = save_artifact(tmp_path / "small", trained_like_model(), METADATA)
-    other = save_artifact(tmp_path / "other", create_model("single_task", **{**TINY, "top_k": None}), METADATA)
+    # plain folders: in a version, the rewritten manifest would no longer hash to the version's name
+    small = Path(write_artifact(tmp_path / "small", trained_like_model(), METADATA))
+    other = Path(write_artifact(tmp_path / "other", create_model("single_task", **{**TINY, "top_k": None}), METADATA))
     (small / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
     rewrite_manifest_entry(small, "model.safetensors")
     with pytest.raises(ArtifactError, match="does not fit the model(.|\n)*Missing key"):
         load_artifact(small)
 
 
-def test_save_is_atomic_and_refuses_to_clobber(tmp_path):
+def test_write_is_atomic_and_refuses_to_clobber(tmp_path):
     model = trained_like_model()
     target = tmp_path / "model"
     with pytest.raises(TypeError):  # metadata that is not JSON-safe fails before anything lands
+        write_artifact(target, model, {"when": object()})
+    with pytest.raises(TypeError):
         save_artifact(target, model, {"when": object()})
     assert os.listdir(tmp_path) == []  # no artifact, no temp directory left behind
     with pytest.raises(ValueError, match="reserved"):
         save_artifact(target, model, {"model": {}})
-    save_artifact(target, model, METADATA)
+    write_artifact(target, model, METADATA)
     with pytest.raises(FileExistsError):
-        save_artifact(target, model, METADATA)
+        write_artifact(target, model, METADATA)
     with torch.no_grad():
         model.heads["cvr"].bias.add_(1.0)
-    save_artifact(target, model, {"run": 2}, overwrite=True)
+    write_artifact(target, model, {"run": 2}, overwrite=True)
     assert os.listdir(tmp_path) == ["model"]
     art = load_artifact(target)
     assert art.metadata == {"run": 2}
     assert torch.equal(art.model.heads["cvr"].bias, model.heads["cvr"].bias)
+
+
+def _files(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def test_two_trainings_are_two_versions_and_the_first_is_untouched(tmp_path):
+    root = tmp_path / "model"
+    first_model, second_model = trained_like_model(), trained_like_model()
+    with torch.no_grad():
+        second_model.heads["cvr"].bias.add_(1.0)
+    first = Path(save_artifact(root, first_model, {"run": 1}))
+    before = _files(first)
+    second = Path(save_artifact(root, second_model, {"run": 2}))
+
+    assert first != second and first.parent == second.parent == root / "versions"
+    assert list_versions(root) == [str(first), str(second)]   # oldest first: a name starts with its save time
+    assert _files(first) == before   # not a byte, not a timestamp changed
+    assert (root / "LATEST").read_text().strip() == second.name
+    assert resolve_artifact(root) == str(second)
+    latest, old = load_artifact(root), load_artifact(first)
+    assert latest.metadata == {"run": 2} and latest.path == str(second)
+    assert old.metadata == {"run": 1} and old.version != latest.version
+    assert torch.equal(old.model.heads["cvr"].bias, first_model.heads["cvr"].bias)
+    # the name is the manifest's hash: the folder says which bytes it holds
+    assert second.name.endswith(hashlib.sha256((second / "manifest.json").read_bytes()).hexdigest()[:12])
+
+
+def test_a_manifest_rewritten_in_a_version_no_longer_matches_its_name(saved):
+    """Rewriting the manifest to vouch for other bytes passes every file check; the version's name still tells."""
+    _, path = saved
+    config = json.loads((path / "config.json").read_text())
+    config["metrics"] = {"cvr_auc": 0.99}
+    (path / "config.json").write_text(json.dumps(config))
+    rewrite_manifest_entry(path, "config.json")
+    with pytest.raises(ArtifactError, match=r"manifest\.json does not hash to the version's name"):
+        load_artifact(path)
+
+
+def test_a_root_without_its_pointer_says_which_versions_to_pick(saved):
+    _, path = saved
+    root = path.parent.parent
+    (root / "LATEST").write_text("../../etc\n")
+    with pytest.raises(ArtifactError, match="LATEST names '../../etc', which is not a version name"):
+        load_artifact(root)
+    (root / "LATEST").unlink()
+    with pytest.raises(ArtifactError, match="holds versions/ but no LATEST pointer; point the config at one of its"):
+        load_artifact(root)
+    assert load_artifact(path).metadata == METADATA   # the version itself still loads
+
+
+def test_copy_publishes_the_very_bytes_as_a_new_version(tmp_path):
+    shipped = Path(write_artifact(tmp_path / "shipped", trained_like_model(), METADATA))
+    root = tmp_path / "artifacts"
+    save_artifact(root, trained_like_model("mose"), {"run": 1})
+    copy = Path(copy_artifact(shipped, root))
+    assert len(list_versions(root)) == 2 and resolve_artifact(root) == str(copy)
+    assert {n: b for n, (b, _) in _files(copy).items()} == {n: b for n, (b, _) in _files(shipped).items()}
+    with pytest.raises(ArtifactError, match="does not match"):   # a broken source is not published
+        (shipped / "config.json").write_text("{}")
+        copy_artifact(shipped, root)
+    assert len(list_versions(root)) == 2
 
 
 def test_not_a_directory(tmp_path):
@@ -261,3 +343,71 @@ def test_score_job_exits_2_with_one_line_on_a_broken_artifact(saved, tmp_path, t
     assert err.startswith(f"error: artifact {path}: ") and "make train" in err
     assert re.search(says, err), err
     assert not (tmp_path / "tables").exists()
+
+
+# ------------------------------------------------------------------------ S3: a real server on loopback
+
+BUCKET = "camenn-models"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on a free loopback port, a bucket in it, and the AWS variables pyarrow reads pointing at it."""
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "camenn", "AWS_SECRET_ACCESS_KEY": "camenn",
+                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+            env.setenv(name, value)
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+    server.stop()
+
+
+def test_s3_round_trip_with_immutable_versions(s3):
+    root = f"s3a://{BUCKET}/camenn/model"   # Spark's scheme, as in conf/production.yaml
+    first_model, second_model = trained_like_model(), trained_like_model("mose")
+    first = save_artifact(root, first_model, METADATA)
+    first_objects = {o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="camenn/model/versions/")["Contents"]}
+    second = save_artifact(root, second_model, {"run": 2})
+
+    assert first.startswith(f"{root}/versions/") and second != first
+    assert list_versions(root) == [first, second]
+    listing = s3.list_objects_v2(Bucket=BUCKET, Prefix="camenn/model/")["Contents"]
+    assert {o["Key"]: o["ETag"] for o in listing if o["Key"] in first_objects} == first_objects   # untouched
+    latest = s3.get_object(Bucket=BUCKET, Key="camenn/model/LATEST")["Body"].read().decode().strip()
+    assert second.endswith(latest)
+
+    art = load_artifact(root)   # the root resolves to LATEST
+    assert art.path == second and art.metadata == {"run": 2}
+    old = load_artifact(first)
+    assert old.metadata == METADATA and check_artifact(first)["featurizer"] == METADATA["featurizer"]
+    batch = random_batch(first_model.cfg)
+    for t in first_model.cfg.tasks:
+        assert torch.equal(first_model(batch)[t], old.model(batch)[t])
+    assert load_artifact(f"s3://{BUCKET}/camenn/model").version == art.version   # s3:// and s3a:// are one bucket
+
+
+def test_s3_tampering_and_a_missing_version_are_one_line(s3):
+    root = f"s3a://{BUCKET}/tamper/model"
+    version = save_artifact(root, trained_like_model(), METADATA)
+    key = f"{version.split(BUCKET + '/', 1)[1]}/model.safetensors"
+    data = bytearray(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    data[-5] ^= 0x01
+    s3.put_object(Bucket=BUCKET, Key=key, Body=bytes(data))
+    with pytest.raises(ArtifactError, match=r"model\.safetensors does not match manifest\.json") as caught:
+        load_artifact(root)
+    assert str(caught.value).startswith(f"artifact {version}: ") and "\n" not in str(caught.value)
+
+    # a save cut short before its manifest: the loader says the save did not finish
+    s3.delete_object(Bucket=BUCKET, Key=key.replace("model.safetensors", "manifest.json"))
+    with pytest.raises(ArtifactError, match="manifest.json is missing.*save did not finish"):
+        load_artifact(version)
+    with pytest.raises(ArtifactError, match="no such folder"):
+        load_artifact(f"s3a://{BUCKET}/nowhere")

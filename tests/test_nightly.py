@@ -83,7 +83,7 @@ def make_artifact(config, path: Path, seed: int, nan_head: str | None = None) ->
 
     ``nan_head``: that task's head weights are NaN, a model that emits NaN for every row of the task.
     """
-    from camenn.checkpoint import load_artifact, save_artifact
+    from camenn.checkpoint import load_artifact, write_artifact
     from camenn.inputs import FeatureVocab
     from camenn.model import create_model
     from udfs.encode import get_featurizer
@@ -109,7 +109,7 @@ def make_artifact(config, path: Path, seed: int, nan_head: str | None = None) ->
     metadata = {"featurizer": {k: getattr(fcfg, k) for k in fcfg.__dataclass_fields__},
                 "encoder_fingerprint": featurizer.fingerprint, "vocab": vocab.to_dict(),
                 "table_versions": {}, "metrics": {}}
-    save_artifact(path, model, metadata, overwrite=True)
+    write_artifact(path, model, metadata, overwrite=True)
     return load_artifact(path).version
 
 

@@ -32,7 +32,7 @@ def write_kernelspec(jupyter_dir: Path) -> None:
 def save_small_model(path: Path, n_patches: int) -> None:
     import torch
 
-    from camenn.checkpoint import save_artifact
+    from camenn.checkpoint import write_artifact
     from camenn.inputs import FeatureVocab
     from camenn.model import CameNNConfig, create_model_from_config
 
@@ -41,7 +41,7 @@ def save_small_model(path: Path, n_patches: int) -> None:
                        n_heads=2, n_experts=2, item_feature_sizes=vocab.item_feature_sizes,
                        user_feature_sizes=vocab.user_feature_sizes)
     torch.manual_seed(1)
-    save_artifact(path, create_model_from_config(cfg), {"vocab": vocab.to_dict()}, overwrite=True)
+    write_artifact(path, create_model_from_config(cfg), {"vocab": vocab.to_dict()}, overwrite=True)
 
 
 def inject(nb, **params) -> None:

@@ -41,11 +41,13 @@ def test_a_model_trained_with_other_model_code_is_refused(shipped, tmp_path):
     assert problem is not None and "other model code" in problem and "make ship-demo-model" in problem
 
 
-def test_the_shipped_model_is_copied_whole_to_the_artifact_dir(shipped, tmp_path):
-    config = load_config(QUICK, [f"training.artifact_dir={tmp_path / 'model'}"])
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "leftover.txt").write_text("an older artifact's file")
+def test_the_shipped_model_is_published_whole_as_a_new_version(shipped, tmp_path):
+    root = tmp_path / "model"
+    config = load_config(QUICK, [f"training.artifact_dir={root}"])
+    earlier = save_artifact(root, shipped.model, {"run": "an earlier training"})
     assert shipped_artifact_problem(config) is None
     art = use_shipped_artifact(config)
-    assert art.version == shipped.version
-    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == sorted(p.name for p in shipped.path.iterdir())
+    assert art.version == shipped.version and load_artifact(root).path == art.path != earlier
+    assert load_artifact(earlier).metadata == {"run": "an earlier training"}   # left as it was
+    files = lambda folder: {p.name: p.read_bytes() for p in Path(folder).iterdir()}
+    assert files(art.path) == files(shipped.path)   # byte for byte

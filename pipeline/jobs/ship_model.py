@@ -19,7 +19,7 @@ import argparse
 import subprocess
 import sys
 
-from camenn.checkpoint import MODEL_CODE, ArtifactError, code_fingerprint, load_artifact, save_artifact
+from camenn.checkpoint import MODEL_CODE, ArtifactError, code_fingerprint, load_artifact, write_artifact
 from camenn.config import project_root
 
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.source} was trained with other model code than this checkout's; retrain it "
               f"(make train CONF=conf/demo-full.yaml) before shipping", file=sys.stderr)
         return 2
-    target = save_artifact(root / args.target, art.model, meta, overwrite=True)
+    target = write_artifact(root / args.target, art.model, meta, overwrite=True)
     metrics = meta.get("metrics", {})
     print(f"shipped {args.source} (version {art.version}) to {target}: CVR AUC {metrics.get('cvr_auc', float('nan')):.3f}, "
           f"ITA {metrics.get('ita_acc', float('nan')):.3f}, TIA {metrics.get('tia_acc', float('nan')):.3f}")
