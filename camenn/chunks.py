@@ -202,5 +202,27 @@ def batch_stream(cache: ChunkCache, chunks: list[int], batch_size: int, generato
             raise ValueError(f"chunks {chunks} hold no training examples")
 
 
+def home_stream(cache: ChunkCache, chunks: list[int], batch_size: int, generator: torch.Generator):
+    """Endless (chunk, store rows) of alignment-only training: each chunk's own training items, reshuffled.
+
+    The counterpart of :func:`batch_stream` when there are no CVR examples (a catalogue without
+    purchases): a step is an item-only batch, and an epoch a pass over the home items.
+    """
+    while True:
+        order = [chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist()]
+        yielded = False
+        for c in order:
+            chunk = cache.get(c)
+            home = chunk.home["train"]
+            perm = home[torch.randperm(len(home), generator=generator)]
+            for start in range(0, len(perm), batch_size):
+                rows = perm[start:start + batch_size]
+                if len(rows) >= 2:  # a swap needs another item of the batch
+                    yielded = True
+                    yield chunk, rows
+        if not yielded:
+            raise ValueError(f"chunks {chunks} hold fewer than 2 training items each: nothing to align")
+
+
 __all__ = ["Examples", "Chunk", "ChunkCache", "load_chunk", "store_from_arrow", "examples_from_arrow",
-           "read_chunk_examples", "delta_table", "chunk_buckets", "rank_chunks", "batch_stream", "SPLITS", "N_BUCKETS"]
+           "read_chunk_examples", "delta_table", "chunk_buckets", "rank_chunks", "batch_stream", "home_stream", "SPLITS", "N_BUCKETS"]

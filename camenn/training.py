@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from camenn.chunks import Chunk, ChunkCache, Examples, batch_stream, delta_table, load_chunk, rank_chunks, store_from_arrow
+from camenn.chunks import Chunk, ChunkCache, Examples, batch_stream, delta_table, home_stream, load_chunk, rank_chunks, store_from_arrow
 from camenn.inputs import ITEM_FEATURES, FeatureVocab, ItemStore, full_batch
 from camenn.logs import setup_logging
 from camenn.losses import derangement, make_alignment_examples, multitask_loss
@@ -165,8 +165,9 @@ class _MixedStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, full: CameNNBatch, align: CameNNBatch | None):
-        return (self.model(full, cvr_tasks(self.model)),
+    def forward(self, full: CameNNBatch | None, align: CameNNBatch | None):
+        # full is None in alignment-only training (no CVR examples): the item-only batch is the step
+        return (self.model(full, cvr_tasks(self.model)) if full is not None else None,
                 self.model(align, alignment_tasks(self.model)) if align is not None else None)
 
 
@@ -285,6 +286,38 @@ class BinnedAUC:
 # the spec and the model
 
 
+def has_cvr_examples(spec: dict) -> bool:
+    """Whether any chunk holds a CVR training example (pipeline.training_data writes none without
+    users and purchases, or when model.tasks has no cvr)."""
+    return any(n.get("train", 0) for n in spec["chunks"].values())
+
+
+def alignment_only_spec(spec: dict, log=_log.info) -> dict:
+    """``spec`` with cvr dropped from the model's tasks when there are no CVR examples to train it on.
+
+    Every rank reads the same spec, so they all build the same model. The artifact then has no
+    cvr head, and the nightly job skips its CVR stage for it.
+    """
+    if has_cvr_examples(spec):
+        return spec
+    frame = spec["model"]["frame"]
+    tasks = [t for t in spec["model"].get("tasks", ("cvr",)) if t != "cvr"]
+    if "tasks" in FRAME_FIXED.get(frame, ()) or not tasks:
+        raise ValueError(f"no CVR training examples, and model frame {frame!r} with tasks "
+                         f"{spec['model'].get('tasks')} has no alignment task to train alone")
+    if "cvr" in spec["model"].get("tasks", ()):
+        log(f"no CVR training examples (no users, purchases or impressions): training the alignment tasks "
+            f"{', '.join(tasks)} alone")
+    return {**spec, "model": {**spec["model"], "tasks": tasks}}
+
+
+def alignment_only_steps(spec: dict, chunks: list[int], batch_size: int) -> int:
+    """Steps of one pass over a rank's home items in the training share of the item split."""
+    home = sum(int(spec["chunks"].get(c, spec["chunks"].get(str(c), {})).get("home", 0)) for c in chunks)
+    train_share = 1.0 - float(spec["split"]["test_fraction"]) - float(spec["split"]["valid_fraction"])
+    return math.ceil(home * train_share / max(1, batch_size))
+
+
 def model_config_from_spec(spec: dict, vocab: FeatureVocab, text_dim: int, image_dim: int):
     settings = dict(spec["model"])
     frame = settings.pop("frame")
@@ -391,24 +424,29 @@ def lr_schedule(opt: torch.optim.Optimizer, kind: str, warmup_steps: int, total_
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def train_step(step_module: nn.Module, opt: torch.optim.Optimizer, full: CameNNBatch, cvr_labels: torch.Tensor,
+def train_step(step_module: nn.Module, opt: torch.optim.Optimizer, full: CameNNBatch | None,
+               cvr_labels: torch.Tensor | None,
                align: CameNNBatch | None, align_labels: dict | None, align_mask: dict | None,
                weights: dict[str, float], amp_dtype: torch.dtype | None = None,
                scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, dict]:
     """One optimiser step on a full batch plus its item-only alignment batch; returns (loss, per-task losses).
+
+    ``full`` (and ``cvr_labels``) is None in alignment-only training: the step is the item-only batch.
 
     The forward pass runs under autocast when ``amp_dtype`` is set (CUDA in training; the test
     runs it on CPU); the loss is computed in fp32 (multitask_loss upcasts the logits). With noisy
     top-k gates the loss also holds ``gate_balance_weight`` x the gates' load-balancing loss of
     both passes, and the per-task losses a "gate_aux" entry (that unweighted sum).
     """
-    device = full.target.text.device
+    device = (full if full is not None else align).target.text.device
     cfg = getattr(step_module, "module", step_module).model.cfg  # a _MixedStep, or DDP around one
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         out_full, out_align = step_module(full, align)
-    loss, per = multitask_loss({k: v for k, v in out_full.items() if k not in NON_TASK_OUTPUTS},
-                               {"cvr": cvr_labels.to(device)}, {}, weights)
-    gate_aux = out_full["gate_aux_loss"]
+    loss, per, gate_aux = torch.zeros((), device=device), {}, torch.zeros((), device=device)
+    if out_full is not None:
+        loss, per = multitask_loss({k: v for k, v in out_full.items() if k not in NON_TASK_OUTPUTS},
+                                   {"cvr": cvr_labels.to(device)}, {}, weights)
+        gate_aux = out_full["gate_aux_loss"]
     if out_align is not None:
         loss_a, per_a = multitask_loss({k: v for k, v in out_align.items() if k not in NON_TASK_OUTPUTS},
                                        {k: v.to(device) for k, v in align_labels.items()},
@@ -567,6 +605,7 @@ def train_fn(spec: dict) -> dict:
     log = _log.info if is_main else (lambda msg: None)
 
     try:
+        spec = alignment_only_spec(spec, log)
         # ---- data -------------------------------------------------------------------------
         t0 = time.perf_counter()
         vocab = FeatureVocab.from_dict(spec["vocab"])
@@ -603,7 +642,9 @@ def train_fn(spec: dict) -> dict:
         if dist_info.on:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            step_module = DDP(step_module, device_ids=[device.index] if use_gpu else None)
+            # an item-only step leaves the user and behaviour parameters unused
+            step_module = DDP(step_module, device_ids=[device.index] if use_gpu else None,
+                              find_unused_parameters="cvr" not in cfg.tasks)
         opt = torch.optim.Adam(model.parameters(), lr=float(tcfg["lr"]), betas=tuple(tcfg["betas"]),
                                weight_decay=float(tcfg["weight_decay"]))
         torch.manual_seed(seed * 1000 + dist_info.rank)  # dropout: different per rank, fixed per seed
@@ -614,7 +655,11 @@ def train_fn(spec: dict) -> dict:
         ws = dist_info.world_size
         bs = max(1, math.ceil(int(tcfg["batch_size"]) / ws))
         abs_ = max(2, math.ceil(int(tcfg["alignment_batch_size"]) / ws)) if align_on else 0
-        n_steps = int(_all_reduce([math.ceil(n_train / bs)], "min", dist_info)[0])
+        align_only = "cvr" not in cfg.tasks
+        if align_only and not align_on:
+            raise ValueError("alignment-only training needs training.alignment_batch_size > 0")
+        per_rank = alignment_only_steps(spec, chunks, abs_) if align_only else math.ceil(n_train / bs)
+        n_steps = int(_all_reduce([per_rank], "min", dist_info)[0])
         if tcfg.get("steps_per_epoch"):
             n_steps = int(tcfg["steps_per_epoch"])
         if n_steps < 1:
@@ -632,7 +677,8 @@ def train_fn(spec: dict) -> dict:
 
         t_train = time.perf_counter()
         # one stream per process: a pass over each of its chunks in turn, an epoch = n_steps batches of it
-        stream = batch_stream(cache, chunks, bs, torch.Generator().manual_seed(seed * 7919 + dist_info.rank))
+        g_stream = torch.Generator().manual_seed(seed * 7919 + dist_info.rank)
+        stream = home_stream(cache, chunks, abs_, g_stream) if align_only else batch_stream(cache, chunks, bs, g_stream)
         steps_s = 0.0  # time in the steps themselves, chunk reads of the stream included, validation not
         for epoch in range(epochs):
             model.train()
@@ -644,10 +690,14 @@ def train_fn(spec: dict) -> dict:
             t_steps = time.perf_counter()
             for step in bar:
                 chunk, rows = next(stream)
-                ex = chunk.splits["train"].select(rows)
-                full = cvr_batch(chunk.store, ex).to(device)
-                align = labels = amask = None
-                if align_on:
+                ex = full = align = labels = amask = None
+                if align_only:   # rows are the chunk's own training items
+                    align, labels, amask = alignment_batch(chunk.store, rows, g_epoch, attribute_side)
+                    align = align.to(device)
+                else:
+                    ex = chunk.splits["train"].select(rows)
+                    full = cvr_batch(chunk.store, ex).to(device)
+                if align_on and not align_only:
                     home = chunk.home["train"]
                     if len(home) < 2:
                         raise ValueError(f"chunk {chunk.index} has {len(home)} training item(s) of its own; the alignment "
@@ -655,8 +705,8 @@ def train_fn(spec: dict) -> dict:
                     pick = home[torch.randperm(len(home), generator=g_epoch)[:abs_]]
                     align, labels, amask = alignment_batch(chunk.store, pick, g_epoch, attribute_side)
                     align = align.to(device)
-                loss, per = train_step(step_module, opt, full, ex.label, align, labels, amask, weights,
-                                       amp_dtype, scaler)
+                loss, per = train_step(step_module, opt, full, ex.label if ex is not None else None, align, labels,
+                                       amask, weights, amp_dtype, scaler)
                 schedule.step()
                 running += (float(loss.detach()) - running) / (step + 1)
                 if is_main and (step % 10 == 0 or step == n_steps - 1):
@@ -711,6 +761,7 @@ def train_fn(spec: dict) -> dict:
                 "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "config_name": spec.get("config_name"), "seed": seed,
                 "item_features": list(ITEM_FEATURES),
+                "tasks": list(cfg.tasks), "alignment_only": align_only,
             })
             path = save_artifact(spec["artifact_dir"], model.cpu(), metadata)   # a new version; the last is kept
             result["artifact"] = str(path)
@@ -734,5 +785,5 @@ def train_fn(spec: dict) -> dict:
 
 __all__ = ["train_fn", "item_split", "stable_unit", "load_item_store", "Examples", "BinnedAUC", "cvr_batch", "alignment_batch",
            "trim_items", "predict_cvr", "predict_items", "alignment_metrics", "alignment_scores", "held_out_metrics",
-           "model_config_from_spec", "git_commit",
+           "model_config_from_spec", "git_commit", "alignment_only_spec", "has_cvr_examples",
            "lr_schedule", "train_step", "training_autocast_dtype"]

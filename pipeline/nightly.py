@@ -14,7 +14,9 @@
    or a per-category quantile computed with Spark's percentile_approx over all of them) are
    flagged "text suspect" (low ITA only), "image suspect" (low TIA only) or "text and image
    suspect" (both).
-4. CVR: the date's candidates are grouped by user: one row per user carries its behaviour
+4. CVR (skipped with one line and its reason in the ``runs`` row's details when the model
+   has no cvr head or ``users`` or ``candidates`` is absent or empty: a catalogue without a
+   matching stage yet still gets stages 1-3): the date's candidates are grouped by user: one row per user carries its behaviour
    sequence (the last ``max_behaviour`` purchases strictly before the date, oldest first) once,
    its profile, and its candidates, every item as cached projected tokens. A candidate whose
    inputs (profile, behaviour, target, each item by its cache key) hash as on the last
@@ -53,7 +55,10 @@ from udfs.predict import CVR_INPUT, CVR_SCHEMA, CVR_USERS_INPUT, PROJECTED_FIELD
 log = logging.getLogger(__name__)
 
 JOB = run_record.SCORING_JOB
-INPUT_TABLES = ("items", "users", "events", "candidates")
+REQUIRED_INPUTS = ("items",)
+# the CVR stage's own inputs: a night without them (or with them empty) scores alignment alone;
+# events are optional even then (no purchases = empty behaviour sequences)
+CVR_INPUTS = ("users", "candidates")
 TEXT_SUSPECT, IMAGE_SUSPECT, BOTH_SUSPECT = "text suspect", "image suspect", "text and image suspect"
 FLAG_REASONS = (TEXT_SUSPECT, IMAGE_SUSPECT, BOTH_SUSPECT)
 # item_alignment.suspect_side, the typed column readers use; ``reason`` is its label for people
@@ -92,6 +97,7 @@ class ScoreRun:
     flagged: dict[str, int] = field(default_factory=dict)
     quarantined: dict[str, dict[str, int]] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)   # stage -> why it did not run
 
     def summary(self) -> str:
         c = self.counts
@@ -102,6 +108,7 @@ class ScoreRun:
             f"{c.get('items_quarantined', 0)} quarantined",
             f"  alignment: {c.get('items_scored', 0)} items scored, {c.get('flagged', 0)} flagged"
             + "".join(f"; {reason}: {self.flagged.get(reason, 0)}" for reason in FLAG_REASONS),
+            f"  cvr: skipped: {self.skipped['cvr']}" if "cvr" in self.skipped else
             f"  cvr: {c.get('cvr_scored', 0)} scores written for {c.get('candidates_in', 0)} candidates "
             f"({c.get('cvr_model_scored', 0)} by the model, {c.get('cvr_reused', 0)} carried over from the last night), "
             f"{c.get('candidates_quarantined', 0)} quarantined",
@@ -122,8 +129,11 @@ def _say(message: str) -> None:
 
 
 def check_inputs(spark: SparkSession, config: AppConfig) -> None:
-    """Input tables and the model artifact exist, or MissingInput says which command makes them."""
-    missing = [name for name in INPUT_TABLES if not tables._is_delta(spark, config.table(name))]
+    """The items table and the model artifact exist, or MissingInput says which command makes them.
+
+    The CVR stage's inputs are not required: :func:`cvr_skip_reason` decides whether it runs.
+    """
+    missing = [name for name in REQUIRED_INPUTS if not tables._is_delta(spark, config.table(name))]
     if missing:
         raise MissingInput(
             f"input table(s) {missing} not found under {config.data.root}; make the demo tables with `make demo-data` "
@@ -134,6 +144,31 @@ def check_inputs(spark: SparkSession, config: AppConfig) -> None:
         raise MissingInput(
             f"no model artifact at {model_dir}; train one with `make train` "
             f"(spark-submit jobs/train.py --conf {config.source or '<conf>'}) or point scoring.model_dir at one")
+
+
+def cvr_skip_reason(spark: SparkSession, config: AppConfig, model, candidates: DataFrame | None = None) -> str | None:
+    """Why the CVR stage cannot run, in one line, or None when it can.
+
+    ``candidates`` given (a test, a backfill) stands in for the table. A date without candidates
+    in a non-empty table is not a reason: the stage runs and writes no scores, as before.
+    """
+    if "cvr" not in model.tasks:
+        return f"model {model.version} has no cvr head (tasks={list(model.tasks)})"
+    for name in CVR_INPUTS:
+        if name == "candidates" and candidates is not None:
+            continue
+        if not tables._is_delta(spark, config.table(name)):
+            return f"no `{name}` table under {config.data.root} (a catalogue without users or candidates yet)"
+        if tables.read_table(spark, config, name).limit(1).count() == 0:
+            return f"the `{name}` table is empty"
+    return None
+
+
+def _events(spark: SparkSession, config: AppConfig) -> DataFrame:
+    """The events table, or none when there is none yet (users without purchases: empty behaviour)."""
+    if tables._is_delta(spark, config.table("events")):
+        return tables.read_table(spark, config, "events")
+    return spark.createDataFrame([], tables.schema_of(spark, "events"))
 
 
 def load_model(config: AppConfig):
@@ -297,7 +332,7 @@ def score_cvr(spark: SparkSession, config: AppConfig, model, outputs: DataFrame,
     if candidates is None:
         candidates = tables.read_table(spark, config, "candidates").where(F.col("run_date") == F.lit(run_date))
     users = tables.read_table(spark, config, "users")
-    events = tables.read_table(spark, config, "events")
+    events = _events(spark, config)
     spark.sparkContext.setJobDescription(f"cvr: check candidates ({run_date})")
     checked = checked_candidates(candidates, outputs.select("item_id"), users).persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(checked)
@@ -430,11 +465,13 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
             quarantine = quarantine.unionByName(align["quarantine"])
             _say(f"    {align['scored']} items scored, {result.counts['flagged']} flagged")
         else:
-            _say(f"3/5 alignment: skipped, model {model.version} has no ita/tia heads (tasks={model.tasks})")
+            result.skipped["alignment"] = f"model {model.version} has no ita/tia heads (tasks={list(model.tasks)})"
+            _say(f"3/5 alignment: skipped, {result.skipped['alignment']}")
         result.timings["alignment"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        if "cvr" in model.tasks:
+        skip_cvr = cvr_skip_reason(spark, config, model, candidates)
+        if skip_cvr is None:
             _say(f"4/5 cvr: score the candidates of {run_date}, grouped by user")
             cvr = score_cvr(spark, config, model, outputs, run_date, persisted, candidates)
             result.counts.update(candidates_in=cvr["in"], cvr_scored=cvr["scored"], candidates_quarantined=cvr["quarantined"],
@@ -445,7 +482,9 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
             _say(f"    {cvr['scored']} scores ({cvr['by_model']} by the model, the rest reused from the last "
                  f"night), {cvr['quarantined']} candidates quarantined")
         else:
-            _say(f"4/5 cvr: skipped, model {model.version} has no cvr head")
+            result.skipped["cvr"] = skip_cvr
+            result.counts["cvr_skipped"] = 1   # countable in SQL beside the reason in details
+            _say(f"4/5 cvr: skipped: {skip_cvr}")
         result.timings["cvr"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -492,6 +531,7 @@ def _withdraw(spark: SparkSession, config: AppConfig, result: ScoreRun) -> None:
 def _write_run(spark: SparkSession, config: AppConfig, result: ScoreRun, started: dt.datetime, error: str | None = None):
     result.outputs["runs"] = config.table("runs")
     details = {"flagged": result.flagged, "quarantined": result.quarantined, "outputs": result.outputs,
+               "skipped": result.skipped,
                "config": config.source, "model_dir": config.model_dir, **run_record.owner()}
     if error:
         details["error"] = error[:4000]
@@ -507,6 +547,6 @@ def _write_run(spark: SparkSession, config: AppConfig, result: ScoreRun, started
         _say(f"could not record the failed run in `runs`: {exc}")
 
 
-__all__ = ["run", "ScoreRun", "MissingInput", "NotFiniteScores", "check_finite_share", "check_inputs",
+__all__ = ["run", "ScoreRun", "MissingInput", "NotFiniteScores", "check_finite_share", "check_inputs", "cvr_skip_reason",
            "alignment_flags", "checked_candidates", "behaviour_inputs", "scorable_pairs", "score_alignment",
            "score_cvr", "JOB", "FLAG_REASONS"]

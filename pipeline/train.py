@@ -340,6 +340,11 @@ def run_evaluation(spark, config: AppConfig, *, out_dir: str | None = None, vari
     log.info(f"evaluate: data ready in {time.perf_counter() - t0:.0f}s: training_examples "
              f"v{data.versions['training_examples']} ({data.source}) {data.counts}")
     names = variants or list(VARIANTS)
+    if not any(k.startswith("train_") for k in data.counts):
+        # no CVR examples (a catalogue without purchases): the variants that only rank CVR have nothing to learn
+        names = [n for n in names if set(VARIANTS[n].get("tasks", ("ita", "tia"))) & {"ita", "tia"}
+                 and VARIANTS[n].get("frame") != "single_task"]
+        log.info(f"evaluate: no CVR examples: ITA/TIA only, variants {names}")
     results: dict[str, list[dict]] = {name: [] for name in names}
     artifacts: dict[str, str] = {}
     # seed by seed, so an evaluation cut short still has whole seeds; a model already in the run

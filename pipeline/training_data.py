@@ -323,10 +323,14 @@ def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.d
 
     versions: dict[str, int] = {}
     source = examples_source(spark, config)
-    names = ["items", "users", "events", "item_features"] + (["impressions"] if source == "impressions" else [])
+    names = ["items", "item_features"] + (["impressions"] if source == "impressions" else [])
+    # users and events are optional: a catalogue of photos and texts alone trains the alignment tasks
+    names += [name for name in ("users", "events") if tables._is_delta(spark, config.table(name))]
     for name in names:
         versions[name] = tables.table_version(spark, config, name)
     frames = {name: tables.read_table(spark, config, name, version=versions[name]) for name in names}
+    for name in ("users", "events"):
+        frames.setdefault(name, spark.createDataFrame([], tables.schema_of(spark, name)))
     # valid items: those the cache holds under this fingerprint with their current content (the nightly rule)
     spark.sparkContext.setJobDescription("training: valid items and vocabulary")
     cached = (frames["item_features"].where(F.col("encoder_fingerprint") == fingerprint)
@@ -336,13 +340,17 @@ def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.d
     valid = with_blobs.select("item_id", "category", "price").cache()
     vocab = fit_vocab(valid, frames["users"], config.training.price_buckets)
 
+    cvr = cvr_examples_possible(config, frames, source)
     inputs = {"versions": {k: v for k, v in versions.items() if k != "item_features"},
-              **settings_of(config, source, fingerprint)}
+              **settings_of(config, source, fingerprint), "cvr_examples": cvr}
     # the set of valid items is fixed by the items version and the fingerprint, so item_features'
     # version (bumped by every feature update) is not part of the key
     spark.sparkContext.setJobDescription("training: examples")
-    examples = build_examples(config, items=valid, users=frames["users"], events=frames["events"],
-                              impressions=frames.get("impressions"), source=source)
+    if cvr:
+        examples = build_examples(config, items=valid, users=frames["users"], events=frames["events"],
+                                  impressions=frames.get("impressions"), source=source)
+    else:
+        examples = spark.createDataFrame([], tables.schema_of(spark, "training_examples"))
     version, reused = write_examples(spark, config, examples, inputs)
     versions["training_examples"] = version
     written = tables.read_table(spark, config, "training_examples", version=version)
@@ -361,8 +369,10 @@ def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.d
         run_date=run_date, job="train")
     dropped.unpersist()
 
-    n_chunks = n_chunks_for(n_examples, config.training.examples_per_chunk, config.training.num_processes)
-    fraction = home_fraction(counts["items_valid"], n_chunks, config.training.examples_per_chunk)
+    # without CVR examples the items alone set the chunks, and every valid item is trained on
+    n_chunks = n_chunks_for(n_examples or counts["items_valid"], config.training.examples_per_chunk,
+                            config.training.num_processes)
+    fraction = home_fraction(counts["items_valid"], n_chunks, config.training.examples_per_chunk) if n_examples else 1.0
     spark.sparkContext.setJobDescription(f"training: features of the items of {n_chunks} chunk(s)")
     item_version, _ = write_chunk_items(spark, config, written, with_blobs, n_chunks,
                                         {**inputs, "training_examples": version, "n_chunks": n_chunks,
@@ -373,10 +383,24 @@ def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.d
     chunks: dict[int, dict[str, int]] = {c: {} for c in range(n_chunks)}
     for r in chunk_rows:
         chunks[int(r["chunk"])][r["split"]] = int(r["n"])
+    # home items per chunk: an alignment-only run sets its epoch from them (camenn.training)
+    for r in (tables.read_table(spark, config, "training_items", version=item_version).where(F.col("home"))
+              .groupBy("chunk").agg(F.count(F.lit(1)).alias("n")).collect()):
+        chunks[int(r["chunk"])]["home"] = int(r["n"])
     valid.unpersist()
     spark.sparkContext.setJobDescription(None)
     return TrainingData(vocab=vocab, versions=versions, fingerprint=fingerprint, source=source, counts=counts,
                         reused=reused, feature_stats=stats, drops=drops, chunks=chunks)
+
+
+def cvr_examples_possible(config: AppConfig, frames: dict[str, DataFrame], source: str) -> bool:
+    """Whether CVR examples can be built: the model has a cvr task, and there are users and purchases
+    (or impressions) to build them from. Otherwise training runs the alignment tasks alone."""
+    if "cvr" not in config.model.tasks:
+        return False
+    labelled = frames["impressions"] if source == "impressions" else \
+        frames["events"].where(F.col("event") == "purchase")
+    return bool(frames["users"].limit(1).count()) and bool(labelled.limit(1).count())
 
 
 def examples_digest(inputs: dict) -> str:

@@ -1,0 +1,118 @@
+"""A catalogue of photos and texts alone: alignment-only training and a night without a CVR stage.
+
+Real Spark + Delta and the real (frozen) encoders. The training world is test_training's hand-made
+one without users, events or impressions; the night is test_nightly's world without users and
+candidates, scored by its real CameNN that does have a cvr head (so the skip comes from the data).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+from pyspark.sql import functions as F
+from test_feature_cache import clean_items, poison_items, write_items
+from test_training import FAST
+from test_training_data import synthetic_world, write_world
+
+from pipeline import nightly, run_record, tables
+
+RUN = dt.date(2026, 11, 24)
+N_CLEAN = 20
+
+
+@pytest.fixture(scope="module")
+def photos_only(spark, tmp_path_factory):
+    """Items (title, description, photo, category, price) and nothing else: no users, events, impressions."""
+    root = tmp_path_factory.mktemp("photos-only")
+    config = tiny_config(root, *FAST)
+    write_world(spark, config, {"items": synthetic_world(n_items=28, n_users=4, days=2)["items"]})
+    return config
+
+
+def test_alignment_only_training_without_users_or_purchases(spark, photos_only, caplog):
+    from camenn.checkpoint import load_artifact
+    from pipeline.train import run_training
+
+    with caplog.at_level(logging.INFO, logger="camenn"):
+        result = run_training(spark, photos_only)
+
+    assert "training the alignment tasks ita, tia alone" in caplog.text
+    art = load_artifact(result.artifact)
+    assert art.metadata["tasks"] == ["ita", "tia"] == list(art.config.tasks)
+    assert art.metadata["alignment_only"] is True
+    m = result.metrics
+    assert "cvr_auc" not in m and m["n_items"] > 0
+    for key in ("ita_acc", "tia_acc", "ita_auc", "tia_auc"):
+        assert 0.0 <= m[key] <= 1.0, (key, m)
+    assert m["epochs_run"] >= 1 and all("valid_loss_cvr" not in h for h in art.metadata["history"])
+    # the pinned inputs are the items and their features; there was nothing else to pin
+    assert {"users", "events"}.isdisjoint(art.metadata["table_versions"])
+    assert art.metadata["example_counts"].get("items_valid") == 28
+    json.dumps(art.metadata)
+    assert "cvr_auc" not in result.summary() and "ita_acc" in result.summary()
+
+
+def test_model_tasks_without_cvr_train_alignment_alone_beside_purchases(spark, tmp_path):
+    """model.tasks [ita, tia] on a world with users and purchases: no CVR examples are built."""
+    from camenn.checkpoint import load_artifact
+    from pipeline.train import run_training
+
+    config = tiny_config(tmp_path, *FAST, "model.tasks=[ita, tia]")
+    world = synthetic_world(n_items=24, n_users=6, days=3)
+    write_world(spark, config, {k: v for k, v in world.items() if k in ("items", "users", "events")})
+    result = run_training(spark, config)
+    assert not any(k.startswith(("train_", "valid_", "test_")) for k in result.data.counts), result.data.counts
+    assert load_artifact(result.artifact).metadata["tasks"] == ["ita", "tia"]
+
+
+@pytest.fixture(scope="module")
+def catalogue_only(spark, tmp_path_factory):
+    """test_nightly's items (20 clean, 5 poison) and a real CameNN with a cvr head; no users, events or candidates."""
+    from test_nightly import make_artifact
+
+    config = tiny_config(tmp_path_factory.mktemp("catalogue-only"))
+    write_items(spark, config, clean_items(N_CLEAN) + poison_items(100))
+    make_artifact(config, Path(config.model_dir), seed=0)
+    return config
+
+
+def test_night_without_users_or_candidates_scores_alignment_and_records_the_skip(spark, catalogue_only, caplog):
+    config = catalogue_only
+    nightly.check_inputs(spark, config)   # items and a model are all a night needs
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        result = nightly.run(spark, config, RUN)
+
+    assert result.status == "succeeded", result.summary()
+    c = result.counts
+    assert c["items_in"] == c["items_valid"] + c["items_quarantined"] and c["items_scored"] == N_CLEAN
+    assert "candidates_in" not in c and "cvr_scores" not in result.outputs
+    assert "no `users` table" in result.skipped["cvr"] and "cvr: skipped: no `users` table" in result.summary()
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("4/5 cvr")] == \
+        [f"4/5 cvr: skipped: {result.skipped['cvr']}"]
+    align = run_record.published(spark, config, "item_alignment", RUN, job=nightly.JOB)
+    assert align.count() == N_CLEAN
+    row = tables.read_table(spark, config, "runs").where(
+        (F.col("run_id") == result.run_id) & (F.col("status") == "succeeded")).first()
+    assert json.loads(row.details)["skipped"] == {"cvr": result.skipped["cvr"]} and row.counts["cvr_skipped"] == 1
+
+
+def test_cvr_skip_reasons(spark, catalogue_only, tmp_path):
+    from camenn.predictor import Predictor
+
+    config = catalogue_only
+    model = Predictor.load(config.model_dir, device="cpu")
+    assert "no `users` table" in nightly.cvr_skip_reason(spark, config, model)
+    tables.overwrite_table(spark, config, "users", spark.createDataFrame([], tables.schema_of(spark, "users")))
+    assert nightly.cvr_skip_reason(spark, config, model) == "the `users` table is empty"
+    tables.overwrite_table(spark, config, "users", spark.createDataFrame(
+        [("u0", "18-25", "single", "north")], tables.schema_of(spark, "users")))
+    assert "no `candidates` table" in nightly.cvr_skip_reason(spark, config, model)
+    candidates = spark.createDataFrame([(RUN, "u0", "i000")], tables.schema_of(spark, "candidates"))
+    assert nightly.cvr_skip_reason(spark, config, model, candidates) is None   # given candidates stand in
+    no_cvr = type("M", (), {"tasks": ("ita", "tia"), "version": "v"})()
+    assert "has no cvr head" in nightly.cvr_skip_reason(spark, config, no_cvr)
