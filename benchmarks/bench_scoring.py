@@ -91,9 +91,10 @@ def say(message: str, t0: float) -> None:
 
 def ensure_model(spark, config, root: Path):
     """The config's artifact, or an untrained CameNN of the configured size saved under root (benchmarks/_common)."""
+    from camenn.checkpoint import artifact_present
     from pipeline import feature_cache
 
-    if (Path(config.model_dir) / "manifest.json").is_file():
+    if artifact_present(config.model_dir):   # a version folder, or a root with a LATEST version
         return config, "trained artifact"
     fcfg = feature_cache.featurizer_config(config)
     config = save_untrained_model(config, root / "artifacts" / "untrained-model", table_vocab(spark, config),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -179,7 +180,12 @@ class ThresholdConfig(Section):
 
 
 class ScoringConfig(Section):
-    model_dir: str | None = Field(None, description="model artifact; null = training.artifact_dir")
+    model_dir: str | None = Field(
+        None, description="the model to score with: an artifact folder, a root of versions (its LATEST), a URI "
+                          "(s3a://...), or a registry reference (models:/camenn@champion, models:/camenn/3); "
+                          "null = training.artifact_dir. Resolved to one version folder on the driver before a run")
+    registered_version: str | None = Field(
+        None, description="filled in when model_dir is resolved from the registry (e.g. camenn/3); recorded in runs")
     batch_size: int = Field(256, gt=0)
     max_records_per_batch: int = Field(1024, gt=0)
     autocast: Literal["bf16", "fp16", "none"] = "bf16"
@@ -202,6 +208,22 @@ class ScoringConfig(Section):
         if batch and value % batch:
             raise ValueError(f"must be a multiple of scoring.batch_size ({batch}), got {value}")
         return value
+
+
+class TrackingConfig(Section):
+    """MLflow: where training and evaluation runs are logged and models registered (pipeline.tracking)."""
+
+    enabled: bool = Field(True, description="log runs and register trained models; off = artifacts only")
+    uri: str = Field("sqlite:///runs/mlflow/mlflow.db",
+                     description="MLflow tracking and registry URI: sqlite:///<path> (relative to the project root) "
+                                 "or a tracking server's http(s):// address")
+    artifact_location: str | None = Field(
+        None, description="where a new experiment keeps its runs' files (charts, tables); null = mlflow-artifacts/ "
+                          "beside a sqlite store, or the server's default")
+    experiment: str = "camenn"
+    registered_model: str = Field("camenn", description="every trained model becomes a version of this registered model")
+    champion_alias: str = Field("champion", description="the alias naming the version in service (models:/camenn@champion)")
+    promote_first: bool = Field(True, description="the first registered version becomes the champion (there is none to beat)")
 
 
 class ReportConfig(Section):
@@ -267,6 +289,7 @@ class AppConfig(Section):
     model: ModelSettings = ModelSettings()
     training: TrainingConfig = TrainingConfig()
     scoring: ScoringConfig = ScoringConfig()
+    tracking: TrackingConfig = TrackingConfig()
     report: ReportConfig = ReportConfig()
     spark: SparkConfig = SparkConfig()
     ingest: IngestConfig = IngestConfig()
@@ -292,8 +315,11 @@ def project_root() -> Path:
     return Path(os.environ.get("CAMENN_HOME", Path(__file__).resolve().parent.parent))
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")   # s3a://, hdfs://, models:/ (not a Windows drive letter)
+
+
 def _resolve(value: str | None, root: Path) -> str | None:
-    if value is None or "://" in value or Path(value).is_absolute():
+    if value is None or _SCHEME.match(value) or Path(value).is_absolute():
         return value
     return str((root / value).resolve())
 

@@ -42,14 +42,14 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from camenn import checkpoint
 from camenn.config import AppConfig, ThresholdConfig
-from pipeline import cvr_cache, feature_cache, history, model_cache, run_record, tables
+from pipeline import cvr_cache, feature_cache, history, model_cache, run_record, tables, tracking
 from udfs.predict import CVR_INPUT, CVR_SCHEMA, CVR_USERS_INPUT, PROJECTED_FIELDS, cvr_users_fn
 
 log = logging.getLogger(__name__)
@@ -139,10 +139,9 @@ def check_inputs(spark: SparkSession, config: AppConfig) -> None:
             f"input table(s) {missing} not found under {config.data.root}; make the demo tables with `make demo-data` "
             f"(spark-submit jobs/make_demo_data.py --conf {config.source or '<conf>'}), or load real exports with "
             "jobs/ingest_catalog.py")
-    model_dir = Path(config.model_dir)
-    if not (model_dir / "manifest.json").is_file():
+    if not checkpoint.artifact_present(config.model_dir):   # local or s3a://, a version or a root
         raise MissingInput(
-            f"no model artifact at {model_dir}; train one with `make train` "
+            f"no model artifact at {config.model_dir}; train one with `make train` "
             f"(spark-submit jobs/train.py --conf {config.source or '<conf>'}) or point scoring.model_dir at one")
 
 
@@ -399,6 +398,8 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
         candidates: DataFrame | None = None, items_df: DataFrame | None = None) -> ScoreRun:
     """One nightly run for ``run_date`` (default: the world's run date)."""
     run_date = run_date or config.world.run_date
+    # one version folder for the whole run, on the driver: a models:/ alias or a LATEST moved meanwhile changes nothing
+    config = tracking.resolve_model(config)
     result = ScoreRun(run_id=uuid.uuid4().hex, run_date=run_date, model_version=None, status=run_record.RUNNING)
     started = run_record.now()
     t_start = time.perf_counter()
@@ -407,7 +408,8 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
     persisted: list[DataFrame] = []
     # the run is recorded before it does anything else, so even a driver killed in stage 1 leaves a row
     run_record.start(spark, config, run_id=result.run_id, job=JOB, run_date=run_date, started_at=started,
-                     details={"config": config.source, "model_dir": config.model_dir})
+                     details={"config": config.source, "model_dir": config.model_dir,
+                              "registered_version": config.scoring.registered_version})
     try:
         for dead in run_record.sweep_abandoned(spark, config, JOB, current_run_id=result.run_id,
                                                timeout_hours=config.scoring.run_timeout_hours):
@@ -532,7 +534,8 @@ def _write_run(spark: SparkSession, config: AppConfig, result: ScoreRun, started
     result.outputs["runs"] = config.table("runs")
     details = {"flagged": result.flagged, "quarantined": result.quarantined, "outputs": result.outputs,
                "skipped": result.skipped,
-               "config": config.source, "model_dir": config.model_dir, **run_record.owner()}
+               "config": config.source, "model_dir": config.model_dir,
+               "registered_version": config.scoring.registered_version, **run_record.owner()}
     if error:
         details["error"] = error[:4000]
     row = tables.runs_row(spark, run_id=result.run_id, job=JOB, run_date=result.run_date,

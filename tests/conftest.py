@@ -72,5 +72,6 @@ def tiny_config(root: Path, *overrides: str):
         f"data.root={root / 'tables'}",
         f"training.artifact_dir={root / 'artifacts' / 'model'}",
         f"report.out_dir={root / 'reports'}",
+        f"tracking.uri=sqlite:///{root / 'mlflow' / 'mlflow.db'}",   # never the project's own store
         *overrides,
     ])

@@ -7,7 +7,8 @@
 
 Trains every variant once per seed in training.seeds (CameNN; MoSE frame; MMoE frame; CameNN
 without ITA/TIA; the CVR-only single-task transformer) and writes runs/<config>/<timestamp>/
-with metrics.json, report.md and the text-image similarity heat maps (PNG). A model in the run
+with metrics.json, report.md and the text-image similarity heat maps (PNG), and logs them to
+MLflow (tracking.uri) as one run: the comparison table, per-epoch curves, charts and report. A model in the run
 folder that does not verify exits 2 with one line naming it and what to do.
 """
 
@@ -44,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_NOTHING_DONE
         print((Path(out["run_dir"]) / "report.md").read_text())
         print(f"run folder: {out['run_dir']}")
+        from pipeline import tracking
+
+        run_id = tracking.log_evaluation(config, out)
+        if run_id:
+            print(f"MLflow run {run_id}; {tracking.ui_hint(config)}")
         return None
 
     return run_job(evaluate)

@@ -9,8 +9,11 @@
 is idempotent); else, when training.shipped_artifact is set and fits this config and code
 (pipeline.train.shipped_artifact_problem), copy it to training.artifact_dir instead of training.
 training.num_processes > 1 trains with TorchDistributor (DDP, local processes).
-The artifact (training.artifact_dir) records the table versions it was trained from and its
-held-out metrics. Exit status 2 = bad configuration, environment or missing input tables, or a
+Each training writes a new immutable version under training.artifact_dir (local or s3a://...;
+LATEST names the newest), which records the table versions it was trained from and its
+held-out metrics; the run (params, per-epoch metrics) is logged to MLflow (tracking.uri) and
+the version registered as a version of tracking.registered_model (the first one becomes the
+champion). Exit status 2 = bad configuration, environment or missing input tables, or a
 shipped artifact that does not verify once copied (one line naming the folder and what to do),
 1 = training failed.
 """
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             art = current_artifact(config)
             if art is not None:
                 print(f"artifact {art.path} (version {art.version}) is current for {config.name}; training skipped")
-                return
+                return track(config, art.path, "trained")
             if config.training.shipped_artifact:
                 problem = shipped_artifact_problem(config)
                 if problem is None:
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{art.metadata.get('config_name')} {str(art.metadata.get('trained_at'))[:10]}: held-out CVR AUC "
                           f"{m.get('cvr_auc', float('nan')):.3f}, ITA {m.get('ita_acc', float('nan')):.3f}, TIA "
                           f"{m.get('tia_acc', float('nan')):.3f}) as {art.path}; training skipped")
-                    return
+                    return track(config, art.path, "shipped")
                 print(f"the shipped model {config.training.shipped_artifact} does not fit: {problem}; training on {config.name}")
         t0 = time.perf_counter()
         result = run_training(job_session(config, "train"), config, run_date=args.run_date,
@@ -65,6 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         if result.data is not None:
             print(f"data: examples from {result.data.source}, table versions {result.data.versions}, counts {result.data.counts}")
         print(f"total {time.perf_counter() - t0:.0f}s")
+        if result.artifact:
+            track(config, result.artifact, "trained", result.seconds)
+
+    def track(config, artifact: str, origin: str, seconds: dict | None = None) -> None:
+        from pipeline import tracking
+
+        registered = tracking.log_training(config, artifact, origin=origin, seconds=seconds)
+        if registered is not None:
+            print(f"registered as {registered} -> {registered.source}\n{tracking.ui_hint(config)}")
 
     return run_job(train)
 
