@@ -1,0 +1,318 @@
+"""GroceryStore: CameNN trained on real photos (alignment only) against a pooled two-tower probe.
+
+    flock /tmp/camenn-heavy.lock .venv/bin/python benchmarks/bench_grocery.py \
+        --json benchmarks/results/bench_grocery.json        # 808 s on 2 cores (shared), conf/grocery.yaml
+
+The data is ../shared/data/grocery-store (its README): 2,640 training and 296 validation
+smartphone photos of 81 products (fine classes) in 42 coarse classes. One item per photo:
+title = the product name, description = the product's description text (classes.csv), category
+= the coarse class, no price. There are no users, purchases or candidates.
+
+1. The training photos are written as a CSV export and ingested with jobs/ingest_catalog.py
+   (conf/grocery.yaml maps the columns); ``pipeline.train.run_training`` encodes them and, with no
+   CVR examples, trains the ITA/TIA tasks alone (its held-out figures are the training photos'
+   own hash split, reported as ``training_held_out``).
+2. The validation photos are ingested afterwards (``--mode merge``) and encoded; the model never
+   saw them.
+3. On the validation photos, ITA (the photo with another item's text) and TIA (the text with
+   another item's photo): accuracy at 0.5 and AUROC over the true pairs and one negative each,
+   - random: the partner is any validation photo of another product (another fine class: photos
+     of the same product share their text, so they would not be negatives);
+   - hard: the partner is a photo of another product of the same coarse class (Granny Smith
+     against Pink Lady): the category field is then the same on both sides, so it cannot decide.
+     Items of a coarse class with one product have no hard partner and are left out (``n``).
+4. The probe, on the same frozen encoder outputs (the cached item features) and split: the
+   mean-pooled text tokens and image patches, a ridge map of the image vector into the text space
+   fitted on the training photos, and a logistic regression on the elementwise product of the
+   L2-normalised text and mapped image vectors, fitted on training pairs with random negatives
+   (both kinds of swap); accuracy at 0.5 and AUROC on the same validation pairs as CameNN's.
+
+Everything is measured in one run: the figures are what it gives, whatever they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime as dt
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(_ROOT))
+sys.path.insert(0, str(_ROOT / "benchmarks"))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH")) if p)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+from _common import write_json  # noqa: E402
+
+from camenn.config import load_config  # noqa: E402
+
+DATA = _ROOT.parent / "shared" / "data" / "grocery-store"
+RUN_DATE = dt.date(2026, 12, 1)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--conf", default=str(_ROOT / "conf" / "grocery.yaml"))
+    p.add_argument("--data", default=str(DATA), help="the grocery-store folder (train.txt, val.txt, classes.csv)")
+    p.add_argument("--root", default=None, help="scratch folder for tables, exports and the model (default runs/bench/grocery)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--limit", type=int, default=None, help="at most this many photos per split (a quick check)")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    return p.parse_args(argv)
+
+
+def say(message: str, t0: float) -> None:
+    print(f"[bench_grocery {time.perf_counter() - t0:7.1f}s] {message}", flush=True)
+
+
+# ------------------------------------------------------------------------ the export
+
+
+def read_classes(data: Path) -> dict[int, dict]:
+    """Fine class id -> product name, coarse class and description text ('' where there is none)."""
+    out = {}
+    with open(data / "classes.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            desc_path = data / row["Product Description Path (str)"].lstrip("/")
+            desc = desc_path.read_text(errors="replace").strip() if desc_path.is_file() else ""
+            out[int(row["Class ID (int)"])] = {"product": row["Class Name (str)"].replace("-", " "),
+                                               "coarse": row["Coarse Class Name (str)"], "description": " ".join(desc.split())}
+    return out
+
+
+def read_split(data: Path, split: str, classes: dict[int, dict], limit: int | None) -> list[dict]:
+    """One export row per photo of ``split``.txt: photo_id, path, product, description, coarse_class, fine_class."""
+    rows = []
+    for line in (data / f"{split}.txt").read_text().splitlines():
+        if not line.strip():
+            continue
+        path, fine, _coarse = (x.strip() for x in line.split(","))
+        c = classes[int(fine)]
+        rows.append({"photo_id": f"{split}-{len(rows):05d}", "path": path, "product": c["product"],
+                     "description": c["description"], "coarse_class": c["coarse"], "fine_class": int(fine)})
+    if limit:   # every product keeps some photos: a stride over the file, which lists them class by class
+        rows = rows[::max(1, len(rows) // limit)][:limit]
+    return rows
+
+
+def write_export(rows: list[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["photo_id", "path", "product", "description", "coarse_class"],
+                           extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def ingest(conf: str, sets: list[str], export: Path, data: Path, mode: str) -> None:
+    """The export through jobs/ingest_catalog.py's main, in this process (its session is this one)."""
+    from pipeline.jobs.ingest_catalog import main as ingest_main
+
+    argv = ["--conf", conf, "--items-path", str(export), "--images-root", str(data), "--mode", mode,
+            "--run-date", RUN_DATE.isoformat()]
+    for s in sets:
+        argv += ["--set", s]
+    status = ingest_main(argv)
+    if status != 0:
+        raise SystemExit(f"ingest of {export} exited {status}")
+
+
+# ------------------------------------------------------------------------ pairs and metrics
+
+
+def partners(fine: np.ndarray, coarse: np.ndarray, hard: bool, rng: np.random.Generator) -> np.ndarray:
+    """For each item, a random other item of another fine class (hard: of the same coarse class); -1 if none."""
+    out = np.full(len(fine), -1, dtype=np.int64)
+    for i in range(len(fine)):
+        ok = (fine != fine[i]) & ((coarse == coarse[i]) if hard else True)
+        pool = np.flatnonzero(ok)
+        if len(pool):
+            out[i] = rng.choice(pool)
+    return out
+
+
+def binary_metrics(pos: np.ndarray, neg: np.ndarray) -> dict:
+    from camenn.metrics import roc_auc
+
+    y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
+    p = np.concatenate([pos, neg])
+    return {"acc": float(((p >= 0.5) == (y == 1)).mean()), "auroc": float(roc_auc(y, p)), "n": int(len(pos))}
+
+
+def camenn_scores(model, store, idx, donor, batch_size=256) -> dict:
+    """task -> (positive probs, negative probs) for items ``idx`` (store rows) swapped with ``donor`` rows."""
+    import torch
+
+    from camenn.training import predict_items
+
+    idx_t, donor_t = torch.as_tensor(idx), torch.as_tensor(donor)
+    pos = predict_items(model, store, idx_t, batch_size, "cpu")
+    out = {}
+    for task, side in (("ita", "text"), ("tia", "image")):
+        neg = predict_items(model, store, idx_t, batch_size, "cpu", swap=side, donor=donor_t)[task]
+        out[task] = (pos[task], neg)
+    return out
+
+
+def pooled(store) -> tuple[np.ndarray, np.ndarray]:
+    """Mean-pooled text tokens (real ones only) and image patches of every item of the store, float32."""
+    mask = store.text_mask.float().unsqueeze(-1)                           # (n, L, 1)
+    text = (store.text.float() * mask).sum(1) / mask.sum(1).clamp(min=1)   # (n, Dt)
+    image = store.image.float().mean(1)                                    # (n, Di)
+    return text.numpy(), image.numpy()
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
+
+
+class PooledProbe:
+    """Two towers on frozen pooled features: a ridge map image -> text space, then a logistic regression
+    on the elementwise product of the unit text and mapped image vectors."""
+
+    def __init__(self, ridge: float = 1.0, seed: int = 0):
+        self.ridge, self.seed = ridge, seed
+
+    def fit(self, text: np.ndarray, image: np.ndarray, fine: np.ndarray, coarse: np.ndarray) -> PooledProbe:
+        from sklearn.linear_model import LogisticRegression
+
+        self.mu_t, self.mu_i = text.mean(0), image.mean(0)
+        t, i = _unit(text - self.mu_t), _unit(image - self.mu_i)
+        # closed-form ridge regression of the text vector on the image vector: W (Di, Dt)
+        self.W = np.linalg.solve(i.T @ i + self.ridge * np.eye(i.shape[1]), i.T @ t)
+        rng = np.random.default_rng(self.seed)
+        a, b = partners(fine, coarse, False, rng), partners(fine, coarse, False, rng)
+        n = np.arange(len(t))
+        feats = np.concatenate([self._pair(t[n], i[n]), self._pair(t[a], i[n]), self._pair(t[n], i[b])])
+        y = np.concatenate([np.ones(len(n)), np.zeros(2 * len(n))])
+        self.lr = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced").fit(feats, y)
+        return self
+
+    def _pair(self, t_unit: np.ndarray, i_unit: np.ndarray) -> np.ndarray:
+        return t_unit * _unit(i_unit @ self.W)
+
+    def score(self, text: np.ndarray, image: np.ndarray) -> np.ndarray:
+        t, i = _unit(text - self.mu_t), _unit(image - self.mu_i)
+        return self.lr.predict_proba(self._pair(t, i))[:, 1]
+
+
+def probe_scores(probe: PooledProbe, text: np.ndarray, image: np.ndarray, idx, donor) -> dict:
+    """The probe's (positive, negative) probabilities for the same pairs as camenn_scores."""
+    pos = probe.score(text[idx], image[idx])
+    return {"ita": (pos, probe.score(text[donor], image[idx])),   # the photo with another product's text
+            "tia": (pos, probe.score(text[idx], image[donor]))}   # the text with another product's photo
+
+
+def table(camenn: dict, probe: dict) -> list[str]:
+    lines = ["| negatives | CameNN ITA acc / AUROC | CameNN TIA acc / AUROC | probe ITA acc / AUROC | probe TIA acc / AUROC | n |",
+             "|---|---|---|---|---|---|"]
+    for kind in ("random", "hard"):
+        c, p = camenn[kind], probe[kind]
+        cells = [f"{m[t]['acc']:.3f} / {m[t]['auroc']:.3f}" for m in (c, p) for t in ("ita", "tia")]
+        lines.append(f"| {kind} | " + " | ".join(cells) + f" | {c['ita']['n']} |")
+    return lines
+
+
+# ------------------------------------------------------------------------ the run
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    data = Path(args.data).resolve()
+    root = Path(args.root or _ROOT / "runs" / "bench" / "grocery").resolve()
+    sets = [f"data.root={root / 'tables'}", f"training.artifact_dir={root / 'model'}", *args.set]
+    config = load_config(args.conf, sets)
+    from pipeline.session import get_spark
+
+    spark = get_spark(config)
+    classes = read_classes(data)
+    train_rows, val_rows = read_split(data, "train", classes, args.limit), read_split(data, "val", classes, args.limit)
+    seconds: dict[str, float] = {}
+
+    say(f"ingest {len(train_rows)} training photos", t0)
+    t = time.perf_counter()
+    ingest(args.conf, sets, write_export(train_rows, root / "exports" / "train.csv"), data, "overwrite")
+    seconds["ingest_train"] = time.perf_counter() - t
+
+    from pipeline.train import run_training
+
+    say("train (encode the photos, then ITA/TIA alone: no users or purchases)", t0)
+    t = time.perf_counter()
+    trained = run_training(spark, config, run_date=RUN_DATE)
+    seconds["train_job"] = time.perf_counter() - t
+    say(trained.summary(), t0)
+
+    say(f"ingest and encode {len(val_rows)} validation photos", t0)
+    t = time.perf_counter()
+    ingest(args.conf, sets, write_export(val_rows, root / "exports" / "val.csv"), data, "merge")
+    from pipeline import feature_cache
+
+    feature_cache.update_item_features(spark, config, RUN_DATE, job="bench_grocery")
+    seconds["ingest_encode_val"] = time.perf_counter() - t
+
+    say("score the validation pairs: CameNN and the pooled probe", t0)
+    t = time.perf_counter()
+    from camenn.checkpoint import load_artifact
+    from camenn.inputs import FeatureVocab
+    from camenn.training import load_item_store
+
+    art = load_artifact(trained.artifact)
+    vocab = FeatureVocab.from_dict(art.metadata["vocab"])
+    store = load_item_store(config.table("item_features"), None, config.table("items"), None,
+                            art.metadata["encoder_fingerprint"], vocab, art.config.n_patches)
+    row_of = {item_id: k for k, item_id in enumerate(store.item_ids)}
+    info = {r["photo_id"]: r for r in train_rows + val_rows}
+    fine = np.array([info[i]["fine_class"] for i in store.item_ids])
+    coarse = np.array([info[i]["coarse_class"] for i in store.item_ids])
+    is_val = np.array([i.startswith("val-") for i in store.item_ids])
+    val_idx, train_idx = np.flatnonzero(is_val), np.flatnonzero(~is_val)
+    text, image = pooled(store)
+    probe = PooledProbe().fit(text[train_idx], image[train_idx], fine[train_idx], coarse[train_idx])
+
+    rng = np.random.default_rng(0)
+    results: dict = {"camenn": {}, "probe": {}}
+    for kind in ("random", "hard"):
+        donor_local = partners(fine[val_idx], coarse[val_idx], kind == "hard", rng)
+        keep = donor_local >= 0
+        idx, donor = val_idx[keep], val_idx[donor_local[keep]]
+        for name, scores in (("camenn", camenn_scores(art.model, store, idx, donor)),
+                             ("probe", probe_scores(probe, text, image, idx, donor))):
+            results[name][kind] = {task: binary_metrics(*scores[task]) for task in ("ita", "tia")}
+    seconds["evaluate"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t0
+    lines = table(results["camenn"], results["probe"])
+    print("\n".join(lines), flush=True)
+
+    import torch
+
+    figures = {
+        "benchmark": "bench_grocery", "created": dt.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join(["benchmarks/bench_grocery.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
+        "config": config.source, "overrides": args.set,
+        "model": dataclasses.asdict(art.config),
+        "training": config.training.model_dump(mode="json", include={"epochs", "steps_per_epoch", "alignment_batch_size",
+                                                                     "lr", "split", "num_processes"}),
+        "photos": {"train": len(train_rows), "val": len(val_rows), "in_store": len(row_of),
+                   "products": len(set(fine)), "coarse_classes": len(set(coarse))},
+        "artifact_tasks": art.metadata.get("tasks"), "training_held_out": trained.metrics,
+        "validation": results, "table": lines, "seconds": seconds,
+    }
+    write_json(args.json, figures)
+    say(f"done in {seconds['total']:.0f}s", t0)
+    spark.stop()
+    return figures
+
+
+if __name__ == "__main__":
+    main()
