@@ -2,6 +2,10 @@
 
     result = run(spark, config, run_date)       # ScoreRun; spark-submit jobs/score_catalog.py
 
+One module (~540 lines): the five stages share one run's state (the valid items, the model
+cache, the persisted frames, the counts that must add up) and are read in order; the caches,
+the CVR carry-over and the run record live in their own modules.
+
 1. ``update_item_features`` (pipeline.feature_cache): validate items from their stored
    content hashes, quarantine bad rows, encode only new or changed items, MERGE them into
    ``item_features``.
@@ -411,8 +415,9 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
                      details={"config": config.source, "model_dir": config.model_dir,
                               "registered_version": config.scoring.registered_version})
     try:
-        for dead in run_record.sweep_abandoned(spark, config, JOB, current_run_id=result.run_id,
-                                               timeout_hours=config.scoring.run_timeout_hours):
+        for dead in run_record.best_effort("sweep abandoned runs", run_record.sweep_abandoned, spark, config, JOB,
+                                           current_run_id=result.run_id,
+                                           timeout_hours=config.scoring.run_timeout_hours) or []:
             _say(f"    run {dead} was abandoned (its driver is gone): recorded as failed, its rows deleted")
         check_inputs(spark, config)
         model = load_model(config)
@@ -504,7 +509,9 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
     except BaseException as exc:
         result.status = run_record.FAILED
         result.timings["total"] = time.perf_counter() - t_start
-        _withdraw(spark, config, result)   # first: on a full disk, deleting its rows frees room for the record
+        # first: on a full disk, deleting its rows may free room for the record
+        run_record.best_effort(f"delete the rows of failed run {result.run_id}", run_record.withdraw,
+                               spark, config, run_date, result.run_id)
         _write_run(spark, config, result, started, error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
@@ -516,38 +523,21 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
             update.cleanup(spark)
         if previous_batch is not None:
             spark.conf.set(ARROW_BATCH, previous_batch)
-    try:
-        run_record.prune(spark, config, run_date, JOB, keep_run_id=result.run_id)
-    except Exception as exc:  # noqa: BLE001 - published already; the next run of the date prunes again
-        _say(f"could not delete the earlier runs' rows of {run_date} (readers see run {result.run_id} only): {exc}")
+    # published already: what a failed prune leaves, readers do not see and the next run deletes
+    run_record.best_effort(f"delete the earlier runs' rows of {run_date}", run_record.prune,
+                           spark, config, run_date, JOB, keep_run_id=result.run_id)
     return result
-
-
-def _withdraw(spark: SparkSession, config: AppConfig, result: ScoreRun) -> None:
-    try:
-        run_record.withdraw(spark, config, result.run_date, result.run_id)
-    except Exception as exc:  # noqa: BLE001 - unpublished rows stay invisible; the next run deletes them
-        _say(f"could not delete the rows of failed run {result.run_id}: {exc}")
 
 
 def _write_run(spark: SparkSession, config: AppConfig, result: ScoreRun, started: dt.datetime, error: str | None = None):
     result.outputs["runs"] = config.table("runs")
-    details = {"flagged": result.flagged, "quarantined": result.quarantined, "outputs": result.outputs,
-               "skipped": result.skipped,
-               "config": config.source, "model_dir": config.model_dir,
-               "registered_version": config.scoring.registered_version, **run_record.owner()}
-    if error:
-        details["error"] = error[:4000]
-    row = tables.runs_row(spark, run_id=result.run_id, job=JOB, run_date=result.run_date,
-                          model_version=result.model_version, started_at=started,
-                          finished_at=run_record.now(), status=result.status,
-                          counts=result.counts, timings=result.timings, details=details)
-    try:
-        tables.append_rows(spark, config, "runs", row)
-    except Exception as exc:  # noqa: BLE001 - never hide the run's own error behind the bookkeeping's
-        if error is None:
-            raise
-        _say(f"could not record the failed run in `runs`: {exc}")
+    run_record.finish(spark, config, run_id=result.run_id, job=JOB, run_date=result.run_date,
+                      model_version=result.model_version, started_at=started, status=result.status,
+                      counts=result.counts, timings=result.timings, error=error,
+                      details={"flagged": result.flagged, "quarantined": result.quarantined, "outputs": result.outputs,
+                               "skipped": result.skipped,
+                               "config": config.source, "model_dir": config.model_dir,
+                               "registered_version": config.scoring.registered_version})
 
 
 __all__ = ["run", "ScoreRun", "MissingInput", "NotFiniteScores", "check_finite_share", "check_inputs", "cvr_skip_reason",

@@ -120,16 +120,58 @@ def _date(run_date: dt.date) -> str:
 
 
 def prune(spark: SparkSession, config: AppConfig, run_date: dt.date, job: str, keep_run_id: str) -> None:
-    """Delete the date's rows of every run but ``keep_run_id`` (the one just published)."""
+    """Delete the date's rows of every run but ``keep_run_id`` (the one just published).
+
+    Only finished runs: a run of the same date still going on beside this one keeps its rows
+    and, if it succeeds, publishes them and prunes this run's. The other runs are named from
+    ``runs`` (every run has its row before it writes), so the DELETE tests equality and null on
+    run_id, which Delta answers from each file's statistics: a date with no other run's rows
+    reads no data file.
+    """
+    others = [r[0] for r in latest_states(spark, config, job)
+              .where((F.col("run_date") == F.lit(run_date)) & F.col("status").isin(*FINAL) & (F.col("run_id") != keep_run_id))
+              .select("run_id").collect()]   # the runs of one date: a handful
+    named = f" OR run_id IN ({', '.join(repr(r) for r in others)})" if others else ""
     for name in PUBLISHED_TABLES:
         of_job = f" AND job = '{job}'" if name == "quarantine" else ""
-        _delete(spark, config, name, f"{_date(run_date)}{of_job} AND NOT (run_id <=> '{keep_run_id}')")
+        _delete(spark, config, name, f"{_date(run_date)}{of_job} AND (run_id IS NULL{named})")
 
 
 def withdraw(spark: SparkSession, config: AppConfig, run_date: dt.date, run_id: str) -> None:
     """Delete the date's rows written by ``run_id`` (a run that did not succeed)."""
     for name in PUBLISHED_TABLES:
         _delete(spark, config, name, f"{_date(run_date)} AND run_id = '{run_id}'")
+
+
+def best_effort(what: str, action, *args, **kwargs):
+    """``action(*args, **kwargs)``, or None with a warning when it raises.
+
+    For the bookkeeping around a run (sweeping other runs, pruning or withdrawing rows): it must
+    not fail the run nor hide its own error, and what it leaves undone stays unpublished until
+    the next run does it (a DELETE racing a concurrent run's append, a full disk).
+    """
+    try:
+        return action(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log.warning(f"could not {what}: {exc}")
+        return None
+
+
+def finish(spark: SparkSession, config: AppConfig, *, run_id: str, job: str, run_date: dt.date, model_version: str | None,
+           started_at: dt.datetime, status: str, counts: dict, timings: dict, details: dict, error: str | None = None) -> None:
+    """Append the run's final row (succeeded publishes its rows; failed carries ``error``).
+
+    A failed run's row that cannot be written is logged, not raised over the run's own error;
+    the next run records it (sweep_abandoned).
+    """
+    details = {**details, **owner(), **({"error": error[:4000]} if error else {})}
+    row = tables.runs_row(spark, run_id=run_id, job=job, run_date=run_date, model_version=model_version,
+                          started_at=started_at, finished_at=now(), status=status, counts=counts, timings=timings,
+                          details=details)
+    if error is None:
+        tables.append_rows(spark, config, "runs", row)
+    else:
+        best_effort(f"record failed run {run_id} in `runs`", tables.append_rows, spark, config, "runs", row)
 
 
 def _alive(run_id: str, details: dict, started_at: dt.datetime, timeout_hours: float) -> bool:
@@ -180,5 +222,6 @@ def live_run_ids(spark: SparkSession, config: AppConfig) -> set[str]:
     return {r[0] for r in latest_states(spark, config).where(F.col("status") == RUNNING).select("run_id").collect()}
 
 
-__all__ = ["SCORING_JOB", "RUNNING", "SUCCEEDED", "FAILED", "PUBLISHED_TABLES", "start", "ended", "latest_states", "published_run",
-           "published", "prune", "withdraw", "sweep_abandoned", "live_run_ids", "owner", "now"]
+__all__ = ["SCORING_JOB", "RUNNING", "SUCCEEDED", "FAILED", "PUBLISHED_TABLES", "start", "ended", "finish",
+           "best_effort", "latest_states", "published_run", "published", "prune", "withdraw", "sweep_abandoned",
+           "live_run_ids", "owner", "now"]

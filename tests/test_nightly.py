@@ -480,6 +480,7 @@ def test_constraints_reject_bad_rows_without_a_commit(spark, world, first_run):
     assert tables.read_table(spark, config, "item_alignment").count() == rows_before
 
 
+@pytest.mark.faults
 def test_failed_run_is_recorded_and_leaves_outputs_alone(spark, world, first_run, tmp_path):
     config, _ = world
     versions = {name: tables.table_version(spark, config, name) for name in ("item_alignment", "cvr_scores")}
@@ -523,6 +524,7 @@ def test_a_cvr_head_emitting_nan_fails_the_night_before_any_output_commit(spark,
     assert {name: tables.table_version(spark, config, name) for name in names} == versions
 
 
+@pytest.mark.faults
 def test_below_the_limit_non_finite_scores_are_quarantined_and_counted(spark, world, first_run, tmp_path):
     config, _ = world
     nan_dir = tmp_path / "nan-model"

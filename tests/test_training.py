@@ -242,7 +242,7 @@ def test_evaluation_report(spark, world_root, tmp_path):
     assert "observable features" in (run / "report.md").read_text()
 
     # the same run folder again: every model is reused, not retrained, and the table is the same
-    weights = sorted(run.glob("models/*/model.safetensors"))
+    weights = sorted(run.glob("models/*/versions/*/model.safetensors"))   # one version per variant and seed
     assert len(weights) == 2
     stamps = {w: w.stat().st_mtime_ns for w in weights}
     again = run_evaluation(spark, config, out_dir=str(run), variants=["CameNN", "CameNN w/o ITA+TIA"])
