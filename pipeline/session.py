@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from camenn.config import AppConfig, project_root
@@ -137,7 +138,9 @@ def main() -> int:
     """`python -m pipeline.session`: check Java and resolve Delta's jars once (used by `make setup`)."""
     try:
         spark = get_spark(app_name="camenn-setup-check")
-        spark.range(1).write.format("delta").mode("overwrite").save(str(project_root() / "data" / ".setup-check"))
+        # a folder of its own: two setups at once (make test beside make demo) must not race on one table
+        with tempfile.TemporaryDirectory(prefix="camenn-setup-check-") as check:
+            spark.range(1).write.format("delta").mode("overwrite").save(check)
         out = write_resolved_conf(spark)
         print(f"Spark {spark.version} with Delta is ready; resolved settings in {out}")
         spark.stop()

@@ -115,7 +115,7 @@ def write_world(spark, config, items: list[Item], run_date: dt.date, *, write_it
     from pipeline.nightly import SUSPECT_SIDES
 
     align = [(run_date, it.item_id, it.merchant_id, it.category, it.p_ita, it.p_tia, it.flag, SUSPECT_SIDES.get(it.side),
-              model_version, it.side) for it in items]
+              model_version, it.side, None) for it in items]   # run_id: none, as a table from before run ids
     tables.replace_run_date(spark, config, "item_alignment",
                             spark.createDataFrame(align, tables.schema_of(spark, "item_alignment")), run_date)
 
