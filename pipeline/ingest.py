@@ -1,7 +1,9 @@
 """Ingest of a real catalogue: CSV/Parquet exports + image files -> `items`, `events`, `quarantine`.
 
-One module (~640 lines): the column mapping, the checks behind every quarantine reason and the
-two writes are one contract that a reader follows row by row, for items and events alike.
+One module (~880 lines): the column mapping, the checks behind every quarantine reason (with the
+CSV-record and image-path checks that fault handling added) and the two writes are one contract
+that a reader follows row by row, for items and events alike; split, the reason order of
+ITEM_REASONS would be spread over files that each test part of it.
 
 Users arrive with exports, not with our tables. A column mapping (``IngestConfig.item_map`` /
 ``event_map``, overridable by flags) says where each contracted field comes from:

@@ -125,8 +125,8 @@ def prune(spark: SparkSession, config: AppConfig, run_date: dt.date, job: str, k
     Only finished runs: a run of the same date still going on beside this one keeps its rows
     and, if it succeeds, publishes them and prunes this run's. The other runs are named from
     ``runs`` (every run has its row before it writes), so the DELETE tests equality and null on
-    run_id, which Delta answers from each file's statistics: a date with no other run's rows
-    reads no data file.
+    run_id, predicates Delta can test against each file's min/max and null-count statistics to
+    skip files (not measured here).
     """
     others = [r[0] for r in latest_states(spark, config, job)
               .where((F.col("run_date") == F.lit(run_date)) & F.col("status").isin(*FINAL) & (F.col("run_id") != keep_run_id))
