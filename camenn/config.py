@@ -141,6 +141,15 @@ class TrainingConfig(Section):
     negative_ratio: float = Field(4.0, gt=0, description="sampled negatives per purchase when there are no impressions")
     task_weights: dict[Literal["cvr", "ita", "tia"], float] = {"cvr": 1.0, "ita": 1.0, "tia": 1.0}
     attribute_side: bool = True
+    hard_negative_share: float = Field(
+        0.0, ge=0, le=1, description="share of the alignment negatives whose text or image comes from a hard partner "
+                                     "in the batch (hard_negative_kind) instead of a random item; 0 = random only")
+    hard_negative_kind: Literal["category", "neighbour"] = Field(
+        "category", description="category: another item of the same category (the category field is then the same "
+                                "on both sides and cannot decide); neighbour: the nearest item by pooled encoder output")
+    contrastive_weight: float = Field(
+        0.0, ge=0, description="weight of an InfoNCE loss between the pooled projected text and image of the "
+                               "alignment batch's items, before fusion; 0 = none")
     split: SplitConfig = SplitConfig()
     seeds: list[int] = [0, 1, 2]
     num_processes: int = Field(1, ge=1, description="TorchDistributor processes; 1 = train in the driver")

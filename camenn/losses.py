@@ -62,11 +62,56 @@ def derangement(n: int, generator: torch.Generator) -> torch.Tensor:
     return out
 
 
+def twin_key(items: ItemTokens) -> torch.Tensor:
+    """(B,) long: rows with the same key have identical text tokens (two photos of one product, say).
+
+    A twin's text or photo is no negative for an item: its text is the item's own text, so the
+    swap would be labelled 0 while it matches.
+    """
+    flat = (items.text * items.text_mask.unsqueeze(-1)).flatten(1)  # (B, L*Dt), padding zeroed
+    return torch.unique(flat, dim=0, return_inverse=True)[1]
+
+
+def _pooled_unit(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T, D) tokens -> (B, D) unit mean over the real ones."""
+    w = torch.ones(x.shape[:2], device=x.device) if mask is None else mask.to(x.dtype)
+    mean = (x * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp_min(1.0)
+    return F.normalize(mean.float(), dim=-1)
+
+
+def hard_donors(items: ItemTokens, generator: torch.Generator, kind: str = "category",
+                side: str = "text") -> torch.Tensor:
+    """(B,) for each row a donor row of the same batch that makes a hard negative, or -1 where none.
+
+    kind "category": a random other item of the same category (feats[:, 0]), so the category
+    field is the same on both sides of the swap and cannot decide; "neighbour": the item whose
+    mean-pooled encoder output of ``side`` (text tokens or image patches) is nearest by cosine,
+    any category. Never the row itself nor a twin (identical text, ``twin_key``).
+    """
+    B = len(items)
+    key = twin_key(items)
+    ok = key[:, None] != key[None, :]  # (B, B) not itself, not a twin
+    if kind == "category":
+        cat = items.feats[:, 0]
+        ok &= cat[:, None] == cat[None, :]
+        score = torch.rand(B, B, generator=generator).to(items.text.device)
+    elif kind == "neighbour":
+        v = _pooled_unit(items.text, items.text_mask) if side == "text" else _pooled_unit(items.image)
+        score = v @ v.T  # (B, B) cosine
+    else:
+        raise ValueError(f"hard negative kind must be 'category' or 'neighbour', got {kind!r}")
+    score = score.masked_fill(~ok, float("-inf"))
+    donor = score.argmax(1)
+    return torch.where(ok.any(1), donor, torch.full_like(donor, -1)).cpu()
+
+
 def make_alignment_examples(
     items: ItemTokens,
     generator: torch.Generator,
     swap_fraction: float = 0.5,
     attribute_side: bool = True,
+    hard_share: float = 0.0,
+    hard_kind: str = "category",
 ) -> tuple[ItemTokens, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Item-only ITA / TIA examples from B real items (B >= 2).
 
@@ -76,6 +121,14 @@ def make_alignment_examples(
     (image-swapped). Donors come from one derangement of the batch, so no row is its own donor;
     a batch holding duplicate items can still pair an item with its twin, a label noise the
     caller avoids by de-duplicating.
+
+    Hard negatives. With ``hard_share`` > 0 each swapped row takes, with that probability, a
+    donor from ``hard_donors`` instead (``hard_kind`` "category": another item of the same
+    category, never a twin; "neighbour": the nearest in pooled encoder space); rows with no such
+    donor in the batch keep the random one. Random swaps almost always cross categories, and the
+    swapped row keeps the receiving item's category, so a model can learn "does this text fit
+    the category field" instead of "does this text fit this photo"; a same-category donor leaves
+    the field identical on both sides, so only the text and the photo can decide.
 
     Labelling. ITA asks "does the text match this item?", TIA "does the image match this
     item?", where the item is everything else about the listing (its features and the other
@@ -91,14 +144,20 @@ def make_alignment_examples(
     B = len(items)
     if not 0.0 <= swap_fraction <= 1.0:
         raise ValueError(f"swap_fraction must be in [0, 1], got {swap_fraction}")
+    if not 0.0 <= hard_share <= 1.0:
+        raise ValueError(f"hard_share must be in [0, 1], got {hard_share}")
     dev = items.text.device
     donor = derangement(B, generator)  # (B,)
     n = int(round(swap_fraction * B))
     rows_t = torch.randperm(B, generator=generator)[:n]  # (n,) rows that get another item's text
     rows_i = torch.randperm(B, generator=generator)[:n]  # (n,) rows that get another item's image
+    donor_t, donor_i = donor, donor
+    if hard_share > 0:
+        donor_t, donor_i = (_mix_hard(donor, hard_donors(items, generator, hard_kind, side), hard_share, generator)
+                            for side in ("text", "image"))
 
-    t_rows, t_donor = rows_t.to(dev), donor[rows_t].to(dev)
-    i_rows, i_donor = rows_i.to(dev), donor[rows_i].to(dev)
+    t_rows, t_donor = rows_t.to(dev), donor_t[rows_t].to(dev)
+    i_rows, i_donor = rows_i.to(dev), donor_i[rows_i].to(dev)
     text_swapped = ItemTokens(items.text[t_donor], items.text_mask[t_donor], items.image[t_rows], items.feats[t_rows])
     image_swapped = ItemTokens(items.text[i_rows], items.text_mask[i_rows], items.image[i_donor], items.feats[i_rows])
     examples = ItemTokens.cat([items, text_swapped, image_swapped])
@@ -116,4 +175,10 @@ def make_alignment_examples(
     return examples, {"ita": ita, "tia": tia}, {"ita": ita_mask, "tia": tia_mask}
 
 
-__all__ = ["multitask_loss", "make_alignment_examples", "derangement"]
+def _mix_hard(donor: torch.Tensor, hard: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """``donor`` with a ``share`` of its rows (those that have one) replaced by their hard donor."""
+    use = (torch.rand(len(donor), generator=generator) < share) & (hard >= 0)
+    return torch.where(use, hard, donor)
+
+
+__all__ = ["multitask_loss", "make_alignment_examples", "derangement", "hard_donors", "twin_key"]

@@ -41,11 +41,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from camenn.chunks import Chunk, ChunkCache, Examples, batch_stream, delta_table, home_stream, load_chunk, rank_chunks, store_from_arrow
 from camenn.inputs import ITEM_FEATURES, FeatureVocab, ItemStore, full_batch
 from camenn.logs import setup_logging
-from camenn.losses import derangement, make_alignment_examples, multitask_loss
+from camenn.losses import derangement, hard_donors, make_alignment_examples, multitask_loss, twin_key
 from camenn.metrics import auc_from_counts, roc_auc
 from camenn.model import NON_TASK_OUTPUTS, TASKS, CameNN, CameNNBatch, ItemTokens, frame_config
 from camenn.predictor import AUTOCAST_DTYPES
@@ -140,10 +141,17 @@ def _cut(items: ItemTokens, length: int) -> ItemTokens:
     return ItemTokens(items.text[..., :length, :], items.text_mask[..., :length], items.image, items.feats)
 
 
-def alignment_batch(store: ItemStore, idx: torch.Tensor, generator: torch.Generator,
-                    attribute_side: bool) -> tuple[CameNNBatch, dict, dict]:
-    examples, labels, mask = make_alignment_examples(store.gather(idx), generator, attribute_side=attribute_side)
+def alignment_batch(store: ItemStore, idx: torch.Tensor, generator: torch.Generator, attribute_side: bool,
+                    hard_share: float = 0.0, hard_kind: str = "category") -> tuple[CameNNBatch, dict, dict]:
+    examples, labels, mask = make_alignment_examples(store.gather(idx), generator, attribute_side=attribute_side,
+                                                     hard_share=hard_share, hard_kind=hard_kind)
     return CameNNBatch(target=trim_items(examples)), labels, mask
+
+
+def alignment_options(tcfg: dict) -> dict:
+    """The training section's alignment-example settings, as alignment_batch's keyword arguments."""
+    return {"attribute_side": bool(tcfg["attribute_side"]), "hard_share": float(tcfg.get("hard_negative_share", 0.0)),
+            "hard_kind": str(tcfg.get("hard_negative_kind", "category"))}
 
 
 def cvr_tasks(model: CameNN) -> tuple[str, ...]:
@@ -159,16 +167,46 @@ class _MixedStep(nn.Module):
     """Both forward passes of a step in one module call, so DDP sees one forward per backward.
 
     Each pass computes only the towers its batch has labels for; together they use every parameter.
+    With ``contrastive_weight`` > 0 the alignment pass also returns "contrastive_loss" over its
+    first ``n_real`` rows (the unswapped items, see make_alignment_examples).
     """
 
-    def __init__(self, model: CameNN):
+    def __init__(self, model: CameNN, contrastive_weight: float = 0.0):
         super().__init__()
         self.model = model
+        self.contrastive_weight = float(contrastive_weight)
 
-    def forward(self, full: CameNNBatch | None, align: CameNNBatch | None):
+    def forward(self, full: CameNNBatch | None, align: CameNNBatch | None, n_real: int = 0):
         # full is None in alignment-only training (no CVR examples): the item-only batch is the step
-        return (self.model(full, cvr_tasks(self.model)) if full is not None else None,
-                self.model(align, alignment_tasks(self.model)) if align is not None else None)
+        out_full = self.model(full, cvr_tasks(self.model)) if full is not None else None
+        out_align = self.model(align, alignment_tasks(self.model)) if align is not None else None
+        if out_align is not None and self.contrastive_weight > 0 and n_real >= 2:
+            out_align["contrastive_loss"] = contrastive_loss(self.model, align.target.select(torch.arange(n_real)))
+        return out_full, out_align
+
+
+CONTRASTIVE_TAU = 0.1  # InfoNCE temperature: CLIP's learnt one ends near 0.01; 0.1 is gentler for 32-d towers
+STEP_EXTRA_OUTPUTS = ("contrastive_loss",)
+
+
+def contrastive_loss(model: CameNN, items: ItemTokens) -> torch.Tensor:
+    """Symmetric InfoNCE between the mean projected text and the mean projected image of B real items.
+
+    The same projections (``CameNN.project_items``) feed the fusion transformer, so pulling a
+    photo's tokens towards its own text and away from the batch's other texts aligns the two
+    modalities before the cross-attention has to. Twins (identical text, losses.twin_key) are
+    no negatives of each other: their logits are masked.
+    """
+    proj = model.project_items(items)
+    real = proj.text_mask.unsqueeze(-1).to(proj.text.dtype)                                      # (B, L, 1)
+    t = F.normalize((proj.text * real).sum(1) / real.sum(1).clamp_min(1.0), dim=-1)              # (B, D)
+    v = F.normalize(proj.image.mean(1), dim=-1)                                                  # (B, D)
+    logits = (t @ v.T).float() / CONTRASTIVE_TAU                                                 # (B, B)
+    key = twin_key(items)
+    twin = (key[:, None] == key[None, :]) & ~torch.eye(len(key), dtype=torch.bool, device=key.device)
+    logits = logits.masked_fill(twin, float("-inf"))
+    target = torch.arange(len(key), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
 # -----------------------------------------------------------------------------
@@ -210,14 +248,25 @@ def predict_items(model: CameNN, store: ItemStore, idx: torch.Tensor, batch_size
 
 
 def alignment_scores(model: CameNN, store: ItemStore, idx: torch.Tensor, batch_size: int, device,
-                     seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                     seed: int = 0, hard: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """ITA / TIA probabilities and labels on items ``idx``: each item as it is (positive) and once with
-    another of these items' text (ITA negative) or image (TIA negative). task -> (labels, probs)."""
+    another of these items' text (ITA negative) or image (TIA negative). task -> (labels, probs).
+
+    ``hard``: the other item shares the item's category (and is no twin, losses.hard_donors), so
+    the category field is the same on both sides; items of a category with no such partner among
+    ``idx`` are left out.
+    """
     tasks = [t for t in ("ita", "tia") if t in model.cfg.tasks]
     if not tasks or len(idx) < 2:
         return {}
     g = torch.Generator().manual_seed(seed)
-    donor = idx[derangement(len(idx), g)]
+    if hard:
+        partner = hard_donors(store.gather(idx), g, "category")
+        idx, donor = idx[partner >= 0], idx[partner[partner >= 0]]
+        if len(idx) == 0:
+            return {}
+    else:
+        donor = idx[derangement(len(idx), g)]
     pos = predict_items(model, store, idx, batch_size, device)
     out = {}
     for task, side in (("ita", "text"), ("tia", "image")):
@@ -428,7 +477,7 @@ def train_step(step_module: nn.Module, opt: torch.optim.Optimizer, full: CameNNB
                cvr_labels: torch.Tensor | None,
                align: CameNNBatch | None, align_labels: dict | None, align_mask: dict | None,
                weights: dict[str, float], amp_dtype: torch.dtype | None = None,
-               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, dict]:
+               scaler: torch.amp.GradScaler | None = None, n_real: int = 0) -> tuple[torch.Tensor, dict]:
     """One optimiser step on a full batch plus its item-only alignment batch; returns (loss, per-task losses).
 
     ``full`` (and ``cvr_labels``) is None in alignment-only training: the step is the item-only batch.
@@ -441,18 +490,22 @@ def train_step(step_module: nn.Module, opt: torch.optim.Optimizer, full: CameNNB
     device = (full if full is not None else align).target.text.device
     cfg = getattr(step_module, "module", step_module).model.cfg  # a _MixedStep, or DDP around one
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        out_full, out_align = step_module(full, align)
+        out_full, out_align = step_module(full, align, n_real)
     loss, per, gate_aux = torch.zeros((), device=device), {}, torch.zeros((), device=device)
     if out_full is not None:
         loss, per = multitask_loss({k: v for k, v in out_full.items() if k not in NON_TASK_OUTPUTS},
                                    {"cvr": cvr_labels.to(device)}, {}, weights)
         gate_aux = out_full["gate_aux_loss"]
     if out_align is not None:
-        loss_a, per_a = multitask_loss({k: v for k, v in out_align.items() if k not in NON_TASK_OUTPUTS},
+        loss_a, per_a = multitask_loss({k: v for k, v in out_align.items()
+                                        if k not in NON_TASK_OUTPUTS and k not in STEP_EXTRA_OUTPUTS},
                                        {k: v.to(device) for k, v in align_labels.items()},
                                        {k: v.to(device) for k, v in align_mask.items()}, weights)
         loss = loss + loss_a
         per = {**per, **{k: per_a[k] for k in ("ita", "tia") if k in per_a}}
+        if "contrastive_loss" in out_align:
+            loss = loss + getattr(step_module, "module", step_module).contrastive_weight * out_align["contrastive_loss"]
+            per["contrastive"] = out_align["contrastive_loss"].detach()
         gate_aux = gate_aux + out_align["gate_aux_loss"]
     if cfg.sparse_gating:  # dense gating has no such loss: its loss stays bit-for-bit what it was
         loss = loss + cfg.gate_balance_weight * gate_aux
@@ -534,7 +587,7 @@ def validation_loss(model: CameNN, cache: ChunkCache, chunks: list[int], spec: d
                 rows = align_idx[s:s + abs_]
                 if len(rows) < 2:
                     continue
-                batch, labels, mask = alignment_batch(store, rows, g, bool(spec["training"]["attribute_side"]))
+                batch, labels, mask = alignment_batch(store, rows, g, **alignment_options(spec["training"]))
                 out = model(batch.to(device), tuple(align_tasks))
                 for t in align_tasks:
                     _, per = multitask_loss({t: out[t]}, {t: labels[t].to(device)}, {t: mask[t].to(device)})
@@ -560,8 +613,10 @@ def held_out_metrics(model: CameNN, cache: ChunkCache, chunks: list[int], batch_
     Each process scores its own chunks and only histograms and counts are reduced: no process
     ever holds the test set's scores.
     """
-    cvr, align = BinnedAUC(), {t: BinnedAUC() for t in ("ita", "tia") if t in model.cfg.tasks}
-    n_items = 0
+    tasks = [t for t in ("ita", "tia") if t in model.cfg.tasks]
+    # random negatives (another held-out item) and same-category ones ("_hard"), side by side
+    cvr, align = BinnedAUC(), {k: BinnedAUC() for t in tasks for k in (t, f"{t}_hard")}
+    n_items = n_hard = 0
     for c in chunks:
         chunk = cache.get(c)
         if "cvr" in model.cfg.tasks:
@@ -571,15 +626,21 @@ def held_out_metrics(model: CameNN, cache: ChunkCache, chunks: list[int], batch_
         for task, (y, p) in scores.items():
             align[task].add(y, p)
         n_items += len(chunk.home["test"]) if scores else 0
+        hard = alignment_scores(model, chunk.store, chunk.home["test"], batch_size, device, seed=seed + c, hard=True)
+        for task, (y, p) in hard.items():
+            align[f"{task}_hard"].add(y, p)
+        n_hard += len(next(iter(hard.values()))[0]) // 2 if hard else 0
     metrics: dict = {}
     if "cvr" in model.cfg.tasks:
         cvr.all_reduce(dist_info)
         metrics.update(cvr_auc=cvr.auc(), n_test=cvr.n, test_positive_rate=float(cvr.counts[1].sum() / max(1, cvr.n)))
     for task, hist in align.items():
         hist.all_reduce(dist_info)
-        metrics.update({f"{task}_acc": hist.accuracy(), f"{task}_auc": hist.auc()})
+        if hist.n:   # a catalogue with one item per category has no same-category pair
+            metrics.update({f"{task}_acc": hist.accuracy(), f"{task}_auc": hist.auc()})
     if align:
-        metrics["n_items"] = int(_all_reduce([float(n_items)], "sum", dist_info)[0])
+        n = _all_reduce([float(n_items), float(n_hard)], "sum", dist_info)
+        metrics["n_items"], metrics["n_items_hard"] = int(n[0]), int(n[1])
     return metrics
 
 
@@ -638,7 +699,7 @@ def train_fn(spec: dict) -> dict:
         cfg = model_config_from_spec(spec, vocab, text_dim, image_dim)
         model = CameNN(cfg).to(device)
         align_on = any(t in cfg.tasks for t in ("ita", "tia")) and int(tcfg["alignment_batch_size"]) > 0
-        step_module: nn.Module = _MixedStep(model)
+        step_module: nn.Module = _MixedStep(model, float(tcfg.get("contrastive_weight", 0.0)))
         if dist_info.on:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -665,7 +726,7 @@ def train_fn(spec: dict) -> dict:
         if n_steps < 1:
             raise ValueError(f"no training examples in the chunks {chunks} of rank {dist_info.rank}")
         weights = _loss_weights(spec)
-        attribute_side = bool(tcfg["attribute_side"])
+        align_opts = alignment_options(tcfg)
         state = TrainState()
         epochs = int(tcfg["epochs"])
         schedule = lr_schedule(opt, tcfg.get("lr_schedule", "constant"), int(tcfg.get("warmup_steps") or 0),
@@ -692,7 +753,7 @@ def train_fn(spec: dict) -> dict:
                 chunk, rows = next(stream)
                 ex = full = align = labels = amask = None
                 if align_only:   # rows are the chunk's own training items
-                    align, labels, amask = alignment_batch(chunk.store, rows, g_epoch, attribute_side)
+                    align, labels, amask = alignment_batch(chunk.store, rows, g_epoch, **align_opts)
                     align = align.to(device)
                 else:
                     ex = chunk.splits["train"].select(rows)
@@ -703,10 +764,11 @@ def train_fn(spec: dict) -> dict:
                         raise ValueError(f"chunk {chunk.index} has {len(home)} training item(s) of its own; the alignment "
                                          "tasks need 2 (raise training.examples_per_chunk: fewer, larger chunks)")
                     pick = home[torch.randperm(len(home), generator=g_epoch)[:abs_]]
-                    align, labels, amask = alignment_batch(chunk.store, pick, g_epoch, attribute_side)
+                    align, labels, amask = alignment_batch(chunk.store, pick, g_epoch, **align_opts)
                     align = align.to(device)
+                n_real = len(rows) if align_only else (len(pick) if align is not None else 0)
                 loss, per = train_step(step_module, opt, full, ex.label if ex is not None else None, align, labels,
-                                       amask, weights, amp_dtype, scaler)
+                                       amask, weights, amp_dtype, scaler, n_real=n_real)
                 schedule.step()
                 running += (float(loss.detach()) - running) / (step + 1)
                 if is_main and (step % 10 == 0 or step == n_steps - 1):

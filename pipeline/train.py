@@ -46,6 +46,9 @@ VARIANTS: dict[str, dict] = {
 # ------------------------------------------------------------------------------ spec
 
 
+_LATER_TRAINING_KEYS = ("hard_negative_share", "hard_negative_kind", "contrastive_weight")
+
+
 def config_hash(config: AppConfig) -> str:
     """What decides the trained model: model, featurizer, training (but where and how it runs) and the data root.
 
@@ -54,6 +57,10 @@ def config_hash(config: AppConfig) -> str:
     """
     training = config.training.model_dump(mode="json",
                                           exclude={"artifact_dir", "num_processes", "use_gpu", "num_threads", "seeds"})
+    # settings added later count only when set: at their defaults, earlier artifacts stay current
+    for key in _LATER_TRAINING_KEYS:
+        if training.get(key) == type(config.training).model_fields[key].default:
+            training.pop(key)
     payload = {"name": config.name, "data": config.data.model_dump(mode="json"),
                "model": config.model.model_dump(mode="json"), "featurizer": config.featurizer.model_dump(mode="json"),
                "training": training}
