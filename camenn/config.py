@@ -235,6 +235,28 @@ class TrackingConfig(Section):
     promote_first: bool = Field(True, description="the first registered version becomes the champion (there is none to beat)")
 
 
+class PromotionConfig(Section):
+    """The promotion gate (jobs/promote.py): a candidate takes the champion alias only when it is no worse.
+
+    A margin is how much lower than the champion's a candidate's held-out figure may be: 0 = at
+    least as good; 0.005 forgives the noise of a small test split. Both are measured by
+    pipeline.promote on the same held-out data (the current training_examples' test split and
+    held-out items, the same swapped negatives).
+    """
+
+    margins: dict[Literal["ita_acc", "tia_acc", "cvr_auc"], float] = Field(
+        {"ita_acc": 0.005, "tia_acc": 0.005, "cvr_auc": 0.005},
+        description="figure -> how much below the champion's the candidate's may be; a figure left out is not gated")
+
+    @field_validator("margins")
+    @classmethod
+    def _non_negative(cls, margins: dict[str, float]) -> dict[str, float]:
+        negative = sorted(k for k, v in margins.items() if v < 0)
+        if negative:
+            raise ValueError(f"margins must be >= 0 (a negative one would ask for a gain): {negative}")
+        return margins
+
+
 class ReportConfig(Section):
     out_dir: str = "reports"
     thumbnail_px: int = Field(96, ge=16, le=512)
@@ -299,6 +321,7 @@ class AppConfig(Section):
     training: TrainingConfig = TrainingConfig()
     scoring: ScoringConfig = ScoringConfig()
     tracking: TrackingConfig = TrackingConfig()
+    promotion: PromotionConfig = PromotionConfig()
     report: ReportConfig = ReportConfig()
     spark: SparkConfig = SparkConfig()
     ingest: IngestConfig = IngestConfig()

@@ -3,7 +3,7 @@
     log_training(config, artifact)     # jobs/train.py: params, per-epoch and held-out metrics; registers a version
     log_evaluation(config, report)     # jobs/evaluate.py: the comparison table, its charts, the report
     resolve_model(config)              # scoring: scoring.model_dir (a path or models:/camenn@champion) -> one version
-    set_alias(config, version)         # jobs/promote.py: the champion moves (and moves back: the rollback)
+    set_alias(config, version)         # pipeline.promote: the champion moves (and moves back: the rollback)
 
 The model's bytes stay where camenn.checkpoint put them (an immutable version folder, local or
 on S3); a registered version is a pointer to that folder (its ``source``) plus the run that
@@ -80,7 +80,7 @@ def _artifact_location(config: AppConfig) -> str | None:
     return None   # a tracking server's own default
 
 
-def _experiment_id(mlf, config: AppConfig) -> str:
+def experiment_id(mlf, config: AppConfig) -> str:
     from mlflow.exceptions import MlflowException
 
     name = config.tracking.experiment
@@ -127,7 +127,7 @@ def _number(value) -> float | None:
     return float(value)
 
 
-def _log(mlf, run_id: str, params: dict[str, str] | None = None, metrics: list[tuple[str, float, int]] | None = None):
+def log_values(mlf, run_id: str, params: dict[str, str] | None = None, metrics: list[tuple[str, float, int]] | None = None):
     """Params and (key, value, step) metrics in batches (MLflow takes at most 100 params and 1000 metrics a call)."""
     from mlflow.entities import Metric, Param
 
@@ -191,7 +191,7 @@ def log_training(config: AppConfig, artifact: str, *, origin: str = "trained", s
     if found is not None:
         return found
     meta = art.metadata
-    run = mlf.create_run(_experiment_id(mlf, config), run_name=f"train {config.name} seed {meta.get('seed')}",
+    run = mlf.create_run(experiment_id(mlf, config), run_name=f"train {config.name} seed {meta.get('seed')}",
                          tags={"camenn.job": "train", "camenn.origin": origin, "camenn.artifact": art.path,
                                "camenn.model_version": art.version, "camenn.config": config.name})
     run_id = run.info.run_id
@@ -203,7 +203,7 @@ def log_training(config: AppConfig, artifact: str, *, origin: str = "trained", s
         metrics = history_metrics(meta.get("history") or [])
         metrics += [(f"test_{k}", _number(v), 0) for k, v in (meta.get("metrics") or {}).items() if _number(v) is not None]
         metrics += [(f"seconds_{k}", _number(v), 0) for k, v in (seconds or {}).items()]
-        _log(mlf, run_id, params, metrics)
+        log_values(mlf, run_id, params, metrics)
         registered = _register(mlf, config, art.path, run_id, {"model_version": art.version, "origin": origin,
                                                                 "config": config.name})
         mlf.set_tag(run_id, "camenn.registered_version", registered.version)
@@ -222,7 +222,7 @@ def log_evaluation(config: AppConfig, report: dict) -> str | None:
 
     mlf = client(config)
     run_dir = Path(report["run_dir"])
-    run = mlf.create_run(_experiment_id(mlf, config), run_name=f"evaluate {config.name}",
+    run = mlf.create_run(experiment_id(mlf, config), run_name=f"evaluate {config.name}",
                          tags={"camenn.job": "evaluate", "camenn.run_dir": str(run_dir), "camenn.config": config.name})
     run_id = run.info.run_id
     try:
@@ -236,7 +236,7 @@ def log_evaluation(config: AppConfig, report: dict) -> str | None:
         for key in ("bayes", "inputs_ceiling", "mislabel"):
             for k, v in (report.get(key) or {}).items():
                 metrics.append((f"{key}.{k}", _number(v), 0))
-        _log(mlf, run_id, {**training_params(config), "seeds": json.dumps(report.get("seeds")),
+        log_values(mlf, run_id, {**training_params(config), "seeds": json.dumps(report.get("seeds")),
                            "table_versions": json.dumps(report.get("table_versions"))}, metrics)
         if report.get("comparison"):
             import pandas as pd
@@ -318,4 +318,4 @@ def set_alias(config: AppConfig, version: str, alias: str | None = None, *, reas
 
 
 __all__ = ["Registered", "RegistryError", "store_uri", "client", "ui_hint", "training_params", "history_metrics",
-           "log_training", "log_evaluation", "lookup", "resolve_model", "set_alias", "MODELS_URI"]
+           "experiment_id", "log_values", "log_training", "log_evaluation", "lookup", "resolve_model", "set_alias", "MODELS_URI"]
