@@ -34,8 +34,11 @@ this world's, e.g. the items of a previous run's change, is rewritten by pipelin
    FlopCounterMode on one real batch), and the achieved FLOP/s of each path as a share of a dense
    fp32 matmul peak measured in the same run (torch.matmul of two 2048 x 2048, best of a few).
 
-For each Spark path the tasks of its stages are recorded (a stage with fewer tasks than cores
-leaves a core idle). The model is the artifact at the config's model_dir when there is one, else a
+For each Spark path the tasks of its stages are recorded. A stage whose task count is not a
+multiple of the cores leaves a core idle in its last wave (7 tasks on 2 cores: 4 waves for 3.5
+of work), which a catalogue-sized stage of thousands of tasks does not; the item pass and the
+CVR scoring are then also measured on the same rows repartitioned to a whole number of waves
+(outside the timing), and both figures are reported. The model is the artifact at the config's model_dir when there is one, else a
 real but untrained CameNN of the configured size (same FLOPs; the scores mean nothing).
 """
 
@@ -133,6 +136,11 @@ def ids_only(batches):
 
     for pdf in batches:
         yield pd.DataFrame({"id": pdf.iloc[:, 0].to_numpy()})
+
+
+def filled(partitions: int, cores: int) -> int:
+    """The smallest number of partitions >= ``partitions`` that fills every core in every wave."""
+    return max(cores, -(-partitions // cores) * cores)
 
 
 def plain_loops(fn, threads: list[int]) -> dict[int, list[float]]:
@@ -254,12 +262,14 @@ def main(argv=None) -> int:
     item_jvm = [spark_timed(spark, "bench: item rows in the JVM", noop(todo.select(F.length("text_emb"))))[0] for _ in range(2)]
     say(f"item rows to Python and back (no model): {item_transfer[-1]:.1f} s; read in the JVM only: {item_jvm[-1]:.1f} s", t0)
     spread = None
-    if figures["item_pass_input_partitions"] < cores:
-        # the cause, measured: the same rows spread over the cores
-        spread_df = todo.repartition(cores).localCheckpoint()
+    spread_parts = filled(figures["item_pass_input_partitions"], cores)
+    if spread_parts != figures["item_pass_input_partitions"]:
+        # the cause, measured: the same rows in a whole number of waves (7 tasks on 2 cores leave
+        # one core idle in the last wave; a catalogue-sized stage has thousands of tasks)
+        spread_df = todo.repartition(spread_parts).localCheckpoint()
         spread = [spark_timed(spark, "bench: item pass, repartitioned", noop(spread_df.mapInPandas(udf, ITEM_OUTPUTS_SCHEMA)))
                   for _ in range(2)]
-        say(f"item pass, Spark, repartitioned to {cores}: " + ", ".join(f"{s:.1f} s" for s, _ in spread), t0)
+        say(f"item pass, Spark, repartitioned to {spread_parts}: " + ", ".join(f"{s:.1f} s" for s, _ in spread), t0)
 
     # 2b. the plain loop over the same rows
     rows = once.toPandas() if args.item_repeat > 1 else todo.toPandas()
@@ -276,6 +286,7 @@ def main(argv=None) -> int:
     item_flops_measured = item_counter.get_total_flops() / max(1, min(sc.batch_size, n_items))
     if spread:
         item_rates["spark_repartitioned"] = n_items / spread[-1][0]
+    figures["item_pass_spread_partitions"] = spread_parts if spread else None
     figures["item_pass"] = {
         "items": n_items, "mean_text_tokens": mean_tokens,
         "spark_seconds": [s for s, _ in item_runs], "spark_stage_tasks": item_runs[-1][1],
@@ -310,11 +321,12 @@ def main(argv=None) -> int:
     say(f"cvr parts: user_rows built in the JVM only {build[-1]:.1f} s; user rows to Python and back (no model) "
         f"{cvr_transfer[-1]:.1f} s", t0)
     spread_cvr = None
-    if figures["cvr_user_rows_partitions"] < cores:
-        spread_users = user_in.repartition(cores).localCheckpoint()
+    spread_cvr_parts = filled(figures["cvr_user_rows_partitions"], cores)
+    if spread_cvr_parts != figures["cvr_user_rows_partitions"]:
+        spread_users = user_in.repartition(spread_cvr_parts).localCheckpoint()
         spread_cvr = [spark_timed(spark, "bench: cvr only, repartitioned", noop(spread_users.mapInPandas(cvr_udf, CVR_SCHEMA)))
                       for _ in range(2)]
-        say(f"cvr, Spark, user rows repartitioned to {cores}: " + ", ".join(f"{s:.1f} s" for s, _ in spread_cvr), t0)
+        say(f"cvr, Spark, user rows repartitioned to {spread_cvr_parts}: " + ", ".join(f"{s:.1f} s" for s, _ in spread_cvr), t0)
 
     # 3b. the plain loop over the same user rows
     upd = user_in.select(*CVR_USERS_INPUT).toPandas()
@@ -340,6 +352,7 @@ def main(argv=None) -> int:
                  **{f"plain_loop_{t}_threads": n_pairs / v[-1] for t, v in cvr_loops.items()}}
     if spread_cvr:
         cvr_rates["spark_scoring_only_repartitioned"] = n_pairs / spread_cvr[-1][0]
+    figures["cvr_spread_partitions"] = spread_cvr_parts if spread_cvr else None
     figures["cvr"] = {
         "users": n_users, "pairs": n_pairs, "mean_behaviour_items_per_pair": mean_beh,
         "spark_user_rows_and_scoring_seconds": [s for s, _ in cvr_full], "spark_user_rows_and_scoring_stage_tasks": cvr_full[-1][1],
@@ -416,7 +429,7 @@ def main(argv=None) -> int:
     print(f"      of which rows to Python and back (no model) {ip['spark_rows_to_python_only_seconds'][-1]:.1f} s of "
           f"{ip['spark_seconds'][-1]:.1f} s (rows read in the JVM only: {ip['spark_jvm_read_only_seconds'][-1]:.1f} s)")
     if spread:
-        print(f"  item pass, Spark repartitioned to {cores}: {ip['items_per_s']['spark_repartitioned']:8.1f} items/s")
+        print(f"  item pass, Spark repartitioned to {spread_parts}: {ip['items_per_s']['spark_repartitioned']:8.1f} items/s")
     others = "".join(f", {t} thread(s) {ip['items_per_s'][f'plain_loop_{t}_threads']:.1f}" for t in args.loop_threads[1:])
     print(f"  item pass, loop     {ip['items_per_s']['plain_loop']:8.1f} items/s  ({primary} threads{others}) "
           f"-> Spark / loop {ip['spark_over_loop']:.2f}"
@@ -424,7 +437,7 @@ def main(argv=None) -> int:
     print(f"  cvr, Spark user_rows+score {cvr_rates['spark_user_rows_and_scoring']:8.1f} pairs/s  "
           f"(scoring stage: {cv['spark_user_rows_and_scoring_stage_tasks'][-1]} task(s)); scoring only "
           f"{cvr_rates['spark_scoring_only']:.1f} pairs/s ({figures['cvr_user_rows_partitions']} partition(s))"
-          + (f"; repartitioned to {cores} {cvr_rates['spark_scoring_only_repartitioned']:.1f}" if spread_cvr else ""))
+          + (f"; repartitioned to {spread_cvr_parts} {cvr_rates['spark_scoring_only_repartitioned']:.1f}" if spread_cvr else ""))
     print(f"      parts: user_rows built (JVM only) {build[-1]:.1f} s, user rows to Python and back (no model) "
           f"{cvr_transfer[-1]:.1f} s, scoring from checkpointed rows {cvr_only[-1][0]:.1f} s; "
           f"user_rows + scoring {cvr_full[-1][0]:.1f} s")
