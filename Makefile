@@ -25,7 +25,7 @@ export PYTHONUNBUFFERED := 1
 # Local runs bind to loopback: no "hostname resolves to a loopback address" warning per job.
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: setup demo demo-full ship-demo-model demo-data train evaluate score report test test-fast faults lint format airflow-env browser benchmark clean
+.PHONY: setup demo demo-full ship-demo-model demo-data train evaluate promote score report test test-fast faults lint format airflow-env browser benchmark clean
 
 setup: $(VENV)/.installed $(RESOLVED_CONF)
 
@@ -54,6 +54,21 @@ demo-full:
 ship-demo-model: setup
 	$(PY) -m pipeline.jobs.ship_model artifacts/demo-full/model models/demo
 
+# The real-photo chain on the GroceryStore photos (conf/grocery.yaml; issue 15): the training
+# photos are ingested and trained on (alignment only: no users or purchases), then the validation
+# photos are merged in, scored (no CVR stage: no users or candidates) and reported.
+GROCERY_DATA ?= ../shared/data/grocery-store
+.PHONY: grocery
+grocery: setup
+	$(PY) benchmarks/bench_grocery.py --exports-only --data $(GROCERY_DATA) --root data/grocery
+	$(SPARK_SUBMIT) jobs/ingest_catalog.py --conf conf/grocery.yaml --items-path data/grocery/exports/train.csv \
+		--images-root $(GROCERY_DATA) --mode overwrite --run-date $(RUN_DATE)
+	$(SPARK_SUBMIT) jobs/train.py --conf conf/grocery.yaml --if-missing
+	$(SPARK_SUBMIT) jobs/ingest_catalog.py --conf conf/grocery.yaml --items-path data/grocery/exports/val.csv \
+		--images-root $(GROCERY_DATA) --mode merge --run-date $(RUN_DATE)
+	$(SPARK_SUBMIT) jobs/score_catalog.py --conf conf/grocery.yaml --run-date $(RUN_DATE)
+	$(SPARK_SUBMIT) jobs/quality_report.py --conf conf/grocery.yaml --run-date $(RUN_DATE)
+
 demo-data: setup
 	$(SPARK_SUBMIT) jobs/make_demo_data.py --conf $(CONF)
 
@@ -65,6 +80,10 @@ ARGS        ?=
 
 evaluate: setup
 	$(SPARK_SUBMIT) jobs/evaluate.py --conf $(CONF) $(ARGS)
+
+# the promotion gate: make promote [ARGS="--evaluate-only" | ARGS="--rollback" | ARGS="--to-version 2"]
+promote: setup
+	$(SPARK_SUBMIT) jobs/promote.py --conf $(CONF) $(ARGS)
 
 score: setup
 	$(SPARK_SUBMIT) jobs/score_catalog.py --conf $(CONF) --run-date $(RUN_DATE)
