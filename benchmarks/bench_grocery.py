@@ -65,8 +65,38 @@ def parse_args(argv=None):
     p.add_argument("--root", default=None, help="scratch folder for tables, exports and the model (default runs/bench/grocery)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--limit", type=int, default=None, help="at most this many photos per split (a quick check)")
+    p.add_argument("--variant", action="append", default=None, metavar="NAME[:KEY=VALUE,...]",
+                   help="a CameNN variant to train and score (repeatable; default: the VARIANTS below)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--exports-only", action="store_true",
+                   help="write <root>/exports/{train,val}.csv and stop (make grocery ingests them with the jobs)")
     return p.parse_args(argv)
+
+
+# The variants of issue 15 (2), each trained on the same ingested and encoded photos and scored on
+# the same validation pairs. "hard" = half the alignment negatives from the same coarse class.
+VARIANTS = {
+    "baseline": [],
+    "hard": ["training.hard_negative_share=0.5"],
+    "hard+contrastive": ["training.hard_negative_share=0.5", "training.contrastive_weight=1.0"],
+    "hard+neighbour": ["training.hard_negative_share=0.5", "training.hard_negative_kind=neighbour"],
+    "hard+contrastive, d_model 64": ["training.hard_negative_share=0.5", "training.contrastive_weight=1.0",
+                                     "model.d_model=64", "model.n_heads=4"],
+}
+
+
+def parse_variants(specs: list[str] | None) -> dict[str, list[str]]:
+    if not specs:
+        return dict(VARIANTS)
+    out = {}
+    for spec in specs:
+        name, _, sets = spec.partition(":")
+        out[name] = VARIANTS.get(name, []) if not sets and name in VARIANTS else [x for x in sets.split(",") if x]
+    return out
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name)
 
 
 def say(message: str, t0: float) -> None:
@@ -212,13 +242,12 @@ def probe_scores(probe: PooledProbe, text: np.ndarray, image: np.ndarray, idx, d
             "tia": (pos, probe.score(text[idx], image[donor]))}   # the text with another product's photo
 
 
-def table(camenn: dict, probe: dict) -> list[str]:
-    lines = ["| negatives | CameNN ITA acc / AUROC | CameNN TIA acc / AUROC | probe ITA acc / AUROC | probe TIA acc / AUROC | n |",
-             "|---|---|---|---|---|---|"]
+def table(variants: dict, probe: dict) -> list[str]:
+    lines = ["| model | negatives | ITA acc / AUROC | TIA acc / AUROC | n |", "|---|---|---|---|---|"]
     for kind in ("random", "hard"):
-        c, p = camenn[kind], probe[kind]
-        cells = [f"{m[t]['acc']:.3f} / {m[t]['auroc']:.3f}" for m in (c, p) for t in ("ita", "tia")]
-        lines.append(f"| {kind} | " + " | ".join(cells) + f" | {c['ita']['n']} |")
+        for name, m in [*((f"CameNN {v}", r) for v, r in variants.items()), ("pooled probe", probe)]:
+            cells = [f"{m[kind][t]['acc']:.3f} / {m[kind][t]['auroc']:.3f}" for t in ("ita", "tia")]
+            lines.append(f"| {name} | {kind} | " + " | ".join(cells) + f" | {m[kind]['ita']['n']} |")
     return lines
 
 
@@ -230,10 +259,18 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     data = Path(args.data).resolve()
     root = Path(args.root or _ROOT / "runs" / "bench" / "grocery").resolve()
+    if args.exports_only:
+        classes = read_classes(data)
+        for split in ("train", "val"):
+            print(write_export(read_split(data, split, classes, args.limit), root / "exports" / f"{split}.csv"))
+        return {}
     sets = [f"data.root={root / 'tables'}", f"training.artifact_dir={root / 'model'}", *args.set]
     config = load_config(args.conf, sets)
+    from pyspark.sql import SparkSession
+
     from pipeline.session import get_spark
 
+    ours = SparkSession.getActiveSession() is None   # a caller's session (a test's) is left running
     spark = get_spark(config)
     classes = read_classes(data)
     train_rows, val_rows = read_split(data, "train", classes, args.limit), read_split(data, "val", classes, args.limit)
@@ -246,11 +283,15 @@ def main(argv=None) -> dict:
 
     from pipeline.train import run_training
 
-    say("train (encode the photos, then ITA/TIA alone: no users or purchases)", t0)
-    t = time.perf_counter()
-    trained = run_training(spark, config, run_date=RUN_DATE)
-    seconds["train_job"] = time.perf_counter() - t
-    say(trained.summary(), t0)
+    variants = parse_variants(args.variant)
+    trained = {}
+    for name, vsets in variants.items():   # every variant before the validation photos enter the tables
+        say(f"train {name!r} {vsets} (the photos are encoded once; ITA/TIA alone: no users or purchases)", t0)
+        t = time.perf_counter()
+        vconfig = load_config(args.conf, [*sets, *vsets, f"training.artifact_dir={root / 'model' / slug(name)}"])
+        trained[name] = run_training(spark, vconfig, run_date=RUN_DATE)
+        seconds[f"train_job {name}"] = time.perf_counter() - t
+        say(trained[name].summary(), t0)
 
     say(f"ingest and encode {len(val_rows)} validation photos", t0)
     t = time.perf_counter()
@@ -260,13 +301,14 @@ def main(argv=None) -> dict:
     feature_cache.update_item_features(spark, config, RUN_DATE, job="bench_grocery")
     seconds["ingest_encode_val"] = time.perf_counter() - t
 
-    say("score the validation pairs: CameNN and the pooled probe", t0)
+    say("score the validation pairs: the CameNN variants and the pooled probe", t0)
     t = time.perf_counter()
     from camenn.checkpoint import load_artifact
     from camenn.inputs import FeatureVocab
     from camenn.training import load_item_store
 
-    art = load_artifact(trained.artifact)
+    arts = {name: load_artifact(r.artifact) for name, r in trained.items()}
+    art = next(iter(arts.values()))   # the variants share the encoders, photos and vocabulary
     vocab = FeatureVocab.from_dict(art.metadata["vocab"])
     store = load_item_store(config.table("item_features"), None, config.table("items"), None,
                             art.metadata["encoder_fingerprint"], vocab, art.config.n_patches)
@@ -280,14 +322,16 @@ def main(argv=None) -> dict:
     probe = PooledProbe().fit(text[train_idx], image[train_idx], fine[train_idx], coarse[train_idx])
 
     rng = np.random.default_rng(0)
-    results: dict = {"camenn": {}, "probe": {}}
+    results: dict = {"camenn": {name: {} for name in arts}, "probe": {}}
     for kind in ("random", "hard"):
         donor_local = partners(fine[val_idx], coarse[val_idx], kind == "hard", rng)
         keep = donor_local >= 0
         idx, donor = val_idx[keep], val_idx[donor_local[keep]]
-        for name, scores in (("camenn", camenn_scores(art.model, store, idx, donor)),
-                             ("probe", probe_scores(probe, text, image, idx, donor))):
-            results[name][kind] = {task: binary_metrics(*scores[task]) for task in ("ita", "tia")}
+        for name, a in arts.items():
+            scores = camenn_scores(a.model, store, idx, donor)
+            results["camenn"][name][kind] = {task: binary_metrics(*scores[task]) for task in ("ita", "tia")}
+        scores = probe_scores(probe, text, image, idx, donor)
+        results["probe"][kind] = {task: binary_metrics(*scores[task]) for task in ("ita", "tia")}
     seconds["evaluate"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     lines = table(results["camenn"], results["probe"])
@@ -303,14 +347,17 @@ def main(argv=None) -> dict:
         "model": dataclasses.asdict(art.config),
         "training": config.training.model_dump(mode="json", include={"epochs", "steps_per_epoch", "alignment_batch_size",
                                                                      "lr", "split", "num_processes"}),
+        "variants": {name: {"overrides": variants[name], "d_model": a.config.d_model, "params": a.model.num_params(),
+                            "training_held_out": trained[name].metrics, "validation": results["camenn"][name]}
+                     for name, a in arts.items()},
         "photos": {"train": len(train_rows), "val": len(val_rows), "in_store": len(row_of),
                    "products": len(set(fine)), "coarse_classes": len(set(coarse))},
-        "artifact_tasks": art.metadata.get("tasks"), "training_held_out": trained.metrics,
-        "validation": results, "table": lines, "seconds": seconds,
+        "artifact_tasks": art.metadata.get("tasks"), "validation": results, "table": lines, "seconds": seconds,
     }
     write_json(args.json, figures)
     say(f"done in {seconds['total']:.0f}s", t0)
-    spark.stop()
+    if ours:
+        spark.stop()
     return figures
 
 
