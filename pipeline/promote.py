@@ -1,7 +1,7 @@
 """The promotion gate and the rollback: which registered version the champion alias names, and why.
 
-    decision = evaluate(spark, config, candidate="7", run_date=d)   # figures of both, the gate's verdict; nothing moves
-    decision = promote(spark, config, candidate="7", run_date=d)    # the same, and the alias moves when the gate passes
+    decision = evaluate(session, config, candidate="7", run_date=d)   # figures of both, the gate's verdict; nothing moves
+    decision = promote(session, config, candidate="7", run_date=d)    # the same, and the alias moves when the gate passes
     decision = move_alias(config, "5", reason="rollback ...")       # an operator's move: the rollback, or a pin
     previous_champion(config)                                       # the version the last move took the alias from
 
@@ -24,7 +24,9 @@ the alias moved; the candidate's registry version is tagged with the outcome. Mo
 is ``pipeline.tracking.set_alias``; the version it took the alias from is kept on the new
 champion (tag ``champion_previous``), which is what ``--rollback`` moves it back to.
 
-The evaluation runs in the driver, one chunk of examples at a time (the chunks training wrote),
+``session`` is a function that returns the SparkSession: Spark starts only when something is
+measured, not for a decision already recorded or a candidate already in service. The evaluation
+runs in the driver, one chunk of examples at a time (the chunks training wrote),
 so it holds one chunk whatever the catalogue; at catalogue scale it is one pass over the test
 rows of every chunk per model, on the driver's GPU when ``training.use_gpu``.
 """
@@ -35,6 +37,7 @@ import datetime as dt
 import json
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from camenn.config import AppConfig
@@ -254,7 +257,7 @@ def _recorded(config: AppConfig, candidate: str, champion: str, run_date: dt.dat
 # ------------------------------------------------------------------------------ the jobs' entry points
 
 
-def evaluate(spark, config: AppConfig, candidate: str | None = None, run_date: dt.date | None = None, *,
+def evaluate(session: Callable, config: AppConfig, candidate: str | None = None, run_date: dt.date | None = None, *,
              reuse: bool = False) -> Decision:
     """Measure the candidate (default the newest version) and the champion on the same data; record; move nothing.
 
@@ -271,7 +274,7 @@ def evaluate(spark, config: AppConfig, candidate: str | None = None, run_date: d
         if found is not None:
             log.info(f"promote: using the evaluation recorded in MLflow run {found.run_id}")
             return found
-    figures, versions = held_out_figures(spark, config, {"candidate": candidate, "champion": champion}, run_date)
+    figures, versions = held_out_figures(session(), config, {"candidate": candidate, "champion": champion}, run_date)
     passed, checks, reason = compare(figures["candidate"], figures["champion"], config.promotion.margins)
     decision = Decision(candidate, champion, passed, False, reason, figures, checks, versions)
     _record(config, decision, run_date, "gate")
@@ -279,9 +282,9 @@ def evaluate(spark, config: AppConfig, candidate: str | None = None, run_date: d
     return decision
 
 
-def promote(spark, config: AppConfig, candidate: str | None = None, run_date: dt.date | None = None) -> Decision:
+def promote(session: Callable, config: AppConfig, candidate: str | None = None, run_date: dt.date | None = None) -> Decision:
     """``evaluate`` (reusing the run date's recorded evaluation), then move the alias when the gate passed."""
-    decision = evaluate(spark, config, candidate, run_date, reuse=True)
+    decision = evaluate(session, config, candidate, run_date, reuse=True)
     if not decision.passed or decision.champion == decision.candidate:
         return decision
     _move(config, decision.candidate, reason=f"promoted over {decision.champion}: {decision.reason}")

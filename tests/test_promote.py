@@ -106,7 +106,7 @@ def test_the_gate_refuses_a_worse_candidate_and_promotes_a_better_one(spark, mod
 
     # the damaged model as candidate: refused, the champion stays, the decision and figures are in MLflow
     config = registry(root, "refuse", good, bad)
-    refused = promote.promote(spark, config, run_date=RUN)
+    refused = promote.promote(lambda: spark, config, run_date=RUN)
     assert (refused.candidate, refused.champion, refused.passed, refused.moved) == ("2", "1", False, False), refused.summary()
     assert promote.champion_version(config) == "1"
     trained, mirrored = refused.figures["champion"], refused.figures["candidate"]
@@ -125,15 +125,18 @@ def test_the_gate_refuses_a_worse_candidate_and_promotes_a_better_one(spark, mod
 
     # the trained model as candidate over the damaged champion: promoted, on the very same figures
     config = registry(root, "accept", bad, good)
-    accepted = promote.promote(spark, config, run_date=RUN)
+    accepted = promote.promote(lambda: spark, config, run_date=RUN)
     assert (accepted.candidate, accepted.champion, accepted.passed, accepted.moved) == ("2", "1", True, True), accepted.summary()
     assert accepted.figures["candidate"] == trained and accepted.figures["champion"] == mirrored
     assert promote.champion_version(config) == "2"
     assert tracking.resolve_model(config.model_copy(update={"scoring": config.scoring.model_copy(
         update={"model_dir": "models:/camenn@champion"})})).model_dir == good   # what the next night scores with
     assert gate_run(config, accepted)["tags"]["camenn.moved"] == "true"
-    # a rerun of the date is a no-op: the candidate is the champion
-    assert not promote.promote(spark, config, run_date=RUN).moved
+    # a rerun of the date is a no-op: the candidate is the champion, nothing is measured (Spark is not even asked for)
+    def no_spark():
+        raise AssertionError("measured again")
+
+    assert not promote.promote(no_spark, config, run_date=RUN).moved
 
     # the rollback: the alias back where it was, recorded as an operator's move
     assert promote.previous_champion(config) == "1"

@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline import promote, tracking
 
         config = job_config(args)
+
+        def session():   # started only when there is something to measure
+            return job_session(config, "promote")
+
         try:
             if args.rollback or args.to_version:
                 version = promote.previous_champion(config) if args.rollback else args.to_version
@@ -48,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
                 decision = promote.move_alias(config, version, run_date=args.run_date,
                                               reason=f"{kind}: {args.reason}" if args.reason else kind)
             elif args.evaluate_only:
-                decision = promote.evaluate(job_session(config, "promote"), config, args.candidate, args.run_date)
+                decision = promote.evaluate(session, config, args.candidate, args.run_date)
             else:
-                decision = promote.promote(job_session(config, "promote"), config, args.candidate, args.run_date)
+                decision = promote.promote(session, config, args.candidate, args.run_date)
         except (promote.PromotionError, tracking.RegistryError, ArtifactError) as problem:
             print(f"error: {problem}", file=sys.stderr)
             return EXIT_NOTHING_DONE
