@@ -1,0 +1,207 @@
+"""GroceryStore: the nightly job's flags on validation photos with planted text and image swaps.
+
+    /tmp/jobslot .venv/bin/python benchmarks/bench_grocery_flags.py --bench-root runs/bench/grocery-i15 \
+        --variant hard --json benchmarks/results/bench_grocery_flags.json
+
+Runs after benchmarks/bench_grocery.py, on its tables and one of its trained variants (issue 15, 3):
+
+1. Thresholds, calibrated on held-out data: the variant scores the training photos it never saw
+   (the training job's own held-out hash split, ``item_split`` "test") as they are; the ITA and
+   TIA thresholds are the ``--clean-quantile`` quantile of those clean scores (2% by default: about
+   2% of clean photos flagged on each side). The validation photos never set a threshold.
+2. Plants: of the 296 validation photos, 5% get another product's text (title and description)
+   and another 5% another product's photo; half of each from a product of the same coarse class
+   (where the class has one), half from any other product. The export with the plants is
+   ingested into tables of its own (``<bench-root>/flags``) through jobs/ingest_catalog.py.
+3. The nightly job (pipeline.jobs.score_catalog, the code of ``score_catalog.py``) encodes and
+   scores them with the variant's model and the calibrated thresholds; there are no users or
+   candidates, so it runs the alignment stages alone.
+4. From the published ``item_alignment`` rows: detection AUROC (damaged against clean, score
+   1 - min(p_ita, p_tia); and per side), precision and recall of the job's own flags, and how often
+   the lower of ITA/TIA names the damaged side; the same at the fixed 0.5 thresholds for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import time
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(_ROOT / "benchmarks"))
+
+import numpy as np  # noqa: E402
+from _common import write_json  # noqa: E402
+from bench_grocery import DATA, RUN_DATE, ingest, read_classes, read_split, say, slug, write_export  # noqa: E402
+
+from camenn.config import load_config  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--conf", default=str(_ROOT / "conf" / "grocery.yaml"))
+    p.add_argument("--data", default=str(DATA))
+    p.add_argument("--bench-root", default=str(_ROOT / "runs" / "bench" / "grocery"),
+                   help="bench_grocery.py's --root: its tables and model/<variant>")
+    p.add_argument("--variant", default="hard", help="which of bench_grocery's trained variants scores")
+    p.add_argument("--share", type=float, default=0.05, help="share of validation photos per kind of plant")
+    p.add_argument("--clean-quantile", type=float, default=0.02,
+                   help="thresholds: this quantile of the held-out clean photos' ITA and TIA")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as given to bench_grocery.py")
+    p.add_argument("--json", default=None)
+    return p.parse_args(argv)
+
+
+def plant(rows: list[dict], share: float, rng: np.random.Generator) -> tuple[list[dict], dict[str, str]]:
+    """A copy of ``rows`` with text swaps and image swaps planted; photo_id -> "text" / "image" for the damaged."""
+    rows = [dict(r) for r in rows]
+    n = int(round(share * len(rows)))
+    chosen = rng.permutation(len(rows))[:2 * n]
+    damaged = {}
+    for k, i in enumerate(chosen):
+        side = "text" if k < n else "image"
+        same_class = k % 2 == 0   # half the plants from the same coarse class, where it has another product
+        pool = [j for j, r in enumerate(rows) if r["fine_class"] != rows[i]["fine_class"]
+                and (not same_class or r["coarse_class"] == rows[i]["coarse_class"])]
+        if not pool:
+            pool = [j for j, r in enumerate(rows) if r["fine_class"] != rows[i]["fine_class"]]
+        donor = rows[int(rng.choice(pool))]
+        if side == "text":
+            rows[i]["product"], rows[i]["description"] = donor["product"], donor["description"]
+        else:
+            rows[i]["path"] = donor["path"]
+        damaged[rows[i]["photo_id"]] = side
+        rows[i]["plant"] = f"{side} from {'the same class' if donor['coarse_class'] == rows[i]['coarse_class'] else 'another class'}"
+    return rows, damaged
+
+
+def calibrate(config, model_dir: str, quantile: float) -> dict:
+    """ITA/TIA thresholds: the ``quantile`` of the variant's scores on the training photos it held out."""
+    import torch
+
+    from camenn.checkpoint import load_artifact
+    from camenn.inputs import FeatureVocab
+    from camenn.training import item_split, load_item_store, predict_items
+
+    art = load_artifact(model_dir)
+    store = load_item_store(config.table("item_features"), None, config.table("items"), None,
+                            art.metadata["encoder_fingerprint"], FeatureVocab.from_dict(art.metadata["vocab"]),
+                            art.config.n_patches)
+    sp = config.training.split
+    held = [k for k, i in enumerate(store.item_ids)
+            if i.startswith("train-") and item_split(i, sp.test_fraction, sp.valid_fraction, sp.seed) == "test"]
+    if len(held) < 2:
+        raise SystemExit(f"{len(held)} held-out training photos: too few to calibrate thresholds on")
+    p = predict_items(art.model, store, torch.as_tensor(held), 256, "cpu")
+    return {"ita": float(np.quantile(p["ita"], quantile)), "tia": float(np.quantile(p["tia"], quantile)),
+            "n_held_out": len(held), "quantile": quantile}
+
+
+def flag_metrics(rows: list[dict], damaged: dict[str, str], flag_of) -> dict:
+    """Precision/recall of flags (``flag_of(row)`` -> bool) and detection AUROC over damaged vs clean items."""
+    from camenn.metrics import roc_auc
+
+    y = np.array([r["item_id"] in damaged for r in rows])
+    p_ita, p_tia = np.array([r["p_ita"] for r in rows]), np.array([r["p_tia"] for r in rows])
+    flags = np.array([bool(flag_of(r)) for r in rows])
+    side = np.array([damaged.get(r["item_id"], "") for r in rows])
+    clean = ~y
+    named = np.where(p_ita < p_tia, "text", "image")
+    tp = int((flags & y).sum())
+    return {
+        "auroc": float(roc_auc(y.astype(float), 1 - np.minimum(p_ita, p_tia))),
+        "auroc_text_swaps": float(roc_auc(np.r_[np.ones((side == "text").sum()), np.zeros(clean.sum())],
+                                          np.r_[1 - p_ita[side == "text"], 1 - p_ita[clean]])),
+        "auroc_image_swaps": float(roc_auc(np.r_[np.ones((side == "image").sum()), np.zeros(clean.sum())],
+                                           np.r_[1 - p_tia[side == "image"], 1 - p_tia[clean]])),
+        "precision": tp / max(1, int(flags.sum())), "recall": tp / max(1, int(y.sum())),
+        "flagged": int(flags.sum()), "clean_flagged_share": float(flags[clean].mean()),
+        "right_side_named": float((named[y] == side[y]).mean()),
+        "n_damaged": int(y.sum()), "n_clean": int(clean.sum()),
+    }
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    data, bench_root = Path(args.data).resolve(), Path(args.bench_root).resolve()
+    model_dir = str(bench_root / "model" / slug(args.variant))
+    bench_sets = [f"data.root={bench_root / 'tables'}", f"training.artifact_dir={model_dir}", *args.set]
+    bench_config = load_config(args.conf, bench_sets)
+    from pyspark.sql import SparkSession
+
+    from pipeline.session import get_spark
+
+    ours = SparkSession.getActiveSession() is None   # a caller's session (a test's) is left running
+    spark = get_spark(bench_config)
+
+    say(f"calibrate thresholds on the held-out training photos ({args.variant})", t0)
+    thr = calibrate(bench_config, model_dir, args.clean_quantile)
+    say(f"thresholds ita {thr['ita']:.4f}, tia {thr['tia']:.4f} ({thr['n_held_out']} held-out photos)", t0)
+
+    classes = read_classes(data)
+    rows, damaged = plant(read_split(data, "val", classes, None), args.share, np.random.default_rng(args.seed))
+    flags_root = bench_root / "flags"
+    sets = [*args.set, f"data.root={flags_root / 'tables'}", f"scoring.model_dir={model_dir}",
+            f"scoring.thresholds.ita={thr['ita']}", f"scoring.thresholds.tia={thr['tia']}"]
+    say(f"ingest {len(rows)} validation photos, {len(damaged)} with a planted swap", t0)
+    ingest(args.conf, sets, write_export(rows, flags_root / "exports" / "val-planted.csv"), data, "overwrite")
+
+    say("the nightly job: encode, score, flag (no users or candidates: no CVR stage)", t0)
+    t = time.perf_counter()
+    from pipeline.jobs.score_catalog import main as score_main
+
+    argv_score = ["--conf", args.conf, "--run-date", RUN_DATE.isoformat()]
+    for s in sets:
+        argv_score += ["--set", s]
+    status = score_main(argv_score)
+    if status != 0:
+        raise SystemExit(f"score_catalog exited {status}")
+    nightly_s = time.perf_counter() - t
+
+    from pipeline import run_record
+
+    config = load_config(args.conf, sets)
+    out = [r.asDict() for r in run_record.published(spark, config, "item_alignment", RUN_DATE, job="score_catalog")
+           .select("item_id", "p_ita", "p_tia", "flag", "suspect_side").collect()]
+    plant_of = {r["photo_id"]: r.get("plant") for r in rows}
+    figures = {
+        "benchmark": "bench_grocery_flags", "created": dt.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join(["benchmarks/bench_grocery_flags.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": {"cpus": os.cpu_count()}, "variant": args.variant, "model_dir": model_dir,
+        "plants": {"share_per_side": args.share, "text": sum(v == "text" for v in damaged.values()),
+                   "image": sum(v == "image" for v in damaged.values()),
+                   "same_class": sum("same class" in (plant_of[i] or "") for i in damaged)},
+        "thresholds": thr, "items_scored": len(out),
+        "job_flags": flag_metrics(out, damaged, lambda r: r["flag"]),
+        "at_0.5": flag_metrics(out, damaged, lambda r: min(r["p_ita"], r["p_tia"]) < 0.5),
+        "by_plant": {},
+        "seconds": {"nightly_job": nightly_s, "total": time.perf_counter() - t0},
+    }
+    by_id = {r["item_id"]: r for r in out}
+    for kind in sorted({v for v in plant_of.values() if v}):
+        ids = [i for i, v in plant_of.items() if v == kind]
+        side = kind.split()[0]
+        figures["by_plant"][kind] = {
+            "n": len(ids), "flagged": sum(bool(by_id[i]["flag"]) for i in ids),
+            "right_side_named": float(np.mean([(by_id[i]["p_ita"] < by_id[i]["p_tia"]) == (side == "text") for i in ids]))}
+    job = figures["job_flags"]
+    print(f"| thresholds | AUROC (text / image swaps) | precision | recall | right side | clean flagged |\n|---|---|---|---|---|---|\n"
+          f"| calibrated ({args.clean_quantile:.0%} of held-out clean) ita {thr['ita']:.3f} tia {thr['tia']:.3f} | "
+          f"{job['auroc']:.3f} ({job['auroc_text_swaps']:.3f} / {job['auroc_image_swaps']:.3f}) | {job['precision']:.3f} | "
+          f"{job['recall']:.3f} | {job['right_side_named']:.3f} | {job['clean_flagged_share']:.3f} |", flush=True)
+    a = figures["at_0.5"]
+    print(f"| 0.5 | same | {a['precision']:.3f} | {a['recall']:.3f} | same | {a['clean_flagged_share']:.3f} |", flush=True)
+    write_json(args.json, figures)
+    say(f"done in {figures['seconds']['total']:.0f}s", t0)
+    if ours:
+        spark.stop()
+    return figures
+
+
+if __name__ == "__main__":
+    main()
