@@ -274,6 +274,8 @@ class SparkConfig(Section):
 
 ITEM_FIELDS = ("item_id", "merchant_id", "category", "title", "description", "price", "image", "updated_at")
 EVENT_FIELDS = ("user_id", "item_id", "ts", "price")
+USER_FIELDS = ("user_id", "age_band", "household", "zone")   # the users table's profile columns
+CANDIDATE_FIELDS = ("user_id", "item_id")
 
 
 class IngestConfig(Section):
@@ -287,6 +289,9 @@ class IngestConfig(Section):
     items_path: str | None = Field(None, description="CSV/Parquet file or folder of item rows")
     images_root: str | None = Field(None, description="folder (or URI) holding the image files")
     events_path: str | None = Field(None, description="CSV/Parquet file or folder of purchases")
+    users_path: str | None = Field(None, description="CSV/Parquet file or folder of user profiles")
+    candidates_path: str | None = Field(None, description="CSV/Parquet file or folder of (user, item) pairs to score "
+                                                          "on the ingest's run date")
     format: Literal["csv", "parquet"] | None = Field(None, description="null = from the file extension")
     csv_options: dict[str, str] = {"header": "true", "multiLine": "true", "escape": '"'}
     item_map: dict[str, str] = {
@@ -294,6 +299,9 @@ class IngestConfig(Section):
         "title": "prod_name", "description": "detail_desc", "image": "{article_id:0>10}.jpg",
     }
     event_map: dict[str, str] = {"user_id": "customer_id", "item_id": "article_id", "ts": "t_dat", "price": "price"}
+    user_map: dict[str, str] = {"user_id": "customer_id", "age_band": "age", "household": "club_member_status",
+                                "zone": "postal_code"}
+    candidate_map: dict[str, str] = {"user_id": "customer_id", "item_id": "article_id"}
     ts_format: str | None = Field(None, description="Spark datetime pattern of event timestamps; null = ISO")
     mode: Literal["overwrite", "merge"] = Field(
         "overwrite", description="overwrite: the export is the whole catalogue; merge: upsert on item_id")
@@ -302,10 +310,11 @@ class IngestConfig(Section):
         40_000_000, gt=0, description="images with more pixels (width x height, read from the header) are quarantined: "
         "a decode costs ~3 bytes a pixel, and Pillow's own bomb limit (~179 Mpx) is far above what scoring needs")
 
-    @field_validator("item_map", "event_map")
+    @field_validator("item_map", "event_map", "user_map", "candidate_map")
     @classmethod
     def _known_fields(cls, mapping: dict[str, str], info) -> dict[str, str]:
-        known = ITEM_FIELDS if info.field_name == "item_map" else EVENT_FIELDS
+        known = {"item_map": ITEM_FIELDS, "event_map": EVENT_FIELDS, "user_map": USER_FIELDS,
+                 "candidate_map": CANDIDATE_FIELDS}[info.field_name]
         unknown = sorted(set(mapping) - set(known))
         if unknown:
             raise ValueError(f"unknown field(s) {unknown}; known: {list(known)}")

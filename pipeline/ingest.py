@@ -1,12 +1,13 @@
-"""Ingest of a real catalogue: CSV/Parquet exports + image files -> `items`, `events`, `quarantine`.
+"""Ingest of a real catalogue: CSV/Parquet exports + image files -> `items`, `events`, `users`,
+`candidates`, `quarantine`.
 
-One module (~880 lines): the column mapping, the checks behind every quarantine reason (with the
-CSV-record and image-path checks that fault handling added) and the two writes are one contract
-that a reader follows row by row, for items and events alike; split, the reason order of
-ITEM_REASONS would be spread over files that each test part of it.
+One module (~1,000 lines): the column mapping, the checks behind every quarantine reason (with the
+CSV-record and image-path checks that fault handling added) and the writes are one contract
+that a reader follows row by row, for items, events, users and candidates alike; split, the
+reason orders (ITEM_REASONS, USER_REASONS, ...) would be spread over files that each test part of it.
 
 Users arrive with exports, not with our tables. A column mapping (``IngestConfig.item_map`` /
-``event_map``, overridable by flags) says where each contracted field comes from:
+``event_map`` / ``user_map`` / ``candidate_map``, overridable by flags) says where each contracted field comes from:
 
 * ``"prod_name"``          an export column;
 * ``"const:acme"``         a constant for every row (a one-merchant export);
@@ -83,6 +84,11 @@ INVALID_TS = "invalid ts"
 UNKNOWN_ITEM_ID = "unknown item_id"
 EVENT_REASONS = (MALFORMED_RECORD, MISSING_USER_ID, MISSING_EVENT_ITEM_ID, MISSING_TS, INVALID_TS, INVALID_PRICE,
                  UNKNOWN_ITEM_ID)
+DUPLICATE_USER_ID = "duplicate user_id"
+UNKNOWN_USER_ID = "unknown user_id"
+USER_REASONS = (MALFORMED_RECORD, MISSING_USER_ID, DUPLICATE_USER_ID)
+CANDIDATE_REASONS = (MALFORMED_RECORD, MISSING_USER_ID, MISSING_EVENT_ITEM_ID, UNKNOWN_ITEM_ID, UNKNOWN_USER_ID)
+SOURCES = ("items", "users", "events", "candidates")   # in the order they are ingested
 
 # Row provenance, next to the export's own columns: the file, the place in it, the raw text of a
 # malformed CSV line (null for a good record) and how many lines of the file the record spans.
@@ -113,12 +119,14 @@ class IngestResult:
     run_date: dt.date
     status: str
     items: SourceCounts | None = None
+    users: SourceCounts | None = None
     events: SourceCounts | None = None
+    candidates: SourceCounts | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for name in ("items", "events"):
+        for name in SOURCES:
             part = getattr(self, name)
             if part is not None:
                 out.update({f"{name}_in": part.rows_in, f"{name}_landed": part.landed,
@@ -127,11 +135,11 @@ class IngestResult:
 
     def summary(self) -> str:
         lines = [f"ingest {self.run_date.isoformat()} ({self.run_id}): {self.status}"]
-        for name in ("items", "events"):
+        for name in SOURCES:
             part = getattr(self, name)
             if part is None:
                 continue
-            lines.append(f"  {name:<7} rows in {part.rows_in} = landed {part.landed} + quarantined {part.quarantined}")
+            lines.append(f"  {name:<10} rows in {part.rows_in} = landed {part.landed} + quarantined {part.quarantined}")
             for reason, n in sorted(part.reasons.items(), key=lambda kv: (-kv[1], kv[0])):
                 lines.append(f"      {n:>8}  {reason}")
         return "\n".join(lines)
@@ -143,7 +151,9 @@ class IngestResult:
 
 def with_flags(cfg: IngestConfig, *, items_path: str | None = None, images_root: str | None = None,
                events_path: str | None = None, fmt: str | None = None, item_map: list[str] = (),
-               event_map: list[str] = (), mode: str | None = None) -> IngestConfig:
+               event_map: list[str] = (), mode: str | None = None, users_path: str | None = None,
+               candidates_path: str | None = None, user_map: list[str] = (),
+               candidate_map: list[str] = ()) -> IngestConfig:
     """The config's ingest section with command-line flags applied (``--map field=source``).
 
     A flag ``--map category=`` (nothing after ``=``) unmaps a field that the config maps.
@@ -161,9 +171,12 @@ def with_flags(cfg: IngestConfig, *, items_path: str | None = None, images_root:
         return out
 
     updates = {k: v for k, v in {"items_path": items_path, "images_root": images_root, "events_path": events_path,
+                                 "users_path": users_path, "candidates_path": candidates_path,
                                  "format": fmt, "mode": mode}.items() if v is not None}
     updates["item_map"] = merged(cfg.item_map, item_map, "--map")
     updates["event_map"] = merged(cfg.event_map, event_map, "--event-map")
+    updates["user_map"] = merged(cfg.user_map, user_map, "--user-map")
+    updates["candidate_map"] = merged(cfg.candidate_map, candidate_map, "--candidate-map")
     try:
         return IngestConfig.model_validate({**cfg.model_dump(), **updates})
     except Exception as exc:  # pydantic's message names the field
@@ -833,6 +846,104 @@ def ingest_events(spark: SparkSession, config: AppConfig, cfg: IngestConfig, exp
 
 
 # --------------------------------------------------------------------------------------------
+# Users and candidates: keyed rows, no images; the same mapping, quarantine and provenance
+
+
+def plan_keyed(spark: SparkSession, cfg: IngestConfig, what: str) -> tuple[DataFrame, dict[str, Source], str]:
+    """``what`` = "users" or "candidates": its export, resolved mapping and path (checked before any write)."""
+    path = _resolve(getattr(cfg, f"{what}_path"))
+    export = read_export(spark, cfg, path, f"{what} export", f"--{what}-path")
+    mapping = resolve_mapping(cfg.user_map if what == "users" else cfg.candidate_map, export.columns,
+                              what=f"{what} export", path=path,
+                              required=("user_id",) if what == "users" else ("user_id", "item_id"))
+    return export, mapping, path
+
+
+def _known(spark: SparkSession, config: AppConfig, rows: DataFrame, name: str, key: str) -> tuple[DataFrame, Column]:
+    """``rows`` joined with ``name``'s keys, and the test that a row's ``key`` is there (true without the table)."""
+    if not tables._is_delta(spark, config.table(name)):
+        return rows, F.lit(True)
+    keys = tables.read_table(spark, config, name).select(F.col(key).alias(f"_known_{key}")).distinct()
+    return rows.join(keys, rows[key] == keys[f"_known_{key}"], "left"), F.col(f"_known_{key}").isNotNull()
+
+
+def classify_users(export: DataFrame, m: dict[str, Source]) -> DataFrame:
+    """Profile rows with their quarantine reason; every copy of a duplicated user_id after the last one in
+    the export is quarantined (the last row wins, as a later line of an append-only export would)."""
+    df = export
+    rows = df.select(_raw(df, m["user_id"]).alias("user_id"),
+                     *(_raw(df, m.get(f)).alias(f) for f in ("age_band", "household", "zone")),
+                     F.col(_FILE).alias("source_file"), F.col(_POS).alias("_pos"), F.col(_CORRUPT).alias("_corrupt"),
+                     F.col(_SPAN).alias("_span"))
+    rank = F.row_number().over(Window.partitionBy("user_id").orderBy(F.col("_pos").desc()))
+    rows = rows.withColumn("_rank", F.when(F.col("user_id").isNotNull(), rank))
+    return rows.withColumn("reason", _first_reason(
+        (F.col("_corrupt").isNotNull(), MALFORMED_RECORD),
+        (F.col("user_id").isNull(), MISSING_USER_ID),
+        (F.col("_rank") > 1, DUPLICATE_USER_ID))).drop("_rank")
+
+
+def classify_candidates(spark: SparkSession, config: AppConfig, cfg: IngestConfig, export: DataFrame,
+                        m: dict[str, Source]) -> DataFrame:
+    """(user, item) rows with their reason: an item or user the tables do not hold cannot be scored."""
+    df = export
+    rows = df.select(_raw(df, m["user_id"]).alias("user_id"), _raw(df, m["item_id"]).alias("item_id"),
+                     F.col(_FILE).alias("source_file"), F.col(_POS).alias("_pos"), F.col(_CORRUPT).alias("_corrupt"),
+                     F.col(_SPAN).alias("_span"))
+    known_item = known_user = F.lit(True)
+    if cfg.known_items_only:
+        rows, known_item = _known(spark, config, rows, "items", "item_id")
+        rows, known_user = _known(spark, config, rows, "users", "user_id")
+    reason = _first_reason(
+        (F.col("_corrupt").isNotNull(), MALFORMED_RECORD),
+        (F.col("user_id").isNull(), MISSING_USER_ID),
+        (F.col("item_id").isNull(), MISSING_EVENT_ITEM_ID),
+        (~known_item, UNKNOWN_ITEM_ID),
+        (~known_user, UNKNOWN_USER_ID))
+    return rows.withColumn("reason", reason).drop(*(c for c in rows.columns if c.startswith("_known_")))
+
+
+def ingest_keyed(spark: SparkSession, config: AppConfig, cfg: IngestConfig, what: str, export: DataFrame,
+                 mapping: dict[str, Source], run_date: dt.date) -> SourceCounts:
+    """Users (overwrite, or merge on user_id) or the run date's candidates (that date's rows replaced)."""
+    if what == "users":
+        verdict = classify_users(export, mapping)
+    else:
+        verdict = classify_candidates(spark, config, cfg, export, mapping)
+    verdict = verdict.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        counts = _tally(verdict)
+        landed = verdict.where(F.col("reason").isNull())
+        if what == "users" and cfg.mode == "merge":
+            from delta.tables import DeltaTable
+
+            path = tables.ensure_table(spark, config, "users")
+            (DeltaTable.forPath(spark, path).alias("t").merge(tables.conform(landed, spark, "users").alias("s"),
+                                                              "t.user_id = s.user_id")
+                .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+            written = _last_commit_metric(spark, path, ("numSourceRows",))
+        elif what == "users":
+            written = _last_commit_metric(spark, tables.overwrite_table(spark, config, "users", landed), ("numOutputRows",))
+        else:   # one night's candidates: a rerun of the date replaces them, other dates stay
+            rows = landed.select(F.lit(run_date).alias("run_date"), "user_id", "item_id").dropDuplicates(["user_id", "item_id"])
+            written = _last_commit_metric(spark, tables.replace_run_date(spark, config, "candidates", rows, run_date),
+                                          ("numOutputRows",))
+            written = None if written is None else written + (counts.landed - rows.count())   # exact duplicates land once
+        _check_written(what, written, counts)
+        rejected = verdict.where(F.col("reason").isNotNull())
+        fields = ["user_id", *(["age_band", "household", "zone"] if what == "users" else ["item_id"])]
+        bad = _with_lines(verdict, rejected, _header_lines(cfg, getattr(cfg, f"{what}_path")), counts).select(
+            F.concat_ws("|", *(F.coalesce(f, F.lit("")) for f in fields[:1 if what == "users" else 2])).alias("_key"),
+            *fields, "source_file", "line", F.col("_corrupt").substr(1, 1000).alias("record"), "reason")
+        quarantine = tables.quarantine_rows(bad, run_date=run_date, job=JOB, source=what, key_col="_key",
+                                            payload_cols=[*fields, "source_file", "line", "record"])
+        replace_quarantine(spark, config, quarantine, run_date, what)
+        return counts
+    finally:
+        verdict.unpersist()
+
+
+# --------------------------------------------------------------------------------------------
 # The job
 
 
@@ -845,10 +956,11 @@ def run_ingest(spark: SparkSession, config: AppConfig, cfg: IngestConfig | None 
     """
     cfg = cfg or config.ingest
     run_date = run_date or dt.datetime.now(dt.UTC).date()
-    if not cfg.items_path and not cfg.events_path:
-        raise IngestError("nothing to ingest: pass --items-path and/or --events-path")
+    if not (cfg.items_path or cfg.events_path or cfg.users_path or cfg.candidates_path):
+        raise IngestError("nothing to ingest: pass --items-path, --events-path, --users-path and/or --candidates-path")
     items_plan = plan_items(spark, cfg) if cfg.items_path else None
     events_plan = plan_events(spark, cfg) if cfg.events_path else None
+    keyed_plans = {what: plan_keyed(spark, cfg, what) for what in ("users", "candidates") if getattr(cfg, f"{what}_path")}
 
     run_id = f"{JOB}-{run_date.isoformat()}-{uuid.uuid4().hex[:8]}"
     result = IngestResult(run_id=run_id, run_date=run_date, status="running")
@@ -860,19 +972,30 @@ def run_ingest(spark: SparkSession, config: AppConfig, cfg: IngestConfig | None 
             t = time.perf_counter()
             result.items = ingest_items(spark, config, cfg, items_plan, run_date)
             result.timings["items_s"] = time.perf_counter() - t
+        if "users" in keyed_plans:   # before candidates, which are checked against the users
+            t = time.perf_counter()
+            result.users = ingest_keyed(spark, config, cfg, "users", *keyed_plans["users"][:2], run_date)
+            result.timings["users_s"] = time.perf_counter() - t
         if events_plan is not None:
             t = time.perf_counter()
             result.events = ingest_events(spark, config, cfg, events_plan[0], events_plan[1], run_date)
             result.timings["events_s"] = time.perf_counter() - t
+        if "candidates" in keyed_plans:
+            t = time.perf_counter()
+            result.candidates = ingest_keyed(spark, config, cfg, "candidates", *keyed_plans["candidates"][:2], run_date)
+            result.timings["candidates_s"] = time.perf_counter() - t
         result.status = "ok"
     except Exception as exc:  # record the failed run, then let the caller see the error
         result.status, error = "failed", exc
     result.timings["total_s"] = time.perf_counter() - t0
     details = {
         "items_path": cfg.items_path, "images_root": cfg.images_root, "events_path": cfg.events_path,
+        "users_path": cfg.users_path, "candidates_path": cfg.candidates_path,
         "mode": cfg.mode, "item_map": cfg.item_map if cfg.items_path else None,
         "event_map": cfg.event_map if cfg.events_path else None,
-        "reasons": {name: getattr(result, name).reasons for name in ("items", "events") if getattr(result, name)},
+        "user_map": cfg.user_map if cfg.users_path else None,
+        "candidate_map": cfg.candidate_map if cfg.candidates_path else None,
+        "reasons": {name: getattr(result, name).reasons for name in SOURCES if getattr(result, name)},
     }
     if error is not None:
         details["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"

@@ -167,4 +167,4 @@ def test_contrastive_loss_prefers_matching_pairs_and_ignores_twins():
     assert model.text_in[1].weight.grad.abs().sum() > 0 and model.image_in[1].weight.grad.abs().sum() > 0
     # a batch of twins only has no negatives left: every row's only logit is its own pair (loss 0)
     all_twins = ItemTokens(items.text[:1].expand(4, -1, -1), items.text_mask[:4], items.image[:4], items.feats[:4])
-    assert float(contrastive_loss(model, all_twins)) == pytest.approx(0.0, abs=1e-6)
+    assert float(contrastive_loss(model, all_twins).detach()) == pytest.approx(0.0, abs=1e-6)

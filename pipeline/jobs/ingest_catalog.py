@@ -38,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="items field mapping: FIELD=COLUMN, FIELD=const:VALUE, image=TEMPLATE; FIELD= unmaps")
     parser.add_argument("--event-map", action="append", default=[], metavar="FIELD=SOURCE",
                         help="events field mapping (user_id, item_id, ts, price)")
+    parser.add_argument("--users-path", help="CSV/Parquet file or folder of user profiles")
+    parser.add_argument("--candidates-path", help="CSV/Parquet file or folder of (user, item) pairs for --run-date")
+    parser.add_argument("--user-map", action="append", default=[], metavar="FIELD=SOURCE",
+                        help="users field mapping (user_id, age_band, household, zone)")
+    parser.add_argument("--candidate-map", action="append", default=[], metavar="FIELD=SOURCE",
+                        help="candidates field mapping (user_id, item_id)")
     parser.add_argument("--format", choices=["csv", "parquet"], help="export format (default: from the extension)")
     parser.add_argument("--mode", choices=["overwrite", "merge"], help="overwrite the tables or upsert into them")
     args = parser.parse_args(argv)
@@ -48,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         config = job_config(args)
         cfg = with_flags(config.ingest, items_path=_abs(args.items_path), images_root=_abs(args.images_root),
                          events_path=_abs(args.events_path), fmt=args.format, item_map=args.map,
-                         event_map=args.event_map, mode=args.mode)
+                         event_map=args.event_map, mode=args.mode, users_path=_abs(args.users_path),
+                         candidates_path=_abs(args.candidates_path), user_map=args.user_map,
+                         candidate_map=args.candidate_map)
         result = run_ingest(job_session(config, "ingest"), config, cfg, args.run_date)
         print(result.summary())
 
