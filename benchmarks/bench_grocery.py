@@ -1,7 +1,8 @@
 """GroceryStore: CameNN trained on real photos (alignment only) against a pooled two-tower probe.
 
-    flock /tmp/camenn-heavy.lock .venv/bin/python benchmarks/bench_grocery.py \
-        --json benchmarks/results/bench_grocery.json        # 808 s on 2 cores (shared), conf/grocery.yaml
+    /tmp/jobslot .venv/bin/python benchmarks/bench_grocery.py --root runs/bench/grocery-i15 \
+        --json benchmarks/results/bench_grocery.json        # 5 variants: 3,107 s on 2 shared cores
+    ... --variant baseline --variant "hard:training.hard_negative_share=0.5"   # chosen variants only
 
 The data is ../shared/data/grocery-store (its README): 2,640 training and 296 validation
 smartphone photos of 81 products (fine classes) in 42 coarse classes. One item per photo:
@@ -27,7 +28,9 @@ title = the product name, description = the product's description text (classes.
    L2-normalised text and mapped image vectors, fitted on training pairs with random negatives
    (both kinds of swap); accuracy at 0.5 and AUROC on the same validation pairs as CameNN's.
 
-Everything is measured in one run: the figures are what it gives, whatever they are.
+Every variant (VARIANTS, or --variant) is trained on the same ingested and encoded training photos
+before the validation photos enter the tables, and scored on the same pairs. Everything is measured
+in one run: the figures are what it gives, whatever they are.
 """
 
 from __future__ import annotations
