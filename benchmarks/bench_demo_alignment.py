@@ -4,8 +4,8 @@
         --model shipped=models/demo --model hard=artifacts/demo/model-hard \
         --json benchmarks/results/bench_demo_alignment.json
 
-No Spark: the world's cached encoder outputs (``item_features``) and ``items`` are read with
-delta-rs (``load_item_store``), and every model is scored by ``camenn.training.alignment_scores``,
+The world's cached encoder outputs (``item_features``) and ``items`` are read through a local
+Spark session (``load_item_store``: item_features has deletion vectors), and every model is scored by ``camenn.training.alignment_scores``,
 the function the training job's held-out metrics use: each held-out item (the config's hash
 split, ``item_split`` "test") as it is, and once with another held-out item's text (ITA) or
 image (TIA), the other item random or of the same category (``hard``, losses.hard_donors).
@@ -41,15 +41,18 @@ def main(argv=None) -> dict:
 
     from camenn.checkpoint import load_artifact
     from camenn.inputs import FeatureVocab
-    from camenn.training import alignment_scores, item_split, load_item_store
+    from camenn.training import alignment_scores, item_split
+    from pipeline.session import get_spark
+    from pipeline.training_data import load_item_store
 
     config = load_config(args.conf, args.set)
     sp = config.training.split
+    spark = get_spark(config)
     out: dict = {}
     for spec in args.model:
         name, _, path = spec.partition("=")
         art = load_artifact(path)
-        store = load_item_store(config.table("item_features"), None, config.table("items"), None,
+        store = load_item_store(spark, config.table("item_features"), None, config.table("items"), None,
                                 art.metadata["encoder_fingerprint"], FeatureVocab.from_dict(art.metadata["vocab"]),
                                 art.config.n_patches)
         held = torch.as_tensor([k for k, i in enumerate(store.item_ids)

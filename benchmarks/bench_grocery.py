@@ -308,12 +308,12 @@ def main(argv=None) -> dict:
     t = time.perf_counter()
     from camenn.checkpoint import load_artifact
     from camenn.inputs import FeatureVocab
-    from camenn.training import load_item_store
+    from pipeline.training_data import load_item_store
 
     arts = {name: load_artifact(r.artifact) for name, r in trained.items()}
     art = next(iter(arts.values()))   # the variants share the encoders, photos and vocabulary
     vocab = FeatureVocab.from_dict(art.metadata["vocab"])
-    store = load_item_store(config.table("item_features"), None, config.table("items"), None,
+    store = load_item_store(spark, config.table("item_features"), None, config.table("items"), None,
                             art.metadata["encoder_fingerprint"], vocab, art.config.n_patches)
     row_of = {item_id: k for k, item_id in enumerate(store.item_ids)}
     info = {r["photo_id"]: r for r in train_rows + val_rows}

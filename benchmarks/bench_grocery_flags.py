@@ -79,16 +79,17 @@ def plant(rows: list[dict], share: float, rng: np.random.Generator) -> tuple[lis
     return rows, damaged
 
 
-def calibrate(config, model_dir: str, quantile: float) -> dict:
+def calibrate(spark, config, model_dir: str, quantile: float) -> dict:
     """ITA/TIA thresholds: the ``quantile`` of the variant's scores on the training photos it held out."""
     import torch
 
     from camenn.checkpoint import load_artifact
     from camenn.inputs import FeatureVocab
-    from camenn.training import item_split, load_item_store, predict_items
+    from camenn.training import item_split, predict_items
+    from pipeline.training_data import load_item_store
 
     art = load_artifact(model_dir)
-    store = load_item_store(config.table("item_features"), None, config.table("items"), None,
+    store = load_item_store(spark, config.table("item_features"), None, config.table("items"), None,
                             art.metadata["encoder_fingerprint"], FeatureVocab.from_dict(art.metadata["vocab"]),
                             art.config.n_patches)
     sp = config.training.split
@@ -140,7 +141,7 @@ def main(argv=None) -> dict:
     spark = get_spark(bench_config)
 
     say(f"calibrate thresholds on the held-out training photos ({args.variant})", t0)
-    thr = calibrate(bench_config, model_dir, args.clean_quantile)
+    thr = calibrate(spark, bench_config, model_dir, args.clean_quantile)
     say(f"thresholds ita {thr['ita']:.4f}, tia {thr['tia']:.4f} ({thr['n_held_out']} held-out photos)", t0)
 
     classes = read_classes(data)

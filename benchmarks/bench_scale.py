@@ -237,10 +237,9 @@ def synthesise(spark, config, n: int, seed: int, shapes, fingerprint: str, featu
 def change_titles(spark, config, n: int, share: float, seed: int, shapes, fingerprint: str) -> int:
     """MERGE new titles into ``share`` of the items (conform re-derives their hash) and their feature rows.
 
-    The changed items are one block of item ids (a merchant's update): the world's files are laid out
-    by item id, so the feature MERGE rewrites a file or two. Spread over the catalogue, 1% of the items
-    would make Delta's copy-on-write MERGE rewrite every file of item_features (the pipeline's own
-    MERGE into item_model_outputs shows that cost: night 2's item_pass output bytes).
+    The changed items are one block of item ids (a merchant's update), so the feature MERGE touches a
+    file or two; both caches have deletion vectors, so even changes spread over the catalogue
+    would add deletion vectors rather than rewrite every file.
     """
     from delta.tables import DeltaTable
 

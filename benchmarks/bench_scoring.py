@@ -4,6 +4,9 @@
         --set world.n_items=3000 --set world.n_users=1000 --set world.candidates_per_user=10 --item-repeat 4 \
         --json benchmarks/results/bench_scoring.json                 # about 6 minutes on 2 cores
     python benchmarks/bench_scoring.py --conf conf/demo.yaml --root runs/bench/demo
+    python benchmarks/bench_scoring.py --conf conf/demo-full.yaml --set world.n_items=50000 \
+        --set world.n_users=10000 --root runs/bench/demo-50k --nights-only --event-log runs/bench/demo-50k/events \
+        --json benchmarks/results/bench_scoring_demo_50k.json    # the nights alone at 50k items, ~50 minutes
 
 Measures, in one run, on the world of --conf (generated under --root; a world table that is not
 this world's, e.g. the items of a previous run's change, is rewritten by pipeline.world.write_world):
@@ -85,6 +88,11 @@ def parse_args(argv=None):
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.add_argument("--throughput-only", action="store_true",
                    help="skip the full and incremental runs (2.-4. only; needs a scored world under --root)")
+    p.add_argument("--event-log", default=None, metavar="DIR",
+                   help="also write Spark's event log (plain JSON) under DIR, for benchmarks/profile_event_log.py")
+    p.add_argument("--nights-only", action="store_true",
+                   help="the full and incremental runs alone (1. only): a world past ~20k items, whose plain loops "
+                        "would collect every item's features to one process")
     return p.parse_args(argv)
 
 
@@ -187,6 +195,10 @@ def main(argv=None) -> int:
         item_outputs_fn,
     )
 
+    if args.event_log:   # read when the session's JVM starts, so before get_spark
+        Path(args.event_log).mkdir(parents=True, exist_ok=True)
+        os.environ["PYSPARK_SUBMIT_ARGS"] = (f"--conf spark.eventLog.enabled=true --conf spark.eventLog.compress=false "
+                                             f"--conf spark.eventLog.dir={Path(args.event_log).resolve().as_uri()} pyspark-shell")
     spark = get_spark(config)
     sc = config.scoring
     cores = spark.sparkContext.defaultParallelism
@@ -232,6 +244,14 @@ def main(argv=None) -> int:
                        full_counts=full.counts, incremental_counts=incr.counts,
                        full_timings=full.timings, incremental_timings=incr.timings,
                        incremental_over_full=figures["incremental_run_s"] / figures["full_run_s"])
+        if args.nights_only:
+            figures["measured_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            print(f"\nbench_scoring ({figures['model']}), {cores} Spark cores: full night {figures['full_run_s']:.1f} s, "
+                  f"the next night after {args.changed:.0%} changed {figures['incremental_run_s']:.1f} s: ratio "
+                  f"{figures['incremental_over_full']:.3f} (target <= 0.05)")
+            write_json(args.json, figures)
+            spark.stop()
+            return 0
 
     model = Predictor.load(config.model_dir)
     fingerprint = feature_cache.featurizer_fingerprint(feature_cache.featurizer_config(config))

@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from camenn.chunks import Chunk, ChunkCache, Examples, batch_stream, delta_table, home_stream, load_chunk, rank_chunks, store_from_arrow
+from camenn.chunks import Chunk, ChunkCache, Examples, batch_stream, home_stream, load_chunk, rank_chunks
 from camenn.inputs import ITEM_FEATURES, FeatureVocab, ItemStore, full_batch
 from camenn.logs import setup_logging
 from camenn.losses import derangement, hard_donors, make_alignment_examples, multitask_loss, twin_key
@@ -75,35 +75,6 @@ def item_split(item_id: str, test_fraction: float, valid_fraction: float, salt: 
     if u < test_fraction + valid_fraction:
         return "valid"
     return "train"
-
-
-# -----------------------------------------------------------------------------
-# reading pinned Delta snapshots (delta-rs -> pyarrow -> torch)
-
-
-def load_item_store(features_path: str, features_version: int | None, items_path: str, items_version: int | None,
-                    fingerprint: str, vocab: FeatureVocab, n_patches: int) -> ItemStore:
-    """Every cached item under ``fingerprint`` that ``items`` still holds, in one store.
-
-    For the evaluation of the synthetic world (mislabel detection, heat maps) and tests: it holds
-    the whole catalogue, which training never does (it reads chunks, camenn.chunks).
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    feats = delta_table(features_path, features_version).to_pyarrow_table(
-        columns=["item_id", "encoder_fingerprint", "text_emb", "n_text_tokens", "image_emb"])
-    feats = feats.filter(pc.equal(feats["encoder_fingerprint"], fingerprint)).drop(["encoder_fingerprint"])
-    items = delta_table(items_path, items_version).to_pyarrow_table(columns=["item_id", "category", "price", "updated_at"])
-    items = items.take(pc.sort_indices(items, sort_keys=[("item_id", "ascending"), ("updated_at", "descending")]))
-    ids = items["item_id"].to_pylist()
-    newest = [0] + [k for k in range(1, len(ids)) if ids[k] != ids[k - 1]]
-    items = items.take(pa.array(newest, pa.int64())).drop(["updated_at"])
-    joined = feats.join(items, "item_id", join_type="inner")
-    if joined.num_rows == 0:
-        raise ValueError(f"no cached item features under fingerprint {fingerprint[:12]} at {features_path} "
-                         f"(version {features_version}) match the items table")
-    return store_from_arrow(joined, vocab, n_patches)
 
 
 # -----------------------------------------------------------------------------
@@ -845,7 +816,7 @@ def train_fn(spec: dict) -> dict:
                 dist.destroy_process_group()
 
 
-__all__ = ["train_fn", "item_split", "stable_unit", "load_item_store", "Examples", "BinnedAUC", "cvr_batch", "alignment_batch",
+__all__ = ["train_fn", "item_split", "stable_unit", "Examples", "BinnedAUC", "cvr_batch", "alignment_batch",
            "trim_items", "predict_cvr", "predict_items", "alignment_metrics", "alignment_scores", "held_out_metrics",
            "model_config_from_spec", "git_commit", "alignment_only_spec", "has_cvr_examples",
            "lr_schedule", "train_step", "training_autocast_dtype"]

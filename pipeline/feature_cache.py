@@ -262,7 +262,7 @@ def _say(message: str) -> None:
     log.info(message)
 
 
-def _delete_path(spark: SparkSession, path: str) -> None:
+def delete_path(spark: SparkSession, path: str) -> None:
     jvm = spark.sparkContext._jvm
     hpath = jvm.org.apache.hadoop.fs.Path(path)
     hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(hpath, True)
@@ -330,7 +330,7 @@ class FeatureUpdate:
                                       payload_cols=QUARANTINE_PAYLOAD)
 
     def cleanup(self, spark: SparkSession) -> None:
-        _delete_path(spark, self.staging_path)
+        delete_path(spark, self.staging_path)
 
 
 def run_feature_update(spark: SparkSession, config: AppConfig, run_date: dt.date, items_df: DataFrame | None = None,
@@ -393,7 +393,7 @@ def run_feature_update(spark: SparkSession, config: AppConfig, run_date: dt.date
                              source=SOURCE)
         timings["merge"] = time.perf_counter() - t1
     except BaseException:
-        _delete_path(spark, staging)
+        delete_path(spark, staging)
         raise
     finally:
         spark.sparkContext.setJobDescription(None)

@@ -386,12 +386,12 @@ def run_evaluation(spark, config: AppConfig, *, out_dir: str | None = None, vari
     # mislabel detection and heat maps, from the first seed's models
     main = artifacts.get("CameNN")
     if main:
-        from camenn.training import load_item_store
+        from pipeline.training_data import load_item_store
 
         art = load_artifact(main)
         vocab = ev.FeatureVocab.from_dict(art.metadata["vocab"])
         v = data.versions
-        store = load_item_store(config.table("item_features"), v["item_features"], config.table("items"), v["items"],
+        store = load_item_store(spark, config.table("item_features"), v["item_features"], config.table("items"), v["items"],
                                 data.fingerprint, vocab, art.config.n_patches)
         truth = _truth_items(spark, config)
         split = config.training.split

@@ -403,6 +403,48 @@ def cvr_examples_possible(config: AppConfig, frames: dict[str, DataFrame], sourc
     return bool(frames["users"].limit(1).count()) and bool(labelled.limit(1).count())
 
 
+# ------------------------------------------------------------------------------ whole-catalogue store
+
+
+def _snapshot(spark: SparkSession, path: str, version: int | None) -> DataFrame:
+    reader = spark.read.format("delta")
+    return (reader.option("versionAsOf", int(version)) if version is not None else reader).load(path)
+
+
+def load_item_store(spark: SparkSession, features_path: str, features_version: int | None, items_path: str,
+                    items_version: int | None, fingerprint: str, vocab: FeatureVocab, n_patches: int):
+    """Every cached item under ``fingerprint`` that ``items`` still holds (its newest row), in one ItemStore.
+
+    For the evaluation of the synthetic world (mislabel detection, heat maps), benchmarks and
+    tests: it holds the whole catalogue, which training never does (it reads chunks,
+    camenn.chunks). Read through Spark, not delta-rs: ``item_features`` has deletion vectors
+    (pipeline.tables), which deltalake 1.6 cannot read. The rows come a partition at a time
+    (toLocalIterator), so no single result meets ``spark.driver.maxResultSize``.
+    """
+    import pyarrow as pa
+
+    from camenn.chunks import store_from_arrow
+
+    feats = (_snapshot(spark, features_path, features_version).where(F.col("encoder_fingerprint") == fingerprint)
+             .select("item_id", "text_emb", "n_text_tokens", "image_emb"))
+    newest = Window.partitionBy("item_id").orderBy(F.col("updated_at").desc())
+    items = (_snapshot(spark, items_path, items_version).withColumn("_n", F.row_number().over(newest))
+             .where(F.col("_n") == 1).select("item_id", "category", "price"))
+    joined = feats.join(items, "item_id")
+    types = {"item_id": pa.string(), "text_emb": pa.binary(), "n_text_tokens": pa.int32(), "image_emb": pa.binary(),
+             "category": pa.string(), "price": pa.float64()}
+    columns: dict[str, list] = {name: [] for name in types}
+    for row in joined.select(*types).toLocalIterator():
+        for name in types:
+            columns[name].append(row[name])
+    if not columns["item_id"]:
+        raise ValueError(f"no cached item features under fingerprint {fingerprint[:12]} at {features_path} "
+                         f"(version {features_version}) match the items table")
+    table = pa.table({name: pa.array([bytes(v) if isinstance(v, bytearray) else v for v in values], types[name])
+                      for name, values in columns.items()})
+    return store_from_arrow(table, vocab, n_patches)
+
+
 def examples_digest(inputs: dict) -> str:
     return hashlib.sha256(_inputs_key(inputs).encode()).hexdigest()[:16]
 

@@ -350,6 +350,10 @@ def test_end_to_end_outputs_and_counts(spark, world, first_run):
     for name in ("item_alignment", "cvr_scores", "quarantine"):   # every output row names the run that wrote it
         assert {r.run_id for r in tables.read_table(spark, config, name).where(F.col("run_date") == F.lit(RUN))
                 .select("run_id").distinct().collect()} == {result.run_id}, name
+    # the run's staging tables (its feature keys, its CVR scores) went with it
+    staging = Path(config.table("item_features") + "_staging")
+    leftover = [p.name for p in staging.glob(f"*{result.run_id}")] if staging.exists() else []
+    assert leftover == [], leftover
 
 
 def test_spark_scores_equal_plain_pytorch(spark, world, first_run):

@@ -93,6 +93,40 @@ def test_a_cache_merge_marks_replaced_rows_instead_of_rewriting_files(spark, con
     assert table.count() == 50 and table.where("content_hash = 'c1'").select("item_id").first()[0] == "i3"
 
 
+def feature_rows(spark, ids, content="c0", value=0.0):
+    """item_features rows of one text token and one patch of 4 fp16 values each, all equal to ``value``."""
+    import numpy as np
+
+    blob = np.full(4, value, dtype=np.float16).tobytes()
+    return spark.createDataFrame([(i, content, "enc1", blob, 1, blob, dt.datetime(2026, 11, 24)) for i in ids],
+                                 tables.schema_of(spark, "item_features"))
+
+
+def test_a_feature_merge_marks_replaced_rows_and_the_evaluation_store_reads_them(spark, config):
+    """item_features has deletion vectors too: one re-encoded item of 50 rewrites no file, and the
+    whole-catalogue store (read through Spark, as delta-rs cannot) holds its new features once."""
+    from camenn.inputs import FeatureVocab
+    from pipeline import feature_cache
+    from pipeline.training_data import load_item_store
+
+    ids = [f"i{n:02d}" for n in range(50)]
+    path = tables.ensure_table(spark, config, "item_features")
+    tables.append_rows(spark, config, "item_features", feature_rows(spark, ids).coalesce(1))
+    feature_cache._merge(spark, config, feature_rows(spark, ["i03"], content="c1", value=1.0).drop("encoder_fingerprint"),
+                         "enc1")
+    metrics = spark.sql(f"DESCRIBE HISTORY delta.`{path}` LIMIT 1").first()["operationMetrics"]
+    assert int(metrics["numTargetRowsUpdated"]) == 1
+    assert int(metrics["numTargetDeletionVectorsAdded"]) == 1
+    assert int(metrics["numTargetFilesRemoved"]) == 0, "the 50-row file was rewritten for one changed row"
+    items = spark.createDataFrame([(i, "m1", "Fruit", "t", "d", b"", 1.0, dt.datetime(2026, 11, 24), "c", 0) for i in ids],
+                                  tables.schema_of(spark, "items"))
+    tables.append_rows(spark, config, "items", items)
+    vocab = FeatureVocab(categories=["Fruit"], price_edges=[0.5])
+    store = load_item_store(spark, path, None, config.table("items"), None, "enc1", vocab, n_patches=1)
+    assert store.item_ids == ids
+    assert float(store.text[3].float().mean()) == 1.0 and float(store.text[2].float().mean()) == 0.0
+
+
 def test_a_cache_table_created_before_deletion_vectors_gets_them(spark, config):
     path = config.table("item_model_outputs")
     spark.sql(f"CREATE TABLE delta.`{path}` ({tables.SPECS['item_model_outputs'].columns}) USING DELTA")

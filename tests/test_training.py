@@ -74,13 +74,13 @@ def test_artifact_records_the_contract_and_table_versions(spark, trained):
 def test_artifact_scores_full_and_item_only(spark, trained):
     from camenn.checkpoint import load_artifact
     from camenn.inputs import FeatureVocab, full_batch, item_only_batch
-    from camenn.training import load_item_store
+    from pipeline.training_data import load_item_store
 
     config, result = trained
     art = load_artifact(result.artifact)
     vocab = FeatureVocab.from_dict(art.metadata["vocab"])
     v = art.metadata["table_versions"]
-    store = load_item_store(config.table("item_features"), v["item_features"], config.table("items"), v["items"],
+    store = load_item_store(spark, config.table("item_features"), v["item_features"], config.table("items"), v["items"],
                             art.metadata["encoder_fingerprint"], vocab, art.config.n_patches)
     idx = torch.arange(4)
     probs = art.model.predict(item_only_batch(store, idx))
@@ -147,8 +147,8 @@ def test_if_missing_skips_a_current_artifact(spark, world_root, trained):
 def test_torch_distributor_two_processes(spark, world_root, tmp_path, capfd):
     from camenn.checkpoint import load_artifact, resolve_artifact
     from camenn.inputs import FeatureVocab, item_only_batch
-    from camenn.training import load_item_store
     from pipeline.train import run_training
+    from pipeline.training_data import load_item_store
 
     config = tiny_config(world_root, *FAST, "training.num_processes=2", "training.num_threads=1",
                          f"training.artifact_dir={tmp_path / 'ddp-model'}")
@@ -166,7 +166,7 @@ def test_torch_distributor_two_processes(spark, world_root, tmp_path, capfd):
     assert art.metadata["table_versions"]["training_examples"] == tables.table_version(spark, config, "training_examples")
     vocab = FeatureVocab.from_dict(art.metadata["vocab"])
     v = art.metadata["table_versions"]
-    store = load_item_store(config.table("item_features"), v["item_features"], config.table("items"), v["items"],
+    store = load_item_store(spark, config.table("item_features"), v["item_features"], config.table("items"), v["items"],
                             art.metadata["encoder_fingerprint"], vocab, art.config.n_patches)
     probs = art.model.predict(item_only_batch(store, torch.arange(len(store))))
     assert all(np.isfinite(p.numpy()).all() for p in probs.values())
