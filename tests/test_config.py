@@ -36,6 +36,7 @@ def test_the_quick_demo_is_the_full_demo_on_a_smaller_world():
     # the shipped model, trained on the full world, is only valid with the same model and featurizer
     assert quick.model == full.model and quick.featurizer == full.featurizer
     assert quick.world.defects == full.world.defects
+    assert quick.scoring.thresholds == full.scoring.thresholds   # chosen for the shipped model's scores
     assert quick.world.n_items * 10 == full.world.n_items
     assert quick.training.shipped_artifact.endswith("models/demo") and full.training.shipped_artifact is None
     assert quick.data.root != full.data.root and quick.training.artifact_dir != full.training.artifact_dir
