@@ -25,7 +25,7 @@ export PYTHONUNBUFFERED := 1
 # Local runs bind to loopback: no "hostname resolves to a loopback address" warning per job.
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: setup demo demo-full ship-demo-model demo-data train evaluate promote score report test test-fast faults lint format airflow-env browser benchmark clean
+.PHONY: setup demo demo-full ship-demo-model demo-data train evaluate promote score report maintain test test-fast faults lint format airflow-env browser benchmark clean
 
 setup: $(VENV)/.installed $(RESOLVED_CONF)
 
@@ -94,6 +94,10 @@ score: setup
 
 report: setup
 	$(SPARK_SUBMIT) jobs/quality_report.py --conf $(CONF) --run-date $(RUN_DATE)
+
+# weekly upkeep of the caches the nights MERGE (the camenn_retrain DAG runs it after promote)
+maintain: setup
+	$(SPARK_SUBMIT) jobs/maintain_tables.py --conf $(CONF) $(ARGS)
 
 # Airflow pins clash with ours, so the DAG test loads the DAG in an environment of its own.
 airflow-env: .venv-airflow/.installed

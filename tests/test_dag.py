@@ -2,10 +2,10 @@
 
 Airflow's pins clash with the project's, so `make airflow-env` builds a separate venv with
 apache-airflow 3 and the Spark provider; the DagBag runs there in a subprocess and reports
-back as JSON. The run test executes both chains (retrain >> evaluate >> promote, then
+back as JSON. The run test executes both chains (retrain >> evaluate >> promote >> maintain_tables, then
 score >> report) on the tiny world: every task a real `spark-submit` of the project's job on
 local Spark, the tables real Delta tables, the registry a real MLflow store (SQLite in tmp).
-It takes a few minutes (five Spark jobs, each a JVM of its own).
+It takes a few minutes (six Spark jobs, each a JVM of its own).
 """
 
 from __future__ import annotations
@@ -66,9 +66,9 @@ def load_dag(tmp_path) -> dict:
 
 
 CHAINS = {"camenn_nightly": {"score_catalog": "quality_report"},
-          "camenn_retrain": {"train": "evaluate", "evaluate": "promote"}}
+          "camenn_retrain": {"train": "evaluate", "evaluate": "promote", "promote": "maintain_tables"}}
 SCRIPTS = {"score_catalog": "score_catalog.py", "quality_report": "quality_report.py", "train": "train.py",
-           "evaluate": "promote.py", "promote": "promote.py"}
+           "evaluate": "promote.py", "promote": "promote.py", "maintain_tables": "maintain_tables.py"}
 
 
 def test_dags_load_in_airflow_with_both_chains(tmp_path):
@@ -202,6 +202,8 @@ def test_both_chains_run_in_airflow_on_the_tiny_world(spark, tmp_path):
     assert metrics["champion.ita_acc"] == 0.5 and metrics["champion.cvr_auc"] == 0.5
     assert tags["camenn.passed"] == "true" and tags["camenn.moved"] == "true", (tags, metrics)
     assert promote.champion_version(config) == "2"
+    upkeep = tables.read_table(spark, config, "runs").where("job = 'maintain_tables'").collect()
+    assert [r["status"] for r in upkeep] == ["succeeded"], upkeep   # the caches compacted after the promotion
 
     # the nightly chain scores with the alias's version and reports
     dags_test(tmp_path, env, "camenn_nightly")

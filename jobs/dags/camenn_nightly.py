@@ -1,12 +1,14 @@
 """Airflow DAGs of CameNN: the nightly scoring chain and the weekly model chain, for the run's date.
 
     camenn_nightly   @daily          score_catalog >> quality_report
-    camenn_retrain   weekly (below)  train >> evaluate >> promote
+    camenn_retrain   weekly (below)  train >> evaluate >> promote >> maintain_tables
 
 ``train`` trains on the date's tables and registers the model as a new version (MLflow);
 ``evaluate`` measures that version and the champion on the same held-out data and records the
 figures and the gate's verdict (``jobs/promote.py --evaluate-only``); ``promote`` moves the
-champion alias when the verdict passed (``jobs/promote.py``, reusing that evaluation). The
+champion alias when the verdict passed (``jobs/promote.py``, reusing that evaluation);
+``maintain_tables`` then compacts and vacuums the caches the nights MERGE
+(``jobs/maintain_tables.py``), whatever the verdict. The
 nightly chain scores with whatever the alias names (``scoring.model_dir:
 models:/camenn@champion``), so a promotion takes effect on the next night, and a rollback
 (``jobs/promote.py --rollback``, by hand) too.
@@ -120,4 +122,7 @@ with DAG(
     evaluate = spark_job("evaluate", "promote.py", "--evaluate-only")
     promote = spark_job("promote", "promote.py")
 
-    train >> evaluate >> promote
+    # upkeep of the MERGEd caches, whether or not the candidate was promoted
+    maintain_tables = spark_job("maintain_tables", "maintain_tables.py", trigger_rule="all_done")
+
+    train >> evaluate >> promote >> maintain_tables
