@@ -179,13 +179,42 @@ class TrainingConfig(Section):
                           "featurizer settings, encoder weights and model code are this config's and code's")
 
 
+# quantiles of the held-out items' own ITA / TIA that training records in the artifact (see
+# camenn.training.held_out_metrics), for ``thresholds.mode: calibrated``
+CALIBRATION_QUANTILES = (0.01, 0.02, 0.05, 0.10)
+
+
 class ThresholdConfig(Section):
-    mode: Literal["absolute", "category_quantile"] = "absolute"
+    """When an item is flagged: ITA or TIA below a threshold.
+
+    ``absolute``: the fixed ``ita`` / ``tia``; ``category_quantile``: the ``quantile`` of the night's
+    scores in the item's category; ``calibrated``: the ``quantile`` (one of CALIBRATION_QUANTILES)
+    of the model's own held-out items, unswapped, as recorded at training, so a new model brings
+    its thresholds with it.
+    """
+
+    mode: Literal["absolute", "category_quantile", "calibrated"] = "absolute"
     ita: float = Field(0.5, ge=0, le=1)
     tia: float = Field(0.5, ge=0, le=1)
     quantile: float = Field(0.05, gt=0, lt=1)
     min_category_items: int = Field(
         50, ge=1, description="category_quantile: a category with fewer scored items uses the absolute ita/tia thresholds")
+
+    @field_validator("quantile")
+    @classmethod
+    def _recorded_quantile(cls, value: float, info) -> float:
+        if info.data.get("mode") == "calibrated" and value not in CALIBRATION_QUANTILES:
+            raise ValueError(f"calibrated thresholds are recorded at the quantiles {list(CALIBRATION_QUANTILES)}, got {value}")
+        return value
+
+    def calibrated(self, metrics: dict, model: str) -> ThresholdConfig:
+        """The absolute thresholds of mode ``calibrated`` from a model's held-out metrics (its artifact's ``metrics``)."""
+        key = f"q{round(self.quantile * 100):02d}"
+        found = {task: metrics.get(f"{task}_clean_{key}") for task in ("ita", "tia")}
+        if any(v is None for v in found.values()):
+            raise ValueError(f"model {model} records no held-out {key} of ITA/TIA (trained before calibration, or "
+                             "without alignment tasks): retrain it, or use scoring.thresholds.mode absolute")
+        return ThresholdConfig(mode="absolute", ita=float(found["ita"]), tia=float(found["tia"]))
 
 
 class ScoringConfig(Section):

@@ -44,6 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from camenn.chunks import Chunk, ChunkCache, Examples, batch_stream, home_stream, load_chunk, rank_chunks
+from camenn.config import CALIBRATION_QUANTILES
 from camenn.inputs import ITEM_FEATURES, FeatureVocab, ItemStore, full_batch
 from camenn.logs import setup_logging
 from camenn.losses import derangement, hard_donors, make_alignment_examples, multitask_loss, twin_key
@@ -295,6 +296,15 @@ class BinnedAUC:
     def auc(self) -> float:
         neg, pos = self.counts  # counts[0]: negatives, counts[1]: positives, per bin in increasing score order
         return auc_from_counts(pos, neg)
+
+    def quantile(self, q: float, label: int = 1) -> float:
+        """The score below which a share ``q`` of the ``label`` rows fall (to a bin's width)."""
+        counts = self.counts[label]
+        total = counts.sum()
+        if total == 0:
+            return float("nan")
+        k = int(np.searchsorted(np.cumsum(counts), q * total))   # the first bin reaching the share
+        return float(min(1.0, (k + 1) / counts.shape[0]))
 
     def accuracy(self, threshold: float = 0.5) -> float:
         cut = int(threshold * self.counts.shape[1])
@@ -609,6 +619,9 @@ def held_out_metrics(model: CameNN, cache: ChunkCache, chunks: list[int], batch_
         hist.all_reduce(dist_info)
         if hist.n:   # a catalogue with one item per category has no same-category pair
             metrics.update({f"{task}_acc": hist.accuracy(), f"{task}_auc": hist.auc()})
+    for task in tasks:   # the held-out items as they are: what thresholds.mode "calibrated" flags below
+        if align[task].n:
+            metrics.update({f"{task}_clean_q{round(q * 100):02d}": align[task].quantile(q) for q in CALIBRATION_QUANTILES})
     if align:
         n = _all_reduce([float(n_items), float(n_hard)], "sum", dist_info)
         metrics["n_items"], metrics["n_items_hard"] = int(n[0]), int(n[1])

@@ -102,6 +102,7 @@ class ScoreRun:
     quarantined: dict[str, dict[str, int]] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)   # stage -> why it did not run
+    thresholds: dict = field(default_factory=dict)          # the alignment thresholds the night flagged with
 
     def summary(self) -> str:
         c = self.counts
@@ -184,12 +185,22 @@ def load_model(config: AppConfig):
 # ------------------------------------------------------------------------ alignment
 
 
+def run_thresholds(thresholds: ThresholdConfig, model) -> ThresholdConfig:
+    """The night's thresholds: mode ``calibrated`` becomes the model's recorded held-out quantiles (absolute)."""
+    if thresholds.mode != "calibrated":
+        return thresholds
+    resolved = thresholds.calibrated(model.metadata.get("metrics") or {}, model.version)
+    _say(f"    thresholds: the {thresholds.quantile:.0%} quantile of model {model.version}'s held-out items: "
+         f"ita {resolved.ita:.4f}, tia {resolved.tia:.4f}")
+    return resolved
+
+
 def alignment_flags(scores: DataFrame, thresholds: ThresholdConfig) -> DataFrame:
     """scores (item_id, category, p_ita, p_tia, ...) + flag, suspect_side (text, image, both) and reason."""
     ita_abs, tia_abs = F.lit(float(thresholds.ita)), F.lit(float(thresholds.tia))
     if thresholds.mode == "absolute":
         scored = scores.withColumn("_ita_thr", ita_abs).withColumn("_tia_thr", tia_abs)
-    elif thresholds.mode == "category_quantile":
+    elif thresholds.mode == "category_quantile":   # ("calibrated" is resolved to absolute by run_thresholds)
         q = float(thresholds.quantile)
         per_category = (scores.groupBy("category").agg(
             F.count(F.lit(1)).alias("_n"),
@@ -227,7 +238,8 @@ def score_alignment(spark: SparkSession, config: AppConfig, model, outputs: Data
     scores = outputs.select("item_id", "merchant_id", "category", "p_ita", "p_tia")
     totals = scores.agg(F.count(F.lit(1)).alias("n"), F.sum(F.when(_not_finite("p_ita", "p_tia"), 1).otherwise(0)).alias("bad")).first()
     check_finite_share("item alignment", int(totals["bad"] or 0), int(totals["n"]), sc.max_not_finite_share, model.version)
-    flagged = alignment_flags(scores.where(~_not_finite("p_ita", "p_tia")), sc.thresholds).persist(StorageLevel.MEMORY_AND_DISK)
+    thresholds = run_thresholds(sc.thresholds, model)
+    flagged = alignment_flags(scores.where(~_not_finite("p_ita", "p_tia")), thresholds).persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(flagged)
     rows = flagged.select(F.lit(run_date).alias("run_date"), "item_id", "merchant_id", "category", "p_ita", "p_tia",
                           "flag", "reason", F.lit(model.version).alias("model_version"), "suspect_side")
@@ -237,7 +249,7 @@ def score_alignment(spark: SparkSession, config: AppConfig, model, outputs: Data
     n_bad = int(totals["bad"] or 0)
     quarantine = tables.quarantine_rows(bad, run_date=run_date, job=JOB, source="item_alignment", key_col="item_id",
                                         payload_cols=["merchant_id", "category", "p_ita", "p_tia"])
-    return {"rows": rows, "scored": sum(by_reason.values()), "not_finite": n_bad,
+    return {"rows": rows, "scored": sum(by_reason.values()), "not_finite": n_bad, "thresholds": thresholds.model_dump(),
             "flagged": {reason: by_reason.get(reason, 0) for reason in FLAG_REASONS}, "quarantine": quarantine}
 
 
@@ -475,7 +487,7 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
             align = score_alignment(spark, config, model, outputs, run_date, persisted)
             result.counts.update(items_scored=align["scored"], items_not_finite=align["not_finite"],
                                  flagged=sum(align["flagged"].values()))
-            result.flagged = align["flagged"]
+            result.flagged, result.thresholds = align["flagged"], align["thresholds"]
             writes["item_alignment"] = align["rows"]
             quarantine = quarantine.unionByName(align["quarantine"])
             _say(f"    {align['scored']} items scored, {result.counts['flagged']} flagged")
@@ -544,11 +556,12 @@ def _write_run(spark: SparkSession, config: AppConfig, result: ScoreRun, started
                       model_version=result.model_version, started_at=started, status=result.status,
                       counts=result.counts, timings=result.timings, error=error,
                       details={"flagged": result.flagged, "quarantined": result.quarantined, "outputs": result.outputs,
-                               "skipped": result.skipped,
+                               "skipped": result.skipped, "thresholds": result.thresholds,
                                "config": config.source, "model_dir": config.model_dir,
                                "registered_version": config.scoring.registered_version})
 
 
 __all__ = ["run", "ScoreRun", "MissingInput", "NotFiniteScores", "check_finite_share", "check_inputs", "cvr_skip_reason",
+           "run_thresholds",
            "alignment_flags", "checked_candidates", "behaviour_inputs", "scorable_pairs", "score_alignment",
            "score_cvr", "JOB", "FLAG_REASONS"]

@@ -347,6 +347,8 @@ def test_end_to_end_outputs_and_counts(spark, world, first_run):
     assert row.counts["cvr_scored"] == c["cvr_scored"] and row.counts["items_encoded"] == N_CLEAN
     assert {"features", "alignment", "cvr", "total"} <= set(row.timings)
     assert json.loads(row.details)["flagged"] == result.flagged
+    used = json.loads(row.details)["thresholds"]   # what the night flagged with, recorded
+    assert (used["mode"], used["ita"], used["tia"]) == ("absolute", 0.5, 0.5)
     for name in ("item_alignment", "cvr_scores", "quarantine"):   # every output row names the run that wrote it
         assert {r.run_id for r in tables.read_table(spark, config, name).where(F.col("run_date") == F.lit(RUN))
                 .select("run_id").distinct().collect()} == {result.run_id}, name

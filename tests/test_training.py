@@ -301,3 +301,26 @@ def test_binned_auc_matches_sklearn_and_adds_up_across_processes():
     assert np.array_equal(halves[0].counts + halves[1].counts, whole.counts)  # what all_reduce sums
     assert abs(whole.accuracy() - float(((p >= 0.5) == (y == 1)).mean())) < 1e-3
     assert np.isnan(BinnedAUC().auc())
+    for q in (0.01, 0.05, 0.1):   # the calibrated thresholds: a share q of the positives scores below
+        t = whole.quantile(q)
+        assert abs(float((p[y == 1] < t).mean()) - q) < 1e-3 and abs(t - np.quantile(p[y == 1], q)) < 1e-3
+
+
+def test_calibrated_thresholds_come_from_the_artifact(trained):
+    """Training records quantiles of its held-out items' own ITA/TIA; mode calibrated flags below them."""
+    import pytest
+
+    from camenn.checkpoint import load_artifact
+    from camenn.config import CALIBRATION_QUANTILES, ThresholdConfig
+
+    config, result = trained
+    metrics = load_artifact(result.artifact).metadata["metrics"]
+    for task in ("ita", "tia"):
+        values = [metrics[f"{task}_clean_q{round(q * 100):02d}"] for q in CALIBRATION_QUANTILES]
+        assert all(0.0 < v <= 1.0 for v in values) and values == sorted(values), (task, values)
+    resolved = ThresholdConfig(mode="calibrated", quantile=0.05).calibrated(metrics, "m1")
+    assert (resolved.mode, resolved.ita, resolved.tia) == ("absolute", metrics["ita_clean_q05"], metrics["tia_clean_q05"])
+    with pytest.raises(ValueError, match="records no held-out q05"):
+        ThresholdConfig(mode="calibrated").calibrated({"ita_acc": 0.9}, "old-model")
+    with pytest.raises(ValueError, match="recorded at the quantiles"):
+        ThresholdConfig(mode="calibrated", quantile=0.03)
