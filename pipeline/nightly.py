@@ -249,7 +249,9 @@ def score_alignment(spark: SparkSession, config: AppConfig, model, outputs: Data
     n_bad = int(totals["bad"] or 0)
     quarantine = tables.quarantine_rows(bad, run_date=run_date, job=JOB, source="item_alignment", key_col="item_id",
                                         payload_cols=["merchant_id", "category", "p_ita", "p_tia"])
-    return {"rows": rows, "scored": sum(by_reason.values()), "not_finite": n_bad, "thresholds": thresholds.model_dump(),
+    # as configured (mode, quantile) with the values applied (a calibrated mode's come from the model)
+    used = {**thresholds.model_dump(), "mode": sc.thresholds.mode, "quantile": sc.thresholds.quantile}
+    return {"rows": rows, "scored": sum(by_reason.values()), "not_finite": n_bad, "thresholds": used,
             "flagged": {reason: by_reason.get(reason, 0) for reason in FLAG_REASONS}, "quarantine": quarantine}
 
 
