@@ -591,6 +591,9 @@ def held_out_metrics(model: CameNN, cache: ChunkCache, chunks: list[int], batch_
                      dist_info: _Dist) -> dict:
     """CVR AUC on the test split and ITA/TIA accuracy and AUC on held-out home items, over every rank's chunks.
 
+    Also the 1/2/5/10% quantiles of the held-out items' own ITA and TIA (``ita_clean_q05``, ...):
+    the thresholds of ``scoring.thresholds.mode: calibrated`` (camenn.config.ThresholdConfig).
+
     Each process scores its own chunks and only histograms and counts are reduced: no process
     ever holds the test set's scores.
     """
