@@ -207,8 +207,11 @@ class ThresholdConfig(Section):
             raise ValueError(f"calibrated thresholds are recorded at the quantiles {list(CALIBRATION_QUANTILES)}, got {value}")
         return value
 
-    def calibrated(self, metrics: dict, model: str) -> ThresholdConfig:
-        """The absolute thresholds of mode ``calibrated`` from a model's held-out metrics (its artifact's ``metrics``)."""
+    def for_model(self, metrics: dict, model: str) -> ThresholdConfig:
+        """These thresholds for one model: mode ``calibrated`` becomes absolute ones from the model's
+        held-out metrics (its artifact's ``metrics``); the other modes are returned as they are."""
+        if self.mode != "calibrated":
+            return self
         key = f"q{round(self.quantile * 100):02d}"
         found = {task: metrics.get(f"{task}_clean_{key}") for task in ("ita", "tia")}
         if any(v is None for v in found.values()):

@@ -187,11 +187,10 @@ def load_model(config: AppConfig):
 
 def run_thresholds(thresholds: ThresholdConfig, model) -> ThresholdConfig:
     """The night's thresholds: mode ``calibrated`` becomes the model's recorded held-out quantiles (absolute)."""
-    if thresholds.mode != "calibrated":
-        return thresholds
-    resolved = thresholds.calibrated(model.metadata.get("metrics") or {}, model.version)
-    _say(f"    thresholds: the {thresholds.quantile:.0%} quantile of model {model.version}'s held-out items: "
-         f"ita {resolved.ita:.4f}, tia {resolved.tia:.4f}")
+    resolved = thresholds.for_model(model.metadata.get("metrics") or {}, model.version)
+    if resolved is not thresholds:
+        _say(f"    thresholds: the {thresholds.quantile:.0%} quantile of model {model.version}'s held-out items: "
+             f"ita {resolved.ita:.4f}, tia {resolved.tia:.4f}")
     return resolved
 
 

@@ -396,9 +396,7 @@ def run_evaluation(spark, config: AppConfig, *, out_dir: str | None = None, vari
         truth = _truth_items(spark, config)
         split = config.training.split
         if truth is not None:
-            thresholds = config.scoring.thresholds
-            if thresholds.mode == "calibrated":
-                thresholds = thresholds.calibrated(art.metadata.get("metrics") or {}, art.version)
+            thresholds = config.scoring.thresholds.for_model(art.metadata.get("metrics") or {}, art.version)
             metrics["mislabel"] = ev.mislabel_detection(art.model, store, truth, thresholds,
                                                         split.test_fraction, split.valid_fraction, split.seed)
         before = artifacts.get("CameNN w/o ITA+TIA")

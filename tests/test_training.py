@@ -318,9 +318,11 @@ def test_calibrated_thresholds_come_from_the_artifact(trained):
     for task in ("ita", "tia"):
         values = [metrics[f"{task}_clean_q{round(q * 100):02d}"] for q in CALIBRATION_QUANTILES]
         assert all(0.0 < v <= 1.0 for v in values) and values == sorted(values), (task, values)
-    resolved = ThresholdConfig(mode="calibrated", quantile=0.05).calibrated(metrics, "m1")
+    resolved = ThresholdConfig(mode="calibrated", quantile=0.05).for_model(metrics, "m1")
     assert (resolved.mode, resolved.ita, resolved.tia) == ("absolute", metrics["ita_clean_q05"], metrics["tia_clean_q05"])
+    absolute = ThresholdConfig(ita=0.8, tia=0.8)
+    assert absolute.for_model(metrics, "m1") is absolute   # the other modes do not read the model
     with pytest.raises(ValueError, match="records no held-out q05"):
-        ThresholdConfig(mode="calibrated").calibrated({"ita_acc": 0.9}, "old-model")
+        ThresholdConfig(mode="calibrated").for_model({"ita_acc": 0.9}, "old-model")
     with pytest.raises(ValueError, match="recorded at the quantiles"):
         ThresholdConfig(mode="calibrated", quantile=0.03)
