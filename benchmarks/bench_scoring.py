@@ -87,7 +87,8 @@ def parse_args(argv=None):
                         "in the same number of Spark partitions), so a small world still gives seconds to measure")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.add_argument("--throughput-only", action="store_true",
-                   help="skip the full and incremental runs (2.-4. only; needs a scored world under --root)")
+                   help="skip the full and incremental runs (2.-4. only; needs a world with cached features under --root, "
+                        "e.g. a copy of data/demo-full's tables: a night fills the model cache first when it is not this model's)")
     p.add_argument("--event-log", default=None, metavar="DIR",
                    help="also write Spark's event log (plain JSON) under DIR, for benchmarks/profile_event_log.py")
     p.add_argument("--nights-only", action="store_true",
@@ -111,6 +112,20 @@ def ensure_model(spark, config, root: Path):
     config = save_untrained_model(config, root / "artifacts" / "untrained-model", table_vocab(spark, config),
                                   *encoder_dims(fcfg), feature_cache.featurizer_fingerprint(fcfg))
     return config, "untrained CameNN of the configured size"
+
+
+def cached_outputs_of(spark, config) -> bool:
+    """Whether item_model_outputs holds rows of the config's model (what 2.-4. read)."""
+    from pyspark.sql import functions as F
+
+    from camenn.predictor import Predictor
+    from pipeline import model_cache, tables
+
+    path = config.table(model_cache.TABLE)
+    if not tables._is_delta(spark, path):
+        return False
+    version = Predictor.load(config.model_dir).version
+    return spark.read.format("delta").load(path).where(F.col("model_version") == version).limit(1).count() > 0
 
 
 def spark_timed(spark, label: str, action) -> tuple[float, list[int]]:
@@ -144,6 +159,14 @@ def ids_only(batches):
 
     for pdf in batches:
         yield pd.DataFrame({"id": pdf.iloc[:, 0].to_numpy()})
+
+
+def arrow_ids_only(batches):
+    """ids_only for mapInArrow (the item pass is an Arrow function)."""
+    import pyarrow as pa
+
+    for batch in batches:
+        yield pa.record_batch([batch.column(0).cast(pa.string())], names=["id"])
 
 
 def filled(partitions: int, cores: int) -> int:
@@ -218,6 +241,11 @@ def main(argv=None) -> int:
         _, figures["world_seconds"] = timed(lambda: write_world(spark, config))
     config, figures["model"] = ensure_model(spark, config, root)
     run_date = config.world.run_date
+    if args.throughput_only and not cached_outputs_of(spark, config):
+        # a world copied in with its features (say, a demo world's) but not yet scored by this
+        # model: one night fills the model cache (no encoding: the features are cached), untimed
+        say("no cached item outputs of this model: one night first (untimed)", t0)
+        print(nightly.run(spark, config, run_date).summary(), flush=True)
 
     # 1. a full night from empty caches, then a rerun after `changed` of the items changed
     if not args.throughput_only:
@@ -273,11 +301,11 @@ def main(argv=None) -> int:
     figures["item_pass_input_partitions"] = todo.rdd.getNumPartitions()
     figures["item_repeat"] = args.item_repeat
     udf = item_outputs_fn(config.model_dir, model.version, sc.batch_size, sc.autocast)
-    item_runs = [spark_timed(spark, "bench: item pass", noop(todo.mapInPandas(udf, ITEM_OUTPUTS_SCHEMA))) for _ in range(2)]
+    item_runs = [spark_timed(spark, "bench: item pass", noop(todo.mapInArrow(udf, ITEM_OUTPUTS_SCHEMA))) for _ in range(2)]
     say(f"item pass, Spark ({figures['item_pass_input_partitions']} input partitions): "
         + ", ".join(f"{s:.1f} s" for s, _ in item_runs), t0)
     # its parts: the same rows only moved to the Python workers and back (no model), and read in the JVM only
-    item_transfer = [spark_timed(spark, "bench: item rows to Python", noop(todo.mapInPandas(ids_only, "id string")))[0]
+    item_transfer = [spark_timed(spark, "bench: item rows to Python", noop(todo.mapInArrow(arrow_ids_only, "id string")))[0]
                      for _ in range(2)]
     item_jvm = [spark_timed(spark, "bench: item rows in the JVM", noop(todo.select(F.length("text_emb"))))[0] for _ in range(2)]
     say(f"item rows to Python and back (no model): {item_transfer[-1]:.1f} s; read in the JVM only: {item_jvm[-1]:.1f} s", t0)
@@ -287,7 +315,7 @@ def main(argv=None) -> int:
         # the cause, measured: the same rows in a whole number of waves (7 tasks on 2 cores leave
         # one core idle in the last wave; a catalogue-sized stage has thousands of tasks)
         spread_df = todo.repartition(spread_parts).localCheckpoint()
-        spread = [spark_timed(spark, "bench: item pass, repartitioned", noop(spread_df.mapInPandas(udf, ITEM_OUTPUTS_SCHEMA)))
+        spread = [spark_timed(spark, "bench: item pass, repartitioned", noop(spread_df.mapInArrow(udf, ITEM_OUTPUTS_SCHEMA)))
                   for _ in range(2)]
         say(f"item pass, Spark, repartitioned to {spread_parts}: " + ", ".join(f"{s:.1f} s" for s, _ in spread), t0)
 

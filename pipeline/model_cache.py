@@ -80,8 +80,8 @@ def refresh(spark: SparkSession, config: AppConfig, model, valid: DataFrame, blo
             stale = F.broadcast(stale)
         todo = blobs.join(stale, ["item_id", "content_hash"], "inner").select(*ITEM_OUTPUTS_INPUT)
         spark.sparkContext.setJobDescription(f"model cache: item pass over {n_stale} new or changed items ({run_date})")
-        outputs = (todo.mapInPandas(item_outputs_fn(config.model_dir, model.version, sc.batch_size, sc.autocast),
-                                    ITEM_OUTPUTS_SCHEMA)
+        outputs = (todo.mapInArrow(item_outputs_fn(config.model_dir, model.version, sc.batch_size, sc.autocast),
+                                   ITEM_OUTPUTS_SCHEMA)
                    .withColumn("model_version", F.lit(model.version)).withColumn("updated_at", F.current_timestamp()))
         _merge(spark, config, outputs)
     return CacheStats(valid=n_valid, scored=n_stale, reused=n_valid - n_stale, seconds=time.perf_counter() - t0).check()

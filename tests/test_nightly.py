@@ -230,6 +230,23 @@ def test_user_frames_hold_enough_candidates_and_every_user_once():
     assert users == [u for b in batches for u in b["user_id"]]   # every user once, in order
 
 
+@pytest.mark.parametrize("kind", ["binary", "large_binary"])
+def test_binary_views_read_each_value_in_place_with_nulls_and_slices(kind):
+    import numpy as np
+    import pyarrow as pa
+
+    from udfs.predict import binary_views
+
+    values = [np.arange(n, dtype=np.float16).tobytes() for n in (3, 0, 5)] + [None, b"\x01\x02"]
+    column = pa.array(values, getattr(pa, kind)())
+    assert [None if v is None else bytes(v) for v in binary_views(column)] == values
+    # a slice keeps the parent's buffers with an offset: the views must start at the slice
+    assert [None if v is None else bytes(v) for v in binary_views(column.slice(2, 3))] == values[2:]
+    assert binary_views(pa.chunked_array([column[:2], column[2:]]))[2].tobytes() == values[2]
+    assert np.frombuffer(binary_views(column)[2], dtype=np.float16).tolist() == list(range(5))
+    assert binary_views(pa.array([], pa.binary())) == []
+
+
 def test_scoring_model_is_the_model(tmp_path):
     """Predictor gives model.predict's numbers, whatever the batch size and padding."""
     from camenn.checkpoint import save_artifact
