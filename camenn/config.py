@@ -150,6 +150,9 @@ class TrainingConfig(Section):
     contrastive_weight: float = Field(
         0.0, ge=0, description="weight of an InfoNCE loss between the pooled projected text and image of the "
                                "alignment batch's items, before fusion; 0 = none")
+    alignment_class_balance: bool = Field(
+        False, description="weigh the positive and negative alignment examples half each (they come 3 to 1); "
+                           "the held-out accuracy and the flags ask about a 1:1 split")
     split: SplitConfig = SplitConfig()
     seeds: list[int] = [0, 1, 2]
     num_processes: int = Field(1, ge=1, description="TorchDistributor processes; 1 = train in the driver")

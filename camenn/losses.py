@@ -13,6 +13,7 @@ def multitask_loss(
     labels: dict[str, torch.Tensor],
     label_mask: dict[str, torch.Tensor],
     weights: dict[str, float] | None = None,
+    balanced: tuple[str, ...] = (),
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of per-task BCE-with-logits, each averaged over its labelled rows.
 
@@ -22,6 +23,10 @@ def multitask_loss(
     whose mask is all False in this batch (a CVR task in an item-only alignment batch), adds 0
     and gets zero gradient, never NaN.
     weights: task -> weight; a task missing from it weighs 1.0.
+    balanced: tasks whose positive and negative rows weigh half the loss each, whatever their
+    counts (the mean of the two classes' mean BCE). The alignment examples are 3 positives to
+    1 negative per task (``make_alignment_examples``), so without it the model learns that
+    prior, while the held-out accuracy and the nightly flags ask about a 1:1 split.
     Returns (total, per_task) with per_task detached, for logging.
     """
     weights = weights or {}
@@ -41,7 +46,12 @@ def multitask_loss(
             z = torch.where(m, z.float(), torch.zeros_like(z, dtype=torch.float32))  # (B,)
             y = torch.where(m, y, torch.zeros_like(y))  # (B,)
             bce = F.binary_cross_entropy_with_logits(z, y, reduction="none")  # (B,)
-            loss = (bce * m).sum() / m.sum().clamp_min(1)
+            if task in balanced:
+                pos = m & (y > 0.5)  # (B,)
+                neg = m & ~pos  # (B,)
+                loss = 0.5 * ((bce * pos).sum() / pos.sum().clamp_min(1) + (bce * neg).sum() / neg.sum().clamp_min(1))
+            else:
+                loss = (bce * m).sum() / m.sum().clamp_min(1)
         else:
             loss = z.sum() * 0.0  # keeps the graph (and DDP's unused-parameter check) happy
         per_task[task] = loss.detach()

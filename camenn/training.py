@@ -458,7 +458,8 @@ def train_step(step_module: nn.Module, opt: torch.optim.Optimizer, full: CameNNB
                cvr_labels: torch.Tensor | None,
                align: CameNNBatch | None, align_labels: dict | None, align_mask: dict | None,
                weights: dict[str, float], amp_dtype: torch.dtype | None = None,
-               scaler: torch.amp.GradScaler | None = None, n_real: int = 0) -> tuple[torch.Tensor, dict]:
+               scaler: torch.amp.GradScaler | None = None, n_real: int = 0,
+               balanced: tuple[str, ...] = ()) -> tuple[torch.Tensor, dict]:
     """One optimiser step on a full batch plus its item-only alignment batch; returns (loss, per-task losses).
 
     ``full`` (and ``cvr_labels``) is None in alignment-only training: the step is the item-only batch.
@@ -481,7 +482,7 @@ def train_step(step_module: nn.Module, opt: torch.optim.Optimizer, full: CameNNB
         loss_a, per_a = multitask_loss({k: v for k, v in out_align.items()
                                         if k not in NON_TASK_OUTPUTS and k not in STEP_EXTRA_OUTPUTS},
                                        {k: v.to(device) for k, v in align_labels.items()},
-                                       {k: v.to(device) for k, v in align_mask.items()}, weights)
+                                       {k: v.to(device) for k, v in align_mask.items()}, weights, balanced)
         loss = loss + loss_a
         per = {**per, **{k: per_a[k] for k in ("ita", "tia") if k in per_a}}
         if "contrastive_loss" in out_align:
@@ -538,6 +539,11 @@ def _loss_weights(spec: dict) -> dict[str, float]:
     return {k: float(v) for k, v in spec["training"].get("task_weights", {}).items()}
 
 
+def _balanced_tasks(spec: dict) -> tuple[str, ...]:
+    """The alignment tasks whose two classes weigh half each (training.alignment_class_balance)."""
+    return ("ita", "tia") if spec["training"].get("alignment_class_balance") else ()
+
+
 @torch.no_grad()
 def validation_loss(model: CameNN, cache: ChunkCache, chunks: list[int], spec: dict, device,
                     dist_info: _Dist) -> dict[str, float]:
@@ -571,7 +577,8 @@ def validation_loss(model: CameNN, cache: ChunkCache, chunks: list[int], spec: d
                 batch, labels, mask = alignment_batch(store, rows, g, **alignment_options(spec["training"]))
                 out = model(batch.to(device), tuple(align_tasks))
                 for t in align_tasks:
-                    _, per = multitask_loss({t: out[t]}, {t: labels[t].to(device)}, {t: mask[t].to(device)})
+                    _, per = multitask_loss({t: out[t]}, {t: labels[t].to(device)}, {t: mask[t].to(device)},
+                                            balanced=_balanced_tasks(spec))
                     n = float(mask[t].sum())
                     sums[t] += float(per[t]) * n
                     counts[t] += n
@@ -755,7 +762,8 @@ def train_fn(spec: dict) -> dict:
                     align = align.to(device)
                 n_real = len(rows) if align_only else (len(pick) if align is not None else 0)
                 loss, per = train_step(step_module, opt, full, ex.label if ex is not None else None, align, labels,
-                                       amask, weights, amp_dtype, scaler, n_real=n_real)
+                                       amask, weights, amp_dtype, scaler, n_real=n_real,
+                                       balanced=_balanced_tasks(spec))
                 schedule.step()
                 running += (float(loss.detach()) - running) / (step + 1)
                 if is_main and (step % 10 == 0 or step == n_steps - 1):

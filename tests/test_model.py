@@ -383,6 +383,21 @@ def test_multitask_loss_masks_rows_and_never_nans():
     assert torch.equal(logits["ita"].grad, torch.zeros(3))
 
 
+def test_balanced_tasks_weigh_each_class_half_whatever_their_counts():
+    # the alignment examples' prior: 3 positives (one masked out) to 1 negative
+    z = torch.tensor([2.0, 1.0, -0.5, 0.3, 7.0])
+    y = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0])
+    m = torch.tensor([True, True, True, True, False])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none")
+    _, plain = multitask_loss({"tia": z}, {"tia": y}, {"tia": m})
+    _, balanced = multitask_loss({"tia": z}, {"tia": y}, {"tia": m}, balanced=("tia",))
+    torch.testing.assert_close(plain["tia"], bce[:4].mean())
+    torch.testing.assert_close(balanced["tia"], 0.5 * (bce[:3].mean() + bce[3]))
+    # a batch with one class only: that class alone, never a division by zero
+    _, one = multitask_loss({"tia": z[:3]}, {"tia": y[:3]}, {"tia": m[:3]}, balanced=("tia",))
+    torch.testing.assert_close(one["tia"], 0.5 * bce[:3].mean())
+
+
 def test_derangement_has_no_fixed_point():
     gen = torch.Generator().manual_seed(0)
     for n in (2, 3, 17):
