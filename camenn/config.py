@@ -150,9 +150,11 @@ class TrainingConfig(Section):
     contrastive_weight: float = Field(
         0.0, ge=0, description="weight of an InfoNCE loss between the pooled projected text and image of the "
                                "alignment batch's items, before fusion; 0 = none")
-    alignment_class_balance: bool = Field(
-        False, description="weigh the positive and negative alignment examples half each (they come 3 to 1); "
-                           "the held-out accuracy and the flags ask about a 1:1 split")
+    alignment_balance: Literal["none", "weights", "logit_adjustment"] = Field(
+        "none", description="the alignment examples come 3 positives to 1 negative per task, the held-out accuracy "
+                            "and the flags ask about a 1:1 split. weights: each class weighs half the loss; "
+                            "logit_adjustment: the loss adds the batch's log prior odds to the logit, so the "
+                            "model's own probability is for a 1:1 prior (camenn.losses.multitask_loss)")
     split: SplitConfig = SplitConfig()
     seeds: list[int] = [0, 1, 2]
     num_processes: int = Field(1, ge=1, description="TorchDistributor processes; 1 = train in the driver")

@@ -14,6 +14,7 @@ def multitask_loss(
     label_mask: dict[str, torch.Tensor],
     weights: dict[str, float] | None = None,
     balanced: tuple[str, ...] = (),
+    logit_adjusted: tuple[str, ...] = (),
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of per-task BCE-with-logits, each averaged over its labelled rows.
 
@@ -23,10 +24,14 @@ def multitask_loss(
     whose mask is all False in this batch (a CVR task in an item-only alignment batch), adds 0
     and gets zero gradient, never NaN.
     weights: task -> weight; a task missing from it weighs 1.0.
-    balanced: tasks whose positive and negative rows weigh half the loss each, whatever their
-    counts (the mean of the two classes' mean BCE). The alignment examples are 3 positives to
-    1 negative per task (``make_alignment_examples``), so without it the model learns that
-    prior, while the held-out accuracy and the nightly flags ask about a 1:1 split.
+    balanced / logit_adjusted: two ways to train a task for a 1:1 prior when its labelled rows
+    come in another ratio. The alignment examples are 3 positives to 1 negative per task
+    (``make_alignment_examples``), so a plain BCE learns that prior, while the held-out accuracy
+    and the nightly flags ask about a 1:1 split. ``balanced``: the positive and the negative rows
+    weigh half the loss each (the mean of the two classes' mean BCE), which reweights the
+    gradients. ``logit_adjusted``: the loss sees the logit plus log(positives / negatives) of
+    the batch, and the model's own logit is left to learn the 1:1 log-odds (logit adjustment,
+    Menon et al. 2021); the gradients keep the plain loss's weighting.
     Returns (total, per_task) with per_task detached, for logging.
     """
     weights = weights or {}
@@ -45,6 +50,11 @@ def multitask_loss(
             # logit there (0 * NaN = NaN) must poison neither the loss nor the gradient
             z = torch.where(m, z.float(), torch.zeros_like(z, dtype=torch.float32))  # (B,)
             y = torch.where(m, y, torch.zeros_like(y))  # (B,)
+            if task in logit_adjusted:
+                n_pos = (m & (y > 0.5)).sum()
+                n_neg = m.sum() - n_pos
+                if n_pos > 0 and n_neg > 0:
+                    z = z + torch.log(n_pos.float() / n_neg.float())  # (B,) the batch's prior, added back for the loss
             bce = F.binary_cross_entropy_with_logits(z, y, reduction="none")  # (B,)
             if task in balanced:
                 pos = m & (y > 0.5)  # (B,)

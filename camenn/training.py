@@ -459,7 +459,7 @@ def train_step(step_module: nn.Module, opt: torch.optim.Optimizer, full: CameNNB
                align: CameNNBatch | None, align_labels: dict | None, align_mask: dict | None,
                weights: dict[str, float], amp_dtype: torch.dtype | None = None,
                scaler: torch.amp.GradScaler | None = None, n_real: int = 0,
-               balanced: tuple[str, ...] = ()) -> tuple[torch.Tensor, dict]:
+               balance: dict | None = None) -> tuple[torch.Tensor, dict]:
     """One optimiser step on a full batch plus its item-only alignment batch; returns (loss, per-task losses).
 
     ``full`` (and ``cvr_labels``) is None in alignment-only training: the step is the item-only batch.
@@ -467,7 +467,8 @@ def train_step(step_module: nn.Module, opt: torch.optim.Optimizer, full: CameNNB
     The forward pass runs under autocast when ``amp_dtype`` is set (CUDA in training; the test
     runs it on CPU); the loss is computed in fp32 (multitask_loss upcasts the logits). With noisy
     top-k gates the loss also holds ``gate_balance_weight`` x the gates' load-balancing loss of
-    both passes, and the per-task losses a "gate_aux" entry (that unweighted sum).
+    both passes, and the per-task losses a "gate_aux" entry (that unweighted sum). ``balance``:
+    multitask_loss's prior correction of the alignment tasks (``_balance``), empty for none.
     """
     device = (full if full is not None else align).target.text.device
     cfg = getattr(step_module, "module", step_module).model.cfg  # a _MixedStep, or DDP around one
@@ -482,7 +483,7 @@ def train_step(step_module: nn.Module, opt: torch.optim.Optimizer, full: CameNNB
         loss_a, per_a = multitask_loss({k: v for k, v in out_align.items()
                                         if k not in NON_TASK_OUTPUTS and k not in STEP_EXTRA_OUTPUTS},
                                        {k: v.to(device) for k, v in align_labels.items()},
-                                       {k: v.to(device) for k, v in align_mask.items()}, weights, balanced)
+                                       {k: v.to(device) for k, v in align_mask.items()}, weights, **(balance or {}))
         loss = loss + loss_a
         per = {**per, **{k: per_a[k] for k in ("ita", "tia") if k in per_a}}
         if "contrastive_loss" in out_align:
@@ -539,9 +540,11 @@ def _loss_weights(spec: dict) -> dict[str, float]:
     return {k: float(v) for k, v in spec["training"].get("task_weights", {}).items()}
 
 
-def _balanced_tasks(spec: dict) -> tuple[str, ...]:
-    """The alignment tasks whose two classes weigh half each (training.alignment_class_balance)."""
-    return ("ita", "tia") if spec["training"].get("alignment_class_balance") else ()
+def _balance(spec: dict) -> dict[str, tuple[str, ...]]:
+    """multitask_loss's prior correction of the alignment tasks (training.alignment_balance), as keywords."""
+    kind = spec["training"].get("alignment_balance", "none")
+    return {"balanced": ("ita", "tia")} if kind == "weights" else \
+        {"logit_adjusted": ("ita", "tia")} if kind == "logit_adjustment" else {}
 
 
 @torch.no_grad()
@@ -578,7 +581,7 @@ def validation_loss(model: CameNN, cache: ChunkCache, chunks: list[int], spec: d
                 out = model(batch.to(device), tuple(align_tasks))
                 for t in align_tasks:
                     _, per = multitask_loss({t: out[t]}, {t: labels[t].to(device)}, {t: mask[t].to(device)},
-                                            balanced=_balanced_tasks(spec))
+                                            **_balance(spec))
                     n = float(mask[t].sum())
                     sums[t] += float(per[t]) * n
                     counts[t] += n
@@ -762,8 +765,7 @@ def train_fn(spec: dict) -> dict:
                     align = align.to(device)
                 n_real = len(rows) if align_only else (len(pick) if align is not None else 0)
                 loss, per = train_step(step_module, opt, full, ex.label if ex is not None else None, align, labels,
-                                       amask, weights, amp_dtype, scaler, n_real=n_real,
-                                       balanced=_balanced_tasks(spec))
+                                       amask, weights, amp_dtype, scaler, n_real=n_real, balance=_balance(spec))
                 schedule.step()
                 running += (float(loss.detach()) - running) / (step + 1)
                 if is_main and (step % 10 == 0 or step == n_steps - 1):

@@ -396,6 +396,12 @@ def test_balanced_tasks_weigh_each_class_half_whatever_their_counts():
     # a batch with one class only: that class alone, never a division by zero
     _, one = multitask_loss({"tia": z[:3]}, {"tia": y[:3]}, {"tia": m[:3]}, balanced=("tia",))
     torch.testing.assert_close(one["tia"], 0.5 * bce[:3].mean())
+    # logit adjustment: the plain loss of the logit plus the batch's log prior odds, log(3 / 1)
+    _, adjusted = multitask_loss({"tia": z}, {"tia": y}, {"tia": m}, logit_adjusted=("tia",))
+    shifted = torch.nn.functional.binary_cross_entropy_with_logits(z[:4] + torch.log(torch.tensor(3.0)), y[:4])
+    torch.testing.assert_close(adjusted["tia"], shifted)
+    _, single = multitask_loss({"tia": z[:3]}, {"tia": y[:3]}, {"tia": m[:3]}, logit_adjusted=("tia",))
+    torch.testing.assert_close(single["tia"], bce[:3].mean())   # one class: no prior to correct
 
 
 def test_derangement_has_no_fixed_point():
