@@ -17,7 +17,7 @@ imports pyspark. Each process
    held-out items), each process over its chunks, reducing histograms and counts only;
 4. on rank 0 alone, writes the artifact with :func:`camenn.checkpoint.save_artifact`.
 
-Why one module of ~840 lines: the loop, its batches, its metrics and the pieces a training
+Why one module of ~850 lines: the loop, its batches, its metrics and the pieces a training
 process runs (distributed setup, schedule, step) are read together when a run misbehaves;
 the data it reads lives in ``camenn.chunks`` and the model in ``camenn.model``.
 
@@ -542,9 +542,8 @@ def _loss_weights(spec: dict) -> dict[str, float]:
 
 def _balance(spec: dict) -> dict[str, tuple[str, ...]]:
     """multitask_loss's prior correction of the alignment tasks (training.alignment_balance), as keywords."""
-    kind = spec["training"].get("alignment_balance", "none")
-    return {"balanced": ("ita", "tia")} if kind == "weights" else \
-        {"logit_adjusted": ("ita", "tia")} if kind == "logit_adjustment" else {}
+    keyword = {"weights": "balanced", "logit_adjustment": "logit_adjusted"}.get(spec["training"].get("alignment_balance"))
+    return {keyword: ("ita", "tia")} if keyword else {}
 
 
 @torch.no_grad()

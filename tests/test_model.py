@@ -1,6 +1,6 @@
 """CameNN model, gating, padding invariance, frames, losses and a small learning check (CPU, tiny dims).
 
-One file (~685 lines) as camenn/model.py is one: each test sits next to the tests of the
+One file (~705 lines) as camenn/model.py is one: each test sits next to the tests of the
 same layer, and they share the tiny configs and the random-gate helpers defined at the top.
 """
 
