@@ -10,7 +10,9 @@ never read it), then flags the same scores under each threshold rule with the jo
 
 - ``absolute``: ITA and TIA below a fixed value (the demo's 0.5, and lower and higher ones);
 - ``category_quantile``: below the q-quantile of the item's category, computed over the night's
-  own scores (no labels needed, so a real catalogue can use it as it is).
+  own scores (no labels needed, so a real catalogue can use it as it is);
+- ``calibrated``: below the q-quantile of the model's own clean held-out items (recorded in its
+  artifact at training, so a new model brings its thresholds).
 
 For each rule: the share of items flagged, the precision of the flags (flagged items that carry
 any defect), the recall of each defect type, and for the defects that have a side (text swap
@@ -38,7 +40,9 @@ from camenn.config import ThresholdConfig, load_config  # noqa: E402
 
 SIDE_OF = {"text_swap": "text", "vague_text": "text", "image_swap": "image", "blurred_image": "image"}
 RULES = {
-    "absolute 0.5 (the demo's)": ThresholdConfig(mode="absolute", ita=0.5, tia=0.5),
+    "absolute 0.3": ThresholdConfig(mode="absolute", ita=0.3, tia=0.3),
+    "absolute 0.5": ThresholdConfig(mode="absolute", ita=0.5, tia=0.5),
+    "absolute 0.6": ThresholdConfig(mode="absolute", ita=0.6, tia=0.6),
     "absolute 0.7": ThresholdConfig(mode="absolute", ita=0.7, tia=0.7),
     "absolute 0.8": ThresholdConfig(mode="absolute", ita=0.8, tia=0.8),
     "absolute 0.9": ThresholdConfig(mode="absolute", ita=0.9, tia=0.9),
@@ -46,6 +50,10 @@ RULES = {
     "category quantile 0.05": ThresholdConfig(mode="category_quantile", quantile=0.05),
     "category quantile 0.10": ThresholdConfig(mode="category_quantile", quantile=0.10),
     "category quantile 0.15": ThresholdConfig(mode="category_quantile", quantile=0.15),
+    # the q-quantile of the model's own clean held-out items, recorded in its artifact at training
+    "calibrated 0.02": ThresholdConfig(mode="calibrated", quantile=0.02),
+    "calibrated 0.05": ThresholdConfig(mode="calibrated", quantile=0.05),
+    "calibrated 0.10": ThresholdConfig(mode="calibrated", quantile=0.10),
 }
 
 
@@ -78,6 +86,7 @@ def main(argv=None) -> dict:
 
     from pyspark.sql import SparkSession
 
+    from camenn.checkpoint import load_artifact
     from pipeline import nightly, run_record, tables
     from pipeline.session import get_spark
 
@@ -93,8 +102,13 @@ def main(argv=None) -> dict:
             raise SystemExit(f"error: no published item_alignment rows with truth for {run_date} under {config.data.root}; "
                              "run `make demo` first")
         versions = sorted(r[0] for r in scores.select("model_version").distinct().collect())
+        model = load_artifact(config.model_dir)
+        if versions != [model.version]:
+            raise SystemExit(f"error: the night of {run_date} was scored by {versions}, the config's model is "
+                             f"{model.version}; rerun `make demo` or point scoring.model_dir at that model")
+        rules = {name: rule.for_model(model.metadata.get("metrics") or {}, model.version) for name, rule in RULES.items()}
         results = {}
-        for name, rule in RULES.items():
+        for name, rule in rules.items():
             flags = nightly.alignment_flags(scores, rule).select("item_id", "defect", "flag", "suspect_side").toPandas()
             results[name] = rule_metrics(flags)
     finally:
@@ -111,7 +125,8 @@ def main(argv=None) -> dict:
     figures = {"config": args.conf, "overrides": args.set, "run_date": run_date.isoformat(), "items": n,
                "model_versions": versions, "platform": platform.platform(),
                "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-               "rules": {name: {"rule": RULES[name].model_dump(), **r} for name, r in results.items()}}
+               "rules": {name: {"rule": RULES[name].model_dump(), "resolved": rules[name].model_dump(), **r}
+                         for name, r in results.items()}}
     write_json(args.json, figures)
     return figures
 

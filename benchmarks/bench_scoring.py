@@ -114,17 +114,15 @@ def ensure_model(spark, config, root: Path):
     return config, "untrained CameNN of the configured size"
 
 
-def cached_outputs_of(spark, config) -> bool:
-    """Whether item_model_outputs holds rows of the config's model (what 2.-4. read)."""
+def cached_outputs_of(spark, config, version: str) -> bool:
+    """Whether item_model_outputs holds rows of model ``version`` (what 2.-4. read)."""
     from pyspark.sql import functions as F
 
-    from camenn.predictor import Predictor
     from pipeline import model_cache, tables
 
     path = config.table(model_cache.TABLE)
     if not tables._is_delta(spark, path):
         return False
-    version = Predictor.load(config.model_dir).version
     return spark.read.format("delta").load(path).where(F.col("model_version") == version).limit(1).count() > 0
 
 
@@ -241,7 +239,8 @@ def main(argv=None) -> int:
         _, figures["world_seconds"] = timed(lambda: write_world(spark, config))
     config, figures["model"] = ensure_model(spark, config, root)
     run_date = config.world.run_date
-    if args.throughput_only and not cached_outputs_of(spark, config):
+    model = Predictor.load(config.model_dir)
+    if args.throughput_only and not cached_outputs_of(spark, config, model.version):
         # a world copied in with its features (say, a demo world's) but not yet scored by this
         # model: one night fills the model cache (no encoding: the features are cached), untimed
         say("no cached item outputs of this model: one night first (untimed)", t0)
@@ -281,7 +280,6 @@ def main(argv=None) -> int:
             spark.stop()
             return 0
 
-    model = Predictor.load(config.model_dir)
     fingerprint = feature_cache.featurizer_fingerprint(feature_cache.featurizer_config(config))
     previous_batch = spark.conf.get(nightly.ARROW_BATCH, None)
     primary = args.loop_threads[0]

@@ -261,9 +261,14 @@ def read_table(spark: SparkSession, config: AppConfig, name: str, version: int |
     path = config.table(name)
     if not _is_delta(spark, path):
         raise MissingTable(name, path)
+    return read_path(spark, path, version)
+
+
+def read_path(spark: SparkSession, path: str, version: int | None = None) -> DataFrame:
+    """The Delta table at ``path``, as of ``version`` (None = its latest)."""
     reader = spark.read.format("delta")
     if version is not None:
-        reader = reader.option("versionAsOf", version)
+        reader = reader.option("versionAsOf", int(version))
     return reader.load(path)
 
 

@@ -406,11 +406,6 @@ def cvr_examples_possible(config: AppConfig, frames: dict[str, DataFrame], sourc
 # ------------------------------------------------------------------------------ whole-catalogue store
 
 
-def _snapshot(spark: SparkSession, path: str, version: int | None) -> DataFrame:
-    reader = spark.read.format("delta")
-    return (reader.option("versionAsOf", int(version)) if version is not None else reader).load(path)
-
-
 def load_item_store(spark: SparkSession, features_path: str, features_version: int | None, items_path: str,
                     items_version: int | None, fingerprint: str, vocab: FeatureVocab, n_patches: int):
     """Every cached item under ``fingerprint`` that ``items`` still holds (its newest row), in one ItemStore.
@@ -425,10 +420,10 @@ def load_item_store(spark: SparkSession, features_path: str, features_version: i
 
     from camenn.chunks import store_from_arrow
 
-    feats = (_snapshot(spark, features_path, features_version).where(F.col("encoder_fingerprint") == fingerprint)
+    feats = (tables.read_path(spark, features_path, features_version).where(F.col("encoder_fingerprint") == fingerprint)
              .select("item_id", "text_emb", "n_text_tokens", "image_emb"))
     newest = Window.partitionBy("item_id").orderBy(F.col("updated_at").desc())
-    items = (_snapshot(spark, items_path, items_version).withColumn("_n", F.row_number().over(newest))
+    items = (tables.read_path(spark, items_path, items_version).withColumn("_n", F.row_number().over(newest))
              .where(F.col("_n") == 1).select("item_id", "category", "price"))
     joined = feats.join(items, "item_id")
     types = {"item_id": pa.string(), "text_emb": pa.binary(), "n_text_tokens": pa.int32(), "image_emb": pa.binary(),

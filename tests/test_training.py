@@ -129,6 +129,22 @@ def test_training_is_deterministic_given_a_seed(spark, trained):
     assert a["metrics"]["cvr_auc"] == b["metrics"]["cvr_auc"]
 
 
+@pytest.mark.parametrize("balance", ["weights", "logit_adjustment"])
+def test_alignment_balance_reaches_the_training_loss(trained, balance):
+    from camenn.training import train_fn
+    from pipeline.train import make_spec
+
+    config, result = trained
+    spec = make_spec(config, result.data, artifact_dir="")
+    assert spec["training"]["alignment_balance"] == "none"
+    plain = [r["train_loss"] for r in train_fn(spec)["history"]]
+    spec["training"]["alignment_balance"] = balance
+    losses = [r["train_loss"] for r in train_fn(spec)["history"]]
+    assert np.isfinite(losses).all()
+    # same seed, same batches: only the alignment loss's prior correction differs
+    assert losses != plain
+
+
 def test_if_missing_skips_a_current_artifact(spark, world_root, trained):
     from pipeline.train import run_training
 

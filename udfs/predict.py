@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator
 
 import pandas as pd
+from pyspark.sql.types import BinaryType, DoubleType, IntegerType, StringType, StructField, StructType
 
 from udfs import configure_task_threads, task_device
 
@@ -34,8 +35,14 @@ CVR_SCHEMA = "user_id string, item_id string, cvr double"
 
 # The item pass: encoder blobs in, the item's projected tokens and alignment scores out.
 ITEM_OUTPUTS_INPUT = ["item_id", "content_hash", "category", "price", "text_emb", "n_text_tokens", "image_emb"]
-ITEM_OUTPUTS_SCHEMA = ("item_id string, content_hash string, category string, price double, text_proj binary, "
-                       "n_text_tokens int, image_proj binary, p_ita double, p_tia double")
+# A StructType rather than DDL: item_outputs_fn derives its Arrow schema from it on the executor,
+# where there is no JVM to parse DDL, so the two cannot drift apart.
+ITEM_OUTPUTS_SCHEMA = StructType([
+    StructField("item_id", StringType()), StructField("content_hash", StringType()),
+    StructField("category", StringType()), StructField("price", DoubleType()),
+    StructField("text_proj", BinaryType()), StructField("n_text_tokens", IntegerType()),
+    StructField("image_proj", BinaryType()), StructField("p_ita", DoubleType()), StructField("p_tia", DoubleType()),
+])
 
 # The nightly CVR input: one row per user, its behaviour once and its candidates as lists,
 # every item as projected tokens (ITEM_OUTPUTS_SCHEMA's text_proj / image_proj).
@@ -135,10 +142,9 @@ def item_outputs_fn(model_dir: str, version: str, batch_size: int, autocast: str
     one: the encoder blobs are read in place (binary_views), not copied into Python bytes.
     """
     import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
 
-    out_schema = pa.schema([("item_id", pa.string()), ("content_hash", pa.string()), ("category", pa.string()),
-                            ("price", pa.float64()), ("text_proj", pa.binary()), ("n_text_tokens", pa.int32()),
-                            ("image_proj", pa.binary()), ("p_ita", pa.float64()), ("p_tia", pa.float64())])
+    out_schema = to_arrow_schema(ITEM_OUTPUTS_SCHEMA)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = _worker_model(model_dir, version, autocast)
@@ -147,11 +153,9 @@ def item_outputs_fn(model_dir: str, version: str, batch_size: int, autocast: str
             out = model.item_outputs(binary_views(col("text_emb")), col("n_text_tokens").to_pylist(),
                                      binary_views(col("image_emb")), col("category").to_pylist(),
                                      col("price").to_pylist(), batch_size=batch_size)
-            yield pa.record_batch([col("item_id").cast(pa.string()), col("content_hash").cast(pa.string()),
-                                   col("category").cast(pa.string()), col("price").cast(pa.float64()),
-                                   pa.array(out["text_proj"], pa.binary()), pa.array(out["n_text_tokens"], pa.int32()),
-                                   pa.array(out["image_proj"], pa.binary()), pa.array(out["p_ita"], pa.float64()),
-                                   pa.array(out["p_tia"], pa.float64())], schema=out_schema)
+            passed = {name: col(name) for name in ("item_id", "content_hash", "category", "price")}
+            yield pa.record_batch([passed[f.name].cast(f.type) if f.name in passed else pa.array(out[f.name], f.type)
+                                   for f in out_schema], schema=out_schema)
 
     return run
 
