@@ -86,6 +86,43 @@ def matmul_peak(threads: int, n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 / best
 
 
+def device_matmul_peak(device: str, n: int = 8192, reps: int = 10) -> tuple[float, str]:
+    """(FLOP/s, what was measured) of a dense matmul on ``device``: bf16 n^3 on CUDA, mean of
+    ``reps`` after warm-ups; on CPU the fp32 2048^3 figure of matmul_peak with torch's threads."""
+    import torch
+
+    if not str(device).startswith("cuda"):
+        return matmul_peak(torch.get_num_threads()), f"fp32 2048^3, {torch.get_num_threads()} thread(s)"
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        torch.matmul(a, b)
+    torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        torch.matmul(a, b)
+    torch.cuda.synchronize(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t), f"bf16 {n}^3, mean of {reps}"
+
+
+def model_flops(cfg, text_tokens: int, behaviour: int) -> tuple[int, int]:
+    """(FLOPs per item of the item pass, FLOPs per CVR pair from projected tokens) of a CameNN config.
+
+    count_flops_per_item counts a tower per task; the item pass runs the ita and tia towers, CVR
+    the cvr tower only, and a CVR pair starts from cached projections, so those are taken out.
+    """
+    import dataclasses
+
+    from camenn.model import count_flops_per_item
+
+    item_tasks = tuple(t for t in cfg.tasks if t in ("ita", "tia"))
+    item = count_flops_per_item(dataclasses.replace(cfg, tasks=item_tasks), n_behaviour=0, n_text_tokens=text_tokens)
+    projections = 2 * (text_tokens * cfg.text_dim * cfg.d_model + cfg.n_patches * cfg.image_dim * cfg.d_model)
+    pair = (count_flops_per_item(dataclasses.replace(cfg, tasks=("cvr",)), n_behaviour=behaviour,
+                                 n_text_tokens=text_tokens, with_user=True) - (behaviour + 1) * projections)
+    return item, pair
+
+
 def write_json(path: str | None, figures: dict) -> None:
     """A benchmark's --json output (nothing when no path was given)."""
     if path:

@@ -48,7 +48,6 @@ real but untrained CameNN of the configured size (same FLOPs; the scores mean no
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import os
 import platform
@@ -64,7 +63,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), os.environ.ge
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from _common import encoder_dims, matmul_peak, save_untrained_model, table_vocab, timed, write_json  # noqa: E402
+from _common import encoder_dims, matmul_peak, model_flops, save_untrained_model, table_vocab, timed, write_json  # noqa: E402
 from bench_encoders import encoder_flops  # noqa: E402
 
 from camenn.config import load_config  # noqa: E402
@@ -418,15 +417,11 @@ def main(argv=None) -> int:
         spark.conf.unset(nightly.ARROW_BATCH)
 
     # 4. FLOPs: model and encoders, against the matmul peak
-    # count_flops_per_item counts a tower per task of the model; the item pass runs the ita and tia
-    # towers, CVR the cvr tower only, so each is counted with the tasks it runs
+    # each path counted with the towers it runs (_common.model_flops)
     cfg = model.config
     L, beh = round(mean_tokens), round(mean_beh)
     item_tasks = tuple(t for t in cfg.tasks if t in ("ita", "tia"))
-    item_flops = count_flops_per_item(dataclasses.replace(cfg, tasks=item_tasks), n_behaviour=0, n_text_tokens=L)
-    projections = 2 * (L * cfg.text_dim * cfg.d_model + cfg.n_patches * cfg.image_dim * cfg.d_model)
-    pair_flops = (count_flops_per_item(dataclasses.replace(cfg, tasks=("cvr",)), n_behaviour=beh, n_text_tokens=L,
-                                       with_user=True) - (beh + 1) * projections)
+    item_flops, pair_flops = model_flops(cfg, L, beh)
     pair_flops_measured = counter.get_total_flops() / max(1, acc)
     fcfg = feature_cache.featurizer_config(config)
     featurizer = get_featurizer(fcfg, "cpu")
