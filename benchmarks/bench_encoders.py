@@ -163,7 +163,7 @@ def _empty_item_features(spark, config) -> None:
     from pipeline import tables
 
     path = config.table("item_features")
-    if tables._is_delta(spark, path):
+    if tables.is_delta(spark, path):
         spark.sql(f"DELETE FROM delta.`{path}`")
 
 

@@ -120,7 +120,7 @@ def cached_outputs_of(spark, config, version: str) -> bool:
     from pipeline import model_cache, tables
 
     path = config.table(model_cache.TABLE)
-    if not tables._is_delta(spark, path):
+    if not tables.is_delta(spark, path):
         return False
     return spark.read.format("delta").load(path).where(F.col("model_version") == version).limit(1).count() > 0
 
@@ -232,7 +232,7 @@ def main(argv=None) -> int:
         "shuffle_partitions": spark.conf.get("spark.sql.shuffle.partitions"),
         "adaptive": spark.conf.get("spark.sql.adaptive.enabled"), "loop_threads": args.loop_threads[0],
     }
-    if not (args.throughput_only and tables._is_delta(spark, config.table("items"))):
+    if not (args.throughput_only and tables.is_delta(spark, config.table("items"))):
         # a full run rewrites a world table that is not this world's (the items of a previous run's
         # change); --throughput-only keeps the scored world as it is, so its features stay current
         _, figures["world_seconds"] = timed(lambda: write_world(spark, config))
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     if not args.throughput_only:
         for name in CACHES:
             path = config.table(name)
-            if tables._is_delta(spark, path):
+            if tables.is_delta(spark, path):
                 spark.sql(f"DELETE FROM delta.`{path}`")
         say("full night", t0)
         full, figures["full_run_s"] = timed(lambda: nightly.run(spark, config, run_date))

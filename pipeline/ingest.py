@@ -806,7 +806,7 @@ def classify_events(spark: SparkSession, config: AppConfig, cfg: IngestConfig, e
         F.col(_POS).alias("_pos"), F.col(_CORRUPT).alias("_corrupt"), F.col(_SPAN).alias("_span"),
     )
     known = F.lit(True)
-    if cfg.known_items_only and tables._is_delta(spark, config.table("items")):
+    if cfg.known_items_only and tables.is_delta(spark, config.table("items")):
         item_ids = tables.read_table(spark, config, "items").select(F.col("item_id").alias("_known"))
         rows = rows.join(item_ids, rows["item_id"] == item_ids["_known"], "left")
         known = F.col("_known").isNotNull()
@@ -861,7 +861,7 @@ def plan_keyed(spark: SparkSession, cfg: IngestConfig, what: str) -> tuple[DataF
 
 def _known(spark: SparkSession, config: AppConfig, rows: DataFrame, name: str, key: str) -> tuple[DataFrame, Column]:
     """``rows`` joined with ``name``'s keys, and the test that a row's ``key`` is there (true without the table)."""
-    if not tables._is_delta(spark, config.table(name)):
+    if not tables.is_delta(spark, config.table(name)):
         return rows, F.lit(True)
     keys = tables.read_table(spark, config, name).select(F.col(key).alias(f"_known_{key}")).distinct()
     return rows.join(keys, rows[key] == keys[f"_known_{key}"], "left"), F.col(f"_known_{key}").isNotNull()

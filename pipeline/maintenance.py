@@ -89,7 +89,7 @@ def maintain(spark: SparkSession, config: AppConfig, run_date: dt.date, *, names
     try:
         for name in names:
             path = config.table(name)
-            if not tables._is_delta(spark, path):
+            if not tables.is_delta(spark, path):
                 result.skipped[name] = "no table yet"
                 continue
             spark.sparkContext.setJobDescription(f"maintain: OPTIMIZE and VACUUM {name}")

@@ -138,7 +138,7 @@ def check_inputs(spark: SparkSession, config: AppConfig) -> None:
 
     The CVR stage's inputs are not required: :func:`cvr_skip_reason` decides whether it runs.
     """
-    missing = [name for name in REQUIRED_INPUTS if not tables._is_delta(spark, config.table(name))]
+    missing = [name for name in REQUIRED_INPUTS if not tables.is_delta(spark, config.table(name))]
     if missing:
         raise MissingInput(
             f"input table(s) {missing} not found under {config.data.root}; make the demo tables with `make demo-data` "
@@ -161,7 +161,7 @@ def cvr_skip_reason(spark: SparkSession, config: AppConfig, model, candidates: D
     for name in CVR_INPUTS:
         if name == "candidates" and candidates is not None:
             continue
-        if not tables._is_delta(spark, config.table(name)):
+        if not tables.is_delta(spark, config.table(name)):
             return f"no `{name}` table under {config.data.root} (a catalogue without users or candidates yet)"
         if tables.read_table(spark, config, name).limit(1).count() == 0:
             return f"the `{name}` table is empty"
@@ -170,7 +170,7 @@ def cvr_skip_reason(spark: SparkSession, config: AppConfig, model, candidates: D
 
 def _events(spark: SparkSession, config: AppConfig) -> DataFrame:
     """The events table, or none when there is none yet (users without purchases: empty behaviour)."""
-    if tables._is_delta(spark, config.table("events")):
+    if tables.is_delta(spark, config.table("events")):
         return tables.read_table(spark, config, "events")
     return spark.createDataFrame([], tables.schema_of(spark, "events"))
 

@@ -86,7 +86,7 @@ def latest_states(spark: SparkSession, config: AppConfig, job: str | None = None
 
 def published_run(spark: SparkSession, config: AppConfig, job: str, run_date: dt.date) -> str | None:
     """run_id of the date's latest succeeded run of ``job``; None if it has none."""
-    if not tables._is_delta(spark, config.table("runs")):
+    if not tables.is_delta(spark, config.table("runs")):
         return None
     row = (tables.read_table(spark, config, "runs")
            .where((F.col("job") == job) & (F.col("run_date") == F.lit(run_date)) & (F.col("status") == SUCCEEDED))
@@ -111,7 +111,7 @@ def _delete(spark: SparkSession, config: AppConfig, name: str, condition: str) -
     from delta.tables import DeltaTable
 
     path = config.table(name)
-    if tables._is_delta(spark, path):
+    if tables.is_delta(spark, path):
         DeltaTable.forPath(spark, path).delete(condition)
 
 
@@ -193,7 +193,7 @@ def _alive(run_id: str, details: dict, started_at: dt.datetime, timeout_hours: f
 def sweep_abandoned(spark: SparkSession, config: AppConfig, job: str, *, current_run_id: str,
                     timeout_hours: float) -> list[str]:
     """Record ``job``'s dead ``running`` runs as failed and delete their rows; returns their run_ids."""
-    if not tables._is_delta(spark, config.table("runs")):
+    if not tables.is_delta(spark, config.table("runs")):
         return []
     running = (latest_states(spark, config, job).where(F.col("status") == RUNNING)
                .where(F.col("run_id") != current_run_id).collect())  # runs in flight: a handful of rows
@@ -217,7 +217,7 @@ def sweep_abandoned(spark: SparkSession, config: AppConfig, job: str, *, current
 
 def live_run_ids(spark: SparkSession, config: AppConfig) -> set[str]:
     """run_ids whose latest row is ``running`` (any job): their staging tables are left alone."""
-    if not tables._is_delta(spark, config.table("runs")):
+    if not tables.is_delta(spark, config.table("runs")):
         return set()
     return {r[0] for r in latest_states(spark, config).where(F.col("status") == RUNNING).select("run_id").collect()}
 

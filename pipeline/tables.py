@@ -108,7 +108,8 @@ SPECS: dict[str, TableSpec] = {spec.name: spec for spec in [
 ]}
 
 
-def _is_delta(spark: SparkSession, path: str) -> bool:
+def is_delta(spark: SparkSession, path: str) -> bool:
+    """Whether a Delta table lives at ``path`` (a folder without a _delta_log is not one)."""
     from delta.tables import DeltaTable
 
     return DeltaTable.isDeltaTable(spark, path)
@@ -122,7 +123,7 @@ def ensure_table(spark: SparkSession, config: AppConfig, name: str) -> str:
     table made by an older version), so no write lands in a table without its constraints.
     """
     spec, path = SPECS[name], config.table(name)
-    if _is_delta(spark, path):
+    if is_delta(spark, path):
         _add_missing_columns(spark, name, path)
         _repair_contract(spark, name, path)
         return path
@@ -259,7 +260,7 @@ def append_rows(spark: SparkSession, config: AppConfig, name: str, df: DataFrame
 
 def read_table(spark: SparkSession, config: AppConfig, name: str, version: int | None = None) -> DataFrame:
     path = config.table(name)
-    if not _is_delta(spark, path):
+    if not is_delta(spark, path):
         raise MissingTable(name, path)
     return read_path(spark, path, version)
 

@@ -325,7 +325,7 @@ def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.d
     source = examples_source(spark, config)
     names = ["items", "item_features"] + (["impressions"] if source == "impressions" else [])
     # users and events are optional: a catalogue of photos and texts alone trains the alignment tasks
-    names += [name for name in ("users", "events") if tables._is_delta(spark, config.table(name))]
+    names += [name for name in ("users", "events") if tables.is_delta(spark, config.table(name))]
     for name in names:
         versions[name] = tables.table_version(spark, config, name)
     frames = {name: tables.read_table(spark, config, name, version=versions[name]) for name in names}

@@ -93,4 +93,4 @@ def test_a_users_mapping_to_a_missing_column_is_one_line_before_any_write(spark,
     assert ingest(tmp_path, config, "--users-path", str(tmp_path / "users.csv"), "--user-map", "zone=postcode") == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "'postcode' (mapped to zone)" in err
-    assert not tables._is_delta(spark, config.table("users"))
+    assert not tables.is_delta(spark, config.table("users"))
