@@ -18,7 +18,9 @@ With an untrained CameNN of the config's model size (benchmarks/_common.py) it m
    the item pass), then the next day's night after 1% of the titles changed (a block of item ids,
    by a MERGE through ``tables.conform``; their feature rows are written directly too, as if
    encoded), with the same candidates and no new purchases: the CVR of a candidate whose inputs
-   did not change is carried over (pipeline/cvr_cache.py);
+   did not change is carried over (pipeline/cvr_cache.py); with ``--price-night`` a third night
+   after the same share of prices changed (content unchanged: the item pass rescores them from
+   their cached projections and reads no encoder blob);
 2. per stage of each night (features, item_pass, alignment, cvr, total): seconds (the
    ScoreRun's timings), rows/s, shuffle bytes read + written (Spark's status REST API; a Spark
    stage counts for the stage of the night during which it was submitted) and peak RSS of the
@@ -73,6 +75,8 @@ def parse_args(argv=None):
     p.add_argument("--root", default=str(_ROOT / "runs" / "bench" / "scale"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--changed", type=float, default=0.01, help="share of items whose title changes before night 2")
+    p.add_argument("--price-night", action="store_true",
+                   help="a third night after --changed of the prices changed (content unchanged: no blob is read)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
@@ -261,6 +265,31 @@ def change_titles(spark, config, n: int, share: float, seed: int, shapes, finger
     return changed.count()
 
 
+def change_prices(spark, config, n: int, share: float) -> int:
+    """MERGE new prices into ``share`` of the items (a block of ids): their content, so their
+    features and cached projections, stay; only the alignment scores are computed again."""
+    from delta.tables import DeltaTable
+
+    salt, k = uuid.uuid4().hex[:8], max(1, int(share * n))
+    start = int.from_bytes(bytes.fromhex(salt), "big") % max(1, n - k + 1)
+    cols = [f.name for f in tables.input_schema(spark, "items").fields]
+    changed = (tables.read_table(spark, config, "items")
+               .where(F.col("item_id").between(f"i{start:09d}", f"i{start + k - 1:09d}"))
+               .withColumn("price", F.round(F.col("price") * 1.1, 2)).select(*cols)
+               .localCheckpoint())   # the MERGE rewrites the files this was read from
+    DeltaTable.forPath(spark, config.table("items")).alias("t").merge(
+        tables.conform(changed, spark, "items").alias("s"), "t.item_id = s.item_id").whenMatchedUpdateAll().execute()
+    return changed.count()
+
+
+def next_night_candidates(spark, config, day: dt.date) -> dt.date:
+    """The next day's candidates: the matching stage proposes the same, nobody bought anything new."""
+    same = tables.read_table(spark, config, "candidates").where(F.col("run_date") == F.lit(day))
+    nxt = day + dt.timedelta(days=1)
+    tables.replace_run_date(spark, config, "candidates", same.withColumn("run_date", F.lit(nxt)), nxt)
+    return nxt
+
+
 # ------------------------------------------------------------------------ nights and the CVR input
 
 
@@ -284,7 +313,7 @@ def run_night(spark, config, label: str, monitor: Monitor, log: StageLog, t0: fl
     windows = {step: (t, marks[i + 1][1] if i + 1 < len(marks) else end) for i, (step, t) in enumerate(marks) if i}
     windows["total"] = (marks[0][1], end)
     c = result.counts
-    rows = {"features": c.get("items_in", 0), "item_pass": c.get("items_model_scored", 0),
+    rows = {"features": c.get("items_in", 0), "item_pass": c.get("items_model_scored", 0) + c.get("items_model_rescored", 0),
             "alignment": c.get("items_scored", 0), "cvr": c.get("candidates_in", 0), "total": c.get("items_in", 0)}
     stages = {}
     for stage in STAGES:
@@ -393,11 +422,13 @@ def one_size(spark, args, n: int, monitor: Monitor, log: StageLog, t0: float) ->
     nights = [run_night(spark, config, f"N={n} night 1 (full)", monitor, log, t0, day1)]
     n_changed = change_titles(spark, config, n, args.changed, args.seed, shapes, fingerprint)
     say(f"N={n}: {n_changed} titles changed", t0)
-    # the next day: the matching stage proposes the same candidates, nobody bought anything new
-    day2 = day1 + dt.timedelta(days=1)
-    same = tables.read_table(spark, config, "candidates").where(F.col("run_date") == F.lit(day1))
-    tables.replace_run_date(spark, config, "candidates", same.withColumn("run_date", F.lit(day2)), day2)
+    day2 = next_night_candidates(spark, config, day1)
     nights.append(run_night(spark, config, f"N={n} night 2 ({n_changed} changed)", monitor, log, t0, day2))
+    if args.price_night:
+        n_repriced = change_prices(spark, config, n, args.changed)
+        say(f"N={n}: {n_repriced} prices changed", t0)
+        day3 = next_night_candidates(spark, config, day2)
+        nights.append(run_night(spark, config, f"N={n} night 3 ({n_repriced} prices changed)", monitor, log, t0, day3))
     free = shutil.disk_usage(wdir).free
     return {"n": n, "world": world, "feature_bytes_estimate": need, "changed": n_changed, "nights": nights,
             "cvr_input": cvr_input_bytes(spark, config, log, free, blob_mean, t0)}

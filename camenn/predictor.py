@@ -135,8 +135,12 @@ class Predictor:
 
     def score_items(self, text_embs: Sequence[bytes], n_text_tokens: Sequence[int], image_embs: Sequence[bytes],
                     categories: Sequence[str | None], prices: Sequence[float | None],
-                    batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        """Item-only forward: (p_ita, p_tia), float64 arrays of len(rows)."""
+                    batch_size: int = 256, projected: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Item-only forward: (p_ita, p_tia), float64 arrays of len(rows).
+
+        With ``projected`` the blobs are cached projected tokens (item_outputs' text_proj /
+        image_proj): the scores of an item whose category or price changed, its content not.
+        """
         missing = [t for t in ("ita", "tia") if t not in self.tasks]
         if missing:
             raise ValueError(f"model {self.version} has no {missing} head(s) (tasks={self.tasks}); it cannot score alignment")
@@ -144,7 +148,8 @@ class Predictor:
         p_ita, p_tia = np.empty(n), np.empty(n)
         for s in range(0, n, batch_size):
             e = min(n, s + batch_size)
-            store = self.item_store(text_embs[s:e], n_text_tokens[s:e], image_embs[s:e], categories[s:e], prices[s:e])
+            store = self.item_store(text_embs[s:e], n_text_tokens[s:e], image_embs[s:e], categories[s:e], prices[s:e],
+                                    projected=projected)
             probs = self._predict(item_only_batch(store, torch.arange(e - s)), ("ita", "tia"))
             p_ita[s:e], p_tia[s:e] = probs["ita"], probs["tia"]
         return p_ita, p_tia

@@ -8,7 +8,9 @@ and its alignment scores depend only on its content (content_hash), its category
 and the model version. ``item_model_outputs`` holds one row per item with that key; a night
 runs the model's item pass only over the valid items whose key is not cached (new or changed
 items, or all of them when the model version changed), MERGEs them in one commit, and then
-reads every valid item's outputs from the cache:
+reads every valid item's outputs from the cache. An item whose category or price changed but
+not its content is scored again from its cached projections (they depend on content alone), so
+no encoder blob is read for it:
 
 - alignment for the date = the cached p_ita / p_tia of every valid item, so ``item_alignment``
   is complete while only changed items were scored, and per-category quantiles see them all;
@@ -28,7 +30,7 @@ from pyspark.sql import functions as F
 
 from camenn.config import AppConfig
 from pipeline import tables
-from udfs.predict import ITEM_OUTPUTS_INPUT, ITEM_OUTPUTS_SCHEMA, item_outputs_fn
+from udfs.predict import ITEM_OUTPUTS_INPUT, ITEM_OUTPUTS_SCHEMA, ITEM_RESCORE_INPUT, item_outputs_fn, item_rescore_fn
 
 TABLE = "item_model_outputs"
 KEY = ("content_hash", "category", "price")
@@ -41,12 +43,13 @@ BROADCAST_STALE_ROWS = 2_000_000
 @dataclass
 class CacheStats:
     valid: int
-    scored: int          # items that went through the model's item pass this run
+    scored: int          # items that went through the model's item pass this run (from encoder blobs)
     reused: int          # items whose cached outputs were current
     seconds: float
+    rescored: int = 0    # items whose category or price changed: scored again from their cached projections
 
     def check(self) -> CacheStats:
-        if self.valid != self.scored + self.reused:
+        if self.valid != self.scored + self.rescored + self.reused:
             raise AssertionError(f"model cache counts do not add up: {self}")
         return self
 
@@ -73,18 +76,38 @@ def refresh(spark: SparkSession, config: AppConfig, model, valid: DataFrame, blo
     t0 = time.perf_counter()
     sc = config.scoring
     keys = valid.select("item_id", *KEY)
-    stale = keys.join(_fresh(_cached(spark, config, model.version), keys).select("item_id"), "item_id", "left_anti")
-    n_valid, n_stale = keys.count(), stale.count()
-    if n_stale:
-        if n_stale <= BROADCAST_STALE_ROWS:
-            stale = F.broadcast(stale)
-        todo = blobs.join(stale, ["item_id", "content_hash"], "inner").select(*ITEM_OUTPUTS_INPUT)
-        spark.sparkContext.setJobDescription(f"model cache: item pass over {n_stale} new or changed items ({run_date})")
-        outputs = (todo.mapInArrow(item_outputs_fn(config.model_dir, model.version, sc.batch_size, sc.autocast),
-                                   ITEM_OUTPUTS_SCHEMA)
+    cached = _cached(spark, config, model.version)
+    stale = keys.join(_fresh(cached, keys).select("item_id"), "item_id", "left_anti")
+    # stale, but the cached row has the item's content: only its category or price changed, and
+    # its cached projections (content alone) still hold, so no encoder blob needs reading
+    same_content = stale.join(cached, (stale["item_id"] == cached["_item_id"])
+                              & (stale["content_hash"] == cached["_content_hash"]), "left_semi")
+    n_valid, n_stale, n_rescored = keys.count(), stale.count(), same_content.count()
+    parts = []
+    if n_stale > n_rescored:
+        new = stale.join(same_content.select("item_id"), "item_id", "left_anti")
+        todo = blobs.join(_small(new, n_stale - n_rescored), ["item_id", "content_hash"], "inner").select(*ITEM_OUTPUTS_INPUT)
+        parts.append(todo.mapInArrow(item_outputs_fn(config.model_dir, model.version, sc.batch_size, sc.autocast),
+                                     ITEM_OUTPUTS_SCHEMA))
+    if n_rescored:
+        projections = (tables.read_table(spark, config, TABLE).where(F.col("model_version") == model.version)
+                       .select("item_id", "text_proj", "n_text_tokens", "image_proj"))
+        todo = projections.join(_small(same_content, n_rescored), "item_id").select(*ITEM_RESCORE_INPUT)
+        parts.append(todo.mapInArrow(item_rescore_fn(config.model_dir, model.version, sc.batch_size, sc.autocast),
+                                     ITEM_OUTPUTS_SCHEMA))
+    if parts:
+        spark.sparkContext.setJobDescription(f"model cache: item pass over {n_stale - n_rescored} new or changed items, "
+                                             f"{n_rescored} rescored from their projections ({run_date})")
+        outputs = (functools.reduce(DataFrame.unionByName, parts)
                    .withColumn("model_version", F.lit(model.version)).withColumn("updated_at", F.current_timestamp()))
         _merge(spark, config, outputs)
-    return CacheStats(valid=n_valid, scored=n_stale, reused=n_valid - n_stale, seconds=time.perf_counter() - t0).check()
+    return CacheStats(valid=n_valid, scored=n_stale - n_rescored, rescored=n_rescored, reused=n_valid - n_stale,
+                      seconds=time.perf_counter() - t0).check()
+
+
+def _small(stale: DataFrame, n: int) -> DataFrame:
+    """``stale`` broadcast to the scan it filters when it is small, so unchanged rows are not shuffled."""
+    return F.broadcast(stale) if n <= BROADCAST_STALE_ROWS else stale
 
 
 def _merge(spark: SparkSession, config: AppConfig, outputs: DataFrame) -> None:

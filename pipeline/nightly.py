@@ -472,9 +472,11 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
         _say(f"2/5 model cache: item pass of model {model.version} over new or changed items")
         cache = model_cache.refresh(spark, config, model, valid, blobs, run_date)
         result.timings["item_pass"] = cache.seconds
-        result.counts.update(items_model_scored=cache.scored, items_model_reused=cache.reused)
+        result.counts.update(items_model_scored=cache.scored, items_model_rescored=cache.rescored,
+                             items_model_reused=cache.reused)
         result.outputs["item_model_outputs"] = config.table(model_cache.TABLE)
-        _say(f"    {cache.scored} items through the model, {cache.reused} reused from the cache")
+        _say(f"    {cache.scored} items through the model, {cache.rescored} rescored from their cached projections "
+             f"(category or price changed), {cache.reused} reused from the cache")
         outputs = model_cache.current(spark, config, model, valid).persist(StorageLevel.MEMORY_AND_DISK)
         persisted.append(outputs)
         model_cache.check_current(outputs, cache.valid)

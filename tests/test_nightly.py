@@ -24,7 +24,7 @@ import pytest
 import torch
 from conftest import tiny_config
 from pyspark.sql import functions as F
-from test_feature_cache import POISON_REASONS, clean_items, poison_items, write_items
+from test_feature_cache import CATEGORIES, POISON_REASONS, clean_items, poison_items, write_items
 
 from pipeline import feature_cache, nightly, tables
 
@@ -605,6 +605,26 @@ def test_three_changed_items_are_encoded_and_scored_again_and_nothing_else(spark
     assert_tables_match_oracle(spark, config, version)
     again = nightly.run(spark, config, RUN).counts
     assert (again["items_encoded"], again["items_model_scored"]) == (0, 0)
+
+
+def test_a_price_or_category_change_is_rescored_from_the_cached_projections(spark, world, first_run):
+    """The projections depend on content alone, so an item whose price or category changed is
+    scored again from them (no encoder blob read), and the night still equals the oracle's."""
+    config, version = world
+    write_items(spark, config, clean_items(N_CLEAN) + poison_items(100))   # whatever an earlier test changed
+    nightly.run(spark, config, RUN)   # the caches hold these items' features and this model's outputs
+    repriced, recategorised = {"i001", "i004"}, "i007"
+    other = next(c for c in CATEGORIES if c != clean_items(N_CLEAN)[7][2])
+    rows = [r[:6] + (r[6] + 0.75,) + r[7:] if r[0] in repriced else
+            r[:2] + (other,) + r[3:] if r[0] == recategorised else r
+            for r in clean_items(N_CLEAN) + poison_items(100)]
+    write_items(spark, config, rows)
+    c = nightly.run(spark, config, RUN).counts
+    assert (c["items_encoded"], c["items_model_scored"], c["items_model_rescored"]) == (0, 0, 3), c
+    assert c["items_model_reused"] == N_CLEAN - 3
+    assert_tables_match_oracle(spark, config, version)
+    again = nightly.run(spark, config, RUN).counts
+    assert (again["items_model_scored"], again["items_model_rescored"]) == (0, 0)
 
 
 def test_cvr_of_unchanged_inputs_is_carried_over_from_the_last_night(spark, world, first_run):

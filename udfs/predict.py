@@ -44,6 +44,10 @@ ITEM_OUTPUTS_SCHEMA = StructType([
     StructField("image_proj", BinaryType()), StructField("p_ita", DoubleType()), StructField("p_tia", DoubleType()),
 ])
 
+# An item whose category or price changed but not its content: its cached projections (which
+# depend on content alone, CameNN.project_items) with the new fields, for new alignment scores.
+ITEM_RESCORE_INPUT = ["item_id", "content_hash", "category", "price", "text_proj", "n_text_tokens", "image_proj"]
+
 # The nightly CVR input: one row per user, its behaviour once and its candidates as lists,
 # every item as projected tokens (ITEM_OUTPUTS_SCHEMA's text_proj / image_proj).
 PROJECTED_FIELDS = ["text_proj", "n_text_tokens", "image_proj", "category", "price"]
@@ -155,6 +159,36 @@ def item_outputs_fn(model_dir: str, version: str, batch_size: int, autocast: str
                                      col("price").to_pylist(), batch_size=batch_size)
             passed = {name: col(name) for name in ("item_id", "content_hash", "category", "price")}
             yield pa.record_batch([passed[f.name].cast(f.type) if f.name in passed else pa.array(out[f.name], f.type)
+                                   for f in out_schema], schema=out_schema)
+
+    return run
+
+
+def item_rescore_fn(model_dir: str, version: str, batch_size: int, autocast: str | None = None):
+    """For ``mapInArrow``: (record batches of ITEM_RESCORE_INPUT) -> (record batches of ITEM_OUTPUTS_SCHEMA).
+
+    p_ita / p_tia from the cached projected tokens under the item's new category and price; the
+    projections pass through. No encoder blob is read: a price change costs d_model-sized rows.
+    """
+    import numpy as np
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    out_schema = to_arrow_schema(ITEM_OUTPUTS_SCHEMA)
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        model = _worker_model(model_dir, version, autocast)
+        align = {"ita", "tia"} <= set(model.tasks)
+        for batch in batches:
+            col = batch.column
+            if align:
+                p_ita, p_tia = model.score_items(binary_views(col("text_proj")), col("n_text_tokens").to_pylist(),
+                                                 binary_views(col("image_proj")), col("category").to_pylist(),
+                                                 col("price").to_pylist(), batch_size=batch_size, projected=True)
+            else:   # a model without alignment heads caches null scores (item_outputs' NaN)
+                p_ita = p_tia = np.full(batch.num_rows, np.nan)
+            scores = {"p_ita": p_ita, "p_tia": p_tia}
+            yield pa.record_batch([pa.array(scores[f.name], f.type) if f.name in scores else col(f.name).cast(f.type)
                                    for f in out_schema], schema=out_schema)
 
     return run
