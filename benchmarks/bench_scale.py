@@ -29,6 +29,9 @@ With an untrained CameNN of the config's model size (benchmarks/_common.py) it m
    per-candidate rows (``nightly.scorable_pairs``: encoder blobs) and the new per-user rows
    (``nightly.user_rows``: cached projected tokens), beside the theoretical row bytes;
 4. the growth per 10x of N of seconds per item and of peak memory.
+
+One file (~520 lines) because the world it writes, the monitors (RSS sampler, Spark stage log)
+and the nights share one Spark session and one set of marks; split, they would pass them around.
 """
 
 from __future__ import annotations
