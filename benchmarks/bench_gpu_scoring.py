@@ -60,7 +60,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(device: torch.device, fn) -> float:
+def device_seconds(device: torch.device, fn) -> float:
+    """Wall seconds of fn(), the device synchronised before and after (kernels run asynchronously)."""
     sync(device)
     t = time.perf_counter()
     fn()
@@ -93,20 +94,20 @@ def item_pass(pred: Predictor, pool: dict, n: int, batch: int, rng: np.random.Ge
     rows = rows_of(pool, rng.integers(0, len(pool["text"]), size=n))
     args = (rows["text"], rows["n_text_tokens"], rows["image"], rows["category"], rows["price"])
     pred.item_outputs(*(a[:batch] for a in args), batch_size=batch)   # warm-up: kernels, allocator
-    whole = timed(pred.device, lambda: pred.item_outputs(*args, batch_size=batch))
+    whole = device_seconds(pred.device, lambda: pred.item_outputs(*args, batch_size=batch))
 
     store = pred.item_store(*(a[:batch] for a in args))
     items = store.gather(torch.arange(len(args[0][:batch]))).to(pred.device)  # (b, ...) on the device
     reps = max(1, n // batch)
 
     def model_only():
-        with torch.inference_mode(), pred._autocast():
+        with torch.inference_mode(), pred.autocast():
             for _ in range(reps):
                 projected = pred.model.project_items(items)
                 pred.model.predict(CameNNBatch(target=projected), ("ita", "tia"))
 
     model_only()
-    alone = timed(pred.device, model_only)
+    alone = device_seconds(pred.device, model_only)
     return {"rows": n, "batch_size": batch, "seconds": whole, "items_per_s": n / whole,
             "model_only_items_per_s": reps * batch / alone, "mean_text_tokens": float(np.mean(rows["n_text_tokens"]))}
 
@@ -130,25 +131,26 @@ def cvr_pass(pred: Predictor, proj: dict, users: int, cands: int, batch: int, rn
     cand, hist = lists(cands), lists(beh)
     profile = {f: [vals[u % len(vals)] if vals else None for u in range(users)]
                for f, vals in pred.vocab.user_values.items()}
-    args = ([[f"i{j}" for j in range(cands)]] * users, cand["text"], cand["n_text_tokens"], cand["image"],
-            cand["category"], cand["price"], hist["text"], hist["n_text_tokens"], hist["image"], hist["category"],
-            hist["price"], profile)
+    fields = ("text", "n_text_tokens", "image", "category", "price")
+    columns = [cand[f] for f in fields] + [hist[f] for f in fields]   # score_users' order: candidates, behaviour
+    ids = [[f"i{j}" for j in range(cands)]] * users
     warm = max(1, batch // cands)
-    pred.score_users(*(a[:warm] for a in args[:-1]), {f: v[:warm] for f, v in profile.items()}, batch_size=batch)
-    whole = timed(pred.device, lambda: pred.score_users(*args, batch_size=batch))
+    pred.score_users(ids[:warm], *(c[:warm] for c in columns), {f: v[:warm] for f, v in profile.items()},
+                     batch_size=batch)
+    whole = device_seconds(pred.device, lambda: pred.score_users(ids, *columns, profile, batch_size=batch))
 
     users_feats = pred.vocab.user_feats(profile)  # (U, Fu)
-    one = pred.user_batch([(u // cands, u % cands) for u in range(min(batch, users * cands))], *args[1:11],
+    one = pred.user_batch([(u // cands, u % cands) for u in range(min(batch, users * cands))], *columns,
                           users_feats).to(pred.device)
     reps = max(1, users * cands // batch)
 
     def model_only():
-        with torch.inference_mode(), pred._autocast():
+        with torch.inference_mode(), pred.autocast():
             for _ in range(reps):
                 pred.model.predict(one, ("cvr",))
 
     model_only()
-    alone = timed(pred.device, model_only)
+    alone = device_seconds(pred.device, model_only)
     pairs = users * cands
     return {"users": users, "pairs": pairs, "behaviour_items": beh, "batch_size": batch, "seconds": whole,
             "pairs_per_s": pairs / whole, "model_only_pairs_per_s": reps * one.target.text.shape[0] / alone}

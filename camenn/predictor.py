@@ -121,13 +121,14 @@ class Predictor:
         return ItemStore.from_blobs(range(len(text_embs)), list(text_embs), [int(n) for n in n_text_tokens],
                                     list(image_embs), feats, text_dim, image_dim, n_patches, projected=projected)
 
-    def _autocast(self):
+    def autocast(self):
+        """The autocast context of this predictor (a no-op on CPU or with autocast none)."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def _predict(self, batch: CameNNBatch, tasks: tuple[str, ...]) -> dict[str, np.ndarray]:
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self.autocast():
             probs = self.model.predict(batch.to(self.device, non_blocking=True), tasks)
         return {t: p.float().cpu().numpy().astype(np.float64) for t, p in probs.items()}
 
@@ -173,7 +174,7 @@ class Predictor:
             e = min(n, s + batch_size)
             store = self.item_store(text_embs[s:e], counts[s:e], image_embs[s:e], categories[s:e], prices[s:e])
             items = store.gather(torch.arange(e - s)).to(self.device)
-            with torch.inference_mode(), self._autocast():
+            with torch.inference_mode(), self.autocast():
                 projected = self.model.project_items(items)
                 if align:
                     probs = self.model.predict(CameNNBatch(target=projected), ("ita", "tia"))

@@ -25,6 +25,7 @@ import functools
 import time
 from dataclasses import dataclass
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -77,31 +78,40 @@ def refresh(spark: SparkSession, config: AppConfig, model, valid: DataFrame, blo
     sc = config.scoring
     keys = valid.select("item_id", *KEY)
     cached = _cached(spark, config, model.version)
-    stale = keys.join(_fresh(cached, keys).select("item_id"), "item_id", "left_anti")
-    # stale, but the cached row has the item's content: only its category or price changed, and
-    # its cached projections (content alone) still hold, so no encoder blob needs reading
-    same_content = stale.join(cached, (stale["item_id"] == cached["_item_id"])
-                              & (stale["content_hash"] == cached["_content_hash"]), "left_semi")
-    n_valid, n_stale, n_rescored = keys.count(), stale.count(), same_content.count()
-    parts = []
-    if n_stale > n_rescored:
-        new = stale.join(same_content.select("item_id"), "item_id", "left_anti")
-        todo = blobs.join(_small(new, n_stale - n_rescored), ["item_id", "content_hash"], "inner").select(*ITEM_OUTPUTS_INPUT)
-        parts.append(todo.mapInArrow(item_outputs_fn(config.model_dir, model.version, sc.batch_size, sc.autocast),
-                                     ITEM_OUTPUTS_SCHEMA))
-    if n_rescored:
-        projections = (tables.read_table(spark, config, TABLE).where(F.col("model_version") == model.version)
-                       .select("item_id", "text_proj", "n_text_tokens", "image_proj"))
-        todo = projections.join(_small(same_content, n_rescored), "item_id").select(*ITEM_RESCORE_INPUT)
-        parts.append(todo.mapInArrow(item_rescore_fn(config.model_dir, model.version, sc.batch_size, sc.autocast),
-                                     ITEM_OUTPUTS_SCHEMA))
-    if parts:
-        spark.sparkContext.setJobDescription(f"model cache: item pass over {n_stale - n_rescored} new or changed items, "
-                                             f"{n_rescored} rescored from their projections ({run_date})")
-        outputs = (functools.reduce(DataFrame.unionByName, parts)
-                   .withColumn("model_version", F.lit(model.version)).withColumn("updated_at", F.current_timestamp()))
-        _merge(spark, config, outputs)
-    return CacheStats(valid=n_valid, scored=n_stale - n_rescored, rescored=n_rescored, reused=n_valid - n_stale,
+    # the stale keys, each marked whether its cached row has the item's content: then only its
+    # category or price changed, its cached projections (content alone) still hold, and no
+    # encoder blob needs reading. Persisted: the counts and both passes below read it.
+    stale = (keys.join(_fresh(cached, keys).select("item_id"), "item_id", "left_anti")
+             .join(cached.select("_item_id", "_content_hash"), F.col("item_id") == F.col("_item_id"), "left")
+             .select("item_id", *KEY,
+                     F.coalesce(F.col("_content_hash") == F.col("content_hash"), F.lit(False)).alias("_same_content"))
+             .persist(StorageLevel.MEMORY_AND_DISK))
+    try:
+        n_valid = keys.count()
+        by_kind = {r["_same_content"]: r["count"] for r in stale.groupBy("_same_content").count().collect()}
+        n_scored, n_rescored = by_kind.get(False, 0), by_kind.get(True, 0)
+        parts = []
+        if n_scored:
+            new = stale.where(~F.col("_same_content")).drop("_same_content")
+            todo = blobs.join(_small(new, n_scored), ["item_id", "content_hash"], "inner").select(*ITEM_OUTPUTS_INPUT)
+            parts.append(todo.mapInArrow(item_outputs_fn(config.model_dir, model.version, sc.batch_size, sc.autocast),
+                                         ITEM_OUTPUTS_SCHEMA))
+        if n_rescored:
+            same = stale.where(F.col("_same_content")).drop("_same_content")   # with the new category and price
+            projections = (tables.read_table(spark, config, TABLE).where(F.col("model_version") == model.version)
+                           .select("item_id", "text_proj", "n_text_tokens", "image_proj"))
+            todo = projections.join(_small(same, n_rescored), "item_id").select(*ITEM_RESCORE_INPUT)
+            parts.append(todo.mapInArrow(item_rescore_fn(config.model_dir, model.version, sc.batch_size, sc.autocast),
+                                         ITEM_OUTPUTS_SCHEMA))
+        if parts:
+            spark.sparkContext.setJobDescription(f"model cache: item pass over {n_scored} new or changed items, "
+                                                 f"{n_rescored} rescored from their projections ({run_date})")
+            outputs = (functools.reduce(DataFrame.unionByName, parts)
+                       .withColumn("model_version", F.lit(model.version)).withColumn("updated_at", F.current_timestamp()))
+            _merge(spark, config, outputs)
+    finally:
+        stale.unpersist()
+    return CacheStats(valid=n_valid, scored=n_scored, rescored=n_rescored, reused=n_valid - n_scored - n_rescored,
                       seconds=time.perf_counter() - t0).check()
 
 

@@ -139,6 +139,16 @@ def binary_views(column) -> list:
     return [data[a:b] if ok else None for a, b, ok in zip(starts, ends, valid)]
 
 
+def _item_outputs_batch(batch, computed: dict):
+    """A record batch of ITEM_OUTPUTS_SCHEMA: the ``computed`` columns, the rest passed through from ``batch``."""
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    schema = to_arrow_schema(ITEM_OUTPUTS_SCHEMA)
+    return pa.record_batch([pa.array(computed[f.name], f.type) if f.name in computed else batch.column(f.name).cast(f.type)
+                            for f in schema], schema=schema)
+
+
 def item_outputs_fn(model_dir: str, version: str, batch_size: int, autocast: str | None = None):
     """For ``mapInArrow``: (record batches of ITEM_OUTPUTS_INPUT) -> (record batches of ITEM_OUTPUTS_SCHEMA).
 
@@ -146,9 +156,6 @@ def item_outputs_fn(model_dir: str, version: str, batch_size: int, autocast: str
     one: the encoder blobs are read in place (binary_views), not copied into Python bytes.
     """
     import pyarrow as pa
-    from pyspark.sql.pandas.types import to_arrow_schema
-
-    out_schema = to_arrow_schema(ITEM_OUTPUTS_SCHEMA)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = _worker_model(model_dir, version, autocast)
@@ -157,9 +164,7 @@ def item_outputs_fn(model_dir: str, version: str, batch_size: int, autocast: str
             out = model.item_outputs(binary_views(col("text_emb")), col("n_text_tokens").to_pylist(),
                                      binary_views(col("image_emb")), col("category").to_pylist(),
                                      col("price").to_pylist(), batch_size=batch_size)
-            passed = {name: col(name) for name in ("item_id", "content_hash", "category", "price")}
-            yield pa.record_batch([passed[f.name].cast(f.type) if f.name in passed else pa.array(out[f.name], f.type)
-                                   for f in out_schema], schema=out_schema)
+            yield _item_outputs_batch(batch, out)
 
     return run
 
@@ -172,9 +177,6 @@ def item_rescore_fn(model_dir: str, version: str, batch_size: int, autocast: str
     """
     import numpy as np
     import pyarrow as pa
-    from pyspark.sql.pandas.types import to_arrow_schema
-
-    out_schema = to_arrow_schema(ITEM_OUTPUTS_SCHEMA)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = _worker_model(model_dir, version, autocast)
@@ -187,9 +189,7 @@ def item_rescore_fn(model_dir: str, version: str, batch_size: int, autocast: str
                                                  col("price").to_pylist(), batch_size=batch_size, projected=True)
             else:   # a model without alignment heads caches null scores (item_outputs' NaN)
                 p_ita = p_tia = np.full(batch.num_rows, np.nan)
-            scores = {"p_ita": p_ita, "p_tia": p_tia}
-            yield pa.record_batch([pa.array(scores[f.name], f.type) if f.name in scores else col(f.name).cast(f.type)
-                                   for f in out_schema], schema=out_schema)
+            yield _item_outputs_batch(batch, {"p_ita": p_ita, "p_tia": p_tia})
 
     return run
 
