@@ -323,6 +323,12 @@ class FeatureUpdate:
         return (self.staged(spark).where(F.col("status").isin(REUSED, ENCODED))
                 .select("item_id", "merchant_id", "category", "title", "description", "price", "content_hash"))
 
+    def encoded_features(self, spark: SparkSession) -> DataFrame:
+        """This run's newly encoded rows, shaped like ``cached_features``: read instead of
+        item_features when only they are needed, so a night with few changes reads few blobs."""
+        return (self.staged(spark).where(F.col("status") == ENCODED)
+                .select("item_id", "content_hash", "text_emb", "n_text_tokens", "image_emb"))
+
     def quarantine_rows(self, spark: SparkSession, run_date: dt.date, job: str) -> DataFrame:
         """This run's rejected items, shaped as quarantine rows (source='items')."""
         bad = self.staged(spark).where(F.col("status") == QUARANTINED)

@@ -1,6 +1,6 @@
 """The per-item model cache: what the model in service computes from an item alone, once per change.
 
-    stats = refresh(spark, config, model, valid, run_date)    # score new or changed items, MERGE
+    stats = refresh(spark, config, model, valid, blobs, run_date, encoded)   # score new or changed items, MERGE
     outputs = current(spark, config, model, valid)            # every valid item's cached outputs
 
 An item's projected tokens (``CameNN.project_items``: its text and image mapped to d_model)
@@ -8,9 +8,11 @@ and its alignment scores depend only on its content (content_hash), its category
 and the model version. ``item_model_outputs`` holds one row per item with that key; a night
 runs the model's item pass only over the valid items whose key is not cached (new or changed
 items, or all of them when the model version changed), MERGEs them in one commit, and then
-reads every valid item's outputs from the cache. An item whose category or price changed but
-not its content is scored again from its cached projections (they depend on content alone), so
-no encoder blob is read for it:
+reads every valid item's outputs from the cache. The blobs of new or changed items come from
+the night's own encoded rows when those cover them all (the usual night: nothing but what was
+encoded tonight is stale), so ``item_features`` is scanned only for a new model or a cache that
+missed an item. An item whose category or price changed but not its content is scored again
+from its cached projections (they depend on content alone), so no encoder blob is read for it:
 
 - alignment for the date = the cached p_ita / p_tia of every valid item, so ``item_alignment``
   is complete while only changed items were scored, and per-category quantiles see them all;
@@ -48,6 +50,7 @@ class CacheStats:
     reused: int          # items whose cached outputs were current
     seconds: float
     rescored: int = 0    # items whose category or price changed: scored again from their cached projections
+    feature_scans: int = 0   # 1 when the item pass read its blobs from all of item_features, not tonight's rows
 
     def check(self) -> CacheStats:
         if self.valid != self.scored + self.rescored + self.reused:
@@ -68,11 +71,13 @@ def _cached(spark: SparkSession, config: AppConfig, version: str) -> DataFrame:
 
 
 def refresh(spark: SparkSession, config: AppConfig, model, valid: DataFrame, blobs: DataFrame,
-            run_date: dt.date) -> CacheStats:
+            run_date: dt.date, encoded: DataFrame | None = None) -> CacheStats:
     """Run the item pass over the valid items whose outputs are not cached for ``model``; MERGE them.
 
     ``valid``: item_id, content_hash, category, price of every valid item (no blobs).
     ``blobs``: item_features rows (item_id, content_hash, text_emb, n_text_tokens, image_emb).
+    ``encoded``: the same columns for the items encoded this run (``FeatureUpdate.encoded_features``);
+    when every new or changed item is among them, ``blobs`` is not read.
     """
     t0 = time.perf_counter()
     sc = config.scoring
@@ -90,10 +95,16 @@ def refresh(spark: SparkSession, config: AppConfig, model, valid: DataFrame, blo
         n_valid = keys.count()
         by_kind = {r["_same_content"]: r["count"] for r in stale.groupBy("_same_content").count().collect()}
         n_scored, n_rescored = by_kind.get(False, 0), by_kind.get(True, 0)
-        parts = []
+        parts, scans = [], 0
         if n_scored:
             new = stale.where(~F.col("_same_content")).drop("_same_content")
-            todo = blobs.join(_small(new, n_scored), ["item_id", "content_hash"], "inner").select(*ITEM_OUTPUTS_INPUT)
+            source = blobs
+            if encoded is not None and new.join(encoded.select("item_id", "content_hash"),
+                                                ["item_id", "content_hash"], "left_semi").count() == n_scored:
+                source = encoded
+            else:
+                scans = 1
+            todo = source.join(_small(new, n_scored), ["item_id", "content_hash"], "inner").select(*ITEM_OUTPUTS_INPUT)
             parts.append(todo.mapInArrow(item_outputs_fn(config.model_dir, model.version, sc.batch_size, sc.autocast),
                                          ITEM_OUTPUTS_SCHEMA))
         if n_rescored:
@@ -112,7 +123,7 @@ def refresh(spark: SparkSession, config: AppConfig, model, valid: DataFrame, blo
     finally:
         stale.unpersist()
     return CacheStats(valid=n_valid, scored=n_scored, rescored=n_rescored, reused=n_valid - n_scored - n_rescored,
-                      seconds=time.perf_counter() - t0).check()
+                      seconds=time.perf_counter() - t0, feature_scans=scans).check()
 
 
 def _small(stale: DataFrame, n: int) -> DataFrame:

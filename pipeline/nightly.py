@@ -470,13 +470,14 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
         quarantine = update.quarantine_rows(spark, run_date, JOB)
 
         _say(f"2/5 model cache: item pass of model {model.version} over new or changed items")
-        cache = model_cache.refresh(spark, config, model, valid, blobs, run_date)
+        cache = model_cache.refresh(spark, config, model, valid, blobs, run_date, update.encoded_features(spark))
         result.timings["item_pass"] = cache.seconds
         result.counts.update(items_model_scored=cache.scored, items_model_rescored=cache.rescored,
-                             items_model_reused=cache.reused)
+                             items_model_reused=cache.reused, item_features_scans=cache.feature_scans)
         result.outputs["item_model_outputs"] = config.table(model_cache.TABLE)
         _say(f"    {cache.scored} items through the model, {cache.rescored} rescored from their cached projections "
-             f"(category or price changed), {cache.reused} reused from the cache")
+             f"(category or price changed), {cache.reused} reused from the cache"
+             + ("; their blobs read from all of item_features" if cache.feature_scans else ""))
         outputs = model_cache.current(spark, config, model, valid).persist(StorageLevel.MEMORY_AND_DISK)
         persisted.append(outputs)
         model_cache.check_current(outputs, cache.valid)

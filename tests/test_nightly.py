@@ -581,6 +581,7 @@ def test_new_model_version_replaces_the_rows(spark, world, first_run, tmp_path):
     result = nightly.run(spark, config2, RUN)
     assert result.model_version == new_version
     assert (result.counts["items_encoded"], result.counts["items_model_scored"]) == (0, N_CLEAN)  # all rescored
+    assert result.counts["item_features_scans"] == 1   # nothing encoded tonight: the blobs come from item_features
     for name in ("item_alignment", "cvr_scores"):
         versions = tables.read_table(spark, config, name).where(F.col("run_date") == F.lit(RUN)) \
             .groupBy("model_version").count().collect()
@@ -599,12 +600,20 @@ def test_three_changed_items_are_encoded_and_scored_again_and_nothing_else(spark
     result = nightly.run(spark, config, RUN)
     c = result.counts
     assert (c["items_encoded"], c["items_model_scored"]) == (3, 3)
+    assert c["item_features_scans"] == 0   # their blobs come from tonight's encoded rows, not a scan of every item's
     assert (c["items_reused"], c["items_model_reused"], c["items_scored"]) == (N_CLEAN - 3, N_CLEAN - 3, N_CLEAN)
     assert c["items_in"] == c["items_valid"] + c["items_quarantined"]
     assert c["candidates_in"] == c["cvr_scored"] + c["candidates_quarantined"]
     assert_tables_match_oracle(spark, config, version)
     again = nightly.run(spark, config, RUN).counts
-    assert (again["items_encoded"], again["items_model_scored"]) == (0, 0)
+    assert (again["items_encoded"], again["items_model_scored"], again["item_features_scans"]) == (0, 0, 0)
+    # a cached row lost (a night killed between the two MERGEs): tonight's encoded rows do not hold
+    # that item's blobs, so the item pass falls back to scanning item_features, and says so
+    from delta.tables import DeltaTable
+    DeltaTable.forPath(spark, config.table("item_model_outputs")).delete("item_id = 'i004'")
+    lost = nightly.run(spark, config, RUN).counts
+    assert (lost["items_encoded"], lost["items_model_scored"], lost["item_features_scans"]) == (0, 1, 1)
+    assert_tables_match_oracle(spark, config, version)
 
 
 def test_a_price_or_category_change_is_rescored_from_the_cached_projections(spark, world, first_run):
