@@ -19,7 +19,7 @@ from pathlib import Path
 
 def table_vocab(spark, config):
     """FeatureVocab from the tables: distinct categories and user values, price deciles (Spark aggregates only)."""
-    from camenn.inputs import USER_FEATURES, FeatureVocab
+    from camenn.inputs import FeatureVocab
     from pipeline import tables
 
     items = tables.read_table(spark, config, "items")
@@ -28,7 +28,7 @@ def table_vocab(spark, config):
     edges = items.approxQuantile("price", [i / 10 for i in range(1, 10)], 0.01)
     return FeatureVocab(categories=sorted(c for c in cats if c), price_edges=sorted(set(edges)),
                         user_values={f: sorted(r[0] for r in users.select(f).distinct().collect() if r[0] is not None)
-                                     for f in USER_FEATURES})
+                                     for f in config.data.profile_fields})
 
 
 def encoder_dims(fcfg) -> tuple[int, int]:

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     from camenn.predictor import Predictor
     from pipeline import model_cache, nightly, tables, tracking
     from pipeline.session import get_spark
-    from udfs.predict import PROJECTED_FIELDS, USER_FIELDS
+    from udfs.predict import PROJECTED_FIELDS
 
     config = tracking.resolve_model(load_config(args.conf, []))
     spark = get_spark(config)
@@ -65,15 +65,17 @@ def main(argv=None) -> int:
     if outputs.limit(1).count() == 0:
         raise SystemExit(f"no {model_cache.TABLE} rows of model {model.version} under {config.data.root}: run `make demo` first")
     candidates = tables.read_table(spark, config, "candidates").where(F.col("run_date") == F.lit(run_date))
-    good = (nightly.checked_candidates(candidates, outputs.select("item_id"), tables.read_table(spark, config, "users"))
+    profile = model.vocab.profile_fields
+    good = (nightly.checked_candidates(candidates, outputs.select("item_id"), tables.read_table(spark, config, "users"),
+                                       profile)
             .where(F.col("reason").isNull()).drop("reason"))
     rows = nightly.user_rows(good, outputs, tables.read_table(spark, config, "events"), run_date,
-                             model.max_behaviour).orderBy("user_id").limit(args.users).toPandas()
+                             model.max_behaviour, profile).orderBy("user_id").limit(args.users).toPandas()
 
     def score(frame):
         return model.score_users(list(frame["cand_item_id"]), *(list(frame[f"cand_{f}"]) for f in PROJECTED_FIELDS),
                                  *(list(frame[f"beh_{f}"]) for f in PROJECTED_FIELDS),
-                                 {f: list(frame[f]) for f in USER_FIELDS})[2]
+                                 {f: list(frame[f]) for f in profile})[2]
 
     base = score(rows)
     blob_bytes = float(np.mean([len(t) + len(i) for ts, is_ in zip(rows["cand_text_proj"], rows["cand_image_proj"])

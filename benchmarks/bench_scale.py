@@ -11,7 +11,8 @@ reused while its marker file says it holds this N, seed and feature shapes): N i
 ``image`` is a few hundred random bytes (never decoded), their ``item_features`` written
 directly as random fp16 blobs of the configured shapes, keyed on the items' stored
 content_hash and the current encoder fingerprint so a night encodes nothing; N/20 users,
-~10 purchases per user before the run date, 20 candidates per user (candidates = N).
+~10 purchases per user before the run date, 20 candidates per user (candidates = N; production's
+matching stage proposes about 100 a user, 5 per item: ``--candidates-per-user 100``).
 With an untrained CameNN of the config's model size (benchmarks/_common.py) it measures:
 
 1. a full night (``pipeline.nightly.run`` with the model cache emptied: every item goes through
@@ -30,7 +31,7 @@ With an untrained CameNN of the config's model size (benchmarks/_common.py) it m
    (``nightly.user_rows``: cached projected tokens), beside the theoretical row bytes;
 4. the growth per 10x of N of seconds per item and of peak memory.
 
-One file (~520 lines) because the world it writes, the monitors (RSS sampler, Spark stage log)
+One file (~530 lines) because the world it writes, the monitors (RSS sampler, Spark stage log)
 and the nights share one Spark session and one set of marks; split, they would pass them around.
 """
 
@@ -80,6 +81,8 @@ def parse_args(argv=None):
     p.add_argument("--changed", type=float, default=0.01, help="share of items whose title changes before night 2")
     p.add_argument("--price-night", action="store_true",
                    help="a third night after --changed of the prices changed (content unchanged: no blob is read)")
+    p.add_argument("--candidates-per-user", type=int, default=CANDIDATES_PER_USER,
+                   help="candidates per user (N/20 users): 20 = one per item, the demo's; 100 = production's, 5 per item")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
@@ -212,7 +215,8 @@ def feature_rows(spark, keys, seed, shapes, fingerprint):
     return rows.withColumn("encoder_fingerprint", F.lit(fingerprint)).withColumn("updated_at", F.current_timestamp())
 
 
-def synthesise(spark, config, n: int, seed: int, shapes, fingerprint: str, feature_bytes: float) -> None:
+def synthesise(spark, config, n: int, seed: int, shapes, fingerprint: str, feature_bytes: float,
+               per_user: int = CANDIDATES_PER_USER) -> None:
     run_date = config.world.run_date
     n_users = max(1, n // ITEMS_PER_USER)
     item_parts, feature_parts = max(2, math.ceil(n / 100_000)), max(2, math.ceil(feature_bytes / 256e6))
@@ -234,9 +238,9 @@ def synthesise(spark, config, n: int, seed: int, shapes, fingerprint: str, featu
         F.timestamp_seconds(F.lit(run_s - 1) - F.pmod(h("ts"), F.lit(60 * 86400))).alias("ts"),
         F.lit("purchase").alias("event"), (F.pmod(h("price"), F.lit(10_000)) / 100 + 1).alias("price"))
     tables.overwrite_table(spark, config, "events", events)
-    # a stride prime to n walks a permutation of the items: a user's 20 candidates are 20 distinct items
-    candidates = spark.range(n_users * CANDIDATES_PER_USER, numPartitions=item_parts).select(
-        F.lit(run_date).alias("run_date"), F.format_string("u%08d", F.expr(f"id div {CANDIDATES_PER_USER}")).alias("user_id"),
+    # a stride prime to n walks a permutation of the items: a user's candidates are distinct items
+    candidates = spark.range(n_users * per_user, numPartitions=item_parts).select(
+        F.lit(run_date).alias("run_date"), F.format_string("u%08d", F.expr(f"id div {per_user}")).alias("user_id"),
         F.format_string("i%09d", F.pmod(F.col("id") * 1_000_003 + seed * 7919, F.lit(n))).alias("item_id"))
     tables.overwrite_table(spark, config, "candidates", candidates)
 
@@ -347,7 +351,8 @@ def cvr_input_bytes(spark, config, log: StageLog, disk_free: float, blob_mean: f
     keys = feature_cache.item_keys(spark, config, fingerprint).localCheckpoint()
     users, events = tables.read_table(spark, config, "users"), tables.read_table(spark, config, "events")
     candidates = tables.read_table(spark, config, "candidates").where(F.col("run_date") == F.lit(run_date))
-    good = (nightly.checked_candidates(candidates, keys.select("item_id"), users)
+    profile = model.vocab.profile_fields
+    good = (nightly.checked_candidates(candidates, keys.select("item_id"), users, profile)
             .where(F.col("reason").isNull()).drop("reason").localCheckpoint())
     n_cand, n_users = good.count(), good.select("user_id").distinct().count()
     seqs = history.behaviour_at(events, run_date, model.max_behaviour, known_items=keys, users=good)
@@ -361,14 +366,14 @@ def cvr_input_bytes(spark, config, log: StageLog, disk_free: float, blob_mean: f
            "theory_bytes_per_item": {"old": blob_item, "new": proj_item},
            # the rows the UDF receives: every candidate carries its behaviour (old), a user carries it once (new)
            "theory_row_bytes_per_candidate": {"old": blob_item * (1 + mean_beh), "new": proj_item * (1 + mean_beh / per_user)}}
-    designs = {"new": lambda: nightly.user_rows(good, model_cache.current(spark, config, model, keys), events, run_date,
-                                                model.max_behaviour)}
+    designs = {"new": lambda: nightly.user_rows(good, model_cache.projections(spark, config, model), events, run_date,
+                                                model.max_behaviour, profile)}
     old_estimate = 4 * n_cand * blob_mean   # target blobs, behaviour grouping and joins: ~4 blob moves per candidate
     if old_estimate > 0.8 * disk_free:
         print(f"old per-candidate CVR input skipped: ~{old_estimate / 1e9:.0f} GB of shuffle > 80% of {disk_free / 1e9:.0f} GB free")
     else:
         designs["old"] = lambda: nightly.scorable_pairs(good, feature_cache.valid_items(spark, config, fingerprint, keys),
-                                                        events, run_date, model.max_behaviour)
+                                                        events, run_date, model.max_behaviour, profile)
     for name, make in designs.items():
         w0 = time.time()
         consume(make())
@@ -400,6 +405,8 @@ def one_size(spark, args, n: int, monitor: Monitor, log: StageLog, t0: float) ->
     say(f"N={n}: item_features ~{need / 1e9:.2f} GB ({blob_mean / 1e3:.1f} kB/item), {free / 1e9:.0f} GB free", t0)
     marker = wdir / "world.json"
     world = {"n": n, "seed": args.seed, "shapes": shapes, "fingerprint": fingerprint}
+    if args.candidates_per_user != CANDIDATES_PER_USER:   # only then: the worlds written before the flag stay reusable
+        world["candidates_per_user"] = args.candidates_per_user
     old = json.loads(marker.read_text()) if marker.is_file() else {}
     if {k: old.get(k) for k in world} == json.loads(json.dumps(world)):
         say(f"N={n}: reusing the world at {wdir}", t0)
@@ -410,7 +417,7 @@ def one_size(spark, args, n: int, monitor: Monitor, log: StageLog, t0: float) ->
         for sub in ("tables", "artifacts"):   # only ours: other benchmarks may keep folders beside them
             shutil.rmtree(wdir / sub, ignore_errors=True)
         w = time.perf_counter()
-        synthesise(spark, config, n, args.seed, shapes, fingerprint, need)
+        synthesise(spark, config, n, args.seed, shapes, fingerprint, need, args.candidates_per_user)
         world["seconds"] = time.perf_counter() - w
         wdir.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(world, indent=2))
@@ -502,7 +509,8 @@ def main(argv=None) -> int:
                           "featurizer": base.featurizer.model_dump(mode="json"),
                           "scoring": base.scoring.model_dump(mode="json"), "spark": conf,
                           "spark_master": spark.sparkContext.master},
-               "sizes": args.sizes, "seed": args.seed, "changed": args.changed, "results": {}}
+               "sizes": args.sizes, "seed": args.seed, "changed": args.changed,
+               "candidates_per_user": args.candidates_per_user, "results": {}}
     for n in args.sizes:
         r = figures["results"][str(n)] = one_size(spark, args, n, monitor, log, t0)
         report(r)

@@ -206,12 +206,11 @@ def main(argv=None) -> int:
     from udfs.encode import get_featurizer
     from udfs.predict import (
         CVR_SCHEMA,
-        CVR_USERS_INPUT,
         ITEM_OUTPUTS_INPUT,
         ITEM_OUTPUTS_SCHEMA,
         PROJECTED_FIELDS,
-        USER_FIELDS,
         cvr_users_fn,
+        cvr_users_input,
         item_outputs_fn,
     )
 
@@ -343,13 +342,14 @@ def main(argv=None) -> int:
     }
 
     # 3a. CVR grouped by user: user_rows -> cvr_users_fn -> noop, warm
-    outputs = model_cache.current(spark, config, model, valid).localCheckpoint()
     candidates = tables.read_table(spark, config, "candidates").where(F.col("run_date") == F.lit(run_date))
     users = tables.read_table(spark, config, "users")
     events = tables.read_table(spark, config, "events")
-    good = (nightly.checked_candidates(candidates, outputs.select("item_id"), users)
+    profile = model.vocab.profile_fields
+    good = (nightly.checked_candidates(candidates, valid.select("item_id"), users, profile)
             .where(F.col("reason").isNull()).drop("reason").localCheckpoint())
-    rows_in = nightly.user_rows(good, outputs, events, run_date, model.max_behaviour)
+    rows_in = nightly.user_rows(good, model_cache.projections(spark, config, model), events, run_date, model.max_behaviour,
+                                profile)
     cvr_udf = cvr_users_fn(config.model_dir, model.version, sc.batch_size, sc.autocast)
     spark.conf.set(nightly.ARROW_BATCH, str(figures["cvr_users_per_arrow_batch"]))
     cvr_full = [spark_timed(spark, "bench: user_rows + cvr", noop(rows_in.mapInPandas(cvr_udf, CVR_SCHEMA))) for _ in range(2)]
@@ -374,13 +374,13 @@ def main(argv=None) -> int:
         say(f"cvr, Spark, user rows repartitioned to {spread_cvr_parts}: " + ", ".join(f"{s:.1f} s" for s, _ in spread_cvr), t0)
 
     # 3b. the plain loop over the same user rows
-    upd = user_in.select(*CVR_USERS_INPUT).toPandas()
+    upd = user_in.select(*cvr_users_input(profile)).toPandas()
     n_pairs = int(sum(len(c) for c in upd["cand_item_id"]))
     beh_lens = [len(b) if hasattr(b, "__len__") else 0 for b in upd["beh_n_text_tokens"]]   # null: no purchases
     cand_counts = [len(c) for c in upd["cand_item_id"]]
     mean_beh = float(np.average(np.minimum(beh_lens, model.max_behaviour), weights=cand_counts)) if n_pairs else 0.0
     cvr_args = ([list(upd["cand_item_id"])] + [list(upd[f"cand_{f}"]) for f in PROJECTED_FIELDS]
-                + [list(upd[f"beh_{f}"]) for f in PROJECTED_FIELDS] + [{f: list(upd[f]) for f in USER_FIELDS}])
+                + [list(upd[f"beh_{f}"]) for f in PROJECTED_FIELDS] + [{f: list(upd[f]) for f in profile}])
     cvr_loops = plain_loops(lambda: model.score_users(*cvr_args, batch_size=sc.batch_size), args.loop_threads)
     # FLOPs of score_users as it runs (padding included), on the users of about one model batch
     k, acc = 0, 0

@@ -16,6 +16,7 @@ its home items), not the catalogue and not every example. docs/training.md has t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +27,7 @@ from camenn.inputs import FeatureVocab, ItemStore
 
 SPLITS = ("train", "valid", "test")
 N_BUCKETS = 1024  # training_examples.bucket is in [0, N_BUCKETS)
-EXAMPLE_COLUMNS = ["example_id", "item_id", "behaviour", "age_band", "household", "zone", "label", "split", "bucket"]
+EXAMPLE_COLUMNS = ["example_id", "item_id", "behaviour", "label", "split", "bucket"]   # + the vocabulary's profile fields
 ITEM_COLUMNS = ["item_id", "home", "category", "price", "text_emb", "n_text_tokens", "image_emb"]
 
 
@@ -124,7 +125,7 @@ def examples_from_arrow(table, store: ItemStore, vocab: FeatureVocab, max_behavi
             seq = flat[s:s + k]
             seq = seq[seq >= 0]                                                        # unknown items drop out
             behaviour[row, :len(seq)] = seq
-    user = vocab.user_feats({f: table[f].to_pylist() for f in ("age_band", "household", "zone")})
+    user = vocab.user_feats({f: table[f].to_pylist() for f in vocab.profile_fields})
     label = np.asarray(table["label"].to_numpy(zero_copy_only=False), dtype=np.float32)
     split = np.asarray(table["split"].to_pylist(), dtype=object)
     known = target.numpy() >= 0
@@ -136,15 +137,16 @@ def examples_from_arrow(table, store: ItemStore, vocab: FeatureVocab, max_behavi
     return out, int((~known).sum())
 
 
-def read_chunk_examples(spec: dict, chunk: int):
-    """The pinned training_examples rows of one chunk, in a fixed order (by example_id) whatever the file layout."""
+def read_chunk_examples(spec: dict, chunk: int, profile_fields: Sequence[str] = ()):
+    """The pinned training_examples rows of one chunk (EXAMPLE_COLUMNS + ``profile_fields``), in a fixed
+    order (by example_id) whatever the file layout."""
     import pyarrow.compute as pc
 
     n_chunks = int(spec["n_chunks"])
     buckets = chunk_buckets(chunk, n_chunks)
     filters = None if n_chunks == 1 else [("bucket", "in", buckets)]
     table = delta_table(spec["paths"]["training_examples"], spec["table_versions"].get("training_examples")) \
-        .to_pyarrow_table(columns=EXAMPLE_COLUMNS, filters=filters)
+        .to_pyarrow_table(columns=[*EXAMPLE_COLUMNS, *profile_fields], filters=filters)
     if n_chunks > 1:  # delta-rs prunes files by statistics; the row filter is exact here
         table = table.filter(pc.equal(pc.modulo(table["bucket"], n_chunks), chunk))
     return table.take(pc.sort_indices(table, sort_keys=[("example_id", "ascending")])) if table.num_rows else table
@@ -158,7 +160,7 @@ def load_chunk(spec: dict, chunk: int, vocab: FeatureVocab, item_split_of) -> Ch
     items = delta_table(spec["paths"]["training_items"], spec["table_versions"].get("training_items")) \
         .to_pyarrow_table(columns=ITEM_COLUMNS, filters=[("chunk", "=", chunk)])
     store = store_from_arrow(items, vocab, int(spec["n_patches"]))
-    splits, dropped = examples_from_arrow(read_chunk_examples(spec, chunk), store, vocab,
+    splits, dropped = examples_from_arrow(read_chunk_examples(spec, chunk, vocab.profile_fields), store, vocab,
                                           int(spec["model"]["max_behaviour"]))
     home_ids = set(items.filter(items["home"])["item_id"].to_pylist())
     part = np.asarray([item_split_of(i) if i in home_ids else "" for i in store.item_ids], dtype=object)

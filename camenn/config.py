@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 TABLE_NAMES = (
     "items", "users", "events", "impressions", "candidates",
@@ -32,9 +32,31 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+# The synthetic world's user profile; a real catalogue names its own (age, membership, region, ...)
+DEFAULT_PROFILE_FIELDS = ("age_band", "household", "zone")
+_IDENTIFIER = re.compile(r"[a-z][a-z0-9_]{0,62}")
+# columns of users / training_examples that a profile field must not shadow
+_RESERVED_COLUMNS = {"user_id", "example_id", "item_id", "ts", "label", "behaviour", "split", "bucket", "source",
+                     "run_id", "reason"}
+
+
 class DataConfig(Section):
     root: str = Field(description="folder or URI under which every table lives")
     tables: dict[str, str] = Field(default_factory=dict, description="per-table path overrides")
+    profile_fields: tuple[str, ...] = Field(
+        DEFAULT_PROFILE_FIELDS, description="the users table's profile columns (categorical strings, null = unknown): "
+        "the model embeds each one, and a model scores with the fields it was trained with")
+
+    @field_validator("profile_fields")
+    @classmethod
+    def _profile_columns(cls, fields: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [f for f in fields if not _IDENTIFIER.fullmatch(f) or f in _RESERVED_COLUMNS]
+        if bad:
+            raise ValueError(f"profile field(s) {bad} are not usable column names (lower-case letters, digits and _, "
+                             f"not one of {sorted(_RESERVED_COLUMNS)})")
+        if len(set(fields)) != len(fields):
+            raise ValueError(f"profile fields repeat a name: {list(fields)}")
+        return fields
 
     @field_validator("tables")
     @classmethod
@@ -311,8 +333,18 @@ class SparkConfig(Section):
 
 ITEM_FIELDS = ("item_id", "merchant_id", "category", "title", "description", "price", "image", "updated_at")
 EVENT_FIELDS = ("user_id", "item_id", "ts", "price")
-USER_FIELDS = ("user_id", "age_band", "household", "zone")   # the users table's profile columns
 CANDIDATE_FIELDS = ("user_id", "item_id")
+
+
+def unknown_user_fields(user_map: dict[str, str], profile_fields: tuple[str, ...]) -> list[str]:
+    """The user_map keys that are neither user_id nor a profile field. The default map's entries for
+    the synthetic profile are let through (ignored) when a config names other profile fields."""
+    return sorted(set(user_map) - {"user_id", *profile_fields, *DEFAULT_PROFILE_FIELDS})
+
+
+def profile_map(user_map: dict[str, str], profile_fields: tuple[str, ...]) -> dict[str, str]:
+    """user_map reduced to user_id and ``profile_fields`` (a profile field it does not map is left null)."""
+    return {k: v for k, v in user_map.items() if k in ("user_id", *profile_fields)}
 
 
 class IngestConfig(Section):
@@ -350,8 +382,9 @@ class IngestConfig(Section):
     @field_validator("item_map", "event_map", "user_map", "candidate_map")
     @classmethod
     def _known_fields(cls, mapping: dict[str, str], info) -> dict[str, str]:
-        known = {"item_map": ITEM_FIELDS, "event_map": EVENT_FIELDS, "user_map": USER_FIELDS,
-                 "candidate_map": CANDIDATE_FIELDS}[info.field_name]
+        if info.field_name == "user_map":   # its profile fields are data.profile_fields: AppConfig checks them
+            return mapping
+        known = {"item_map": ITEM_FIELDS, "event_map": EVENT_FIELDS, "candidate_map": CANDIDATE_FIELDS}[info.field_name]
         unknown = sorted(set(mapping) - set(known))
         if unknown:
             raise ValueError(f"unknown field(s) {unknown}; known: {list(known)}")
@@ -372,6 +405,14 @@ class AppConfig(Section):
     spark: SparkConfig = SparkConfig()
     ingest: IngestConfig = IngestConfig()
     source: str = Field("", description="the file this config came from (filled in by load_config)")
+
+    @model_validator(mode="after")
+    def _user_map_fields(self) -> AppConfig:
+        unknown = unknown_user_fields(self.ingest.user_map, self.data.profile_fields)
+        if unknown:
+            raise ValueError(f"ingest.user_map: unknown field(s) {unknown}; known: user_id and data.profile_fields "
+                             f"{list(self.data.profile_fields)}")
+        return self
 
     def table(self, name: str) -> str:
         return self.data.table(name)

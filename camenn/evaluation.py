@@ -67,10 +67,10 @@ def comparison(results: dict[str, list[dict]], bayes: float | None = None) -> li
     return rows
 
 
-def logistic_ceiling(frame, seed: int = 0) -> dict:
+def logistic_ceiling(frame, seed: int = 0, profile_fields: tuple[str, ...] = ("age_band", "household", "zone")) -> dict:
     """CVR AUC of a logistic regression on hand-made features of what the model's inputs show.
 
-    ``frame`` (pandas): split, label, category, price, age_band, household, zone, match (how
+    ``frame`` (pandas): split, label, category, price, the ``profile_fields``, match (how
     many of the example's behaviour items share the target's category) and boolean text-tag
     columns whose names start with ``tag_``. The features follow the synthetic world's purchase
     model (favourite categories from the profile and the history, price, tags): it is the
@@ -89,7 +89,7 @@ def logistic_ceiling(frame, seed: int = 0) -> dict:
         return sp.csr_matrix((np.ones(n), (rows, codes)), shape=(n, width))
 
     blocks = [one_hot(cat, len(categories))]
-    for field in ("age_band", "household", "zone"):  # profile x category: favourites follow the profile
+    for field in profile_fields:  # profile x category: favourites follow the profile
         values = {v: i for i, v in enumerate(sorted(frame[field].astype(str).unique()))}
         blocks.append(one_hot(frame[field].astype(str).map(values).to_numpy() * len(categories) + cat,
                               len(values) * len(categories)))

@@ -19,7 +19,7 @@ from camenn.featurizer import BLOB_FP16, BLOB_FP32, unpack_item_features
 from camenn.model import CameNNBatch, ItemTokens
 
 ITEM_FEATURES = ("category", "price_bucket")
-USER_FEATURES = ("age_band", "household", "zone")
+USER_FEATURES = ("age_band", "household", "zone")   # the synthetic world's profile: fit()'s default
 UNKNOWN = 0  # id 0 of every feature: unknown value, and padding
 
 
@@ -27,19 +27,28 @@ UNKNOWN = 0  # id 0 of every feature: unknown value, and padding
 class FeatureVocab:
     categories: list[str]
     price_edges: list[float]
+    # profile field -> its values; the keys, in order, are the profile fields the model embeds
     user_values: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def fit(cls, categories: Sequence[str], prices: Sequence[float], user_values: dict[str, Sequence[str]],
-            n_price_buckets: int = 10) -> FeatureVocab:
-        """Vocabularies from distinct values; price buckets from quantiles (computed by the caller at scale)."""
+            n_price_buckets: int = 10, profile_fields: Sequence[str] = USER_FEATURES) -> FeatureVocab:
+        """Vocabularies from distinct values; price buckets from quantiles (computed by the caller at scale).
+
+        ``profile_fields``: the users table's profile columns (config data.profile_fields), in
+        the order of the model's user embeddings.
+        """
         prices = np.asarray([p for p in prices if p is not None and np.isfinite(p)], dtype=np.float64)
         qs = np.quantile(prices, np.linspace(0, 1, n_price_buckets + 1)[1:-1]) if len(prices) else np.array([])
         return cls(
             categories=sorted({c for c in categories if c}),
             price_edges=sorted({float(q) for q in qs}),
-            user_values={f: sorted({str(v) for v in user_values.get(f, ()) if v is not None}) for f in USER_FEATURES},
+            user_values={f: sorted({str(v) for v in user_values.get(f, ()) if v is not None}) for f in profile_fields},
         )
+
+    @property
+    def profile_fields(self) -> tuple[str, ...]:
+        return tuple(self.user_values)
 
     @property
     def item_feature_sizes(self) -> dict[str, int]:
@@ -47,7 +56,7 @@ class FeatureVocab:
 
     @property
     def user_feature_sizes(self) -> dict[str, int]:
-        return {f: len(self.user_values.get(f, [])) + 1 for f in USER_FEATURES}
+        return {f: len(values) + 1 for f, values in self.user_values.items()}
 
     def item_feats(self, categories: Sequence[str | None], prices: Sequence[float | None]) -> np.ndarray:
         """(B, 2) int64: category id and price bucket, 0 where unknown."""
@@ -60,11 +69,11 @@ class FeatureVocab:
         return out
 
     def user_feats(self, columns: dict[str, Sequence[str | None]]) -> np.ndarray:
-        """(B, Fu) int64 from one sequence per user field, 0 where unknown or missing."""
+        """(B, Fu) int64 from one sequence per profile field, 0 where unknown or missing."""
         n = len(next(iter(columns.values()))) if columns else 0
-        out = np.zeros((n, len(USER_FEATURES)), dtype=np.int64)  # (B, Fu)
-        for j, name in enumerate(USER_FEATURES):
-            lookup = {v: i + 1 for i, v in enumerate(self.user_values.get(name, []))}
+        out = np.zeros((n, len(self.user_values)), dtype=np.int64)  # (B, Fu)
+        for j, (name, values) in enumerate(self.user_values.items()):
+            lookup = {v: i + 1 for i, v in enumerate(values)}
             values = columns.get(name)
             if values is not None:
                 out[:, j] = [lookup.get(None if v is None else str(v), UNKNOWN) for v in values]

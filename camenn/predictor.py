@@ -35,7 +35,7 @@ import torch
 
 from camenn.checkpoint import Artifact, ArtifactError, load_artifact
 from camenn.featurizer import pack_tokens
-from camenn.inputs import USER_FEATURES, FeatureVocab, ItemStore, full_batch, item_only_batch
+from camenn.inputs import FeatureVocab, ItemStore, full_batch, item_only_batch
 from camenn.model import CameNNBatch
 
 __all__ = ["Predictor", "AUTOCAST_DTYPES"]
@@ -203,7 +203,7 @@ class Predictor:
         if "cvr" not in self.tasks:
             raise ValueError(f"model {self.version} has no cvr head (tasks={self.tasks})")
         n_users = len(cand_item_ids)
-        users = self.vocab.user_feats({f: _clean(user_fields.get(f, [None] * n_users)) for f in USER_FEATURES})  # (U, Fu)
+        users = self.vocab.user_feats({f: _clean(user_fields.get(f, [None] * n_users)) for f in self.vocab.profile_fields})  # (U, Fu)
         out_user: list[int] = []
         out_item: list[str] = []
         out_cvr: list[np.ndarray] = []
@@ -266,13 +266,13 @@ class Predictor:
         """CVR of (user, target) rows: the user's behaviour items (oldest first) and profile fields.
 
         ``behaviour_*[i]`` hold row i's behaviour items (any length; the last ``max_behaviour``
-        are used, the order the model was trained with). ``user_fields`` maps age_band,
-        household, zone to one value per row (None = unknown).
+        are used, the order the model was trained with). ``user_fields`` maps each of the
+        model's profile fields (``vocab.profile_fields``) to one value per row (None = unknown).
         """
         if "cvr" not in self.tasks:
             raise ValueError(f"model {self.version} has no cvr head (tasks={self.tasks})")
         n = len(target_text_embs)
-        users = self.vocab.user_feats({f: _clean(user_fields.get(f, [None] * n)) for f in USER_FEATURES})  # (n, Fu)
+        users = self.vocab.user_feats({f: _clean(user_fields.get(f, [None] * n)) for f in self.vocab.profile_fields})  # (n, Fu)
         # each row is a "user" with one candidate: the same batch builder as the grouped path
         targets = [[[v] for v in col] for col in (target_text_embs, target_n_text_tokens, target_image_embs,
                                                   target_categories, target_prices)]

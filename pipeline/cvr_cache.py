@@ -1,6 +1,6 @@
 """CVR scores carried over from the last night when nothing the model reads has changed.
 
-    keyed = inputs_hash(good, outputs, seqs)                  # + inputs_hash per candidate
+    keyed = inputs_hash(good, outputs, seqs, profile_fields)  # + inputs_hash per candidate
     reused, todo = split(keyed, last_night(spark, config, run_date, model.version))
 
 A candidate's CVR is a function of the model version and of what it reads: the user's profile,
@@ -26,7 +26,6 @@ from pyspark.sql import functions as F
 
 from camenn.config import AppConfig
 from pipeline import run_record, tables
-from udfs.predict import USER_FIELDS
 
 TABLE = "cvr_scores"
 KEY = ["user_id", "item_id", "inputs_hash"]
@@ -42,8 +41,8 @@ def item_keys(outputs: DataFrame) -> DataFrame:
     return outputs.select("item_id", _hash("content_hash", "category", "price").alias("item_key"))
 
 
-def inputs_hash(good: DataFrame, outputs: DataFrame, seqs: DataFrame) -> DataFrame:
-    """``good`` (scorable candidates with profile fields) + inputs_hash.
+def inputs_hash(good: DataFrame, outputs: DataFrame, seqs: DataFrame, profile_fields: tuple[str, ...]) -> DataFrame:
+    """``good`` (scorable candidates with the model's ``profile_fields``) + inputs_hash.
 
     ``outputs``: every valid item's cached outputs (model_cache.current); ``seqs``: user_id,
     behaviour (history.behaviour_at, item ids oldest first) for the users of ``good``.
@@ -56,7 +55,7 @@ def inputs_hash(good: DataFrame, outputs: DataFrame, seqs: DataFrame) -> DataFra
                  .select("user_id", F.col("b.item_key").alias("behaviour_keys")))
     return (good.join(keys, "item_id")
             .join(behaviour, "user_id", "left")
-            .withColumn("inputs_hash", _hash(*USER_FIELDS, F.coalesce("behaviour_keys", F.array().cast("array<string>")),
+            .withColumn("inputs_hash", _hash(*profile_fields, F.coalesce("behaviour_keys", F.array().cast("array<string>")),
                                              "item_key"))
             .drop("item_key", "behaviour_keys"))
 

@@ -53,7 +53,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 from pyspark.sql.window import Window
 
-from camenn.config import AppConfig, IngestConfig, project_root
+from camenn.config import AppConfig, IngestConfig, profile_map, project_root, unknown_user_fields
 from pipeline import tables
 
 JOB = "ingest"
@@ -849,11 +849,18 @@ def ingest_events(spark: SparkSession, config: AppConfig, cfg: IngestConfig, exp
 # Users and candidates: keyed rows, no images; the same mapping, quarantine and provenance
 
 
-def plan_keyed(spark: SparkSession, cfg: IngestConfig, what: str) -> tuple[DataFrame, dict[str, Source], str]:
-    """``what`` = "users" or "candidates": its export, resolved mapping and path (checked before any write)."""
+def plan_keyed(spark: SparkSession, cfg: IngestConfig, what: str,
+               profile_fields: tuple[str, ...]) -> tuple[DataFrame, dict[str, Source], str]:
+    """``what`` = "users" or "candidates": its export, resolved mapping and path (checked before any write).
+
+    Users map onto user_id and ``profile_fields`` (data.profile_fields of the config)."""
+    if what == "users" and unknown_user_fields(cfg.user_map, profile_fields):
+        raise IngestError(f"--user-map / ingest.user_map: unknown field(s) {unknown_user_fields(cfg.user_map, profile_fields)}; "
+                          f"known: user_id and the config's data.profile_fields {list(profile_fields)}")
     path = _resolve(getattr(cfg, f"{what}_path"))
     export = read_export(spark, cfg, path, f"{what} export", f"--{what}-path")
-    mapping = resolve_mapping(cfg.user_map if what == "users" else cfg.candidate_map, export.columns,
+    mapping = resolve_mapping(profile_map(cfg.user_map, profile_fields) if what == "users" else cfg.candidate_map,
+                              export.columns,
                               what=f"{what} export", path=path,
                               required=("user_id",) if what == "users" else ("user_id", "item_id"))
     return export, mapping, path
@@ -867,12 +874,13 @@ def _known(spark: SparkSession, config: AppConfig, rows: DataFrame, name: str, k
     return rows.join(keys, rows[key] == keys[f"_known_{key}"], "left"), F.col(f"_known_{key}").isNotNull()
 
 
-def classify_users(export: DataFrame, m: dict[str, Source]) -> DataFrame:
-    """Profile rows with their quarantine reason; every copy of a duplicated user_id after the last one in
-    the export is quarantined (the last row wins, as a later line of an append-only export would)."""
+def classify_users(export: DataFrame, m: dict[str, Source], profile_fields: tuple[str, ...]) -> DataFrame:
+    """Profile rows (user_id + ``profile_fields``) with their quarantine reason; every copy of a duplicated
+    user_id after the last one in the export is quarantined (the last row wins, as a later line of an
+    append-only export would)."""
     df = export
     rows = df.select(_raw(df, m["user_id"]).alias("user_id"),
-                     *(_raw(df, m.get(f)).alias(f) for f in ("age_band", "household", "zone")),
+                     *(_raw(df, m.get(f)).alias(f) for f in profile_fields),
                      F.col(_FILE).alias("source_file"), F.col(_POS).alias("_pos"), F.col(_CORRUPT).alias("_corrupt"),
                      F.col(_SPAN).alias("_span"))
     rank = F.row_number().over(Window.partitionBy("user_id").orderBy(F.col("_pos").desc()))
@@ -907,7 +915,7 @@ def ingest_keyed(spark: SparkSession, config: AppConfig, cfg: IngestConfig, what
                  mapping: dict[str, Source], run_date: dt.date) -> SourceCounts:
     """Users (overwrite, or merge on user_id) or the run date's candidates (that date's rows replaced)."""
     if what == "users":
-        verdict = classify_users(export, mapping)
+        verdict = classify_users(export, mapping, config.data.profile_fields)
     else:
         verdict = classify_candidates(spark, config, cfg, export, mapping)
     verdict = verdict.persist(StorageLevel.MEMORY_AND_DISK)
@@ -918,7 +926,7 @@ def ingest_keyed(spark: SparkSession, config: AppConfig, cfg: IngestConfig, what
             from delta.tables import DeltaTable
 
             path = tables.ensure_table(spark, config, "users")
-            (DeltaTable.forPath(spark, path).alias("t").merge(tables.conform(landed, spark, "users").alias("s"),
+            (DeltaTable.forPath(spark, path).alias("t").merge(tables.conform(landed, spark, "users", config).alias("s"),
                                                               "t.user_id = s.user_id")
                 .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
             written = _last_commit_metric(spark, path, ("numSourceRows",))
@@ -931,7 +939,7 @@ def ingest_keyed(spark: SparkSession, config: AppConfig, cfg: IngestConfig, what
             written = None if written is None else written + (counts.landed - rows.count())   # exact duplicates land once
         _check_written(what, written, counts)
         rejected = verdict.where(F.col("reason").isNotNull())
-        fields = ["user_id", *(["age_band", "household", "zone"] if what == "users" else ["item_id"])]
+        fields = ["user_id", *(config.data.profile_fields if what == "users" else ["item_id"])]
         bad = _with_lines(verdict, rejected, _header_lines(cfg, getattr(cfg, f"{what}_path")), counts).select(
             F.concat_ws("|", *(F.coalesce(f, F.lit("")) for f in fields[:1 if what == "users" else 2])).alias("_key"),
             *fields, "source_file", "line", F.col("_corrupt").substr(1, 1000).alias("record"), "reason")
@@ -960,7 +968,8 @@ def run_ingest(spark: SparkSession, config: AppConfig, cfg: IngestConfig | None 
         raise IngestError("nothing to ingest: pass --items-path, --events-path, --users-path and/or --candidates-path")
     items_plan = plan_items(spark, cfg) if cfg.items_path else None
     events_plan = plan_events(spark, cfg) if cfg.events_path else None
-    keyed_plans = {what: plan_keyed(spark, cfg, what) for what in ("users", "candidates") if getattr(cfg, f"{what}_path")}
+    keyed_plans = {what: plan_keyed(spark, cfg, what, config.data.profile_fields)
+                   for what in ("users", "candidates") if getattr(cfg, f"{what}_path")}
 
     run_id = f"{JOB}-{run_date.isoformat()}-{uuid.uuid4().hex[:8]}"
     result = IngestResult(run_id=run_id, run_date=run_date, status="running")

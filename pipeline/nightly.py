@@ -54,7 +54,7 @@ from pyspark.sql import functions as F
 from camenn import checkpoint
 from camenn.config import AppConfig, ThresholdConfig
 from pipeline import cvr_cache, feature_cache, history, model_cache, run_record, tables, tracking
-from udfs.predict import CVR_INPUT, CVR_SCHEMA, CVR_USERS_INPUT, PROJECTED_FIELDS, cvr_users_fn
+from udfs.predict import CVR_SCHEMA, PROJECTED_FIELDS, cvr_input, cvr_users_fn, cvr_users_input
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,6 @@ TEXT_SUSPECT, IMAGE_SUSPECT, BOTH_SUSPECT = "text suspect", "image suspect", "te
 FLAG_REASONS = (TEXT_SUSPECT, IMAGE_SUSPECT, BOTH_SUSPECT)
 # item_alignment.suspect_side, the typed column readers use; ``reason`` is its label for people
 SUSPECT_SIDES = {"text": TEXT_SUSPECT, "image": IMAGE_SUSPECT, "both": BOTH_SUSPECT}
-USER_FIELDS = ("age_band", "household", "zone")
 ARROW_BATCH = "spark.sql.execution.arrow.maxRecordsPerBatch"
 # Arrow rows of the grouped CVR input are users with their candidates (tens each): a user batch
 # is max_records_per_batch / 16 users, so a batch's bytes stay near those of the per-row path's.
@@ -281,10 +280,11 @@ def behaviour_inputs(events: DataFrame, valid: DataFrame, users: DataFrame, run_
         F.col("seq.price").alias("beh_price"))
 
 
-def checked_candidates(candidates: DataFrame, valid_ids: DataFrame, users: DataFrame) -> DataFrame:
-    """candidates (user_id, item_id) + profile fields + ``reason`` (null = scorable)."""
+def checked_candidates(candidates: DataFrame, valid_ids: DataFrame, users: DataFrame,
+                       profile_fields: tuple[str, ...]) -> DataFrame:
+    """candidates (user_id, item_id) + ``profile_fields`` (the model's) + ``reason`` (null = scorable)."""
     profiles = (users.where(F.col("user_id").isNotNull()).dropDuplicates(["user_id"])
-                .select("user_id", *USER_FIELDS, F.lit(True).alias("_user_known")))
+                .select("user_id", *tables.profile_columns(users, profile_fields), F.lit(True).alias("_user_known")))
     dup = F.row_number().over(Window.partitionBy("user_id", "item_id").orderBy(F.lit(1)))
     joined = (candidates.select("user_id", "item_id").withColumn("_rank", dup)
               .join(valid_ids.select("item_id", F.lit(True).alias("_item_ok")), "item_id", "left")
@@ -297,48 +297,51 @@ def checked_candidates(candidates: DataFrame, valid_ids: DataFrame, users: DataF
                                 F.lit("item: unknown or invalid")),
                          F.when(F.col("user_id").isNotNull() & F.col("_user_known").isNull(), F.lit("user: unknown")))
     return (joined.withColumn("reason", F.when(reason != "", reason))
-            .select("user_id", "item_id", *USER_FIELDS, "reason"))
+            .select("user_id", "item_id", *profile_fields, "reason"))
 
 
-def scorable_pairs(good: DataFrame, valid: DataFrame, events: DataFrame, run_date: dt.date, max_n: int) -> DataFrame:
-    """The reference path's input (CVR_INPUT), one row per candidate: target blobs, behaviour blobs, profile.
+def scorable_pairs(good: DataFrame, valid: DataFrame, events: DataFrame, run_date: dt.date, max_n: int,
+                   profile_fields: tuple[str, ...]) -> DataFrame:
+    """The reference path's input (cvr_input), one row per candidate: target blobs, behaviour blobs, profile.
 
     Every candidate carries the encoder outputs of its target and of each behaviour item
     (≈0.5 MB with the demo encoders); kept to hold ``user_rows`` to it (parity test, benchmark).
     """
     behaviour = behaviour_inputs(events, valid, good.select("user_id").distinct(), run_date, max_n)
-    return good.join(_item_inputs(valid), "item_id").join(behaviour, "user_id", "left").select(*CVR_INPUT)
+    return good.join(_item_inputs(valid), "item_id").join(behaviour, "user_id", "left").select(*cvr_input(profile_fields))
 
 
-def user_rows(good: DataFrame, outputs: DataFrame, events: DataFrame, run_date: dt.date, max_n: int,
-              seqs: DataFrame | None = None) -> DataFrame:
-    """The nightly CVR input (CVR_USERS_INPUT): one row per user with scorable candidates.
+def user_rows(good: DataFrame, items: DataFrame, events: DataFrame, run_date: dt.date, max_n: int,
+              profile_fields: tuple[str, ...], seqs: DataFrame | None = None) -> DataFrame:
+    """The nightly CVR input (cvr_users_input): one row per user with scorable candidates.
 
-    ``good``: scorable candidates (user_id, item_id, profile fields); ``outputs``: every valid
-    item's cached projected tokens (model_cache.current). The items a user needs, its
-    candidates and its behaviour items, are asked for in one list, so the item side is joined
-    (and shuffled) once; the joined rows then move once, to their user's partition. A
-    candidate moves its target's projected tokens once, a behaviour item once per user.
+    ``good``: scorable candidates (user_id, item_id, ``profile_fields``); ``items``: item_id +
+    PROJECTED_FIELDS of at least every item they and their users' histories name (the model
+    cache's ``projections``, a lazy scan). The items a user needs, its candidates and its
+    behaviour items, are asked for in one list; only those items' tokens are read out of
+    ``items`` (``model_cache.only``) and joined (shuffled) once; the joined rows then move once,
+    to their user's partition. A candidate moves its target's projected tokens once, a
+    behaviour item once per user.
     """
-    items = outputs.select("item_id", *PROJECTED_FIELDS)
     if seqs is None:
         seqs = history.behaviour_at(events, run_date, max_n, known_items=items.select("item_id"), users=good.select("user_id"))
-    nulls = [F.lit(None).cast("string").alias(f) for f in USER_FIELDS]
-    wanted = (good.select("user_id", "item_id", F.lit(-1).alias("pos"), *USER_FIELDS)
+    nulls = [F.lit(None).cast("string").alias(f) for f in profile_fields]
+    wanted = (good.select("user_id", "item_id", F.lit(-1).alias("pos"), *profile_fields)
               .unionByName(seqs.select("user_id", F.posexplode("behaviour").alias("pos", "item_id"), *nulls)))
+    items = model_cache.only(items.select("item_id", *PROJECTED_FIELDS), wanted.select("item_id").distinct())
     fields = [F.col(f) for f in PROJECTED_FIELDS]
     is_candidate = F.col("pos") < 0
     grouped = (wanted.join(items, "item_id")
                .groupBy("user_id")
-               .agg(*[F.first(f, ignorenulls=True).alias(f) for f in USER_FIELDS],
+               .agg(*[F.first(f, ignorenulls=True).alias(f) for f in profile_fields],
                     # collect_list skips the nulls of the other kind of row
                     F.collect_list(F.when(is_candidate, F.struct(F.col("item_id"), *fields))).alias("c"),
                     F.array_sort(F.collect_list(F.when(~is_candidate, F.struct(F.col("pos"), *fields)))).alias("b")))
     return (grouped.where(F.size("c") > 0)
-            .select("user_id", *USER_FIELDS, F.col("c.item_id").alias("cand_item_id"),
+            .select("user_id", *profile_fields, F.col("c.item_id").alias("cand_item_id"),
                     *[F.col(f"c.{f}").alias(f"cand_{f}") for f in PROJECTED_FIELDS],
                     *[F.col(f"b.{f}").alias(f"beh_{f}") for f in PROJECTED_FIELDS])
-            .select(*CVR_USERS_INPUT))
+            .select(*cvr_users_input(profile_fields)))
 
 
 def score_cvr(spark: SparkSession, config: AppConfig, model, outputs: DataFrame, run_date: dt.date,
@@ -356,18 +359,21 @@ def score_cvr(spark: SparkSession, config: AppConfig, model, outputs: DataFrame,
     users = tables.read_table(spark, config, "users")
     events = _events(spark, config)
     spark.sparkContext.setJobDescription(f"cvr: check candidates ({run_date})")
-    checked = checked_candidates(candidates, outputs.select("item_id"), users).persist(StorageLevel.MEMORY_AND_DISK)
+    profile = model.vocab.profile_fields
+    checked = checked_candidates(candidates, outputs.select("item_id"), users, profile).persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(checked)
     good = checked.where(F.col("reason").isNull()).drop("reason")
     seqs = history.behaviour_at(events, run_date, model.max_behaviour, known_items=outputs.select("item_id"),
                                 users=good.select("user_id")).persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(seqs)
     spark.sparkContext.setJobDescription(f"cvr: inputs of each candidate against the last night's ({run_date})")
-    keyed = cvr_cache.inputs_hash(good, outputs, seqs).persist(StorageLevel.MEMORY_AND_DISK)
+    keyed = cvr_cache.inputs_hash(good, outputs, seqs, profile).persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(keyed)
     reused, todo = cvr_cache.split(keyed, cvr_cache.last_night(spark, config, run_date, model.version))
-    rows_in = user_rows(todo.drop("inputs_hash"), outputs, events, run_date, model.max_behaviour,
-                        seqs=seqs.join(todo.select("user_id").distinct(), "user_id", "left_semi"))
+    todo = todo.persist(StorageLevel.MEMORY_AND_DISK)   # read by user_rows (twice) and by the join after scoring
+    persisted.append(todo)
+    rows_in = user_rows(todo.drop("inputs_hash"), model_cache.projections(spark, config, model), events, run_date,
+                        model.max_behaviour, profile, seqs=seqs.join(todo.select("user_id").distinct(), "user_id", "left_semi"))
     spark.sparkContext.setJobDescription(f"cvr: score candidates grouped by user ({run_date})")
     scored = (rows_in.mapInPandas(cvr_users_fn(config.model_dir, model.version, sc.batch_size, sc.autocast), CVR_SCHEMA)
               .join(todo.select(*cvr_cache.KEY), ["user_id", "item_id"]))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from camenn.config import AppConfig
+from camenn.config import DEFAULT_PROFILE_FIELDS, AppConfig
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ SPECS: dict[str, TableSpec] = {spec.name: spec for spec in [
         title STRING, description STRING, image BINARY, price DOUBLE, updated_at TIMESTAMP,
         content_hash STRING, image_size INT""",
         key=("item_id",)),
-    TableSpec("users", "user_id STRING NOT NULL, age_band STRING, household STRING, zone STRING",
+    # {profile}: the config's data.profile_fields, one STRING column each (``spec``)
+    TableSpec("users", "user_id STRING NOT NULL, {profile}",
         key=("user_id",)),
     TableSpec("events", "user_id STRING NOT NULL, item_id STRING NOT NULL, ts TIMESTAMP NOT NULL, event STRING NOT NULL, price DOUBLE"),
     TableSpec("impressions", "user_id STRING NOT NULL, item_id STRING NOT NULL, ts TIMESTAMP NOT NULL, bought INT NOT NULL",
@@ -94,8 +95,8 @@ SPECS: dict[str, TableSpec] = {spec.name: spec for spec in [
                 "first_flagged_not_after_run": "first_flagged <= run_date"},
         key=("run_date", "item_id")),
     TableSpec("training_examples", """example_id STRING NOT NULL, user_id STRING NOT NULL, item_id STRING NOT NULL,
-        ts TIMESTAMP NOT NULL, label INT NOT NULL, behaviour ARRAY<STRING> NOT NULL, age_band STRING, household STRING,
-        zone STRING, split STRING NOT NULL, bucket INT NOT NULL, source STRING NOT NULL""",
+        ts TIMESTAMP NOT NULL, label INT NOT NULL, behaviour ARRAY<STRING> NOT NULL, {profile},
+        split STRING NOT NULL, bucket INT NOT NULL, source STRING NOT NULL""",
         checks={"label_is_binary": "label IN (0, 1)", "split_is_known": "split IN ('train', 'valid', 'test')",
                 "bucket_in_range": "bucket >= 0 AND bucket < 1024"},
         key=("example_id",)),
@@ -106,6 +107,26 @@ SPECS: dict[str, TableSpec] = {spec.name: spec for spec in [
         price DOUBLE, text_emb BINARY NOT NULL, n_text_tokens INT NOT NULL, image_emb BINARY NOT NULL""",
         partition_by=("chunk",), key=("chunk", "item_id")),
 ]}
+
+
+def spec(name: str, config: AppConfig | None = None) -> TableSpec:
+    """The table's spec, with the profile columns of ``config`` (data.profile_fields; None = the default profile)."""
+    base = SPECS[name]
+    if "{profile}" not in base.columns:
+        return base
+    fields = config.data.profile_fields if config is not None else DEFAULT_PROFILE_FIELDS
+    profile = ", ".join(f"{f} STRING" for f in fields)
+    columns = base.columns.replace(", {profile}", f", {profile}" if fields else "")
+    return TableSpec(base.name, columns, base.partition_by, base.checks, base.key, base.properties)
+
+
+def profile_columns(users: DataFrame, profile_fields: tuple[str, ...]) -> tuple[str, ...]:
+    """``profile_fields`` after checking that ``users`` (or a frame of its rows) has each one: a clear error if not."""
+    missing = [f for f in profile_fields if f not in users.columns]
+    if missing:
+        raise ValueError(f"the users rows lack the profile field(s) {missing} (they have {users.columns}): ingest them "
+                         "(`--user-map FIELD=COLUMN`) or set data.profile_fields to the fields the users table has")
+    return tuple(profile_fields)
 
 
 def is_delta(spark: SparkSession, path: str) -> bool:
@@ -122,24 +143,25 @@ def ensure_table(spark: SparkSession, config: AppConfig, name: str) -> str:
     CHECK constraints are added (a run killed between CREATE TABLE and ADD CONSTRAINT, or a
     table made by an older version), so no write lands in a table without its constraints.
     """
-    spec, path = SPECS[name], config.table(name)
+    table, path = spec(name, config), config.table(name)
     if is_delta(spark, path):
-        _add_missing_columns(spark, name, path)
+        _add_missing_columns(spark, name, path, config)
         _repair_contract(spark, name, path)
         return path
-    partitioned = f" PARTITIONED BY ({', '.join(spec.partition_by)})" if spec.partition_by else ""
-    props = f" TBLPROPERTIES ({_properties_sql(spec.properties)})" if spec.properties else ""
-    spark.sql(f"CREATE TABLE IF NOT EXISTS delta.`{path}` ({spec.columns}) USING DELTA{partitioned}{props}")
-    for constraint, condition in spec.checks.items():
+    partitioned = f" PARTITIONED BY ({', '.join(table.partition_by)})" if table.partition_by else ""
+    props = f" TBLPROPERTIES ({_properties_sql(table.properties)})" if table.properties else ""
+    spark.sql(f"CREATE TABLE IF NOT EXISTS delta.`{path}` ({table.columns}) USING DELTA{partitioned}{props}")
+    for constraint, condition in table.checks.items():
         spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {constraint} CHECK ({condition})")
     _REPAIRED.add((spark.sparkContext.applicationId, path))
     return path
 
 
-def _add_missing_columns(spark: SparkSession, name: str, path: str) -> None:
-    """A table written before a (nullable) column joined its contract gets the column, one metadata commit."""
+def _add_missing_columns(spark: SparkSession, name: str, path: str, config: AppConfig) -> None:
+    """A table written before a (nullable) column joined its contract gets the column, one metadata commit
+    (a profile field the config added to data.profile_fields included)."""
     have = {f.name for f in spark.read.format("delta").load(path).schema.fields}
-    missing = [f for f in schema_of(spark, name).fields if f.name not in have]
+    missing = [f for f in schema_of(spark, name, config).fields if f.name not in have]
     if missing:
         cols = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in missing)
         spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({cols})")
@@ -156,24 +178,25 @@ _REPAIRED: set[tuple[str, str]] = set()
 
 def _repair_contract(spark: SparkSession, name: str, path: str) -> None:
     """Add the spec's properties and CHECK constraints that the table lacks (each one metadata commit)."""
-    spec, key = SPECS[name], (spark.sparkContext.applicationId, path)
-    if (not spec.properties and not spec.checks) or key in _REPAIRED:
+    table, key = SPECS[name], (spark.sparkContext.applicationId, path)
+    if (not table.properties and not table.checks) or key in _REPAIRED:
         return
     have = {r["key"]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()}
-    missing = {k: v for k, v in spec.properties.items() if have.get(k) != v}
+    missing = {k: v for k, v in table.properties.items() if have.get(k) != v}
     if missing:
         spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({_properties_sql(missing)})")
-    for constraint, condition in spec.checks.items():
+    for constraint, condition in table.checks.items():
         if f"delta.constraints.{constraint.lower()}" not in have:
             spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {constraint} CHECK ({condition})")
     _REPAIRED.add(key)
 
 
-def schema_of(spark: SparkSession, name: str):
-    """The contracted schema of a table, as a StructType (for conformance checks and empty frames)."""
+def schema_of(spark: SparkSession, name: str, config: AppConfig | None = None):
+    """The contracted schema of a table, as a StructType (for conformance checks and empty frames);
+    ``config`` gives the profile columns of users and training_examples (None = the default profile)."""
     from pyspark.sql.types import StructType
 
-    return StructType.fromDDL(" ".join(SPECS[name].columns.split()))
+    return StructType.fromDDL(" ".join(spec(name, config).columns.split()))
 
 
 def content_hash(title="title", description="description", image="image"):
@@ -192,14 +215,14 @@ def content_hash(title="title", description="description", image="image"):
 DERIVED = {"items": {"content_hash": content_hash, "image_size": lambda: F.octet_length("image")}}
 
 
-def input_schema(spark: SparkSession, name: str):
+def input_schema(spark: SparkSession, name: str, config: AppConfig | None = None):
     """The columns a writer provides: the contract without the ones conform() derives."""
     from pyspark.sql.types import StructType
 
-    return StructType([f for f in schema_of(spark, name).fields if f.name not in DERIVED.get(name, {})])
+    return StructType([f for f in schema_of(spark, name, config).fields if f.name not in DERIVED.get(name, {})])
 
 
-def conform(df: DataFrame, spark: SparkSession, name: str) -> DataFrame:
+def conform(df: DataFrame, spark: SparkSession, name: str, config: AppConfig | None = None) -> DataFrame:
     """Select and cast df's columns to the table's contract, in the contract's order.
 
     Derived columns (``DERIVED``) are computed here from the row itself, whatever the writer
@@ -214,19 +237,19 @@ def conform(df: DataFrame, spark: SparkSession, name: str) -> DataFrame:
             return derived[f.name]()
         return F.lit(None) if f.name == "run_id" and f.name not in df.columns else F.col(f.name)
 
-    return df.select(*[column(f).cast(f.dataType).alias(f.name) for f in schema_of(spark, name).fields])
+    return df.select(*[column(f).cast(f.dataType).alias(f.name) for f in schema_of(spark, name, config).fields])
 
 
-def _overwriter(df: DataFrame, spark: SparkSession, name: str, tag: str | None):
+def _overwriter(df: DataFrame, spark: SparkSession, config: AppConfig, name: str, tag: str | None):
     """A Delta overwrite of ``name``'s conformed rows; ``tag`` becomes the commit's userMetadata (see latest_commit)."""
-    writer = conform(df, spark, name).write.format("delta").mode("overwrite")
+    writer = conform(df, spark, name, config).write.format("delta").mode("overwrite")
     return writer.option("userMetadata", tag) if tag is not None else writer
 
 
 def overwrite_table(spark: SparkSession, config: AppConfig, name: str, df: DataFrame, tag: str | None = None) -> str:
     """Replace a whole (input) table in one commit, keeping its DDL and constraints."""
     path = ensure_table(spark, config, name)
-    _overwriter(df, spark, name, tag).save(path)
+    _overwriter(df, spark, config, name, tag).save(path)
     return path
 
 
@@ -234,7 +257,7 @@ def replace_run_date(spark: SparkSession, config: AppConfig, name: str, df: Data
                      tag: str | None = None) -> str:
     """Replace one run date's rows atomically: a rerun of the date leaves one row per key."""
     path = ensure_table(spark, config, name)
-    _overwriter(df, spark, name, tag).option("replaceWhere", f"run_date = DATE'{run_date.isoformat()}'").save(path)
+    _overwriter(df, spark, config, name, tag).option("replaceWhere", f"run_date = DATE'{run_date.isoformat()}'").save(path)
     return path
 
 
@@ -254,7 +277,7 @@ def latest_commit(spark: SparkSession, path: str) -> tuple[int, str | None] | No
 
 def append_rows(spark: SparkSession, config: AppConfig, name: str, df: DataFrame) -> str:
     path = ensure_table(spark, config, name)
-    conform(df, spark, name).write.format("delta").mode("append").save(path)
+    conform(df, spark, name, config).write.format("delta").mode("append").save(path)
     return path
 
 

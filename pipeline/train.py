@@ -316,7 +316,7 @@ def inputs_ceiling(spark, config: AppConfig, data: TrainingData) -> dict | None:
              .dropDuplicates(["item_id"])
              .select("item_id", "category", "price", F.concat_ws(" ", "title", "description").alias("text")))
     rows = (ex.join(items, "item_id")
-            .select("example_id", "split", "label", "category", "price", "age_band", "household", "zone",
+            .select("example_id", "split", "label", "category", "price", *config.data.profile_fields,
                     *[F.col("text").rlike(rx).alias(name) for name, rx in _world_tags().items()]))
     match = (ex.select("example_id", F.explode("behaviour").alias("b_item"))
              .join(items.select(F.col("item_id").alias("b_item"), F.col("category").alias("b_category")), "b_item")
@@ -330,7 +330,7 @@ def inputs_ceiling(spark, config: AppConfig, data: TrainingData) -> dict | None:
         frame = frame.sample(fraction=min(1.0, 1.05 * cap / n), seed=config.training.split.seed).limit(cap)
     log.info(f"evaluate: inputs ceiling: logistic regression on {min(n, cap)} of {n} examples "
              f"(training.ceiling_sample_rows={cap})")
-    return logistic_ceiling(frame.toPandas(), seed=config.training.split.seed)
+    return logistic_ceiling(frame.toPandas(), seed=config.training.split.seed, profile_fields=config.data.profile_fields)
 
 
 def run_evaluation(spark, config: AppConfig, *, out_dir: str | None = None, variants: list[str] | None = None,

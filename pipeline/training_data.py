@@ -13,7 +13,7 @@ One row per (user, target item, time) with label = bought:
 - ``behaviour``: the user's last ``model.max_behaviour`` purchases STRICTLY before the
   example's ``ts``, oldest first (item_id array), of items with cached features - the one
   rule the nightly job applies at its run date (``pipeline.history``);
-- the user's profile fields (age_band, household, zone), null where unknown;
+- the user's profile fields (config data.profile_fields; the demo's age_band, household, zone), null where unknown;
 - ``split``: train / valid / test by a salted hash of user_id (``split.rule: random_user``,
   so no user is on two sides) or by time quantiles (``split.rule: time``: every valid row is
   later than every train row, every test row later than every valid row);
@@ -79,15 +79,16 @@ def examples_source(spark: SparkSession, config: AppConfig) -> str:
 # ------------------------------------------------------------------------------ vocabulary
 
 
-def fit_vocab(items: DataFrame, users: DataFrame, n_price_buckets: int = 10, rel_error: float = 1e-3) -> FeatureVocab:
-    """FeatureVocab from Spark: distinct categories and user values, price bucket edges by approxQuantile."""
+def fit_vocab(items: DataFrame, users: DataFrame, n_price_buckets: int = 10, rel_error: float = 1e-3,
+              profile_fields: tuple[str, ...] = USER_FEATURES) -> FeatureVocab:
+    """FeatureVocab from Spark: distinct categories and profile values, price bucket edges by approxQuantile."""
     categories = [r[0] for r in items.where(F.col("category").isNotNull() & (F.col("category") != ""))
                   .select("category").distinct().collect()]
     probs = [i / n_price_buckets for i in range(1, n_price_buckets)]
     priced = items.where(F.col("price").isNotNull() & ~F.isnan("price"))
     edges = priced.approxQuantile("price", probs, rel_error) if probs else []
     user_values = {}
-    for f in USER_FEATURES:
+    for f in tables.profile_columns(users, profile_fields):
         user_values[f] = sorted(str(r[0]) for r in users.where(F.col(f).isNotNull()).select(f).distinct().collect())
     return FeatureVocab(categories=sorted(set(categories)), price_edges=sorted({float(e) for e in edges}),
                         user_values=user_values)
@@ -180,19 +181,20 @@ def build_examples(config: AppConfig, *, items: DataFrame, users: DataFrame, eve
         ex = sampled_examples(bought, known, config.training.negative_ratio, split_cfg.seed)
     else:
         raise ValueError(f"unknown examples source {source!r}")
-    ex = model_inputs(_with_example_id(ex), users, bought, config.model.max_behaviour)
+    ex = model_inputs(_with_example_id(ex), users, bought, config.model.max_behaviour, config.data.profile_fields)
     ex = assign_split(ex, split_cfg.rule, split_cfg.test_fraction, split_cfg.valid_fraction, split_cfg.seed)
     ex = ex.withColumn("bucket", F.pmod(F.xxhash64("example_id"), F.lit(N_BUCKETS)).cast("int"))
     return ex
 
 
-def model_inputs(examples: DataFrame, users: DataFrame, bought: DataFrame, max_n: int) -> DataFrame:
+def model_inputs(examples: DataFrame, users: DataFrame, bought: DataFrame, max_n: int,
+                 profile_fields: tuple[str, ...] = USER_FEATURES) -> DataFrame:
     """examples (example_id, user_id, item_id, ts, ...) + profile fields + behaviour: what the model reads of a row.
 
     The same rules as the nightly job's (pipeline.nightly.user_rows): a user missing from
     ``users`` has no row, the history is pipeline.history's, of valid items (``bought``).
     """
-    profile = users.select("user_id", *USER_FEATURES).dropDuplicates(["user_id"])
+    profile = users.select("user_id", *tables.profile_columns(users, profile_fields)).dropDuplicates(["user_id"])
     return attach_behaviour(examples.join(profile, "user_id", "inner"), bought, max_n)
 
 
@@ -330,7 +332,7 @@ def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.d
         versions[name] = tables.table_version(spark, config, name)
     frames = {name: tables.read_table(spark, config, name, version=versions[name]) for name in names}
     for name in ("users", "events"):
-        frames.setdefault(name, spark.createDataFrame([], tables.schema_of(spark, name)))
+        frames.setdefault(name, spark.createDataFrame([], tables.schema_of(spark, name, config)))
     # valid items: those the cache holds under this fingerprint with their current content (the nightly rule)
     spark.sparkContext.setJobDescription("training: valid items and vocabulary")
     cached = (frames["item_features"].where(F.col("encoder_fingerprint") == fingerprint)
@@ -338,7 +340,7 @@ def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.d
     keys = feature_cache.item_keys(spark, config, fingerprint, items_df=frames["items"])
     with_blobs = keys.join(cached, ["item_id", "content_hash"], "inner")
     valid = with_blobs.select("item_id", "category", "price").cache()
-    vocab = fit_vocab(valid, frames["users"], config.training.price_buckets)
+    vocab = fit_vocab(valid, frames["users"], config.training.price_buckets, profile_fields=config.data.profile_fields)
 
     cvr = cvr_examples_possible(config, frames, source)
     inputs = {"versions": {k: v for k, v in versions.items() if k != "item_features"},
@@ -350,7 +352,7 @@ def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.d
         examples = build_examples(config, items=valid, users=frames["users"], events=frames["events"],
                                   impressions=frames.get("impressions"), source=source)
     else:
-        examples = spark.createDataFrame([], tables.schema_of(spark, "training_examples"))
+        examples = spark.createDataFrame([], tables.schema_of(spark, "training_examples", config))
     version, reused = write_examples(spark, config, examples, inputs)
     versions["training_examples"] = version
     written = tables.read_table(spark, config, "training_examples", version=version)

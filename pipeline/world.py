@@ -22,7 +22,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 import synthetic as W
-from camenn.config import AppConfig, WorldConfig
+from camenn.config import DEFAULT_PROFILE_FIELDS, AppConfig, WorldConfig
 from camenn.metrics import auc_from_counts
 from pipeline import tables
 
@@ -116,6 +116,10 @@ def write_world(spark: SparkSession, config: AppConfig, names: Iterable[str] = W
     """
     world = config.world
     W._check(world)
+    if "users" in names and tuple(config.data.profile_fields) != DEFAULT_PROFILE_FIELDS:
+        raise ValueError(f"the synthetic world's users have the profile {list(DEFAULT_PROFILE_FIELDS)}, but "
+                         f"data.profile_fields of {config.source or 'the config'} is {list(config.data.profile_fields)}: "
+                         "other profiles come from a real export (jobs/ingest_catalog.py --users-path)")
     written: dict[str, int | None] = {}
     for name in names:
         if name not in _MAKERS:

@@ -29,8 +29,6 @@ ALIGN_INPUT = ["item_id", "merchant_id", "category", "price", "text_emb", "n_tex
 ALIGN_SCHEMA = "item_id string, merchant_id string, category string, p_ita double, p_tia double"
 
 BEHAVIOUR_FIELDS = ["beh_text_emb", "beh_n_text_tokens", "beh_image_emb", "beh_category", "beh_price"]
-CVR_INPUT = ["user_id", "item_id", "category", "price", "text_emb", "n_text_tokens", "image_emb",
-             *BEHAVIOUR_FIELDS, "age_band", "household", "zone"]
 CVR_SCHEMA = "user_id string, item_id string, cvr double"
 
 # The item pass: encoder blobs in, the item's projected tokens and alignment scores out.
@@ -51,9 +49,19 @@ ITEM_RESCORE_INPUT = ["item_id", "content_hash", "category", "price", "text_proj
 # The nightly CVR input: one row per user, its behaviour once and its candidates as lists,
 # every item as projected tokens (ITEM_OUTPUTS_SCHEMA's text_proj / image_proj).
 PROJECTED_FIELDS = ["text_proj", "n_text_tokens", "image_proj", "category", "price"]
-USER_FIELDS = ["age_band", "household", "zone"]
-CVR_USERS_INPUT = ["user_id", *USER_FIELDS, "cand_item_id", *(f"cand_{f}" for f in PROJECTED_FIELDS),
-                   *(f"beh_{f}" for f in PROJECTED_FIELDS)]
+
+
+def cvr_input(profile_fields) -> list[str]:
+    """The reference path's columns, one row per candidate: target blobs, behaviour blobs, the profile fields."""
+    return ["user_id", "item_id", "category", "price", "text_emb", "n_text_tokens", "image_emb", *BEHAVIOUR_FIELDS,
+            *profile_fields]
+
+
+def cvr_users_input(profile_fields) -> list[str]:
+    """The nightly CVR input's columns, one row per user: its profile fields, its candidates, its behaviour."""
+    return ["user_id", *profile_fields, "cand_item_id", *(f"cand_{f}" for f in PROJECTED_FIELDS),
+            *(f"beh_{f}" for f in PROJECTED_FIELDS)]
+
 
 _MODELS: dict[tuple[str, str, str], object] = {}
 _LOCK = threading.Lock()
@@ -96,7 +104,8 @@ def align_fn(model_dir: str, version: str, batch_size: int, autocast: str | None
 
 
 def cvr_fn(model_dir: str, version: str, batch_size: int, autocast: str | None = None):
-    """(frames of CVR_INPUT) -> (frames of CVR_SCHEMA): full forward with the user's behaviour and profile."""
+    """(frames of cvr_input(the model's profile fields)) -> (frames of CVR_SCHEMA): full forward with the
+    user's behaviour and profile."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         model = _worker_model(model_dir, version, autocast)
@@ -105,7 +114,7 @@ def cvr_fn(model_dir: str, version: str, batch_size: int, autocast: str | None =
                 list(pdf["text_emb"]), list(pdf["n_text_tokens"]), list(pdf["image_emb"]),
                 list(pdf["category"]), list(pdf["price"]),
                 *(list(pdf[c]) for c in BEHAVIOUR_FIELDS),
-                {f: list(pdf[f]) for f in ("age_band", "household", "zone")},
+                {f: list(pdf[f]) for f in model.vocab.profile_fields},
                 batch_size=batch_size)
             yield pd.DataFrame({"user_id": pdf["user_id"].to_numpy(), "item_id": pdf["item_id"].to_numpy(), "cvr": cvr})
 
@@ -215,7 +224,8 @@ def user_frames(batches: Iterator[pd.DataFrame], min_candidates: int) -> Iterato
 
 def cvr_users_fn(model_dir: str, version: str, batch_size: int, autocast: str | None = None,
                  batches_per_frame: int = 4):
-    """(frames of CVR_USERS_INPUT, one row per user) -> (frames of CVR_SCHEMA, one row per candidate).
+    """(frames of cvr_users_input(the model's profile fields), one row per user) -> (frames of CVR_SCHEMA, one
+    row per candidate).
 
     Users are scored ``batches_per_frame`` model batches at a time (user_frames), so at most
     one model batch in that many is partly filled.
@@ -227,7 +237,7 @@ def cvr_users_fn(model_dir: str, version: str, batch_size: int, autocast: str | 
             user_idx, item_ids, cvr = model.score_users(
                 list(pdf["cand_item_id"]), *(list(pdf[f"cand_{f}"]) for f in PROJECTED_FIELDS),
                 *(list(pdf[f"beh_{f}"]) for f in PROJECTED_FIELDS),
-                {f: list(pdf[f]) for f in USER_FIELDS}, batch_size=batch_size)
+                {f: list(pdf[f]) for f in model.vocab.profile_fields}, batch_size=batch_size)
             yield pd.DataFrame({"user_id": pdf["user_id"].to_numpy()[user_idx], "item_id": item_ids, "cvr": cvr})
 
     return run

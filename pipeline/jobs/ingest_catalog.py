@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users-path", help="CSV/Parquet file or folder of user profiles")
     parser.add_argument("--candidates-path", help="CSV/Parquet file or folder of (user, item) pairs for --run-date")
     parser.add_argument("--user-map", action="append", default=[], metavar="FIELD=SOURCE",
-                        help="users field mapping (user_id, age_band, household, zone)")
+                        help="users field mapping (user_id and the config's data.profile_fields; the demo's: age_band, "
+                             "household, zone)")
     parser.add_argument("--candidate-map", action="append", default=[], metavar="FIELD=SOURCE",
                         help="candidates field mapping (user_id, item_id)")
     parser.add_argument("--format", choices=["csv", "parquet"], help="export format (default: from the extension)")
