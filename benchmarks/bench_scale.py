@@ -366,7 +366,7 @@ def cvr_input_bytes(spark, config, log: StageLog, disk_free: float, blob_mean: f
            "theory_bytes_per_item": {"old": blob_item, "new": proj_item},
            # the rows the UDF receives: every candidate carries its behaviour (old), a user carries it once (new)
            "theory_row_bytes_per_candidate": {"old": blob_item * (1 + mean_beh), "new": proj_item * (1 + mean_beh / per_user)}}
-    designs = {"new": lambda: nightly.user_rows(good, model_cache.projections(spark, config, model), events, run_date,
+    designs = {"new": lambda: nightly.user_rows(good, model_cache.current(spark, config, model, keys), events, run_date,
                                                 model.max_behaviour, profile)}
     old_estimate = 4 * n_cand * blob_mean   # target blobs, behaviour grouping and joins: ~4 blob moves per candidate
     if old_estimate > 0.8 * disk_free:

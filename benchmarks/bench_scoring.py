@@ -342,14 +342,14 @@ def main(argv=None) -> int:
     }
 
     # 3a. CVR grouped by user: user_rows -> cvr_users_fn -> noop, warm
+    outputs = model_cache.current(spark, config, model, valid).localCheckpoint()
     candidates = tables.read_table(spark, config, "candidates").where(F.col("run_date") == F.lit(run_date))
     users = tables.read_table(spark, config, "users")
     events = tables.read_table(spark, config, "events")
     profile = model.vocab.profile_fields
-    good = (nightly.checked_candidates(candidates, valid.select("item_id"), users, profile)
+    good = (nightly.checked_candidates(candidates, outputs.select("item_id"), users, profile)
             .where(F.col("reason").isNull()).drop("reason").localCheckpoint())
-    rows_in = nightly.user_rows(good, model_cache.projections(spark, config, model), events, run_date, model.max_behaviour,
-                                profile)
+    rows_in = nightly.user_rows(good, outputs, events, run_date, model.max_behaviour, profile)
     cvr_udf = cvr_users_fn(config.model_dir, model.version, sc.batch_size, sc.autocast)
     spark.conf.set(nightly.ARROW_BATCH, str(figures["cvr_users_per_arrow_batch"]))
     cvr_full = [spark_timed(spark, "bench: user_rows + cvr", noop(rows_in.mapInPandas(cvr_udf, CVR_SCHEMA))) for _ in range(2)]

@@ -123,6 +123,7 @@ class IngestResult:
     events: SourceCounts | None = None
     candidates: SourceCounts | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    unmapped_profile: list[str] = field(default_factory=list)   # profile fields the users map leaves null
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -140,6 +141,9 @@ class IngestResult:
             if part is None:
                 continue
             lines.append(f"  {name:<10} rows in {part.rows_in} = landed {part.landed} + quarantined {part.quarantined}")
+            if name == "users" and self.unmapped_profile:
+                lines.append(f"  users: profile field(s) {self.unmapped_profile} not mapped: null for every user "
+                             "(unknown to the model); map them with --user-map FIELD=COLUMN")
             for reason, n in sorted(part.reasons.items(), key=lambda kv: (-kv[1], kv[0])):
                 lines.append(f"      {n:>8}  {reason}")
         return "\n".join(lines)
@@ -982,6 +986,7 @@ def run_ingest(spark: SparkSession, config: AppConfig, cfg: IngestConfig | None 
             result.items = ingest_items(spark, config, cfg, items_plan, run_date)
             result.timings["items_s"] = time.perf_counter() - t
         if "users" in keyed_plans:   # before candidates, which are checked against the users
+            result.unmapped_profile = [f for f in config.data.profile_fields if f not in keyed_plans["users"][1]]
             t = time.perf_counter()
             result.users = ingest_keyed(spark, config, cfg, "users", *keyed_plans["users"][:2], run_date)
             result.timings["users_s"] = time.perf_counter() - t
@@ -1003,6 +1008,7 @@ def run_ingest(spark: SparkSession, config: AppConfig, cfg: IngestConfig | None 
         "mode": cfg.mode, "item_map": cfg.item_map if cfg.items_path else None,
         "event_map": cfg.event_map if cfg.events_path else None,
         "user_map": cfg.user_map if cfg.users_path else None,
+        "unmapped_profile_fields": result.unmapped_profile or None,
         "candidate_map": cfg.candidate_map if cfg.candidates_path else None,
         "reasons": {name: getattr(result, name).reasons for name in SOURCES if getattr(result, name)},
     }

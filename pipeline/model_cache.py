@@ -1,8 +1,7 @@
 """The per-item model cache: what the model in service computes from an item alone, once per change.
 
     stats = refresh(spark, config, model, valid, blobs, run_date, encoded)   # score new or changed items, MERGE
-    outputs = current(spark, config, model, valid)            # every valid item's cached scores
-    items = only(projections(spark, config, model), ids)      # the projected tokens of the items asked for
+    outputs = current(spark, config, model, valid)            # every valid item's cached outputs
 
 An item's projected tokens (``CameNN.project_items``: its text and image mapped to d_model)
 and its alignment scores depend only on its content (content_hash), its category and price,
@@ -18,9 +17,7 @@ from its cached projections (they depend on content alone), so no encoder blob i
 - alignment for the date = the cached p_ita / p_tia of every valid item, so ``item_alignment``
   is complete while only changed items were scored, and per-category quantiles see them all;
 - CVR reads the cached projected tokens: ``(n_text_tokens + n_patches) * d_model * 4`` bytes per
-  item instead of the encoder outputs (docs/architecture.md has the figures), and only of the
-  items the night's candidates and their users' histories name (``projections``): a quiet
-  night moves few of them, not every item's.
+  item instead of the encoder outputs (docs/architecture.md has the figures).
 """
 
 from __future__ import annotations
@@ -36,15 +33,14 @@ from pyspark.sql import functions as F
 
 from camenn.config import AppConfig
 from pipeline import tables
-from udfs.predict import ITEM_OUTPUTS_INPUT, ITEM_OUTPUTS_SCHEMA, ITEM_RESCORE_INPUT, PROJECTED_FIELDS, item_outputs_fn, item_rescore_fn
+from udfs.predict import ITEM_OUTPUTS_INPUT, ITEM_OUTPUTS_SCHEMA, ITEM_RESCORE_INPUT, item_outputs_fn, item_rescore_fn
 
 TABLE = "item_model_outputs"
 KEY = ("content_hash", "category", "price")
 FRESH = "cache_fresh"   # current()'s column: the cached row's key is the item's
-# A set of item ids at most this large is broadcast to the scan it filters (item_features' blobs,
-# the cached projections), so the other items' rows are not shuffled; a larger one (a new
-# model, a full night) needs nearly every row anyway.
-BROADCAST_IDS = 2_000_000
+# A set of stale items at most this large is broadcast to the item_features scan, so the blobs
+# of unchanged items are not shuffled; a larger one (a new model) needs every blob anyway.
+BROADCAST_STALE_ROWS = 2_000_000
 
 
 @dataclass
@@ -130,9 +126,9 @@ def refresh(spark: SparkSession, config: AppConfig, model, valid: DataFrame, blo
                       seconds=time.perf_counter() - t0, feature_scans=scans).check()
 
 
-def _small(ids: DataFrame, n: int) -> DataFrame:
-    """``ids`` broadcast to the scan it filters when it is small, so the other rows are not shuffled."""
-    return F.broadcast(ids) if n <= BROADCAST_IDS else ids
+def _small(stale: DataFrame, n: int) -> DataFrame:
+    """``stale`` broadcast to the scan it filters when it is small, so unchanged rows are not shuffled."""
+    return F.broadcast(stale) if n <= BROADCAST_STALE_ROWS else stale
 
 
 def _merge(spark: SparkSession, config: AppConfig, outputs: DataFrame) -> None:
@@ -148,37 +144,20 @@ def _merge(spark: SparkSession, config: AppConfig, outputs: DataFrame) -> None:
 
 
 def current(spark: SparkSession, config: AppConfig, model, valid: DataFrame) -> DataFrame:
-    """Every valid item (valid's columns) + its cached p_ita, p_tia, and FRESH; no projected tokens.
+    """Every valid item (valid's columns) + its cached text_proj, n_text_tokens, image_proj, p_ita, p_tia, and FRESH.
 
     After ``refresh`` each valid item has exactly one cached row, and its key is the item's;
-    ``check_current`` asserts both. The tokens stay out: this frame is catalogue-sized and
-    shuffled every night, while CVR needs the tokens of the items its candidates name only
-    (``projections``). The join is on item_id alone, so its output is partitioned by item_id;
-    the key comparison is a column (FRESH), not a join condition, which Spark would turn into
-    more partitioning keys.
+    ``check_current`` asserts both. The join is on item_id alone, so its output is partitioned
+    by item_id and the CVR input's join on item_id (nightly.user_rows) does not shuffle the
+    projected tokens again; the key comparison is a column (FRESH), not a join condition,
+    which Spark would turn into more partitioning keys.
     """
     cached = (tables.read_table(spark, config, TABLE).where(F.col("model_version") == model.version)
-              .select(F.col("item_id").alias("_item_id"), *[F.col(k).alias(f"_{k}") for k in KEY], "p_ita", "p_tia"))
+              .select(F.col("item_id").alias("_item_id"), *[F.col(k).alias(f"_{k}") for k in KEY],
+                      "text_proj", "n_text_tokens", "image_proj", "p_ita", "p_tia"))
     fresh = functools.reduce(lambda a, b: a & b, [valid[k].eqNullSafe(cached[f"_{k}"]) for k in KEY])
     return (valid.join(cached, valid["item_id"] == cached["_item_id"], "inner").withColumn(FRESH, fresh)
             .drop("_item_id", *[f"_{k}" for k in KEY]))
-
-
-def projections(spark: SparkSession, config: AppConfig, model) -> DataFrame:
-    """item_id + PROJECTED_FIELDS (text_proj, n_text_tokens, image_proj, category, price) of ``model``'s cached rows.
-
-    A lazy scan: narrow it with ``only`` before a join, or every item's tokens are shuffled.
-    The cached category and price are the item's after ``refresh`` (``check_current``).
-    """
-    return (tables.read_table(spark, config, TABLE).where(F.col("model_version") == model.version)
-            .select("item_id", *PROJECTED_FIELDS))
-
-
-def only(rows: DataFrame, ids: DataFrame) -> DataFrame:
-    """The rows of ``ids``' item ids (distinct): one count of the ids, then a semi join that
-    broadcasts them when they are few, so the scan keeps the wanted rows where they are read
-    and no other row is shuffled."""
-    return rows.join(_small(ids, ids.count()), "item_id", "left_semi")
 
 
 def check_current(outputs: DataFrame, n_valid: int) -> None:
@@ -189,4 +168,4 @@ def check_current(outputs: DataFrame, n_valid: int) -> None:
                              "for other content than the item's")
 
 
-__all__ = ["refresh", "current", "projections", "only", "check_current", "CacheStats", "TABLE", "KEY", "FRESH"]
+__all__ = ["refresh", "current", "check_current", "CacheStats", "TABLE", "KEY", "FRESH"]

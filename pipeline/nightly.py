@@ -311,24 +311,22 @@ def scorable_pairs(good: DataFrame, valid: DataFrame, events: DataFrame, run_dat
     return good.join(_item_inputs(valid), "item_id").join(behaviour, "user_id", "left").select(*cvr_input(profile_fields))
 
 
-def user_rows(good: DataFrame, items: DataFrame, events: DataFrame, run_date: dt.date, max_n: int,
+def user_rows(good: DataFrame, outputs: DataFrame, events: DataFrame, run_date: dt.date, max_n: int,
               profile_fields: tuple[str, ...], seqs: DataFrame | None = None) -> DataFrame:
     """The nightly CVR input (cvr_users_input): one row per user with scorable candidates.
 
-    ``good``: scorable candidates (user_id, item_id, ``profile_fields``); ``items``: item_id +
-    PROJECTED_FIELDS of at least every item they and their users' histories name (the model
-    cache's ``projections``, a lazy scan). The items a user needs, its candidates and its
-    behaviour items, are asked for in one list; only those items' tokens are read out of
-    ``items`` (``model_cache.only``) and joined (shuffled) once; the joined rows then move once,
-    to their user's partition. A candidate moves its target's projected tokens once, a
-    behaviour item once per user.
+    ``good``: scorable candidates (user_id, item_id, ``profile_fields``); ``outputs``: every valid
+    item's cached projected tokens (model_cache.current). The items a user needs, its
+    candidates and its behaviour items, are asked for in one list, so the item side is joined
+    (and shuffled) once; the joined rows then move once, to their user's partition. A
+    candidate moves its target's projected tokens once, a behaviour item once per user.
     """
+    items = outputs.select("item_id", *PROJECTED_FIELDS)
     if seqs is None:
         seqs = history.behaviour_at(events, run_date, max_n, known_items=items.select("item_id"), users=good.select("user_id"))
     nulls = [F.lit(None).cast("string").alias(f) for f in profile_fields]
     wanted = (good.select("user_id", "item_id", F.lit(-1).alias("pos"), *profile_fields)
               .unionByName(seqs.select("user_id", F.posexplode("behaviour").alias("pos", "item_id"), *nulls)))
-    items = model_cache.only(items.select("item_id", *PROJECTED_FIELDS), wanted.select("item_id").distinct())
     fields = [F.col(f) for f in PROJECTED_FIELDS]
     is_candidate = F.col("pos") < 0
     grouped = (wanted.join(items, "item_id")
@@ -370,10 +368,8 @@ def score_cvr(spark: SparkSession, config: AppConfig, model, outputs: DataFrame,
     keyed = cvr_cache.inputs_hash(good, outputs, seqs, profile).persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(keyed)
     reused, todo = cvr_cache.split(keyed, cvr_cache.last_night(spark, config, run_date, model.version))
-    todo = todo.persist(StorageLevel.MEMORY_AND_DISK)   # read by user_rows (twice) and by the join after scoring
-    persisted.append(todo)
-    rows_in = user_rows(todo.drop("inputs_hash"), model_cache.projections(spark, config, model), events, run_date,
-                        model.max_behaviour, profile, seqs=seqs.join(todo.select("user_id").distinct(), "user_id", "left_semi"))
+    rows_in = user_rows(todo.drop("inputs_hash"), outputs, events, run_date, model.max_behaviour, profile,
+                        seqs=seqs.join(todo.select("user_id").distinct(), "user_id", "left_semi"))
     spark.sparkContext.setJobDescription(f"cvr: score candidates grouped by user ({run_date})")
     scored = (rows_in.mapInPandas(cvr_users_fn(config.model_dir, model.version, sc.batch_size, sc.autocast), CVR_SCHEMA)
               .join(todo.select(*cvr_cache.KEY), ["user_id", "item_id"]))

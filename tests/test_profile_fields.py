@@ -120,3 +120,17 @@ def test_profile_config_is_checked_before_anything_runs(tmp_path):
     config = tiny_config(tmp_path, SET_PROFILE)   # the default map's synthetic fields are ignored, not an error
     with pytest.raises(ValueError, match="synthetic world's users have the profile"):
         write_synthetic_world(None, config)
+
+
+def test_a_profile_field_the_map_leaves_out_lands_null_and_the_ingest_says_so(spark, tmp_path, capsys):
+    from pipeline.jobs.ingest_catalog import main
+
+    config = tiny_config(tmp_path, SET_PROFILE)
+    (tmp_path / "members.csv").write_text("member_no,age_group,postcode_area\nu1,25-34,north\nu2,35-44,south\n")
+    (tmp_path / "conf.yaml").write_text(f"name: t\ndata: {{root: {config.data.root}, profile_fields: [{', '.join(PROFILE)}]}}\n")
+    assert main(["--conf", str(tmp_path / "conf.yaml"), "--run-date", RUN.isoformat(),
+                 "--users-path", str(tmp_path / "members.csv"), "--user-map", "user_id=member_no",
+                 "--user-map", "age=age_group", "--user-map", "region=postcode_area"]) == 0
+    assert "profile field(s) ['membership'] not mapped" in capsys.readouterr().out
+    rows = {r.user_id: (r.age, r.membership, r.region) for r in tables.read_table(spark, config, "users").collect()}
+    assert rows == {"u1": ("25-34", None, "north"), "u2": ("35-44", None, "south")}
