@@ -115,8 +115,7 @@ def spec(name: str, config: AppConfig | None = None) -> TableSpec:
     if "{profile}" not in base.columns:
         return base
     fields = config.data.profile_fields if config is not None else DEFAULT_PROFILE_FIELDS
-    profile = ", ".join(f"{f} STRING" for f in fields)
-    columns = base.columns.replace(", {profile}", f", {profile}" if fields else "")
+    columns = base.columns.replace(", {profile}", "".join(f", {f} STRING" for f in fields))
     return TableSpec(base.name, columns, base.partition_by, base.checks, base.key, base.properties)
 
 
