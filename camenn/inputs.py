@@ -72,8 +72,8 @@ class FeatureVocab:
         """(B, Fu) int64 from one sequence per profile field, 0 where unknown or missing."""
         n = len(next(iter(columns.values()))) if columns else 0
         out = np.zeros((n, len(self.user_values)), dtype=np.int64)  # (B, Fu)
-        for j, (name, values) in enumerate(self.user_values.items()):
-            lookup = {v: i + 1 for i, v in enumerate(values)}
+        for j, (name, known) in enumerate(self.user_values.items()):
+            lookup = {v: i + 1 for i, v in enumerate(known)}
             values = columns.get(name)
             if values is not None:
                 out[:, j] = [lookup.get(None if v is None else str(v), UNKNOWN) for v in values]
