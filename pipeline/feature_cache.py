@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 SOURCE = "items"
 QUARANTINE_PAYLOAD = ["merchant_id", "category", "title", "description", "price", "updated_at", "image_size"]
 DEFAULT_JOB = "item_features"
+# what a reader of cached features gets per item: its key and the encoder outputs
+FEATURE_COLUMNS = ("item_id", "content_hash", "text_emb", "n_text_tokens", "image_emb")
 
 # Java regex with Unicode classes: a full-width space (U+3000) is blank, as Python's strip() says.
 _NON_BLANK = "(?U)\\S"
@@ -327,7 +329,7 @@ class FeatureUpdate:
         """This run's newly encoded rows, shaped like ``cached_features``: read instead of
         item_features when only they are needed, so a night with few changes reads few blobs."""
         return (self.staged(spark).where(F.col("status") == ENCODED)
-                .select("item_id", "content_hash", "text_emb", "n_text_tokens", "image_emb"))
+                .select(*FEATURE_COLUMNS))
 
     def quarantine_rows(self, spark: SparkSession, run_date: dt.date, job: str) -> DataFrame:
         """This run's rejected items, shaped as quarantine rows (source='items')."""
@@ -453,7 +455,7 @@ def valid_items(spark: SparkSession, config: AppConfig, fingerprint: str | None 
     keys = keys if keys is not None else item_keys(spark, config, fingerprint)
     feats = (tables.read_table(spark, config, "item_features")
              .where(F.col("encoder_fingerprint") == fingerprint)
-             .select("item_id", "content_hash", "text_emb", "n_text_tokens", "image_emb"))
+             .select(*FEATURE_COLUMNS))
     return keys.join(feats, ["item_id", "content_hash"], "inner")
 
 
@@ -461,4 +463,4 @@ def cached_features(spark: SparkSession, config: AppConfig, fingerprint: str) ->
     """item_features rows under ``fingerprint``: item_id, content_hash, text_emb, n_text_tokens, image_emb."""
     return (tables.read_table(spark, config, "item_features")
             .where(F.col("encoder_fingerprint") == fingerprint)
-            .select("item_id", "content_hash", "text_emb", "n_text_tokens", "image_emb"))
+            .select(*FEATURE_COLUMNS))

@@ -336,7 +336,7 @@ def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.d
     # valid items: those the cache holds under this fingerprint with their current content (the nightly rule)
     spark.sparkContext.setJobDescription("training: valid items and vocabulary")
     cached = (frames["item_features"].where(F.col("encoder_fingerprint") == fingerprint)
-              .select("item_id", "content_hash", "text_emb", "n_text_tokens", "image_emb"))
+              .select(*feature_cache.FEATURE_COLUMNS))
     keys = feature_cache.item_keys(spark, config, fingerprint, items_df=frames["items"])
     with_blobs = keys.join(cached, ["item_id", "content_hash"], "inner")
     valid = with_blobs.select("item_id", "category", "price").cache()
