@@ -172,6 +172,11 @@ class TrainingConfig(Section):
     contrastive_weight: float = Field(
         0.0, ge=0, description="weight of an InfoNCE loss between the pooled projected text and image of the "
                                "alignment batch's items, before fusion; 0 = none")
+    same_category_swaps: Literal["one_side", "both_sides"] = Field(
+        "one_side", description="labels of a swapped row whose partner has the item's category (attribute_side): "
+                                "one_side = like any swap, the side that was not swapped is labelled a match; "
+                                "both_sides = ITA and TIA both 0: the category is the same on both sides, so "
+                                "nothing in the listing says which side is wrong, only that they disagree")
     alignment_balance: Literal["none", "weights", "logit_adjustment"] = Field(
         "none", description="the alignment examples come 3 positives to 1 negative per task, the held-out accuracy "
                             "and the flags ask about a 1:1 split. weights: each class weighs half the loss; "

@@ -132,6 +132,7 @@ def make_alignment_examples(
     attribute_side: bool = True,
     hard_share: float = 0.0,
     hard_kind: str = "category",
+    same_category_swaps: str = "one_side",
 ) -> tuple[ItemTokens, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Item-only ITA / TIA examples from B real items (B >= 2).
 
@@ -158,6 +159,13 @@ def make_alignment_examples(
     as the paper does, is what lets ITA vs TIA say WHICH side of a flagged listing is wrong.
     ``attribute_side=False`` is paper-faithful: the other task is masked out on swapped rows.
 
+    What names the side is the item's other fields, above all its category. A swap whose partner
+    shares the category (a hard negative) leaves them agreeing with both sides: the same
+    (text of A, photo of B, category C) row is a text swap into B or an image swap into A, so
+    "one_side" labelling gives it ITA 0 / TIA 1 as often as ITA 1 / TIA 0 and teaches the model
+    to answer 0.5 to it. ``same_category_swaps="both_sides"`` labels such a row 0 for both tasks:
+    text and photo disagree, and nothing says which is wrong.
+
     Returns (examples, labels, label_mask) with labels/label_mask keyed "ita" and "tia",
     each (B + 2 * round(swap_fraction * B),) float / bool, on the items' device.
     """
@@ -172,6 +180,8 @@ def make_alignment_examples(
     rows_t = torch.randperm(B, generator=generator)[:n]  # (n,) rows that get another item's text
     rows_i = torch.randperm(B, generator=generator)[:n]  # (n,) rows that get another item's image
     donor_t, donor_i = donor, donor
+    if same_category_swaps not in ("one_side", "both_sides"):
+        raise ValueError(f"same_category_swaps must be 'one_side' or 'both_sides', got {same_category_swaps!r}")
     if hard_share > 0:
         donor_t, donor_i = (_mix_hard(donor, hard_donors(items, generator, hard_kind, side), hard_share, generator)
                             for side in ("text", "image"))
@@ -187,6 +197,10 @@ def make_alignment_examples(
     ita[B:B + n] = zeros  # text-swapped
     tia = ones.clone()
     tia[B + n:] = zeros  # image-swapped
+    if same_category_swaps == "both_sides":
+        cat = items.feats[:, 0].to(dev)  # (B,)
+        ita[B + n:][cat[i_donor] == cat[i_rows]] = 0.0  # image swapped within the category: the text fits no better
+        tia[B:B + n][cat[t_donor] == cat[t_rows]] = 0.0  # text swapped within the category: nor does the photo
     ita_mask = torch.ones(B + 2 * n, dtype=torch.bool, device=dev)
     tia_mask = ita_mask.clone()
     if not attribute_side:

@@ -114,16 +114,19 @@ def _cut(items: ItemTokens, length: int) -> ItemTokens:
 
 
 def alignment_batch(store: ItemStore, idx: torch.Tensor, generator: torch.Generator, attribute_side: bool,
-                    hard_share: float = 0.0, hard_kind: str = "category") -> tuple[CameNNBatch, dict, dict]:
+                    hard_share: float = 0.0, hard_kind: str = "category",
+                    same_category_swaps: str = "one_side") -> tuple[CameNNBatch, dict, dict]:
     examples, labels, mask = make_alignment_examples(store.gather(idx), generator, attribute_side=attribute_side,
-                                                     hard_share=hard_share, hard_kind=hard_kind)
+                                                     hard_share=hard_share, hard_kind=hard_kind,
+                                                     same_category_swaps=same_category_swaps)
     return CameNNBatch(target=trim_items(examples)), labels, mask
 
 
 def alignment_options(tcfg: dict) -> dict:
     """The training section's alignment-example settings, as alignment_batch's keyword arguments."""
     return {"attribute_side": bool(tcfg["attribute_side"]), "hard_share": float(tcfg.get("hard_negative_share", 0.0)),
-            "hard_kind": str(tcfg.get("hard_negative_kind", "category"))}
+            "hard_kind": str(tcfg.get("hard_negative_kind", "category")),
+            "same_category_swaps": str(tcfg.get("same_category_swaps", "one_side"))}
 
 
 def cvr_tasks(model: CameNN) -> tuple[str, ...]:

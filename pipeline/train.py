@@ -46,7 +46,7 @@ VARIANTS: dict[str, dict] = {
 # ------------------------------------------------------------------------------ spec
 
 
-_LATER_TRAINING_KEYS = ("hard_negative_share", "hard_negative_kind", "contrastive_weight")
+_LATER_TRAINING_KEYS = ("hard_negative_share", "hard_negative_kind", "contrastive_weight", "same_category_swaps")
 
 
 def config_hash(config: AppConfig) -> str:

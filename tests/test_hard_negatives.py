@@ -108,7 +108,7 @@ def world(n_per_cat: int, n_cats: int, item_signal: float, seed: int = 0) -> Ite
 
 
 def train(store: ItemStore, train_idx: torch.Tensor, hard_share: float, n_cats: int, steps: int = 200,
-          contrastive_weight: float = 0.0) -> CameNN:
+          contrastive_weight: float = 0.0, same_category_swaps: str = "one_side") -> CameNN:
     torch.manual_seed(0)
     cfg = CameNNConfig(text_dim=TEXT_DIM, image_dim=IMAGE_DIM, n_patches=P, max_text_tokens=L, d_model=16, n_heads=2,
                        ffn_mult=2, n_experts=2, item_feature_sizes={"category": n_cats + 1, "price_bucket": 1},
@@ -119,7 +119,8 @@ def train(store: ItemStore, train_idx: torch.Tensor, hard_share: float, n_cats: 
     g = torch.Generator().manual_seed(1)
     for _ in range(steps):
         rows = train_idx[torch.randperm(len(train_idx), generator=g)[:64]]
-        batch, labels, mask = alignment_batch(store, rows, g, True, hard_share=hard_share)
+        batch, labels, mask = alignment_batch(store, rows, g, True, hard_share=hard_share,
+                                              same_category_swaps=same_category_swaps)
         model.train()
         train_step(step, opt, None, None, batch, labels, mask, {}, n_real=len(rows))
     return model
@@ -153,6 +154,51 @@ def test_hard_negatives_teach_what_only_text_and_photo_share():
     train_idx, test_idx = (~is_test).nonzero()[:, 0], is_test.nonzero()[:, 0]
     hard = auroc(train(store, train_idx, 1.0, n_cats, steps=300), store, test_idx, hard=True)
     assert min(hard.values()) > 0.75, hard
+
+
+def accuracy(model: CameNN, store: ItemStore, idx: torch.Tensor, hard: bool) -> dict[str, float]:
+    return {t: float(((p >= 0.5) == (y == 1)).mean()) for t, (y, p) in
+            alignment_scores(model, store, idx, 256, "cpu", hard=hard).items()}
+
+
+def test_a_same_category_swap_is_labelled_a_mismatch_on_both_sides():
+    cats = [c for c in range(4) for _ in range(6)]
+    items = items_of(cats, seed=6)
+    g = lambda: torch.Generator().manual_seed(7)   # noqa: E731
+    one, one_labels, _ = make_alignment_examples(items, g(), hard_share=0.5)
+    both, labels, mask = make_alignment_examples(items, g(), hard_share=0.5, same_category_swaps="both_sides")
+    assert torch.equal(one.text, both.text) and torch.equal(one.image, both.image)   # the same rows, other labels
+    B, n = len(items), (len(both) - len(items)) // 2
+    kinds = set()
+    for r in range(B, B + 2 * n):
+        text_swap = r < B + n
+        own = origin(items.image if text_swap else items.text, both.image[r] if text_swap else both.text[r])
+        donor = origin(items.text if text_swap else items.image, both.text[r] if text_swap else both.image[r])
+        swapped, other = ("ita", "tia") if text_swap else ("tia", "ita")
+        same = cats[donor] == cats[own]
+        kinds.add(same)
+        assert labels[swapped][r] == 0 and one_labels[swapped][r] == 0
+        assert one_labels[other][r] == 1                      # one_side: the side not swapped is a match
+        assert labels[other][r] == (0 if same else 1), (r, same)   # both_sides: only the category names a side
+        assert mask[other][r]
+    assert kinds == {True, False}                             # both kinds of swap were drawn
+    assert (labels["ita"][:B] == 1).all() and (labels["tia"][:B] == 1).all()
+    with pytest.raises(ValueError, match="same_category_swaps"):
+        make_alignment_examples(items, g(), same_category_swaps="neither")
+
+
+def test_labelling_both_sides_of_a_same_category_swap_lets_the_model_reject_it():
+    """One-side labels give a same-category mismatch ITA 0 / TIA 1 and ITA 1 / TIA 0 equally often (the rows
+    cannot be told apart), so the model answers about 0.5; both-side labels let it answer 0 to both."""
+    n_cats, per = 4, 60
+    store = world(per, n_cats, item_signal=1.0, seed=3)
+    is_test = torch.arange(len(store)) % per >= 45
+    train_idx, test_idx = (~is_test).nonzero()[:, 0], is_test.nonzero()[:, 0]
+    acc = {rule: accuracy(train(store, train_idx, 1.0, n_cats, steps=300, same_category_swaps=rule), store, test_idx,
+                          hard=True) for rule in ("one_side", "both_sides")}
+    print(acc)
+    assert min(acc["both_sides"].values()) > 0.8, acc
+    assert all(acc["both_sides"][t] > acc["one_side"][t] + 0.1 for t in ("ita", "tia")), acc
 
 
 def test_contrastive_loss_prefers_matching_pairs_and_ignores_twins():
