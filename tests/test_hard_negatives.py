@@ -196,7 +196,6 @@ def test_labelling_both_sides_of_a_same_category_swap_lets_the_model_reject_it()
     train_idx, test_idx = (~is_test).nonzero()[:, 0], is_test.nonzero()[:, 0]
     acc = {rule: accuracy(train(store, train_idx, 1.0, n_cats, steps=300, same_category_swaps=rule), store, test_idx,
                           hard=True) for rule in ("one_side", "both_sides")}
-    print(acc)
     assert min(acc["both_sides"].values()) > 0.8, acc
     assert all(acc["both_sides"][t] > acc["one_side"][t] + 0.1 for t in ("ita", "tia")), acc
 
