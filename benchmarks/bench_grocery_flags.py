@@ -102,6 +102,10 @@ def calibrate(spark, config, model_dir: str, quantile: float) -> dict:
             "n_held_out": len(held), "quantile": quantile}
 
 
+def _share(hits: list[bool]) -> float | None:
+    return float(np.mean(hits)) if hits else None
+
+
 def flag_metrics(rows: list[dict], damaged: dict[str, str], flag_of, across: set[str]) -> dict:
     """Precision/recall of flags (``flag_of(row)`` -> bool) and detection AUROC over damaged vs clean items.
 
@@ -127,8 +131,8 @@ def flag_metrics(rows: list[dict], damaged: dict[str, str], flag_of, across: set
         "precision": tp / max(1, int(flags.sum())), "recall": tp / max(1, int(y.sum())),
         "flagged": int(flags.sum()), "clean_flagged_share": float(flags[clean].mean()),
         "right_side_named": float((named[y] == side[y]).mean()),
-        "right_side_named_across_classes": float(np.mean([named[k] == side[k] for k, r in enumerate(rows)
-                                                          if r["item_id"] in across])),
+        "right_side_named_across_classes": _share([named[k] == side[k] for k, r in enumerate(rows)
+                                                   if r["item_id"] in across]),
         "n_damaged": int(y.sum()), "n_clean": int(clean.sum()),
     }
 
@@ -184,7 +188,8 @@ def main(argv=None) -> dict:
         "machine": {"cpus": os.cpu_count()}, "variant": args.variant, "model_dir": model_dir,
         "plants": {"share_per_side": args.share, "text": sum(v == "text" for v in damaged.values()),
                    "image": sum(v == "image" for v in damaged.values()),
-                   "same_class": sum("same class" in (plant_of[i] or "") for i in damaged)},
+                   "same_class": sum("same class" in (plant_of[i] or "") for i in damaged),
+                   "kinds": {i: plant_of[i] for i in sorted(damaged)}},
         "thresholds": thr, "items_scored": len(out),
         "job_flags": flag_metrics(out, damaged, lambda r: r["flag"], across),
         "at_0.5": flag_metrics(out, damaged, lambda r: min(r["p_ita"], r["p_tia"]) < 0.5, across),
@@ -203,7 +208,7 @@ def main(argv=None) -> dict:
     print(f"| thresholds | AUROC (text / image swaps) | precision | recall | right side | clean flagged |\n|---|---|---|---|---|---|\n"
           f"| calibrated ({args.clean_quantile:.0%} of held-out clean) ita {thr['ita']:.3f} tia {thr['tia']:.3f} | "
           f"{job['auroc']:.3f} ({job['auroc_text_swaps']:.3f} / {job['auroc_image_swaps']:.3f}) | {job['precision']:.3f} | "
-          f"{job['recall']:.3f} | {job['right_side_named']:.3f} ({job['right_side_named_across_classes']:.3f} across classes) | "
+          f"{job['recall']:.3f} | {job['right_side_named']:.3f} ({job['right_side_named_across_classes']} across classes) | "
           f"{job['clean_flagged_share']:.3f} |", flush=True)
     a = figures["at_0.5"]
     print(f"| 0.5 | same | {a['precision']:.3f} | {a['recall']:.3f} | same | {a['clean_flagged_share']:.3f} |", flush=True)

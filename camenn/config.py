@@ -142,6 +142,7 @@ class ModelSettings(Section):
     attn_dropout: float = Field(_model_default("attn_dropout"), ge=0, lt=1)
     tasks: tuple[Literal["cvr", "ita", "tia"], ...] = _model_default("tasks")
     behaviour_tokens: Literal["full", "pooled"] = _model_default("behaviour_tokens")
+    alignment_skip: bool = _model_default("alignment_skip")
 
 
 class SplitConfig(Section):

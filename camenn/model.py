@@ -86,6 +86,11 @@ class CameNNConfig:
     # paper); "pooled" = three tokens, its [CLS] (category, price), the mean of its text tokens
     # and the mean of its patches. The target item is always a full run.
     behaviour_tokens: str = "full"
+    # ITA/TIA logits also read the cosine of the target's mean projected text and mean projected
+    # image, with a learnt scale per task: the pair score the contrastive loss trains
+    # (training.contrastive_weight). On real photos that pooled score generalised to new photos
+    # better than the fused towers (README, "GroceryStore"); off = the paper's heads alone
+    alignment_skip: bool = False
 
     def __post_init__(self):
         # JSON gives lists back; tuples keep the config hashable-ish and == after a round trip
@@ -372,6 +377,10 @@ class CameNN(nn.Module):
         self.towers = nn.ModuleDict({t: BlockStack("transformer", cfg.tower_layers, cfg) for t in cfg.tasks})
         self.ln_f = nn.ModuleDict({t: nn.LayerNorm(D) for t in cfg.tasks})
         self.heads = nn.ModuleDict({t: nn.Linear(D, 1) for t in cfg.tasks})
+        # a constant start (no draw from the RNG, so models without the skip initialise as before):
+        # 1 / the contrastive temperature, the scale at which that loss compares pairs
+        self.skip_scale = nn.ParameterDict({t: nn.Parameter(torch.tensor(10.0)) for t in cfg.tasks
+                                            if cfg.alignment_skip and t in ("ita", "tia")})
 
         self.apply(self._init_weights)
         nn.init.normal_(self.cls, std=0.02)
@@ -485,6 +494,14 @@ class CameNN(nn.Module):
         real = torch.ones(B, 1, dtype=torch.bool, device=dev)  # (B', 1)
         pad = ~torch.cat([real, items.text_mask, real.expand(B, 1 + P)], dim=1)  # (B', Ti)
         return x, pad
+
+    def pooled_modalities(self, items: ItemTokens) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit mean of the real projected text tokens and of the projected patches: (B, D), (B, D)."""
+        proj = self.project_items(items)
+        real = proj.text_mask.unsqueeze(-1).to(proj.text.dtype)  # (B, L, 1)
+        t = F.normalize((proj.text * real).sum(1) / real.sum(1).clamp_min(1.0), dim=-1)  # (B, D)
+        v = F.normalize(proj.image.mean(1), dim=-1)  # (B, D)
+        return t, v
 
     def embed_items_pooled(self, items: ItemTokens, slot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Three tokens per item: [CLS], mean text, mean patches. items (B', ...), slot (B',) -> (B', 3, D), (B', 3).
@@ -640,6 +657,10 @@ class CameNN(nn.Module):
         ex = torch.stack([expert(x, pad) for expert in self.experts], dim=1)  # (B, M, T, D)
 
         out: dict = {}
+        skip = None
+        if any(t in self.skip_scale for t in tasks):
+            t_unit, v_unit = self.pooled_modalities(batch.target)  # (B, D), (B, D)
+            skip = (t_unit * v_unit).sum(-1).float()  # (B,) cosine of the target's text and image
         gates: dict[str, torch.Tensor] = {}
         aux = torch.zeros((), device=x.device)  # () the gates' load-balancing loss, summed over tasks
         for task in tasks:
@@ -650,6 +671,8 @@ class CameNN(nn.Module):
             h = self.towers[task](xk, pad)  # (B, T, D)
             h = self.ln_f[task](h[:, cls_idx])  # (B, D) the target's [CLS]
             out[task] = self.heads[task](h).squeeze(-1).float()  # (B,)
+            if task in self.skip_scale:
+                out[task] = out[task] + self.skip_scale[task].float() * skip  # (B,)
             gates[task] = g.float()
         out["gates"] = gates
         out["gate_aux_loss"] = aux

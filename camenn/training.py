@@ -172,10 +172,7 @@ def contrastive_loss(model: CameNN, items: ItemTokens) -> torch.Tensor:
     modalities before the cross-attention has to. Twins (identical text, losses.twin_key) are
     no negatives of each other: their logits are masked.
     """
-    proj = model.project_items(items)
-    real = proj.text_mask.unsqueeze(-1).to(proj.text.dtype)                                      # (B, L, 1)
-    t = F.normalize((proj.text * real).sum(1) / real.sum(1).clamp_min(1.0), dim=-1)              # (B, D)
-    v = F.normalize(proj.image.mean(1), dim=-1)                                                  # (B, D)
+    t, v = model.pooled_modalities(items)                                                        # (B, D), (B, D)
     logits = (t @ v.T).float() / CONTRASTIVE_TAU                                                 # (B, B)
     key = twin_key(items)
     twin = (key[:, None] == key[None, :]) & ~torch.eye(len(key), dtype=torch.bool, device=key.device)

@@ -46,6 +46,7 @@ VARIANTS: dict[str, dict] = {
 # ------------------------------------------------------------------------------ spec
 
 
+_LATER_MODEL_KEYS = ("alignment_skip",)
 _LATER_TRAINING_KEYS = ("hard_negative_share", "hard_negative_kind", "contrastive_weight", "same_category_swaps")
 
 
@@ -61,8 +62,12 @@ def config_hash(config: AppConfig) -> str:
     for key in _LATER_TRAINING_KEYS:
         if training.get(key) == type(config.training).model_fields[key].default:
             training.pop(key)
+    model = config.model.model_dump(mode="json")
+    for key in _LATER_MODEL_KEYS:
+        if model.get(key) == type(config.model).model_fields[key].default:
+            model.pop(key)
     payload = {"name": config.name, "data": config.data.model_dump(mode="json"),
-               "model": config.model.model_dump(mode="json"), "featurizer": config.featurizer.model_dump(mode="json"),
+               "model": model, "featurizer": config.featurizer.model_dump(mode="json"),
                "training": training}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -70,6 +70,8 @@ def test_planted_swaps_go_through_the_nightly_job(bench):
     job = flags["job_flags"]
     assert job["n_damaged"] == 2 and job["n_clean"] == 10
     assert 0.0 <= job["auroc"] <= 1.0 and 0.0 <= job["precision"] <= 1.0 and 0.0 <= job["recall"] <= 1.0
+    across = [i for i, kind in flags["plants"]["kinds"].items() if "another class" in kind]
+    assert (job["right_side_named_across_classes"] is None) == (not across)
     # the calibrated thresholds are quantiles of real scores, and the job flagged by them
     assert 0.0 < flags["thresholds"]["ita"] < 1.0 and 0.0 < flags["thresholds"]["tia"] < 1.0
     assert job["flagged"] == sum(v["flagged"] for v in flags["by_plant"].values()) + round(

@@ -13,7 +13,7 @@ import torch
 
 from camenn.inputs import ItemStore
 from camenn.losses import hard_donors, make_alignment_examples, twin_key
-from camenn.model import CameNN, CameNNConfig, ItemTokens
+from camenn.model import CameNN, CameNNBatch, CameNNConfig, ItemTokens
 from camenn.training import _MixedStep, alignment_batch, alignment_scores, contrastive_loss, train_step
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -213,3 +213,24 @@ def test_contrastive_loss_prefers_matching_pairs_and_ignores_twins():
     # a batch of twins only has no negatives left: every row's only logit is its own pair (loss 0)
     all_twins = ItemTokens(items.text[:1].expand(4, -1, -1), items.text_mask[:4], items.image[:4], items.feats[:4])
     assert float(contrastive_loss(model, all_twins).detach()) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_alignment_skip_adds_the_scaled_pooled_cosine_and_leaves_the_rest_of_the_model_as_it_was():
+    def build(skip: bool) -> CameNN:
+        torch.manual_seed(0)
+        return CameNN(CameNNConfig(text_dim=TEXT_DIM, image_dim=IMAGE_DIM, n_patches=P, max_text_tokens=L, d_model=16,
+                                   n_heads=2, ffn_mult=2, n_experts=2, item_feature_sizes={"category": 3, "price_bucket": 1},
+                                   user_feature_sizes={}, tasks=("ita", "tia"), dropout=0.0, alignment_skip=skip))
+    plain, skip = build(False), build(True)
+    extra = set(skip.state_dict()) - set(plain.state_dict())
+    assert extra == {"skip_scale.ita", "skip_scale.tia"}      # off: the state dict of every earlier model
+    for k, v in plain.state_dict().items():                   # the skip draws nothing from the RNG
+        assert torch.equal(v, skip.state_dict()[k]), k
+    batch = CameNNBatch(target=items_of([1, 1, 2, 2, 1, 2], seed=8))
+    t, v = skip.pooled_modalities(batch.target)
+    cos = (t * v).sum(-1)
+    a, b = plain.eval()(batch), skip.eval()(batch)
+    for task in ("ita", "tia"):
+        torch.testing.assert_close(b[task], a[task] + 10.0 * cos)
+    # the cosine is the contrastive loss's pair score, so that loss trains what the skip reads
+    assert contrastive_loss(skip, batch.target).requires_grad
