@@ -21,6 +21,12 @@ MINI = Path(__file__).parent / "grocery_mini"
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
+# conf/grocery.yaml's variant (Makefile GROCERY_TRAIN_ARGS): both-side labels and the alignment skip,
+# so the nightly job below scores with a model whose heads read the pooled cosine
+SKIP = "training.hard_negative_share=0.5,training.contrastive_weight=1.0,training.same_category_swaps=both_sides," \
+       "model.alignment_skip=true"
+
+
 @pytest.fixture(scope="module")
 def bench(spark, tmp_path_factory):
     sys.path.insert(0, str(BENCH))
@@ -31,7 +37,7 @@ def bench(spark, tmp_path_factory):
             "training.split.test_fraction=0.3",   # held-out training photos to calibrate the thresholds on
             f"tracking.uri=sqlite:///{root / 'mlflow.db'}"]
     argv = ["--data", str(MINI), "--root", str(root), "--variant", "baseline", "--variant", "hard",
-            "--json", str(root / "bench.json")]
+            "--variant", f"skip:{SKIP}", "--json", str(root / "bench.json")]
     for s in sets:
         argv += ["--set", s]
     return root, sets, bench_grocery.main(argv)
@@ -41,8 +47,10 @@ def test_bench_grocery_scores_every_variant_and_the_probe_on_real_photos(bench):
     root, _, figures = bench
     assert figures["photos"] == {"train": 30, "val": 12, "in_store": 42, "products": 6, "coarse_classes": 3}
     assert json.loads((root / "bench.json").read_text())["table"] == figures["table"]
-    assert set(figures["variants"]) == {"baseline", "hard"}
+    assert set(figures["variants"]) == {"baseline", "hard", "skip"}
     assert figures["variants"]["hard"]["overrides"] == ["training.hard_negative_share=0.5"]
+    # the skip's two scales (ITA, TIA) are the only parameters it adds
+    assert figures["variants"]["skip"]["params"] == figures["variants"]["hard"]["params"] + 2
     rows = {**{f"camenn {k}": v for k, v in figures["validation"]["camenn"].items()}, "probe": figures["validation"]["probe"]}
     for name, kinds in rows.items():
         for kind in ("random", "hard"):   # every validation photo has a photo of another product of its class
@@ -62,7 +70,7 @@ def test_planted_swaps_go_through_the_nightly_job(bench):
     import bench_grocery_flags
 
     root, sets, _ = bench
-    argv = ["--data", str(MINI), "--bench-root", str(root), "--variant", "hard", "--share", "0.1",
+    argv = ["--data", str(MINI), "--bench-root", str(root), "--variant", "skip", "--share", "0.1",
             "--json", str(root / "flags.json")]
     for s in sets:
         argv += ["--set", s]
