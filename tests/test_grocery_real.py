@@ -86,3 +86,24 @@ def test_planted_swaps_go_through_the_nightly_job(bench):
     assert 0.0 < flags["thresholds"]["ita"] < 1.0 and 0.0 < flags["thresholds"]["tia"] < 1.0
     assert job["flagged"] == sum(v["flagged"] for v in flags["by_plant"].values()) + round(
         job["clean_flagged_share"] * job["n_clean"])
+
+
+def test_augmented_views_are_new_photos_of_the_same_product(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    import bench_grocery
+    from PIL import Image
+
+    classes = bench_grocery.read_classes(MINI)
+    rows = bench_grocery.read_split(MINI, "train", classes, None)[:2]
+    views = bench_grocery.augment_photos(rows, MINI, tmp_path / "a", 2, seed=3)
+    again = bench_grocery.augment_photos(rows, MINI, tmp_path / "b", 2, seed=3)
+
+    assert [v["photo_id"] for v in views] == [f"{r['photo_id']}-aug{j}" for r in rows for j in (1, 2)]
+    for v, w in zip(views, again):
+        src = next(r for r in rows if v["photo_id"].startswith(r["photo_id"] + "-"))
+        assert {k: v[k] for k in ("product", "description", "coarse_class", "fine_class")} == \
+            {k: src[k] for k in ("product", "description", "coarse_class", "fine_class")}
+        view, photo = Image.open(tmp_path / "a" / v["path"]), Image.open(MINI / src["path"])
+        assert view.size[0] <= photo.size[0] and view.size[1] <= photo.size[1]
+        assert (tmp_path / "a" / v["path"]).read_bytes() == (tmp_path / "b" / w["path"]).read_bytes()   # seeded
+    assert (tmp_path / "a" / views[0]["path"]).read_bytes() != (tmp_path / "a" / views[1]["path"]).read_bytes()
