@@ -205,8 +205,13 @@ def main(argv=None) -> dict:
             "suspect_side": {v: sum(by_id[i]["suspect_side"] == v for i in ids) for v in ("text", "image", "both")},
             "right_side_named": float(np.mean([(by_id[i]["p_ita"] < by_id[i]["p_tia"]) == (side == "text") for i in ids]))}
     job = figures["job_flags"]
+    t_cfg = config.scoring.thresholds
+    rule = (f"{t_cfg.mode} {t_cfg.quantile} (categories of >= {t_cfg.min_category_items} photos; the others: "
+            if t_cfg.mode == "category_quantile" else "") + \
+        f"calibrated ({args.clean_quantile:.0%} of held-out clean) ita {thr['ita']:.3f} tia {thr['tia']:.3f}" + \
+        (")" if t_cfg.mode == "category_quantile" else "")
     print(f"| thresholds | AUROC (text / image swaps) | precision | recall | right side | clean flagged |\n|---|---|---|---|---|---|\n"
-          f"| calibrated ({args.clean_quantile:.0%} of held-out clean) ita {thr['ita']:.3f} tia {thr['tia']:.3f} | "
+          f"| {rule} | "
           f"{job['auroc']:.3f} ({job['auroc_text_swaps']:.3f} / {job['auroc_image_swaps']:.3f}) | {job['precision']:.3f} | "
           f"{job['recall']:.3f} | {job['right_side_named']:.3f} ({job['right_side_named_across_classes']} across classes) | "
           f"{job['clean_flagged_share']:.3f} |", flush=True)
