@@ -73,7 +73,7 @@ def parse_args(argv=None):
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.add_argument("--augment", type=int, default=0, metavar="K",
                    help="also K random views of every training photo (crop, mirror, light) as training items of "
-                        "their own, written under <root>/augmented: the validation photos are framed otherwise")
+                        "their own, written under <root>/augmented")
     p.add_argument("--exports-only", action="store_true",
                    help="write <root>/exports/{train,val}.csv and stop (make grocery ingests them with the jobs)")
     return p.parse_args(argv)
@@ -153,8 +153,9 @@ def augment_photos(rows: list[dict], data: Path, out: Path, k: int, seed: int = 
     """K random views of each photo, written under ``out``: one export row each (photo_id ``<id>-aug<j>``).
 
     A view is a crop of 25-100% of the photo's area (aspect 3:4 to 4:3), mirrored half the time,
-    with its brightness scaled by 0.8-1.2. Why: the validation photos are mostly one product held
-    close to the camera, the training photos mostly a shelf or a bin of them (README, GroceryStore).
+    with its brightness scaled by 0.8-1.2. Why: the model that ranks the training job's held-out
+    photos well loses accuracy on the validation photos (README, GroceryStore), which are framed
+    and lit otherwise; views widen what the training photos show.
     A view keeps its photo's text, so it is a twin of it (losses.twin_key), never its negative.
     """
     from PIL import Image, ImageEnhance
