@@ -206,10 +206,9 @@ def main(argv=None) -> dict:
             "right_side_named": float(np.mean([(by_id[i]["p_ita"] < by_id[i]["p_tia"]) == (side == "text") for i in ids]))}
     job = figures["job_flags"]
     t_cfg = config.scoring.thresholds
-    rule = (f"{t_cfg.mode} {t_cfg.quantile} (categories of >= {t_cfg.min_category_items} photos; the others: "
-            if t_cfg.mode == "category_quantile" else "") + \
-        f"calibrated ({args.clean_quantile:.0%} of held-out clean) ita {thr['ita']:.3f} tia {thr['tia']:.3f}" + \
-        (")" if t_cfg.mode == "category_quantile" else "")
+    rule = f"calibrated ({args.clean_quantile:.0%} of held-out clean) ita {thr['ita']:.3f} tia {thr['tia']:.3f}"
+    if t_cfg.mode == "category_quantile":   # the calibrated thresholds stay for categories under the minimum
+        rule = f"{t_cfg.mode} {t_cfg.quantile} (categories of >= {t_cfg.min_category_items} photos; the others: {rule})"
     print(f"| thresholds | AUROC (text / image swaps) | precision | recall | right side | clean flagged |\n|---|---|---|---|---|---|\n"
           f"| {rule} | "
           f"{job['auroc']:.3f} ({job['auroc_text_swaps']:.3f} / {job['auroc_image_swaps']:.3f}) | {job['precision']:.3f} | "
