@@ -14,6 +14,16 @@ TESTS = Path(__file__).resolve().parent
 TINY_CONF = TESTS / "conf" / "tiny.yaml"
 
 
+def pytest_configure(config):
+    """Under pytest-xdist each worker gets its share of the cores for torch: two workers each
+    running torch on every core would thrash them (CPU time, not wall time, grows)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     from pipeline.session import get_spark
