@@ -149,8 +149,16 @@ def write_export(rows: list[dict], path: Path) -> Path:
     return path
 
 
+VIEW_MARK = "-aug"   # a view's photo_id: its photo's id, this mark and the view's number
+
+
+def is_view(item_id: str) -> bool:
+    return VIEW_MARK in item_id
+
+
 def augment_photos(rows: list[dict], data: Path, out: Path, k: int, seed: int = 0) -> list[dict]:
     """K random views of each photo, written under ``out``: one export row each (photo_id ``<id>-aug<j>``).
+    The caller passes only photos of the training job's "train" split (see main).
 
     A view is a crop of 25-100% of the photo's area (aspect 3:4 to 4:3), mirrored half the time,
     with its brightness scaled by 0.8-1.2. Why: the model that ranks the training job's held-out
@@ -177,7 +185,7 @@ def augment_photos(rows: list[dict], data: Path, out: Path, k: int, seed: int = 
                 rel = str(Path(r["path"]).with_suffix("")) + f"-aug{j}.jpg"
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
                 view.save(out / rel, quality=90)
-                views.append({**r, "photo_id": f"{r['photo_id']}-aug{j}", "path": rel})
+                views.append({**r, "photo_id": f"{r['photo_id']}{VIEW_MARK}{j}", "path": rel})
     return views
 
 
@@ -333,8 +341,15 @@ def main(argv=None) -> dict:
     t = time.perf_counter()
     ingest(args.conf, sets, write_export(train_rows, root / "exports" / "train.csv"), data, "overwrite")
     if args.augment:
-        aug_rows = augment_photos(train_rows, data, root / "augmented", args.augment)
-        say(f"ingest {len(aug_rows)} augmented views of the training photos ({args.augment} each)", t0)
+        # views only of the photos the training job trains on: a view of a held-out photo would carry
+        # that photo into training, and the held-out photos set bench_grocery_flags' thresholds
+        from camenn.training import item_split
+
+        sp = config.training.split
+        trained_on = [r for r in train_rows if item_split(r["photo_id"], sp.test_fraction, sp.valid_fraction, sp.seed) == "train"]
+        aug_rows = augment_photos(trained_on, data, root / "augmented", args.augment)
+        say(f"ingest {len(aug_rows)} augmented views of the {len(trained_on)} training photos outside the held-out "
+            f"splits ({args.augment} each)", t0)
         ingest(args.conf, sets, write_export(aug_rows, root / "exports" / "train_augmented.csv"), root / "augmented", "merge")
         train_rows = train_rows + aug_rows
     seconds["ingest_train"] = time.perf_counter() - t

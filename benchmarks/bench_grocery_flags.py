@@ -6,7 +6,8 @@
 Runs after benchmarks/bench_grocery.py, on its tables and one of its trained variants (issue 15, 3):
 
 1. Thresholds, calibrated on held-out data: the variant scores the training photos it never saw
-   (the training job's own held-out hash split, ``item_split`` "test") as they are; the ITA and
+   (the training job's own held-out hash split, ``item_split`` "test"; never a view of a photo,
+   and bench_grocery --augment makes views of "train" photos only) as they are; the ITA and
    TIA thresholds are the ``--clean-quantile`` quantile of those clean scores (2% by default: about
    2% of clean photos flagged on each side). The validation photos never set a threshold.
 2. Plants: of the 296 validation photos, 5% get another product's text (title and description)
@@ -35,7 +36,7 @@ sys.path.insert(0, str(_ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 from _common import write_json  # noqa: E402
-from bench_grocery import DATA, RUN_DATE, ingest, read_classes, read_split, say, slug, write_export  # noqa: E402
+from bench_grocery import DATA, RUN_DATE, ingest, is_view, read_classes, read_split, say, slug, write_export  # noqa: E402
 
 from camenn.config import load_config  # noqa: E402
 
@@ -93,8 +94,9 @@ def calibrate(spark, config, model_dir: str, quantile: float) -> dict:
                             art.metadata["encoder_fingerprint"], FeatureVocab.from_dict(art.metadata["vocab"]),
                             art.config.n_patches)
     sp = config.training.split
-    held = [k for k, i in enumerate(store.item_ids)
-            if i.startswith("train-") and item_split(i, sp.test_fraction, sp.valid_fraction, sp.seed) == "test"]
+    # a view (bench_grocery --augment) is another crop of a photo the model may have trained on
+    held = [k for k, i in enumerate(store.item_ids) if i.startswith("train-") and not is_view(i)
+            and item_split(i, sp.test_fraction, sp.valid_fraction, sp.seed) == "test"]
     if len(held) < 2:
         raise SystemExit(f"{len(held)} held-out training photos: too few to calibrate thresholds on")
     p = predict_items(art.model, store, torch.as_tensor(held), 256, "cpu")
