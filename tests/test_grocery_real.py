@@ -82,8 +82,11 @@ def test_planted_swaps_go_through_the_nightly_job(bench):
     assert 0.0 <= job["auroc"] <= 1.0 and 0.0 <= job["precision"] <= 1.0 and 0.0 <= job["recall"] <= 1.0
     across = [i for i, kind in flags["plants"]["kinds"].items() if "another class" in kind]
     assert (job["right_side_named_across_classes"] is None) == (not across)
-    # the calibrated thresholds are quantiles of real scores, and the job flagged by them
+    # the calibrated thresholds are quantiles of real scores, and the job flagged by them (not by
+    # conf/grocery.yaml's own mode, which it did until 2026-12-03)
     assert 0.0 < flags["thresholds"]["ita"] < 1.0 and 0.0 < flags["thresholds"]["tia"] < 1.0
+    assert job["flagged"] == flags["below_the_thresholds"]
+    assert job["oracle_precision_at_recall_0.8"] is not None and 0.0 < job["oracle_precision_at_recall_0.8"] <= 1.0
     assert job["flagged"] == sum(v["flagged"] for v in flags["by_plant"].values()) + round(
         job["clean_flagged_share"] * job["n_clean"])
 
@@ -107,3 +110,16 @@ def test_augmented_views_are_new_photos_of_the_same_product(tmp_path):
         assert view.size[0] <= photo.size[0] and view.size[1] <= photo.size[1]
         assert (tmp_path / "a" / v["path"]).read_bytes() == (tmp_path / "b" / w["path"]).read_bytes()   # seeded
     assert (tmp_path / "a" / views[0]["path"]).read_bytes() != (tmp_path / "a" / views[1]["path"]).read_bytes()
+
+
+def test_oracle_precision_is_that_of_the_first_threshold_reaching_the_recall():
+    import numpy as np
+
+    sys.path.insert(0, str(BENCH))
+    from bench_grocery_flags import oracle_precision
+
+    y = np.array([1, 1, 0, 1, 0, 0, 1, 0, 0, 0], bool)
+    suspicion = np.linspace(1, 0, 10)
+    assert oracle_precision(y, suspicion, 0.8) == 4 / 7     # 4 of 4 damaged: the 7 most suspect
+    assert oracle_precision(y, suspicion, 0.5) == 1.0       # 2 of 4: the first two
+    assert oracle_precision(np.zeros(3, bool), suspicion[:3], 0.8) is None
