@@ -156,6 +156,20 @@ def is_view(item_id: str) -> bool:
     return VIEW_MARK in item_id
 
 
+def random_view(photo, rng: np.random.Generator):
+    """A crop of 25-100% of ``photo``'s area (aspect 3:4 to 4:3), mirrored half the time, brightness x0.8-1.2."""
+    from PIL import Image, ImageEnhance
+
+    W, H = photo.size
+    area, aspect = rng.uniform(0.25, 1.0) * W * H, float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
+    w, h = min(W, round((area * aspect) ** 0.5)), min(H, round((area / aspect) ** 0.5))
+    x, y = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
+    view = photo.crop((x, y, x + w, y + h))
+    if rng.random() < 0.5:
+        view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return ImageEnhance.Brightness(view).enhance(float(rng.uniform(0.8, 1.2)))
+
+
 def augment_photos(rows: list[dict], data: Path, out: Path, k: int, seed: int = 0) -> list[dict]:
     """K random views of each photo, written under ``out``: one export row each (photo_id ``<id>-aug<j>``).
     The caller passes only photos of the training job's "train" split (see main).
@@ -166,22 +180,15 @@ def augment_photos(rows: list[dict], data: Path, out: Path, k: int, seed: int = 
     and lit otherwise; views widen what the training photos show.
     A view keeps its photo's text, so it is a twin of it (losses.twin_key), never its negative.
     """
-    from PIL import Image, ImageEnhance
+    from PIL import Image
 
     rng = np.random.default_rng(seed)
     views = []
     for r in rows:
         with Image.open(data / r["path"]) as photo:
             photo = photo.convert("RGB")
-            W, H = photo.size
             for j in range(1, k + 1):
-                area, aspect = rng.uniform(0.25, 1.0) * W * H, float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
-                w, h = min(W, round((area * aspect) ** 0.5)), min(H, round((area / aspect) ** 0.5))
-                x, y = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
-                view = photo.crop((x, y, x + w, y + h))
-                if rng.random() < 0.5:
-                    view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-                view = ImageEnhance.Brightness(view).enhance(float(rng.uniform(0.8, 1.2)))
+                view = random_view(photo, rng)
                 rel = str(Path(r["path"]).with_suffix("")) + f"-aug{j}.jpg"
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
                 view.save(out / rel, quality=90)
