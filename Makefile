@@ -117,13 +117,9 @@ browser:
 
 # Two pytest-xdist workers, whole files each (a module's Spark world is built once, in one worker),
 # one torch thread each (tests/conftest.py); build/test-junit.xml keeps every test's time.
-TEST_WORKERS ?= 3
-test:
-	@# the three environments install side by side (pip is mostly waiting on unpacking and I/O)
-	$(MAKE) -j3 setup airflow-env browser
-	$(MAKE) lint
+test: setup airflow-env browser lint
 	@mkdir -p build
-	$(PY) -m pytest -m "not process_faults" -n $(TEST_WORKERS) --dist loadfile --junitxml=build/test-junit.xml
+	$(PY) -m pytest -m "not process_faults" -n 2 --dist loadfile --junitxml=build/test-junit.xml
 
 # the fault suite: every `faults` test, with the process-level ones (a killed driver, a lost
 # executor on a standalone cluster, a full disk; minutes each); the summary goes to docs/
