@@ -54,7 +54,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from _common import write_json  # noqa: E402
-from bench_grocery import DATA, binary_metrics, partners, random_view, read_classes, read_split  # noqa: E402
+from bench_grocery import DATA, binary_metrics, partners, random_view, read_classes, read_split, say  # noqa: E402
 from torch import nn  # noqa: E402
 
 from camenn.config import load_config  # noqa: E402
@@ -75,10 +75,6 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
-
-
-def say(message: str, t0: float) -> None:
-    print(f"[{time.perf_counter() - t0:7.1f}s] {message}", flush=True)
 
 
 class FrozenTrunk:
@@ -145,10 +141,6 @@ def encode_texts(featurizer, classes: dict[int, dict], first_photo: dict[int, by
     mask = enc.text_mask.float().unsqueeze(-1)  # (n, L, 1)
     text = (enc.text * mask).sum(1) / mask.sum(1).clamp(min=1)  # (n, Dt)
     return np.array(ids), text.clone(), enc.image.clone()  # (n,), (n, Dt), (n, P, Di); not inference tensors
-
-
-def photo_bytes(path: Path) -> bytes:
-    return path.read_bytes()
 
 
 def view_bytes(path: Path, rng: np.random.Generator, k: int) -> list[bytes]:
@@ -266,7 +258,7 @@ def main(argv=None) -> dict:
 
     first_photo = {}   # every product, whatever --limit keeps
     for r in read_split(data, "train", classes, None):
-        first_photo.setdefault(r["fine_class"], photo_bytes(data / r["path"]))
+        first_photo.setdefault(r["fine_class"], (data / r["path"]).read_bytes())
     class_ids, text_pooled, check_image = encode_texts(featurizer, classes, first_photo)
     say(f"{len(class_ids)} products' texts encoded; {len(fit_rows)} training photos x {1 + args.views} views, "
         f"{len(held_rows)} held-out training photos, {len(val_rows)} validation photos", t0)
@@ -289,11 +281,11 @@ def main(argv=None) -> dict:
     rng = np.random.default_rng(args.seed)
     fit_images, fit_fine = [], []
     for r in fit_rows:
-        fit_images += [photo_bytes(data / r["path"]), *view_bytes(data / r["path"], rng, args.views)]
+        fit_images += [(data / r["path"]).read_bytes(), *view_bytes(data / r["path"], rng, args.views)]
         fit_fine += [r["fine_class"]] * (1 + args.views)
     fit_acts = trunk_activations(featurizer, trunk, fit_images, t0, "training photos and views")
-    held_acts = trunk_activations(featurizer, trunk, [photo_bytes(data / r["path"]) for r in held_rows], t0, "held-out")
-    val_acts = trunk_activations(featurizer, trunk, [photo_bytes(data / r["path"]) for r in val_rows], t0, "validation")
+    held_acts = trunk_activations(featurizer, trunk, [(data / r["path"]).read_bytes() for r in held_rows], t0, "held-out")
+    val_acts = trunk_activations(featurizer, trunk, [(data / r["path"]).read_bytes() for r in val_rows], t0, "validation")
     trunk_seconds = time.perf_counter() - t
     say(f"frozen stages run once: {len(fit_images) + len(held_rows) + len(val_rows)} images in {trunk_seconds:.0f}s, "
         f"{fit_acts[0].numel() * 2 / 1e3:.1f} kB of activations each", t0)
