@@ -118,10 +118,11 @@ browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 # Two pytest-xdist workers, whole files each (a module's Spark world is built once, in one worker),
+# longest file first (tests/conftest.py LONGEST_FIRST),
 # one torch thread each (tests/conftest.py); build/test-junit.xml keeps every test's time.
 test: setup airflow-env browser lint
 	@mkdir -p build
-	$(PY) -m pytest -m "not process_faults" -n 2 --dist loadfile --junitxml=build/test-junit.xml
+	$(PY) -m pytest -m "not process_faults" -n 2 --dist loadfile --no-loadscope-reorder --junitxml=build/test-junit.xml
 
 # the fault suite: every `faults` test, with the process-level ones (a killed driver, a lost
 # executor on a standalone cluster, a full disk; minutes each); the summary goes to docs/

@@ -14,12 +14,15 @@ TESTS = Path(__file__).resolve().parent
 TINY_CONF = TESTS / "conf" / "tiny.yaml"
 
 
-# The files that took the most worker time in a full run go first (build/test-junit.xml of
-# 2026-12-03 22:37: test_nightly 1,129 s, test_dag 468 s, test_training 464 s of 3,532 s):
-# pytest-xdist hands whole files to its workers in collection order, and a long file that
-# starts late keeps one worker busy while the other waits (that run: 1,972 s of wall time for
-# 1,766 s of work per worker).
-LONGEST_FIRST = ("test_nightly.py", "test_dag.py", "test_training.py")
+# Whole files go to the two pytest-xdist workers longest first (the Makefile passes
+# --no-loadscope-reorder: xdist would otherwise order files by their number of tests and hand
+# test_dag.py, 3 tests and 533 s, out last, leaving one worker idle for minutes; CI of
+# 2026-12-04 14:20, where test_dag.py started 23 minutes in). Worker seconds per file from that
+# run's build/test-junit.xml (3,423 s in all); the files not named here are under 60 s each and
+# follow in collection order.
+LONGEST_FIRST = ("test_nightly.py", "test_dag.py", "test_training.py", "test_ingest.py", "test_profile_fields.py",
+                 "test_planted_defects.py", "test_feature_cache.py", "test_tracking.py", "test_grocery_real.py",
+                 "test_report.py", "test_alignment_only.py", "test_promote.py", "test_notebook.py", "test_tables.py")
 
 
 def pytest_collection_modifyitems(config, items):
