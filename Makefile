@@ -32,10 +32,13 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 
 setup: $(VENV)/.installed $(RESOLVED_CONF)
 
-$(VENV)/.installed: pyproject.toml
+# uv is a target of its own: a .venv made before uv came in gets it without a reinstall.
+$(UV):
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "uv>=0.9"
+
+$(VENV)/.installed: pyproject.toml | $(UV)
 	$(UV) pip install -q --python $(PY) -e '.[test]'
 	@# Activation sets SPARK_CONF_DIR, so a plain `spark-submit jobs/...` finds Delta's settings.
 	grep -q SPARK_CONF_DIR $(VENV)/bin/activate || printf '\nexport SPARK_CONF_DIR="%s"\nexport PYSPARK_PYTHON="%s"\nexport HF_HUB_OFFLINE=1\n' "$(CURDIR)/build/spark-conf" "$(CURDIR)/$(PY)" >> $(VENV)/bin/activate
@@ -107,7 +110,7 @@ maintain: setup
 # Airflow pins clash with ours, so the DAG test loads the DAG in an environment of its own.
 airflow-env: .venv-airflow/.installed
 
-.venv-airflow/.installed: $(VENV)/.installed
+.venv-airflow/.installed: | $(UV)
 	$(PYTHON) -m venv .venv-airflow
 	$(UV) pip install -q --python .venv-airflow/bin/python "apache-airflow>=3,<4" "apache-airflow-providers-apache-spark>=5"
 	touch $@
