@@ -123,6 +123,45 @@ def model_flops(cfg, text_tokens: int, behaviour: int) -> tuple[int, int]:
     return item, pair
 
 
+def encoder_flops(featurizer, titles, descriptions, images) -> dict:
+    """FLOPs per item of the frozen encoders (FlopCounterMode), on one real batch of these items.
+
+    text_at_max_tokens: the text encoder on the batch's (title, description) pairs padded to
+    max_text_tokens; image: the image encoder on the batch's n_patches patches of patch_size;
+    real_batch: one ``ItemFeaturizer.encode`` of the batch (text padded to its longest row).
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from camenn.images import normalize_patches
+
+    prepared = featurizer.prepare(list(titles), list(descriptions), list(images))
+    rows = [i for i, e in enumerate(prepared.errors) if e is None]
+    if not rows:
+        raise ValueError("no valid item in the FLOPs batch")
+    b = len(rows)
+    tok = featurizer.tokenizer.pad({"input_ids": [prepared.input_ids[i] for i in rows],
+                                    "token_type_ids": [prepared.token_type_ids[i] for i in rows]},
+                                   padding="max_length", max_length=featurizer.max_text_tokens, return_tensors="pt")
+    x = normalize_patches(prepared.patches[rows].flatten(0, 1), featurizer.image_mean, featurizer.image_std)  # (b*P, 3, S, S)
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as text_counter:
+            featurizer.text_model(**tok)
+        with FlopCounterMode(display=False) as image_counter:
+            featurizer.image_model(x)
+    sub = type(prepared)([prepared.input_ids[i] for i in rows], [prepared.token_type_ids[i] for i in rows],
+                         prepared.patches[rows], [None] * b)
+    with FlopCounterMode(display=False) as real_counter:
+        featurizer.encode(sub)
+    text = text_counter.get_total_flops() / b
+    image = image_counter.get_total_flops() / b
+    return {"batch_items": b, "max_text_tokens": featurizer.max_text_tokens,
+            "mean_text_tokens": sum(len(prepared.input_ids[i]) for i in rows) / b,
+            "n_patches": featurizer.n_patches, "patch_size": featurizer.cfg.patch_size,
+            "text_per_item_at_max_tokens": text, "image_per_item": image, "per_item_at_max_tokens": text + image,
+            "per_item_real_batch": real_counter.get_total_flops() / b}
+
+
 def write_json(path: str | None, figures: dict) -> None:
     """A benchmark's --json output (nothing when no path was given)."""
     if path:

@@ -33,7 +33,7 @@ this world's, e.g. the items of a previous run's change, is rewritten by pipelin
    Python) and the checkpointed user rows moved to Python and back without the model;
 4. FLOPs per item of the model (``camenn.model.count_flops_per_item`` at the items' mean text length;
    per CVR pair without the input projections, which the cache already holds, and also counted with
-   FlopCounterMode on one batch of score_users) and of the encoders (bench_encoders.encoder_flops:
+   FlopCounterMode on one batch of score_users) and of the encoders (_common.encoder_flops:
    FlopCounterMode on one real batch), and the achieved FLOP/s of each path as a share of a dense
    fp32 matmul peak measured in the same run (torch.matmul of two 2048 x 2048, best of a few).
 
@@ -63,8 +63,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), os.environ.ge
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from _common import encoder_dims, matmul_peak, model_flops, save_untrained_model, table_vocab, timed, write_json  # noqa: E402
-from bench_encoders import encoder_flops  # noqa: E402
+from _common import encoder_dims, encoder_flops, matmul_peak, model_flops, save_untrained_model, table_vocab, timed, write_json  # noqa: E402
 
 from camenn.config import load_config  # noqa: E402
 
