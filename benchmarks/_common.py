@@ -143,7 +143,9 @@ def encoder_flops(featurizer, titles, descriptions, images) -> dict:
     tok = featurizer.tokenizer.pad({"input_ids": [prepared.input_ids[i] for i in rows],
                                     "token_type_ids": [prepared.token_type_ids[i] for i in rows]},
                                    padding="max_length", max_length=featurizer.max_text_tokens, return_tensors="pt")
-    x = normalize_patches(prepared.patches[rows].flatten(0, 1), featurizer.image_mean, featurizer.image_std)  # (b*P, 3, S, S)
+    tok = {k: v.to(featurizer.device) for k, v in tok.items()}
+    x = normalize_patches(prepared.patches[rows].to(featurizer.device).flatten(0, 1), featurizer.image_mean,
+                          featurizer.image_std)  # (b*P, 3, S, S)
     with torch.inference_mode():
         with FlopCounterMode(display=False) as text_counter:
             featurizer.text_model(**tok)

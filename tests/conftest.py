@@ -22,7 +22,8 @@ TINY_CONF = TESTS / "conf" / "tiny.yaml"
 # follow in collection order.
 LONGEST_FIRST = ("test_nightly.py", "test_dag.py", "test_training.py", "test_ingest.py", "test_profile_fields.py",
                  "test_planted_defects.py", "test_feature_cache.py", "test_tracking.py", "test_grocery_real.py",
-                 "test_report.py", "test_alignment_only.py", "test_promote.py", "test_notebook.py", "test_tables.py")
+                 "test_report.py", "test_alignment_only.py", "test_promote.py", "test_notebook.py", "test_tables.py",
+                 "test_device_bench.py")
 
 
 def pytest_collection_modifyitems(config, items):
