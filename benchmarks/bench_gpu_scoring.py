@@ -63,6 +63,7 @@ from camenn.featurizer import FeaturizerConfig, ItemFeaturizer  # noqa: E402
 from camenn.model import CameNNBatch, CameNNConfig, create_model_from_config  # noqa: E402
 from camenn.predictor import Predictor  # noqa: E402
 from udfs import pick_device  # noqa: E402
+from udfs.encode import prepared_ahead, thread_featurizers  # noqa: E402
 
 GROCERY = _ROOT.parent / "shared" / "data" / "grocery-store"
 
@@ -89,6 +90,10 @@ def parse_args(argv=None):
     p.add_argument("--encoder-batch-sizes", type=int, nargs="+", default=[64, 256])
     p.add_argument("--encoder-shapes", nargs="*", default=["demo", "production"], choices=["demo", "production"],
                    help="production's encoders are 229 GFLOP an item: minutes on a CPU")
+    p.add_argument("--prepare-threads", type=int, nargs="*", default=[1, 4, 8],
+                   help="prepare threads of the encode UDF's loop, measured over --pipeline-items")
+    p.add_argument("--pipeline-items", type=int, default=1024)
+    p.add_argument("--models", nargs="*", default=["demo", "production"], choices=["demo", "production"])
     p.add_argument("--flops-items", type=int, default=32, help="items of the batch the encoders' FLOPs are counted on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
@@ -237,6 +242,27 @@ def encoder_pass(featurizer: ItemFeaturizer, items, n: int, batch: int, dtype, d
             "mean_text_tokens": float(np.mean([len(t) for t in prepared.input_ids]))}
 
 
+def encode_pipeline(featurizer: ItemFeaturizer, items, n: int, chunk: int, threads: int, dtype,
+                    device: torch.device) -> dict:
+    """items/s of the encode UDF's loop (udfs.encode.prepared_ahead with ``threads`` preparing, the
+    caller encoding) over n items in chunks of ``chunk``, photos in turn."""
+    titles, descriptions, images = items
+    featurizer.cfg = dataclasses.replace(featurizer.cfg, batch_size=chunk)
+    per_thread = thread_featurizers(featurizer) if threads > 1 else (lambda: featurizer)
+
+    def chunks():
+        for start in range(0, n, chunk):
+            pick = [i % len(titles) for i in range(start, min(n, start + chunk))]
+            yield [titles[i] for i in pick], [descriptions[i] for i in pick], [images[i] for i in pick]
+
+    def run():
+        for _, prepared in prepared_ahead(chunks(), lambda rows: per_thread().prepare(*rows), threads):
+            featurizer.encode(prepared, autocast_dtype=dtype)
+
+    seconds = device_seconds(device, run)
+    return {"prepare_threads": threads, "chunk": chunk, "rows": n, "items_per_s": n / seconds}
+
+
 def encoder_stage(bundle: Path, shapes: dict, args, device: torch.device, dtype, peak: float) -> list[dict]:
     items = bundle_items(bundle)
     out = []
@@ -259,6 +285,13 @@ def encoder_stage(bundle: Path, shapes: dict, args, device: torch.device, dtype,
                   f"encode {r['encode_items_per_s']:,.0f} items/s ({r['encode_share_of_peak']:.1%} of the peak), "
                   f"encoders alone {r['encoders_alone_items_per_s']:,.0f} ({r['encoders_alone_share_of_peak']:.1%}); "
                   f"{per_item / 1e9:.2f} GFLOP/item", flush=True)
+        row["pipeline"] = []
+        for threads in args.prepare_threads:
+            r = encode_pipeline(featurizer, items, args.pipeline_items, args.encoder_batch_sizes[0], threads, dtype, device)
+            r["share_of_peak"] = per_item * r["items_per_s"] / peak
+            row["pipeline"].append(r)
+            print(f"encoders {name}, the UDF's loop with {threads} prepare thread(s), chunks of {r['chunk']}: "
+                  f"{r['items_per_s']:,.0f} items/s ({r['share_of_peak']:.1%} of the peak)", flush=True)
         out.append(row)
         del featurizer
         if device.type == "cuda":
@@ -409,6 +442,7 @@ def main(argv=None) -> dict:
         args.items, args.users, args.pool, args.batch_sizes = 512, 16, 128, [128]
         args.production_items, args.production_users, args.production_batch_sizes = 128, 2, [128]
         args.encoder_items, args.encoder_batch_sizes, args.flops_items = 32, [16], 16
+        args.pipeline_items, args.prepare_threads = 48, [1, 2]
     t0 = time.perf_counter()
     bundle = Path(args.bundle)
     shapes = json.loads((bundle / "shapes.json").read_text())
@@ -428,14 +462,17 @@ def main(argv=None) -> dict:
     # the JSON is rewritten after each stage, so a run cut short by its time limit keeps what it measured
     figures["encoders"] = encoder_stage(bundle, {k: shapes[k] for k in args.encoder_shapes}, args, device, dtype, peak)
     write_json(args.json, figures)
-    demo = Predictor.load(args.model, device=device, autocast=args.autocast)
-    figures["models"] = [model_stage("demo", demo, args, rng, peak, args.items, args.users, args.batch_sizes)]
-    write_json(args.json, figures)
-    with tempfile.TemporaryDirectory() as where:
-        production = untrained_predictor(shapes["production"], device, args.autocast, Path(where))
-        figures["models"].append(model_stage("production-untrained", production, args, rng, peak,
-                                             args.production_items, args.production_users,
-                                             args.production_batch_sizes))
+    figures["models"] = []
+    if "demo" in args.models:
+        demo = Predictor.load(args.model, device=device, autocast=args.autocast)
+        figures["models"].append(model_stage("demo", demo, args, rng, peak, args.items, args.users, args.batch_sizes))
+        write_json(args.json, figures)
+    if "production" in args.models:
+        with tempfile.TemporaryDirectory() as where:
+            production = untrained_predictor(shapes["production"], device, args.autocast, Path(where))
+            figures["models"].append(model_stage("production-untrained", production, args, rng, peak,
+                                                 args.production_items, args.production_users,
+                                                 args.production_batch_sizes))
     figures["seconds"] = time.perf_counter() - t0
     write_json(args.json, figures)
     print(f"done in {figures['seconds']:.0f} s", flush=True)

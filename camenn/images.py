@@ -9,6 +9,7 @@ than float), where :func:`normalize_patches` applies the encoder's mean/std.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,6 +28,9 @@ __all__ = [
 # Transparent product shots (PNG cut-outs) are meant to be seen on a white page, not on the
 # black that dropping the alpha channel would leave behind.
 _BACKGROUND = (255, 255, 255)
+
+
+_OBJECT_AT = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 class ImageDecodeError(ValueError):
@@ -68,7 +72,9 @@ def decode_image(data: bytes | bytearray | memoryview | None, min_size: int | No
     except Exception as e:  # noqa: BLE001
         # Malformed files raise a zoo of exception types from Pillow's plugins (OSError,
         # SyntaxError, struct.error, IndexError, ...); any of them means "bad row", not "bad run".
-        raise ImageDecodeError(f"{type(e).__name__}: {e}") from e
+        # PIL names the stream it read ("<_io.BytesIO object at 0x7f...>"): an address would make the
+        # same bad bytes give a different quarantine reason on every run
+        raise ImageDecodeError(f"{type(e).__name__}: {_OBJECT_AT.sub('<bytes>', str(e))}") from e
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -8,6 +8,7 @@ import re
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import jpeg_with_shapes, tiny_config
 from pyspark.sql import functions as F
@@ -236,3 +237,48 @@ def test_an_items_table_written_without_hashes_still_works(spark, config):
     assert feature_cache.legacy_rows(spark, config) == 0
     again = feature_cache.update_item_features(spark, config, RUN)
     assert (again.encoded, again.reused) == (0, 4)
+
+
+# ------------------------------------------------------------------------ prepare threads
+
+
+def udf_frame(rows) -> pd.DataFrame:
+    """Rows as the encode UDF receives them: the items columns with image_size and content_hash."""
+    columns = ["item_id", "merchant_id", "category", "title", "description", "image", "price", "updated_at"]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["image_size"] = [len(b) for b in frame["image"]]
+    frame["content_hash"] = [f"h{i}" for i in range(len(frame))]
+    return frame
+
+
+def test_prepared_ahead_keeps_the_order_and_raises_the_first_failure():
+    from udfs.encode import prepared_ahead
+
+    def slow_square(i):   # later chunks finish first: the order must come from the queue, not the pool
+        time.sleep(0.02 * (5 - i % 5))
+        if i == 7:
+            raise ValueError("chunk 7 is bad")
+        return i * i
+
+    assert list(prepared_ahead(range(7), slow_square, threads=3)) == [(i, i * i) for i in range(7)]
+    got = []
+    with pytest.raises(ValueError, match="chunk 7 is bad"):
+        for chunk, _square in prepared_ahead(range(12), slow_square, threads=4):
+            got.append(chunk)
+    assert got == list(range(7))
+
+
+def test_several_prepare_threads_give_the_rows_one_thread_gives(config):
+    """The GPU setting (a task's CPUs preparing) against the CPU one, on the same chunks: every row,
+    blob and quarantine reason identical, so the fast tokenizer is safe across the threads."""
+    from udfs.encode import encode_fn
+
+    cfg = feature_cache.featurizer_config(config)
+    fingerprint = feature_cache.featurizer_fingerprint(cfg)
+    frame = udf_frame(clean_items(9) + [row for row in poison_items(20) if row[0].strip()])
+    outputs = {threads: pd.concat(list(encode_fn(cfg, fingerprint, chunk_rows=2, threads=threads)(iter([frame]))),
+                                  ignore_index=True)
+               for threads in (1, 3)}
+    pd.testing.assert_frame_equal(outputs[3], outputs[1])
+    assert list(outputs[1]["item_id"]) == list(frame["item_id"])
+    assert (outputs[1]["status"] == "encoded").sum() == 9 and outputs[1]["text_emb"].notna().sum() == 9

@@ -69,17 +69,21 @@ def task_device() -> str:
     return pick_device(ctx.resources() if ctx is not None else None)
 
 
+def task_cpus() -> int:
+    """The running Spark task's CPUs (spark.task.cpus); the machine's outside a task."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    return max(1, int(ctx.cpus() if ctx is not None else (os.cpu_count() or 1)))
+
+
 def configure_task_threads(device: str) -> int:
     """On CPU, give torch as many threads as the task has CPUs (spark.task.cpus); returns it."""
     import torch
 
     if device != "cpu":
         return torch.get_num_threads()
-    from pyspark import TaskContext
-
-    ctx = TaskContext.get()
-    cpus = ctx.cpus() if ctx is not None else (os.cpu_count() or 1)
-    cpus = max(1, int(cpus))
+    cpus = task_cpus()
     if torch.get_num_threads() != cpus:
         torch.set_num_threads(cpus)
     return cpus
