@@ -12,8 +12,9 @@ decode, patching, tokenization; CPU, mostly outside the GIL in PIL and the Rust 
 on the next chunks while the task's thread runs ``featurizer.encode`` (encoder forward on the
 task's GPU, or its CPU threads) on the current one. On CPU one thread prepares, since the
 encoders' torch threads already hold the task's cores; on a GPU as many as the task has CPUs
-(``spark.task.cpus``, :func:`prepare_threads`): at production's shape one thread prepares 45-62
-items/s and an H200 encodes 273 (README, "The scoring stages on a GPU").
+(``spark.task.cpus``, at most 8, :func:`prepare_threads`): at production's shape one thread
+prepares 45-76 items/s and an H200 encodes 277; this loop ran at 60 items/s with one thread, 158
+with 4, 162 with 8 and 129 with 16 (the GIL; README, "The scoring stages on a GPU").
 
 Input rows: item_id, merchant_id, category, title, description, image, image_size, price,
 updated_at, content_hash (as stored in ``items``). Output rows follow :data:`STAGING_SCHEMA`
@@ -80,9 +81,13 @@ def _frame(meta: pd.DataFrame, **columns) -> pd.DataFrame:
     return out[_COLUMNS]
 
 
+# Past this the prepare threads fight over the GIL: 16 ran slower than 8 on an H200's host.
+MAX_PREPARE_THREADS = 8
+
+
 def prepare_threads(device: str) -> int:
     """Threads that prepare chunks in a task on ``device``: one on CPU, the task's CPUs on a GPU."""
-    return 1 if device == "cpu" else task_cpus()
+    return 1 if device == "cpu" else min(task_cpus(), MAX_PREPARE_THREADS)
 
 
 def prepared_ahead(chunks: Iterable, prepare: Callable, threads: int) -> Iterator[tuple]:
