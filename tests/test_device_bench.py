@@ -39,7 +39,8 @@ def test_the_gpu_run_scores_every_stage_on_cpu_without_spark(tmp_path):
 
     proc = subprocess.run([sys.executable, "-c", BLOCK, str(SCRIPT), "--bundle", str(bundle), "--device", "cpu",
                            "--encoder-shapes", "demo", "--encoder-items", "8", "--encoder-batch-sizes", "4",
-                           "--flops-items", "4", "--items", "96", "--users", "6", "--candidates", "4", "--pool", "24",
+                           "--flops-items", "4", "--prepare-threads", "1", "2", "--pipeline-items", "8",
+                           "--items", "96", "--users", "6", "--candidates", "4", "--pool", "24",
                            "--batch-sizes", "16", "64", "--production-items", "16", "--production-users", "1",
                            "--production-batch-sizes", "4", "--json", str(out)],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -52,6 +53,7 @@ def test_the_gpu_run_scores_every_stage_on_cpu_without_spark(tmp_path):
     assert encoders["flops"]["per_item_real_batch"] > 1e8   # MiniLM + 9 EfficientNet-Lite0 patches: ~1.2 GFLOP
     [run] = encoders["runs"]
     assert run["rows"] == 8 and run["prepare_items_per_s"] > 0 and 0 < run["encode_share_of_peak"] < 1, run
+    assert [(r["prepare_threads"], r["rows"]) for r in encoders["pipeline"]] == [(1, 8), (2, 8)]
 
     demo, production = figures["models"]
     assert (demo["d_model"], production["d_model"]) == (32, 256)   # production.yaml's model, untrained
