@@ -164,6 +164,16 @@ def encoder_flops(featurizer, titles, descriptions, images) -> dict:
             "per_item_real_batch": real_counter.get_total_flops() / b}
 
 
+def grocery_descriptions(grocery: Path) -> dict[str, str]:
+    """GroceryStore class name -> its product description (the dataset's iconic descriptions)."""
+    import glob
+
+    out = {}
+    for path in glob.glob(str(grocery / "iconic-images-and-descriptions" / "**" / "*_Description.txt"), recursive=True):
+        out[Path(path).name[: -len("_Description.txt")]] = " ".join(Path(path).read_text(errors="replace").split())
+    return out
+
+
 def write_json(path: str | None, figures: dict) -> None:
     """A benchmark's --json output (nothing when no path was given)."""
     if path:

@@ -47,7 +47,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(_ROOT / "tests"))
 
-from _common import encoder_flops, matmul_peak, timed, write_json  # noqa: E402
+from _common import encoder_flops, grocery_descriptions, matmul_peak, timed, write_json  # noqa: E402
 from conftest import jpeg_with_shapes  # noqa: E402  - the tests' small real JPEGs, one recipe
 
 GROCERY = _ROOT.parent / "shared" / "data" / "grocery-store"
@@ -75,14 +75,6 @@ def say(message: str, t0: float) -> None:
 # ------------------------------------------------------------------------ items
 
 
-def _grocery_descriptions() -> dict[str, str]:
-    """Class name -> its product description (the dataset's iconic descriptions), '' when it has none."""
-    out = {}
-    for path in glob.glob(str(GROCERY / "iconic-images-and-descriptions" / "**" / "*_Description.txt"), recursive=True):
-        out[Path(path).name[: -len("_Description.txt")]] = " ".join(Path(path).read_text(errors="replace").split())
-    return out
-
-
 def synthetic_items(n: int, images: str, image_px: int, seed: int):
     """A pandas frame of n items (the items contract's input columns) with real JPEG bytes."""
     import pandas as pd
@@ -93,7 +85,7 @@ def synthetic_items(n: int, images: str, image_px: int, seed: int):
         photos = sorted(glob.glob(str(GROCERY / "train" / "**" / "*.jpg"), recursive=True))
         if not photos:
             raise SystemExit(f"no GroceryStore photos under {GROCERY}; use --images shapes")
-        descriptions = _grocery_descriptions()
+        descriptions = grocery_descriptions(GROCERY)
         cache: dict[str, bytes] = {}
         for i in range(n):
             path = photos[i % len(photos)]

@@ -56,7 +56,7 @@ sys.path.insert(0, str(_ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import device_matmul_peak, encoder_flops, model_flops, write_json  # noqa: E402
+from _common import device_matmul_peak, encoder_flops, grocery_descriptions, model_flops, write_json  # noqa: E402
 
 from camenn.checkpoint import write_artifact  # noqa: E402
 from camenn.featurizer import FeaturizerConfig, ItemFeaturizer  # noqa: E402
@@ -140,9 +140,7 @@ def make_bundle(out: Path, n_photos: int) -> None:
         by_class.setdefault(Path(path).parent.name, []).append(path)
     if not by_class:
         raise SystemExit(f"no GroceryStore photos under {GROCERY}")
-    descriptions = {}
-    for path in glob.glob(str(GROCERY / "iconic-images-and-descriptions" / "**" / "*_Description.txt"), recursive=True):
-        descriptions[Path(path).name[: -len("_Description.txt")]] = " ".join(Path(path).read_text(errors="replace").split())
+    descriptions = grocery_descriptions(GROCERY)
     classes, items = sorted(by_class), []
     for i in range(n_photos):
         cls = classes[i % len(classes)]
