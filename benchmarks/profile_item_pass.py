@@ -5,8 +5,9 @@
 On an H200 the item pass as the UDF runs it was 6-52x slower than the model alone on a batch
 already on the device (README, "The scoring stages on a GPU"): per-row Python, not the model, is
 the ceiling there. This profiles the same call here, on one CPU thread, with the shipped model
-over random fp16 encoder blobs (bench_gpu_scoring's pool), and prints the functions by their own
-time, so the per-row parts (blob unpacking, batch assembly, packing) show beside the model's ops.
+over random fp16 encoder blobs (bench_gpu_scoring's pool), and prints the project's functions by
+cumulative time (``item_store`` unpacks the blobs, ``gather`` assembles the batch, ``predict`` and
+``project_items`` are the model), then every function by its own time.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main(argv=None) -> None:
     pred.item_outputs(*(c[:256] for c in columns), batch_size=args.batch_size)   # warm-up
     profile = cProfile.Profile()
     profile.runcall(pred.item_outputs, *columns, batch_size=args.batch_size)
+    pstats.Stats(profile).sort_stats("cumulative").print_stats("camenn", args.top)
     pstats.Stats(profile).sort_stats("tottime").print_stats(args.top)
 
 
