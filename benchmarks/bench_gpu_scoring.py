@@ -73,6 +73,7 @@ def parse_args(argv=None):
     p.add_argument("--make-bundle", metavar="DIR", help="write the inputs the GPU machine lacks into DIR, then stop")
     p.add_argument("--bundle", metavar="DIR", help="a folder written by --make-bundle")
     p.add_argument("--photos", type=int, default=128, help="GroceryStore photos in the bundle")
+    p.add_argument("--grocery", default=str(GROCERY), help="a folder in the GroceryStore layout (default: ../shared's)")
     p.add_argument("--small", action="store_true", help="a few batches of each stage: checks the code, not the device")
     p.add_argument("--model", default=str(_ROOT / "models" / "demo"), help="an artifact folder (default: the shipped model)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -117,7 +118,7 @@ def device_seconds(device: torch.device, fn) -> float:
 # ------------------------------------------------------------------------ the bundle
 
 
-def make_bundle(out: Path, n_photos: int) -> None:
+def make_bundle(out: Path, n_photos: int, grocery: Path = GROCERY) -> None:
     """Everything the GPU machine lacks, from this checkout (which has pydantic and the data).
 
     photos/ and items.json: n_photos GroceryStore training photos, one per class in turn, with
@@ -136,11 +137,11 @@ def make_bundle(out: Path, n_photos: int) -> None:
         shutil.rmtree(out)
     (out / "photos").mkdir(parents=True)
     by_class: dict[str, list[str]] = {}
-    for path in sorted(glob.glob(str(GROCERY / "train" / "*" / "*" / "*.jpg"))):
+    for path in sorted(glob.glob(str(grocery / "train" / "**" / "*.jpg"), recursive=True)):
         by_class.setdefault(Path(path).parent.name, []).append(path)
     if not by_class:
-        raise SystemExit(f"no GroceryStore photos under {GROCERY}")
-    descriptions = grocery_descriptions(GROCERY)
+        raise SystemExit(f"no GroceryStore photos under {grocery}")
+    descriptions = grocery_descriptions(grocery)
     classes, items = sorted(by_class), []
     for i in range(n_photos):
         cls = classes[i % len(classes)]
@@ -432,7 +433,7 @@ def model_stage(name: str, pred: Predictor, args, rng: np.random.Generator, peak
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.make_bundle:
-        make_bundle(Path(args.make_bundle), args.photos)
+        make_bundle(Path(args.make_bundle), args.photos, Path(args.grocery))
         return {}
     if not args.bundle:
         raise SystemExit("--bundle DIR is needed (write one with --make-bundle DIR)")

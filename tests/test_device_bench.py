@@ -3,7 +3,8 @@
 That machine has torch but no pyspark, pydantic or JVM; the bundle (photos, tokenizer, shapes) is
 written here as it is before a device call, and the script is then run the way it will be run
 there, in a fresh interpreter in which those imports fail, at a tiny size: the demo encoders on
-real GroceryStore photos, the shipped model, and an untrained model of production's shape.
+real GroceryStore photos (tests/grocery_mini: CI has no ../shared), the shipped model, and an
+untrained model of production's shape.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def test_the_gpu_run_scores_every_stage_on_cpu_without_spark(tmp_path):
     bundle, out = tmp_path / "bundle", tmp_path / "gpu.json"
-    made = subprocess.run([sys.executable, str(SCRIPT), "--make-bundle", str(bundle), "--photos", "6"],
+    made = subprocess.run([sys.executable, str(SCRIPT), "--make-bundle", str(bundle), "--photos", "6",
+                           "--grocery", str(ROOT / "tests" / "grocery_mini")],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert made.returncode == 0, made.stderr[-3000:]
     assert len(list((bundle / "photos").glob("*.jpg"))) == 6 and (bundle / "tokenizer" / "vocab.txt").is_file()
