@@ -31,7 +31,10 @@ With an untrained CameNN of the config's model size (benchmarks/_common.py) it m
    (``nightly.user_rows``: cached projected tokens), beside the theoretical row bytes;
 4. the growth per 10x of N of seconds per item and of peak memory.
 
-One file (~530 lines) because the world it writes, the monitors (RSS sampler, Spark stage log)
+With ``--standalone`` it runs on a Spark standalone cluster on loopback (``_standalone.py``), where
+the driver's JVM holds the driver alone: "driver memory flat" is measured there.
+
+One file (~600 lines) because the world it writes, the monitors (RSS sampler, Spark stage log)
 and the nights share one Spark session and one set of marks; split, they would pass them around.
 """
 
@@ -84,6 +87,11 @@ def parse_args(argv=None):
     p.add_argument("--candidates-per-user", type=int, default=CANDIDATES_PER_USER,
                    help="candidates per user (N/20 users): 20 = one per item, the demo's; 100 = production's, 5 per item")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--standalone", action="store_true",
+                   help="run on a Spark standalone cluster on loopback (one worker with every core), so the driver's "
+                        "JVM is the driver alone and its memory can be told from the executor's")
+    p.add_argument("--driver-memory", default="2g", help="with --standalone: the driver JVM's heap")
+    p.add_argument("--executor-memory", default="8g", help="with --standalone: the executor JVM's heap")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
 
@@ -96,18 +104,44 @@ def say(message: str, t0: float) -> None:
 
 
 class Monitor:
-    """RSS of the driver's process tree every 0.2 s: this Python process, the JVM, the Python workers."""
+    """RSS every 0.2 s of the driver's process tree (this Python process, its JVM) and of the Python workers.
+
+    In local mode the driver's JVM is also the executor and the workers are its children. On a
+    standalone cluster the executors are JVMs of their own (CoarseGrainedExecutorBackend, children
+    of the cluster's Worker daemons): their RSS is ``executor_jvm`` and their Python workers count
+    as workers, so ``driver_jvm`` is then the driver alone.
+    """
+
+    KEYS = ("driver_python", "driver_jvm", "worker_max", "workers_sum", "executor_jvm")
 
     def __init__(self):
-        self.samples: list[tuple[float, int, int, int, int]] = []   # time, driver py, jvm, worker max, workers sum
+        self.samples: list[tuple] = []   # time, then one value per KEYS
         self._stop = threading.Event()
         threading.Thread(target=self._run, daemon=True).start()
 
+    @staticmethod
+    def _executors() -> list:
+        found = []
+        for p in psutil.process_iter(["name", "cmdline"]):
+            if p.info["name"] == "java" and "CoarseGrainedExecutorBackend" in " ".join(p.info["cmdline"] or ()):
+                found.append(p)
+        return found
+
     def _run(self):
         me = psutil.Process()
+        executors, scanned = [], 0.0
         while not self._stop.wait(0.2):
-            jvm, workers = 0, []
-            for p in me.children(recursive=True):
+            if time.time() - scanned > 2.0:   # executors come and go with the application, not with tasks
+                executors, scanned = self._executors(), time.time()
+            jvm, executor, workers = 0, 0, []
+            procs = [(p, False) for p in me.children(recursive=True)]
+            for e in executors:
+                try:
+                    executor = max(executor, e.memory_info().rss)
+                    procs += [(p, True) for p in e.children(recursive=True)]
+                except psutil.Error:
+                    continue
+            for p, _ in procs:
                 try:
                     name, rss, cmd = p.name(), p.memory_info().rss, " ".join(p.cmdline())
                 except psutil.Error:   # a worker that exited between the listing and the read
@@ -116,15 +150,14 @@ class Monitor:
                     jvm = max(jvm, rss)
                 elif "python" in name or "pyspark" in cmd:   # pyspark.daemon and the workers it forks
                     workers.append(rss)
-            self.samples.append((time.time(), me.memory_info().rss, jvm, max(workers, default=0), sum(workers)))
+            self.samples.append((time.time(), me.memory_info().rss, jvm, max(workers, default=0), sum(workers), executor))
 
     def peaks(self, t0: float, t1: float) -> dict[str, float]:
         """Peak MiB in [t0, t1]. Forked workers share pages with pyspark.daemon, so workers_sum overcounts."""
         rows = [s for s in self.samples if t0 <= s[0] <= t1] or self.samples[-1:]
         if not rows:
             return {}
-        out = {k: max(r[i + 1] for r in rows) / 2**20 for i, k in enumerate(("driver_python", "driver_jvm", "worker_max",
-                                                                               "workers_sum"))}
+        out = {k: max(r[i + 1] for r in rows) / 2**20 for i, k in enumerate(self.KEYS)}
         out["worker_max_at_s"] = max(rows, key=lambda r: r[3])[0] - t0   # when, to find the Spark stage behind it
         return out
 
@@ -366,8 +399,18 @@ def cvr_input_bytes(spark, config, log: StageLog, disk_free: float, blob_mean: f
            "theory_bytes_per_item": {"old": blob_item, "new": proj_item},
            # the rows the UDF receives: every candidate carries its behaviour (old), a user carries it once (new)
            "theory_row_bytes_per_candidate": {"old": blob_item * (1 + mean_beh), "new": proj_item * (1 + mean_beh / per_user)}}
+    pooled = nightly.pooled_shape(model)
     designs = {"new": lambda: nightly.user_rows(good, model_cache.current(spark, config, model, keys), events, run_date,
-                                                model.max_behaviour, profile)}
+                                                model.max_behaviour, profile, pooled=pooled)}
+    if pooled is not None:
+        # the nightly job's rows for a pooled-behaviour model: a behaviour item is two d_model means
+        pooled_item = (min(mean_tok, 1.0) + 1) * d_model * 4
+        out["theory_bytes_per_item"]["new_behaviour"] = pooled_item
+        out["theory_row_bytes_per_candidate"]["new"] = proj_item + pooled_item * mean_beh / per_user
+        # the same rows with every behaviour token, as before 2026-12-04
+        designs["new_full_behaviour"] = lambda: nightly.user_rows(
+            good, model_cache.current(spark, config, model, keys), events, run_date, model.max_behaviour, profile)
+        out["theory_row_bytes_per_candidate"]["new_full_behaviour"] = proj_item * (1 + mean_beh / per_user)
     old_estimate = 4 * n_cand * blob_mean   # target blobs, behaviour grouping and joins: ~4 blob moves per candidate
     if old_estimate > 0.8 * disk_free:
         print(f"old per-candidate CVR input skipped: ~{old_estimate / 1e9:.0f} GB of shuffle > 80% of {disk_free / 1e9:.0f} GB free")
@@ -465,18 +508,21 @@ def report(r: dict) -> None:
         return
     for night in r["nights"]:
         print(f"\n{night['label']}: {night['status']}")
-        print(f"  {'stage':10} {'seconds':>8} {'rows/s':>9} {'shuffle R+W MB':>15}   peak RSS MiB: driver py / JVM / worker max / sum")
+        print(f"  {'stage':10} {'seconds':>8} {'rows/s':>9} {'shuffle R+W MB':>15}   peak RSS MiB: driver py / JVM / worker max / sum"
+              " / executor JVM (standalone)")
         for stage, s in night["stages"].items():
             rss = s["peak_rss_mib"]
             print(f"  {stage:10} {s['seconds']:8.1f} {s['rows_per_s'] or 0:9.0f} "
                   f"{(s['shuffle_read'] + s['shuffle_write']) / 1e6:15.1f}   {rss.get('driver_python', 0):6.0f} / "
-                  f"{rss.get('driver_jvm', 0):6.0f} / {rss.get('worker_max', 0):6.0f} / {rss.get('workers_sum', 0):6.0f}")
+                  f"{rss.get('driver_jvm', 0):6.0f} / {rss.get('worker_max', 0):6.0f} / {rss.get('workers_sum', 0):6.0f}"
+                  f" / {rss.get('executor_jvm', 0):6.0f}")
     c = r["cvr_input"]
     print(f"  CVR input per candidate ({c['candidates']} candidates, {c['mean_behaviour']:.1f} behaviour items per user):")
-    for name in ("old", "new"):
+    for name in ("old", "new", "new_full_behaviour"):
         if name in c:
+            item = c["theory_bytes_per_item"].get(name, c["theory_bytes_per_item"]["new"])
             print(f"    {name}: {c[name]['shuffle_write_per_candidate']:10,.0f} B shuffle written, "
-                  f"{c[name]['shuffle_read_per_candidate']:10,.0f} B read; theory: {c['theory_bytes_per_item'][name]:8,.0f} B "
+                  f"{c[name]['shuffle_read_per_candidate']:10,.0f} B read; theory: {item:8,.0f} B "
                   f"per item, {c['theory_row_bytes_per_candidate'][name]:10,.0f} B of input row per candidate")
     if "old_over_new" in c:
         print(f"    old / new shuffle bytes per candidate: {c['old_over_new']:.1f}")
@@ -492,14 +538,28 @@ def _cpu_model() -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if not args.standalone:
+        return run(args)
+    from _standalone import standalone_cluster
+
+    cores = os.cpu_count() or 2
+    memory = f"{int(args.executor_memory.rstrip('g')) + 1}g"
+    with standalone_cluster(Path(args.root) / "standalone", cores, memory) as url:
+        return run(args, master=url, extra={"spark.driver.memory": args.driver_memory,
+                                            "spark.executor.memory": args.executor_memory,
+                                            "spark.executor.cores": str(cores)})
+
+
+def run(args, master: str | None = None, extra: dict | None = None) -> int:
     t0 = time.perf_counter()
     base = load_config(args.conf, args.set)
     from pipeline.session import get_spark
 
     # the UI's REST API is where the shuffle bytes come from; it keeps every stage of the process
     conf = {**base.spark.conf, "spark.ui.enabled": "true", "spark.ui.showConsoleProgress": "false",
-            "spark.ui.retainedStages": "100000", "spark.ui.retainedJobs": "100000"}
-    spark = get_spark(base.model_copy(update={"spark": base.spark.model_copy(update={"conf": conf})}))
+            "spark.ui.retainedStages": "100000", "spark.ui.retainedJobs": "100000", **(extra or {})}
+    update = {"conf": conf, **({"master": master} if master else {})}
+    spark = get_spark(base.model_copy(update={"spark": base.spark.model_copy(update=update)}))
     monitor, log = Monitor(), StageLog(spark)
     figures = {"date": dt.datetime.now().isoformat(timespec="seconds"),
                "machine": {"processor": platform.processor(), "cpu_model": _cpu_model(), "platform": platform.platform(),

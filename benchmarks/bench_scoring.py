@@ -348,8 +348,9 @@ def main(argv=None) -> int:
     profile = model.vocab.profile_fields
     good = (nightly.checked_candidates(candidates, outputs.select("item_id"), users, profile)
             .where(F.col("reason").isNull()).drop("reason").localCheckpoint())
-    rows_in = nightly.user_rows(good, outputs, events, run_date, model.max_behaviour, profile)
-    cvr_udf = cvr_users_fn(config.model_dir, model.version, sc.batch_size, sc.autocast)
+    pooled = nightly.pooled_shape(model)   # as the nightly job: pooled behaviour moves as two means an item
+    rows_in = nightly.user_rows(good, outputs, events, run_date, model.max_behaviour, profile, pooled=pooled)
+    cvr_udf = cvr_users_fn(config.model_dir, model.version, sc.batch_size, sc.autocast, pooled_behaviour=pooled is not None)
     spark.conf.set(nightly.ARROW_BATCH, str(figures["cvr_users_per_arrow_batch"]))
     cvr_full = [spark_timed(spark, "bench: user_rows + cvr", noop(rows_in.mapInPandas(cvr_udf, CVR_SCHEMA))) for _ in range(2)]
     say("cvr, Spark user_rows -> cvr_users_fn: " + ", ".join(f"{s:.1f} s" for s, _ in cvr_full), t0)
@@ -380,7 +381,8 @@ def main(argv=None) -> int:
     mean_beh = float(np.average(np.minimum(beh_lens, model.max_behaviour), weights=cand_counts)) if n_pairs else 0.0
     cvr_args = ([list(upd["cand_item_id"])] + [list(upd[f"cand_{f}"]) for f in PROJECTED_FIELDS]
                 + [list(upd[f"beh_{f}"]) for f in PROJECTED_FIELDS] + [{f: list(upd[f]) for f in profile}])
-    cvr_loops = plain_loops(lambda: model.score_users(*cvr_args, batch_size=sc.batch_size), args.loop_threads)
+    cvr_loops = plain_loops(lambda: model.score_users(*cvr_args, batch_size=sc.batch_size,
+                                                      pooled_behaviour=pooled is not None), args.loop_threads)
     # FLOPs of score_users as it runs (padding included), on the users of about one model batch
     k, acc = 0, 0
     while k < len(cand_counts) and acc < sc.batch_size:
@@ -388,7 +390,7 @@ def main(argv=None) -> int:
         k += 1
     with FlopCounterMode(display=False) as counter:
         model.score_users(*[a[:k] for a in cvr_args[:-1]], {f: v[:k] for f, v in cvr_args[-1].items()},
-                          batch_size=sc.batch_size)
+                          batch_size=sc.batch_size, pooled_behaviour=pooled is not None)
     say("cvr, plain loop: " + "; ".join(f"{t} thread(s) " + ", ".join(f"{s:.1f} s" for s in v)
                                       for t, v in cvr_loops.items()), t0)
     cvr_rates = {"spark_user_rows_and_scoring": n_pairs / cvr_full[-1][0], "spark_scoring_only": n_pairs / cvr_only[-1][0],

@@ -10,7 +10,10 @@
 ``item_outputs`` computes each item's projected tokens (``CameNN.project_items``, fp32 d_model
 vectors: what an item contributes to any row), which the nightly job caches per (content,
 model version) in ``item_projections``; ``score_users`` reads those, one row per user with its
-behaviour once and its candidates as lists, and gives the same CVR as ``score_pairs``.
+behaviour once and its candidates as lists, and gives the same CVR as ``score_pairs``. For a
+model that reads behaviour items pooled (``behaviour_tokens: pooled``: [CLS], mean text token,
+mean patch), ``pool_behaviour_items`` reduces a projected item to those two means before it
+travels, and ``score_users(..., pooled_behaviour=True)`` reads them.
 
 The blobs are the ``item_features`` columns (``camenn.featurizer.pack_item_features``); the
 rows go through the same path as training (``camenn.inputs``: FeatureVocab ids, ItemStore,
@@ -38,7 +41,7 @@ from camenn.featurizer import pack_tokens
 from camenn.inputs import FeatureVocab, ItemStore, full_batch, item_only_batch
 from camenn.model import CameNNBatch
 
-__all__ = ["Predictor", "AUTOCAST_DTYPES"]
+__all__ = ["Predictor", "AUTOCAST_DTYPES", "pool_behaviour_items"]
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -54,6 +57,35 @@ def _clean(values) -> list:
 
 def _seq(value) -> list:
     return [] if value is None or (isinstance(value, float) and value != value) else list(value)
+
+
+FP32 = np.dtype("<f4")   # projected tokens' blob dtype (featurizer.BLOB_FP32)
+
+
+def pool_behaviour_items(text_projs: Sequence, n_text_tokens: Sequence[int], image_projs: Sequence, d_model: int,
+                         n_patches: int) -> tuple[list, list[int], list]:
+    """Projected items -> all a pooled-behaviour model reads of them as behaviour: (text, n, image) blobs, fp32.
+
+    ``CameNN.embed_items_pooled`` averages a behaviour item's real text tokens and its patches;
+    here the averages are taken once per item before the item travels (d_model floats each,
+    against (n + n_patches) x d_model), and the model averages one token, which is the
+    identity up to an ulp. An item without text keeps no text token (n = 0, as before).
+    """
+    texts, counts, images = [], [], []
+    for t, n, im in zip(text_projs, n_text_tokens, image_projs):
+        n = int(n)
+        if t is None or im is None:
+            texts.append(t), counts.append(n), images.append(im)
+            continue
+        if len(t) != n * d_model * FP32.itemsize or len(im) != n_patches * d_model * FP32.itemsize:
+            raise ValueError(f"projected blob sizes {len(t)}/{len(im)} bytes do not match n_text_tokens={n}, "
+                             f"d_model={d_model}, n_patches={n_patches}")
+        text = np.frombuffer(t, dtype=FP32).reshape(n, d_model)  # (n, D)
+        image = np.frombuffer(im, dtype=FP32).reshape(n_patches, d_model)  # (P, D)
+        texts.append(text.mean(0, dtype=np.float32).astype(FP32).tobytes() if n else b"")  # (D,) or nothing
+        counts.append(min(n, 1))
+        images.append(image.mean(0, dtype=np.float32).astype(FP32).tobytes())  # (D,)
+    return texts, counts, images
 
 
 @dataclass
@@ -193,15 +225,20 @@ class Predictor:
                     behaviour_text: Sequence[Sequence[bytes]], behaviour_n_text_tokens: Sequence[Sequence[int]],
                     behaviour_image: Sequence[Sequence[bytes]], behaviour_categories: Sequence[Sequence[str | None]],
                     behaviour_prices: Sequence[Sequence[float | None]], user_fields: Mapping[str, Sequence[str | None]],
-                    batch_size: int = 256) -> tuple[np.ndarray, list[str], np.ndarray]:
+                    batch_size: int = 256, pooled_behaviour: bool = False) -> tuple[np.ndarray, list[str], np.ndarray]:
         """CVR of every candidate of every user, from projected-token blobs; one input row per user.
 
         Row u holds user u's candidates (``cand_*[u]``, lists) and behaviour items (oldest first,
         the last ``max_behaviour`` are used), so a user's behaviour is unpacked once per model
-        batch however many candidates it has. Returns (user row index, item_id, cvr) per candidate.
+        batch however many candidates it has. With ``pooled_behaviour`` the behaviour blobs are
+        ``pool_behaviour_items``' (a model with ``behaviour_tokens: pooled`` only). Returns (user
+        row index, item_id, cvr) per candidate.
         """
         if "cvr" not in self.tasks:
             raise ValueError(f"model {self.version} has no cvr head (tasks={self.tasks})")
+        if pooled_behaviour and self.config.behaviour_tokens != "pooled":
+            raise ValueError(f"model {self.version} reads behaviour items as {self.config.behaviour_tokens!r} runs: "
+                             "pooled behaviour rows would lose what it reads")
         n_users = len(cand_item_ids)
         users = self.vocab.user_feats({f: _clean(user_fields.get(f, [None] * n_users)) for f in self.vocab.profile_fields})  # (U, Fu)
         out_user: list[int] = []
@@ -212,7 +249,7 @@ class Predictor:
         def flush():
             batch = self.user_batch(pending, cand_text, cand_n_text_tokens, cand_image, cand_categories, cand_prices,
                                     behaviour_text, behaviour_n_text_tokens, behaviour_image, behaviour_categories,
-                                    behaviour_prices, users)
+                                    behaviour_prices, users, pooled_behaviour=pooled_behaviour)
             out_cvr.append(self._predict(batch, ("cvr",))["cvr"])
             out_user.extend(u for u, _ in pending)
             out_item.extend(_seq(cand_item_ids[u])[j] for u, j in pending)
@@ -230,7 +267,8 @@ class Predictor:
 
     def user_batch(self, rows: Sequence[tuple[int, int]], cand_text, cand_n_text_tokens, cand_image, cand_categories,
                    cand_prices, behaviour_text, behaviour_n_text_tokens, behaviour_image, behaviour_categories,
-                   behaviour_prices, users: np.ndarray, projected: bool = True) -> CameNNBatch:
+                   behaviour_prices, users: np.ndarray, projected: bool = True,
+                   pooled_behaviour: bool = False) -> CameNNBatch:
         """The model input of candidates ``rows`` = (user row u, candidate j) from score_users' columns.
 
         Each user's behaviour items enter the batch's store once, however many of its
@@ -242,6 +280,8 @@ class Predictor:
                   _seq(cand_categories[u])[j], _seq(cand_prices[u])[j]) for u, j in rows]
         seqs = {u: self._behaviour_of(u, behaviour_text, behaviour_n_text_tokens, behaviour_image,
                                       behaviour_categories, behaviour_prices) for u in dict.fromkeys(u for u, _ in rows)}
+        if pooled_behaviour:
+            seqs = {u: [(t, k, self._patches_of_pooled(im), c, p) for t, k, im, c, p in seq] for u, seq in seqs.items()}
         b = len(cands)
         start, at = {}, b
         for u, seq in seqs.items():
@@ -283,6 +323,13 @@ class Predictor:
                                     behaviour_image_embs, behaviour_categories, behaviour_prices, users, projected=False)
             out[s:e] = self._predict(batch, ("cvr",))["cvr"]
         return out
+
+    def _patches_of_pooled(self, image: bytes) -> bytes:
+        """A pooled item's mean patch (d_model fp32) as n_patches equal patches: the layout ItemStore reads."""
+        d_model, n_patches = int(self.config.d_model), self.dims[2]
+        if len(image) != d_model * FP32.itemsize:
+            raise ValueError(f"pooled behaviour image blob of {len(image)} bytes, expected d_model={d_model} fp32 values")
+        return np.tile(np.frombuffer(image, dtype=FP32), n_patches).tobytes()  # (P * D,)
 
     def _behaviour_of(self, i, texts, counts, images, categories, prices) -> list[tuple]:
         """Row i's behaviour items as (text_emb, n_text_tokens, image_emb, category, price), the last max_behaviour."""

@@ -54,7 +54,15 @@ from pyspark.sql import functions as F
 from camenn import checkpoint
 from camenn.config import AppConfig, ThresholdConfig
 from pipeline import cvr_cache, feature_cache, history, model_cache, run_record, tables, tracking
-from udfs.predict import CVR_SCHEMA, PROJECTED_FIELDS, cvr_input, cvr_users_fn, cvr_users_input
+from udfs.predict import (
+    CVR_SCHEMA,
+    POOLED_ITEMS_SCHEMA,
+    PROJECTED_FIELDS,
+    cvr_input,
+    cvr_users_fn,
+    cvr_users_input,
+    pooled_items_fn,
+)
 
 log = logging.getLogger(__name__)
 
@@ -311,8 +319,15 @@ def scorable_pairs(good: DataFrame, valid: DataFrame, events: DataFrame, run_dat
     return good.join(_item_inputs(valid), "item_id").join(behaviour, "user_id", "left").select(*cvr_input(profile_fields))
 
 
+def pooled_shape(model) -> tuple[int, int] | None:
+    """(d_model, n_patches) of a model that reads behaviour items pooled, else None (user_rows' ``pooled``)."""
+    cfg = model.config
+    return (int(cfg.d_model), int(cfg.n_patches)) if cfg.behaviour_tokens == "pooled" else None
+
+
 def user_rows(good: DataFrame, outputs: DataFrame, events: DataFrame, run_date: dt.date, max_n: int,
-              profile_fields: tuple[str, ...], seqs: DataFrame | None = None) -> DataFrame:
+              profile_fields: tuple[str, ...], seqs: DataFrame | None = None,
+              pooled: tuple[int, int] | None = None) -> DataFrame:
     """The nightly CVR input (cvr_users_input): one row per user with scorable candidates.
 
     ``good``: scorable candidates (user_id, item_id, ``profile_fields``); ``outputs``: every valid
@@ -320,6 +335,11 @@ def user_rows(good: DataFrame, outputs: DataFrame, events: DataFrame, run_date: 
     candidates and its behaviour items, are asked for in one list, so the item side is joined
     (and shuffled) once; the joined rows then move once, to their user's partition. A
     candidate moves its target's projected tokens once, a behaviour item once per user.
+
+    ``pooled`` = (d_model, n_patches) for a model that reads behaviour items pooled
+    (``pooled_shape``): a behaviour item then moves as its mean text token and mean patch
+    (``udfs.predict.pooled_items_fn``, 2 x d_model fp32) instead of its (n + n_patches) tokens,
+    for ``cvr_users_fn(..., pooled_behaviour=True)``.
     """
     items = outputs.select("item_id", *PROJECTED_FIELDS)
     if seqs is None:
@@ -329,7 +349,13 @@ def user_rows(good: DataFrame, outputs: DataFrame, events: DataFrame, run_date: 
               .unionByName(seqs.select("user_id", F.posexplode("behaviour").alias("pos", "item_id"), *nulls)))
     fields = [F.col(f) for f in PROJECTED_FIELDS]
     is_candidate = F.col("pos") < 0
-    grouped = (wanted.join(items, "item_id")
+    if pooled is None:
+        joined = wanted.join(items, "item_id")
+    else:
+        joined = (wanted.where(is_candidate).join(items, "item_id")
+                  .unionByName(wanted.where(~is_candidate)
+                               .join(items.mapInArrow(pooled_items_fn(*pooled), POOLED_ITEMS_SCHEMA), "item_id")))
+    grouped = (joined
                .groupBy("user_id")
                .agg(*[F.first(f, ignorenulls=True).alias(f) for f in profile_fields],
                     # collect_list skips the nulls of the other kind of row
@@ -368,10 +394,13 @@ def score_cvr(spark: SparkSession, config: AppConfig, model, outputs: DataFrame,
     keyed = cvr_cache.inputs_hash(good, outputs, seqs, profile).persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(keyed)
     reused, todo = cvr_cache.split(keyed, cvr_cache.last_night(spark, config, run_date, model.version))
+    pooled = pooled_shape(model)
     rows_in = user_rows(todo.drop("inputs_hash"), outputs, events, run_date, model.max_behaviour, profile,
-                        seqs=seqs.join(todo.select("user_id").distinct(), "user_id", "left_semi"))
+                        seqs=seqs.join(todo.select("user_id").distinct(), "user_id", "left_semi"), pooled=pooled)
     spark.sparkContext.setJobDescription(f"cvr: score candidates grouped by user ({run_date})")
-    scored = (rows_in.mapInPandas(cvr_users_fn(config.model_dir, model.version, sc.batch_size, sc.autocast), CVR_SCHEMA)
+    cvr_udf = cvr_users_fn(config.model_dir, model.version, sc.batch_size, sc.autocast,
+                           pooled_behaviour=pooled is not None)
+    scored = (rows_in.mapInPandas(cvr_udf, CVR_SCHEMA)
               .join(todo.select(*cvr_cache.KEY), ["user_id", "item_id"]))
     scores = scored.select(*cvr_cache.KEY, "cvr", F.lit(True).alias("by_model"))
     if reused is not None:

@@ -380,28 +380,43 @@ def test_spark_scores_equal_plain_pytorch(spark, world, first_run):
     assert_tables_match_oracle(spark, config, version)
 
 
-def test_training_and_nightly_build_the_same_inputs(spark, world, first_run):
+@pytest.fixture(scope="module")
+def cvr_inputs(spark, world, first_run):
+    """The first night's scorable candidates, every item's cached outputs, and the user rows built from them."""
+    from camenn.predictor import Predictor
+    from pipeline import model_cache
+
+    config, _ = world
+    model = Predictor.load(config.model_dir)
+    profile = model.vocab.profile_fields
+    valid = feature_cache.valid_items(spark, config)
+    outputs = model_cache.current(spark, config, model, valid.select("item_id", "merchant_id", "category", "price",
+                                                                     "content_hash")).localCheckpoint()
+    candidates = tables.read_table(spark, config, "candidates").where(F.col("run_date") == F.lit(RUN))
+    good = (nightly.checked_candidates(candidates, outputs.select("item_id"), tables.read_table(spark, config, "users"),
+                                       profile).where("reason IS NULL").drop("reason").localCheckpoint())
+    events = tables.read_table(spark, config, "events")
+    rows = nightly.user_rows(good, outputs, events, RUN, model.max_behaviour, profile).toPandas()
+    return dict(outputs=outputs, good=good, events=events, user_rows=rows)
+
+
+def test_training_and_nightly_build_the_same_inputs(spark, world, cvr_inputs):
     """One (user, item, cutoff) through training's builder and the nightly one: the same model inputs."""
     import pyarrow as pa
 
     from camenn.chunks import EXAMPLE_COLUMNS, examples_from_arrow, store_from_arrow
     from camenn.predictor import Predictor
     from camenn.training import cvr_batch
-    from pipeline import history, model_cache, training_data
+    from pipeline import history, training_data
     from udfs.predict import PROJECTED_FIELDS
 
     config, _ = world
     model = Predictor.load(config.model_dir)
     n_beh = model.max_behaviour
     valid = feature_cache.valid_items(spark, config)
-    users, events = tables.read_table(spark, config, "users"), tables.read_table(spark, config, "events")
-    candidates = tables.read_table(spark, config, "candidates").where(F.col("run_date") == F.lit(RUN))
+    users, events = tables.read_table(spark, config, "users"), cvr_inputs["events"]
     profile = model.vocab.profile_fields
-    outputs = model_cache.current(spark, config, model, valid.select("item_id", "merchant_id", "category", "price",
-                                                                     "content_hash"))
-    good = (nightly.checked_candidates(candidates, outputs.select("item_id"), users, profile)
-            .where("reason IS NULL").drop("reason"))
-    pdf = nightly.user_rows(good, outputs, events, RUN, n_beh, profile).toPandas()
+    pdf = cvr_inputs["user_rows"]
     u = max(range(len(pdf)), key=lambda k: len(pdf["beh_text_proj"][k]) if pdf["beh_text_proj"][k] is not None else 0)
     user, item = pdf["user_id"][u], pdf["cand_item_id"][u][0]
     assert len(pdf["beh_text_proj"][u]) >= 2, "pick a user with a history, or the test proves little"
@@ -436,6 +451,71 @@ def test_training_and_nightly_build_the_same_inputs(spark, world, first_run):
         torch.testing.assert_close(a.text[..., :n, :] * mask, b.text[..., :n, :] * mask, atol=1e-5, rtol=0)
         torch.testing.assert_close(a.image, b.image, atol=1e-5, rtol=0)
         assert torch.equal(a.feats, b.feats)
+
+
+def pooled_predictor(model_dir):
+    """The tiny model read as a pooled-behaviour one: behaviour_tokens chooses how inputs are read, not weights."""
+    import dataclasses
+
+    from camenn.predictor import Predictor
+
+    model = Predictor.load(model_dir)
+    model.artifact.config = model.model.cfg = dataclasses.replace(model.config, behaviour_tokens="pooled")
+    return model
+
+
+def candidates_by_user(pdf) -> dict:
+    """user -> its candidates' (item_id, text blob, image blob), sorted: collect_list's order is the shuffle's."""
+    return {u: sorted(zip(ids, map(bytes, texts), map(bytes, images)))
+            for u, ids, texts, images in zip(pdf["user_id"], pdf["cand_item_id"], pdf["cand_text_proj"],
+                                             pdf["cand_image_proj"])}
+
+
+def plain(column) -> list:
+    return [v if v is None or isinstance(v, str) else list(v) for v in column]
+
+
+def scores_of_user_rows(model, pdf, pooled_behaviour: bool) -> dict:
+    from udfs.predict import PROJECTED_FIELDS
+
+    user_idx, items, cvr = model.score_users(
+        list(pdf["cand_item_id"]), *(list(pdf[f"cand_{f}"]) for f in PROJECTED_FIELDS),
+        *(list(pdf[f"beh_{f}"]) for f in PROJECTED_FIELDS), {f: list(pdf[f]) for f in model.vocab.profile_fields},
+        batch_size=7, pooled_behaviour=pooled_behaviour)
+    return {(pdf["user_id"][u], i): c for u, i, c in zip(user_idx, items, cvr)}
+
+
+def test_pooled_behaviour_moves_two_vectors_per_item_and_scores_as_its_tokens(world, cvr_inputs):
+    """A pooled-behaviour model's user rows carry each behaviour item's two means, and score as the full tokens."""
+    from camenn.predictor import Predictor
+
+    config, _ = world
+    model = pooled_predictor(config.model_dir)
+    good, full = cvr_inputs["good"], cvr_inputs["user_rows"]
+    pooled = nightly.user_rows(good, cvr_inputs["outputs"], cvr_inputs["events"], RUN, model.max_behaviour,
+                               model.vocab.profile_fields, pooled=nightly.pooled_shape(model)).toPandas()
+    profile = model.vocab.profile_fields
+
+    full, pooled = (f.sort_values("user_id", ignore_index=True) for f in (full, pooled))
+    assert candidates_by_user(full) == candidates_by_user(pooled)
+    for column in ("user_id", *profile, "beh_category", "beh_price"):
+        assert plain(full[column]) == plain(pooled[column]), column
+
+    width = 4 * model.config.d_model
+    moved = {name: [len(t) + len(im) for ts, ims in zip(f["beh_text_proj"], f["beh_image_proj"]) for t, im in zip(ts, ims)]
+             for name, f in (("full", full), ("pooled", pooled))}
+    assert len(moved["pooled"]) == len(moved["full"]) >= 10, "too few behaviour items to prove anything"
+    assert set(moved["pooled"]) <= {width, 2 * width}   # one mean patch, and one mean text token where there is text
+    assert min(moved["full"]) >= (model.config.n_patches + 1) * width
+
+    expected, got = scores_of_user_rows(model, full, False), scores_of_user_rows(model, pooled, True)
+    assert sorted(got) == sorted(expected) and len(got) == good.count()
+    worst = max(abs(got[k] - expected[k]) for k in got)
+    assert worst < TOL, f"pooled behaviour rows score {worst} away from the full tokens"
+    assert np.ptp(list(got.values())) > 1e-3, "scores hardly vary: the parity check would prove little"
+
+    with pytest.raises(ValueError, match="pooled behaviour rows would lose"):
+        scores_of_user_rows(Predictor.load(config.model_dir), pooled, True)
 
 
 def test_the_model_cache_check_catches_a_cached_row_of_other_content(spark, world, first_run):

@@ -2,6 +2,7 @@
 
     outputs = items.mapInArrow(item_outputs_fn(model_dir, version, batch_size, autocast), ITEM_OUTPUTS_SCHEMA)
     cvr = users.mapInPandas(cvr_users_fn(model_dir, version, batch_size, autocast), CVR_SCHEMA)   # nightly
+    pooled = items.mapInArrow(pooled_items_fn(d_model, n_patches), POOLED_ITEMS_SCHEMA)  # behaviour, pooled models
     cvr = pairs.mapInPandas(cvr_fn(model_dir, version, batch_size, autocast), CVR_SCHEMA)         # reference
     scores = items.mapInPandas(align_fn(model_dir, version, batch_size, autocast), ALIGN_SCHEMA)  # reference
 
@@ -49,6 +50,15 @@ ITEM_RESCORE_INPUT = ["item_id", "content_hash", "category", "price", "text_proj
 # The nightly CVR input: one row per user, its behaviour once and its candidates as lists,
 # every item as projected tokens (ITEM_OUTPUTS_SCHEMA's text_proj / image_proj).
 PROJECTED_FIELDS = ["text_proj", "n_text_tokens", "image_proj", "category", "price"]
+
+
+# A behaviour item as a pooled-behaviour model reads it (camenn.predictor.pool_behaviour_items):
+# PROJECTED_FIELDS with one mean text token (none without text) and one mean patch.
+POOLED_ITEMS_SCHEMA = StructType([
+    StructField("item_id", StringType()), StructField("text_proj", BinaryType()),
+    StructField("n_text_tokens", IntegerType()), StructField("image_proj", BinaryType()),
+    StructField("category", StringType()), StructField("price", DoubleType()),
+])
 
 
 def cvr_input(profile_fields) -> list[str]:
@@ -203,6 +213,27 @@ def item_rescore_fn(model_dir: str, version: str, batch_size: int, autocast: str
     return run
 
 
+def pooled_items_fn(d_model: int, n_patches: int):
+    """(record batches of item_id + PROJECTED_FIELDS) -> (record batches of POOLED_ITEMS_SCHEMA): numpy only, no model."""
+
+    def run(batches: Iterator) -> Iterator:
+        import pyarrow as pa
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        from camenn.predictor import pool_behaviour_items
+
+        schema = to_arrow_schema(POOLED_ITEMS_SCHEMA)
+        for batch in batches:
+            counts = batch.column("n_text_tokens").to_pylist()
+            text, n, image = pool_behaviour_items(binary_views(batch.column("text_proj")), counts,
+                                                  binary_views(batch.column("image_proj")), d_model, n_patches)
+            computed = {"text_proj": text, "n_text_tokens": n, "image_proj": image}
+            yield pa.record_batch([pa.array(computed[f.name], f.type) if f.name in computed
+                                   else batch.column(f.name).cast(f.type) for f in schema], schema=schema)
+
+    return run
+
+
 def user_frames(batches: Iterator[pd.DataFrame], min_candidates: int) -> Iterator[pd.DataFrame]:
     """Arrow batches of users regrouped into frames of at least ``min_candidates`` candidates.
 
@@ -223,12 +254,13 @@ def user_frames(batches: Iterator[pd.DataFrame], min_candidates: int) -> Iterato
 
 
 def cvr_users_fn(model_dir: str, version: str, batch_size: int, autocast: str | None = None,
-                 batches_per_frame: int = 4):
+                 batches_per_frame: int = 4, pooled_behaviour: bool = False):
     """(frames of cvr_users_input(the model's profile fields), one row per user) -> (frames of CVR_SCHEMA, one
     row per candidate).
 
     Users are scored ``batches_per_frame`` model batches at a time (user_frames), so at most
-    one model batch in that many is partly filled.
+    one model batch in that many is partly filled. ``pooled_behaviour``: the behaviour columns
+    hold pooled_items_fn's rows (``nightly.user_rows`` with ``pooled``).
     """
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -237,7 +269,8 @@ def cvr_users_fn(model_dir: str, version: str, batch_size: int, autocast: str | 
             user_idx, item_ids, cvr = model.score_users(
                 list(pdf["cand_item_id"]), *(list(pdf[f"cand_{f}"]) for f in PROJECTED_FIELDS),
                 *(list(pdf[f"beh_{f}"]) for f in PROJECTED_FIELDS),
-                {f: list(pdf[f]) for f in model.vocab.profile_fields}, batch_size=batch_size)
+                {f: list(pdf[f]) for f in model.vocab.profile_fields}, batch_size=batch_size,
+                pooled_behaviour=pooled_behaviour)
             yield pd.DataFrame({"user_id": pdf["user_id"].to_numpy()[user_idx], "item_id": item_ids, "cvr": cvr})
 
     return run
