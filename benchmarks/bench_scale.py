@@ -104,12 +104,12 @@ def say(message: str, t0: float) -> None:
 
 
 class Monitor:
-    """RSS every 0.2 s of the driver's process tree (this Python process, its JVM) and of the Python workers.
+    """RSS every 0.2 s of the driver (this Python process, its JVM), of the Python workers and, on a cluster, the executors.
 
     In local mode the driver's JVM is also the executor and the workers are its children. On a
-    standalone cluster the executors are JVMs of their own (CoarseGrainedExecutorBackend, children
-    of the cluster's Worker daemons): their RSS is ``executor_jvm`` and their Python workers count
-    as workers, so ``driver_jvm`` is then the driver alone.
+    standalone cluster the executors are JVMs of their own (CoarseGrainedExecutorBackend): their
+    RSS is ``executor_jvm``, their Python workers count as workers, and ``driver_jvm`` (the JVM
+    that runs SparkSubmit) is the driver alone. The cluster's own daemons are not counted.
     """
 
     KEYS = ("driver_python", "driver_jvm", "worker_max", "workers_sum", "executor_jvm")
@@ -133,21 +133,25 @@ class Monitor:
         while not self._stop.wait(0.2):
             if time.time() - scanned > 2.0:   # executors come and go with the application, not with tasks
                 executors, scanned = self._executors(), time.time()
-            jvm, executor, workers = 0, 0, []
-            procs = [(p, False) for p in me.children(recursive=True)]
+            jvm, executor, workers, seen = 0, 0, [], set()
+            procs = me.children(recursive=True)
             for e in executors:
                 try:
                     executor = max(executor, e.memory_info().rss)
-                    procs += [(p, True) for p in e.children(recursive=True)]
+                    procs += e.children(recursive=True)
                 except psutil.Error:
                     continue
-            for p, _ in procs:
+            for p in procs:
+                if p.pid in seen:   # an executor we started is also in our own tree
+                    continue
+                seen.add(p.pid)
                 try:
                     name, rss, cmd = p.name(), p.memory_info().rss, " ".join(p.cmdline())
                 except psutil.Error:   # a worker that exited between the listing and the read
                     continue
                 if name == "java":
-                    jvm = max(jvm, rss)
+                    if "SparkSubmit" in cmd or "CoarseGrainedExecutorBackend" not in cmd and "deploy." not in cmd:
+                        jvm = max(jvm, rss)
                 elif "python" in name or "pyspark" in cmd:   # pyspark.daemon and the workers it forks
                     workers.append(rss)
             self.samples.append((time.time(), me.memory_info().rss, jvm, max(workers, default=0), sum(workers), executor))
