@@ -19,13 +19,14 @@ from pathlib import Path
 from urllib.request import urlopen
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _alive_workers(ui_port: int) -> int:
+def alive_workers(ui_port: int) -> int:
+    """The master's count of registered workers, from its web UI's JSON (0 while it is not up)."""
     try:
         with urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=2) as page:
             return int(json.load(page).get("aliveworkers", 0))
@@ -42,7 +43,7 @@ def standalone_cluster(log_dir: Path, cores: int, memory: str):
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(log_dir),
            "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable)}
-    port, ui = _free_port(), _free_port()
+    port, ui = free_port(), free_port()
     url = f"spark://127.0.0.1:{port}"
     procs = []
 
@@ -54,10 +55,10 @@ def standalone_cluster(log_dir: Path, cores: int, memory: str):
     start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
           "--webui-port", str(ui))
     start("worker", "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1", "--cores", str(cores),
-          "--memory", memory, "--webui-port", str(_free_port()), "--work-dir", str(log_dir / "work"))
+          "--memory", memory, "--webui-port", str(free_port()), "--work-dir", str(log_dir / "work"))
     try:
         deadline = time.monotonic() + 120
-        while _alive_workers(ui) < 1:
+        while alive_workers(ui) < 1:
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"the standalone cluster did not start: see {log_dir}/master.log and worker.log")
             time.sleep(0.5)

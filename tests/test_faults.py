@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,9 @@ from chispa import assert_approx_df_equality
 from conftest import tiny_config
 from pyspark.sql import functions as F
 from test_nightly import RUN, make_artifact, write_world
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from _standalone import alive_workers, free_port  # noqa: E402  (the bench's standalone cluster helpers)
 
 from pipeline import feature_cache, nightly, run_record, tables
 
@@ -200,23 +202,6 @@ def test_a_driver_killed_between_create_table_and_its_constraint_leaves_a_table_
 # ------------------------------------------------------------------------ a lost executor
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _alive_workers(ui_port: int) -> int:
-    """The master's count of registered workers, from its web UI's JSON."""
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=2) as page:
-            return int(json.load(page).get("aliveworkers", 0))
-    except OSError:
-        return 0
-
-
 @pytest.fixture
 def standalone_cluster(tmp_path):
     """A Spark standalone master and two 1-core workers on loopback, from the pyspark install."""
@@ -225,7 +210,7 @@ def standalone_cluster(tmp_path):
     home = Path(pyspark.__file__).parent
     env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(tmp_path),
            "PYSPARK_PYTHON": sys.executable}
-    port = _free_port()
+    port = free_port()
     url = f"spark://127.0.0.1:{port}"
     procs = []
 
@@ -235,14 +220,14 @@ def standalone_cluster(tmp_path):
                                       env=env, start_new_session=True))
         return procs[-1]
 
-    ui = _free_port()
+    ui = free_port()
     start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
           "--webui-port", str(ui))
     workers = [start(f"worker{k}", "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1", "--cores", "1",
-                     "--memory", "2g", "--webui-port", str(_free_port()), "--work-dir", str(tmp_path / f"work{k}"))
+                     "--memory", "2g", "--webui-port", str(free_port()), "--work-dir", str(tmp_path / f"work{k}"))
                for k in (1, 2)]
     deadline = time.monotonic() + 120
-    while _alive_workers(ui) < 2:
+    while alive_workers(ui) < 2:
         assert time.monotonic() < deadline, "standalone workers did not register:\n" + tail(tmp_path / "master.log")
         assert all(p.poll() is None for p in procs), "a standalone daemon exited:\n" + tail(tmp_path / "master.log")
         time.sleep(0.5)
@@ -322,7 +307,7 @@ def test_an_executor_lost_mid_stage_on_a_standalone_cluster_changes_nothing(spar
     nightly.run(spark, clean, RUN)
 
     log = tmp_path / "job.log"
-    ui_port = _free_port()
+    ui_port = free_port()
     env = {**os.environ, "SPARK_CONF_DIR": str(event_log_conf(tmp_path, ui_port))}
     with open(log, "w") as out:
         job = subprocess.Popen(job_command(faulted, master=url), stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
