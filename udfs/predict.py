@@ -158,12 +158,12 @@ def binary_views(column) -> list:
     return [data[a:b] if ok else None for a, b, ok in zip(starts, ends, valid)]
 
 
-def _item_outputs_batch(batch, computed: dict):
-    """A record batch of ITEM_OUTPUTS_SCHEMA: the ``computed`` columns, the rest passed through from ``batch``."""
+def _record_batch(struct: StructType, batch, computed: dict):
+    """A record batch of ``struct``: the ``computed`` columns, the rest passed through from ``batch``."""
     import pyarrow as pa
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    schema = to_arrow_schema(ITEM_OUTPUTS_SCHEMA)
+    schema = to_arrow_schema(struct)
     return pa.record_batch([pa.array(computed[f.name], f.type) if f.name in computed else batch.column(f.name).cast(f.type)
                             for f in schema], schema=schema)
 
@@ -183,7 +183,7 @@ def item_outputs_fn(model_dir: str, version: str, batch_size: int, autocast: str
             out = model.item_outputs(binary_views(col("text_emb")), col("n_text_tokens").to_pylist(),
                                      binary_views(col("image_emb")), col("category").to_pylist(),
                                      col("price").to_pylist(), batch_size=batch_size)
-            yield _item_outputs_batch(batch, out)
+            yield _record_batch(ITEM_OUTPUTS_SCHEMA, batch, out)
 
     return run
 
@@ -208,7 +208,7 @@ def item_rescore_fn(model_dir: str, version: str, batch_size: int, autocast: str
                                                  col("price").to_pylist(), batch_size=batch_size, projected=True)
             else:   # a model without alignment heads caches null scores (item_outputs' NaN)
                 p_ita = p_tia = np.full(batch.num_rows, np.nan)
-            yield _item_outputs_batch(batch, {"p_ita": p_ita, "p_tia": p_tia})
+            yield _record_batch(ITEM_OUTPUTS_SCHEMA, batch, {"p_ita": p_ita, "p_tia": p_tia})
 
     return run
 
@@ -217,19 +217,13 @@ def pooled_items_fn(d_model: int, n_patches: int):
     """(record batches of item_id + PROJECTED_FIELDS) -> (record batches of POOLED_ITEMS_SCHEMA): numpy only, no model."""
 
     def run(batches: Iterator) -> Iterator:
-        import pyarrow as pa
-        from pyspark.sql.pandas.types import to_arrow_schema
-
         from camenn.predictor import pool_behaviour_items
 
-        schema = to_arrow_schema(POOLED_ITEMS_SCHEMA)
         for batch in batches:
-            counts = batch.column("n_text_tokens").to_pylist()
-            text, n, image = pool_behaviour_items(binary_views(batch.column("text_proj")), counts,
+            text, n, image = pool_behaviour_items(binary_views(batch.column("text_proj")),
+                                                  batch.column("n_text_tokens").to_pylist(),
                                                   binary_views(batch.column("image_proj")), d_model, n_patches)
-            computed = {"text_proj": text, "n_text_tokens": n, "image_proj": image}
-            yield pa.record_batch([pa.array(computed[f.name], f.type) if f.name in computed
-                                   else batch.column(f.name).cast(f.type) for f in schema], schema=schema)
+            yield _record_batch(POOLED_ITEMS_SCHEMA, batch, {"text_proj": text, "n_text_tokens": n, "image_proj": image})
 
     return run
 
