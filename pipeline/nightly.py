@@ -2,7 +2,7 @@
 
     result = run(spark, config, run_date)       # ScoreRun; spark-submit jobs/score_catalog.py
 
-One module (~540 lines): the five stages share one run's state (the valid items, the model
+One module (~600 lines): the five stages share one run's state (the valid items, the model
 cache, the persisted frames, the counts that must add up) and are read in order; the caches,
 the CVR carry-over and the run record live in their own modules.
 
@@ -345,16 +345,15 @@ def user_rows(good: DataFrame, outputs: DataFrame, events: DataFrame, run_date: 
     if seqs is None:
         seqs = history.behaviour_at(events, run_date, max_n, known_items=items.select("item_id"), users=good.select("user_id"))
     nulls = [F.lit(None).cast("string").alias(f) for f in profile_fields]
-    wanted = (good.select("user_id", "item_id", F.lit(-1).alias("pos"), *profile_fields)
-              .unionByName(seqs.select("user_id", F.posexplode("behaviour").alias("pos", "item_id"), *nulls)))
+    candidates = good.select("user_id", "item_id", F.lit(-1).alias("pos"), *profile_fields)
+    behaviour = seqs.select("user_id", F.posexplode("behaviour").alias("pos", "item_id"), *nulls)
     fields = [F.col(f) for f in PROJECTED_FIELDS]
     is_candidate = F.col("pos") < 0
     if pooled is None:
-        joined = wanted.join(items, "item_id")
+        joined = candidates.unionByName(behaviour).join(items, "item_id")
     else:
-        joined = (wanted.where(is_candidate).join(items, "item_id")
-                  .unionByName(wanted.where(~is_candidate)
-                               .join(items.mapInArrow(pooled_items_fn(*pooled), POOLED_ITEMS_SCHEMA), "item_id")))
+        pooled_items = items.mapInArrow(pooled_items_fn(*pooled), POOLED_ITEMS_SCHEMA)
+        joined = candidates.join(items, "item_id").unionByName(behaviour.join(pooled_items, "item_id"))
     grouped = (joined
                .groupBy("user_id")
                .agg(*[F.first(f, ignorenulls=True).alias(f) for f in profile_fields],
