@@ -114,7 +114,8 @@ class Monitor:
 
     KEYS = ("driver_python", "driver_jvm", "worker_max", "workers_sum", "executor_jvm")
 
-    def __init__(self):
+    def __init__(self, cluster: bool):
+        self.cluster = cluster   # local mode has no executor JVMs: any found would be another application's
         self.samples: list[tuple] = []   # time, then one value per KEYS
         self._stop = threading.Event()
         threading.Thread(target=self._run, daemon=True).start()
@@ -131,7 +132,7 @@ class Monitor:
         me = psutil.Process()
         executors, scanned = [], 0.0
         while not self._stop.wait(0.2):
-            if time.time() - scanned > 2.0:   # executors come and go with the application, not with tasks
+            if self.cluster and time.time() - scanned > 2.0:   # executors come and go with the application, not with tasks
                 executors, scanned = self._executors(), time.time()
             jvm, executor, workers, seen = 0, 0, [], set()
             procs = me.children(recursive=True)
@@ -164,6 +165,23 @@ class Monitor:
         out = {k: max(r[i + 1] for r in rows) / 2**20 for i, k in enumerate(self.KEYS)}
         out["worker_max_at_s"] = max(rows, key=lambda r: r[3])[0] - t0   # when, to find the Spark stage behind it
         return out
+
+
+def driver_heap_live_mib() -> float | None:
+    """The driver JVM's live heap after a full GC (``jcmd GC.class_histogram`` collects first), in MiB.
+
+    RSS follows the heap's limit, not its contents; the live heap after a night is what the
+    driver still holds, so "nothing catalogue-sized on the driver" shows as this staying flat in N.
+    """
+    import subprocess
+
+    jvms = [p for p in psutil.Process().children(recursive=True)
+            if p.name() == "java" and "SparkSubmit" in " ".join(p.cmdline())]
+    if not jvms or not shutil.which("jcmd"):
+        return None
+    out = subprocess.run(["jcmd", str(jvms[0].pid), "GC.class_histogram"], capture_output=True, text=True, timeout=300)
+    total = [line.split() for line in out.stdout.splitlines() if line.startswith("Total")]
+    return int(total[-1][2]) / 2**20 if total else None
 
 
 class StageLog:
@@ -365,8 +383,11 @@ def run_night(spark, config, label: str, monitor: Monitor, log: StageLog, t0: fl
         w = windows.get(stage, (end, end))
         stages[stage] = {"seconds": seconds, "rows": rows[stage], "rows_per_s": rows[stage] / seconds if seconds else None,
                          "window_s": w[1] - w[0], **log.totals(*w), "peak_rss_mib": monitor.peaks(*w)}
-    say(f"{label}: done in {result.timings['total']:.1f}s ({result.status})", t0)
-    return {"label": label, "status": result.status, "counts": result.counts, "timings": result.timings, "stages": stages}
+    heap = driver_heap_live_mib()
+    say(f"{label}: done in {result.timings['total']:.1f}s ({result.status}); driver JVM live heap after it "
+        f"{heap or float('nan'):.0f} MiB", t0)
+    return {"label": label, "status": result.status, "counts": result.counts, "timings": result.timings, "stages": stages,
+            "driver_heap_live_mib": heap}
 
 
 def consume(df) -> None:
@@ -404,16 +425,25 @@ def cvr_input_bytes(spark, config, log: StageLog, disk_free: float, blob_mean: f
            # the rows the UDF receives: every candidate carries its behaviour (old), a user carries it once (new)
            "theory_row_bytes_per_candidate": {"old": blob_item * (1 + mean_beh), "new": proj_item * (1 + mean_beh / per_user)}}
     pooled = nightly.pooled_shape(model)
-    designs = {"new": lambda: nightly.user_rows(good, model_cache.current(spark, config, model, keys), events, run_date,
-                                                model.max_behaviour, profile, pooled=pooled)}
+    tokens = model_cache.token_source(spark, config, model)
+    designs = {
+        # the night's: the demand rows go to their item's bucket, where the tokens are read from the cache's files
+        "new": lambda: nightly.user_rows(good, model_cache.current(spark, config, model, keys, tokens), events, run_date,
+                                         model.max_behaviour, profile, pooled=pooled, tokens=tokens),
+        # as before 2026-12-05: the tokens joined in Spark, so shuffled to item_id partitions first, then to the user
+        "new_spark_join": lambda: nightly.user_rows(good, model_cache.current(spark, config, model, keys, with_tokens=True),
+                                                    events, run_date, model.max_behaviour, profile, pooled=pooled)}
+    out["theory_row_bytes_per_candidate"]["new_spark_join"] = out["theory_row_bytes_per_candidate"]["new"]
     if pooled is not None:
         # the nightly job's rows for a pooled-behaviour model: a behaviour item is two d_model means
         pooled_item = (min(mean_tok, 1.0) + 1) * d_model * 4
         out["theory_bytes_per_item"]["new_behaviour"] = pooled_item
         out["theory_row_bytes_per_candidate"]["new"] = proj_item + pooled_item * mean_beh / per_user
-        # the same rows with every behaviour token, as before 2026-12-04
+        out["theory_row_bytes_per_candidate"]["new_spark_join"] = out["theory_row_bytes_per_candidate"]["new"]
+        # the Spark join with every behaviour token, as before 2026-12-04
         designs["new_full_behaviour"] = lambda: nightly.user_rows(
-            good, model_cache.current(spark, config, model, keys), events, run_date, model.max_behaviour, profile)
+            good, model_cache.current(spark, config, model, keys, with_tokens=True), events, run_date, model.max_behaviour,
+            profile)
         out["theory_row_bytes_per_candidate"]["new_full_behaviour"] = proj_item * (1 + mean_beh / per_user)
     old_estimate = 4 * n_cand * blob_mean   # target blobs, behaviour grouping and joins: ~4 blob moves per candidate
     if old_estimate > 0.8 * disk_free:
@@ -503,6 +533,8 @@ def growth(results: dict) -> dict:
             g[night] = {s: ((sb[s]["seconds"] / b) / (sa[s]["seconds"] / a)) ** per10 if sa[s]["seconds"] else None for s in STAGES}
             g[night]["peak_rss"] = {k: (v / sa["total"]["peak_rss_mib"][k]) ** per10
                                     for k, v in sb["total"]["peak_rss_mib"].items() if sa["total"]["peak_rss_mib"][k]}
+            ha, hb = results[str(a)]["nights"][i].get("driver_heap_live_mib"), results[str(b)]["nights"][i].get("driver_heap_live_mib")
+            g[night]["driver_heap_live"] = (hb / ha) ** per10 if ha and hb else None
         out[f"{a}->{b}"] = g
     return out
 
@@ -511,7 +543,8 @@ def report(r: dict) -> None:
     if "nights" not in r:
         return
     for night in r["nights"]:
-        print(f"\n{night['label']}: {night['status']}")
+        print(f"\n{night['label']}: {night['status']}; driver JVM live heap after it: "
+              f"{night.get('driver_heap_live_mib') or float('nan'):.0f} MiB")
         print(f"  {'stage':10} {'seconds':>8} {'rows/s':>9} {'shuffle R+W MB':>15}   peak RSS MiB: driver py / JVM / worker max / sum"
               " / executor JVM (standalone)")
         for stage, s in night["stages"].items():
@@ -522,7 +555,7 @@ def report(r: dict) -> None:
                   f" / {rss.get('executor_jvm', 0):6.0f}")
     c = r["cvr_input"]
     print(f"  CVR input per candidate ({c['candidates']} candidates, {c['mean_behaviour']:.1f} behaviour items per user):")
-    for name in ("old", "new", "new_full_behaviour"):
+    for name in ("old", "new", "new_spark_join", "new_full_behaviour"):
         if name in c:
             item = c["theory_bytes_per_item"].get(name, c["theory_bytes_per_item"]["new"])
             print(f"    {name}: {c[name]['shuffle_write_per_candidate']:10,.0f} B shuffle written, "
@@ -564,7 +597,7 @@ def run(args, master: str | None = None, extra: dict | None = None) -> int:
             "spark.ui.retainedStages": "100000", "spark.ui.retainedJobs": "100000", **(extra or {})}
     update = {"conf": conf, **({"master": master} if master else {})}
     spark = get_spark(base.model_copy(update={"spark": base.spark.model_copy(update=update)}))
-    monitor, log = Monitor(), StageLog(spark)
+    monitor, log = Monitor(cluster=master is not None), StageLog(spark)
     figures = {"date": dt.datetime.now().isoformat(timespec="seconds"),
                "machine": {"processor": platform.processor(), "cpu_model": _cpu_model(), "platform": platform.platform(),
                            "cores": os.cpu_count(),
@@ -587,7 +620,8 @@ def run(args, master: str | None = None, extra: dict | None = None) -> int:
         for pair, g in figures["growth_per_10x"].items():
             for night, v in g.items():
                 print(f"  {pair} {night}: " + ", ".join(f"{s} x{v[s]:.2f}" for s in STAGES if v[s])
-                      + " | RSS " + ", ".join(f"{k} x{x:.2f}" for k, x in v["peak_rss"].items()))
+                      + " | RSS " + ", ".join(f"{k} x{x:.2f}" for k, x in v["peak_rss"].items())
+                      + (f" | driver live heap x{v['driver_heap_live']:.2f}" if v.get("driver_heap_live") else ""))
     spark.stop()
     return 0
 

@@ -341,7 +341,8 @@ def main(argv=None) -> int:
     }
 
     # 3a. CVR grouped by user: user_rows -> cvr_users_fn -> noop, warm
-    outputs = model_cache.current(spark, config, model, valid).localCheckpoint()
+    tokens = model_cache.token_source(spark, config, model)   # as the nightly job: tokens read by bucket
+    outputs = model_cache.current(spark, config, model, valid, tokens).localCheckpoint()
     candidates = tables.read_table(spark, config, "candidates").where(F.col("run_date") == F.lit(run_date))
     users = tables.read_table(spark, config, "users")
     events = tables.read_table(spark, config, "events")
@@ -349,7 +350,7 @@ def main(argv=None) -> int:
     good = (nightly.checked_candidates(candidates, outputs.select("item_id"), users, profile)
             .where(F.col("reason").isNull()).drop("reason").localCheckpoint())
     pooled = nightly.pooled_shape(model)   # as the nightly job: pooled behaviour moves as two means an item
-    rows_in = nightly.user_rows(good, outputs, events, run_date, model.max_behaviour, profile, pooled=pooled)
+    rows_in = nightly.user_rows(good, outputs, events, run_date, model.max_behaviour, profile, pooled=pooled, tokens=tokens)
     cvr_udf = cvr_users_fn(config.model_dir, model.version, sc.batch_size, sc.autocast, pooled_behaviour=pooled is not None)
     spark.conf.set(nightly.ARROW_BATCH, str(figures["cvr_users_per_arrow_batch"]))
     cvr_full = [spark_timed(spark, "bench: user_rows + cvr", noop(rows_in.mapInPandas(cvr_udf, CVR_SCHEMA))) for _ in range(2)]

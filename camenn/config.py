@@ -266,6 +266,11 @@ class ScoringConfig(Section):
     encoder_autocast: Literal["bf16", "fp16", "none"] = Field(
         "none", description="autocast for the frozen encoders on GPU; cached features then differ slightly from fp32 ones")
     thresholds: ThresholdConfig = ThresholdConfig()
+    token_buckets: int = Field(
+        16, gt=0, description="item_model_outputs is partitioned by bucket = xxhash64(item_id) mod this; the CVR stage "
+                              "reads each bucket's projected tokens from its own files, so the tokens are not shuffled "
+                              "to meet the candidates. Size a bucket at ~128 MB: items x projected bytes per item / "
+                              "128 MB. A change applies to rows as they are next written; reads follow each row's bucket")
     max_not_finite_share: float = Field(
         0.01, ge=0, le=1, description="a night fails before writing item_alignment (or cvr_scores) when more than this "
                                       "share of its scores is NaN or infinite (a broken model); below it those rows are "

@@ -1,7 +1,8 @@
 """The per-item model cache: what the model in service computes from an item alone, once per change.
 
     stats = refresh(spark, config, model, valid, blobs, run_date, encoded)   # score new or changed items, MERGE
-    outputs = current(spark, config, model, valid)            # every valid item's cached outputs
+    tokens = token_source(spark, config, model)               # the version the CVR stage reads tokens from
+    outputs = current(spark, config, model, valid, tokens)    # every valid item's cached scores and bucket
 
 An item's projected tokens (``CameNN.project_items``: its text and image mapped to d_model)
 and its alignment scores depend only on its content (content_hash), its category and price,
@@ -17,7 +18,10 @@ from its cached projections (they depend on content alone), so no encoder blob i
 - alignment for the date = the cached p_ita / p_tia of every valid item, so ``item_alignment``
   is complete while only changed items were scored, and per-category quantiles see them all;
 - CVR reads the cached projected tokens: ``(n_text_tokens + n_patches) * d_model * 4`` bytes per
-  item instead of the encoder outputs (docs/architecture.md has the figures).
+  item instead of the encoder outputs (docs/architecture.md has the figures). The table is
+  partitioned by a bucket of item_id, and the CVR stage reads each bucket's tokens from its
+  files in the task that holds that bucket's candidates (``udfs.cached_tokens``), so the tokens
+  move once, to their user, instead of being shuffled to item_id partitions first.
 """
 
 from __future__ import annotations
@@ -137,27 +141,48 @@ def _merge(spark: SparkSession, config: AppConfig, outputs: DataFrame) -> None:
     path = tables.ensure_table(spark, config, TABLE)
     changed = " OR ".join([f"NOT (t.{k} <=> s.{k})" for k in (*KEY, "model_version")])
     (DeltaTable.forPath(spark, path).alias("t")
-        .merge(tables.conform(outputs, spark, TABLE).alias("s"), "t.item_id = s.item_id")
+        .merge(tables.conform(outputs, spark, TABLE, config).alias("s"), "t.item_id = s.item_id")
         .whenMatchedUpdateAll(condition=changed)
         .whenNotMatchedInsertAll()
         .execute())
 
 
-def current(spark: SparkSession, config: AppConfig, model, valid: DataFrame) -> DataFrame:
-    """Every valid item (valid's columns) + its cached text_proj, n_text_tokens, image_proj, p_ita, p_tia, and FRESH.
+def current(spark: SparkSession, config: AppConfig, model, valid: DataFrame, tokens: TokenSource | None = None,
+            with_tokens: bool = False) -> DataFrame:
+    """Every valid item (valid's columns) + its cached p_ita, p_tia, bucket and FRESH.
 
     After ``refresh`` each valid item has exactly one cached row, and its key is the item's;
-    ``check_current`` asserts both. The join is on item_id alone, so its output is partitioned
-    by item_id and the CVR input's join on item_id (nightly.user_rows) does not shuffle the
-    projected tokens again; the key comparison is a column (FRESH), not a join condition,
-    which Spark would turn into more partitioning keys.
+    ``check_current`` asserts both. ``tokens``: read the version the CVR stage reads its tokens
+    from (``token_source``), so the two agree. ``with_tokens`` adds text_proj, n_text_tokens and
+    image_proj, which the join then shuffles to item_id partitions: the nightly run leaves them
+    in the table and the CVR stage reads them by bucket; the Spark-join design of
+    ``nightly.user_rows`` (a test reference and the harness's comparison) needs them here.
+    The key comparison is a column (FRESH), not a join condition, which Spark would turn into
+    more partitioning keys.
     """
-    cached = (tables.read_table(spark, config, TABLE).where(F.col("model_version") == model.version)
+    projected = ["text_proj", "n_text_tokens", "image_proj"] if with_tokens else []
+    cached = (tables.read_table(spark, config, TABLE, tokens.version if tokens else None)
+              .where(F.col("model_version") == model.version)
               .select(F.col("item_id").alias("_item_id"), *[F.col(k).alias(f"_{k}") for k in KEY],
-                      "text_proj", "n_text_tokens", "image_proj", "p_ita", "p_tia"))
+                      *projected, "p_ita", "p_tia", "bucket"))
     fresh = functools.reduce(lambda a, b: a & b, [valid[k].eqNullSafe(cached[f"_{k}"]) for k in KEY])
     return (valid.join(cached, valid["item_id"] == cached["_item_id"], "inner").withColumn(FRESH, fresh)
             .drop("_item_id", *[f"_{k}" for k in KEY]))
+
+
+@dataclass(frozen=True)
+class TokenSource:
+    """Where the CVR stage reads projected tokens: one version of the cache, one model's rows."""
+
+    path: str
+    version: int
+    model_version: str
+
+
+def token_source(spark: SparkSession, config: AppConfig, model) -> TokenSource:
+    """The cache's latest version, pinned: the night's outputs (``current``) and its token reads use the same."""
+    version, _ = tables.latest_commit(spark, tables.ensure_table(spark, config, TABLE))
+    return TokenSource(config.table(TABLE), version, model.version)
 
 
 def check_current(outputs: DataFrame, n_valid: int) -> None:
@@ -168,4 +193,4 @@ def check_current(outputs: DataFrame, n_valid: int) -> None:
                              "for other content than the item's")
 
 
-__all__ = ["refresh", "current", "check_current", "CacheStats", "TABLE", "KEY", "FRESH"]
+__all__ = ["refresh", "current", "token_source", "check_current", "CacheStats", "TokenSource", "TABLE", "KEY", "FRESH"]

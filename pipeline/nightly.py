@@ -50,10 +50,12 @@ from dataclasses import dataclass, field
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 from camenn import checkpoint
 from camenn.config import AppConfig, ThresholdConfig
 from pipeline import cvr_cache, feature_cache, history, model_cache, run_record, tables, tracking
+from udfs.cached_tokens import cached_tokens_fn
 from udfs.predict import (
     CVR_SCHEMA,
     POOLED_ITEMS_SCHEMA,
@@ -327,33 +329,47 @@ def pooled_shape(model) -> tuple[int, int] | None:
 
 def user_rows(good: DataFrame, outputs: DataFrame, events: DataFrame, run_date: dt.date, max_n: int,
               profile_fields: tuple[str, ...], seqs: DataFrame | None = None,
-              pooled: tuple[int, int] | None = None) -> DataFrame:
+              pooled: tuple[int, int] | None = None, tokens: model_cache.TokenSource | None = None) -> DataFrame:
     """The nightly CVR input (cvr_users_input): one row per user with scorable candidates.
 
     ``good``: scorable candidates (user_id, item_id, ``profile_fields``); ``outputs``: every valid
-    item's cached projected tokens (model_cache.current). The items a user needs, its
-    candidates and its behaviour items, are asked for in one list, so the item side is joined
-    (and shuffled) once; the joined rows then move once, to their user's partition. A
-    candidate moves its target's projected tokens once, a behaviour item once per user.
+    item's cached outputs (model_cache.current). The items a user needs, its candidates and its
+    behaviour items, are the demand rows; each gets its item's projected tokens, then moves
+    once, to its user's partition. A candidate moves its target's tokens once, a behaviour
+    item once per user.
+
+    ``tokens`` (the night's way): the demand rows, a few ids each, are shuffled to the bucket of
+    their item, where ``udfs.cached_tokens`` reads the bucket's tokens from the cache's files;
+    ``outputs`` needs item_id and bucket only. Without it, the tokens come from ``outputs``
+    (``current(..., with_tokens=True)``) by a Spark join, which shuffles them to item_id
+    partitions first: kept as the reference the bucket read is tested against, and measured
+    beside it by benchmarks/bench_scale.py.
 
     ``pooled`` = (d_model, n_patches) for a model that reads behaviour items pooled
     (``pooled_shape``): a behaviour item then moves as its mean text token and mean patch
-    (``udfs.predict.pooled_items_fn``, 2 x d_model fp32) instead of its (n + n_patches) tokens,
-    for ``cvr_users_fn(..., pooled_behaviour=True)``.
+    (2 x d_model fp32) instead of its (n + n_patches) tokens, for
+    ``cvr_users_fn(..., pooled_behaviour=True)``.
     """
-    items = outputs.select("item_id", *PROJECTED_FIELDS)
     if seqs is None:
-        seqs = history.behaviour_at(events, run_date, max_n, known_items=items.select("item_id"), users=good.select("user_id"))
+        seqs = history.behaviour_at(events, run_date, max_n, known_items=outputs.select("item_id"),
+                                    users=good.select("user_id"))
     nulls = [F.lit(None).cast("string").alias(f) for f in profile_fields]
     candidates = good.select("user_id", "item_id", F.lit(-1).alias("pos"), *profile_fields)
     behaviour = seqs.select("user_id", F.posexplode("behaviour").alias("pos", "item_id"), *nulls)
-    fields = [F.col(f) for f in PROJECTED_FIELDS]
-    is_candidate = F.col("pos") < 0
-    if pooled is None:
-        joined = candidates.unionByName(behaviour).join(items, "item_id")
+    if tokens is not None:
+        demand = candidates.unionByName(behaviour).join(outputs.select("item_id", "bucket"), "item_id")
+        out = StructType([*[f for f in demand.schema.fields if f.name != "bucket"],
+                          *[f for f in POOLED_ITEMS_SCHEMA.fields if f.name in PROJECTED_FIELDS]])
+        joined = (demand.repartition("bucket").sortWithinPartitions("bucket")
+                  .mapInArrow(cached_tokens_fn(tokens.path, tokens.version, tokens.model_version, out, pooled), out))
+    elif pooled is None:
+        joined = candidates.unionByName(behaviour).join(outputs.select("item_id", *PROJECTED_FIELDS), "item_id")
     else:
+        items = outputs.select("item_id", *PROJECTED_FIELDS)
         pooled_items = items.mapInArrow(pooled_items_fn(*pooled), POOLED_ITEMS_SCHEMA)
         joined = candidates.join(items, "item_id").unionByName(behaviour.join(pooled_items, "item_id"))
+    fields = [F.col(f) for f in PROJECTED_FIELDS]
+    is_candidate = F.col("pos") < 0
     grouped = (joined
                .groupBy("user_id")
                .agg(*[F.first(f, ignorenulls=True).alias(f) for f in profile_fields],
@@ -368,8 +384,11 @@ def user_rows(good: DataFrame, outputs: DataFrame, events: DataFrame, run_date: 
 
 
 def score_cvr(spark: SparkSession, config: AppConfig, model, outputs: DataFrame, run_date: dt.date,
-              persisted: list[DataFrame], candidates: DataFrame | None = None, *, staging: str) -> dict:
+              persisted: list[DataFrame], candidates: DataFrame | None = None, *, staging: str,
+              tokens: model_cache.TokenSource) -> dict:
     """Score the date's candidates grouped by user; returns the cvr_scores rows, counts and the quarantine rows.
+
+    ``tokens``: the cache version ``outputs`` was read at, where the projected tokens are read by bucket.
 
     The scores are written once to ``staging``, a Delta table of this run's own that the caller
     deletes: the plan that makes them reads the last night's ``cvr_scores``, and Delta plans a
@@ -395,7 +414,8 @@ def score_cvr(spark: SparkSession, config: AppConfig, model, outputs: DataFrame,
     reused, todo = cvr_cache.split(keyed, cvr_cache.last_night(spark, config, run_date, model.version))
     pooled = pooled_shape(model)
     rows_in = user_rows(todo.drop("inputs_hash"), outputs, events, run_date, model.max_behaviour, profile,
-                        seqs=seqs.join(todo.select("user_id").distinct(), "user_id", "left_semi"), pooled=pooled)
+                        seqs=seqs.join(todo.select("user_id").distinct(), "user_id", "left_semi"), pooled=pooled,
+                        tokens=tokens)
     spark.sparkContext.setJobDescription(f"cvr: score candidates grouped by user ({run_date})")
     cvr_udf = cvr_users_fn(config.model_dir, model.version, sc.batch_size, sc.autocast,
                            pooled_behaviour=pooled is not None)
@@ -508,7 +528,8 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
         _say(f"    {cache.scored} items through the model, {cache.rescored} rescored from their cached projections "
              f"(category or price changed), {cache.reused} reused from the cache"
              + ("; their blobs read from all of item_features" if cache.feature_scans else ""))
-        outputs = model_cache.current(spark, config, model, valid).persist(StorageLevel.MEMORY_AND_DISK)
+        tokens = model_cache.token_source(spark, config, model)
+        outputs = model_cache.current(spark, config, model, valid, tokens).persist(StorageLevel.MEMORY_AND_DISK)
         persisted.append(outputs)
         model_cache.check_current(outputs, cache.valid)
 
@@ -534,7 +555,8 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
         skip_cvr = cvr_skip_reason(spark, config, model, candidates)
         if skip_cvr is None:
             _say(f"4/5 cvr: score the candidates of {run_date}, grouped by user")
-            cvr = score_cvr(spark, config, model, outputs, run_date, persisted, candidates, staging=cvr_staging)
+            cvr = score_cvr(spark, config, model, outputs, run_date, persisted, candidates, staging=cvr_staging,
+                            tokens=tokens)
             result.counts.update(candidates_in=cvr["in"], cvr_scored=cvr["scored"], candidates_quarantined=cvr["quarantined"],
                                  cvr_model_scored=cvr["by_model"], cvr_reused=cvr["reused"])
             result.quarantined["candidates"] = cvr["reasons"]

@@ -62,10 +62,13 @@ SPECS: dict[str, TableSpec] = {spec.name: spec for spec in [
     # One row per item: what the model in service computes from the item alone, keyed on what it
     # read (content, category, price) and the model version; the nightly job reuses a row while
     # all of those are unchanged. p_ita / p_tia are null for a model without alignment heads.
+    # Partitioned by bucket (pipeline.model_cache.bucket_of): the CVR stage reads a bucket's
+    # tokens from its files in the task that holds that bucket's candidates (udfs.cached_tokens).
     TableSpec("item_model_outputs", """item_id STRING NOT NULL, content_hash STRING NOT NULL, category STRING, price DOUBLE,
         model_version STRING NOT NULL, text_proj BINARY NOT NULL, n_text_tokens INT NOT NULL, image_proj BINARY NOT NULL,
-        p_ita DOUBLE, p_tia DOUBLE, updated_at TIMESTAMP NOT NULL""",
-        checks={"has_text_tokens": "n_text_tokens > 0"}, key=("item_id",), properties=_MERGED_CACHE),
+        p_ita DOUBLE, p_tia DOUBLE, updated_at TIMESTAMP NOT NULL, bucket INT NOT NULL""",
+        partition_by=("bucket",), checks={"has_text_tokens": "n_text_tokens > 0"}, key=("item_id",),
+        properties=_MERGED_CACHE),
     TableSpec("item_alignment", """run_date DATE NOT NULL, item_id STRING NOT NULL, merchant_id STRING NOT NULL, category STRING,
         p_ita DOUBLE NOT NULL, p_tia DOUBLE NOT NULL, flag BOOLEAN NOT NULL, reason STRING, model_version STRING NOT NULL,
         suspect_side STRING, run_id STRING""",
@@ -144,6 +147,7 @@ def ensure_table(spark: SparkSession, config: AppConfig, name: str) -> str:
     """
     table, path = spec(name, config), config.table(name)
     if is_delta(spark, path):
+        _relayout(spark, name, path, config)
         _add_missing_columns(spark, name, path, config)
         _repair_contract(spark, name, path)
         return path
@@ -154,6 +158,29 @@ def ensure_table(spark: SparkSession, config: AppConfig, name: str) -> str:
         spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {constraint} CHECK ({condition})")
     _REPAIRED.add((spark.sparkContext.applicationId, path))
     return path
+
+
+def _relayout(spark: SparkSession, name: str, path: str, config: AppConfig) -> None:
+    """A table written before its partitioning changed is rewritten once in its spec's layout, in one commit.
+
+    Only where the new partition columns are derived from the row (``DERIVED``), so the rewrite
+    is the table's own rows through ``conform``: item_model_outputs before its bucket column.
+    Any other mismatch is an error naming both layouts.
+    """
+    from delta.tables import DeltaTable
+
+    want, key = tuple(SPECS[name].partition_by), (spark.sparkContext.applicationId, path, "layout")
+    if key in _REPAIRED:
+        return
+    have = tuple(DeltaTable.forPath(spark, path).detail().first()["partitionColumns"])
+    if have != want:
+        if not set(want) - set(have) <= set(DERIVED.get(name, {})) or set(have) - set(want):
+            raise ValueError(f"{name} at {path} is partitioned by {list(have)}, its spec by {list(want)}, and the new "
+                             "columns cannot be derived from its rows: rewrite or move the table")
+        print(f"tables: {name} at {path} is partitioned by {list(have)}; rewriting it once by {list(want)}", flush=True)
+        (conform(read_path(spark, path), spark, name, config).write.format("delta").mode("overwrite")
+         .option("overwriteSchema", "true").partitionBy(*want).save(path))
+    _REPAIRED.add(key)
 
 
 def _add_missing_columns(spark: SparkSession, name: str, path: str, config: AppConfig) -> None:
@@ -211,7 +238,17 @@ def content_hash(title="title", description="description", image="image"):
     return F.sha2(F.concat_ws("|", part(title), part(description), part(image)).cast("binary"), 256)
 
 
-DERIVED = {"items": {"content_hash": content_hash, "image_size": lambda: F.octet_length("image")}}
+def token_bucket(config: AppConfig | None = None, item_id="item_id"):
+    """An item's bucket in item_model_outputs: xxhash64(item_id) mod scoring.token_buckets (the default without config)."""
+    from camenn.config import ScoringConfig
+
+    n = (config.scoring if config is not None else ScoringConfig()).token_buckets
+    return F.pmod(F.xxhash64(F.col(item_id)), F.lit(n))
+
+
+# name -> column -> fn(config) -> Column: computed by conform() from the row and the config
+DERIVED = {"items": {"content_hash": lambda config: content_hash(), "image_size": lambda config: F.octet_length("image")},
+           "item_model_outputs": {"bucket": token_bucket}}
 
 
 def input_schema(spark: SparkSession, name: str, config: AppConfig | None = None):
@@ -233,7 +270,7 @@ def conform(df: DataFrame, spark: SparkSession, name: str, config: AppConfig | N
 
     def column(f):
         if f.name in derived:
-            return derived[f.name]()
+            return derived[f.name](config)
         return F.lit(None) if f.name == "run_id" and f.name not in df.columns else F.col(f.name)
 
     return df.select(*[column(f).cast(f.dataType).alias(f.name) for f in schema_of(spark, name, config).fields])

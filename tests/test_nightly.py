@@ -382,7 +382,8 @@ def test_spark_scores_equal_plain_pytorch(spark, world, first_run):
 
 @pytest.fixture(scope="module")
 def cvr_inputs(spark, world, first_run):
-    """The first night's scorable candidates, every item's cached outputs, and the user rows built from them."""
+    """The first night's scorable candidates, every item's cached outputs (with their tokens, for the Spark
+    join), where the night reads the tokens, and the user rows built the night's way."""
     from camenn.predictor import Predictor
     from pipeline import model_cache
 
@@ -390,14 +391,15 @@ def cvr_inputs(spark, world, first_run):
     model = Predictor.load(config.model_dir)
     profile = model.vocab.profile_fields
     valid = feature_cache.valid_items(spark, config)
+    tokens = model_cache.token_source(spark, config, model)
     outputs = model_cache.current(spark, config, model, valid.select("item_id", "merchant_id", "category", "price",
-                                                                     "content_hash")).localCheckpoint()
+                                                                     "content_hash"), tokens, with_tokens=True).localCheckpoint()
     candidates = tables.read_table(spark, config, "candidates").where(F.col("run_date") == F.lit(RUN))
     good = (nightly.checked_candidates(candidates, outputs.select("item_id"), tables.read_table(spark, config, "users"),
                                        profile).where("reason IS NULL").drop("reason").localCheckpoint())
     events = tables.read_table(spark, config, "events")
-    rows = nightly.user_rows(good, outputs, events, RUN, model.max_behaviour, profile).toPandas()
-    return dict(outputs=outputs, good=good, events=events, user_rows=rows)
+    rows = nightly.user_rows(good, outputs, events, RUN, model.max_behaviour, profile, tokens=tokens).toPandas()
+    return dict(outputs=outputs, good=good, events=events, tokens=tokens, user_rows=rows)
 
 
 def test_training_and_nightly_build_the_same_inputs(spark, world, cvr_inputs):
@@ -516,6 +518,49 @@ def test_pooled_behaviour_moves_two_vectors_per_item_and_scores_as_its_tokens(wo
 
     with pytest.raises(ValueError, match="pooled behaviour rows would lose"):
         scores_of_user_rows(Predictor.load(config.model_dir), pooled, True)
+
+
+def behaviour_by_user(pdf) -> dict:
+    """user -> its behaviour items' (category, price, text blob, n, image blob), in order."""
+    def seq(v) -> list:
+        return [] if v is None else list(v)
+
+    return {u: list(zip(seq(c), seq(p), map(bytes, seq(t)), seq(n), map(bytes, seq(im))))
+            for u, c, p, t, n, im in zip(pdf["user_id"], pdf["beh_category"], pdf["beh_price"], pdf["beh_text_proj"],
+                                         pdf["beh_n_text_tokens"], pdf["beh_image_proj"])}
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["every_token", "pooled_behaviour"])
+def test_tokens_read_by_bucket_equal_the_spark_join(spark, world, cvr_inputs, pooled):
+    """The night's user rows (tokens read from the cache's bucket files) hold the same bytes as a Spark join of the tokens."""
+    from pipeline import model_cache
+
+    config, _ = world
+    model = pooled_predictor(config.model_dir)
+    shape = nightly.pooled_shape(model) if pooled else None
+    args = (cvr_inputs["good"], cvr_inputs["outputs"], cvr_inputs["events"], RUN, model.max_behaviour,
+            model.vocab.profile_fields)
+    by_bucket = nightly.user_rows(*args, pooled=shape, tokens=cvr_inputs["tokens"]).toPandas()
+    joined = nightly.user_rows(*args, pooled=shape).toPandas()
+    assert len(by_bucket) == len(joined) > 3
+    assert candidates_by_user(by_bucket) == candidates_by_user(joined)
+    assert behaviour_by_user(by_bucket) == behaviour_by_user(joined)
+    assert sum(len(b) for b in behaviour_by_user(joined).values()) >= 10, "too few behaviour items to prove anything"
+    buckets = tables.read_table(spark, config, model_cache.TABLE).select("bucket").distinct().count()
+    assert buckets > 1, "one bucket: the read by bucket would prove nothing about routing"
+
+
+def test_a_token_read_that_misses_an_item_fails_naming_it(world, cvr_inputs):
+    """Tokens of another model version than the night's outputs: every demand row misses, and the task says which."""
+    import dataclasses
+
+    config, _ = world
+    model = pooled_predictor(config.model_dir)
+    stale = dataclasses.replace(cvr_inputs["tokens"], model_version="0" * 12)
+    rows = nightly.user_rows(cvr_inputs["good"], cvr_inputs["outputs"], cvr_inputs["events"], RUN, model.max_behaviour,
+                             model.vocab.profile_fields, tokens=stale)
+    with pytest.raises(Exception, match=r"item\(s\) have no cached row of model 000000000000"):
+        rows.collect()
 
 
 def test_the_model_cache_check_catches_a_cached_row_of_other_content(spark, world, first_run):

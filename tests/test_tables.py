@@ -76,7 +76,7 @@ def test_a_table_left_without_its_constraints_gets_them_before_a_write(spark, co
 def model_output_rows(spark, ids, content="c0"):
     return spark.createDataFrame(
         [(i, content, "Fruit", 1.0, "m1", b"\x00" * 8, 1, b"\x00" * 8, 0.9, 0.9, dt.datetime(2026, 11, 24)) for i in ids],
-        tables.schema_of(spark, "item_model_outputs"))
+        tables.input_schema(spark, "item_model_outputs"))
 
 
 def test_a_cache_merge_marks_replaced_rows_instead_of_rewriting_files(spark, config):
@@ -133,6 +133,27 @@ def test_a_cache_table_created_before_deletion_vectors_gets_them(spark, config):
     tables.ensure_table(spark, config, "item_model_outputs")
     props = {r["key"]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()}
     assert props.get("delta.enableDeletionVectors") == "true"
+
+
+def test_a_cache_table_written_before_its_buckets_is_rewritten_once_by_bucket(spark, config):
+    """An older item_model_outputs (no bucket column, not partitioned) keeps its rows and gains each row's bucket."""
+    from delta.tables import DeltaTable
+
+    path = config.table("item_model_outputs")
+    old = model_output_rows(spark, [f"i{n}" for n in range(30)])
+    old.write.format("delta").save(path)
+    tables.ensure_table(spark, config, "item_model_outputs")
+    assert DeltaTable.forPath(spark, path).detail().first()["partitionColumns"] == ["bucket"]
+    got = tables.read_table(spark, config, "item_model_outputs")
+    assert_df_equality(got.drop("bucket"), old, ignore_row_order=True, ignore_column_order=True, ignore_nullable=True)
+    expected = old.select("item_id", tables.token_bucket(config).cast("int").alias("bucket"))
+    assert_df_equality(got.select("item_id", "bucket"), expected, ignore_row_order=True, ignore_nullable=True)
+    assert got.select("bucket").distinct().count() > 1
+    # the next writer finds the layout in place: one rewrite, not one per run
+    versions = DeltaTable.forPath(spark, path).history().count()
+    tables._REPAIRED.clear()
+    tables.ensure_table(spark, config, "item_model_outputs")
+    assert DeltaTable.forPath(spark, path).history().count() == versions
 
 
 def test_a_cache_with_deletion_vectors_reads_in_a_join(spark, config):
