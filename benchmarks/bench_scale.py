@@ -26,15 +26,18 @@ With an untrained CameNN of the config's model size (benchmarks/_common.py) it m
    ScoreRun's timings), rows/s, shuffle bytes read + written (Spark's status REST API; a Spark
    stage counts for the stage of the night during which it was submitted) and peak RSS of the
    driver Python process, the driver JVM and the Python workers (psutil, every 0.2 s);
-3. CVR input bytes per candidate of both designs, each consumed by a row hash (``consume``): the old
+3. CVR input bytes per candidate of each design, each consumed by a row hash (``consume``): the old
    per-candidate rows (``nightly.scorable_pairs``: encoder blobs) and the new per-user rows
-   (``nightly.user_rows``: cached projected tokens), beside the theoretical row bytes;
+   (``nightly.user_rows``: cached projected tokens) with the tokens read by bucket (``new``, the
+   night's), joined in Spark (``new_spark_join``, before 2026-12-05) and, for a pooled-behaviour
+   model, joined with every behaviour token (``new_full_behaviour``, before 2026-12-04), beside
+   the theoretical row bytes; after each night, the driver JVM's live heap (``jcmd``);
 4. the growth per 10x of N of seconds per item and of peak memory.
 
 With ``--standalone`` it runs on a Spark standalone cluster on loopback (``_standalone.py``), where
 the driver's JVM holds the driver alone: "driver memory flat" is measured there.
 
-One file (~600 lines) because the world it writes, the monitors (RSS sampler, Spark stage log)
+One file (~630 lines) because the world it writes, the monitors (RSS sampler, Spark stage log)
 and the nights share one Spark session and one set of marks; split, they would pass them around.
 """
 
