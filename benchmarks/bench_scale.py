@@ -95,6 +95,9 @@ def parse_args(argv=None):
                         "JVM is the driver alone and its memory can be told from the executor's")
     p.add_argument("--driver-memory", default="2g", help="with --standalone: the driver JVM's heap")
     p.add_argument("--executor-memory", default="8g", help="with --standalone: the executor JVM's heap")
+    p.add_argument("--heap-only", action="store_true",
+                   help="the Spark UI off and no CVR input designs: only the nights, their RSS and the driver's live heap "
+                        "(the UI's store of every stage would grow the driver's heap with the stages run)")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
 
@@ -192,12 +195,14 @@ class StageLog:
 
     def __init__(self, spark):
         sc = spark.sparkContext
-        self.url = f"http://localhost:{urlparse(sc.uiWebUrl).port}/api/v1/applications/{sc.applicationId}/stages"
+        self.url = sc.uiWebUrl and f"http://localhost:{urlparse(sc.uiWebUrl).port}/api/v1/applications/{sc.applicationId}/stages"
 
     def totals(self, t0: float, t1: float) -> dict[str, int]:
         """Bytes of the stages submitted in [t0, t1) (wall clock); waits for the listener to catch up first."""
-        time.sleep(1.0)
         out = {"stages": 0, "shuffle_read": 0, "shuffle_write": 0, "input": 0, "output": 0}
+        if not self.url:   # --heap-only: no UI
+            return out
+        time.sleep(1.0)
         for s in json.load(urlopen(self.url)):
             if not s.get("submissionTime"):
                 continue   # skipped: its shuffle output was reused, it moved nothing
@@ -521,7 +526,7 @@ def one_size(spark, args, n: int, monitor: Monitor, log: StageLog, t0: float) ->
         nights.append(run_night(spark, config, f"N={n} night 3 ({n_repriced} prices changed)", monitor, log, t0, day3))
     free = shutil.disk_usage(wdir).free
     return {"n": n, "world": world, "feature_bytes_estimate": need, "changed": n_changed, "nights": nights,
-            "cvr_input": cvr_input_bytes(spark, config, log, free, blob_mean, t0)}
+            **({} if args.heap_only else {"cvr_input": cvr_input_bytes(spark, config, log, free, blob_mean, t0)})}
 
 
 def growth(results: dict) -> dict:
@@ -556,6 +561,8 @@ def report(r: dict) -> None:
                   f"{(s['shuffle_read'] + s['shuffle_write']) / 1e6:15.1f}   {rss.get('driver_python', 0):6.0f} / "
                   f"{rss.get('driver_jvm', 0):6.0f} / {rss.get('worker_max', 0):6.0f} / {rss.get('workers_sum', 0):6.0f}"
                   f" / {rss.get('executor_jvm', 0):6.0f}")
+    if "cvr_input" not in r:
+        return
     c = r["cvr_input"]
     print(f"  CVR input per candidate ({c['candidates']} candidates, {c['mean_behaviour']:.1f} behaviour items per user):")
     for name in ("old", "new", "new_spark_join", "new_full_behaviour"):
@@ -598,6 +605,8 @@ def run(args, master: str | None = None, extra: dict | None = None) -> int:
     # the UI's REST API is where the shuffle bytes come from; it keeps every stage of the process
     conf = {**base.spark.conf, "spark.ui.enabled": "true", "spark.ui.showConsoleProgress": "false",
             "spark.ui.retainedStages": "100000", "spark.ui.retainedJobs": "100000", **(extra or {})}
+    if args.heap_only:
+        conf["spark.ui.enabled"] = "false"
     update = {"conf": conf, **({"master": master} if master else {})}
     spark = get_spark(base.model_copy(update={"spark": base.spark.model_copy(update=update)}))
     monitor, log = Monitor(cluster=master is not None), StageLog(spark)
