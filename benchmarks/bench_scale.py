@@ -120,17 +120,19 @@ class Monitor:
 
     KEYS = ("driver_python", "driver_jvm", "worker_max", "workers_sum", "executor_jvm")
 
-    def __init__(self, cluster: bool):
-        self.cluster = cluster   # local mode has no executor JVMs: any found would be another application's
+    def __init__(self, app_id: str | None):
+        # local mode has no executor JVMs: any found would be another application's, as would
+        # those of a cluster's executors whose command line names another application
+        self.app_id = app_id
         self.samples: list[tuple] = []   # time, then one value per KEYS
         self._stop = threading.Event()
         threading.Thread(target=self._run, daemon=True).start()
 
-    @staticmethod
-    def _executors() -> list:
+    def _executors(self) -> list:
         found = []
         for p in psutil.process_iter(["name", "cmdline"]):
-            if p.info["name"] == "java" and "CoarseGrainedExecutorBackend" in " ".join(p.info["cmdline"] or ()):
+            cmd = p.info["cmdline"] or ()
+            if p.info["name"] == "java" and "CoarseGrainedExecutorBackend" in cmd and self.app_id in cmd:
                 found.append(p)
         return found
 
@@ -138,7 +140,7 @@ class Monitor:
         me = psutil.Process()
         executors, scanned = [], 0.0
         while not self._stop.wait(0.2):
-            if self.cluster and time.time() - scanned > 2.0:   # executors come and go with the application, not with tasks
+            if self.app_id and time.time() - scanned > 2.0:   # executors come and go with the application, not with tasks
                 executors, scanned = self._executors(), time.time()
             jvm, executor, workers, seen = 0, 0, [], set()
             procs = me.children(recursive=True)
@@ -609,7 +611,7 @@ def run(args, master: str | None = None, extra: dict | None = None) -> int:
         conf["spark.ui.enabled"] = "false"
     update = {"conf": conf, **({"master": master} if master else {})}
     spark = get_spark(base.model_copy(update={"spark": base.spark.model_copy(update=update)}))
-    monitor, log = Monitor(cluster=master is not None), StageLog(spark)
+    monitor, log = Monitor(spark.sparkContext.applicationId if master else None), StageLog(spark)
     figures = {"date": dt.datetime.now().isoformat(timespec="seconds"),
                "machine": {"processor": platform.processor(), "cpu_model": _cpu_model(), "platform": platform.platform(),
                            "cores": os.cpu_count(),
