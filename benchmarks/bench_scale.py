@@ -132,7 +132,7 @@ class Monitor:
         found = []
         for p in psutil.process_iter(["name", "cmdline"]):
             cmd = p.info["cmdline"] or ()
-            if p.info["name"] == "java" and "CoarseGrainedExecutorBackend" in cmd and self.app_id in cmd:
+            if p.info["name"] == "java" and "CoarseGrainedExecutorBackend" in " ".join(cmd) and self.app_id in cmd:
                 found.append(p)
         return found
 

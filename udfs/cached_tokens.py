@@ -80,6 +80,24 @@ def _matches(token_ids, distinct, starts, ends, found) -> tuple:
     return np.repeat(rows, counts), first + np.arange(total)
 
 
+def _pooled(tokens, rows, shape: tuple[int, int]) -> tuple:
+    """The token rows that ``rows`` name, pooled as a behaviour item is read (two means), and ``rows`` renumbered into them."""
+    import numpy as np
+    import pyarrow as pa
+
+    from camenn.predictor import pool_behaviour_items
+    from udfs.predict import binary_views
+
+    distinct = np.unique(rows)
+    sub = tokens.take(distinct)
+    text, n, image = pool_behaviour_items(binary_views(sub.column("text_proj")), sub.column("n_text_tokens").to_pylist(),
+                                          binary_views(sub.column("image_proj")), *shape)
+    for name, values, kind in (("text_proj", text, pa.binary()), ("n_text_tokens", n, pa.int32()),
+                               ("image_proj", image, pa.binary())):
+        sub = sub.set_column(sub.schema.get_field_index(name), name, pa.array(values, kind))
+    return sub, np.searchsorted(distinct, rows)
+
+
 def cached_tokens_fn(path: str, version: int, model_version: str, out_struct, pooled: tuple[int, int] | None = None):
     """For ``mapInArrow`` over demand rows sorted by bucket within each partition (item_id, pos, bucket, ...).
 
@@ -95,9 +113,6 @@ def cached_tokens_fn(path: str, version: int, model_version: str, out_struct, po
         import pyarrow as pa
         import pyarrow.compute as pc
         from pyspark.sql.pandas.types import to_arrow_schema
-
-        from camenn.predictor import pool_behaviour_items
-        from udfs.predict import binary_views
 
         schema = to_arrow_schema(out_struct)
         demand = pa.Table.from_batches(parts).drop_columns(["bucket"])
@@ -117,15 +132,7 @@ def cached_tokens_fn(path: str, version: int, model_version: str, out_struct, po
                     continue
                 have = tokens
                 if pool:
-                    distinct_rows = np.unique(tok_rows)
-                    sub = tokens.take(distinct_rows)
-                    text, n, image = pool_behaviour_items(binary_views(sub.column("text_proj")),
-                                                          sub.column("n_text_tokens").to_pylist(),
-                                                          binary_views(sub.column("image_proj")), *pooled)
-                    have = sub.set_column(sub.schema.get_field_index("text_proj"), "text_proj", pa.array(text, pa.binary()))
-                    have = have.set_column(have.schema.get_field_index("n_text_tokens"), "n_text_tokens", pa.array(n, pa.int32()))
-                    have = have.set_column(have.schema.get_field_index("image_proj"), "image_proj", pa.array(image, pa.binary()))
-                    tok_rows = np.searchsorted(distinct_rows, tok_rows)
+                    have, tok_rows = _pooled(tokens, tok_rows, pooled)
                 for lo in range(0, len(tok_rows), OUT_ROWS):
                     rows_d, rows_t = dem_rows[lo:lo + OUT_ROWS], tok_rows[lo:lo + OUT_ROWS]
                     left, right = d.take(rows_d), have.take(rows_t)
