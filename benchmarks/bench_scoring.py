@@ -43,6 +43,9 @@ of work), which a catalogue-sized stage of thousands of tasks does not; the item
 CVR scoring are then also measured on the same rows repartitioned to a whole number of waves
 (outside the timing), and both figures are reported. The model is the artifact at the config's model_dir when there is one, else a
 real but untrained CameNN of the configured size (same FLOPs; the scores mean nothing).
+
+One file (~510 lines): every ratio it reports is of two paths timed in one run on one world,
+so the world, the Spark session and the loops share this process.
 """
 
 from __future__ import annotations
