@@ -98,6 +98,7 @@ def parse_args(argv=None):
     p.add_argument("--heap-only", action="store_true",
                    help="the Spark UI off and no CVR input designs: only the nights, their RSS and the driver's live heap "
                         "(the UI's store of every stage would grow the driver's heap with the stages run)")
+    p.add_argument("--rss-trace", default=None, help="write every RSS sample (time, MiB per Monitor.KEYS) to this JSON")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
 
@@ -611,6 +612,7 @@ def run(args, master: str | None = None, extra: dict | None = None) -> int:
         conf["spark.ui.enabled"] = "false"
     update = {"conf": conf, **({"master": master} if master else {})}
     spark = get_spark(base.model_copy(update={"spark": base.spark.model_copy(update=update)}))
+    t0_wall = time.time()
     monitor, log = Monitor(spark.sparkContext.applicationId if master else None), StageLog(spark)
     figures = {"date": dt.datetime.now().isoformat(timespec="seconds"),
                "machine": {"processor": platform.processor(), "cpu_model": _cpu_model(), "platform": platform.platform(),
@@ -636,6 +638,10 @@ def run(args, master: str | None = None, extra: dict | None = None) -> int:
                 print(f"  {pair} {night}: " + ", ".join(f"{s} x{v[s]:.2f}" for s in STAGES if v[s])
                       + " | RSS " + ", ".join(f"{k} x{x:.2f}" for k, x in v["peak_rss"].items())
                       + (f" | driver live heap x{v['driver_heap_live']:.2f}" if v.get("driver_heap_live") else ""))
+    if args.rss_trace:
+        Path(args.rss_trace).write_text(json.dumps({"keys": ["t", *Monitor.KEYS], "t0": t0_wall,
+                                                    "samples": [[round(r[0] - t0_wall, 2), *(round(v / 2**20) for v in r[1:])]
+                                                                for r in monitor.samples]}))
     spark.stop()
     return 0
 
