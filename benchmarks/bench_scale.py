@@ -37,7 +37,7 @@ With an untrained CameNN of the config's model size (benchmarks/_common.py) it m
 With ``--standalone`` it runs on a Spark standalone cluster on loopback (``_standalone.py``), where
 the driver's JVM holds the driver alone: "driver memory flat" is measured there.
 
-One file (~640 lines) because the world it writes, the monitors (RSS sampler, Spark stage log)
+One file (~650 lines) because the world it writes, the monitors (RSS sampler, Spark stage log)
 and the nights share one Spark session and one set of marks; split, they would pass them around.
 """
 

@@ -67,8 +67,11 @@ def rank_chunks(rank: int, world_size: int, n_chunks: int) -> list[int]:
 
 
 def delta_table(path: str, version: int | None):
+    """The delta-rs snapshot of the table at ``path``; Hadoop's s3a:// and s3n:// are delta-rs's s3://."""
     from deltalake import DeltaTable
 
+    if path.startswith(("s3a://", "s3n://")):
+        path = "s3://" + path.split("://", 1)[1]
     return DeltaTable(path, version=version)
 
 

@@ -199,7 +199,7 @@ def _properties_sql(properties: dict[str, str]) -> str:
 
 # (application id, path) of the tables checked against their spec in this Spark application: a
 # night calls ensure_table a few dozen times, and one look at a table's properties is enough
-_REPAIRED: set[tuple[str, str]] = set()
+_REPAIRED: set[tuple[str, ...]] = set()   # (app, path) for the contract, (app, path, "layout") for the partitioning
 
 
 def _repair_contract(spark: SparkSession, name: str, path: str) -> None:

@@ -27,19 +27,14 @@ _TABLES: dict[tuple[str, int], object] = {}
 _LOCK = threading.Lock()
 
 
-def _delta_uri(path: str) -> str:
-    """delta-rs names S3 ``s3://``; Spark's Hadoop paths say ``s3a://``."""
-    return "s3://" + path[len("s3a://"):] if path.startswith("s3a://") else path
-
-
 def _table(path: str, version: int):
     """The worker's delta-rs snapshot of (path, version), loaded once: its log is read per worker, not per bucket."""
-    from deltalake import DeltaTable
+    from camenn.chunks import delta_table
 
     with _LOCK:
         table = _TABLES.get((path, version))
         if table is None:
-            table = _TABLES[(path, version)] = DeltaTable(_delta_uri(path), version=version)
+            table = _TABLES[(path, version)] = delta_table(path, version)
     return table
 
 
