@@ -73,6 +73,9 @@ from pipeline import feature_cache, history, model_cache, nightly, tables
 
 CATEGORIES, ITEMS_PER_USER, PURCHASES_PER_USER, CANDIDATES_PER_USER, MIN_TEXT_TOKENS = 20, 20, 10, 20, 4
 STEPS = {"1/5": "features", "2/5": "item_pass", "3/5": "alignment", "4/5": "cvr", "5/5": "runs"}
+# conf/production.yaml: 8,192 buckets for 200M items. A task holds one bucket's demand rows, so a
+# fixed count would grow a CVR worker's memory with N; a fixed bucket size, as production's, does not
+ITEMS_PER_BUCKET = 24_414
 STAGES = ("features", "item_pass", "alignment", "cvr", "total")
 OUTPUTS = ("item_model_outputs", "item_alignment", "cvr_scores", "quarantine", "runs")
 WORDS = ("red", "fresh", "large", "organic", "spicy", "frozen", "classic", "mini", "family", "light")
@@ -98,6 +101,9 @@ def parse_args(argv=None):
     p.add_argument("--heap-only", action="store_true",
                    help="the Spark UI off and no CVR input designs: only the nights, their RSS and the driver's live heap "
                         "(the UI's store of every stage would grow the driver's heap with the stages run)")
+    p.add_argument("--items-per-bucket", type=int, default=ITEMS_PER_BUCKET,
+                   help="scoring.token_buckets = ceil(N / this) at each size, as conf/production.yaml sizes its buckets "
+                        "for its catalogue (0: the config's count at every size)")
     p.add_argument("--rss-trace", default=None, help="write every RSS sample (time, MiB per Monitor.KEYS) to this JSON")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
@@ -174,6 +180,40 @@ class Monitor:
         out = {k: max(r[i + 1] for r in rows) / 2**20 for i, k in enumerate(self.KEYS)}
         out["worker_max_at_s"] = max(rows, key=lambda r: r[3])[0] - t0   # when, to find the Spark stage behind it
         return out
+
+
+class UdfMemory:
+    """The executors' per-task memory lines (``udfs.memory_logged``), from a standalone cluster's stderr logs.
+
+    The sampled RSS says how much a Python worker held; these lines say in which of our
+    functions its peak grew: per function, the tasks run, the largest RSS at a task's end and
+    the largest peak reached in a task that raised its worker's peak.
+    """
+
+    def __init__(self, work_dir: Path | None, app_id: str | None):
+        self.dir = work_dir / app_id if work_dir and app_id else None
+
+    def lines(self) -> list[dict]:
+        from udfs import MEMORY_LOG
+
+        out = []
+        for log in sorted(self.dir.glob("*/stderr")) if self.dir else ():
+            with open(log, errors="replace") as f:
+                out += [json.loads(x.split(" ", 1)[1]) for x in f if x.startswith(MEMORY_LOG)]
+        return out
+
+    def in_window(self, lines: list[dict], t0: float, t1: float) -> dict:
+        by: dict[str, dict] = {}
+        for x in lines:
+            if not t0 <= x["t"] <= t1:
+                continue
+            d = by.setdefault(x["name"], {"tasks": 0, "rows": 0, "rss_end_max_mib": 0.0, "peak_grown_max_mib": None})
+            d["tasks"] += 1
+            d["rows"] += x["rows"]
+            d["rss_end_max_mib"] = max(d["rss_end_max_mib"], x["rss_end"])
+            if x["peak_end"] > x["peak_start"]:
+                d["peak_grown_max_mib"] = max(d["peak_grown_max_mib"] or 0.0, x["peak_end"])
+        return by
 
 
 def driver_heap_live_mib() -> float | None:
@@ -366,7 +406,8 @@ def next_night_candidates(spark, config, day: dt.date) -> dt.date:
 # ------------------------------------------------------------------------ nights and the CVR input
 
 
-def run_night(spark, config, label: str, monitor: Monitor, log: StageLog, t0: float, run_date: dt.date) -> dict:
+def run_night(spark, config, label: str, monitor: Monitor, log: StageLog, t0: float, run_date: dt.date,
+              udf_memory: UdfMemory | None = None) -> dict:
     """nightly.run with a mark at each of its numbered steps: Spark stages and RSS samples go to the step they fall in."""
     marks, original = [("start", time.time())], nightly._say
 
@@ -388,12 +429,13 @@ def run_night(spark, config, label: str, monitor: Monitor, log: StageLog, t0: fl
     c = result.counts
     rows = {"features": c.get("items_in", 0), "item_pass": c.get("items_model_scored", 0) + c.get("items_model_rescored", 0),
             "alignment": c.get("items_scored", 0), "cvr": c.get("candidates_in", 0), "total": c.get("items_in", 0)}
-    stages = {}
+    stages, lines = {}, udf_memory.lines() if udf_memory else []
     for stage in STAGES:
         seconds = result.timings.get(stage, 0.0)
         w = windows.get(stage, (end, end))
         stages[stage] = {"seconds": seconds, "rows": rows[stage], "rows_per_s": rows[stage] / seconds if seconds else None,
-                         "window_s": w[1] - w[0], **log.totals(*w), "peak_rss_mib": monitor.peaks(*w)}
+                         "window_s": w[1] - w[0], **log.totals(*w), "peak_rss_mib": monitor.peaks(*w),
+                         **({"udf_memory": udf_memory.in_window(lines, *w)} if lines else {})}
     heap = driver_heap_live_mib()
     say(f"{label}: done in {result.timings['total']:.1f}s ({result.status}); driver JVM live heap after it "
         f"{heap or float('nan'):.0f} MiB", t0)
@@ -479,10 +521,11 @@ def cvr_input_bytes(spark, config, log: StageLog, disk_free: float, blob_mean: f
 # ------------------------------------------------------------------------ one size, the report
 
 
-def one_size(spark, args, n: int, monitor: Monitor, log: StageLog, t0: float) -> dict:
+def one_size(spark, args, n: int, monitor: Monitor, log: StageLog, t0: float, udf_memory: UdfMemory | None = None) -> dict:
     wdir = Path(args.root).resolve() / f"n{n}-s{args.seed}"
+    buckets = [f"scoring.token_buckets={max(1, math.ceil(n / args.items_per_bucket))}"] if args.items_per_bucket else []
     config = load_config(args.conf, [f"data.root={wdir / 'tables'}", f"training.artifact_dir={wdir / 'artifacts' / 'model'}",
-                                     *args.set])
+                                     *buckets, *args.set])
     fcfg = feature_cache.featurizer_config(config)
     fingerprint = feature_cache.featurizer_fingerprint(fcfg)
     text_dim, image_dim = encoder_dims(fcfg)
@@ -517,18 +560,19 @@ def one_size(spark, args, n: int, monitor: Monitor, log: StageLog, t0: float) ->
     config = save_untrained_model(config, wdir / "artifacts" / "untrained-model", table_vocab(spark, config),
                                   text_dim, image_dim, fingerprint)
     day1 = config.world.run_date
-    nights = [run_night(spark, config, f"N={n} night 1 (full)", monitor, log, t0, day1)]
+    nights = [run_night(spark, config, f"N={n} night 1 (full)", monitor, log, t0, day1, udf_memory)]
     n_changed = change_titles(spark, config, n, args.changed, args.seed, shapes, fingerprint)
     say(f"N={n}: {n_changed} titles changed", t0)
     day2 = next_night_candidates(spark, config, day1)
-    nights.append(run_night(spark, config, f"N={n} night 2 ({n_changed} changed)", monitor, log, t0, day2))
+    nights.append(run_night(spark, config, f"N={n} night 2 ({n_changed} changed)", monitor, log, t0, day2, udf_memory))
     if args.price_night:
         n_repriced = change_prices(spark, config, n, args.changed)
         say(f"N={n}: {n_repriced} prices changed", t0)
         day3 = next_night_candidates(spark, config, day2)
-        nights.append(run_night(spark, config, f"N={n} night 3 ({n_repriced} prices changed)", monitor, log, t0, day3))
+        nights.append(run_night(spark, config, f"N={n} night 3 ({n_repriced} prices changed)", monitor, log, t0, day3, udf_memory))
     free = shutil.disk_usage(wdir).free
-    return {"n": n, "world": world, "feature_bytes_estimate": need, "changed": n_changed, "nights": nights,
+    return {"n": n, "world": world, "token_buckets": config.scoring.token_buckets, "feature_bytes_estimate": need,
+            "changed": n_changed, "nights": nights,
             **({} if args.heap_only else {"cvr_input": cvr_input_bytes(spark, config, log, free, blob_mean, t0)})}
 
 
@@ -564,6 +608,10 @@ def report(r: dict) -> None:
                   f"{(s['shuffle_read'] + s['shuffle_write']) / 1e6:15.1f}   {rss.get('driver_python', 0):6.0f} / "
                   f"{rss.get('driver_jvm', 0):6.0f} / {rss.get('worker_max', 0):6.0f} / {rss.get('workers_sum', 0):6.0f}"
                   f" / {rss.get('executor_jvm', 0):6.0f}")
+            for name, u in s.get("udf_memory", {}).items():
+                grown = u["peak_grown_max_mib"]
+                print(f"    {name:14} {u['tasks']:5} tasks: worker RSS at a task's end <= {u['rss_end_max_mib']:6.0f} MiB"
+                      + (f", peak raised to {grown:6.0f} MiB" if grown else ", never raised its worker's peak"))
     if "cvr_input" not in r:
         return
     c = r["cvr_input"]
@@ -613,7 +661,9 @@ def run(args, master: str | None = None, extra: dict | None = None) -> int:
     update = {"conf": conf, **({"master": master} if master else {})}
     spark = get_spark(base.model_copy(update={"spark": base.spark.model_copy(update=update)}))
     t0_wall = time.time()
-    monitor, log = Monitor(spark.sparkContext.applicationId if master else None), StageLog(spark)
+    app_id = spark.sparkContext.applicationId if master else None
+    monitor, log = Monitor(app_id), StageLog(spark)
+    udf_memory = UdfMemory(Path(args.root).resolve() / "standalone" / "work", app_id) if master else None
     figures = {"date": dt.datetime.now().isoformat(timespec="seconds"),
                "machine": {"processor": platform.processor(), "cpu_model": _cpu_model(), "platform": platform.platform(),
                            "cores": os.cpu_count(),
@@ -622,10 +672,10 @@ def run(args, master: str | None = None, extra: dict | None = None) -> int:
                           "featurizer": base.featurizer.model_dump(mode="json"),
                           "scoring": base.scoring.model_dump(mode="json"), "spark": conf,
                           "spark_master": spark.sparkContext.master},
-               "sizes": args.sizes, "seed": args.seed, "changed": args.changed,
+               "sizes": args.sizes, "seed": args.seed, "changed": args.changed, "items_per_bucket": args.items_per_bucket,
                "candidates_per_user": args.candidates_per_user, "results": {}}
     for n in args.sizes:
-        r = figures["results"][str(n)] = one_size(spark, args, n, monitor, log, t0)
+        r = figures["results"][str(n)] = one_size(spark, args, n, monitor, log, t0, udf_memory)
         report(r)
         figures["growth_per_10x"] = growth(figures["results"])
         if args.json:   # after every size, so a long run keeps what it measured

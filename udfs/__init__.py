@@ -12,14 +12,22 @@ CPU otherwise, with as many torch threads as the task was given CPUs.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
-from collections.abc import Mapping
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 log = logging.getLogger("camenn.udfs")
 
-__all__ = ["pick_device", "task_device", "configure_task_threads", "autocast_dtype"]
+__all__ = ["pick_device", "task_device", "configure_task_threads", "autocast_dtype", "memory_logged", "MEMORY_LOG"]
+
+# the prefix of memory_logged's stderr lines, which benchmarks/bench_scale.py reads back
+MEMORY_LOG = "camenn-udf-memory"
 
 
 def _addresses(resource: Any) -> list[str]:
@@ -96,3 +104,48 @@ def autocast_dtype(setting: str | None, device: str):
     if not setting or setting == "none" or not str(device).startswith("cuda"):
         return None
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[setting]
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
+
+
+def memory_logged(name: str) -> Callable[[Callable], Callable]:
+    """Wrap a mapInArrow / mapInPandas function: one stderr line per task with its worker's memory.
+
+    A Python worker's peak RSS is a scale target, but an RSS sampled from outside cannot say
+    which function grew it: workers are reused across tasks and stages. The worker's peak
+    (``ru_maxrss``) before and after a task can: when it grew, it grew in this task. The line is
+    ``MEMORY_LOG`` and a JSON object (name, pid, stage, partition, rows, batches, seconds,
+    rss_start, rss_end, peak_start, peak_end in MiB); it lands in the executor's stderr log.
+    Cost: two reads of /proc per task.
+    """
+
+    def wrap(fn: Callable[[Iterator], Iterator]) -> Callable[[Iterator], Iterator]:
+        @functools.wraps(fn)
+        def run(batches: Iterator) -> Iterator:
+            from pyspark import TaskContext
+
+            t0, rss0, peak0 = time.time(), _rss_mib(), _peak_mib()
+            rows = n = 0
+            try:
+                for out in fn(batches):
+                    rows, n = rows + (out.num_rows if hasattr(out, "num_rows") else len(out)), n + 1
+                    yield out
+            finally:
+                ctx = TaskContext.get()
+                line = {"name": name, "pid": os.getpid(), "t": round(t0, 3),
+                        "stage": ctx.stageId() if ctx else None, "partition": ctx.partitionId() if ctx else None,
+                        "rows": rows, "batches": n, "seconds": round(time.time() - t0, 3),
+                        "rss_start": round(rss0, 1), "rss_end": round(_rss_mib(), 1),
+                        "peak_start": round(peak0, 1), "peak_end": round(_peak_mib(), 1)}
+                print(f"{MEMORY_LOG} {json.dumps(line)}", file=sys.stderr, flush=True)
+
+        return run
+
+    return wrap

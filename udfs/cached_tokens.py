@@ -20,6 +20,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+from udfs import memory_logged
+
 TOKEN_COLUMNS = ("text_proj", "n_text_tokens", "image_proj", "category", "price")
 OUT_ROWS = 4096   # rows per emitted record batch
 
@@ -140,6 +142,7 @@ def cached_tokens_fn(path: str, version: int, model_version: str, out_struct, po
                                    f"row of model {model_version}, e.g. {missing[:5]}: the cache changed under the run, or "
                                    "the night's outputs came from another version")
 
+    @memory_logged("cached_tokens")
     def run(batches: Iterator) -> Iterator:
         import numpy as np
 

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pandas as pd
 
 from camenn.featurizer import FeaturizerConfig, pack_item_features
-from udfs import autocast_dtype, configure_task_threads, task_cpus, task_device
+from udfs import autocast_dtype, configure_task_threads, memory_logged, task_cpus, task_device
 
 STAGING_SCHEMA = (
     "item_id string, merchant_id string, category string, title string, description string, price double, "
@@ -143,6 +143,7 @@ def encode_fn(cfg: FeaturizerConfig, fingerprint: str, *, autocast: str = "none"
     """
     chunk_rows = chunk_rows or cfg.batch_size
 
+    @memory_logged("encode")
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         loaded: dict = {}
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import pandas as pd
 from pyspark.sql.types import BinaryType, DoubleType, IntegerType, StringType, StructField, StructType
 
-from udfs import configure_task_threads, task_device
+from udfs import configure_task_threads, memory_logged, task_device
 
 ALIGN_INPUT = ["item_id", "merchant_id", "category", "price", "text_emb", "n_text_tokens", "image_emb"]
 ALIGN_SCHEMA = "item_id string, merchant_id string, category string, p_ita double, p_tia double"
@@ -102,6 +102,7 @@ def _worker_model(model_dir: str, version: str, autocast: str | None):
 def align_fn(model_dir: str, version: str, batch_size: int, autocast: str | None = None):
     """(frames of ALIGN_INPUT) -> (frames of ALIGN_SCHEMA): item-only forward, p_ita and p_tia."""
 
+    @memory_logged("align")
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         model = _worker_model(model_dir, version, autocast)
         for pdf in batches:
@@ -117,6 +118,7 @@ def cvr_fn(model_dir: str, version: str, batch_size: int, autocast: str | None =
     """(frames of cvr_input(the model's profile fields)) -> (frames of CVR_SCHEMA): full forward with the
     user's behaviour and profile."""
 
+    @memory_logged("cvr_reference")
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         model = _worker_model(model_dir, version, autocast)
         for pdf in batches:
@@ -176,6 +178,7 @@ def item_outputs_fn(model_dir: str, version: str, batch_size: int, autocast: str
     """
     import pyarrow as pa
 
+    @memory_logged("item_outputs")
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = _worker_model(model_dir, version, autocast)
         for batch in batches:
@@ -197,6 +200,7 @@ def item_rescore_fn(model_dir: str, version: str, batch_size: int, autocast: str
     import numpy as np
     import pyarrow as pa
 
+    @memory_logged("item_rescore")
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = _worker_model(model_dir, version, autocast)
         align = {"ita", "tia"} <= set(model.tasks)
@@ -216,6 +220,7 @@ def item_rescore_fn(model_dir: str, version: str, batch_size: int, autocast: str
 def pooled_items_fn(d_model: int, n_patches: int):
     """(record batches of item_id + PROJECTED_FIELDS) -> (record batches of POOLED_ITEMS_SCHEMA): numpy only, no model."""
 
+    @memory_logged("pooled_items")
     def run(batches: Iterator) -> Iterator:
         from camenn.predictor import pool_behaviour_items
 
@@ -257,6 +262,7 @@ def cvr_users_fn(model_dir: str, version: str, batch_size: int, autocast: str | 
     hold pooled_items_fn's rows (``nightly.user_rows`` with ``pooled``).
     """
 
+    @memory_logged("cvr_users")
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         model = _worker_model(model_dir, version, autocast)
         for pdf in user_frames(batches, batches_per_frame * batch_size):
