@@ -230,6 +230,28 @@ def test_user_frames_hold_enough_candidates_and_every_user_once():
     assert users == [u for b in batches for u in b["user_id"]]   # every user once, in order
 
 
+
+def test_memory_logged_says_rows_and_whether_the_task_raised_its_workers_peak(capfd):
+    import numpy as np
+    import pyarrow as pa
+
+    from udfs import MEMORY_LOG, _peak_mib, _rss_mib, memory_logged
+
+    @memory_logged("grows")
+    def grows(batches):
+        held = []
+        for b in batches:   # each batch holds 64 MiB more than this process's peak so far, touched
+            held.append(np.ones(int((max(0.0, _peak_mib() - _rss_mib()) + 64) * 2**20 // 8)))
+            yield b
+
+    batches = [pa.record_batch([pa.array(range(n))], names=["x"]) for n in (3, 4)]
+    assert [b.num_rows for b in grows(iter(batches))] == [3, 4]   # the rows pass through
+    assert list(memory_logged("empty")(lambda it: iter(()))(iter(batches))) == []
+    lines = [json.loads(x.split(" ", 1)[1]) for x in capfd.readouterr().err.splitlines() if x.startswith(MEMORY_LOG)]
+    assert [(x["name"], x["rows"], x["batches"]) for x in lines] == [("grows", 7, 2), ("empty", 0, 0)]
+    grown = lines[0]
+    assert grown["peak_end"] >= grown["peak_start"] + 100, grown   # at least 2 x 64 MiB above the old peak
+    assert grown["stage"] is None and grown["pid"] > 0   # outside a Spark task
 @pytest.mark.parametrize("kind", ["binary", "large_binary"])
 def test_binary_views_read_each_value_in_place_with_nulls_and_slices(kind):
     import numpy as np
