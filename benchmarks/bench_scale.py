@@ -25,7 +25,10 @@ With an untrained CameNN of the config's model size (benchmarks/_common.py) it m
 2. per stage of each night (features, item_pass, alignment, cvr, total): seconds (the
    ScoreRun's timings), rows/s, shuffle bytes read + written (Spark's status REST API; a Spark
    stage counts for the stage of the night during which it was submitted) and peak RSS of the
-   driver Python process, the driver JVM and the Python workers (psutil, every 0.2 s);
+   driver Python process, the driver JVM and the Python workers (psutil, every 0.2 s); on a
+   standalone cluster also, per function of ours, the Python workers' RSS at the end of each
+   task and the peak reached in a task that raised its worker's peak (``udfs.memory_logged``'s
+   lines in the executors' stderr), so a worker's peak is tied to the function that made it;
 3. CVR input bytes per candidate of each design, each consumed by a row hash (``consume``): the old
    per-candidate rows (``nightly.scorable_pairs``: encoder blobs) and the new per-user rows
    (``nightly.user_rows``: cached projected tokens) with the tokens read by bucket (``new``, the
@@ -34,10 +37,14 @@ With an untrained CameNN of the config's model size (benchmarks/_common.py) it m
    the theoretical row bytes; after each night, the driver JVM's live heap (``jcmd``);
 4. the growth per 10x of N of seconds per item and of peak memory.
 
+The model cache gets ``scoring.token_buckets = ceil(N / --items-per-bucket)`` (24,414 items a
+bucket, as conf/production.yaml sizes 8,192 buckets for 200M items): a CVR task holds one bucket's
+demand, so a bucket count fixed while N grows would grow a worker's memory with N.
+
 With ``--standalone`` it runs on a Spark standalone cluster on loopback (``_standalone.py``), where
 the driver's JVM holds the driver alone: "driver memory flat" is measured there.
 
-One file (~650 lines) because the world it writes, the monitors (RSS sampler, Spark stage log)
+One file (~710 lines) because the world it writes, the monitors (RSS sampler, Spark stage log, UDF memory lines)
 and the nights share one Spark session and one set of marks; split, they would pass them around.
 """
 
