@@ -1,6 +1,6 @@
 """The nightly scoring run on real Spark + Delta, a hand-made world and a real (untrained) CameNN.
 
-One file (~800 lines) because every test shares the module-scoped world, its first run and the
+One file (~830 lines) because every test shares the module-scoped world, its first run and the
 plain-PyTorch oracle below: split, each file would rebuild the world and rescore it.
 
 The world is small enough to check by hand: 20 clean items and 5 poison rows, 8 users with
