@@ -196,7 +196,8 @@ class TrainingConfig(Section):
     steps_per_epoch: int | None = Field(
         None, ge=1, description="batches per epoch (between validations); null = one pass over the training examples, "
                                 "a number = that many batches from a reshuffled stream, fewer or more than one pass")
-    num_threads: int | None = Field(None, ge=1, description="torch threads per training process; null = cores / processes")
+    num_threads: int | None = Field(None, ge=1, description="torch threads per training process; null = cores / processes "
+                                                        "(one process: at most the threads it already has)")
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="per-step lr: constant (the paper) or a cosine from lr down to min_lr_ratio * lr "
                                 "over epochs x steps_per_epoch, after warmup_steps of linear warm-up")

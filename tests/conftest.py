@@ -38,7 +38,11 @@ def pytest_configure(config):
     if workers:
         import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+        share = max(1, (os.cpu_count() or 1) // int(workers))
+        torch.set_num_threads(share)
+        # and the jobs a test starts (spark-submit, airflow, the job scripts) inherit the share:
+        # tests/test_dag.py's training job, with two threads beside the other worker, took 1.5 s a step
+        os.environ.setdefault("OMP_NUM_THREADS", str(share))
 
 
 @pytest.fixture(scope="session")
