@@ -2,6 +2,8 @@
 
 One file (~830 lines) because every test shares the module-scoped world, its first run and the
 plain-PyTorch oracle below: split, each file would rebuild the world and rescore it.
+The tests run in file order on that world; those that score with another model (the faults,
+a new model version) come after the incremental ones, which expect this model's outputs cached.
 
 The world is small enough to check by hand: 20 clean items and 5 poison rows, 8 users with
 purchase histories, candidates with unknown items, unknown users and a duplicate. The model
@@ -652,6 +654,80 @@ def test_constraints_reject_bad_rows_without_a_commit(spark, world, first_run):
     assert tables.read_table(spark, config, "item_alignment").count() == rows_before
 
 
+def test_three_changed_items_are_encoded_and_scored_again_and_nothing_else(spark, world, first_run):
+    config, version = world   # the caches hold this model's outputs for every item (the tests that score with other models come later)
+    changed = {"i002", "i005", "i009"}
+    rows = [r if r[0] not in changed else r[:3] + (r[3] + " (new pack)",) + r[4:]
+            for r in clean_items(N_CLEAN) + poison_items(100)]
+    write_items(spark, config, rows)
+    result = nightly.run(spark, config, RUN)
+    c = result.counts
+    assert (c["items_encoded"], c["items_model_scored"]) == (3, 3)
+    assert c["item_features_scans"] == 0   # their blobs come from tonight's encoded rows, not a scan of every item's
+    assert (c["items_reused"], c["items_model_reused"], c["items_scored"]) == (N_CLEAN - 3, N_CLEAN - 3, N_CLEAN)
+    assert c["items_in"] == c["items_valid"] + c["items_quarantined"]
+    assert c["candidates_in"] == c["cvr_scored"] + c["candidates_quarantined"]
+    assert_tables_match_oracle(spark, config, version)
+    again = nightly.run(spark, config, RUN).counts
+    assert (again["items_encoded"], again["items_model_scored"], again["item_features_scans"]) == (0, 0, 0)
+    # a cached row lost (a night killed between the two MERGEs): tonight's encoded rows do not hold
+    # that item's blobs, so the item pass falls back to scanning item_features, and says so
+    from delta.tables import DeltaTable
+    DeltaTable.forPath(spark, config.table("item_model_outputs")).delete("item_id = 'i004'")
+    lost = nightly.run(spark, config, RUN).counts
+    assert (lost["items_encoded"], lost["items_model_scored"], lost["item_features_scans"]) == (0, 1, 1)
+    assert_tables_match_oracle(spark, config, version)
+
+
+def test_a_price_or_category_change_is_rescored_from_the_cached_projections(spark, world, first_run):
+    """The projections depend on content alone, so an item whose price or category changed is
+    scored again from them (no encoder blob read), and the night still equals the oracle's."""
+    config, version = world   # the caches hold the items as they are and this model's outputs
+    repriced, recategorised = ["i001", "i004"], "i007"
+    items = tables.read_table(spark, config, "items").localCheckpoint()   # the overwrite replaces what it reads
+    other = next(c for c in CATEGORIES if c != items.where(F.col("item_id") == recategorised).first().category)
+    tables.overwrite_table(spark, config, "items", items
+                           .withColumn("price", F.when(F.col("item_id").isin(repriced), F.col("price") + 0.75)
+                                       .otherwise(F.col("price")))
+                           .withColumn("category", F.when(F.col("item_id") == recategorised, F.lit(other))
+                                       .otherwise(F.col("category"))))
+    c = nightly.run(spark, config, RUN).counts
+    assert (c["items_encoded"], c["items_model_scored"], c["items_model_rescored"]) == (0, 0, 3), c
+    assert c["items_model_reused"] == N_CLEAN - 3
+    assert_tables_match_oracle(spark, config, version)
+    again = nightly.run(spark, config, RUN).counts
+    assert (again["items_model_scored"], again["items_model_rescored"]) == (0, 0)
+
+
+def test_cvr_of_unchanged_inputs_is_carried_over_from_the_last_night(spark, world, first_run):
+    """u1 bought i008 on RUN, so the night after scores only u1's candidates again; once i005's
+    title changes, the next night scores again i005's candidates and those of users who bought it."""
+    config, version = world
+
+    def night(run_date: dt.date):
+        candidates = spark.createDataFrame(candidate_rows(run_date), tables.schema_of(spark, "candidates"))
+        counts = nightly.run(spark, config, run_date, candidates=candidates).counts
+        _, cvr, _ = expected_scores(spark, config, run_date)
+        assert counts["cvr_scored"] == counts["cvr_model_scored"] + counts["cvr_reused"] == len(cvr)
+        assert_cvr_matches(spark, config, run_date, cvr)
+        return counts, cvr
+
+    counts, cvr = night(NEXT)         # the last night is RUN's, scored by this model
+    rescored = {pair for pair in cvr if pair[0] == "u1"}
+    assert len(rescored) == 3 and counts["cvr_model_scored"] == 3, counts
+
+    items = tables.read_table(spark, config, "items").localCheckpoint()   # the overwrite replaces what it reads
+    tables.overwrite_table(spark, config, "items", items.withColumn(
+        "title", F.when(F.col("item_id") == "i005", F.concat("title", F.lit(" (2 kg)"))).otherwise(F.col("title"))))
+    later = NEXT + dt.timedelta(days=1)
+    counts, cvr = night(later)
+    seqs = expected_behaviour(later, {f"i{k:03d}" for k in range(N_CLEAN)}, config.model.max_behaviour)
+    rescored = {(u, i) for u, i in cvr if i == "i005" or "i005" in seqs.get(u, [])}
+    assert {"u1", "u5"} <= {u for u, _ in rescored}   # u1 bought i005, u5 is offered it
+    assert (counts["items_model_scored"], counts["cvr_model_scored"]) == (1, len(rescored)), counts
+    assert counts["cvr_reused"] == len(cvr) - len(rescored) > 0
+
+
 @pytest.mark.faults
 def test_failed_run_is_recorded_and_leaves_outputs_alone(spark, world, first_run, tmp_path):
     config, _ = world
@@ -737,81 +813,6 @@ def test_new_model_version_replaces_the_rows(spark, world, first_run, tmp_path):
         assert [(r.model_version, r["count"]) for r in versions] == \
             [(new_version, result.counts["items_scored" if name == "item_alignment" else "cvr_scored"])]
     assert_tables_match_oracle(spark, config2, new_version)
-
-
-def test_three_changed_items_are_encoded_and_scored_again_and_nothing_else(spark, world, first_run):
-    config, version = world
-    nightly.run(spark, config, RUN)   # the cache holds this model's outputs for every item (again)
-    changed = {"i002", "i005", "i009"}
-    rows = [r if r[0] not in changed else r[:3] + (r[3] + " (new pack)",) + r[4:]
-            for r in clean_items(N_CLEAN) + poison_items(100)]
-    write_items(spark, config, rows)
-    result = nightly.run(spark, config, RUN)
-    c = result.counts
-    assert (c["items_encoded"], c["items_model_scored"]) == (3, 3)
-    assert c["item_features_scans"] == 0   # their blobs come from tonight's encoded rows, not a scan of every item's
-    assert (c["items_reused"], c["items_model_reused"], c["items_scored"]) == (N_CLEAN - 3, N_CLEAN - 3, N_CLEAN)
-    assert c["items_in"] == c["items_valid"] + c["items_quarantined"]
-    assert c["candidates_in"] == c["cvr_scored"] + c["candidates_quarantined"]
-    assert_tables_match_oracle(spark, config, version)
-    again = nightly.run(spark, config, RUN).counts
-    assert (again["items_encoded"], again["items_model_scored"], again["item_features_scans"]) == (0, 0, 0)
-    # a cached row lost (a night killed between the two MERGEs): tonight's encoded rows do not hold
-    # that item's blobs, so the item pass falls back to scanning item_features, and says so
-    from delta.tables import DeltaTable
-    DeltaTable.forPath(spark, config.table("item_model_outputs")).delete("item_id = 'i004'")
-    lost = nightly.run(spark, config, RUN).counts
-    assert (lost["items_encoded"], lost["items_model_scored"], lost["item_features_scans"]) == (0, 1, 1)
-    assert_tables_match_oracle(spark, config, version)
-
-
-def test_a_price_or_category_change_is_rescored_from_the_cached_projections(spark, world, first_run):
-    """The projections depend on content alone, so an item whose price or category changed is
-    scored again from them (no encoder blob read), and the night still equals the oracle's."""
-    config, version = world
-    write_items(spark, config, clean_items(N_CLEAN) + poison_items(100))   # whatever an earlier test changed
-    nightly.run(spark, config, RUN)   # the caches hold these items' features and this model's outputs
-    repriced, recategorised = {"i001", "i004"}, "i007"
-    other = next(c for c in CATEGORIES if c != clean_items(N_CLEAN)[7][2])
-    rows = [r[:6] + (r[6] + 0.75,) + r[7:] if r[0] in repriced else
-            r[:2] + (other,) + r[3:] if r[0] == recategorised else r
-            for r in clean_items(N_CLEAN) + poison_items(100)]
-    write_items(spark, config, rows)
-    c = nightly.run(spark, config, RUN).counts
-    assert (c["items_encoded"], c["items_model_scored"], c["items_model_rescored"]) == (0, 0, 3), c
-    assert c["items_model_reused"] == N_CLEAN - 3
-    assert_tables_match_oracle(spark, config, version)
-    again = nightly.run(spark, config, RUN).counts
-    assert (again["items_model_scored"], again["items_model_rescored"]) == (0, 0)
-
-
-def test_cvr_of_unchanged_inputs_is_carried_over_from_the_last_night(spark, world, first_run):
-    """u1 bought i008 on RUN, so the night after scores only u1's candidates again; once i005's
-    title changes, the next night scores again i005's candidates and those of users who bought it."""
-    config, version = world
-
-    def night(run_date: dt.date):
-        candidates = spark.createDataFrame(candidate_rows(run_date), tables.schema_of(spark, "candidates"))
-        counts = nightly.run(spark, config, run_date, candidates=candidates).counts
-        _, cvr, _ = expected_scores(spark, config, run_date)
-        assert counts["cvr_scored"] == counts["cvr_model_scored"] + counts["cvr_reused"] == len(cvr)
-        assert_cvr_matches(spark, config, run_date, cvr)
-        return counts, cvr
-
-    counts, cvr = night(NEXT)         # the last night is RUN's, scored by this model
-    rescored = {pair for pair in cvr if pair[0] == "u1"}
-    assert len(rescored) == 3 and counts["cvr_model_scored"] == 3, counts
-
-    items = tables.read_table(spark, config, "items").localCheckpoint()   # the overwrite replaces what it reads
-    tables.overwrite_table(spark, config, "items", items.withColumn(
-        "title", F.when(F.col("item_id") == "i005", F.concat("title", F.lit(" (2 kg)"))).otherwise(F.col("title"))))
-    later = NEXT + dt.timedelta(days=1)
-    counts, cvr = night(later)
-    seqs = expected_behaviour(later, {f"i{k:03d}" for k in range(N_CLEAN)}, config.model.max_behaviour)
-    rescored = {(u, i) for u, i in cvr if i == "i005" or "i005" in seqs.get(u, [])}
-    assert {"u1", "u5"} <= {u for u, _ in rescored}   # u1 bought i005, u5 is offered it
-    assert (counts["items_model_scored"], counts["cvr_model_scored"]) == (1, len(rescored)), counts
-    assert counts["cvr_reused"] == len(cvr) - len(rescored) > 0
 
 
 # ------------------------------------------------------------------------ the job's command line
