@@ -32,12 +32,31 @@ def world_root(spark, tmp_path_factory):
     return root
 
 
+THREADS_AFTER: dict[str, int] = {}   # torch's thread count in this process once `trained` has trained
+
+
 @pytest.fixture(scope="module")
 def trained(spark, world_root):
+    import torch
+
     from pipeline.train import run_training
 
     config = tiny_config(world_root, *FAST)
-    return config, run_training(spark, config)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)   # what a test worker has, or OMP_NUM_THREADS=1
+    try:
+        result = run_training(spark, config)
+        THREADS_AFTER["trained"] = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    return config, result
+
+
+def test_training_in_this_process_keeps_the_threads_it_was_given(trained):
+    """training.num_threads unset: cores / processes, but never more than the process had. Beside
+    a busy core, a second OpenMP thread spin-waits: the DAG test's training steps took 1.5 s with
+    two threads and 0.6 s with one."""
+    assert THREADS_AFTER["trained"] == 1
 
 
 def test_artifact_records_the_contract_and_table_versions(spark, trained):
