@@ -654,12 +654,14 @@ def train_fn(spec: dict) -> dict:
     device = torch.device(f"cuda:{dist_info.local_rank}" if use_gpu else "cpu")
     if use_gpu:
         torch.cuda.set_device(device)
-    # by default a process's share of the cores; in the caller's own process (no torchrun, which
-    # sets OMP_NUM_THREADS=1 itself) never more threads than it was given (OMP_NUM_THREADS, a
-    # caller's set_num_threads): on a busy machine an extra OpenMP thread spin-waits for a core
-    threads = tcfg.get("num_threads") or max(1, (os.cpu_count() or 1) // dist_info.world_size)
-    if not tcfg.get("num_threads") and not dist_info.on:
-        threads = min(threads, torch.get_num_threads())
+    threads = tcfg.get("num_threads")
+    if not threads:
+        # a process's share of the cores; in the caller's own process (not torchrun's, which
+        # starts with OMP_NUM_THREADS=1) never more than it was given (OMP_NUM_THREADS, a
+        # caller's set_num_threads): on a busy machine an extra OpenMP thread spin-waits for a core
+        threads = max(1, (os.cpu_count() or 1) // dist_info.world_size)
+        if not dist_info.on:
+            threads = min(threads, torch.get_num_threads())
     torch.set_num_threads(int(threads))
     seed = int(spec["seed"])
     is_main = dist_info.rank == 0

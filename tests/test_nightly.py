@@ -655,7 +655,7 @@ def test_constraints_reject_bad_rows_without_a_commit(spark, world, first_run):
 
 
 def test_three_changed_items_are_encoded_and_scored_again_and_nothing_else(spark, world, first_run):
-    config, version = world   # the caches hold this model's outputs for every item (the tests that score with other models come later)
+    config, version = world   # the caches hold this model's outputs for every item (other models' tests come later)
     changed = {"i002", "i005", "i009"}
     rows = [r if r[0] not in changed else r[:3] + (r[3] + " (new pack)",) + r[4:]
             for r in clean_items(N_CLEAN) + poison_items(100)]
