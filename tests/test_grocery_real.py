@@ -4,7 +4,9 @@ The whole real-data chain at a size CI affords: benchmarks/bench_grocery.py inge
 through jobs/ingest_catalog.py, trains two variants (random and same-class negatives) alignment
 only with the real frozen encoders, and scores the validation photos beside the pooled probe;
 benchmarks/bench_grocery_flags.py plants a text and an image swap and runs the nightly job on
-them. The figures of a few steps on 30 photos mean nothing; what is asserted is what the
+them; bench_grocery_reference.py rescores the same pairs against reference listings, and
+bench_grocery_crossfit.py's fold copy of the tables is checked on them. The figures of a few
+steps on 30 photos mean nothing; what is asserted is what the
 pipeline must give on any data: every photo lands, every pair is scored, the same-class pairs
 exist, the probe on the real encoders' features ranks random pairs above chance.
 """
@@ -123,3 +125,83 @@ def test_oracle_precision_is_that_of_the_first_threshold_reaching_the_recall():
     assert oracle_precision(y, suspicion, 0.8) == 4 / 7     # 4 of 4 damaged: the 7 most suspect
     assert oracle_precision(y, suspicion, 0.5) == 1.0       # 2 of 4: the first two
     assert oracle_precision(np.zeros(3, bool), suspicion[:3], 0.8) is None
+
+
+def test_reference_scores_on_real_photos_reproduce_the_benchmarks_own_pairs(bench):
+    import bench_grocery_reference
+
+    root, sets, figures = bench
+    argv = ["--data", str(MINI), "--bench-root", str(root), "--variant", "skip", "--k", "2",
+            "--json", str(root / "reference.json")]
+    for s in sets:
+        argv += ["--set", s]
+    ref = bench_grocery_reference.main(argv)
+    assert ref["listings"]["validation"] == 12 and ref["listings"]["held_out"] > 0
+    assert {"raw", "centred, any", "softmax, category", "centred, held_out"} <= set(ref["results"])
+    # the raw logits at 0 are bench_grocery's probabilities at 0.5 on the same pairs: one model, one answer
+    ours, theirs = ref["results"]["raw"]["validation_at_0.5"], figures["validation"]["camenn"]["skip"]
+    for kind in ("random", "hard"):
+        for task in ("ita", "tia"):
+            assert ours[kind][task]["acc"] == theirs[kind][task]["acc"], (kind, task)
+            assert ours[kind][task]["auroc"] == pytest.approx(theirs[kind][task]["auroc"], abs=1e-9), (kind, task)
+    for row in ref["results"].values():
+        flags = row["validation"]["flags"]
+        assert 0.0 <= flags["clean_flagged"] <= 1.0 and 0.0 < flags["best_precision_at_recall_0.8"] <= 1.0
+
+
+def test_a_fold_copy_of_the_tables_loses_only_the_other_folds_listings(spark, bench, tmp_path):
+    import bench_grocery_crossfit
+
+    root, _, _ = bench
+    items = lambda path: {r.item_id for r in spark.read.format("delta").load(str(path / "items")).collect()}  # noqa: E731
+    before = items(root / "tables")
+    val = sorted(i for i in before if i.startswith("val-"))
+    folds = [bench_grocery_crossfit.fold_of(i, 2) for i in val]
+    assert folds == [bench_grocery_crossfit.fold_of(i, 2) for i in val] and set(folds) == {0, 1}   # stable, both used
+    drop = [i for i, f in zip(val, folds) if f == 1]
+    bench_grocery_crossfit.fold_tables(spark, root / "tables", tmp_path / "fold-0", drop)
+    assert items(tmp_path / "fold-0") == before - set(drop)
+    assert items(root / "tables") == before   # the bench's own tables are untouched
+
+
+def test_the_cut_splits_held_out_pairs_at_the_middle_of_the_ties():
+    import numpy as np
+
+    sys.path.insert(0, str(BENCH))
+    from bench_grocery_reference import best_cut
+
+    assert best_cut(np.array([5.0, 6.0, 7.0]), np.array([-5.0, -4.0, -3.0])) == 1.0   # the gap's midpoint
+    # interleaved scores: two errors whichever cut among 0.5, 2.5 and 4.5; the middle one
+    assert best_cut(np.array([1.0, 3.0, 5.0]), np.array([0.0, 2.0, 4.0])) == 2.5
+
+
+def test_references_never_share_the_listings_text_and_keep_to_its_category_where_they_can():
+    import numpy as np
+
+    sys.path.insert(0, str(BENCH))
+    from bench_grocery_reference import draw_references
+
+    fine = np.array([0, 0, 1, 2, 3, 4, 5, 6])
+    coarse = np.array(["a", "a", "a", "a", "b", "b", "b", "c"])
+    pool = np.arange(8)
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        refs = draw_references(np.array([0, 4, 7]), np.array([0, 4, 7]), pool, fine, coarse, 2, True, rng)
+        assert set(refs[0]) == {2, 3}    # category a without rows 0 and 1, the listing's own product
+        assert set(refs[1]) == {5, 6}    # category b without the listing
+        assert 7 not in refs[2] and len(set(refs[2])) == 2   # c has no other text: any other product
+
+
+def test_flag_precision_counts_the_damaged_at_their_share():
+    import numpy as np
+
+    sys.path.insert(0, str(BENCH))
+    from bench_grocery_reference import flag_metrics
+
+    clean = np.c_[np.r_[-np.ones(10), np.ones(90)], np.ones(100)]        # 10 of 100 clean listings under a cut
+    scores = {"clean": clean, "text_swap_random": np.c_[-np.ones(20), np.ones(20)],
+              "image_swap_random": np.c_[np.ones(20), -np.ones(20)]}
+    m = flag_metrics(scores, np.zeros(2), 0.1)
+    assert (m["clean_flagged"], m["swaps_caught"]) == (0.1, 1.0)
+    assert m["precision"] == pytest.approx(0.1 / (0.1 + 0.1 * 0.9))
+    assert m["side_named"] == {"text_swap_random": 1.0, "image_swap_random": 1.0}
