@@ -236,6 +236,9 @@ class ThresholdConfig(Section):
     quantile: float = Field(0.05, gt=0, lt=1)
     min_category_items: int = Field(
         50, ge=1, description="category_quantile: a category with fewer scored items uses the absolute ita/tia thresholds")
+    warn_ratio: float = Field(
+        3.0, gt=1, description="calibrated: the night warns when a side's share of items under its threshold is more "
+                               "than this many times the quantile (the share the model's held-out items had)")
 
     @field_validator("quantile")
     @classmethod

@@ -203,6 +203,30 @@ def run_thresholds(thresholds: ThresholdConfig, model) -> ThresholdConfig:
     return resolved
 
 
+def share_below(flagged: dict[str, int], scored: int) -> dict[str, float]:
+    """The share of scored items under the ITA and under the TIA threshold, from the night's flag counts."""
+    n = max(1, scored)
+    return {"ita": (flagged.get(TEXT_SUSPECT, 0) + flagged.get(BOTH_SUSPECT, 0)) / n,
+            "tia": (flagged.get(IMAGE_SUSPECT, 0) + flagged.get(BOTH_SUSPECT, 0)) / n}
+
+
+def calibration_warnings(shares: dict[str, float], thresholds: ThresholdConfig) -> list[str]:
+    """One line per side whose share under a calibrated threshold is more than ``warn_ratio`` times the quantile.
+
+    Why: calibrated thresholds are quantiles of the model's held-out items, which are listings of the
+    kind it trained on. A catalogue of photos or texts unlike those (a new shop; GroceryStore's
+    validation photos put 24-33% of clean listings under a 2% quantile, README) scores lower as a whole,
+    and the night would flag a large share of clean listings without a word.
+    """
+    if thresholds.mode != "calibrated":
+        return []
+    limit = thresholds.warn_ratio * thresholds.quantile
+    return [f"calibration: {share:.1%} of the scored items are under the {task.upper()} threshold, where the model's "
+            f"held-out items had {thresholds.quantile:.0%}: this catalogue's listings differ from the ones the model "
+            "was trained and calibrated on (retrain on them, or set absolute thresholds)"
+            for task, share in shares.items() if share > limit]
+
+
 def alignment_flags(scores: DataFrame, thresholds: ThresholdConfig) -> DataFrame:
     """scores (item_id, category, p_ita, p_tia, ...) + flag, suspect_side (text, image, both) and reason."""
     ita_abs, tia_abs = F.lit(float(thresholds.ita)), F.lit(float(thresholds.tia))
@@ -258,7 +282,11 @@ def score_alignment(spark: SparkSession, config: AppConfig, model, outputs: Data
     quarantine = tables.quarantine_rows(bad, run_date=run_date, job=JOB, source="item_alignment", key_col="item_id",
                                         payload_cols=["merchant_id", "category", "p_ita", "p_tia"])
     # as configured (mode, quantile) with the values applied (a calibrated mode's come from the model)
-    used = {**thresholds.model_dump(), "mode": sc.thresholds.mode, "quantile": sc.thresholds.quantile}
+    used = {**thresholds.model_dump(), "mode": sc.thresholds.mode, "quantile": sc.thresholds.quantile,
+            "share_below": share_below(by_reason, sum(by_reason.values()))}
+    for line in calibration_warnings(used["share_below"], sc.thresholds):
+        log.warning(line)
+        used.setdefault("warnings", []).append(line)
     return {"rows": rows, "scored": sum(by_reason.values()), "not_finite": n_bad, "thresholds": used,
             "flagged": {reason: by_reason.get(reason, 0) for reason in FLAG_REASONS}, "quarantine": quarantine}
 
@@ -618,6 +646,6 @@ def _write_run(spark: SparkSession, config: AppConfig, result: ScoreRun, started
 
 
 __all__ = ["run", "ScoreRun", "MissingInput", "NotFiniteScores", "check_finite_share", "check_inputs", "cvr_skip_reason",
-           "run_thresholds",
+           "run_thresholds", "share_below", "calibration_warnings",
            "alignment_flags", "checked_candidates", "behaviour_inputs", "scorable_pairs", "score_alignment",
            "score_cvr", "JOB", "FLAG_REASONS"]

@@ -98,7 +98,12 @@ def test_night_without_users_or_candidates_scores_alignment_and_records_the_skip
     assert align.count() == N_CLEAN
     row = tables.read_table(spark, config, "runs").where(
         (F.col("run_id") == result.run_id) & (F.col("status") == "succeeded")).first()
-    assert json.loads(row.details)["skipped"] == {"cvr": result.skipped["cvr"]} and row.counts["cvr_skipped"] == 1
+    details = json.loads(row.details)
+    assert details["skipped"] == {"cvr": result.skipped["cvr"]} and row.counts["cvr_skipped"] == 1
+    # the share of items under each threshold, recorded from the flag counts, is the share of the published scores
+    thr = details["thresholds"]
+    expected = {task: align.where(F.col(f"p_{task}") < thr[task]).count() / N_CLEAN for task in ("ita", "tia")}
+    assert details["thresholds"]["share_below"] == pytest.approx(expected, abs=1e-12)
 
 
 def test_cvr_skip_reasons(spark, catalogue_only, tmp_path):
@@ -116,3 +121,18 @@ def test_cvr_skip_reasons(spark, catalogue_only, tmp_path):
     assert nightly.cvr_skip_reason(spark, config, model, candidates) is None   # given candidates stand in
     no_cvr = type("M", (), {"tasks": ("ita", "tia"), "version": "v"})()
     assert "has no cvr head" in nightly.cvr_skip_reason(spark, config, no_cvr)
+
+
+def test_a_calibrated_night_says_when_far_more_items_fall_under_a_threshold_than_held_out_ones_did():
+    from camenn.config import ThresholdConfig
+
+    counts = {nightly.TEXT_SUSPECT: 10, nightly.IMAGE_SUSPECT: 2, nightly.BOTH_SUSPECT: 5, None: 83}
+    shares = nightly.share_below(counts, 100)
+    assert shares == pytest.approx({"ita": 0.15, "tia": 0.07})
+    two = nightly.calibration_warnings(shares, ThresholdConfig(mode="calibrated", quantile=0.02))   # limit 6%
+    assert [line.split(" of ")[0] for line in two] == ["calibration: 15.0%", "calibration: 7.0%"]
+    assert "under the ITA threshold" in two[0] and "held-out items had 2%" in two[0]
+    assert nightly.calibration_warnings(shares, ThresholdConfig(mode="calibrated", quantile=0.05)) == []   # 15% = 3 x 5%
+    assert nightly.calibration_warnings(shares, ThresholdConfig(mode="calibrated", quantile=0.05, warn_ratio=2)) == \
+        [nightly.calibration_warnings(shares, ThresholdConfig(mode="calibrated", quantile=0.02))[0].replace("2%", "5%")]
+    assert nightly.calibration_warnings(shares, ThresholdConfig(mode="absolute", ita=0.9)) == []   # no held-out share to compare
