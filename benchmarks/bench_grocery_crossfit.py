@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -60,7 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--bench-root", default=str(_ROOT / "runs" / "bench" / "grocery"))
     p.add_argument("--variant", required=True, metavar="NAME:KEY=VALUE,...", help="as bench_grocery's --variant")
     p.add_argument("--folds", type=int, default=2)
-    p.add_argument("--reuse", action="store_true", help="score with the folds' models of an earlier run (no training)")
+    p.add_argument("--reuse", action="store_true",
+                   help="score with the folds' models of an earlier run (no training); an existing --json file keeps "
+                        "that run's command and seconds under training_run")
     p.add_argument("--flag-quantile", type=float, default=0.02)
     p.add_argument("--damaged-share", type=float, default=0.1)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as given to bench_grocery.py")
@@ -234,6 +237,10 @@ def main(argv=None) -> dict:
                           for f, a in models.items()},
                "validation_photos": int(len(val_idx)), "held_out_photos": int(len(held_out)),
                "results": results, "table": lines, "seconds": seconds}
+    if args.reuse and args.json and Path(args.json).is_file():
+        # the models of the run that trained them: keep that run's command and seconds beside the new figures
+        earlier = json.loads(Path(args.json).read_text())
+        figures["training_run"] = earlier.get("training_run") or {k: earlier[k] for k in ("command", "created", "seconds")}
     write_json(args.json, figures)
     say(f"done in {seconds['total']:.0f}s", t0)
     if ours:

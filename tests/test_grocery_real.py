@@ -29,6 +29,11 @@ SKIP = "training.hard_negative_share=0.5,training.contrastive_weight=1.0,trainin
        "model.alignment_skip=true"
 
 
+def with_sets(argv: list[str], sets: list[str]) -> list[str]:
+    """A bench's command line with the fixture's ``--set`` overrides, as its own run was given them."""
+    return [*argv, *(x for s in sets for x in ("--set", s))]
+
+
 @pytest.fixture(scope="module")
 def bench(spark, tmp_path_factory):
     sys.path.insert(0, str(BENCH))
@@ -38,11 +43,9 @@ def bench(spark, tmp_path_factory):
     sets = ["training.epochs=1", "training.steps_per_epoch=3", "training.alignment_batch_size=16",
             "training.split.test_fraction=0.3",   # held-out training photos to calibrate the thresholds on
             f"tracking.uri=sqlite:///{root / 'mlflow.db'}"]
-    argv = ["--data", str(MINI), "--root", str(root), "--variant", "baseline", "--variant", "hard",
-            "--variant", f"skip:{SKIP}", "--json", str(root / "bench.json")]
-    for s in sets:
-        argv += ["--set", s]
-    return root, sets, bench_grocery.main(argv)
+    return root, sets, bench_grocery.main(with_sets(
+        ["--data", str(MINI), "--root", str(root), "--variant", "baseline", "--variant", "hard",
+         "--variant", f"skip:{SKIP}", "--json", str(root / "bench.json")], sets))
 
 
 def test_bench_grocery_scores_every_variant_and_the_probe_on_real_photos(bench):
@@ -72,11 +75,8 @@ def test_planted_swaps_go_through_the_nightly_job(bench):
     import bench_grocery_flags
 
     root, sets, _ = bench
-    argv = ["--data", str(MINI), "--bench-root", str(root), "--variant", "skip", "--share", "0.1",
-            "--json", str(root / "flags.json")]
-    for s in sets:
-        argv += ["--set", s]
-    flags = bench_grocery_flags.main(argv)
+    flags = bench_grocery_flags.main(with_sets(["--data", str(MINI), "--bench-root", str(root), "--variant", "skip",
+                                                "--share", "0.1", "--json", str(root / "flags.json")], sets))
     assert flags["items_scored"] == 12
     assert flags["plants"]["text"] == 1 and flags["plants"]["image"] == 1
     job = flags["job_flags"]
@@ -131,11 +131,8 @@ def test_reference_scores_on_real_photos_reproduce_the_benchmarks_own_pairs(benc
     import bench_grocery_reference
 
     root, sets, figures = bench
-    argv = ["--data", str(MINI), "--bench-root", str(root), "--variant", "skip", "--k", "2",
-            "--json", str(root / "reference.json")]
-    for s in sets:
-        argv += ["--set", s]
-    ref = bench_grocery_reference.main(argv)
+    ref = bench_grocery_reference.main(with_sets(["--data", str(MINI), "--bench-root", str(root), "--variant", "skip",
+                                                  "--k", "2", "--json", str(root / "reference.json")], sets))
     assert ref["listings"]["validation"] == 12 and ref["listings"]["held_out"] > 0
     assert {"raw", "centred, any", "softmax, category", "centred, held_out"} <= set(ref["results"])
     # the raw logits at 0 are bench_grocery's probabilities at 0.5 on the same pairs: one model, one answer
