@@ -2,7 +2,7 @@
 
     result = run(spark, config, run_date)       # ScoreRun; spark-submit jobs/score_catalog.py
 
-One module (~650 lines): the five stages share one run's state (the valid items, the model
+One module (~660 lines): the five stages share one run's state (the valid items, the model
 cache, the persisted frames, the counts that must add up) and are read in order; the caches,
 the CVR carry-over and the run record live in their own modules.
 
@@ -281,14 +281,24 @@ def score_alignment(spark: SparkSession, config: AppConfig, model, outputs: Data
     n_bad = int(totals["bad"] or 0)
     quarantine = tables.quarantine_rows(bad, run_date=run_date, job=JOB, source="item_alignment", key_col="item_id",
                                         payload_cols=["merchant_id", "category", "p_ita", "p_tia"])
-    # as configured (mode, quantile) with the values applied (a calibrated mode's come from the model)
-    used = {**thresholds.model_dump(), "mode": sc.thresholds.mode, "quantile": sc.thresholds.quantile,
-            "share_below": share_below(by_reason, sum(by_reason.values()))}
-    for line in calibration_warnings(used["share_below"], sc.thresholds):
+    used = recorded_thresholds(sc.thresholds, thresholds, by_reason)
+    for line in used.get("warnings", []):
         log.warning(line)
-        used.setdefault("warnings", []).append(line)
     return {"rows": rows, "scored": sum(by_reason.values()), "not_finite": n_bad, "thresholds": used,
             "flagged": {reason: by_reason.get(reason, 0) for reason in FLAG_REASONS}, "quarantine": quarantine}
+
+
+def recorded_thresholds(configured: ThresholdConfig, applied: ThresholdConfig, by_reason: dict[str, int]) -> dict:
+    """What a night records of its thresholds (``runs.details.thresholds``, read again by the report).
+
+    The rule as configured (mode, quantile) with the values applied (a calibrated mode's come from
+    the model), each side's share of the scored items under its threshold (``by_reason``: the count
+    of scored items per reason, unflagged ones under None) and the calibration warnings, if any.
+    """
+    used = {**applied.model_dump(), "mode": configured.mode, "quantile": configured.quantile,
+            "share_below": share_below(by_reason, sum(by_reason.values()))}
+    warnings = calibration_warnings(used["share_below"], configured)
+    return {**used, "warnings": warnings} if warnings else used
 
 
 # ------------------------------------------------------------------------ CVR
@@ -646,6 +656,6 @@ def _write_run(spark: SparkSession, config: AppConfig, result: ScoreRun, started
 
 
 __all__ = ["run", "ScoreRun", "MissingInput", "NotFiniteScores", "check_finite_share", "check_inputs", "cvr_skip_reason",
-           "run_thresholds", "share_below", "calibration_warnings",
+           "run_thresholds", "share_below", "calibration_warnings", "recorded_thresholds",
            "alignment_flags", "checked_candidates", "behaviour_inputs", "scorable_pairs", "score_alignment",
            "score_cvr", "JOB", "FLAG_REASONS"]

@@ -84,14 +84,26 @@ def latest_states(spark: SparkSession, config: AppConfig, job: str | None = None
     return runs.withColumn("_n", F.row_number().over(order)).where(F.col("_n") == 1).drop("_n")
 
 
-def published_run(spark: SparkSession, config: AppConfig, job: str, run_date: dt.date) -> str | None:
-    """run_id of the date's latest succeeded run of ``job``; None if it has none."""
+def _published_row(spark: SparkSession, config: AppConfig, job: str, run_date: dt.date):
+    """The succeeded ``runs`` row of the date's latest succeeded run of ``job``; None if it has none."""
     if not tables.is_delta(spark, config.table("runs")):
         return None
-    row = (tables.read_table(spark, config, "runs")
-           .where((F.col("job") == job) & (F.col("run_date") == F.lit(run_date)) & (F.col("status") == SUCCEEDED))
-           .orderBy(F.col("finished_at").desc(), F.col("run_id")).select("run_id").first())
-    return row[0] if row else None
+    return (tables.read_table(spark, config, "runs")
+            .where((F.col("job") == job) & (F.col("run_date") == F.lit(run_date)) & (F.col("status") == SUCCEEDED))
+            .orderBy(F.col("finished_at").desc(), F.col("run_id")).select("run_id", "details").first())
+
+
+def published_run(spark: SparkSession, config: AppConfig, job: str, run_date: dt.date) -> str | None:
+    """run_id of the date's latest succeeded run of ``job``; None if it has none."""
+    row = _published_row(spark, config, job, run_date)
+    return row["run_id"] if row else None
+
+
+def published_details(spark: SparkSession, config: AppConfig, job: str, run_date: dt.date) -> dict:
+    """The ``details`` that the date's published run of ``job`` recorded ({} if it has none), such as the
+    scoring job's ``thresholds``: what a later job (the report) says about the rows it reads."""
+    row = _published_row(spark, config, job, run_date)
+    return json.loads(row["details"] or "{}") if row else {}
 
 
 def published(spark: SparkSession, config: AppConfig, name: str, run_date: dt.date, job: str) -> DataFrame:

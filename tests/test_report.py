@@ -100,7 +100,7 @@ def base_items() -> list[Item]:
 
 
 def write_world(spark, config, items: list[Item], run_date: dt.date, *, write_items: bool = True,
-                model_version: str = "test-model-1") -> None:
+                model_version: str = "test-model-1", run_id: str | None = None) -> None:
     """items, item_features and the run date's item_alignment as real Delta tables."""
     n_patches = config.featurizer.patch_grid ** 2
     fingerprint = report.sources.encoder_fingerprint(config)
@@ -115,7 +115,7 @@ def write_world(spark, config, items: list[Item], run_date: dt.date, *, write_it
     from pipeline.nightly import SUSPECT_SIDES
 
     align = [(run_date, it.item_id, it.merchant_id, it.category, it.p_ita, it.p_tia, it.flag, SUSPECT_SIDES.get(it.side),
-              model_version, it.side, None) for it in items]   # run_id: none, as a table from before run ids
+              model_version, it.side, run_id) for it in items]   # run_id None: a table from before run ids
     tables.replace_run_date(spark, config, "item_alignment",
                             spark.createDataFrame(align, tables.schema_of(spark, "item_alignment")), run_date)
 
@@ -372,6 +372,57 @@ def test_flagged_again_with_the_same_content_is_not_new(spark, tmp_path):
     assert flags(d2) == {"A": (False, D1), "B": (True, d2)}
     assert tables.read_table(spark, config, "quality_flags").where(f"run_date = DATE'{d2}'").count() == 2
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [d.isoformat() for d in (D1, d2, d3, d4)]
+
+
+def test_a_night_without_recorded_thresholds_shows_the_configured_rule_and_no_warning(built):
+    index = built.index.read_text(encoding="utf-8")
+    assert 'class="warning' not in index
+    assert "ITA below 0.500 or TIA below 0.500 (fixed thresholds); the night recorded no thresholds" in index
+
+
+def test_the_nights_thresholds_and_its_calibration_warning_reach_the_index_and_every_merchant_page(spark, tmp_path):
+    """A calibrated night that flagged far more than its quantile: its runs row, recorded by the night's own
+    function, is what the report shows; a score the night's threshold flagged is red even above 0.5."""
+    import json
+
+    from camenn.config import ThresholdConfig
+    from pipeline import nightly, run_record
+
+    config = tiny_config(tmp_path)
+    above_half = Item("g1", "Shop A", "fruit", "fruit", "fruit", p_ita=0.6, p_tia=0.9, flag=True, side="text")
+    items = [*base_items(), above_half]
+    run_id = "score_catalog-2026-11-24-warned"
+    write_world(spark, config, items, D1, run_id=run_id)
+    by_reason = {nightly.SUSPECT_SIDES.get(it.side): 0 for it in items}
+    for it in items:
+        by_reason[nightly.SUSPECT_SIDES.get(it.side) if it.flag else None] += 1
+    # under thresholds like a model's recorded 2% quantiles: 4 of 23 under ITA, 2 under TIA (t3 has no side: as clean)
+    recorded = nightly.recorded_thresholds(ThresholdConfig(mode="calibrated", quantile=0.02),
+                                           ThresholdConfig(mode="absolute", ita=0.65, tia=0.35), by_reason)
+    assert len(recorded["warnings"]) == 2
+    tables.append_rows(spark, config, "runs", tables.runs_row(
+        spark, run_id=run_id, job=run_record.SCORING_JOB, run_date=D1, model_version="test-model-1",
+        started_at=T0, finished_at=T0 + dt.timedelta(minutes=5), status=run_record.SUCCEEDED, counts={}, timings={},
+        details={"thresholds": recorded}))
+
+    stdout = run_job(tmp_path, D1)
+    folder = Path(stdout[-1]).parent
+    index = html.unescape(Path(stdout[-1]).read_text(encoding="utf-8"))
+    for line in recorded["warnings"]:
+        assert f"The night warned: {line}" in index
+    assert "ITA below 0.650 or TIA below 0.350: the 2% quantile of the model's own held-out listings" in index
+    assert "recorded no thresholds" not in index
+    pages = sorted((folder / "merchants").glob("*.html"))
+    assert len(pages) == len({it.merchant_id for it in items if it.flag})
+    for page in pages:
+        assert report.CAUTION in html.unescape(page.read_text(encoding="utf-8")), page.name
+    shop_a = html.unescape((folder / "merchants" / f"{report.merchant_slug('Shop A')}.html").read_text(encoding="utf-8"))
+    assert re.search(r'data-item-id="g1".*?class="score ita">ITA — text fits photo: <span class="low">0\.60</span>'
+                     r'.*?class="score tia">TIA — photo fits text: <span class="">0\.90</span>', shop_a, re.S)
+    # and the report's own runs row passes the warnings on
+    row = (tables.read_table(spark, config, "runs").where(f"job = '{report.JOB}' AND run_date = DATE'{D1}'")
+           .orderBy("finished_at").collect()[-1])
+    assert json.loads(row["details"])["night_warnings"] == recorded["warnings"]
 
 
 def test_no_scoring_output_is_a_clear_error(spark, built):

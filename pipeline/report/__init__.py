@@ -44,10 +44,12 @@ replaces its folder and a reader never sees half a report. File names of merchan
 """
 
 from pipeline.report.advice import (
+    CAUTION,
     PROBLEM,
     SIDE_LABEL,
     SIDES,
     Centroids,
+    FlagRule,
     csv_safe,
     merchant_rows,
     merchant_slug,
@@ -62,7 +64,8 @@ from pipeline.report.render import CSV_COLUMNS, render_merchant_csv, render_merc
 from pipeline.report.sources import category_centroids, centroid_sample, flag_columns
 
 __all__ = [
-    "CSV_COLUMNS", "INDEX", "JOB", "MERCHANTS_DIR", "PLOT", "PROBLEM", "SIDES", "SIDE_LABEL", "Centroids", "PageSettings",
+    "CAUTION", "CSV_COLUMNS", "FlagRule",
+    "INDEX", "JOB", "MERCHANTS_DIR", "PLOT", "PROBLEM", "SIDES", "SIDE_LABEL", "Centroids", "PageSettings",
     "ReportError", "ReportResult", "build_report", "category_centroids", "centroid_sample", "csv_safe", "flag_columns",
     "merchant_rows", "merchant_slug", "pooled_vectors", "record_run", "render_merchant_csv", "render_merchant_html",
     "side_of", "suggest", "thumbnail_data_uri",

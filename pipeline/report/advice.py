@@ -34,6 +34,52 @@ PROBLEM = {
 SIDE_LABEL = {"text": "text looks wrong", "image": "photo looks wrong", "both": "text and photo disagree"}
 
 
+# What a merchant page says when the night warned that its calibrated thresholds do not fit the catalogue
+CAUTION = ("Tonight's check flagged far more listings than usual across all shops: its limits may not fit "
+           "listings like these yet, so some flags below may be false alarms. Check each one before you change it.")
+
+
+@dataclass(frozen=True)
+class FlagRule:
+    """How the night flagged items, as its ``runs`` row recorded it (``details.thresholds``)."""
+
+    mode: str                      # absolute, category_quantile or calibrated
+    ita: float                     # the values applied (a calibrated mode's come from the model)
+    tia: float
+    quantile: float
+    min_category_items: int = 0
+    share_below: dict[str, float] = field(default_factory=dict)   # share of scored items under each threshold
+    warnings: tuple[str, ...] = ()
+    recorded: bool = True          # False: a night from before thresholds were recorded; the config's rule
+
+    @classmethod
+    def of(cls, recorded: dict | None, configured) -> FlagRule:
+        """From a night's recorded thresholds, or the configured ones (a ``ThresholdConfig``) if it has none."""
+        if not recorded:
+            return cls(configured.mode, configured.ita, configured.tia, configured.quantile,
+                       configured.min_category_items, recorded=False)
+        return cls(recorded["mode"], float(recorded["ita"]), float(recorded["tia"]), float(recorded["quantile"]),
+                   int(recorded.get("min_category_items", 0)),
+                   {k: float(v) for k, v in (recorded.get("share_below") or {}).items()},
+                   tuple(recorded.get("warnings") or ()))
+
+    def describe(self) -> str:
+        """One sentence for the index page: the rule and the values."""
+        values = f"ITA below {self.ita:.3f} or TIA below {self.tia:.3f}"
+        if self.mode == "calibrated":
+            return f"{values}: the {self.quantile:.0%} quantile of the model's own held-out listings"
+        if self.mode == "category_quantile":
+            return (f"ITA or TIA in the lowest {self.quantile:.0%} of its category (categories of at least "
+                    f"{self.min_category_items} listings), else {values}")
+        return f"{values} (fixed thresholds)"
+
+    def summary(self) -> str:
+        """``describe`` and where the values come from, for the index page."""
+        if not self.recorded:
+            return f"{self.describe()}; the night recorded no thresholds, so these are the configuration's"
+        return self.describe()
+
+
 def merchant_slug(merchant_id: str) -> str:
     """A file-name stem for a merchant: lowercase ASCII letters, digits and dashes + a short hash.
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -16,13 +17,14 @@ from pyspark.sql import functions as F
 
 from camenn.config import AppConfig
 from pipeline import run_record, tables
-from pipeline.report.advice import SIDES
+from pipeline.report.advice import CAUTION, SIDES, FlagRule
 from pipeline.report.pages import ENRICHED_SCHEMA, PAGE_INPUT, PageSettings, enrich_fn, merchant_page_fn
 from pipeline.report.publish import INDEX, MERCHANTS_DIR, PLOT, ReportError, filesystem_for, publish_folder, uri_like, write_bytes
 from pipeline.report.render import plot_png, templates
 from pipeline.report.sources import category_centroids, centroid_sample, encoder_fingerprint, flag_history, index_data, latest_items
 
 JOB = "quality_report"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,6 +37,7 @@ class ReportResult:
     n_new: int
     n_merchants: int          # merchants with at least one flagged item (one page each)
     by_side: dict[str, int]
+    rule: FlagRule | None = None   # how the night flagged the items, with its warnings
     timings: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -64,15 +67,20 @@ def build_report(spark: SparkSession, config: AppConfig, run_date: dt.date) -> R
     centroids = category_centroids(F.broadcast(sample).join(features, "item_id"), n_patches)
     timings["centroids"] = time.perf_counter() - t0
 
-    thresholds = config.scoring.thresholds
+    # the thresholds the night applied (a calibrated night's are the model's) and its warnings, as it recorded them
+    rule = FlagRule.of(run_record.published_details(spark, config, run_record.SCORING_JOB, run_date).get("thresholds"),
+                       config.scoring.thresholds)
+    for line in rule.warnings:
+        log.warning("the night of %s warned: %s", run_date, line)
     filesystem, out_base = filesystem_for(config.report.out_dir)
     filesystem.create_dir(out_base, recursive=True)
     final = f"{out_base}/{run_date.isoformat()}"
     staging = f"{out_base}/.staging-{run_date.isoformat()}-{uuid.uuid4().hex[:8]}"
     filesystem.create_dir(f"{staging}/{MERCHANTS_DIR}", recursive=True)
     settings = PageSettings(run_date=run_date, base=uri_like(config.report.out_dir, staging), thumbnail_px=config.report.thumbnail_px,
-                            n_patches=n_patches, ita_threshold=thresholds.ita, tia_threshold=thresholds.tia,
-                            max_items=config.report.max_items_per_page, centroids=centroids)
+                            n_patches=n_patches, ita_threshold=rule.ita, tia_threshold=rule.tia,
+                            max_items=config.report.max_items_per_page, centroids=centroids,
+                            caution=CAUTION if rule.warnings else None)
     try:
         t1 = time.perf_counter()
         flagged = (alignment.where(F.col("flag"))
@@ -98,7 +106,8 @@ def build_report(spark: SparkSession, config: AppConfig, run_date: dt.date) -> R
             write_bytes(filesystem, f"{staging}/{PLOT}", plot)
         html = templates().get_template("index.html").render(
             run_date=run_date.isoformat(), generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            plot=("data:image/png;base64," + base64.b64encode(plot).decode("ascii")) if plot else None, **index)
+            plot=("data:image/png;base64," + base64.b64encode(plot).decode("ascii")) if plot else None,
+            rule=rule, **index)
         write_bytes(filesystem, f"{staging}/{INDEX}", html.encode("utf-8"))
         publish_folder(filesystem, staging, final)
         timings["index"] = time.perf_counter() - t2
@@ -113,7 +122,7 @@ def build_report(spark: SparkSession, config: AppConfig, run_date: dt.date) -> R
     folder = uri_like(config.report.out_dir, final)
     return ReportResult(run_date=run_date, folder=folder, index_path=f"{folder}/{INDEX}", n_items=totals["n_items"],
                         n_flagged=totals["flagged"], n_new=totals["new"], n_merchants=len(index["merchants"]),
-                        by_side={r["side"]: r["n"] for r in index["reasons"]}, timings=timings)
+                        by_side={r["side"]: r["n"] for r in index["reasons"]}, rule=rule, timings=timings)
 
 
 def record_run(spark: SparkSession, config: AppConfig, result: ReportResult | None, *, run_id: str,
@@ -123,6 +132,8 @@ def record_run(spark: SparkSession, config: AppConfig, result: ReportResult | No
                "merchant_pages": result.n_merchants, **{f"side_{k}": v for k, v in result.by_side.items()}}
               if result else {})
     details = {"folder": result.folder, "index": result.index_path} if result else {"error": error}
+    if result and result.rule and result.rule.warnings:   # the night's warnings, passed on to whoever reads this run
+        details["night_warnings"] = list(result.rule.warnings)
     tables.append_rows(spark, config, "runs", tables.runs_row(
         spark, run_id=run_id, job=JOB, run_date=run_date, model_version=None, started_at=started_at,
         finished_at=dt.datetime.now(dt.UTC).replace(tzinfo=None), status=status, counts=counts,

@@ -33,6 +33,7 @@ class PageSettings:
     tia_threshold: float
     max_items: int
     centroids: Centroids
+    caution: str | None = None   # a line above the items: the night warned that its thresholds may not fit
 
 
 # One flagged item as the per-merchant task receives it: images already thumbnails and blobs

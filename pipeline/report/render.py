@@ -66,7 +66,7 @@ def render_merchant_html(merchant_id: str, rows: pd.DataFrame, settings: PageSet
         merchant_id=merchant_id, run_date=settings.run_date.isoformat(), rows=records,
         n_flagged=n_flagged if n_flagged is not None else len(records),
         n_new=n_new if n_new is not None else sum(1 for r in records if r["is_new"]), model_version=", ".join(versions) or "unknown",
-        csv_name=csv_name, px=settings.thumbnail_px, side_label=SIDE_LABEL)
+        csv_name=csv_name, px=settings.thumbnail_px, side_label=SIDE_LABEL, caution=settings.caution)
     return html.encode("utf-8")
 
 
