@@ -223,15 +223,20 @@ def partners(fine: np.ndarray, coarse: np.ndarray, hard: bool, rng: np.random.Ge
     return out
 
 
-def binary_metrics(pos: np.ndarray, neg: np.ndarray) -> dict:
+def binary_metrics(pos: np.ndarray, neg: np.ndarray, cut: float | None = None) -> dict:
+    """Accuracy at 0.5 and AUROC; with ``cut`` (the model's own, recorded at training from its held-out
+    pairs: ``ita_cut``), the accuracy at that cut too."""
     from camenn.metrics import roc_auc
 
     y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
     p = np.concatenate([pos, neg])
     # the two sides of the accuracy: true pairs kept (>= 0.5) and negatives caught (< 0.5); a shift of
     # every score moves them apart while the AUROC stays
-    return {"acc": float(((p >= 0.5) == (y == 1)).mean()), "auroc": float(roc_auc(y, p)), "n": int(len(pos)),
-            "true_pairs_kept": float((pos >= 0.5).mean()), "negatives_caught": float((neg < 0.5).mean())}
+    out = {"acc": float(((p >= 0.5) == (y == 1)).mean()), "auroc": float(roc_auc(y, p)), "n": int(len(pos)),
+           "true_pairs_kept": float((pos >= 0.5).mean()), "negatives_caught": float((neg < 0.5).mean())}
+    if cut is not None:
+        out.update(model_cut=float(cut), acc_at_model_cut=float(((p >= cut) == (y == 1)).mean()))
+    return out
 
 
 def camenn_scores(model, store, idx, donor, batch_size=256) -> dict:
@@ -409,7 +414,9 @@ def main(argv=None) -> dict:
         idx, donor = val_idx[keep], val_idx[donor_local[keep]]
         for name, a in arts.items():
             scores = camenn_scores(a.model, store, idx, donor)
-            results["camenn"][name][kind] = {task: binary_metrics(*scores[task]) for task in ("ita", "tia")}
+            held_out = a.metadata.get("metrics") or {}
+            results["camenn"][name][kind] = {task: binary_metrics(*scores[task], held_out.get(f"{task}_cut"))
+                                             for task in ("ita", "tia")}
             # AUROC only: a cosine has no 0.5 point (its "acc" is of cosine >= 0.5)
             cos = cosine_scores(a.model, store, idx, donor)
             results["camenn_cosine"][name][kind] = {task: binary_metrics(*cos[task]) for task in ("ita", "tia")}
@@ -419,6 +426,11 @@ def main(argv=None) -> dict:
     seconds["total"] = time.perf_counter() - t0
     lines = table(results["camenn"], results["probe"])
     print("\n".join(lines), flush=True)
+    for name, kinds in results["camenn"].items():
+        if "acc_at_model_cut" in kinds["random"]["ita"]:
+            print(f"{name}, at the model's own cut (from its held-out training photos): accuracy " + "; ".join(
+                f"{kind} ITA {m['ita']['acc_at_model_cut']:.3f} / TIA {m['tia']['acc_at_model_cut']:.3f}"
+                for kind, m in kinds.items()), flush=True)
     for name, kinds in results["camenn_cosine"].items():
         print(f"{name}, its pooled cosine alone: AUROC " + "; ".join(
             f"{kind} ITA {m['ita']['auroc']:.3f} / TIA {m['tia']['auroc']:.3f}" for kind, m in kinds.items()), flush=True)

@@ -17,7 +17,7 @@ imports pyspark. Each process
    held-out items), each process over its chunks, reducing histograms and counts only;
 4. on rank 0 alone, writes the artifact with :func:`camenn.checkpoint.save_artifact`.
 
-Why one module of ~850 lines: the loop, its batches, its metrics and the pieces a training
+Why one module of ~870 lines: the loop, its batches, its metrics and the pieces a training
 process runs (distributed setup, schedule, step) are read together when a run misbehaves;
 the data it reads lives in ``camenn.chunks`` and the model in ``camenn.model``.
 
@@ -307,9 +307,20 @@ class BinnedAUC:
         return float(min(1.0, (k + 1) / counts.shape[0]))
 
     def accuracy(self, threshold: float = 0.5) -> float:
-        cut = int(threshold * self.counts.shape[1])
+        cut = int(round(threshold * self.counts.shape[1]))
         right = self.counts[0, :cut].sum() + self.counts[1, cut:].sum()
         return float(right / max(1.0, self.counts.sum()))
+
+    def best_cut(self) -> float:
+        """The threshold (a bin edge) of the highest accuracy: negatives below, positives at or above it.
+
+        Every edge in a gap between the two kinds of score ties, and held-out pairs leave wide gaps:
+        the median of the tied edges, so that the tie leans to neither side.
+        """
+        neg, pos = self.counts
+        right = np.concatenate([[0.0], np.cumsum(neg)]) + (pos.sum() - np.concatenate([[0.0], np.cumsum(pos)]))  # (bins+1,)
+        best = np.flatnonzero(right == right.max())
+        return float(best[len(best) // 2] / self.counts.shape[1])
 
 
 # -----------------------------------------------------------------------------
@@ -601,7 +612,9 @@ def held_out_metrics(model: CameNN, cache: ChunkCache, chunks: list[int], batch_
     """CVR AUC on the test split and ITA/TIA accuracy and AUC on held-out home items, over every rank's chunks.
 
     Also the 1/2/5/10% quantiles of the held-out items' own ITA and TIA (``ita_clean_q05``, ...):
-    the thresholds of ``scoring.thresholds.mode: calibrated`` (camenn.config.ThresholdConfig).
+    the thresholds of ``scoring.thresholds.mode: calibrated`` (camenn.config.ThresholdConfig), and
+    the cut where the held-out pairs with random negatives split best (``ita_cut``, with
+    ``ita_acc_at_cut``; ``ita_acc`` is at 0.5).
 
     Each process scores its own chunks and only histograms and counts are reduced: no process
     ever holds the test set's scores.
@@ -634,6 +647,10 @@ def held_out_metrics(model: CameNN, cache: ChunkCache, chunks: list[int], batch_
     for task in tasks:   # the held-out items as they are: what thresholds.mode "calibrated" flags below
         if align[task].n:
             metrics.update({f"{task}_clean_q{round(q * 100):02d}": align[task].quantile(q) for q in CALIBRATION_QUANTILES})
+            # the model's own decision point: where its held-out pairs (random negatives) split best; a model
+            # whose scores lean to one side (logit adjustment, a skewed share of negatives) is read at it
+            cut = align[task].best_cut()
+            metrics.update({f"{task}_cut": cut, f"{task}_acc_at_cut": align[task].accuracy(cut)})
     if align:
         n = _all_reduce([float(n_items), float(n_hard)], "sum", dist_info)
         metrics["n_items"], metrics["n_items_hard"] = int(n[0]), int(n[1])

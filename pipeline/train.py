@@ -136,7 +136,9 @@ class TrainResult:
         if self.skipped:
             return f"artifact {self.artifact} (version {self.model_version}) is current for this config; training skipped"
         m = self.metrics
-        parts = [f"{k}={m[k]:.4f}" for k in ("cvr_auc", "ita_acc", "tia_acc", "ita_auc", "tia_auc") if isinstance(m.get(k), float)]
+        parts = [f"{k}={m[k]:.4f}" for k in ("cvr_auc", "ita_acc", "tia_acc", "ita_auc", "tia_auc",
+                                                 "ita_cut", "ita_acc_at_cut", "tia_cut", "tia_acc_at_cut")
+                 if isinstance(m.get(k), float)]
         secs = ", ".join(f"{k} {v:.0f}s" for k, v in (self.seconds or {}).items())
         drops = (self.data.drops if self.data else {}) or {"none": 0}
         return (f"trained {self.artifact} (version {self.model_version}): {', '.join(parts)}; "

@@ -69,6 +69,13 @@ def test_bench_grocery_scores_every_variant_and_the_probe_on_real_photos(bench):
     # the training job reports same-category negatives beside random ones
     held = figures["variants"]["hard"]["training_held_out"]
     assert {"ita_acc", "tia_acc"} <= set(held)
+    # each variant is also read at its own cut, the one its training recorded from its held-out pairs
+    for name, kinds in figures["validation"]["camenn"].items():
+        cuts = figures["variants"][name]["training_held_out"]
+        for kind in ("random", "hard"):
+            for task in ("ita", "tia"):
+                m = kinds[kind][task]
+                assert m["model_cut"] == cuts[f"{task}_cut"] and 0.0 <= m["acc_at_model_cut"] <= 1.0, (name, kind, task)
 
 
 def test_planted_swaps_go_through_the_nightly_job(bench):

@@ -133,6 +133,25 @@ def run_job(config_root: Path, run_date: dt.date) -> list[str]:
     return out.getvalue().strip().splitlines()
 
 
+def record_scoring_run(spark, config, items: list[Item], run_date: dt.date, run_id: str) -> dict:
+    """The scoring job's succeeded ``runs`` row for the date, its thresholds recorded by the night's own
+    function: a calibrated night (2% quantile) whose values are 0.5, with the shares of ``items``."""
+    from camenn.config import ThresholdConfig
+    from pipeline import nightly, run_record
+
+    by_reason: dict = {}
+    for it in items:   # an item flagged without a side (a table from before the column) counts as unflagged
+        reason = nightly.SUSPECT_SIDES.get(it.side) if it.flag else None
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+    recorded = nightly.recorded_thresholds(ThresholdConfig(mode="calibrated", quantile=0.02),
+                                           ThresholdConfig(mode="absolute", ita=0.5, tia=0.5), by_reason)
+    tables.append_rows(spark, config, "runs", tables.runs_row(
+        spark, run_id=run_id, job=run_record.SCORING_JOB, run_date=run_date, model_version="test-model-1",
+        started_at=T0, finished_at=T0 + dt.timedelta(minutes=5), status=run_record.SUCCEEDED, counts={}, timings={},
+        details={"thresholds": recorded}))
+    return recorded
+
+
 @dataclass
 class Built:
     config: object
@@ -140,22 +159,26 @@ class Built:
     index: Path
     stdout: list[str]
     items: list[Item]
+    thresholds: dict           # what the scoring run recorded (runs.details.thresholds)
 
 
 _BUILT: dict[str, Built] = {}
 
 
 def shared_report(spark, tmp_path_factory) -> Built:
-    """The base world's tables and its D1 report through the job, built once per test session
-    (test_notebook.py explores the same run)."""
+    """The base world's tables, its scoring run's record and its D1 report through the job, built once
+    per test session (test_notebook.py explores the same run). That night warned: 3 and 2 of the 22
+    items are under its ITA and TIA thresholds, more than 3 x its 2% quantile."""
     if "d1" not in _BUILT:
         root = tmp_path_factory.mktemp("report")
         config = tiny_config(root)
         items = base_items()
-        write_world(spark, config, items, D1)
+        run_id = f"score_catalog-{D1}-shared"
+        write_world(spark, config, items, D1, run_id=run_id)
+        recorded = record_scoring_run(spark, config, items, D1, run_id)
         stdout = run_job(root, D1)
         index = Path(stdout[-1])
-        _BUILT["d1"] = Built(config, index.parent, index, stdout, items)
+        _BUILT["d1"] = Built(config, index.parent, index, stdout, items, recorded)
     return _BUILT["d1"]
 
 
@@ -366,6 +389,9 @@ def test_flagged_again_with_the_same_content_is_not_new(spark, tmp_path):
     assert list((Path(quiet.folder) / "merchants").iterdir()) == []
     index = Path(quiet.index_path).read_text()
     assert "7 more merchants" not in index and "2 more merchants with no flagged items" in index
+    # nights with no runs row: the configured rule, said to be that, and no warning
+    assert "ITA below 0.500 or TIA below 0.500 (fixed thresholds); the night recorded no thresholds" in index
+    assert 'class="warning' not in index
 
     # a rerun of day 2 replaces its rows (one per item) and its folder, and reads only earlier runs
     report.build_report(spark, config, d2)
@@ -374,55 +400,27 @@ def test_flagged_again_with_the_same_content_is_not_new(spark, tmp_path):
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [d.isoformat() for d in (D1, d2, d3, d4)]
 
 
-def test_a_night_without_recorded_thresholds_shows_the_configured_rule_and_no_warning(built):
-    index = built.index.read_text(encoding="utf-8")
-    assert 'class="warning' not in index
-    assert "ITA below 0.500 or TIA below 0.500 (fixed thresholds); the night recorded no thresholds" in index
-
-
-def test_the_nights_thresholds_and_its_calibration_warning_reach_the_index_and_every_merchant_page(spark, tmp_path):
-    """A calibrated night that flagged far more than its quantile: its runs row, recorded by the night's own
-    function, is what the report shows; a score the night's threshold flagged is red even above 0.5."""
+def test_the_nights_thresholds_and_its_calibration_warning_reach_the_index_and_every_merchant_page(spark, built):
+    """The report shows what the night recorded; a score is red where the night flagged its side, not under 0.5."""
     import json
 
-    from camenn.config import ThresholdConfig
-    from pipeline import nightly, run_record
-
-    config = tiny_config(tmp_path)
-    above_half = Item("g1", "Shop A", "fruit", "fruit", "fruit", p_ita=0.6, p_tia=0.9, flag=True, side="text")
-    items = [*base_items(), above_half]
-    run_id = "score_catalog-2026-11-24-warned"
-    write_world(spark, config, items, D1, run_id=run_id)
-    by_reason = {nightly.SUSPECT_SIDES.get(it.side): 0 for it in items}
-    for it in items:
-        by_reason[nightly.SUSPECT_SIDES.get(it.side) if it.flag else None] += 1
-    # under thresholds like a model's recorded 2% quantiles: 4 of 23 under ITA, 2 under TIA (t3 has no side: as clean)
-    recorded = nightly.recorded_thresholds(ThresholdConfig(mode="calibrated", quantile=0.02),
-                                           ThresholdConfig(mode="absolute", ita=0.65, tia=0.35), by_reason)
-    assert len(recorded["warnings"]) == 2
-    tables.append_rows(spark, config, "runs", tables.runs_row(
-        spark, run_id=run_id, job=run_record.SCORING_JOB, run_date=D1, model_version="test-model-1",
-        started_at=T0, finished_at=T0 + dt.timedelta(minutes=5), status=run_record.SUCCEEDED, counts={}, timings={},
-        details={"thresholds": recorded}))
-
-    stdout = run_job(tmp_path, D1)
-    folder = Path(stdout[-1]).parent
-    index = html.unescape(Path(stdout[-1]).read_text(encoding="utf-8"))
-    for line in recorded["warnings"]:
+    assert len(built.thresholds["warnings"]) == 2
+    index = " ".join(html.unescape(built.index.read_text(encoding="utf-8")).split())   # as a reader sees the lines
+    for line in built.thresholds["warnings"]:
         assert f"The night warned: {line}" in index
-    assert "ITA below 0.650 or TIA below 0.350: the 2% quantile of the model's own held-out listings" in index
-    assert "recorded no thresholds" not in index
-    pages = sorted((folder / "merchants").glob("*.html"))
-    assert len(pages) == len({it.merchant_id for it in items if it.flag})
+    assert "ITA below 0.500 or TIA below 0.500: the 2% quantile of the model's own held-out listings" in index
+    assert "Under the thresholds: ITA 13.6%, TIA 9.1% of the scored listings" in index
+    pages = sorted((built.folder / "merchants").glob("*.html"))
+    assert len(pages) == len({it.merchant_id for it in built.items if it.flag})
     for page in pages:
         assert report.CAUTION in html.unescape(page.read_text(encoding="utf-8")), page.name
-    shop_a = html.unescape((folder / "merchants" / f"{report.merchant_slug('Shop A')}.html").read_text(encoding="utf-8"))
-    assert re.search(r'data-item-id="g1".*?class="score ita">ITA — text fits photo: <span class="low">0\.60</span>'
-                     r'.*?class="score tia">TIA — photo fits text: <span class="">0\.90</span>', shop_a, re.S)
+    # x2: its photo was flagged (TIA 0.30); its ITA of 0.45 is under 0.5 but was not flagged, so not red
+    xss = html.unescape(merchant_files(built, XSS_MERCHANT)[0].read_text(encoding="utf-8"))
+    assert re.search(r'data-item-id="x2".*?class="score ita">ITA — text fits photo: <span class="">0\.45</span>'
+                     r'.*?class="score tia">TIA — photo fits text: <span class="low">0\.30</span>', xss, re.S)
     # and the report's own runs row passes the warnings on
-    row = (tables.read_table(spark, config, "runs").where(f"job = '{report.JOB}' AND run_date = DATE'{D1}'")
-           .orderBy("finished_at").collect()[-1])
-    assert json.loads(row["details"])["night_warnings"] == recorded["warnings"]
+    row = tables.read_table(spark, built.config, "runs").where(f"job = '{report.JOB}'").first()
+    assert json.loads(row["details"])["night_warnings"] == built.thresholds["warnings"]
 
 
 def test_no_scoring_output_is_a_clear_error(spark, built):

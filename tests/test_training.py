@@ -341,6 +341,23 @@ def test_binned_auc_matches_sklearn_and_adds_up_across_processes():
         assert abs(float((p[y == 1] < t).mean()) - q) < 1e-3 and abs(t - np.quantile(p[y == 1], q)) < 1e-3
 
 
+def test_the_best_cut_is_where_the_pairs_split_best_and_the_middle_of_a_tie():
+    from camenn.training import BinnedAUC
+
+    gap = BinnedAUC(bins=100)
+    gap.add([1, 1, 1, 0, 0, 0], [0.9, 0.35, 0.4, 0.1, 0.2, 0.3])   # every edge from 0.31 to 0.35 splits them
+    assert gap.best_cut() == 0.33 and gap.accuracy(gap.best_cut()) == 1.0 and gap.accuracy() == 4 / 6
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 5_000)
+    p = 1 / (1 + np.exp(-(2.0 * y - 2.5 + rng.normal(size=y.size))))   # scores that lean low: 0.5 is not the split
+    whole = BinnedAUC(bins=1000)
+    whole.add(y, p)
+    cut = whole.best_cut()
+    grid = np.linspace(0, 1, 1001)
+    best_on_grid = max(float(((p >= c) == (y == 1)).mean()) for c in grid)
+    assert whole.accuracy(cut) == best_on_grid and cut < 0.45 and whole.accuracy(cut) > whole.accuracy() + 0.05
+
+
 def test_calibrated_thresholds_come_from_the_artifact(trained):
     """Training records quantiles of its held-out items' own ITA/TIA; mode calibrated flags below them."""
     import pytest
@@ -353,6 +370,8 @@ def test_calibrated_thresholds_come_from_the_artifact(trained):
     for task in ("ita", "tia"):
         values = [metrics[f"{task}_clean_q{round(q * 100):02d}"] for q in CALIBRATION_QUANTILES]
         assert all(0.0 < v <= 1.0 for v in values) and values == sorted(values), (task, values)
+    for task in ("ita", "tia"):   # the model's decision point: no worse than 0.5 on the same held-out pairs
+        assert 0.0 <= metrics[f"{task}_cut"] <= 1.0 and metrics[f"{task}_acc_at_cut"] >= metrics[f"{task}_acc"], task
     resolved = ThresholdConfig(mode="calibrated", quantile=0.05).for_model(metrics, "m1")
     assert (resolved.mode, resolved.ita, resolved.tia) == ("absolute", metrics["ita_clean_q05"], metrics["tia_clean_q05"])
     absolute = ThresholdConfig(ita=0.8, tia=0.8)
