@@ -119,6 +119,17 @@ def test_augmented_views_are_new_photos_of_the_same_product(tmp_path):
         assert view.size[0] <= photo.size[0] and view.size[1] <= photo.size[1]
         assert (tmp_path / "a" / v["path"]).read_bytes() == (tmp_path / "b" / w["path"]).read_bytes()   # seeded
     assert (tmp_path / "a" / views[0]["path"]).read_bytes() != (tmp_path / "a" / views[1]["path"]).read_bytes()
+    # with the training job's split: K views a photo, every one of them in its "train" split
+    from camenn.training import item_split
+
+    def in_train(item_id: str) -> bool:
+        return item_split(item_id, 0.1, 0.1, 0) == "train"
+
+    kept = bench_grocery.augment_photos(rows, MINI, tmp_path / "c", 3, seed=3, in_train=in_train)
+    assert [v["photo_id"].rsplit("-aug", 1)[0] for v in kept] == [r["photo_id"] for r in rows for _ in range(3)]
+    assert all(in_train(v["photo_id"]) for v in kept)
+    skipped = [f"{r['photo_id']}-aug{j}" for r in rows for j in range(1, 30) if not in_train(f"{r['photo_id']}-aug{j}")]
+    assert skipped and not {v["photo_id"] for v in kept} & set(skipped)
 
 
 def test_oracle_precision_is_that_of_the_first_threshold_reaching_the_recall():
