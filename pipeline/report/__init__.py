@@ -37,6 +37,12 @@ merchant typed and uploaded) and ``item_features`` (cached encoder outputs):
    flagged item), written with ``replace_run_date`` in the same Spark job. The driver only sees
    per-merchant and per-category aggregates (index page, plot).
 
+5. **How the night flagged.** The thresholds the night applied, each side's share of listings
+   under them and its calibration warnings come from its published ``runs`` row
+   (:class:`advice.FlagRule`); the index states them and shows the warnings, and a night that warned
+   puts :data:`advice.CAUTION` on every merchant page. A score is red where the night flagged its
+   side, whatever its value.
+
 Everything goes to ``<report.out_dir>/<run_date>/`` through ``pyarrow.fs`` (local folder,
 HDFS or S3), built in a staging folder and published at the end, so a rerun of a date
 replaces its folder and a reader never sees half a report. File names of merchant pages are
