@@ -63,21 +63,17 @@ class FlagRule:
                    {k: float(v) for k, v in (recorded.get("share_below") or {}).items()},
                    tuple(recorded.get("warnings") or ()))
 
-    def describe(self) -> str:
-        """One sentence for the index page: the rule and the values."""
+    def summary(self) -> str:
+        """One sentence for the index page: the rule, the values and, for an unrecorded night, where they come from."""
         values = f"ITA below {self.ita:.3f} or TIA below {self.tia:.3f}"
         if self.mode == "calibrated":
-            return f"{values}: the {self.quantile:.0%} quantile of the model's own held-out listings"
-        if self.mode == "category_quantile":
-            return (f"ITA or TIA in the lowest {self.quantile:.0%} of its category (categories of at least "
+            rule = f"{values}: the {self.quantile:.0%} quantile of the model's own held-out listings"
+        elif self.mode == "category_quantile":
+            rule = (f"ITA or TIA in the lowest {self.quantile:.0%} of its category (categories of at least "
                     f"{self.min_category_items} listings), else {values}")
-        return f"{values} (fixed thresholds)"
-
-    def summary(self) -> str:
-        """``describe`` and where the values come from, for the index page."""
-        if not self.recorded:
-            return f"{self.describe()}; the night recorded no thresholds, so these are the configuration's"
-        return self.describe()
+        else:
+            rule = f"{values} (fixed thresholds)"
+        return rule if self.recorded else f"{rule}; the night recorded no thresholds, so these are the configuration's"
 
 
 def merchant_slug(merchant_id: str) -> str:
