@@ -28,6 +28,11 @@ title = the product name, description = the product's description text (classes.
    L2-normalised text and mapped image vectors, fitted on training pairs with random negatives
    (both kinds of swap); accuracy at 0.5 and AUROC on the same validation pairs as CameNN's.
 
+5. With ``--val-views K``, every pair once more with each side's photo as the mean logit over the
+   photo and K random views of it (the donor's views for the swapped side): test-time views, merged
+   as items of their own after training; the probe's scores averaged the same way. A measurement:
+   the nightly job scores each listing's one photo.
+
 Every variant (VARIANTS, or --variant) is trained on the same ingested and encoded training photos
 before the validation photos enter the tables, and scored on the same pairs. Everything is measured
 in one run: the figures are what it gives, whatever they are.
@@ -76,6 +81,11 @@ def parse_args(argv=None):
     p.add_argument("--augment", type=int, default=0, metavar="K",
                    help="also K random views of every training photo (crop, mirror, light) as training items of "
                         "their own, written under <root>/augmented")
+    p.add_argument("--view-colour", type=float, default=0.0, metavar="S",
+                   help="the training views' colour change too (random_view's colour: RGB gains exp(U(-S, S)))")
+    p.add_argument("--val-views", type=int, default=0, metavar="K",
+                   help="also score every validation pair as the mean logit over the photo and K views of it "
+                        "(test-time views; the views are items of their own, merged after training)")
     p.add_argument("--exports-only", action="store_true",
                    help="write <root>/exports/{train,val}.csv and stop (make grocery ingests them with the jobs)")
     return p.parse_args(argv)
@@ -158,8 +168,12 @@ def is_view(item_id: str) -> bool:
     return VIEW_MARK in item_id
 
 
-def random_view(photo, rng: np.random.Generator):
-    """A crop of 25-100% of ``photo``'s area (aspect 3:4 to 4:3), mirrored half the time, brightness x0.8-1.2."""
+def random_view(photo, rng: np.random.Generator, colour: float = 0.0):
+    """A crop of 25-100% of ``photo``'s area (aspect 3:4 to 4:3), mirrored half the time, brightness x0.8-1.2;
+    with ``colour`` = s > 0 also each RGB channel x exp(U(-s, s)) (white balance) and saturation and
+    contrast x exp(U(-2s, 2s)). Why colour: the validation photos were taken under other light (warmer,
+    pinker fruit; README, GroceryStore), and a crop and a brightness do not move a photo's hue. The
+    draws for colour come after the others, so colour 0 gives the views of the runs before it."""
     from PIL import Image, ImageEnhance
 
     W, H = photo.size
@@ -169,11 +183,18 @@ def random_view(photo, rng: np.random.Generator):
     view = photo.crop((x, y, x + w, y + h))
     if rng.random() < 0.5:
         view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return ImageEnhance.Brightness(view).enhance(float(rng.uniform(0.8, 1.2)))
+    view = ImageEnhance.Brightness(view).enhance(float(rng.uniform(0.8, 1.2)))
+    if colour > 0:
+        gains = np.exp(rng.uniform(-colour, colour, size=3))
+        view = Image.merge("RGB", [band.point(lambda v, g=g: min(255, round(v * g)))
+                                   for band, g in zip(view.split(), gains, strict=True)])
+        view = ImageEnhance.Color(view).enhance(float(np.exp(rng.uniform(-2 * colour, 2 * colour))))
+        view = ImageEnhance.Contrast(view).enhance(float(np.exp(rng.uniform(-2 * colour, 2 * colour))))
+    return view
 
 
 def augment_photos(rows: list[dict], data: Path, out: Path, k: int, seed: int = 0,
-                   in_train: Callable[[str], bool] | None = None) -> list[dict]:
+                   in_train: Callable[[str], bool] | None = None, colour: float = 0.0) -> list[dict]:
     """K random views of each photo, written under ``out``: one export row each (photo_id ``<id>-aug<j>``).
     The caller passes only photos of the training job's "train" split (see main), and ``in_train``, its
     split of an item id: a view is an item of its own, split by its own id, and a view of a trained photo
@@ -181,8 +202,8 @@ def augment_photos(rows: list[dict], data: Path, out: Path, k: int, seed: int = 
     2026-12-05, which raised the cut the model recorded). So ``j`` runs on past the numbers whose id
     would land outside the "train" split, until the photo has K views.
 
-    A view is a crop of 25-100% of the photo's area (aspect 3:4 to 4:3), mirrored half the time,
-    with its brightness scaled by 0.8-1.2. Why: the model that ranks the training job's held-out
+    A view is ``random_view(photo, rng, colour)``: a crop, a mirror, a light and, with ``colour``, a
+    white balance, saturation and contrast. Why: the model that ranks the training job's held-out
     photos well loses accuracy on the validation photos (README, GroceryStore), which are framed
     and lit otherwise; views widen what the training photos show.
     A view keeps its photo's text, so it is a twin of it (losses.twin_key), never its negative.
@@ -196,7 +217,7 @@ def augment_photos(rows: list[dict], data: Path, out: Path, k: int, seed: int = 
         with Image.open(data / r["path"]) as photo:
             photo = photo.convert("RGB")
             for j in itertools.islice(numbers, k):
-                view = random_view(photo, rng)
+                view = random_view(photo, rng, colour)
                 rel = str(Path(r["path"]).with_suffix("")) + f"-aug{j}.jpg"
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
                 view.save(out / rel, quality=90)
@@ -260,6 +281,14 @@ def camenn_scores(model, store, idx, donor, batch_size=256) -> dict:
         neg = predict_items(model, store, idx_t, batch_size, "cpu", swap=side, donor=donor_t)[task]
         out[task] = (pos[task], neg)
     return out
+
+
+def mean_logit(runs: list[dict]) -> dict:
+    """task -> (positive, negative) probabilities as the sigmoid of the mean logit over ``runs`` (views)."""
+    def mean(ps):
+        z = np.stack([np.log(np.clip(p, 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(p, 1e-7, 1 - 1e-7)) for p in ps])
+        return 1.0 / (1.0 + np.exp(-z.mean(0)))
+    return {task: tuple(mean([r[task][k] for r in runs]) for k in (0, 1)) for task in runs[0]}
 
 
 def cosine_scores(model, store, idx, donor) -> dict:
@@ -370,7 +399,8 @@ def main(argv=None) -> dict:
             return item_split(item_id, sp.test_fraction, sp.valid_fraction, sp.seed) == "train"
 
         trained_on = [r for r in train_rows if in_train(r["photo_id"])]
-        aug_rows = augment_photos(trained_on, data, root / "augmented", args.augment, in_train=in_train)
+        aug_rows = augment_photos(trained_on, data, root / "augmented", args.augment, in_train=in_train,
+                                  colour=args.view_colour)
         say(f"ingest {len(aug_rows)} augmented views of the {len(trained_on)} training photos outside the held-out "
             f"splits ({args.augment} each)", t0)
         ingest(args.conf, sets, write_export(aug_rows, root / "exports" / "train_augmented.csv"), root / "augmented", "merge")
@@ -392,6 +422,12 @@ def main(argv=None) -> dict:
     say(f"ingest and encode {len(val_rows)} validation photos", t0)
     t = time.perf_counter()
     ingest(args.conf, sets, write_export(val_rows, root / "exports" / "val.csv"), data, "merge")
+    val_view_rows = []
+    if args.val_views:
+        # seed 1: not the training views' stream; no colour: a test-time view should show the photo as taken
+        val_view_rows = augment_photos(val_rows, data, root / "val-views", args.val_views, seed=1)
+        say(f"ingest {len(val_view_rows)} test-time views of the validation photos ({args.val_views} each)", t0)
+        ingest(args.conf, sets, write_export(val_view_rows, root / "exports" / "val_views.csv"), root / "val-views", "merge")
     from pipeline import feature_cache
 
     feature_cache.update_item_features(spark, config, RUN_DATE, job="bench_grocery")
@@ -409,16 +445,22 @@ def main(argv=None) -> dict:
     store = load_item_store(spark, config.table("item_features"), None, config.table("items"), None,
                             art.metadata["encoder_fingerprint"], vocab, art.config.n_patches)
     row_of = {item_id: k for k, item_id in enumerate(store.item_ids)}
-    info = {r["photo_id"]: r for r in train_rows + val_rows}
+    info = {r["photo_id"]: r for r in train_rows + val_rows + val_view_rows}
     fine = np.array([info[i]["fine_class"] for i in store.item_ids])
     coarse = np.array([info[i]["coarse_class"] for i in store.item_ids])
     is_val = np.array([i.startswith("val-") for i in store.item_ids])
-    val_idx, train_idx = np.flatnonzero(is_val), np.flatnonzero(~is_val)
+    val_view = is_val & np.array([is_view(i) for i in store.item_ids])
+    val_idx, train_idx = np.flatnonzero(is_val & ~val_view), np.flatnonzero(~is_val)
+
+    def view_rows(rows: np.ndarray, j: int) -> np.ndarray:   # view j of each photo row (0: the photo itself)
+        return rows if j == 0 else np.array([row_of[f"{store.item_ids[r]}{VIEW_MARK}{j}"] for r in rows])
     text, image = pooled(store)
     probe = PooledProbe().fit(text[train_idx], image[train_idx], fine[train_idx], coarse[train_idx])
 
     rng = np.random.default_rng(0)
     results: dict = {"camenn": {name: {} for name in arts}, "probe": {}, "camenn_cosine": {name: {} for name in arts}}
+    if args.val_views:
+        results.update(camenn_views={name: {} for name in arts}, probe_views={})
     for kind in ("random", "hard"):
         donor_local = partners(fine[val_idx], coarse[val_idx], kind == "hard", rng)
         keep = donor_local >= 0
@@ -433,6 +475,15 @@ def main(argv=None) -> dict:
             results["camenn_cosine"][name][kind] = {task: binary_metrics(*cos[task]) for task in ("ita", "tia")}
         scores = probe_scores(probe, text, image, idx, donor)
         results["probe"][kind] = {task: binary_metrics(*scores[task]) for task in ("ita", "tia")}
+        if args.val_views:   # the same pairs, each side's photo as the photo and its views (donors' views too)
+            views = range(args.val_views + 1)
+            for name, a in arts.items():
+                scores = mean_logit([camenn_scores(a.model, store, view_rows(idx, j), view_rows(donor, j)) for j in views])
+                held_out = a.metadata.get("metrics") or {}
+                results["camenn_views"][name][kind] = {task: binary_metrics(*scores[task], held_out.get(f"{task}_cut"))
+                                                       for task in ("ita", "tia")}
+            scores = mean_logit([probe_scores(probe, text, image, view_rows(idx, j), view_rows(donor, j)) for j in views])
+            results["probe_views"][kind] = {task: binary_metrics(*scores[task]) for task in ("ita", "tia")}
     seconds["evaluate"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     lines = table(results["camenn"], results["probe"])
@@ -442,6 +493,13 @@ def main(argv=None) -> dict:
             print(f"{name}, at the model's own cut (from its held-out training photos): accuracy " + "; ".join(
                 f"{kind} ITA {m['ita']['acc_at_model_cut']:.3f} / TIA {m['tia']['acc_at_model_cut']:.3f}"
                 for kind, m in kinds.items()), flush=True)
+    tested_views = {**results["camenn_views"], "probe": results["probe_views"]} if args.val_views else {}
+    for name, kinds in tested_views.items():
+        print(f"{name}, mean logit over the photo and {args.val_views} views: " + "; ".join(
+            f"{kind} ITA {m['ita']['acc']:.3f} / {m['ita']['auroc']:.3f}, TIA {m['tia']['acc']:.3f} / "
+            f"{m['tia']['auroc']:.3f}" + (f" (at the model's cut {m['ita']['acc_at_model_cut']:.3f} / "
+                                          f"{m['tia']['acc_at_model_cut']:.3f})" if "acc_at_model_cut" in m["ita"] else "")
+            for kind, m in kinds.items()), flush=True)
     for name, kinds in results["camenn_cosine"].items():
         print(f"{name}, its pooled cosine alone: AUROC " + "; ".join(
             f"{kind} ITA {m['ita']['auroc']:.3f} / TIA {m['tia']['auroc']:.3f}" for kind, m in kinds.items()), flush=True)
@@ -459,7 +517,7 @@ def main(argv=None) -> dict:
         "variants": {name: {"overrides": variants[name], "d_model": a.config.d_model, "params": a.model.num_params(),
                             "training_held_out": trained[name].metrics, "validation": results["camenn"][name]}
                      for name, a in arts.items()},
-        "augment": args.augment,
+        "augment": args.augment, "view_colour": args.view_colour, "val_views": args.val_views,
         "photos": {"train": len(train_rows), "val": len(val_rows), "in_store": len(row_of),
                    "products": len(set(fine)), "coarse_classes": len(set(coarse))},
         "artifact_tasks": art.metadata.get("tasks"), "validation": results, "table": lines, "seconds": seconds,

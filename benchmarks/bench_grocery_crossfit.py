@@ -136,8 +136,12 @@ def main(argv=None) -> dict:
 
     ours = SparkSession.getActiveSession() is None
     spark = get_spark(config)
-    val_ids = sorted(r.item_id for r in spark.read.format("delta").load(config.table("items"))
-                     .where("item_id LIKE 'val-%'").select("item_id").collect())   # 296 ids: small
+    listed = sorted(r.item_id for r in spark.read.format("delta").load(config.table("items"))
+                    .where("item_id LIKE 'val-%'").select("item_id").collect())   # 296 ids (and views): small
+    # test-time views of the validation photos (bench_grocery --val-views) leave both folds' tables: a
+    # view is split by its own id, so a kept one could carry a scored photo into training
+    val_ids = [i for i in listed if not is_view(i)]
+    val_views = [i for i in listed if is_view(i)]
     say(f"{len(val_ids)} validation photos in {args.folds} folds: "
         f"{[sum(fold_of(i, args.folds) == f for i in val_ids) for f in range(args.folds)]}", t0)
 
@@ -147,7 +151,7 @@ def main(argv=None) -> dict:
         if args.reuse:
             models[f] = load_artifact(str(froot / "model"))
             continue
-        fold_tables(spark, root / "tables", froot / "tables", [i for i in val_ids if fold_of(i, args.folds) != f])
+        fold_tables(spark, root / "tables", froot / "tables", [i for i in val_ids if fold_of(i, args.folds) != f] + val_views)
         fconfig = load_config(args.conf, [f"data.root={froot / 'tables'}", *args.set, *vsets,
                                           f"training.artifact_dir={froot / 'model'}"])
         say(f"fold {f}: train {name!r} on the training photos, views and this fold's validation photos", t0)
@@ -167,7 +171,7 @@ def main(argv=None) -> dict:
     base = [i.split("-aug")[0] for i in store.item_ids]
     fine = np.array([info[b]["fine_class"] for b in base])
     coarse = np.array([info[b]["coarse_class"] for b in base])
-    fold = np.array([fold_of(i, args.folds) if i.startswith("val-") else -1 for i in store.item_ids])
+    fold = np.array([fold_of(i, args.folds) if i.startswith("val-") and not is_view(i) else -1 for i in store.item_ids])
     sp = config.training.split
     held_out = np.flatnonzero([not is_view(i) and not i.startswith("val-")
                                and item_split(i, sp.test_fraction, sp.valid_fraction, sp.seed) == "test" for i in store.item_ids])

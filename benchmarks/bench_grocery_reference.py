@@ -21,6 +21,9 @@ of listings (never one with the listing's own text: another photo of the same pr
 - ``softmax``: the logit minus the log-sum-exp of the K reference logits, plus log K (a rank-like
   score: how the listing's own pair competes with the alternatives);
 
+- ``views`` (on a root of ``bench_grocery.py --val-views K``): the raw logits as the mean over the
+  listing's photo and its K test-time views (no references), to read its flags beside the others;
+
 with references drawn from any listing of the same night (``any``), from the listing's own category
 (``category``, where the category has K other texts; else from any), or from the held-out training
 photos (``held_out``: a fixed set a model artifact could carry, so that a night of one changed
@@ -58,7 +61,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 from _common import write_json  # noqa: E402
-from bench_grocery import DATA, is_view, partners, read_classes, read_split, say, slug  # noqa: E402
+from bench_grocery import DATA, VIEW_MARK, is_view, partners, read_classes, read_split, say, slug  # noqa: E402
 
 from camenn.config import load_config  # noqa: E402
 
@@ -115,9 +118,16 @@ def draw_references(listing_text: np.ndarray, listing_feat: np.ndarray, pool: np
     return out
 
 
-def listing_scores(model, store, text, image, feat, refs) -> dict[str, np.ndarray]:
-    """method -> (n, 2) ITA/TIA scores of the listings (text, image, feat) with reference rows ``refs`` (n, k)."""
+def listing_scores(model, store, text, image, feat, refs, views=None) -> dict[str, np.ndarray]:
+    """method -> (n, 2) ITA/TIA scores of the listings (text, image, feat) with reference rows ``refs`` (n, k);
+    with ``views`` = (K, a function (image rows, j) -> the rows of their view j, or the rows themselves
+    where a photo has no views), also "views": the mean logit over the photo and its K test-time views."""
     own = pair_logits(model, store, text, image, feat)                       # (n, 2)
+    out = {}
+    if views is not None:
+        k_views, view_rows = views
+        out["views"] = np.mean([own, *(pair_logits(model, store, text, view_rows(image, j), feat)
+                                       for j in range(1, k_views + 1))], 0)  # (n, 2)
     n, k = refs.shape
     flat = refs.reshape(-1)
     rep = lambda a: np.repeat(a, k)                                          # noqa: E731
@@ -125,7 +135,7 @@ def listing_scores(model, store, text, image, feat, refs) -> dict[str, np.ndarra
     tia_ref = pair_logits(model, store, rep(text), flat, rep(feat))[:, 1].reshape(n, k)    # own text, other photos
     ref = np.stack([ita_ref, tia_ref], 1)                                    # (n, 2, k)
     lse = np.log(np.exp(ref - ref.max(-1, keepdims=True)).sum(-1)) + ref.max(-1)   # (n, 2)
-    return {"raw": own, "centred": own - ref.mean(-1), "softmax": own - lse + np.log(k)}
+    return {"raw": own, "centred": own - ref.mean(-1), "softmax": own - lse + np.log(k), **out}
 
 
 def listings_of(idx: np.ndarray, donor_random: np.ndarray, donor_hard: np.ndarray) -> dict[str, tuple]:
@@ -222,9 +232,21 @@ def main(argv=None) -> dict:
     held_out = np.array([not is_view(i) and not i.startswith("val-")
                          and item_split(i, sp.test_fraction, sp.valid_fraction, sp.seed) == "test" for i in store.item_ids])
     sets_of = {"held_out": np.flatnonzero(held_out),
-               "validation": np.flatnonzero([i.startswith("val-") for i in store.item_ids])}
+               # a root of bench_grocery --val-views also holds test-time views of the validation photos
+               "validation": np.flatnonzero([i.startswith("val-") and not is_view(i) for i in store.item_ids])}
+    # test-time views (bench_grocery --val-views): a row "views" scores each listing's photo as the mean logit
+    # over it and its views; the held-out training photos have none, so their "views" are their raw scores
+    # and the cuts and thresholds of the row are raw's
+    row_of = {item_id: r for r, item_id in enumerate(store.item_ids)}
+    k_views = max((int(i.rsplit(VIEW_MARK, 1)[1]) for i in store.item_ids if i.startswith("val-") and is_view(i)), default=0)
+
+    def view_rows(rows: np.ndarray, j: int) -> np.ndarray:
+        return np.array([row_of.get(f"{store.item_ids[r]}{VIEW_MARK}{j}", r) for r in rows])
+
+    views = (k_views, view_rows) if k_views else None
+    methods = (*METHODS, "views") if views else METHODS
     say(f"{len(store.item_ids)} items in the store; held-out training photos {len(sets_of['held_out'])}, "
-        f"validation photos {len(sets_of['validation'])}; K = {args.k}", t0)
+        f"validation photos {len(sets_of['validation'])}; K = {args.k}; test-time views a photo {k_views}", t0)
 
     scores: dict = {}   # set -> pool -> method -> listing kind -> (n, 2)
     for set_name, idx in sets_of.items():
@@ -239,8 +261,9 @@ def main(argv=None) -> dict:
             for kind, (text, image, feat) in lists.items():
                 ref_pool = sets_of["held_out"] if pool == "held_out" else idx
                 refs = draw_references(text, feat, ref_pool, fine, coarse, args.k, pool == "category", rng)
-                per_kind[kind] = listing_scores(model, store, text, image, feat, refs)
-            scores[set_name][pool] = {m: {kind: per_kind[kind][m] for kind in lists} for m in METHODS}
+                per_kind[kind] = listing_scores(model, store, text, image, feat, refs, views if pool == POOLS[0] else None)
+            scored = next(iter(per_kind.values()))   # the methods each kind was scored by (views: first pool only)
+            scores[set_name][pool] = {m: {kind: per_kind[kind][m] for kind in lists} for m in scored}
             say(f"{set_name}: scored {sum(len(t) for t, _, _ in lists.values())} listings with {args.k} "
                 f"{pool} references each", t0)
 
@@ -250,9 +273,9 @@ def main(argv=None) -> dict:
              "| flags at the cuts: clean flagged / swaps caught / precision | best precision at recall 0.8 | detection AUROC |",
              "|---" * 11 + "|"]
     for pool in POOLS:
-        for method in METHODS:
-            if method == "raw" and pool != POOLS[0]:
-                continue   # raw scores do not use the references
+        for method in methods:
+            if method in ("raw", "views") and pool != POOLS[0]:
+                continue   # raw scores (and their views) do not use the references
             cal, val = scores["held_out"][pool][method], scores["validation"][pool][method]
             cuts = np.array([best_cut(cal["clean"][:, 0], cal["text_swap_random"][:, 0]),
                              best_cut(cal["clean"][:, 1], cal["image_swap_random"][:, 1])])
@@ -265,15 +288,15 @@ def main(argv=None) -> dict:
                                            "tia": pair_metrics(pos[:, 1], s[f"image_swap_{kind}"][:, 1], cuts[1])}
                 row[set_name]["flags"] = flag_metrics(s, flag_cuts, args.damaged_share)
                 row[set_name]["flags_at_the_cuts"] = flag_metrics(s, cuts, args.damaged_share)
-            if method == "raw":   # and the model's own 0.5 point, as bench_grocery reports it
+            if method in ("raw", "views"):   # and the model's own 0.5 point, as bench_grocery reports it
                 row["validation_at_0.5"] = {kind: {t: pair_metrics(val["clean" if kind == "random" else "clean_hard"][:, c],
                                                                    val[f"{side}_swap_{kind}"][:, c], 0.0)
                                                    for t, c, side in (("ita", 0, "text"), ("tia", 1, "image"))}
                                             for kind in ("random", "hard")}
-            name = method if method == "raw" else f"{method}, {pool}"
+            name = method if method in ("raw", "views") else f"{method}, {pool}"
             results[name] = row
             v, f, fc = row["validation"], row["validation"]["flags"], row["validation"]["flags_at_the_cuts"]
-            lines.append(f"| {method} | {'-' if method == 'raw' else pool} | {cuts[0]:.2f} / {cuts[1]:.2f} | "
+            lines.append(f"| {method} | {'-' if method in ('raw', 'views') else pool} | {cuts[0]:.2f} / {cuts[1]:.2f} | "
                          + " | ".join(f"{v[kind][t]['acc']:.3f} / {v[kind][t]['auroc']:.3f}"
                                       for kind in ("random", "hard") for t in ("ita", "tia"))
                          + f" | {f['clean_flagged']:.3f} / {f['swaps_caught']:.3f} / {f['precision']:.3f} | "
@@ -289,7 +312,7 @@ def main(argv=None) -> dict:
     figures = {"benchmark": "bench_grocery_reference", "created": dt.datetime.now().isoformat(timespec="seconds"),
                "command": " ".join(["benchmarks/bench_grocery_reference.py", *(argv if argv is not None else sys.argv[1:])]),
                "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
-               "variant": args.variant, "k": args.k, "flag_quantile": args.flag_quantile,
+               "variant": args.variant, "k": args.k, "test_time_views": k_views, "flag_quantile": args.flag_quantile,
                "damaged_share": args.damaged_share,
                "listings": {s: len(i) for s, i in sets_of.items()}, "results": results, "table": lines,
                "seconds": time.perf_counter() - t0}

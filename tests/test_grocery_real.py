@@ -45,12 +45,13 @@ def bench(spark, tmp_path_factory):
             f"tracking.uri=sqlite:///{root / 'mlflow.db'}"]
     return root, sets, bench_grocery.main(with_sets(
         ["--data", str(MINI), "--root", str(root), "--variant", "baseline", "--variant", "hard",
-         "--variant", f"skip:{SKIP}", "--json", str(root / "bench.json")], sets))
+         "--variant", f"skip:{SKIP}", "--val-views", "1", "--json", str(root / "bench.json")], sets))
 
 
 def test_bench_grocery_scores_every_variant_and_the_probe_on_real_photos(bench):
     root, _, figures = bench
-    assert figures["photos"] == {"train": 30, "val": 12, "in_store": 42, "products": 6, "coarse_classes": 3}
+    # 42 photos and one test-time view of each validation photo
+    assert figures["photos"] == {"train": 30, "val": 12, "in_store": 54, "products": 6, "coarse_classes": 3}
     assert json.loads((root / "bench.json").read_text())["table"] == figures["table"]
     assert set(figures["variants"]) == {"baseline", "hard", "skip"}
     assert figures["variants"]["hard"]["overrides"] == ["training.hard_negative_share=0.5"]
@@ -64,6 +65,10 @@ def test_bench_grocery_scores_every_variant_and_the_probe_on_real_photos(bench):
                 assert m["n"] == 12 and 0.0 <= m["acc"] <= 1.0 and 0.0 <= m["auroc"] <= 1.0, (name, kind, task, m)
     for kinds in figures["validation"]["camenn_cosine"].values():   # the pooled cosine alone, per variant
         assert set(kinds) == {"random", "hard"} and all(0.0 <= m[t]["auroc"] <= 1.0 for m in kinds.values() for t in m)
+    # the same 12 pairs again as the mean over each photo and its view, for every variant and the probe
+    views = {**figures["validation"]["camenn_views"], "probe": figures["validation"]["probe_views"]}
+    assert set(views) == {"baseline", "hard", "skip", "probe"}
+    assert all(kinds[kind][task]["n"] == 12 for kinds in views.values() for kind in ("random", "hard") for task in ("ita", "tia"))
     probe = figures["validation"]["probe"]["random"]
     assert probe["ita"]["auroc"] > 0.6 and probe["tia"]["auroc"] > 0.6, probe
     # the training job reports same-category negatives beside random ones
@@ -132,6 +137,40 @@ def test_augmented_views_are_new_photos_of_the_same_product(tmp_path):
     assert skipped and not {v["photo_id"] for v in kept} & set(skipped)
 
 
+def test_a_colour_view_is_the_same_crop_with_other_colours(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(BENCH))
+    import bench_grocery
+
+    row = bench_grocery.read_split(MINI, "train", bench_grocery.read_classes(MINI), None)[0]
+    photo = Image.open(MINI / row["path"]).convert("RGB")
+    plain = bench_grocery.random_view(photo, np.random.default_rng(7))
+    again = bench_grocery.random_view(photo, np.random.default_rng(7), 0.0)
+    coloured = bench_grocery.random_view(photo, np.random.default_rng(7), 0.15)
+    assert np.array_equal(np.asarray(plain), np.asarray(again))     # colour 0: the views of the runs before it
+    assert coloured.size == plain.size                               # the colour draws come after the crop's
+    a, b = np.asarray(plain, float).reshape(-1, 3).mean(0), np.asarray(coloured, float).reshape(-1, 3).mean(0)
+    assert np.abs(b / a - 1).max() > 0.02 and np.std(b / a) > 0.005, (a, b)   # channels moved, not all alike
+
+
+def test_test_time_views_average_in_logits():
+    import numpy as np
+
+    sys.path.insert(0, str(BENCH))
+    from bench_grocery import mean_logit
+
+    run = {"ita": (np.array([0.9, 0.2]), np.array([0.3, 0.6]))}
+    same = mean_logit([run, run])["ita"]
+    assert np.allclose(same[0], run["ita"][0]) and np.allclose(same[1], run["ita"][1])
+    flipped = {"ita": (1 - run["ita"][0], 1 - run["ita"][1])}
+    assert np.allclose(mean_logit([run, flipped])["ita"][0], 0.5)       # logits +z and -z
+    skewed = mean_logit([{"ita": (np.array([0.99]), np.array([0.5]))}, {"ita": (np.array([0.5]), np.array([0.5]))}])
+    z = np.log(0.99 / 0.01) / 2                                           # the mean of logit(0.99) and logit(0.5) = 0
+    assert skewed["ita"][0][0] == pytest.approx(1 / (1 + np.exp(-z)))      # 0.909, where the mean of p is 0.745
+
+
 def test_oracle_precision_is_that_of_the_first_threshold_reaching_the_recall():
     import numpy as np
 
@@ -159,6 +198,11 @@ def test_reference_scores_on_real_photos_reproduce_the_benchmarks_own_pairs(benc
         for task in ("ita", "tia"):
             assert ours[kind][task]["acc"] == theirs[kind][task]["acc"], (kind, task)
             assert ours[kind][task]["auroc"] == pytest.approx(theirs[kind][task]["auroc"], abs=1e-9), (kind, task)
+    # the bench's one test-time view a validation photo: a "views" row; the held-out training photos have no
+    # views, so that row's cuts (set on them) are raw's, and its validation scores are not
+    assert ref["test_time_views"] == 1 and ref["results"]["views"]["cuts"] == ref["results"]["raw"]["cuts"]
+    assert ref["results"]["views"]["held_out"] == ref["results"]["raw"]["held_out"]
+    assert ref["results"]["views"]["validation"] != ref["results"]["raw"]["validation"]
     for row in ref["results"].values():
         flags = row["validation"]["flags"]
         assert 0.0 <= flags["clean_flagged"] <= 1.0 and 0.0 < flags["best_precision_at_recall_0.8"] <= 1.0
