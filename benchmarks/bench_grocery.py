@@ -36,6 +36,10 @@ title = the product name, description = the product's description text (classes.
 Every variant (VARIANTS, or --variant) is trained on the same ingested and encoded training photos
 before the validation photos enter the tables, and scored on the same pairs. Everything is measured
 in one run: the figures are what it gives, whatever they are.
+
+One file of about 530 lines: the exports, the views, the pairs, the probe and the run are this
+benchmark's, and the other GroceryStore benchmarks (flags, reference, cross-fit, unfreeze) import
+them from here rather than from a package of their own.
 """
 
 from __future__ import annotations
