@@ -54,6 +54,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -170,6 +171,12 @@ VIEW_MARK = "-aug"   # a view's photo_id: its photo's id, this mark and the view
 
 def is_view(item_id: str) -> bool:
     return VIEW_MARK in item_id
+
+
+def view_rows(item_ids: list[str], row_of: dict[str, int], rows: np.ndarray, j: int) -> np.ndarray:
+    """The store rows of view ``j`` of these photo rows (j = 0: the photos themselves); a photo without
+    such a view keeps its own row (the held-out training photos have no test-time views)."""
+    return rows if j == 0 else np.array([row_of.get(f"{item_ids[r]}{VIEW_MARK}{j}", r) for r in rows])
 
 
 def random_view(photo, rng: np.random.Generator, colour: float = 0.0):
@@ -455,9 +462,8 @@ def main(argv=None) -> dict:
     is_val = np.array([i.startswith("val-") for i in store.item_ids])
     val_view = is_val & np.array([is_view(i) for i in store.item_ids])
     val_idx, train_idx = np.flatnonzero(is_val & ~val_view), np.flatnonzero(~is_val)
-
-    def view_rows(rows: np.ndarray, j: int) -> np.ndarray:   # view j of each photo row (0: the photo itself)
-        return rows if j == 0 else np.array([row_of[f"{store.item_ids[r]}{VIEW_MARK}{j}"] for r in rows])
+    if args.val_views:   # every validation photo has its K views, or a mean would quietly repeat the photo
+        assert int(val_view.sum()) == args.val_views * len(val_idx), (int(val_view.sum()), len(val_idx))
     text, image = pooled(store)
     probe = PooledProbe().fit(text[train_idx], image[train_idx], fine[train_idx], coarse[train_idx])
 
@@ -480,13 +486,14 @@ def main(argv=None) -> dict:
         scores = probe_scores(probe, text, image, idx, donor)
         results["probe"][kind] = {task: binary_metrics(*scores[task]) for task in ("ita", "tia")}
         if args.val_views:   # the same pairs, each side's photo as the photo and its views (donors' views too)
+            views_of = partial(view_rows, store.item_ids, row_of)
             views = range(args.val_views + 1)
             for name, a in arts.items():
-                scores = mean_logit([camenn_scores(a.model, store, view_rows(idx, j), view_rows(donor, j)) for j in views])
+                scores = mean_logit([camenn_scores(a.model, store, views_of(idx, j), views_of(donor, j)) for j in views])
                 held_out = a.metadata.get("metrics") or {}
                 results["camenn_views"][name][kind] = {task: binary_metrics(*scores[task], held_out.get(f"{task}_cut"))
                                                        for task in ("ita", "tia")}
-            scores = mean_logit([probe_scores(probe, text, image, view_rows(idx, j), view_rows(donor, j)) for j in views])
+            scores = mean_logit([probe_scores(probe, text, image, views_of(idx, j), views_of(donor, j)) for j in views])
             results["probe_views"][kind] = {task: binary_metrics(*scores[task]) for task in ("ita", "tia")}
     seconds["evaluate"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0

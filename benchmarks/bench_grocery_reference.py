@@ -51,6 +51,7 @@ import os
 import platform
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +62,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 from _common import write_json  # noqa: E402
-from bench_grocery import DATA, VIEW_MARK, is_view, partners, read_classes, read_split, say, slug  # noqa: E402
+from bench_grocery import DATA, VIEW_MARK, is_view, partners, read_classes, read_split, say, slug, view_rows  # noqa: E402
 
 from camenn.config import load_config  # noqa: E402
 
@@ -240,10 +241,7 @@ def main(argv=None) -> dict:
     row_of = {item_id: r for r, item_id in enumerate(store.item_ids)}
     k_views = max((int(i.rsplit(VIEW_MARK, 1)[1]) for i in store.item_ids if i.startswith("val-") and is_view(i)), default=0)
 
-    def view_rows(rows: np.ndarray, j: int) -> np.ndarray:
-        return np.array([row_of.get(f"{store.item_ids[r]}{VIEW_MARK}{j}", r) for r in rows])
-
-    views = (k_views, view_rows) if k_views else None
+    views = (k_views, partial(view_rows, store.item_ids, row_of)) if k_views else None
     methods = (*METHODS, "views") if views else METHODS
     say(f"{len(store.item_ids)} items in the store; held-out training photos {len(sets_of['held_out'])}, "
         f"validation photos {len(sets_of['validation'])}; K = {args.k}; test-time views a photo {k_views}", t0)
