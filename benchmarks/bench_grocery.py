@@ -68,6 +68,7 @@ import numpy as np  # noqa: E402
 from _common import write_json  # noqa: E402
 
 from camenn.config import load_config  # noqa: E402
+from camenn.images import random_view  # noqa: E402  (re-exported: the benches and tests call bench_grocery.random_view)
 
 DATA = _ROOT.parent / "shared" / "data" / "grocery-store"
 RUN_DATE = dt.date(2026, 12, 1)
@@ -179,31 +180,6 @@ def view_rows(item_ids: list[str], row_of: dict[str, int], rows: np.ndarray, j: 
     return rows if j == 0 else np.array([row_of.get(f"{item_ids[r]}{VIEW_MARK}{j}", r) for r in rows])
 
 
-def random_view(photo, rng: np.random.Generator, colour: float = 0.0):
-    """A crop of 25-100% of ``photo``'s area (aspect 3:4 to 4:3), mirrored half the time, brightness x0.8-1.2;
-    with ``colour`` = s > 0 also each RGB channel x exp(U(-s, s)) (white balance) and saturation and
-    contrast x exp(U(-2s, 2s)). Why colour: the validation photos were taken under other light (warmer,
-    pinker fruit; README, GroceryStore), and a crop and a brightness do not move a photo's hue. The
-    draws for colour come after the others, so colour 0 gives the views of the runs before it."""
-    from PIL import Image, ImageEnhance
-
-    W, H = photo.size
-    area, aspect = rng.uniform(0.25, 1.0) * W * H, float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
-    w, h = min(W, round((area * aspect) ** 0.5)), min(H, round((area / aspect) ** 0.5))
-    x, y = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
-    view = photo.crop((x, y, x + w, y + h))
-    if rng.random() < 0.5:
-        view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    view = ImageEnhance.Brightness(view).enhance(float(rng.uniform(0.8, 1.2)))
-    if colour > 0:
-        gains = np.exp(rng.uniform(-colour, colour, size=3))
-        view = Image.merge("RGB", [band.point(lambda v, g=g: min(255, round(v * g)))
-                                   for band, g in zip(view.split(), gains, strict=True)])
-        view = ImageEnhance.Color(view).enhance(float(np.exp(rng.uniform(-2 * colour, 2 * colour))))
-        view = ImageEnhance.Contrast(view).enhance(float(np.exp(rng.uniform(-2 * colour, 2 * colour))))
-    return view
-
-
 def augment_photos(rows: list[dict], data: Path, out: Path, k: int, seed: int = 0,
                    in_train: Callable[[str], bool] | None = None, colour: float = 0.0) -> list[dict]:
     """K random views of each photo, written under ``out``: one export row each (photo_id ``<id>-aug<j>``).
@@ -295,11 +271,11 @@ def camenn_scores(model, store, idx, donor, batch_size=256) -> dict:
 
 
 def mean_logit(runs: list[dict]) -> dict:
-    """task -> (positive, negative) probabilities as the sigmoid of the mean logit over ``runs`` (views)."""
-    def mean(ps):
-        z = np.stack([np.log(np.clip(p, 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(p, 1e-7, 1 - 1e-7)) for p in ps])
-        return 1.0 / (1.0 + np.exp(-z.mean(0)))
-    return {task: tuple(mean([r[task][k] for r in runs]) for k in (0, 1)) for task in runs[0]}
+    """task -> (positive, negative) probabilities as the sigmoid of the mean logit over ``runs`` (views):
+    the nightly job's rule (camenn.predictor.mean_logit) on each side."""
+    from camenn.predictor import mean_logit as combine
+
+    return {task: tuple(combine([r[task][k] for r in runs]) for k in (0, 1)) for task in runs[0]}
 
 
 def cosine_scores(model, store, idx, donor) -> dict:

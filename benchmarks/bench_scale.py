@@ -325,7 +325,8 @@ def feature_rows(spark, keys, seed, shapes, fingerprint):
     """item_features rows for keys (item_id, content_hash): random blobs of the encoders' shapes, as if encoded."""
     rows = keys.mapInPandas(_features_fn(seed, *shapes), "item_id string, content_hash string, text_emb binary, "
                                                          "n_text_tokens int, image_emb binary")
-    return rows.withColumn("encoder_fingerprint", F.lit(fingerprint)).withColumn("updated_at", F.current_timestamp())
+    return (rows.withColumn("encoder_fingerprint", F.lit(fingerprint)).withColumn("updated_at", F.current_timestamp())
+            .withColumn("view_image_emb", F.lit(None).cast("binary")).withColumn("n_views", F.lit(None).cast("int")))
 
 
 def synthesise(spark, config, n: int, seed: int, shapes, fingerprint: str, feature_bytes: float,

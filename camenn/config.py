@@ -273,6 +273,12 @@ class ScoringConfig(Section):
     encoder_autocast: Literal["bf16", "fp16", "none"] = Field(
         "none", description="autocast for the frozen encoders on GPU; cached features then differ slightly from fp32 ones")
     thresholds: ThresholdConfig = ThresholdConfig()
+    test_time_views: int = Field(
+        0, ge=0, le=16, description="score each item's ITA / TIA over its photo and this many random views of it (a crop, "
+                                    "a mirror, a light; camenn.images.random_view, seeded by the content hash), as the "
+                                    "mean logit: the night encodes each new or changed photo 1 + this many times and "
+                                    "item_features keeps the views' image tokens (this many x the photo's image_emb). "
+                                    "CVR reads the photo alone. 0 = the photo alone")
     token_buckets: int = Field(
         16, gt=0, description="item_model_outputs is partitioned by bucket = xxhash64(item_id) mod this; the CVR stage "
                               "reads each bucket's projected tokens from its own files, so the tokens are not shuffled "

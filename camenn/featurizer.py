@@ -4,6 +4,8 @@
     prepared = featurizer.prepare(titles, descriptions, images)   # CPU: tokenize, decode, patch
     encoded = featurizer.encode(prepared, autocast_dtype=torch.bfloat16)
     blobs = pack_item_features(encoded)                           # rows for `item_features`
+    views = featurizer.encode_views(featurizer.prepare_views(images, seeds, k))   # (B, K, P, Di)
+    view_blobs = pack_views(views, encoded.valid)                 # item_features.view_image_emb
 
 Rows that cannot be featurized carry a reason in ``errors`` and are encoded as nothing
 (``valid`` False, zero tensors, ``None`` blobs); the caller quarantines them.
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from . import encoders
-from .images import ImageDecodeError, decode_image, image_to_patches, normalize_patches
+from .images import ImageDecodeError, decode_image, image_to_patches, normalize_patches, random_view
 
 __all__ = [
     "FeaturizerConfig",
@@ -30,6 +32,7 @@ __all__ = [
     "pack_item_features",
     "unpack_item_features",
     "pack_tokens",
+    "pack_views",
     "BLOB_FP16",
     "BLOB_FP32",
 ]
@@ -217,8 +220,6 @@ class ItemFeaturizer:
         ``autocast_dtype`` (torch.bfloat16 / torch.float16) runs the encoders under autocast on
         this featurizer's device; outputs are float32 on CPU either way.
         """
-        if autocast_dtype is not None and autocast_dtype not in _AUTOCAST_DTYPES:
-            raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {autocast_dtype}")
         n = len(prepared)
         valid = prepared.valid  # (B,)
         rows = valid.nonzero().flatten().tolist()
@@ -227,12 +228,7 @@ class ItemFeaturizer:
         text = torch.zeros(n, longest, self.text_dim)  # (B, L, Dt)
         text_mask = torch.zeros(n, longest, dtype=torch.bool)  # (B, L)
         image = torch.zeros(n, self.n_patches, self.image_dim)  # (B, P, Di)
-        autocast = (
-            torch.autocast(device_type=self.device.type, dtype=autocast_dtype)
-            if autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), self._autocast(autocast_dtype):
             for start in range(0, len(rows), self.cfg.batch_size):
                 chunk = rows[start : start + self.cfg.batch_size]
                 hidden, mask = self._encode_text(prepared, chunk)  # (b, l, Dt), (b, l)
@@ -240,6 +236,13 @@ class ItemFeaturizer:
                 text_mask[chunk, : mask.shape[1]] = mask
                 image[chunk] = self._encode_image(prepared.patches[chunk])  # (b, P, Di)
         return EncodedItems(text, text_mask, image, valid, list(prepared.errors))
+
+    def _autocast(self, autocast_dtype: torch.dtype | None):
+        if autocast_dtype is None:
+            return contextlib.nullcontext()
+        if autocast_dtype not in _AUTOCAST_DTYPES:
+            raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {autocast_dtype}")
+        return torch.autocast(device_type=self.device.type, dtype=autocast_dtype)
 
     def _encode_text(self, prepared: PreparedItems, chunk: list[int]):
         batch = self.tokenizer.pad(
@@ -260,6 +263,45 @@ class ItemFeaturizer:
         x = normalize_patches(x, self.image_mean, self.image_std)  # (b*P, 3, S, S) float32
         feats = self.image_model(x)  # (b*P, Di) pooled per patch
         return feats.float().view(b, self.n_patches, -1).cpu()  # (b, P, Di)
+
+    # ---------------------------------------------------------------- test-time views
+
+    def prepare_views(self, images: Sequence[bytes | bytearray | memoryview | None], seeds: Sequence[int],
+                      n_views: int) -> torch.Tensor:
+        """``n_views`` random views (:func:`camenn.images.random_view`) of each row's photo, as patches.
+
+        Row i's views follow ``seeds[i]`` alone (the nightly job passes ``images.view_seed`` of the
+        content hash), so a photo gets the same views on every night and worker. The photo is
+        decoded again here rather than kept from :meth:`prepare`: a decoded phone photo is MBs, a
+        chunk's patches are not. A row whose photo does not decode keeps zeros; ``prepare`` has
+        already given it its reason. Returns uint8 (B, K, P, 3, S, S).
+        """
+        if len(seeds) != len(images):
+            raise ValueError(f"images and seeds differ in length: {len(images)}, {len(seeds)}")
+        grid, size = self.cfg.patch_grid, self.cfg.patch_size
+        views = torch.zeros(len(images), n_views, self.n_patches, 3, size, size, dtype=torch.uint8)  # (B, K, P, 3, S, S)
+        for i, (data, seed) in enumerate(zip(images, seeds)):
+            if data is None or len(data) == 0:
+                continue
+            try:
+                photo = decode_image(data, min_size=grid * size)
+            except ImageDecodeError:
+                continue
+            rng = np.random.default_rng(seed)
+            for j in range(n_views):
+                views[i, j] = image_to_patches(random_view(photo, rng), grid, size, self._resample)  # (P, 3, S, S)
+        return views
+
+    def encode_views(self, views: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """uint8 view patches (B, K, P, 3, S, S) -> the image encoder's tokens (B, K, P, Di) float32 on CPU,
+        ``batch_size`` views at a time: each view is a photo to the encoder."""
+        b, k = views.shape[:2]
+        flat = views.flatten(0, 1)  # (B*K, P, 3, S, S)
+        out = torch.zeros(b * k, self.n_patches, self.image_dim)  # (B*K, P, Di)
+        with torch.inference_mode(), self._autocast(autocast_dtype):
+            for start in range(0, b * k, self.cfg.batch_size):
+                out[start : start + self.cfg.batch_size] = self._encode_image(flat[start : start + self.cfg.batch_size])
+        return out.view(b, k, self.n_patches, self.image_dim)  # (B, K, P, Di)
 
     def featurize(self, titles, descriptions, images, autocast_dtype: torch.dtype | None = None) -> EncodedItems:
         return self.encode(self.prepare(titles, descriptions, images), autocast_dtype=autocast_dtype)
@@ -285,6 +327,25 @@ def pack_item_features(encoded: EncodedItems) -> list[tuple[bytes, int, bytes] |
             # fp16 tops out at 65504; an encoder that exceeds it needs a wider blob format.
             raise OverflowError(f"row {i}: encoder outputs do not fit float16")
         out.append((t.tobytes(), n, im.tobytes()))
+    return out
+
+
+def pack_views(views: torch.Tensor, valid: torch.Tensor) -> list[bytes | None]:
+    """Per row: its K views' image tokens (K, P, Di) as one fp16 blob, view after view; None if invalid.
+
+    K is the blob's length over one view's (P * Di * 2 bytes): the reader slices view j as the
+    j-th such run, the layout of ``image_emb`` for each view.
+    """
+    out: list[bytes | None] = []
+    array = views.detach().cpu().numpy()  # (B, K, P, Di)
+    for i, ok in enumerate(valid.tolist()):
+        if not ok:
+            out.append(None)
+            continue
+        blob = array[i].astype(_BLOB_DTYPE)  # (K, P, Di)
+        if not np.isfinite(blob).all():
+            raise OverflowError(f"row {i}: view encoder outputs do not fit float16")
+        out.append(blob.tobytes())
     return out
 
 

@@ -23,6 +23,8 @@ __all__ = [
     "image_to_patches",
     "normalize_patches",
     "decode_to_patches",
+    "random_view",
+    "view_seed",
 ]
 
 # Transparent product shots (PNG cut-outs) are meant to be seen on a white page, not on the
@@ -122,3 +124,39 @@ def decode_to_patches(
     """Bytes -> normalised float patches (grid*grid, 3, patch_size, patch_size)."""
     img = decode_image(data, min_size=grid * patch_size)
     return normalize_patches(image_to_patches(img, grid, patch_size, resample), mean, std)
+
+
+def random_view(photo: Image.Image, rng: np.random.Generator, colour: float = 0.0) -> Image.Image:
+    """A crop of 25-100% of ``photo``'s area (aspect 3:4 to 4:3), mirrored half the time, brightness x0.8-1.2;
+    with ``colour`` = s > 0 also each RGB channel x exp(U(-s, s)) (white balance) and saturation and
+    contrast x exp(U(-2s, 2s)).
+
+    The one view of a photo in the project: the GroceryStore benchmarks train on such views and
+    the nightly job scores a photo over itself and a few of them (``scoring.test_time_views``).
+    Why views: the model reads a photo of another framing and light worse than the ones it trained
+    on (README, "GroceryStore"). The colour draws come after the others, so colour 0 gives the same
+    crop, mirror and light as without it.
+    """
+    from PIL import ImageEnhance
+
+    W, H = photo.size
+    area, aspect = rng.uniform(0.25, 1.0) * W * H, float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
+    w, h = min(W, round((area * aspect) ** 0.5)), min(H, round((area / aspect) ** 0.5))
+    x, y = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
+    view = photo.crop((x, y, x + w, y + h))
+    if rng.random() < 0.5:
+        view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    view = ImageEnhance.Brightness(view).enhance(float(rng.uniform(0.8, 1.2)))
+    if colour > 0:
+        gains = np.exp(rng.uniform(-colour, colour, size=3))
+        view = Image.merge("RGB", [band.point(lambda v, g=g: min(255, round(v * g)))
+                                   for band, g in zip(view.split(), gains, strict=True)])
+        view = ImageEnhance.Color(view).enhance(float(np.exp(rng.uniform(-2 * colour, 2 * colour))))
+        view = ImageEnhance.Contrast(view).enhance(float(np.exp(rng.uniform(-2 * colour, 2 * colour))))
+    return view
+
+
+def view_seed(content_hash: str) -> int:
+    """The seed of an item's test-time views: its content hash's first 64 bits, so the same photo and
+    text get the same views on every night, worker and retry, and a changed listing new ones."""
+    return int(content_hash[:16], 16)

@@ -41,7 +41,7 @@ from camenn.featurizer import pack_tokens
 from camenn.inputs import FeatureVocab, ItemStore, full_batch, item_only_batch
 from camenn.model import CameNNBatch
 
-__all__ = ["Predictor", "AUTOCAST_DTYPES", "pool_behaviour_items"]
+__all__ = ["Predictor", "AUTOCAST_DTYPES", "pool_behaviour_items", "mean_logit"]
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -53,6 +53,15 @@ def _missing(value) -> bool:
 def _clean(values) -> list:
     """Spark/pandas hand over NaN or None for nulls; the vocab wants None."""
     return [None if _missing(v) else v for v in values]
+
+
+def mean_logit(probs: Sequence[np.ndarray]) -> np.ndarray:
+    """The sigmoid of the mean logit of each row over ``probs`` (one array per view): how a photo's
+    views are combined. In logits, not probabilities: one view sure of a mismatch (0.001) and one
+    unsure (0.5) say "mismatch", where a mean probability would say 0.25."""
+    clipped = [np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7) for p in probs]
+    z = np.stack([np.log(p) - np.log1p(-p) for p in clipped])  # (V, n)
+    return 1.0 / (1.0 + np.exp(-z.mean(0)))
 
 
 def _seq(value) -> list:
@@ -189,12 +198,18 @@ class Predictor:
 
     def item_outputs(self, text_embs: Sequence[bytes], n_text_tokens: Sequence[int], image_embs: Sequence[bytes],
                      categories: Sequence[str | None], prices: Sequence[float | None],
-                     batch_size: int = 256) -> dict[str, list | np.ndarray]:
+                     batch_size: int = 256, view_image_embs: Sequence[bytes] | None = None,
+                     n_views: int = 0) -> dict[str, list | np.ndarray]:
         """One item-only pass: projected tokens of every row, and p_ita / p_tia when the model has those heads.
 
         Returns text_proj, image_proj (fp32 blobs of (n_text_tokens, D) and (P, D)),
         n_text_tokens, and p_ita, p_tia (float64 arrays, NaN without the heads). The scores are
         computed from the projections themselves, so cached projections reproduce them.
+
+        With ``n_views`` > 0, p_ita / p_tia are the :func:`mean_logit` over the photo and the
+        first ``n_views`` views in ``view_image_embs`` (``featurizer.pack_views`` blobs; a row may
+        hold more), each view scored with the item's own text, category and price as the photo
+        is. The projections stay the photo's: CVR reads the photo alone.
         """
         n = len(text_embs)
         align = {"ita", "tia"} <= set(self.tasks)
@@ -217,7 +232,29 @@ class Predictor:
             if align:
                 p_ita[s:e] = probs["ita"].float().cpu().numpy()
                 p_tia[s:e] = probs["tia"].float().cpu().numpy()
+        if align and n_views:
+            p_ita, p_tia = self._over_views(p_ita, p_tia, text_embs, counts, image_embs, categories, prices,
+                                            view_image_embs, n_views, batch_size)
         return {"text_proj": text_proj, "n_text_tokens": counts, "image_proj": image_proj, "p_ita": p_ita, "p_tia": p_tia}
+
+    def _over_views(self, p_ita, p_tia, text_embs, counts, image_embs, categories, prices, view_image_embs,
+                    n_views: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(p_ita, p_tia) of the photo -> their mean logit with the first n_views views' scores."""
+        if view_image_embs is None or len(view_image_embs) != len(text_embs):
+            raise ValueError(f"{n_views} test-time views asked for, but the rows carry "
+                             f"{'no' if view_image_embs is None else len(view_image_embs)} view blobs for {len(text_embs)} rows")
+        size = len(image_embs[0]) if len(image_embs) else 0   # one view's bytes: a photo's image_emb
+        for i, blob in enumerate(view_image_embs):
+            if blob is None or len(blob) < n_views * size or len(blob) % size:
+                raise ValueError(f"row {i}: its view blob holds {0 if blob is None else len(blob) / size:g} views of "
+                                 f"{size} bytes, fewer than the {n_views} asked for (encode the item again)")
+        ita, tia = [p_ita], [p_tia]
+        for j in range(n_views):
+            view_j = [blob[j * size:(j + 1) * size] for blob in view_image_embs]
+            a, b = self.score_items(text_embs, counts, view_j, categories, prices, batch_size=batch_size)
+            ita.append(a)
+            tia.append(b)
+        return mean_logit(ita), mean_logit(tia)
 
     def score_users(self, cand_item_ids: Sequence[Sequence[str]], cand_text: Sequence[Sequence[bytes]],
                     cand_n_text_tokens: Sequence[Sequence[int]], cand_image: Sequence[Sequence[bytes]],

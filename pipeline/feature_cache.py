@@ -51,6 +51,8 @@ QUARANTINE_PAYLOAD = ["merchant_id", "category", "title", "description", "price"
 DEFAULT_JOB = "item_features"
 # what a reader of cached features gets per item: its key and the encoder outputs
 FEATURE_COLUMNS = ("item_id", "content_hash", "text_emb", "n_text_tokens", "image_emb")
+# the test-time views' image tokens: read by the night's item pass only when it scores over views
+VIEW_COLUMNS = ("view_image_emb", "n_views")
 
 # Java regex with Unicode classes: a full-width space (U+3000) is blank, as Python's strip() says.
 _NON_BLANK = "(?U)\\S"
@@ -142,7 +144,8 @@ def _cached_hashes(spark: SparkSession, config: AppConfig, fingerprint: str) -> 
     tables.ensure_table(spark, config, "item_features")
     return (tables.read_table(spark, config, "item_features")
             .where(F.col("encoder_fingerprint") == fingerprint)
-            .select("item_id", F.col("content_hash").alias("cached_hash")))
+            .select("item_id", F.col("content_hash").alias("cached_hash"),
+                    F.coalesce(F.col("n_views"), F.lit(0)).alias("cached_views")))
 
 
 def item_rows(spark: SparkSession, config: AppConfig, items_df: DataFrame | None = None,
@@ -175,12 +178,18 @@ def legacy_rows(spark: SparkSession, config: AppConfig, items_df: DataFrame | No
     return items.where(F.col("content_hash").isNull()).count()
 
 
-def _item_keys(spark: SparkSession, config: AppConfig, fingerprint: str, items_df: DataFrame | None) -> DataFrame:
-    """Every items row (no image) + reason, cached_hash and status: reused, quarantined or pending."""
+def _item_keys(spark: SparkSession, config: AppConfig, fingerprint: str, items_df: DataFrame | None,
+               views: int = 0) -> DataFrame:
+    """Every items row (no image) + reason, cached_hash and status: reused, quarantined or pending.
+
+    With ``views``, a cached row of the item's content but fewer test-time views is pending too:
+    the item is encoded again, views and all (a night that turned views on pays for it once).
+    """
     checked = checked_items(item_rows(spark, config, items_df)).join(_cached_hashes(spark, config, fingerprint),
                                                                       "item_id", "left")
+    current = (F.col("content_hash") == F.col("cached_hash")) & (F.col("cached_views") >= views)
     status = (F.when(F.col("reason").isNotNull(), F.lit(QUARANTINED))
-              .when(F.col("content_hash") == F.col("cached_hash"), F.lit(REUSED)).otherwise(F.lit(PENDING)))
+              .when(current, F.lit(REUSED)).otherwise(F.lit(PENDING)))
     return checked.withColumn("status", status)
 
 
@@ -190,7 +199,7 @@ BROADCAST_PENDING_ROWS = 2_000_000
 
 
 def _encoded(spark: SparkSession, config: AppConfig, keys: DataFrame, items_df: DataFrame | None, n_pending: int,
-             fingerprint: str, autocast: str, run_date: dt.date):
+             fingerprint: str, autocast: str, run_date: dt.date, views: int = 0):
     """The pending items' images through the encoders, in tasks of ``featurizer.rows_per_task`` items.
 
     Returns the STAGING_SCHEMA frame and an accumulator of the rows encoded so far (a task adds
@@ -202,9 +211,11 @@ def _encoded(spark: SparkSession, config: AppConfig, keys: DataFrame, items_df: 
     images = item_rows(spark, config, items_df, with_image=True).select("item_id", "content_hash", "image_size", "image")
     tasks = max(1, -(-n_pending // config.featurizer.rows_per_task))
     todo = images.join(pending, ["item_id", "content_hash"], "inner").dropDuplicates(["item_id"]).repartition(tasks)
-    _say(f"{n_pending} new or changed item(s) to encode in {tasks} task(s)")
+    _say(f"{n_pending} new or changed item(s) to encode in {tasks} task(s)"
+         + (f", each photo with {views} test-time views" if views else ""))
     spark.sparkContext.setJobDescription(f"item features: encode {n_pending} new or changed items ({run_date})")
-    encode, done = encode_fn(featurizer_config(config), fingerprint, autocast=autocast), spark.sparkContext.accumulator(0)
+    encode = encode_fn(featurizer_config(config), fingerprint, autocast=autocast, views=views)
+    done = spark.sparkContext.accumulator(0)
 
     def counted(batches):
         for frame in encode(batches):
@@ -325,11 +336,11 @@ class FeatureUpdate:
         return (self.staged(spark).where(F.col("status").isin(REUSED, ENCODED))
                 .select("item_id", "merchant_id", "category", "title", "description", "price", "content_hash"))
 
-    def encoded_features(self, spark: SparkSession) -> DataFrame:
+    def encoded_features(self, spark: SparkSession, views: bool = False) -> DataFrame:
         """This run's newly encoded rows, shaped like ``cached_features``: read instead of
         item_features when only they are needed, so a night with few changes reads few blobs."""
         return (self.staged(spark).where(F.col("status") == ENCODED)
-                .select(*FEATURE_COLUMNS))
+                .select(*FEATURE_COLUMNS, *(VIEW_COLUMNS if views else ())))
 
     def quarantine_rows(self, spark: SparkSession, run_date: dt.date, job: str) -> DataFrame:
         """This run's rejected items, shaped as quarantine rows (source='items')."""
@@ -344,13 +355,14 @@ class FeatureUpdate:
 def run_feature_update(spark: SparkSession, config: AppConfig, run_date: dt.date, items_df: DataFrame | None = None,
                        *, job: str = DEFAULT_JOB, autocast: str | None = None,
                        write_quarantine_rows: bool = True, run_id: str | None = None,
-                       live_run_ids: set[str] | None = None) -> FeatureUpdate:
+                       live_run_ids: set[str] | None = None, views: int = 0) -> FeatureUpdate:
     """update_item_features, keeping the staging table for the caller (call ``cleanup()``).
 
     ``write_quarantine_rows=False`` leaves the quarantine to the caller (``quarantine_rows()``),
     which lets a job write all its quarantine rows in one commit. ``run_id`` names the staging
     table after the run (a recorded run, see sweep_stale_staging); ``live_run_ids`` are the runs
-    whose staging tables must stay.
+    whose staging tables must stay. ``views``: test-time views each new or changed photo is
+    encoded with (the nightly job's ``scoring.test_time_views``; training needs none).
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -362,12 +374,12 @@ def run_feature_update(spark: SparkSession, config: AppConfig, run_date: dt.date
         log.warning(f"deleted the staging table of a killed run: {path}")
 
     spark.sparkContext.setJobDescription(f"item features: find new and changed items ({run_date})")
-    keys = _item_keys(spark, config, fingerprint, items_df).persist()
+    keys = _item_keys(spark, config, fingerprint, items_df, views).persist()
     try:
         n_pending = keys.where(F.col("status") == PENDING).count()
         staged, done = _staging_rows(keys.where(F.col("status") != PENDING)), None
         if n_pending:  # with nothing to encode, no image is joined, read or shuffled
-            encoded, done = _encoded(spark, config, keys, items_df, n_pending, fingerprint, autocast, run_date)
+            encoded, done = _encoded(spark, config, keys, items_df, n_pending, fingerprint, autocast, run_date, views)
             staged = staged.unionByName(encoded)
         with _progress(done, n_pending):
             staged.write.format("delta").mode("overwrite").save(staging)
@@ -417,7 +429,8 @@ def _merge(spark: SparkSession, config: AppConfig, encoded: DataFrame, fingerpri
         spark, "item_features")
     (DeltaTable.forPath(spark, path).alias("t")
         .merge(source.alias("s"), "t.item_id = s.item_id")
-        .whenMatchedUpdateAll(condition="t.content_hash <> s.content_hash OR t.encoder_fingerprint <> s.encoder_fingerprint")
+        .whenMatchedUpdateAll(condition="t.content_hash <> s.content_hash OR t.encoder_fingerprint <> s.encoder_fingerprint "
+                                        "OR NOT (t.n_views <=> s.n_views)")
         .whenNotMatchedInsertAll()
         .execute())
 
@@ -459,8 +472,9 @@ def valid_items(spark: SparkSession, config: AppConfig, fingerprint: str | None 
     return keys.join(feats, ["item_id", "content_hash"], "inner")
 
 
-def cached_features(spark: SparkSession, config: AppConfig, fingerprint: str) -> DataFrame:
-    """item_features rows under ``fingerprint``: item_id, content_hash, text_emb, n_text_tokens, image_emb."""
+def cached_features(spark: SparkSession, config: AppConfig, fingerprint: str, views: bool = False) -> DataFrame:
+    """item_features rows under ``fingerprint``: item_id, content_hash, text_emb, n_text_tokens, image_emb
+    (and with ``views`` view_image_emb and n_views)."""
     return (tables.read_table(spark, config, "item_features")
             .where(F.col("encoder_fingerprint") == fingerprint)
-            .select(*FEATURE_COLUMNS))
+            .select(*FEATURE_COLUMNS, *(VIEW_COLUMNS if views else ())))

@@ -37,7 +37,14 @@ from pyspark.sql import functions as F
 
 from camenn.config import AppConfig
 from pipeline import tables
-from udfs.predict import ITEM_OUTPUTS_INPUT, ITEM_OUTPUTS_SCHEMA, ITEM_RESCORE_INPUT, item_outputs_fn, item_rescore_fn
+from udfs.predict import (
+    ITEM_OUTPUTS_INPUT,
+    ITEM_OUTPUTS_SCHEMA,
+    ITEM_RESCORE_INPUT,
+    ITEM_VIEWS_INPUT,
+    item_outputs_fn,
+    item_rescore_fn,
+)
 
 TABLE = "item_model_outputs"
 KEY = ("content_hash", "category", "price")
@@ -68,9 +75,16 @@ def _fresh(cached: DataFrame, keys: DataFrame) -> DataFrame:
     return keys.join(cached, cond, "left_semi")
 
 
+def _of_model(spark: SparkSession, config: AppConfig, version: str, table_version: int | None = None) -> DataFrame:
+    """The cache's rows of model ``version`` scored over the config's test-time views: a row of other
+    views (null = none) holds other p_ita / p_tia, so for this night it is not cached."""
+    views = F.coalesce(F.col("n_views"), F.lit(0)) == config.scoring.test_time_views
+    return tables.read_table(spark, config, TABLE, table_version).where((F.col("model_version") == version) & views)
+
+
 def _cached(spark: SparkSession, config: AppConfig, version: str) -> DataFrame:
     tables.ensure_table(spark, config, TABLE)
-    return (tables.read_table(spark, config, TABLE).where(F.col("model_version") == version)
+    return (_of_model(spark, config, version)
             .select(F.col("item_id").alias("_item_id"), *[F.col(k).alias(f"_{k}") for k in KEY]))
 
 
@@ -82,9 +96,12 @@ def refresh(spark: SparkSession, config: AppConfig, model, valid: DataFrame, blo
     ``blobs``: item_features rows (item_id, content_hash, text_emb, n_text_tokens, image_emb).
     ``encoded``: the same columns for the items encoded this run (``FeatureUpdate.encoded_features``);
     when every new or changed item is among them, ``blobs`` is not read.
+    With ``scoring.test_time_views`` both carry the views' columns too, and an item whose category or
+    price changed goes through the item pass from its blobs: the views' projections are not cached.
     """
     t0 = time.perf_counter()
     sc = config.scoring
+    views = sc.test_time_views
     keys = valid.select("item_id", *KEY)
     cached = _cached(spark, config, model.version)
     # the stale keys, each marked whether its cached row has the item's content: then only its
@@ -93,7 +110,8 @@ def refresh(spark: SparkSession, config: AppConfig, model, valid: DataFrame, blo
     stale = (keys.join(_fresh(cached, keys).select("item_id"), "item_id", "left_anti")
              .join(cached.select("_item_id", "_content_hash"), F.col("item_id") == F.col("_item_id"), "left")
              .select("item_id", *KEY,
-                     F.coalesce(F.col("_content_hash") == F.col("content_hash"), F.lit(False)).alias("_same_content"))
+                     (F.coalesce(F.col("_content_hash") == F.col("content_hash"), F.lit(False))
+                      & F.lit(not views)).alias("_same_content"))
              .persist(StorageLevel.MEMORY_AND_DISK))
     try:
         n_valid = keys.count()
@@ -108,12 +126,13 @@ def refresh(spark: SparkSession, config: AppConfig, model, valid: DataFrame, blo
                 source = encoded
             else:
                 scans = 1
-            todo = source.join(_small(new, n_scored), ["item_id", "content_hash"], "inner").select(*ITEM_OUTPUTS_INPUT)
-            parts.append(todo.mapInArrow(item_outputs_fn(config.model_dir, model.version, sc.batch_size, sc.autocast),
+            todo = (source.join(_small(new, n_scored), ["item_id", "content_hash"], "inner")
+                    .select(*ITEM_OUTPUTS_INPUT, *(ITEM_VIEWS_INPUT if views else ())))
+            parts.append(todo.mapInArrow(item_outputs_fn(config.model_dir, model.version, sc.batch_size, sc.autocast, views),
                                          ITEM_OUTPUTS_SCHEMA))
         if n_rescored:
             same = stale.where(F.col("_same_content")).drop("_same_content")   # with the new category and price
-            projections = (tables.read_table(spark, config, TABLE).where(F.col("model_version") == model.version)
+            projections = (_of_model(spark, config, model.version)
                            .select("item_id", "text_proj", "n_text_tokens", "image_proj"))
             todo = projections.join(_small(same, n_rescored), "item_id").select(*ITEM_RESCORE_INPUT)
             parts.append(todo.mapInArrow(item_rescore_fn(config.model_dir, model.version, sc.batch_size, sc.autocast),
@@ -122,7 +141,8 @@ def refresh(spark: SparkSession, config: AppConfig, model, valid: DataFrame, blo
             spark.sparkContext.setJobDescription(f"model cache: item pass over {n_scored} new or changed items, "
                                                  f"{n_rescored} rescored from their projections ({run_date})")
             outputs = (functools.reduce(DataFrame.unionByName, parts)
-                       .withColumn("model_version", F.lit(model.version)).withColumn("updated_at", F.current_timestamp()))
+                       .withColumn("model_version", F.lit(model.version)).withColumn("updated_at", F.current_timestamp())
+                       .withColumn("n_views", F.lit(views)))
             _merge(spark, config, outputs)
     finally:
         stale.unpersist()
@@ -139,7 +159,7 @@ def _merge(spark: SparkSession, config: AppConfig, outputs: DataFrame) -> None:
     from delta.tables import DeltaTable
 
     path = tables.ensure_table(spark, config, TABLE)
-    changed = " OR ".join([f"NOT (t.{k} <=> s.{k})" for k in (*KEY, "model_version")])
+    changed = " OR ".join([f"NOT (t.{k} <=> s.{k})" for k in (*KEY, "model_version", "n_views")])
     (DeltaTable.forPath(spark, path).alias("t")
         .merge(tables.conform(outputs, spark, TABLE, config).alias("s"), "t.item_id = s.item_id")
         .whenMatchedUpdateAll(condition=changed)
@@ -161,8 +181,7 @@ def current(spark: SparkSession, config: AppConfig, model, valid: DataFrame, tok
     more partitioning keys.
     """
     projected = ["text_proj", "n_text_tokens", "image_proj"] if with_tokens else []
-    cached = (tables.read_table(spark, config, TABLE, tokens.version if tokens else None)
-              .where(F.col("model_version") == model.version)
+    cached = (_of_model(spark, config, model.version, tokens.version if tokens else None)
               .select(F.col("item_id").alias("_item_id"), *[F.col(k).alias(f"_{k}") for k in KEY],
                       *projected, "p_ita", "p_tia", "bucket"))
     fresh = functools.reduce(lambda a, b: a & b, [valid[k].eqNullSafe(cached[f"_{k}"]) for k in KEY])

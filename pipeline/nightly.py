@@ -18,6 +18,8 @@ the CVR carry-over and the run record live in their own modules.
    or a per-category quantile computed with Spark's percentile_approx over all of them) are
    flagged "text suspect" (low ITA only), "image suspect" (low TIA only) or "text and image
    suspect" (both).
+   With ``scoring.test_time_views`` = K an item's p_ita / p_tia are the mean logit over its photo
+   and K random views of it (encoded in stage 1 beside the photo, scored in stage 2).
 4. CVR (skipped with one line and its reason in the ``runs`` row's details when the model
    has no cvr head or ``users`` or ``candidates`` is absent or empty: a catalogue without a
    matching stage yet still gets stages 1-3): the date's candidates are grouped by user: one row per user carries its behaviour
@@ -522,7 +524,8 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
     # the run is recorded before it does anything else, so even a driver killed in stage 1 leaves a row
     run_record.start(spark, config, run_id=result.run_id, job=JOB, run_date=run_date, started_at=started,
                      details={"config": config.source, "model_dir": config.model_dir,
-                              "registered_version": config.scoring.registered_version})
+                              "registered_version": config.scoring.registered_version,
+                              "test_time_views": config.scoring.test_time_views})
     try:
         for dead in run_record.best_effort("sweep abandoned runs", run_record.sweep_abandoned, spark, config, JOB,
                                            current_run_id=result.run_id,
@@ -542,8 +545,10 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
 
         _say(f"1/5 item features for {run_date}: validate items, encode new and changed ones")
         t = time.perf_counter()
+        views = config.scoring.test_time_views
         update = feature_cache.run_feature_update(spark, config, run_date, items_df, job=JOB, write_quarantine_rows=False,
-                                                  run_id=result.run_id, live_run_ids=run_record.live_run_ids(spark, config))
+                                                  run_id=result.run_id, live_run_ids=run_record.live_run_ids(spark, config),
+                                                  views=views)
         stats = update.stats
         result.timings["features"] = time.perf_counter() - t
         result.counts.update(stats.counts())
@@ -551,14 +556,14 @@ def run(spark: SparkSession, config: AppConfig, run_date: dt.date | None = None,
         result.outputs["item_features"] = config.table("item_features")
         _say(f"    {stats.items_in} items: {stats.encoded} encoded, {stats.reused} reused, "
              f"{stats.quarantined_total} quarantined")
-        blobs = feature_cache.cached_features(spark, config, fingerprint)
+        blobs = feature_cache.cached_features(spark, config, fingerprint, views=bool(views))
         valid = (update.valid_keys(spark).join(blobs.select("item_id", "content_hash"), ["item_id", "content_hash"])
                  .persist(StorageLevel.MEMORY_AND_DISK))
         persisted.append(valid)
         quarantine = update.quarantine_rows(spark, run_date, JOB)
 
         _say(f"2/5 model cache: item pass of model {model.version} over new or changed items")
-        cache = model_cache.refresh(spark, config, model, valid, blobs, run_date, update.encoded_features(spark))
+        cache = model_cache.refresh(spark, config, model, valid, blobs, run_date, update.encoded_features(spark, bool(views)))
         result.timings["item_pass"] = cache.seconds
         result.counts.update(items_model_scored=cache.scored, items_model_rescored=cache.rescored,
                              items_model_reused=cache.reused, item_features_scans=cache.feature_scans)
@@ -652,7 +657,8 @@ def _write_run(spark: SparkSession, config: AppConfig, result: ScoreRun, started
                       details={"flagged": result.flagged, "quarantined": result.quarantined, "outputs": result.outputs,
                                "skipped": result.skipped, "thresholds": result.thresholds,
                                "config": config.source, "model_dir": config.model_dir,
-                               "registered_version": config.scoring.registered_version})
+                               "registered_version": config.scoring.registered_version,
+                               "test_time_views": config.scoring.test_time_views})
 
 
 __all__ = ["run", "ScoreRun", "MissingInput", "NotFiniteScores", "check_finite_share", "check_inputs", "cvr_skip_reason",

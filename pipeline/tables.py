@@ -55,7 +55,10 @@ SPECS: dict[str, TableSpec] = {spec.name: spec for spec in [
     TableSpec("truth_impressions", "user_id STRING NOT NULL, item_id STRING NOT NULL, ts TIMESTAMP NOT NULL, p_buy DOUBLE NOT NULL",
         checks={"p_buy_is_probability": _PROBABILITY.format(c="p_buy")}),
     TableSpec("item_features", """item_id STRING NOT NULL, content_hash STRING NOT NULL, encoder_fingerprint STRING NOT NULL,
-        text_emb BINARY NOT NULL, n_text_tokens INT NOT NULL, image_emb BINARY NOT NULL, updated_at TIMESTAMP NOT NULL""",
+        text_emb BINARY NOT NULL, n_text_tokens INT NOT NULL, image_emb BINARY NOT NULL, updated_at TIMESTAMP NOT NULL,
+        view_image_emb BINARY, n_views INT""",
+        # view_image_emb: the image tokens of n_views test-time views of the photo (scoring.test_time_views),
+        # view after view in image_emb's layout; null and n_views 0 or null where the night asked for none
         # deletion vectors: delta-rs (deltalake 1.6) cannot read this table, so its readers are Spark's
         # (pipeline.training_data.load_item_store for the whole-catalogue evaluation store)
         checks={"has_text_tokens": "n_text_tokens > 0"}, key=("item_id",), properties=_MERGED_CACHE),
@@ -66,7 +69,9 @@ SPECS: dict[str, TableSpec] = {spec.name: spec for spec in [
     # tokens from its files in the task that holds that bucket's candidates (udfs.cached_tokens).
     TableSpec("item_model_outputs", """item_id STRING NOT NULL, content_hash STRING NOT NULL, category STRING, price DOUBLE,
         model_version STRING NOT NULL, text_proj BINARY NOT NULL, n_text_tokens INT NOT NULL, image_proj BINARY NOT NULL,
-        p_ita DOUBLE, p_tia DOUBLE, updated_at TIMESTAMP NOT NULL, bucket INT NOT NULL""",
+        p_ita DOUBLE, p_tia DOUBLE, updated_at TIMESTAMP NOT NULL, bucket INT NOT NULL, n_views INT""",
+        # n_views: the test-time views p_ita / p_tia are the mean logit over, beside the photo (null = 0);
+        # a row scored over other views than the config's is stale (pipeline.model_cache)
         partition_by=("bucket",), checks={"has_text_tokens": "n_text_tokens > 0"}, key=("item_id",),
         properties=_MERGED_CACHE),
     TableSpec("item_alignment", """run_date DATE NOT NULL, item_id STRING NOT NULL, merchant_id STRING NOT NULL, category STRING,
@@ -147,8 +152,9 @@ def ensure_table(spark: SparkSession, config: AppConfig, name: str) -> str:
     """
     table, path = spec(name, config), config.table(name)
     if is_delta(spark, path):
-        _relayout(spark, name, path, config)
+        # columns first: a relayout rewrites the rows through conform, which needs every column
         _add_missing_columns(spark, name, path, config)
+        _relayout(spark, name, path, config)
         _repair_contract(spark, name, path)
         return path
     partitioned = f" PARTITIONED BY ({', '.join(table.partition_by)})" if table.partition_by else ""

@@ -15,9 +15,10 @@ from camenn.featurizer import (
     FeaturizerConfig,
     ItemFeaturizer,
     pack_item_features,
+    pack_views,
     unpack_item_features,
 )
-from camenn.images import ImageDecodeError, decode_image, decode_to_patches, image_to_patches
+from camenn.images import ImageDecodeError, decode_image, decode_to_patches, image_to_patches, random_view
 
 # Nine clearly distinct colours, one per cell of a 3x3 grid, row-major.
 CELL_COLOURS = [
@@ -245,3 +246,38 @@ def test_config_is_validated_with_the_key_name():
         FeaturizerConfig(max_text_tokens=2)
     with pytest.raises(AttributeError):
         FeaturizerConfig().patch_size = 32  # frozen
+
+
+# ---------------------------------------------------------------- test-time views
+
+
+def test_a_test_time_view_is_encoded_as_the_same_picture_listed_as_a_photo(featurizer):
+    """prepare_views / encode_views give view j of a photo the tokens the featurizer gives that
+    picture as a listing's own photo; the views follow the seed alone; a bad photo has no views."""
+    import numpy as np
+
+    photos = [encode_image(grid_image(), "PNG"), noise_jpeg(3), b"not an image"]
+    seeds = [11, 12, 13]
+    views = featurizer.prepare_views(photos, seeds, 2)   # (B, K, P, 3, S, S)
+    assert views.shape == (3, 2, 9, 3, PATCH, PATCH) and views.dtype == torch.uint8
+    assert torch.equal(views, featurizer.prepare_views(photos, seeds, 2))
+    assert not torch.equal(views[0], featurizer.prepare_views(photos[:1], [99], 2)[0])   # another seed, other views
+    assert not torch.equal(views[0, 0], views[0, 1]) and views[2].sum() == 0
+    # a third view leaves the first two as they were: a night that asks for more views extends the old ones
+    assert torch.equal(featurizer.prepare_views(photos, seeds, 3)[:, :2], views)
+
+    tokens = featurizer.encode_views(views)   # (B, K, P, Di)
+    assert tokens.shape == (3, 2, 9, featurizer.image_dim)
+    rng = np.random.default_rng(seeds[1])
+    photo = decode_image(photos[1], min_size=3 * PATCH)
+    for j in range(2):
+        view = random_view(photo, rng)   # the same draws prepare_views made for row 1
+        as_photo = featurizer.featurize(["t"], ["d"], [encode_image(view, "PNG")]).image[0]   # (P, Di)
+        torch.testing.assert_close(tokens[1, j], as_photo, atol=1e-4, rtol=1e-4)
+
+    valid = torch.tensor([True, True, False])
+    blobs = pack_views(tokens, valid)
+    one_view = 9 * featurizer.image_dim * 2   # fp16 bytes of one photo's image tokens
+    assert [None if b is None else len(b) for b in blobs] == [2 * one_view, 2 * one_view, None]
+    second = np.frombuffer(blobs[1][one_view:], dtype="<f2").reshape(9, featurizer.image_dim)
+    torch.testing.assert_close(torch.from_numpy(second.astype("float32")), tokens[1, 1], atol=2e-3, rtol=2e-3)

@@ -109,7 +109,8 @@ def write_world(spark, config, items: list[Item], run_date: dt.date, *, write_it
                  it.description or f"a good {it.text_looks} product", jpeg(it.image_looks, i), 1.5 + i,
                  T0 + dt.timedelta(hours=i)) for i, it in enumerate(items)]
         tables.overwrite_table(spark, config, "items", spark.createDataFrame(rows, tables.input_schema(spark, "items")))
-        feats = [(it.item_id, f"h-{it.item_id}", fingerprint, *blobs(it, n_patches, i), T0) for i, it in enumerate(items)]
+        feats = [(it.item_id, f"h-{it.item_id}", fingerprint, *blobs(it, n_patches, i), T0, None, None)   # no views
+                 for i, it in enumerate(items)]
         tables.overwrite_table(spark, config, "item_features",
                                spark.createDataFrame(feats, tables.schema_of(spark, "item_features")))
     from pipeline.nightly import SUSPECT_SIDES

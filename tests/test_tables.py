@@ -75,7 +75,7 @@ def test_a_table_left_without_its_constraints_gets_them_before_a_write(spark, co
 
 def model_output_rows(spark, ids, content="c0"):
     return spark.createDataFrame(
-        [(i, content, "Fruit", 1.0, "m1", b"\x00" * 8, 1, b"\x00" * 8, 0.9, 0.9, dt.datetime(2026, 11, 24)) for i in ids],
+        [(i, content, "Fruit", 1.0, "m1", b"\x00" * 8, 1, b"\x00" * 8, 0.9, 0.9, dt.datetime(2026, 11, 24), 0) for i in ids],
         tables.input_schema(spark, "item_model_outputs"))
 
 
@@ -98,7 +98,7 @@ def feature_rows(spark, ids, content="c0", value=0.0):
     import numpy as np
 
     blob = np.full(4, value, dtype=np.float16).tobytes()
-    return spark.createDataFrame([(i, content, "enc1", blob, 1, blob, dt.datetime(2026, 11, 24)) for i in ids],
+    return spark.createDataFrame([(i, content, "enc1", blob, 1, blob, dt.datetime(2026, 11, 24), None, None) for i in ids],
                                  tables.schema_of(spark, "item_features"))
 
 
@@ -136,16 +136,19 @@ def test_a_cache_table_created_before_deletion_vectors_gets_them(spark, config):
 
 
 def test_a_cache_table_written_before_its_buckets_is_rewritten_once_by_bucket(spark, config):
-    """An older item_model_outputs (no bucket column, not partitioned) keeps its rows and gains each row's bucket."""
+    """An older item_model_outputs (no bucket or n_views column, not partitioned) keeps its rows and gains
+    each row's bucket, and n_views null (scored over the photo alone)."""
     from delta.tables import DeltaTable
 
     path = config.table("item_model_outputs")
-    old = model_output_rows(spark, [f"i{n}" for n in range(30)])
+    old = model_output_rows(spark, [f"i{n}" for n in range(30)]).drop("n_views")
     old.write.format("delta").save(path)
     tables.ensure_table(spark, config, "item_model_outputs")
     assert DeltaTable.forPath(spark, path).detail().first()["partitionColumns"] == ["bucket"]
     got = tables.read_table(spark, config, "item_model_outputs")
-    assert_df_equality(got.drop("bucket"), old, ignore_row_order=True, ignore_column_order=True, ignore_nullable=True)
+    assert got.where("n_views IS NOT NULL").count() == 0
+    assert_df_equality(got.drop("bucket", "n_views"), old, ignore_row_order=True, ignore_column_order=True,
+                       ignore_nullable=True)
     expected = old.select("item_id", tables.token_bucket(config).cast("int").alias("bucket"))
     assert_df_equality(got.select("item_id", "bucket"), expected, ignore_row_order=True, ignore_nullable=True)
     assert got.select("bucket").distinct().count() > 1

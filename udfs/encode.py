@@ -32,13 +32,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 
-from camenn.featurizer import FeaturizerConfig, pack_item_features
+from camenn.featurizer import FeaturizerConfig, pack_item_features, pack_views
+from camenn.images import view_seed
 from udfs import autocast_dtype, configure_task_threads, memory_logged, task_cpus, task_device
 
 STAGING_SCHEMA = (
     "item_id string, merchant_id string, category string, title string, description string, price double, "
     "updated_at timestamp, image_size int, content_hash string, status string, reason string, "
-    "text_emb binary, n_text_tokens int, image_emb binary"
+    "text_emb binary, n_text_tokens int, image_emb binary, view_image_emb binary, n_views int"
 )
 _COLUMNS = [part.strip().split(" ")[0] for part in STAGING_SCHEMA.split(",")]
 _META = ["item_id", "merchant_id", "category", "title", "description", "price", "updated_at"]
@@ -78,6 +79,7 @@ def _frame(meta: pd.DataFrame, **columns) -> pd.DataFrame:
         out[name] = pd.Series([None] * n if values is None else list(values), dtype=object)
     out["n_text_tokens"] = pd.array(out["n_text_tokens"], dtype="Int32")
     out["image_size"] = pd.array(out["image_size"], dtype="Int32")
+    out["n_views"] = pd.array(out["n_views"], dtype="Int32")
     return out[_COLUMNS]
 
 
@@ -136,10 +138,13 @@ def thread_featurizers(featurizer) -> Callable[[], object]:
 
 
 def encode_fn(cfg: FeaturizerConfig, fingerprint: str, *, autocast: str = "none", chunk_rows: int | None = None,
-              threads: int | None = None):
+              threads: int | None = None, views: int = 0):
     """The mapInPandas function: (iterator of pending item frames) -> iterator of STAGING_SCHEMA frames.
 
     ``threads``: prepare threads per task (default :func:`prepare_threads` of the task's device).
+    ``views``: test-time views of each photo to encode beside it (``scoring.test_time_views``),
+    seeded by the row's content hash; their tokens go to ``view_image_emb`` and their number to
+    ``n_views`` (0 and no blob without views).
     """
     chunk_rows = chunk_rows or cfg.batch_size
 
@@ -171,11 +176,20 @@ def encode_fn(cfg: FeaturizerConfig, fingerprint: str, *, autocast: str = "none"
                     yield pdf.iloc[start:start + chunk_rows]
 
         def prepare(chunk: pd.DataFrame):
-            return loaded["preparer"]().prepare(list(chunk["title"]), list(chunk["description"]), list(chunk["image"]))
+            featurizer, images = loaded["preparer"](), list(chunk["image"])
+            prepared = featurizer.prepare(list(chunk["title"]), list(chunk["description"]), images)
+            if not views:
+                return prepared, None
+            return prepared, featurizer.prepare_views(images, [view_seed(h) for h in chunk["content_hash"]], views)
 
-        def finish(chunk: pd.DataFrame, prepared) -> pd.DataFrame:
+        def finish(chunk: pd.DataFrame, prepared_views) -> pd.DataFrame:
+            prepared, view_patches = prepared_views
             encoded = loaded["featurizer"].encode(prepared, autocast_dtype=loaded["dtype"])
             blobs = pack_item_features(encoded)
+            view_blobs = [None] * len(blobs)
+            if view_patches is not None:
+                view_blobs = pack_views(loaded["featurizer"].encode_views(view_patches, autocast_dtype=loaded["dtype"]),
+                                        encoded.valid)
             errors = list(prepared.errors)
             return _frame(
                 chunk,
@@ -186,6 +200,8 @@ def encode_fn(cfg: FeaturizerConfig, fingerprint: str, *, autocast: str = "none"
                 text_emb=[None if b is None else b[0] for b in blobs],
                 n_text_tokens=[None if b is None else int(b[1]) for b in blobs],
                 image_emb=[None if b is None else b[2] for b in blobs],
+                view_image_emb=view_blobs,
+                n_views=[None if b is None else views for b in blobs],
             )
 
         chunks = units()

@@ -34,6 +34,8 @@ CVR_SCHEMA = "user_id string, item_id string, cvr double"
 
 # The item pass: encoder blobs in, the item's projected tokens and alignment scores out.
 ITEM_OUTPUTS_INPUT = ["item_id", "content_hash", "category", "price", "text_emb", "n_text_tokens", "image_emb"]
+# ... and, when the night scores over test-time views (scoring.test_time_views), the views' image tokens
+ITEM_VIEWS_INPUT = ["view_image_emb"]
 # A StructType rather than DDL: item_outputs_fn derives its Arrow schema from it on the executor,
 # where there is no JVM to parse DDL, so the two cannot drift apart.
 ITEM_OUTPUTS_SCHEMA = StructType([
@@ -170,11 +172,13 @@ def _record_batch(struct: StructType, batch, computed: dict):
                             for f in schema], schema=schema)
 
 
-def item_outputs_fn(model_dir: str, version: str, batch_size: int, autocast: str | None = None):
+def item_outputs_fn(model_dir: str, version: str, batch_size: int, autocast: str | None = None, views: int = 0):
     """For ``mapInArrow``: (record batches of ITEM_OUTPUTS_INPUT) -> (record batches of ITEM_OUTPUTS_SCHEMA).
 
     Projected tokens and p_ita / p_tia of every item. An Arrow function rather than a pandas
     one: the encoder blobs are read in place (binary_views), not copied into Python bytes.
+    With ``views`` the input also has ITEM_VIEWS_INPUT, and p_ita / p_tia are the mean logit
+    over the photo and its first ``views`` views (``Predictor.item_outputs``).
     """
     import pyarrow as pa
 
@@ -185,7 +189,9 @@ def item_outputs_fn(model_dir: str, version: str, batch_size: int, autocast: str
             col = batch.column
             out = model.item_outputs(binary_views(col("text_emb")), col("n_text_tokens").to_pylist(),
                                      binary_views(col("image_emb")), col("category").to_pylist(),
-                                     col("price").to_pylist(), batch_size=batch_size)
+                                     col("price").to_pylist(), batch_size=batch_size,
+                                     view_image_embs=binary_views(col("view_image_emb")) if views else None,
+                                     n_views=views)
             yield _record_batch(ITEM_OUTPUTS_SCHEMA, batch, out)
 
     return run

@@ -1,0 +1,126 @@
+"""Test-time views in the nightly job (``scoring.test_time_views``): real Spark + Delta, the real
+encoders, a real CameNN (test_nightly's), on test_nightly's clean items and a poison one.
+
+An item's p_ita / p_tia over K views are the mean logit of its photo's scores and its K views'
+scores, each scored with the item's own text, category and price: the oracle here computes that
+from the item_features blobs with camenn.predictor, row by row, without Spark.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+from pyspark.sql import functions as F
+from test_feature_cache import clean_items, item_row, write_items
+
+from pipeline import feature_cache, model_cache, nightly, run_record, tables
+
+RUN = dt.date(2026, 11, 24)
+N_CLEAN = 12
+VIEWS = 2
+
+
+def night_config(root: Path, views: int):
+    return tiny_config(root, f"scoring.test_time_views={views}")
+
+
+@pytest.fixture(scope="module")
+def catalogue(spark, tmp_path_factory):
+    """Clean items and one undecodable photo; a real CameNN with alignment heads; the first night with views."""
+    from test_nightly import make_artifact
+
+    root = tmp_path_factory.mktemp("test-time-views")
+    config = night_config(root, VIEWS)
+    write_items(spark, config, clean_items(N_CLEAN) + [item_row(90, image=b"not an image")])
+    make_artifact(config, Path(config.model_dir), seed=0)
+    return root, nightly.run(spark, config, RUN)
+
+
+def features(spark, config) -> dict:
+    return {r.item_id: r for r in tables.read_table(spark, config, "item_features").collect()}
+
+
+def expected_alignment(spark, config, views: int) -> dict[str, tuple[float, float]]:
+    """item_id -> (p_ita, p_tia): the mean logit over the photo and its first ``views`` views, from the blobs."""
+    from camenn.predictor import Predictor, mean_logit
+
+    model = Predictor.load(config.model_dir)
+    feats = features(spark, config)
+    items = {r.item_id: r for r in tables.read_table(spark, config, "items").collect()}
+    ids = sorted(i for i in feats if i in items)
+    text, counts = [feats[i].text_emb for i in ids], [feats[i].n_text_tokens for i in ids]
+    cats, prices = [items[i].category for i in ids], [items[i].price for i in ids]
+    size = len(feats[ids[0]].image_emb)
+    images = [[feats[i].image_emb for i in ids]] + [[feats[i].view_image_emb[j * size:(j + 1) * size] for i in ids]
+                                                     for j in range(views)]
+    scores = [model.score_items(text, counts, im, cats, prices, batch_size=1) for im in images]
+    p_ita, p_tia = mean_logit([s[0] for s in scores]), mean_logit([s[1] for s in scores])
+    return {i: (a, t) for i, a, t in zip(ids, p_ita, p_tia)}
+
+
+def published(spark, config) -> dict[str, tuple[float, float]]:
+    rows = run_record.published(spark, config, "item_alignment", RUN, job=nightly.JOB).collect()
+    return {r.item_id: (r.p_ita, r.p_tia) for r in rows}
+
+
+def assert_alignment_is(got: dict, want: dict):
+    assert got.keys() == want.keys()
+    for item_id in want:
+        assert got[item_id] == pytest.approx(want[item_id], abs=1e-6), item_id
+
+
+def test_a_night_with_views_scores_each_item_over_its_photo_and_views(spark, catalogue):
+    root, first = catalogue
+    config = night_config(root, VIEWS)
+    assert first.status == "succeeded", first.summary()
+    c = first.counts
+    assert (c["items_encoded"], c["items_quarantined"], c["items_scored"]) == (N_CLEAN, 1, N_CLEAN), c
+    feats = features(spark, config)
+    assert len(feats) == N_CLEAN
+    for row in feats.values():   # each view is a photo's worth of image tokens
+        assert row.n_views == VIEWS and len(row.view_image_emb) == VIEWS * len(row.image_emb)
+    cached = tables.read_table(spark, config, model_cache.TABLE).select("n_views").distinct().collect()
+    assert [r.n_views for r in cached] == [VIEWS]
+    got, want = published(spark, config), expected_alignment(spark, config, VIEWS)
+    assert_alignment_is(got, want)
+    # the views moved the scores: the photo alone scores otherwise
+    photo_alone = expected_alignment(spark, config, 0)
+    assert max(abs(got[i][0] - photo_alone[i][0]) for i in got) > 1e-4
+    details = json.loads(tables.read_table(spark, config, "runs")
+                         .where((F.col("run_id") == first.run_id) & (F.col("status") == "succeeded")).first().details)
+    assert details["test_time_views"] == VIEWS
+
+
+def test_views_follow_the_config_without_encoding_a_photo_twice(spark, catalogue):
+    """The same views again reuse everything but a repriced item (through the item pass: the views'
+    projections are not cached); no views reuse the features and score the photo alone; more
+    views than cached encode the items again, and their first views are the old ones."""
+    root, _ = catalogue
+    config = night_config(root, VIEWS)
+    items = tables.read_table(spark, config, "items").localCheckpoint()   # the overwrite replaces what it reads
+    tables.overwrite_table(spark, config, "items", items.withColumn(
+        "price", F.when(F.col("item_id") == "i003", F.col("price") + 1.25).otherwise(F.col("price"))))
+    c = nightly.run(spark, config, RUN).counts
+    assert (c["items_encoded"], c["items_model_scored"], c["items_model_rescored"], c["items_model_reused"]) == \
+        (0, 1, 0, N_CLEAN - 1), c
+    assert_alignment_is(published(spark, config), expected_alignment(spark, config, VIEWS))
+
+    without = night_config(root, 0)
+    c = nightly.run(spark, without, RUN).counts
+    assert (c["items_encoded"], c["items_model_scored"]) == (0, N_CLEAN), c   # a row of other views is stale
+    assert_alignment_is(published(spark, without), expected_alignment(spark, without, 0))
+
+    before = features(spark, config)
+    more = night_config(root, VIEWS + 1)
+    stats = feature_cache.run_feature_update(spark, more, RUN, views=VIEWS + 1)
+    stats.cleanup(spark)
+    assert (stats.stats.encoded, stats.stats.reused) == (N_CLEAN, 0)
+    after = features(spark, more)
+    for item_id, row in after.items():
+        old = before[item_id]
+        assert row.n_views == VIEWS + 1 and row.image_emb == old.image_emb
+        assert row.view_image_emb[:len(old.view_image_emb)] == old.view_image_emb
