@@ -24,7 +24,7 @@ def config_error(path: Path, *overrides: str) -> str:
     return str(info.value)
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "demo-full.yaml", "production.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "demo-full.yaml", "grocery.yaml", "production.yaml"])
 def test_shipped_configs_load(name):
     config = load_config(CONF / name)
     assert config.name == name.removesuffix(".yaml")
@@ -40,6 +40,21 @@ def test_the_quick_demo_is_the_full_demo_on_a_smaller_world():
     assert quick.world.n_items * 10 == full.world.n_items
     assert quick.training.shipped_artifact.endswith("models/demo") and full.training.shipped_artifact is None
     assert quick.data.root != full.data.root and quick.training.artifact_dir != full.training.artifact_dir
+
+
+def test_configs_that_share_a_registered_model_register_comparable_models():
+    # the promotion gate measures a candidate against the champion on the same inputs: versions of
+    # one registered model must read the same features and carry the same heads
+    configs = [load_config(path) for path in sorted(CONF.glob("*.yaml"))]
+    registries: dict[tuple[str, str], list] = {}
+    for config in configs:
+        registries.setdefault((config.tracking.uri, config.tracking.registered_model), []).append(config)
+    assert len(registries) > 1   # the grocery photos are not versions of the demo model
+    for (uri, name), sharing in registries.items():
+        first = sharing[0]
+        for other in sharing[1:]:
+            assert other.featurizer == first.featurizer, f"{first.name} and {other.name} share {name} at {uri}"
+            assert other.model.tasks == first.model.tasks, f"{first.name} and {other.name} share {name} at {uri}"
 
 
 def test_production_uses_the_papers_encoders_from_local_files():
