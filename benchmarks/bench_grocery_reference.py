@@ -76,6 +76,9 @@ def parse_args(argv=None):
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--bench-root", default=str(_ROOT / "runs" / "bench" / "grocery"))
     p.add_argument("--variant", required=True, help="which of bench_grocery's trained variants scores")
+    p.add_argument("--ensemble", action="append", default=[], metavar="ROOT:VARIANT",
+                   help="also score with this bench root's variant and take the mean logit of the models (repeatable; "
+                        "its features must be the same encoder's and its vocabulary the same)")
     p.add_argument("--k", type=int, default=16, help="reference listings per listing")
     p.add_argument("--flag-quantile", type=float, default=0.02)
     p.add_argument("--damaged-share", type=float, default=0.1, help="share of damaged listings for the precision")
@@ -86,6 +89,25 @@ def parse_args(argv=None):
 
 
 # ------------------------------------------------------------------------ scores
+
+
+def mean_of_models(models: list):
+    """Several models scored as one: the mean of their logits (an ensemble; one model is itself)."""
+    import torch
+
+    if len(models) == 1:
+        return models[0]
+
+    class MeanLogit(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.members = torch.nn.ModuleList(models)
+
+        def forward(self, batch, tasks):
+            outs = [m(batch, tasks) for m in self.members]
+            return {t: torch.stack([o[t] for o in outs]).mean(0) for t in tasks}   # (b,) per task
+
+    return MeanLogit()
 
 
 def pair_logits(model, store, text_rows, image_rows, feat_rows, batch_size: int = 512) -> np.ndarray:
@@ -219,8 +241,16 @@ def main(argv=None) -> dict:
     ours = SparkSession.getActiveSession() is None
     spark = get_spark(config)
     art = load_artifact(str(root / "model" / slug(args.variant)))
-    model = art.model.eval()
     vocab = FeatureVocab.from_dict(art.metadata["vocab"])
+    members = [art.model.eval()]
+    for spec in args.ensemble:
+        other_root, _, other_variant = spec.partition(":")
+        other = load_artifact(str(Path(other_root).resolve() / "model" / slug(other_variant)))
+        for key in ("vocab", "encoder_fingerprint"):
+            if other.metadata[key] != art.metadata[key]:
+                raise SystemExit(f"--ensemble {spec}: its {key} is not {args.variant}'s, so it reads other inputs")
+        members.append(other.model.eval())
+    model = mean_of_models(members)
     store = load_item_store(spark, config.table("item_features"), None, config.table("items"), None,
                             art.metadata["encoder_fingerprint"], vocab, art.config.n_patches)
     data = Path(args.data).resolve()
@@ -310,7 +340,8 @@ def main(argv=None) -> dict:
     figures = {"benchmark": "bench_grocery_reference", "created": dt.datetime.now().isoformat(timespec="seconds"),
                "command": " ".join(["benchmarks/bench_grocery_reference.py", *(argv if argv is not None else sys.argv[1:])]),
                "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
-               "variant": args.variant, "k": args.k, "test_time_views": k_views, "flag_quantile": args.flag_quantile,
+               "variant": args.variant, "ensemble": args.ensemble, "k": args.k, "test_time_views": k_views,
+               "flag_quantile": args.flag_quantile,
                "damaged_share": args.damaged_share,
                "listings": {s: len(i) for s, i in sets_of.items()}, "results": results, "table": lines,
                "seconds": time.perf_counter() - t0}

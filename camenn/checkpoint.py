@@ -24,6 +24,7 @@ finish, and the loader says so.
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import hashlib
 import json
@@ -54,16 +55,37 @@ _URI = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")   # a scheme of two letters o
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 RESERVED_KEYS = ("model", "format_version")
 # The code whose meaning a set of weights depends on: the layers, how inputs become tensors and
-# how items become features. A change to any of them may change what the same weights compute.
+# how items become features. A change to any of them may change what the same weights compute
+# (a change to their docstrings or comments does not: code_meaning).
 MODEL_CODE = ("model.py", "inputs.py", "featurizer.py", "encoders.py")
 
 
-def code_fingerprint() -> str:
-    """sha-256 (16 hex digits) of the camenn modules in MODEL_CODE, as installed."""
-    package = Path(__file__).resolve().parent
+def code_meaning(source: str, name: str = "<model code>") -> str:
+    """A module as Python reads it, without its docstrings: what a fingerprint of the code hashes.
+
+    Comments, docstrings, blank lines and line breaks change nothing the weights compute, so a
+    fix to a docstring does not make every trained model stale (four retrains of the demo model
+    gave the same weights to the bit for such changes). Every other string stays: a string can
+    carry meaning (an activation's name, a key). The dump is Python's own AST, so a new Python
+    minor version may change it: the stack pins 3.11.
+    """
+    tree = ast.parse(source, filename=name)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def code_fingerprint(package: Path | None = None) -> str:
+    """sha-256 (16 hex digits) of the meaning (code_meaning) of the camenn modules in MODEL_CODE, as installed."""
+    package = package or Path(__file__).resolve().parent
     digest = hashlib.sha256()
     for name in MODEL_CODE:
-        digest.update(name.encode() + b"\0" + (package / name).read_bytes() + b"\0")
+        meaning = code_meaning((package / name).read_text(encoding="utf-8"), name)
+        digest.update(name.encode() + b"\0" + meaning.encode() + b"\0")
     return digest.hexdigest()[:16]
 
 

@@ -1,6 +1,6 @@
 """CameNN: cross-modal alignment with a mixture-of-experts network (arXiv 2009.09926).
 
-One readable file: the config, the input containers, the layers and the model (~750 lines,
+One readable file: the config, the input containers, the layers and the model (~780 lines,
 as nanoGPT keeps its model in one file: a reader checks a shape or a mask against the layer
 that uses it without leaving the page; the data and training code live elsewhere).
 

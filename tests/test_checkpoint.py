@@ -16,9 +16,11 @@ import pytest
 import torch
 
 from camenn.checkpoint import (
+    MODEL_CODE,
     ArtifactError,
     PickleRefusedError,
     check_artifact,
+    code_fingerprint,
     copy_artifact,
     list_versions,
     load_artifact,
@@ -260,6 +262,41 @@ def test_copy_publishes_the_very_bytes_as_a_new_version(tmp_path):
         (shipped / "config.json").write_text("{}")
         copy_artifact(shipped, root)
     assert len(list_versions(root)) == 2
+
+
+def copy_of_the_model_code(tmp_path: Path, edit=None) -> Path:
+    """The MODEL_CODE modules copied to a folder of their own, model.py passed through ``edit``."""
+    package = Path(__file__).resolve().parent.parent / "camenn"
+    folder = tmp_path / f"code-{len(list(tmp_path.glob('code-*')))}"
+    folder.mkdir()
+    for name in MODEL_CODE:
+        text = (package / name).read_text(encoding="utf-8")
+        (folder / name).write_text(edit(text) if edit and name == "model.py" else text, encoding="utf-8")
+    return folder
+
+
+def test_the_code_fingerprint_follows_what_the_code_does_not_its_docstrings(tmp_path):
+    current = code_fingerprint()
+    assert code_fingerprint(copy_of_the_model_code(tmp_path)) == current
+
+    def reword(text: str) -> str:   # the module's docstring, a function's, a comment, a blank line
+        edits = [("One readable file", "A single readable file"),
+                 ("\nTASKS = ", "\n# the heads a model may have\n\nTASKS = "),
+                 ('def cv_squared(x: torch.Tensor) -> torch.Tensor:\n    """', 'def cv_squared(x: torch.Tensor) -> torch.Tensor:\n    """Reworded. ')]
+        for old, new in edits:
+            assert old in text
+            text = text.replace(old, new, 1)
+        return text
+
+    reworded = copy_of_the_model_code(tmp_path, reword)
+    assert (reworded / "model.py").read_text() != (copy_of_the_model_code(tmp_path) / "model.py").read_text()
+    assert code_fingerprint(reworded) == current
+
+    def retune(text: str) -> str:   # one constant the layers compute with
+        assert "SEG_TEXT, SEG_IMAGE, SEG_USER = 0, 1, 2" in text
+        return text.replace("SEG_TEXT, SEG_IMAGE, SEG_USER = 0, 1, 2", "SEG_TEXT, SEG_IMAGE, SEG_USER = 0, 2, 1")
+
+    assert code_fingerprint(copy_of_the_model_code(tmp_path, retune)) != current
 
 
 def test_not_a_directory(tmp_path):
