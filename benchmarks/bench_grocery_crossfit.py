@@ -152,7 +152,7 @@ def main(argv=None) -> dict:
             models[f] = load_artifact(str(froot / "model"))
             continue
         fold_tables(spark, root / "tables", froot / "tables", [i for i in val_ids if fold_of(i, args.folds) != f] + val_views)
-        fconfig = load_config(args.conf, [f"data.root={froot / 'tables'}", *args.set, *vsets,
+        fconfig = load_config(args.conf, [f"data.root={froot / 'tables'}", "scoring.test_time_views=0", *args.set, *vsets,
                                           f"training.artifact_dir={froot / 'model'}"])
         say(f"fold {f}: train {name!r} on the training photos, views and this fold's validation photos", t0)
         t = time.perf_counter()

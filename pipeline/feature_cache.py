@@ -362,7 +362,8 @@ def run_feature_update(spark: SparkSession, config: AppConfig, run_date: dt.date
     which lets a job write all its quarantine rows in one commit. ``run_id`` names the staging
     table after the run (a recorded run, see sweep_stale_staging); ``live_run_ids`` are the runs
     whose staging tables must stay. ``views``: test-time views each new or changed photo is
-    encoded with (the nightly job's ``scoring.test_time_views``; training needs none).
+    encoded with (``scoring.test_time_views``: the night scores over them; training encodes them
+    too, so that the night after a training finds every photo's views cached).
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -436,9 +437,11 @@ def _merge(spark: SparkSession, config: AppConfig, encoded: DataFrame, fingerpri
 
 
 def update_item_features(spark: SparkSession, config: AppConfig, run_date: dt.date, items_df: DataFrame | None = None,
-                         *, job: str = DEFAULT_JOB) -> FeatureStats:
-    """Validate ``items`` (or ``items_df``), encode new and changed items, MERGE them into item_features."""
-    update = run_feature_update(spark, config, run_date, items_df, job=job)
+                         *, job: str = DEFAULT_JOB, views: int = 0) -> FeatureStats:
+    """Validate ``items`` (or ``items_df``), encode new and changed items, MERGE them into item_features.
+
+    ``views``: test-time views each new or changed photo is encoded with (run_feature_update)."""
+    update = run_feature_update(spark, config, run_date, items_df, job=job, views=views)
     update.cleanup(spark)
     return update.stats
 

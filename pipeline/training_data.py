@@ -321,7 +321,10 @@ def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.d
     stats = None
     if update_features:
         spark.sparkContext.setJobDescription("training: item feature cache")
-        stats = feature_cache.update_item_features(spark, config, run_date, job="train")
+        # the views the night scores over are encoded here too: the model does not read them, but a
+        # photo encoded without them would be decoded and encoded again, views and all, by the next night
+        stats = feature_cache.update_item_features(spark, config, run_date, job="train",
+                                                   views=config.scoring.test_time_views)
 
     versions: dict[str, int] = {}
     source = examples_source(spark, config)

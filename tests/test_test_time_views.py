@@ -124,3 +124,28 @@ def test_views_follow_the_config_without_encoding_a_photo_twice(spark, catalogue
         old = before[item_id]
         assert row.n_views == VIEWS + 1 and row.image_emb == old.image_emb
         assert row.view_image_emb[:len(old.view_image_emb)] == old.view_image_emb
+
+
+def test_a_training_encodes_the_views_so_the_next_night_encodes_nothing(spark, tmp_path):
+    """Training's feature refresh encodes the night's test-time views beside each photo: the first night
+    after it reuses every item's features instead of decoding and encoding every photo again."""
+    from test_training import FAST
+    from test_training_data import synthetic_world, write_world
+
+    from pipeline.train import run_training
+
+    n_items = 16
+    config = tiny_config(tmp_path, *FAST, f"scoring.test_time_views={VIEWS}")
+    write_world(spark, config, {"items": synthetic_world(n_items=n_items, n_users=4, days=2)["items"]})
+    trained = run_training(spark, config)   # photos and texts alone: the alignment tasks
+    assert trained.data.feature_stats.encoded == n_items
+    feats = features(spark, config)
+    assert len(feats) == n_items
+    for row in feats.values():
+        assert row.n_views == VIEWS and len(row.view_image_emb) == VIEWS * len(row.image_emb)
+
+    night = nightly.run(spark, config, RUN)
+    assert night.status == "succeeded", night.summary()
+    c = night.counts
+    assert (c["items_encoded"], c["items_reused"], c["items_scored"]) == (0, n_items, n_items), c
+    assert_alignment_is(published(spark, config), expected_alignment(spark, config, VIEWS))
