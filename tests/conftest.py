@@ -19,7 +19,8 @@ TINY_CONF = TESTS / "conf" / "tiny.yaml"
 # test_dag.py, 3 tests and 533 s, out last, leaving one worker idle for minutes; CI of
 # 2026-12-04 14:20, where test_dag.py started 23 minutes in). Worker seconds per file from that
 # run's build/test-junit.xml (3,423 s in all; test_test_time_views.py, added 2026-12-06, by its
-# 204 s alone); the files not named here are under 60 s each and follow in collection order.
+# 204 s alone, about 270 s with its training test); the files not named here are under 60 s each
+# and follow in collection order.
 LONGEST_FIRST = ("test_nightly.py", "test_dag.py", "test_training.py", "test_ingest.py", "test_profile_fields.py",
                  "test_planted_defects.py", "test_feature_cache.py", "test_tracking.py", "test_grocery_real.py",
                  "test_report.py", "test_test_time_views.py", "test_alignment_only.py", "test_promote.py",
