@@ -282,7 +282,7 @@ def test_the_code_fingerprint_follows_what_the_code_does_not_its_docstrings(tmp_
     def reword(text: str) -> str:   # the module's docstring, a function's, a comment, a blank line
         edits = [("One readable file", "A single readable file"),
                  ("\nTASKS = ", "\n# the heads a model may have\n\nTASKS = "),
-                 ('def cv_squared(x: torch.Tensor) -> torch.Tensor:\n    """', 'def cv_squared(x: torch.Tensor) -> torch.Tensor:\n    """Reworded. ')]
+                 ('-> torch.Tensor:\n    """Squared coefficient', '-> torch.Tensor:\n    """Reworded. Squared coefficient')]
         for old, new in edits:
             assert old in text
             text = text.replace(old, new, 1)
