@@ -64,10 +64,10 @@ def code_meaning(source: str, name: str = "<model code>") -> str:
     """A module as Python reads it, without its docstrings: what a fingerprint of the code hashes.
 
     Comments, docstrings, blank lines and line breaks change nothing the weights compute, so a
-    fix to a docstring does not make every trained model stale (four retrains of the demo model
-    gave the same weights to the bit for such changes). Every other string stays: a string can
-    carry meaning (an activation's name, a key). The dump is Python's own AST, so a new Python
-    minor version may change it: the stack pins 3.11.
+    fix to a docstring does not make every trained model stale (a retrain and re-ship of the demo
+    model takes 20-45 minutes on 2 cores). Every other string stays: a string can carry meaning
+    (an activation's name, a key). The dump is Python's own AST, so a new Python minor version
+    may change it: the stack pins 3.11.
     """
     tree = ast.parse(source, filename=name)
     for node in ast.walk(tree):
