@@ -20,6 +20,10 @@ from the usual AWS variables (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...).
 a version is written to a temporary folder and renamed into place; an object store has no
 rename, so there the manifest is written last: a version without one is a save that did not
 finish, and the loader says so.
+
+One file (~540 lines): writing, verifying and resolving a version are one format, and a reader
+checks what the loader trusts against what the writer wrote without leaving the page; the model
+code's fingerprint lives here because the artifact carries it.
 """
 
 from __future__ import annotations
