@@ -9,7 +9,9 @@ Runs after benchmarks/bench_grocery.py, on its tables and one of its trained var
    (the training job's own held-out hash split, ``item_split`` "test"; never a view of a photo,
    and bench_grocery --augment makes views of "train" photos only) as they are; the ITA and
    TIA thresholds are the ``--clean-quantile`` quantile of those clean scores (2% by default: about
-   2% of clean photos flagged on each side). The validation photos never set a threshold.
+   2% of clean photos flagged on each side). The validation photos never set a threshold. With
+   ``scoring.test_time_views`` K (conf/grocery.yaml: 4) the photos are scored over themselves and K
+   test-time views, encoded here, as the night scores (``--calibrate-on-photo``: the photo alone).
 2. Plants: of the 296 validation photos, 5% get another product's text (title and description)
    and another 5% another product's photo; half of each from a product of the same coarse class
    (where the class has one), half from any other product. The export with the plants is
@@ -51,6 +53,9 @@ def parse_args(argv=None):
     p.add_argument("--share", type=float, default=0.05, help="share of validation photos per kind of plant")
     p.add_argument("--clean-quantile", type=float, default=0.02,
                    help="thresholds: this quantile of the held-out clean photos' ITA and TIA")
+    p.add_argument("--calibrate-on-photo", action="store_true",
+                   help="take the quantiles over the held-out photos alone, as before 2026-12-06, even when the night "
+                        "scores over test-time views (by default they are taken over the photo and the night's views)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as given to bench_grocery.py")
     p.add_argument("--json", default=None)
@@ -80,13 +85,43 @@ def plant(rows: list[dict], share: float, rng: np.random.Generator) -> tuple[lis
     return rows, damaged
 
 
-def calibrate(spark, config, model_dir: str, quantile: float) -> dict:
-    """ITA/TIA thresholds: the ``quantile`` of the variant's scores on the training photos it held out."""
+def held_out_views(spark, config, store, rows: list[int], views: int):
+    """camenn.chunks.HeldOutViews of the held-out photos: their ``views`` test-time views, encoded here
+    by the nightly job's own encoder function (udfs.encode, seeded by the content hash), so that they
+    are the views a night would score these photos over."""
+    from pyspark.sql import functions as F
+
+    from camenn.chunks import VIEW_COLUMN, views_from_arrow
+    from pipeline import feature_cache
+    from udfs.encode import STAGING_SCHEMA, encode_fn
+
+    ids = [store.item_ids[k] for k in rows]
+    fcfg = feature_cache.featurizer_config(config)
+    photos = (feature_cache.item_rows(spark, config, with_image=True).where(F.col("item_id").isin(ids))
+              .repartition(max(2, len(ids) // config.featurizer.rows_per_task)))   # both cores encode
+    encoded = photos.mapInPandas(encode_fn(fcfg, feature_cache.featurizer_fingerprint(fcfg), views=views), STAGING_SCHEMA)
+    table = encoded.select("item_id", VIEW_COLUMN).toArrow()
+    found = views_from_arrow(table, store, views, int(store.image.shape[1]))
+    if found is None or int(found.has(torch_rows(rows)).sum()) != len(rows):
+        raise SystemExit(f"the views of {len(rows)} held-out photos were not all encoded")
+    return found
+
+
+def torch_rows(rows: list[int]):
     import torch
 
+    return torch.as_tensor(rows, dtype=torch.long)
+
+
+def calibrate(spark, config, model_dir: str, quantile: float, views: int = 0) -> dict:
+    """ITA/TIA thresholds: the ``quantile`` of the variant's scores on the training photos it held out.
+
+    With ``views``, each photo is scored over itself and that many test-time views (mean logit), as
+    the night scores a listing and as training takes its recorded quantiles since 2026-12-06.
+    """
     from camenn.checkpoint import load_artifact
     from camenn.inputs import FeatureVocab
-    from camenn.training import item_split, predict_items
+    from camenn.training import clean_scores, item_split
     from pipeline.training_data import load_item_store
 
     art = load_artifact(model_dir)
@@ -99,9 +134,10 @@ def calibrate(spark, config, model_dir: str, quantile: float) -> dict:
             and item_split(i, sp.test_fraction, sp.valid_fraction, sp.seed) == "test"]
     if len(held) < 2:
         raise SystemExit(f"{len(held)} held-out training photos: too few to calibrate thresholds on")
-    p = predict_items(art.model, store, torch.as_tensor(held), 256, "cpu")
+    views_of = held_out_views(spark, config, store, held, views) if views else None
+    p, n_over_views = clean_scores(art.model, store, torch_rows(held), 256, "cpu", views_of)
     return {"ita": float(np.quantile(p["ita"], quantile)), "tia": float(np.quantile(p["tia"], quantile)),
-            "n_held_out": len(held), "quantile": quantile}
+            "n_held_out": len(held), "quantile": quantile, "views": views, "n_over_views": n_over_views}
 
 
 def _share(hits: list[bool]) -> float | None:
@@ -164,8 +200,9 @@ def main(argv=None) -> dict:
     ours = SparkSession.getActiveSession() is None   # a caller's session (a test's) is left running
     spark = get_spark(bench_config)
 
-    say(f"calibrate thresholds on the held-out training photos ({args.variant})", t0)
-    thr = calibrate(spark, bench_config, model_dir, args.clean_quantile)
+    views = 0 if args.calibrate_on_photo else bench_config.scoring.test_time_views
+    say(f"calibrate thresholds on the held-out training photos ({args.variant}), over the photo and {views} view(s)", t0)
+    thr = calibrate(spark, bench_config, model_dir, args.clean_quantile, views)
     say(f"thresholds ita {thr['ita']:.4f}, tia {thr['tia']:.4f} ({thr['n_held_out']} held-out photos)", t0)
 
     classes = read_classes(data)

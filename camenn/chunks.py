@@ -22,13 +22,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from camenn.featurizer import unpack_item_features
+from camenn.featurizer import BLOB_FP16, unpack_item_features
 from camenn.inputs import FeatureVocab, ItemStore
 
 SPLITS = ("train", "valid", "test")
 N_BUCKETS = 1024  # training_examples.bucket is in [0, N_BUCKETS)
 EXAMPLE_COLUMNS = ["example_id", "item_id", "behaviour", "label", "split", "bucket"]   # + the vocabulary's profile fields
 ITEM_COLUMNS = ["item_id", "home", "category", "price", "text_emb", "n_text_tokens", "image_emb"]
+VIEW_COLUMN = "view_image_emb"   # training_items: the test-time views of held-out home items, null elsewhere
 
 
 @dataclass
@@ -54,6 +55,55 @@ class Chunk:
     splits: dict[str, Examples]
     home: dict[str, torch.Tensor]     # split -> store rows of this chunk's home items in that alignment split
     dropped: int                      # examples whose target is not in the store (0 unless the table is damaged)
+    views: HeldOutViews | None = None  # the test-time views of the held-out home items (spec["calibration_views"])
+
+
+@dataclass
+class HeldOutViews:
+    """The test-time views of a chunk's held-out home items, so that the calibration quantiles are
+    taken over what the night scores a listing over: its photo and these views (mean logit).
+
+    Only the held-out items carry views (training_data.held_out_views), ``split.test_fraction`` of
+    the home items, so a store row maps to a slot here or to -1.
+    """
+
+    slot: torch.Tensor    # (N,) long: store row -> row of ``image``, -1 = no views
+    image: torch.Tensor   # (n, K, P, Di) fp16
+
+    @property
+    def n_views(self) -> int:
+        return int(self.image.shape[1])
+
+    def has(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.slot[rows] >= 0                                            # (b,) bool
+
+    def gather(self, rows: torch.Tensor, view: int) -> torch.Tensor:
+        """View ``view`` of each row's photo in place of the photo: rows must have views."""
+        slots = self.slot[rows]                                                # (b,)
+        if bool((slots < 0).any()):
+            raise ValueError(f"{int((slots < 0).sum())} of the rows have no test-time views")
+        return self.image[slots, view].float()                                 # (b, P, Di)
+
+
+def views_from_arrow(table, store: ItemStore, n_views: int, n_patches: int) -> HeldOutViews | None:
+    """HeldOutViews from the training_items rows whose ``view_image_emb`` holds ``n_views`` views; None if none does.
+
+    A blob is K x P x Di fp16 values, view after view (the layout of featurizer.pack_views); a row with fewer
+    views than asked (a cache row of an older night) has none here and is calibrated on its photo.
+    """
+    if n_views < 1 or VIEW_COLUMN not in table.column_names:
+        return None
+    image_dim = store.image.shape[-1]
+    size = n_views * n_patches * image_dim * BLOB_FP16.itemsize
+    ids, blobs = table["item_id"].to_pylist(), table[VIEW_COLUMN].to_pylist()
+    kept = [(i, b) for i, b in zip(ids, blobs) if b is not None and len(b) >= size]
+    if not kept:
+        return None
+    slot = torch.full((len(store),), -1, dtype=torch.long)                     # (N,)
+    slot[store.lookup([i for i, _ in kept])] = torch.arange(len(kept))
+    image = torch.stack([torch.from_numpy(np.frombuffer(b, dtype=BLOB_FP16, count=size // BLOB_FP16.itemsize).copy())
+                         for _, b in kept]).view(len(kept), n_views, n_patches, image_dim)   # (n, K, P, Di) fp16
+    return HeldOutViews(slot, image)
 
 
 def chunk_buckets(chunk: int, n_chunks: int) -> list[int]:
@@ -160,15 +210,16 @@ def load_chunk(spec: dict, chunk: int, vocab: FeatureVocab, item_split_of) -> Ch
 
     ``item_split_of(item_id) -> "train" | "valid" | "test"`` splits items for the alignment tasks.
     """
+    n_views = int(spec.get("calibration_views") or 0)
     items = delta_table(spec["paths"]["training_items"], spec["table_versions"].get("training_items")) \
-        .to_pyarrow_table(columns=ITEM_COLUMNS, filters=[("chunk", "=", chunk)])
+        .to_pyarrow_table(columns=ITEM_COLUMNS + ([VIEW_COLUMN] if n_views else []), filters=[("chunk", "=", chunk)])
     store = store_from_arrow(items, vocab, int(spec["n_patches"]))
     splits, dropped = examples_from_arrow(read_chunk_examples(spec, chunk, vocab.profile_fields), store, vocab,
                                           int(spec["model"]["max_behaviour"]))
     home_ids = set(items.filter(items["home"])["item_id"].to_pylist())
     part = np.asarray([item_split_of(i) if i in home_ids else "" for i in store.item_ids], dtype=object)
     home = {name: torch.from_numpy(np.nonzero(part == name)[0]) for name in SPLITS}
-    return Chunk(chunk, store, splits, home, dropped)
+    return Chunk(chunk, store, splits, home, dropped, views_from_arrow(items, store, n_views, int(spec["n_patches"])))
 
 
 class ChunkCache:

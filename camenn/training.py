@@ -17,7 +17,7 @@ imports pyspark. Each process
    held-out items), each process over its chunks, reducing histograms and counts only;
 4. on rank 0 alone, writes the artifact with :func:`camenn.checkpoint.save_artifact`.
 
-Why one module of ~870 lines: the loop, its batches, its metrics and the pieces a training
+Why one module of ~910 lines: the loop, its batches, its metrics and the pieces a training
 process runs (distributed setup, schedule, step) are read together when a run misbehaves;
 the data it reads lives in ``camenn.chunks`` and the model in ``camenn.model``.
 
@@ -43,14 +43,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from camenn.chunks import Chunk, ChunkCache, Examples, batch_stream, home_stream, load_chunk, rank_chunks
+from camenn.chunks import Chunk, ChunkCache, Examples, HeldOutViews, batch_stream, home_stream, load_chunk, rank_chunks
 from camenn.config import CALIBRATION_QUANTILES
 from camenn.inputs import ITEM_FEATURES, FeatureVocab, ItemStore, full_batch
 from camenn.logs import setup_logging
 from camenn.losses import derangement, hard_donors, make_alignment_examples, multitask_loss, twin_key
 from camenn.metrics import auc_from_counts, roc_auc
 from camenn.model import NON_TASK_OUTPUTS, TASKS, CameNN, CameNNBatch, ItemTokens, frame_config
-from camenn.predictor import AUTOCAST_DTYPES
+from camenn.predictor import AUTOCAST_DTYPES, mean_logit
 
 _log = logging.getLogger(__name__)
 
@@ -197,8 +197,12 @@ def predict_cvr(model: CameNN, store: ItemStore, ex: Examples, batch_size: int, 
 
 @torch.no_grad()
 def predict_items(model: CameNN, store: ItemStore, idx: torch.Tensor, batch_size: int, device,
-                  swap: str | None = None, donor: torch.Tensor | None = None) -> dict[str, np.ndarray]:
-    """Item-only probabilities per task for items ``idx``; ``swap`` = "text"/"image" takes that side from ``donor``."""
+                  swap: str | None = None, donor: torch.Tensor | None = None,
+                  views: HeldOutViews | None = None, view: int = 0) -> dict[str, np.ndarray]:
+    """Item-only probabilities per task for items ``idx``; ``swap`` = "text"/"image" takes that side from ``donor``.
+
+    With ``views``, the image is view ``view`` of each row's photo instead of the photo.
+    """
     model.eval()
     tasks = alignment_tasks(model)
     if not tasks:
@@ -207,6 +211,8 @@ def predict_items(model: CameNN, store: ItemStore, idx: torch.Tensor, batch_size
     for s in range(0, len(idx), batch_size):
         rows = idx[s:s + batch_size]
         items = store.gather(rows)
+        if views is not None:
+            items = ItemTokens(items.text, items.text_mask, views.gather(rows, view), items.feats)
         if swap is not None:
             other = store.gather(donor[s:s + batch_size])
             if swap == "text":
@@ -217,6 +223,27 @@ def predict_items(model: CameNN, store: ItemStore, idx: torch.Tensor, batch_size
         for t in out:
             out[t].append(probs[t].float().cpu())
     return {t: (torch.cat(v).numpy() if v else np.zeros(0, dtype=np.float32)) for t, v in out.items()}
+
+
+def clean_scores(model: CameNN, store: ItemStore, idx: torch.Tensor, batch_size: int, device,
+                 views: HeldOutViews | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """Items ``idx`` as they are, scored as the night scores them: (task -> probabilities, rows over views).
+
+    The rows that carry test-time views get the mean logit over their photo and its views
+    (``Predictor.item_outputs`` with ``n_views``); the others, and all without ``views``, the photo alone.
+    """
+    scores = predict_items(model, store, idx, batch_size, device)
+    if views is None or len(idx) == 0:
+        return scores, 0
+    has = views.has(idx)                                                      # (n,) bool
+    rows = idx[has]
+    if len(rows) == 0:
+        return scores, 0
+    per_view = [predict_items(model, store, rows, batch_size, device, views=views, view=j) for j in range(views.n_views)]
+    mask = has.numpy()
+    for task, photo in scores.items():
+        photo[mask] = mean_logit([photo[mask]] + [p[task] for p in per_view])
+    return scores, int(len(rows))
 
 
 def alignment_scores(model: CameNN, store: ItemStore, idx: torch.Tensor, batch_size: int, device,
@@ -622,7 +649,9 @@ def held_out_metrics(model: CameNN, cache: ChunkCache, chunks: list[int], batch_
     tasks = [t for t in ("ita", "tia") if t in model.cfg.tasks]
     # random negatives (another held-out item) and same-category ones ("_hard"), side by side
     cvr, align = BinnedAUC(), {k: BinnedAUC() for t in tasks for k in (t, f"{t}_hard")}
-    n_items = n_hard = 0
+    clean = {t: BinnedAUC() for t in tasks}   # the held-out items as the night scores them, views and all
+    n_items = n_hard = n_over_views = 0
+    n_views = 0
     for c in chunks:
         chunk = cache.get(c)
         if "cvr" in model.cfg.tasks:
@@ -632,6 +661,12 @@ def held_out_metrics(model: CameNN, cache: ChunkCache, chunks: list[int], batch_
         for task, (y, p) in scores.items():
             align[task].add(y, p)
         n_items += len(chunk.home["test"]) if scores else 0
+        if tasks:
+            own, over_views = clean_scores(model, chunk.store, chunk.home["test"], batch_size, device, chunk.views)
+            for task in tasks:
+                clean[task].add(np.ones(len(own[task])), own[task])
+            n_over_views += over_views
+            n_views = max(n_views, chunk.views.n_views if chunk.views is not None else 0)
         hard = alignment_scores(model, chunk.store, chunk.home["test"], batch_size, device, seed=seed + c, hard=True)
         for task, (y, p) in hard.items():
             align[f"{task}_hard"].add(y, p)
@@ -645,15 +680,19 @@ def held_out_metrics(model: CameNN, cache: ChunkCache, chunks: list[int], batch_
         if hist.n:   # a catalogue with one item per category has no same-category pair
             metrics.update({f"{task}_acc": hist.accuracy(), f"{task}_auc": hist.auc()})
     for task in tasks:   # the held-out items as they are: what thresholds.mode "calibrated" flags below
+        if clean[task].all_reduce(dist_info).n:
+            metrics.update({f"{task}_clean_q{round(q * 100):02d}": clean[task].quantile(q) for q in CALIBRATION_QUANTILES})
         if align[task].n:
-            metrics.update({f"{task}_clean_q{round(q * 100):02d}": align[task].quantile(q) for q in CALIBRATION_QUANTILES})
             # the model's own decision point: where its held-out pairs (random negatives) split best; a model
             # whose scores lean to one side (logit adjustment, a skewed share of negatives) is read at it
             cut = align[task].best_cut()
             metrics.update({f"{task}_cut": cut, f"{task}_acc_at_cut": align[task].accuracy(cut)})
     if align:
-        n = _all_reduce([float(n_items), float(n_hard)], "sum", dist_info)
+        n = _all_reduce([float(n_items), float(n_hard), float(n_over_views)], "sum", dist_info)
         metrics["n_items"], metrics["n_items_hard"] = int(n[0]), int(n[1])
+        # the night compares its own scoring.test_time_views with this (pipeline.nightly.views_warnings)
+        metrics["calibration_views"] = int(_all_reduce([float(n_views)], "max", dist_info)[0])
+        metrics["calibration_items_over_views"] = int(n[2])
     return metrics
 
 

@@ -2,7 +2,7 @@
 
     result = run(spark, config, run_date)       # ScoreRun; spark-submit jobs/score_catalog.py
 
-One module (~670 lines): the five stages share one run's state (the valid items, the model
+One module (~690 lines): the five stages share one run's state (the valid items, the model
 cache, the persisted frames, the counts that must add up) and are read in order; the caches,
 the CVR carry-over and the run record live in their own modules.
 
@@ -229,6 +229,24 @@ def calibration_warnings(shares: dict[str, float], thresholds: ThresholdConfig) 
             for task, share in shares.items() if share > limit]
 
 
+def views_warnings(thresholds: ThresholdConfig, metrics: dict, views: int) -> list[str]:
+    """One line when calibrated thresholds were taken over another number of test-time views than the night's.
+
+    Why: a listing's score over its photo and K views (the mean logit) is not its photo's score,
+    so a quantile taken one way and applied to scores taken the other flags another share than the
+    configured one. Training records the views it calibrated over (``metrics.calibration_views``,
+    camenn.training.held_out_metrics); a model trained before that calibrated on the photo alone.
+    """
+    if thresholds.mode != "calibrated":
+        return []
+    recorded = int(metrics.get("calibration_views") or 0)
+    if recorded == views:
+        return []
+    return [f"calibration: the model's thresholds are quantiles of its held-out items scored over their photo and "
+            f"{recorded} test-time view(s), and this night scores over the photo and {views}: retrain the model with "
+            f"scoring.test_time_views={views} (or set that back to {recorded})"]
+
+
 def alignment_flags(scores: DataFrame, thresholds: ThresholdConfig) -> DataFrame:
     """scores (item_id, category, p_ita, p_tia, ...) + flag, suspect_side (text, image, both) and reason."""
     ita_abs, tia_abs = F.lit(float(thresholds.ita)), F.lit(float(thresholds.tia))
@@ -283,23 +301,26 @@ def score_alignment(spark: SparkSession, config: AppConfig, model, outputs: Data
     n_bad = int(totals["bad"] or 0)
     quarantine = tables.quarantine_rows(bad, run_date=run_date, job=JOB, source="item_alignment", key_col="item_id",
                                         payload_cols=["merchant_id", "category", "p_ita", "p_tia"])
-    used = recorded_thresholds(sc.thresholds, thresholds, by_reason)
+    used = recorded_thresholds(sc.thresholds, thresholds, by_reason,
+                               views_warnings(sc.thresholds, model.metadata.get("metrics") or {}, sc.test_time_views))
     for line in used.get("warnings", []):
         log.warning(line)
     return {"rows": rows, "scored": sum(by_reason.values()), "not_finite": n_bad, "thresholds": used,
             "flagged": {reason: by_reason.get(reason, 0) for reason in FLAG_REASONS}, "quarantine": quarantine}
 
 
-def recorded_thresholds(configured: ThresholdConfig, applied: ThresholdConfig, by_reason: dict[str, int]) -> dict:
+def recorded_thresholds(configured: ThresholdConfig, applied: ThresholdConfig, by_reason: dict[str, int],
+                        other_warnings: list[str] = ()) -> dict:
     """What a night records of its thresholds (``runs.details.thresholds``, read again by the report).
 
     The rule as configured (mode, quantile) with the values applied (a calibrated mode's come from
     the model), each side's share of the scored items under its threshold (``by_reason``: the count
-    of scored items per reason, unflagged ones under None) and the calibration warnings, if any.
+    of scored items per reason, unflagged ones under None) and the calibration warnings, if any
+    (``other_warnings``: the ones found before the flags, views_warnings).
     """
     used = {**applied.model_dump(), "mode": configured.mode, "quantile": configured.quantile,
             "share_below": share_below(by_reason, sum(by_reason.values()))}
-    warnings = calibration_warnings(used["share_below"], configured)
+    warnings = [*other_warnings, *calibration_warnings(used["share_below"], configured)]
     return {**used, "warnings": warnings} if warnings else used
 
 
@@ -662,6 +683,6 @@ def _write_run(spark: SparkSession, config: AppConfig, result: ScoreRun, started
 
 
 __all__ = ["run", "ScoreRun", "MissingInput", "NotFiniteScores", "check_finite_share", "check_inputs", "cvr_skip_reason",
-           "run_thresholds", "share_below", "calibration_warnings", "recorded_thresholds",
+           "run_thresholds", "share_below", "calibration_warnings", "views_warnings", "recorded_thresholds",
            "alignment_flags", "checked_candidates", "behaviour_inputs", "scorable_pairs", "score_alignment",
            "score_cvr", "JOB", "FLAG_REASONS"]

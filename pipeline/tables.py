@@ -110,9 +110,11 @@ SPECS: dict[str, TableSpec] = {spec.name: spec for spec in [
         key=("example_id",)),
     # The features of the items each training chunk references (examples with bucket % n_chunks
     # == chunk), plus each valid item once in its home chunk for the alignment tasks: a training
-    # process reads one chunk's partition at a time.
+    # process reads one chunk's partition at a time. view_image_emb: the test-time views of the
+    # held-out home items, for the calibration quantiles (training_data.held_out_views), else null.
     TableSpec("training_items", """chunk INT NOT NULL, item_id STRING NOT NULL, home BOOLEAN NOT NULL, category STRING,
-        price DOUBLE, text_emb BINARY NOT NULL, n_text_tokens INT NOT NULL, image_emb BINARY NOT NULL""",
+        price DOUBLE, text_emb BINARY NOT NULL, n_text_tokens INT NOT NULL, image_emb BINARY NOT NULL,
+        view_image_emb BINARY""",
         partition_by=("chunk",), key=("chunk", "item_id")),
 ]}
 

@@ -156,6 +156,45 @@ def _find_version(mlf, name: str, source: str) -> Registered | None:
     return None
 
 
+# What the versions of one registered model share, so that the promotion gate can compare a candidate
+# with the champion and either can serve the same night: the item features they read (the encoder
+# fingerprint) and their heads. Each version carries them as tags.
+KIND_TAGS = ("encoder_fingerprint", "tasks")
+
+
+def model_kind(encoder_fingerprint: str | None, tasks=None) -> dict[str, str]:
+    """The KIND_TAGS of a model; ``tasks`` None: not known yet (before training, see check_registrable)."""
+    kind = {"encoder_fingerprint": str(encoder_fingerprint)}
+    if tasks is not None:
+        kind["tasks"] = ",".join(sorted(tasks))
+    return kind
+
+
+def check_registrable(config: AppConfig, kind: dict[str, str], mlf=None) -> None:
+    """RegistryError (one line) when tracking.registered_model's champion is of another kind than ``kind``.
+
+    Why: a config that registers into another catalogue's registered model (the grocery config
+    once registered into the demo's ``camenn``) offers its version as that catalogue's next
+    candidate, which the gate can never compare and a night of the other catalogue cannot use. A
+    champion registered before the kind tags existed has nothing to compare and passes.
+    """
+    if not config.tracking.enabled:
+        return
+    from mlflow.exceptions import MlflowException
+
+    mlf = mlf or client(config)
+    name, alias = config.tracking.registered_model, config.tracking.champion_alias
+    try:
+        champion = mlf.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return   # no such registered model or no champion yet: nothing to be comparable with
+    differ = [k for k in kind if champion.tags.get(k) is not None and champion.tags[k] != kind[k]]
+    if differ:
+        said = "; ".join(f"{k} {champion.tags[k][:16]} against this model's {kind[k][:16]}" for k in differ)
+        raise RegistryError(f"{name}@{alias} (version {champion.version}) is another kind of model ({said}): register "
+                            "this one under a registered model of its own (tracking.registered_model in its config)")
+
+
 def _register(mlf, config: AppConfig, source: str, run_id: str | None, tags: dict[str, str]) -> Registered:
     from mlflow.exceptions import MlflowException
 
@@ -191,6 +230,8 @@ def log_training(config: AppConfig, artifact: str, *, origin: str = "trained", s
     if found is not None:
         return found
     meta = art.metadata
+    kind = model_kind(meta.get("encoder_fingerprint"), art.config.tasks)
+    check_registrable(config, kind, mlf)
     run = mlf.create_run(experiment_id(mlf, config), run_name=f"train {config.name} seed {meta.get('seed')}",
                          tags={"camenn.job": "train", "camenn.origin": origin, "camenn.artifact": art.path,
                                "camenn.model_version": art.version, "camenn.config": config.name})
@@ -205,7 +246,7 @@ def log_training(config: AppConfig, artifact: str, *, origin: str = "trained", s
         metrics += [(f"seconds_{k}", _number(v), 0) for k, v in (seconds or {}).items()]
         log_values(mlf, run_id, params, metrics)
         registered = _register(mlf, config, art.path, run_id, {"model_version": art.version, "origin": origin,
-                                                                "config": config.name})
+                                                                "config": config.name, **kind})
         mlf.set_tag(run_id, "camenn.registered_version", registered.version)
     except BaseException:
         mlf.set_terminated(run_id, "FAILED")
@@ -317,5 +358,6 @@ def set_alias(config: AppConfig, version: str, alias: str | None = None, *, reas
     return None if before is None else str(before)
 
 
-__all__ = ["Registered", "RegistryError", "store_uri", "client", "ui_hint", "training_params", "history_metrics",
+__all__ = ["Registered", "RegistryError", "KIND_TAGS", "model_kind", "check_registrable", "store_uri", "client", "ui_hint",
+           "training_params", "history_metrics",
            "experiment_id", "log_values", "log_training", "log_evaluation", "lookup", "resolve_model", "set_alias", "MODELS_URI"]

@@ -88,6 +88,8 @@ def make_spec(config: AppConfig, data: TrainingData, *, seed: int | None = None,
         "featurizer": asdict(fcfg),
         "encoder_fingerprint": data.fingerprint,
         "n_patches": fcfg.patch_grid * fcfg.patch_grid,
+        # the held-out items' calibration quantiles are taken over the photo and this many views, as the night scores
+        "calibration_views": config.scoring.test_time_views,
         "max_text_tokens": fcfg.max_text_tokens,
         "vocab": data.vocab.to_dict(),
         "table_versions": dict(data.versions),
@@ -165,7 +167,14 @@ def current_artifact(config: AppConfig, path: str | None = None, seed: int | Non
     art = _matching_artifact(path or config.training.artifact_dir, config_hash=config_hash(config), seed=int(seed),
                              encoder_fingerprint=featurizer_fingerprint(featurizer_config(config)))
     required = ("featurizer", "vocab", "max_behaviour", "table_versions", "metrics", "trained_at", "config_name")
-    return art if art is not None and all(k in art.metadata for k in required) else None
+    if art is None or not all(k in art.metadata for k in required):
+        return None
+    # scoring settings are not in the config hash, but calibrated thresholds are only as good as the
+    # views they were taken over: a model calibrated over other views than the night's is retrained
+    calibrated_over = int(art.metadata["metrics"].get("calibration_views") or 0)
+    if config.scoring.thresholds.mode == "calibrated" and calibrated_over != config.scoring.test_time_views:
+        return None
+    return art
 
 
 def shipped_artifact_problem(config: AppConfig, path: str | None = None) -> str | None:

@@ -33,6 +33,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -269,13 +270,15 @@ def home_fraction(n_items: int, n_chunks: int, examples_per_chunk: int) -> float
     return 1.0 if n_items <= budget else budget / n_items
 
 
-def chunk_items(examples: DataFrame, items: DataFrame, n_chunks: int, fraction: float = 1.0) -> DataFrame:
+def chunk_items(examples: DataFrame, items: DataFrame, n_chunks: int, fraction: float = 1.0,
+                held_out: tuple[int, dict] | None = None) -> DataFrame:
     """training_items rows: per chunk, the valid items its examples reference, and home items in their home chunk.
 
     ``items``: valid items with their features (item_id, category, price, text_emb, n_text_tokens,
     image_emb). An item's home chunk (a hash of its id) is where the alignment tasks see it, so
     every valid item (or, past one per example, a stable ``fraction`` of them, see
     :func:`home_fraction`) is trained on and evaluated once, whether or not an example mentions it.
+    ``held_out`` = (views, split): see :func:`held_out_views`; without it view_image_emb is null.
     """
     referenced = (examples.select((F.col("bucket") % n_chunks).alias("chunk"),
                                   F.explode(F.array_union(F.array("item_id"), "behaviour")).alias("item_id"))
@@ -284,7 +287,35 @@ def chunk_items(examples: DataFrame, items: DataFrame, n_chunks: int, fraction: 
         (F.abs(F.xxhash64(F.lit("home-sample"), F.col("item_id"))) % 1_000_003) < F.lit(int(fraction * 1_000_003)))
     homes = sampled.select(home_chunk(F.col("item_id"), n_chunks).alias("chunk"), "item_id", F.lit(True).alias("home"))
     wanted = (referenced.unionByName(homes).groupBy("chunk", "item_id").agg(F.max("home").alias("home")))
-    return wanted.join(items, "item_id", "inner")
+    rows = wanted.join(items, "item_id", "inner")
+    if held_out is None or not held_out[0]:
+        return rows.withColumn("view_image_emb", F.lit(None).cast("binary"))
+    return held_out_views(rows, *held_out)
+
+
+def held_out_views(rows: DataFrame, n_views: int, split: dict) -> DataFrame:
+    """training_items rows with ``view_image_emb``: the first ``n_views`` test-time views of the
+    held-out home items (camenn.training.item_split "test"), null on every other row.
+
+    Why: the calibrated thresholds are quantiles of the held-out items' own scores, and the night
+    scores a listing over its photo and ``scoring.test_time_views`` views (mean logit), which
+    moves the scores; the quantiles are taken the same way (camenn.training.held_out_metrics).
+    Only the held-out items carry them, about ``split.test_fraction`` of the home items, K x the
+    image_emb bytes each (4 views of 2x2 x 1280 fp16 tokens: 40 kB). ``rows`` must carry
+    view_image_emb and n_views (item_features' VIEW_COLUMNS); a row encoded with fewer views than
+    asked carries none and is calibrated on its photo alone.
+    """
+    test_fraction, valid_fraction, salt = float(split["test_fraction"]), float(split["valid_fraction"]), int(split["seed"])
+
+    @F.pandas_udf("boolean")
+    def is_held_out(item_ids: pd.Series) -> pd.Series:
+        from camenn.training import item_split
+
+        return item_ids.map(lambda i: item_split(i, test_fraction, valid_fraction, salt) == "test")
+
+    keep = F.col("home") & (F.coalesce(F.col("n_views"), F.lit(0)) >= n_views) & is_held_out(F.col("item_id"))
+    first_views = F.expr(f"substring(view_image_emb, 1, {int(n_views)} * length(image_emb))")
+    return rows.withColumn("view_image_emb", F.when(keep, first_views).otherwise(F.lit(None).cast("binary")))
 
 
 def home_chunk(item_id, n_chunks: int):
@@ -292,14 +323,15 @@ def home_chunk(item_id, n_chunks: int):
 
 
 def write_chunk_items(spark: SparkSession, config: AppConfig, examples: DataFrame, items: DataFrame, n_chunks: int,
-                      inputs: dict, fraction: float = 1.0) -> tuple[int, bool]:
+                      inputs: dict, fraction: float = 1.0, held_out: tuple[int, dict] | None = None) -> tuple[int, bool]:
     """Overwrite training_items in one commit tagged with ``inputs``; reuse it when the tag matches. (version, reused)."""
     path = tables.ensure_table(spark, config, "training_items")
     key = _inputs_key(inputs)
     latest = tables.latest_commit(spark, path)
     if latest is not None and latest[1] == key:
         return latest[0], True
-    tables.overwrite_table(spark, config, "training_items", chunk_items(examples, items, n_chunks, fraction), tag=key)
+    tables.overwrite_table(spark, config, "training_items", chunk_items(examples, items, n_chunks, fraction, held_out),
+                           tag=key)
     return tables.table_version(spark, config, "training_items"), False
 
 
@@ -338,8 +370,10 @@ def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.d
         frames.setdefault(name, spark.createDataFrame([], tables.schema_of(spark, name, config)))
     # valid items: those the cache holds under this fingerprint with their current content (the nightly rule)
     spark.sparkContext.setJobDescription("training: valid items and vocabulary")
+    # the held-out items' views: the calibrated thresholds are taken over them as the night scores (held_out_views)
+    views = config.scoring.test_time_views
     cached = (frames["item_features"].where(F.col("encoder_fingerprint") == fingerprint)
-              .select(*feature_cache.FEATURE_COLUMNS))
+              .select(*feature_cache.FEATURE_COLUMNS, *(feature_cache.VIEW_COLUMNS if views else ())))
     keys = feature_cache.item_keys(spark, config, fingerprint, items_df=frames["items"])
     with_blobs = keys.join(cached, ["item_id", "content_hash"], "inner")
     valid = with_blobs.select("item_id", "category", "price").cache()
@@ -379,9 +413,11 @@ def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.d
                             config.training.num_processes)
     fraction = home_fraction(counts["items_valid"], n_chunks, config.training.examples_per_chunk) if n_examples else 1.0
     spark.sparkContext.setJobDescription(f"training: features of the items of {n_chunks} chunk(s)")
+    # without views the key is the one earlier runs wrote, so their training_items stay reusable
     item_version, _ = write_chunk_items(spark, config, written, with_blobs, n_chunks,
                                         {**inputs, "training_examples": version, "n_chunks": n_chunks,
-                                         "home_fraction": fraction}, fraction)
+                                         "home_fraction": fraction, **({"calibration_views": views} if views else {})},
+                                        fraction, (views, config.training.split.model_dump()) if views else None)
     versions["training_items"] = item_version
     chunk_rows = (written.groupBy((F.col("bucket") % n_chunks).alias("chunk"), "split").agg(F.count(F.lit(1)).alias("n"))
                   .collect())

@@ -99,6 +99,9 @@ def test_planted_swaps_go_through_the_nightly_job(bench):
     # the calibrated thresholds are quantiles of real scores, and the job flagged by them (not by
     # conf/grocery.yaml's own mode, which it did until 2026-12-03)
     assert 0.0 < flags["thresholds"]["ita"] < 1.0 and 0.0 < flags["thresholds"]["tia"] < 1.0
+    # taken over each held-out photo and the night's test-time views (conf/grocery.yaml), as the night scores
+    thr = flags["thresholds"]
+    assert thr["views"] > 0 and thr["n_over_views"] == thr["n_held_out"] >= 2, thr
     assert job["flagged"] == flags["below_the_thresholds"]
     assert job["oracle_precision_at_recall_0.8"] is not None and 0.0 < job["oracle_precision_at_recall_0.8"] <= 1.0
     assert job["flagged"] == sum(v["flagged"] for v in flags["by_plant"].values()) + round(

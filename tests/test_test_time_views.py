@@ -126,16 +126,43 @@ def test_views_follow_the_config_without_encoding_a_photo_twice(spark, catalogue
         assert row.view_image_emb[:len(old.view_image_emb)] == old.view_image_emb
 
 
-def test_a_training_encodes_the_views_so_the_next_night_encodes_nothing(spark, tmp_path):
+def held_out_quantiles(scores: dict[str, tuple[float, float]], held_out: list[str]) -> dict[str, float]:
+    """ita_clean_q01 ... tia_clean_q10 of the held-out items' scores, as training takes them."""
+    import numpy as np
+
+    from camenn.config import CALIBRATION_QUANTILES
+    from camenn.training import BinnedAUC
+
+    out = {}
+    for side, task in enumerate(("ita", "tia")):
+        hist = BinnedAUC()
+        hist.add(np.ones(len(held_out)), [scores[i][side] for i in held_out])
+        out.update({f"{task}_clean_q{round(q * 100):02d}": hist.quantile(q) for q in CALIBRATION_QUANTILES})
+    return out
+
+
+def views_warnings_of(night) -> list[str]:
+    return [w for w in night.thresholds.get("warnings", []) if "test-time view" in w]
+
+
+def test_a_training_encodes_the_views_and_calibrates_over_them(spark, tmp_path):
     """Training's feature refresh encodes the night's test-time views beside each photo: the first night
-    after it reuses every item's features instead of decoding and encoding every photo again."""
+    after it reuses every item's features instead of decoding and encoding every photo again.
+
+    And it takes the calibration quantiles of its held-out items over their photo and those views
+    (mean logit), as the night scores them; a night over another number of views says so.
+    """
     from test_training import FAST
     from test_training_data import synthetic_world, write_world
 
+    from camenn.predictor import Predictor
+    from camenn.training import item_split
     from pipeline.train import run_training
 
     n_items = 16
-    config = tiny_config(tmp_path, *FAST, f"scoring.test_time_views={VIEWS}")
+    # half the items held out, so that the calibration quantiles are over more than a few
+    config = tiny_config(tmp_path, *FAST, f"scoring.test_time_views={VIEWS}", "training.split.test_fraction=0.5",
+                         "scoring.thresholds.mode=calibrated", "scoring.thresholds.quantile=0.1")
     write_world(spark, config, {"items": synthetic_world(n_items=n_items, n_users=4, days=2)["items"]})
     trained = run_training(spark, config)   # photos and texts alone: the alignment tasks
     assert trained.data.feature_stats.encoded == n_items
@@ -149,3 +176,28 @@ def test_a_training_encodes_the_views_so_the_next_night_encodes_nothing(spark, t
     c = night.counts
     assert (c["items_encoded"], c["items_reused"], c["items_scored"]) == (0, n_items, n_items), c
     assert_alignment_is(published(spark, config), expected_alignment(spark, config, VIEWS))
+    assert views_warnings_of(night) == []
+
+    # the calibration: the held-out items' quantiles over the photo and the views, from the blobs
+    metrics = Predictor.load(config.model_dir).metadata["metrics"]
+    split = config.training.split
+    held_out = sorted(i for i in feats if item_split(i, split.test_fraction, split.valid_fraction, split.seed) == "test")
+    assert len(held_out) >= 4, held_out
+    assert (metrics["calibration_views"], metrics["calibration_items_over_views"]) == (VIEWS, len(held_out)), metrics
+    over_views = held_out_quantiles(expected_alignment(spark, config, VIEWS), held_out)
+    photo_alone = held_out_quantiles(expected_alignment(spark, config, 0), held_out)
+    bin_width = 1 / 65536
+    # the test tells the two apart: the views move at least one quantile by more than a few bins
+    assert max(abs(over_views[k] - photo_alone[k]) for k in over_views) > 4 * bin_width, (over_views, photo_alone)
+    for key, want in over_views.items():
+        assert metrics[key] == pytest.approx(want, abs=2 * bin_width), key
+    assert night.thresholds["ita"] == metrics["ita_clean_q10"] and night.thresholds["tia"] == metrics["tia_clean_q10"]
+
+    # the same model read by a night over the photo alone: its thresholds were taken another way
+    photo_config = config.model_copy(update={"scoring": config.scoring.model_copy(update={"test_time_views": 0})})
+    photo_night = nightly.run(spark, photo_config, RUN)
+    assert photo_night.status == "succeeded", photo_night.summary()
+    assert views_warnings_of(photo_night) == [
+        f"calibration: the model's thresholds are quantiles of its held-out items scored over their photo and {VIEWS} "
+        "test-time view(s), and this night scores over the photo and 0: retrain the model with "
+        f"scoring.test_time_views=0 (or set that back to {VIEWS})"]

@@ -55,6 +55,48 @@ def test_a_training_run_logs_params_epochs_and_registers_its_version(tmp_path):
     assert len(mlf.search_model_versions("name='camenn'")) == 2
 
 
+def of_kind(root, fingerprint: str, model=None) -> str:
+    """A version under root that reads the item features of encoder ``fingerprint``."""
+    return save_artifact(root, model if model is not None else trained_like_model(),
+                         {**METADATA, "encoder_fingerprint": fingerprint, "metrics": METRICS, "config_name": "tiny"})
+
+
+def test_a_registered_model_takes_only_versions_of_its_champions_kind(tmp_path):
+    """Versions of one registered model read the same item features and have the same heads: a version of
+    another kind (another catalogue's config pointing at this registered model) is refused in one line."""
+    from test_checkpoint import TINY
+
+    from camenn.model import create_model
+
+    config = tiny_config(tmp_path)
+    ours, theirs = "a" * 64, "b" * 64
+    champion = tracking.log_training(config, of_kind(config.training.artifact_dir, ours))
+    assert champion.champion
+    mlf = tracking.client(config)
+    assert mlf.get_model_version("camenn", "1").tags["tasks"] == "cvr,ita,tia"
+    n_runs = len(mlf.search_runs([tracking.experiment_id(mlf, config)]))
+
+    with pytest.raises(tracking.RegistryError, match=r"camenn@champion \(version 1\) is another kind of model "
+                                                     r"\(encoder_fingerprint aaaaaaaaaaaaaaaa against this model's bbbb") as caught:
+        tracking.log_training(config, of_kind(config.training.artifact_dir, theirs))
+    assert "\n" not in str(caught.value)
+    alignment_only = create_model("camenn", **{**TINY, "tasks": ("ita", "tia")})
+    with pytest.raises(tracking.RegistryError, match="tasks cvr,ita,tia against this model's ita,tia"):
+        tracking.log_training(config, of_kind(config.training.artifact_dir, ours, alignment_only))
+    # the train job asks before it trains, by the features alone (the heads are known after training)
+    with pytest.raises(tracking.RegistryError, match="encoder_fingerprint"):
+        tracking.check_registrable(config, tracking.model_kind(theirs))
+    tracking.check_registrable(config, tracking.model_kind(ours))
+    # nothing was logged or registered for the refused ones
+    assert len(mlf.search_model_versions("name='camenn'")) == 1
+    assert len(mlf.search_runs([tracking.experiment_id(mlf, config)])) == n_runs
+
+    # the same kind in another frame is a candidate; the other kind under a registered model of its own is fine
+    assert tracking.log_training(config, of_kind(config.training.artifact_dir, ours, trained_like_model("mose"))).version == "2"
+    own = tiny_config(tmp_path, "tracking.registered_model=camenn-other")
+    assert tracking.log_training(own, of_kind(own.training.artifact_dir, theirs)).version == "1"
+
+
 def test_an_evaluation_logs_its_table_curves_and_charts(tmp_path):
     config = tiny_config(tmp_path)
     run_dir = tmp_path / "runs" / "eval"

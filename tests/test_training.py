@@ -177,6 +177,12 @@ def test_if_missing_skips_a_current_artifact(spark, world_root, trained):
     # the list of seeds is not part of the config: the seed-0 model serves any list that starts with 0
     assert current_artifact(tiny_config(world_root, *FAST, "training.seeds=[0, 5]")) is not None
     assert current_artifact(tiny_config(world_root, *FAST, "training.seeds=[5, 0]")) is None
+    # scoring settings are not the model's, but calibrated thresholds taken on the photo alone do not
+    # serve a night over test-time views: that config trains again
+    calibrated = (*FAST, "scoring.thresholds.mode=calibrated")
+    assert current_artifact(tiny_config(world_root, *calibrated)) is not None
+    assert current_artifact(tiny_config(world_root, *calibrated, "scoring.test_time_views=2")) is None
+    assert current_artifact(tiny_config(world_root, *FAST, "scoring.test_time_views=2")) is not None   # absolute
 
 
 def test_torch_distributor_two_processes(spark, world_root, tmp_path, capfd):

@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
                           f"{m.get('tia_acc', float('nan')):.3f}) as {art.path}; training skipped")
                     return track(config, art.path, "shipped")
                 print(f"the shipped model {config.training.shipped_artifact} does not fit: {problem}; training on {config.name}")
+        # a model the registry would refuse (another catalogue's registered model) is refused before it trains
+        from pipeline import tracking
+        from pipeline.feature_cache import featurizer_config, featurizer_fingerprint
+
+        tracking.check_registrable(config, tracking.model_kind(featurizer_fingerprint(featurizer_config(config))))
         t0 = time.perf_counter()
         result = run_training(job_session(config, "train"), config, run_date=args.run_date,
                               if_missing=args.if_missing, seed=args.seed)
