@@ -413,10 +413,16 @@ def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.d
                             config.training.num_processes)
     fraction = home_fraction(counts["items_valid"], n_chunks, config.training.examples_per_chunk) if n_examples else 1.0
     spark.sparkContext.setJobDescription(f"training: features of the items of {n_chunks} chunk(s)")
-    # without views the key is the one earlier runs wrote, so their training_items stay reusable
+    # without views the key is the one earlier runs wrote, so their training_items stay reusable. With
+    # them, the number of valid items that carry them is in the key too: a table written while some had
+    # none (promote reads the cache without encoding) is written again once a refresh has encoded them
+    calibration = {}
+    if views:
+        calibration = {"calibration_views": views,
+                       "items_with_views": with_blobs.where(F.col("n_views") >= views).count()}
     item_version, _ = write_chunk_items(spark, config, written, with_blobs, n_chunks,
                                         {**inputs, "training_examples": version, "n_chunks": n_chunks,
-                                         "home_fraction": fraction, **({"calibration_views": views} if views else {})},
+                                         "home_fraction": fraction, **calibration},
                                         fraction, (views, config.training.split.model_dump()) if views else None)
     versions["training_items"] = item_version
     chunk_rows = (written.groupBy((F.col("bucket") % n_chunks).alias("chunk"), "split").agg(F.count(F.lit(1)).alias("n"))

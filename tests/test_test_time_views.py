@@ -201,3 +201,34 @@ def test_a_training_encodes_the_views_and_calibrates_over_them(spark, tmp_path):
         f"calibration: the model's thresholds are quantiles of its held-out items scored over their photo and {VIEWS} "
         "test-time view(s), and this night scores over the photo and 0: retrain the model with "
         f"scoring.test_time_views=0 (or set that back to {VIEWS})"]
+
+
+def test_training_items_carry_the_held_out_items_views_once_they_are_encoded(spark, tmp_path):
+    """training_items carries the first K views of the held-out home items alone (null elsewhere). A table
+    written while the cache had no views (promote reads the cache without encoding) is written again by
+    the next training, whose refresh encodes them, instead of being reused without them."""
+    from test_training_data import synthetic_world, write_world
+
+    from camenn.training import item_split
+    from pipeline.training_data import prepare_training_data
+
+    config = tiny_config(tmp_path, f"scoring.test_time_views={VIEWS}", "training.split.test_fraction=0.5")
+    write_world(spark, config, {"items": synthetic_world(n_items=12, n_users=4, days=2)["items"]})
+    feature_cache.update_item_features(spark, config, RUN)   # the photos alone, as a night without views leaves them
+
+    def training_items(data) -> dict:
+        return {r.item_id: r for r in tables.read_table(spark, config, "training_items",
+                                                        version=data.versions["training_items"]).collect()}
+
+    before = prepare_training_data(spark, config, RUN, update_features=False)
+    assert all(r.view_image_emb is None for r in training_items(before).values())
+    after = prepare_training_data(spark, config, RUN)
+    assert after.versions["training_items"] > before.versions["training_items"]
+    rows = training_items(after)
+    split = config.training.split
+    held_out = {i for i, r in rows.items() if r.home
+                and item_split(i, split.test_fraction, split.valid_fraction, split.seed) == "test"}
+    assert held_out and {i for i, r in rows.items() if r.view_image_emb is not None} == held_out
+    cached = features(spark, config)
+    for i in held_out:
+        assert rows[i].view_image_emb == cached[i].view_image_emb[:VIEWS * len(cached[i].image_emb)]
