@@ -650,7 +650,7 @@ def held_out_metrics(model: CameNN, cache: ChunkCache, chunks: list[int], batch_
     # random negatives (another held-out item) and same-category ones ("_hard"), side by side
     cvr, align = BinnedAUC(), {k: BinnedAUC() for t in tasks for k in (t, f"{t}_hard")}
     clean = {t: BinnedAUC() for t in tasks}   # the held-out items as the night scores them, views and all
-    n_items = n_hard = n_over_views = 0
+    n_items = n_hard = n_clean = n_over_views = 0
     n_views = 0
     for c in chunks:
         chunk = cache.get(c)
@@ -665,6 +665,7 @@ def held_out_metrics(model: CameNN, cache: ChunkCache, chunks: list[int], batch_
             own, over_views = clean_scores(model, chunk.store, chunk.home["test"], batch_size, device, chunk.views)
             for task in tasks:
                 clean[task].add(np.ones(len(own[task])), own[task])
+            n_clean += len(chunk.home["test"])
             n_over_views += over_views
             n_views = max(n_views, chunk.views.n_views if chunk.views is not None else 0)
         hard = alignment_scores(model, chunk.store, chunk.home["test"], batch_size, device, seed=seed + c, hard=True)
@@ -688,11 +689,11 @@ def held_out_metrics(model: CameNN, cache: ChunkCache, chunks: list[int], batch_
             cut = align[task].best_cut()
             metrics.update({f"{task}_cut": cut, f"{task}_acc_at_cut": align[task].accuracy(cut)})
     if align:
-        n = _all_reduce([float(n_items), float(n_hard), float(n_over_views)], "sum", dist_info)
+        n = _all_reduce([float(n_items), float(n_hard), float(n_clean), float(n_over_views)], "sum", dist_info)
         metrics["n_items"], metrics["n_items_hard"] = int(n[0]), int(n[1])
-        # the night compares its own scoring.test_time_views with this (pipeline.nightly.views_warnings)
+        # the night compares its own scoring.test_time_views with these (pipeline.nightly.views_warnings)
         metrics["calibration_views"] = int(_all_reduce([float(n_views)], "max", dist_info)[0])
-        metrics["calibration_items_over_views"] = int(n[2])
+        metrics["calibration_items"], metrics["calibration_items_over_views"] = int(n[2]), int(n[3])
     return metrics
 
 

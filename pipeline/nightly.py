@@ -240,11 +240,16 @@ def views_warnings(thresholds: ThresholdConfig, metrics: dict, views: int) -> li
     if thresholds.mode != "calibrated":
         return []
     recorded = int(metrics.get("calibration_views") or 0)
-    if recorded == views:
-        return []
-    return [f"calibration: the model's thresholds are quantiles of its held-out items scored over their photo and "
-            f"{recorded} test-time view(s), and this night scores over the photo and {views}: retrain the model with "
-            f"scoring.test_time_views={views} (or set that back to {recorded})"]
+    if recorded != views:
+        return [f"calibration: the model's thresholds are quantiles of its held-out items scored over their photo and "
+                f"{recorded} test-time view(s), and this night scores over the photo and {views}: retrain the model with "
+                f"scoring.test_time_views={views} (or set that back to {recorded})"]
+    # some held-out items had no views in the cache when training read it: those were scored on the photo
+    items, over_views = metrics.get("calibration_items"), metrics.get("calibration_items_over_views")
+    if views and items is not None and over_views is not None and over_views < items:
+        return [f"calibration: only {over_views} of the model's {items} held-out items were scored over {views} "
+                "test-time views when its thresholds were taken, the others on their photo alone: retrain it"]
+    return []
 
 
 def alignment_flags(scores: DataFrame, thresholds: ThresholdConfig) -> DataFrame:

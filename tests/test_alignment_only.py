@@ -136,3 +136,23 @@ def test_a_calibrated_night_says_when_far_more_items_fall_under_a_threshold_than
     assert nightly.calibration_warnings(shares, ThresholdConfig(mode="calibrated", quantile=0.05, warn_ratio=2)) == \
         [nightly.calibration_warnings(shares, ThresholdConfig(mode="calibrated", quantile=0.02))[0].replace("2%", "5%")]
     assert nightly.calibration_warnings(shares, ThresholdConfig(mode="absolute", ita=0.9)) == []   # no held-out share to compare
+
+
+def test_a_calibrated_night_says_when_its_thresholds_were_taken_over_other_views():
+    from camenn.config import ThresholdConfig
+
+    calibrated = ThresholdConfig(mode="calibrated", quantile=0.02)
+    over_4 = {"calibration_views": 4, "calibration_items": 259, "calibration_items_over_views": 259}
+    assert nightly.views_warnings(calibrated, over_4, 4) == []
+    assert nightly.views_warnings(ThresholdConfig(mode="absolute"), over_4, 0) == []   # nothing calibrated
+    assert nightly.views_warnings(calibrated, over_4, 0) == [
+        "calibration: the model's thresholds are quantiles of its held-out items scored over their photo and 4 test-time "
+        "view(s), and this night scores over the photo and 0: retrain the model with scoring.test_time_views=0 (or set "
+        "that back to 4)"]
+    # a model from before views were recorded was calibrated on the photo alone
+    assert nightly.views_warnings(calibrated, {}, 0) == [] and "over their photo and 0 test-time" in \
+        nightly.views_warnings(calibrated, {}, 4)[0]
+    partly = {**over_4, "calibration_items_over_views": 200}
+    assert nightly.views_warnings(calibrated, partly, 4) == [
+        "calibration: only 200 of the model's 259 held-out items were scored over 4 test-time views when its "
+        "thresholds were taken, the others on their photo alone: retrain it"]

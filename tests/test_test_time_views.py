@@ -183,7 +183,8 @@ def test_a_training_encodes_the_views_and_calibrates_over_them(spark, tmp_path):
     split = config.training.split
     held_out = sorted(i for i in feats if item_split(i, split.test_fraction, split.valid_fraction, split.seed) == "test")
     assert len(held_out) >= 4, held_out
-    assert (metrics["calibration_views"], metrics["calibration_items_over_views"]) == (VIEWS, len(held_out)), metrics
+    assert (metrics["calibration_views"], metrics["calibration_items"], metrics["calibration_items_over_views"]) == \
+        (VIEWS, len(held_out), len(held_out)), metrics
     over_views = held_out_quantiles(expected_alignment(spark, config, VIEWS), held_out)
     photo_alone = held_out_quantiles(expected_alignment(spark, config, 0), held_out)
     bin_width = 1 / 65536
