@@ -11,7 +11,8 @@ at a time, through delta-rs (the chunk is a partition column, so a read opens on
 
 Memory per process is one chunk: its examples (ids and small ints) and its ItemStore (fp16
 encoder outputs of at most ``examples_per_chunk`` x (1 + max_behaviour) referenced items plus
-its home items), not the catalogue and not every example. docs/training.md has the bytes.
+its home items, and with ``scoring.test_time_views`` K the K views of its held-out home items:
+``HeldOutViews``), not the catalogue and not every example. docs/training.md has the bytes.
 """
 
 from __future__ import annotations
