@@ -85,7 +85,7 @@ def plant(rows: list[dict], share: float, rng: np.random.Generator) -> tuple[lis
     return rows, damaged
 
 
-def held_out_views(spark, config, store, rows: list[int], views: int):
+def encode_held_out_views(spark, config, store, rows: list[int], views: int):
     """camenn.chunks.HeldOutViews of the held-out photos: their ``views`` test-time views, encoded here
     by the nightly job's own encoder function (udfs.encode, seeded by the content hash), so that they
     are the views a night would score these photos over."""
@@ -134,7 +134,7 @@ def calibrate(spark, config, model_dir: str, quantile: float, views: int = 0) ->
             and item_split(i, sp.test_fraction, sp.valid_fraction, sp.seed) == "test"]
     if len(held) < 2:
         raise SystemExit(f"{len(held)} held-out training photos: too few to calibrate thresholds on")
-    views_of = held_out_views(spark, config, store, held, views) if views else None
+    views_of = encode_held_out_views(spark, config, store, held, views) if views else None
     p, n_over_views = clean_scores(art.model, store, torch_rows(held), 256, "cpu", views_of)
     return {"ita": float(np.quantile(p["ita"], quantile)), "tia": float(np.quantile(p["tia"], quantile)),
             "n_held_out": len(held), "quantile": quantile, "views": views, "n_over_views": n_over_views}
