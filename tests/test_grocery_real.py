@@ -267,3 +267,30 @@ def test_flag_precision_counts_the_damaged_at_their_share():
     assert (m["clean_flagged"], m["swaps_caught"]) == (0.1, 1.0)
     assert m["precision"] == pytest.approx(0.1 / (0.1 + 0.1 * 0.9))
     assert m["side_named"] == {"text_swap_random": 1.0, "image_swap_random": 1.0}
+
+
+def test_the_layout_bench_encodes_the_featurizers_own_tokens_and_probes_every_layout_of_them():
+    import numpy as np
+
+    sys.path.insert(0, str(BENCH))
+    import bench_grocery_image_layout as layout
+    from bench_grocery import read_classes, read_split
+
+    rows = read_split(MINI, "val", read_classes(MINI), None)[:4]
+    featurizer = layout.ItemFeaturizer.from_config(layout.FeaturizerConfig(patch_grid=2, patch_size=112))
+    featurizer.image_model.eval()
+    ours = layout.encode_tokens(featurizer, MINI, rows, 2, 112, False, batch_size=3, t0=0.0)     # (4, 4, Di)
+    theirs = featurizer.featurize([r["product"] for r in rows], [r["description"] for r in rows],
+                                  [(MINI / r["path"]).read_bytes() for r in rows]).image.numpy()
+    assert ours.shape == theirs.shape == (4, 4, featurizer.image_dim)
+    assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(theirs).max()   # what the night caches, not a look-alike
+
+    out = layout.main(["--data", str(MINI), "--tokens", "2x2@112", "1x1@224"])
+    assert set(out["layouts"]) == {"2x2@112 mean", "2x2@112 concat", "1x1@224", "2x2@112 mean + 1x1@224",
+                                   "2x2@112 concat + 1x1@224"}
+    assert out["layouts"]["2x2@112 mean + 1x1@224"]["dims"] == 2 * featurizer.image_dim
+    for figures in out["layouts"].values():
+        v = figures["validation"]
+        assert v["photos"] == 12
+        # naming the product among its own class's products only can never be wrong where naming it among all was right
+        assert v["within_class_acc"] >= v["product_acc"]
