@@ -276,8 +276,10 @@ def test_the_layout_bench_encodes_the_featurizers_own_tokens_and_probes_every_la
     import bench_grocery_image_layout as layout
     from bench_grocery import read_classes, read_split
 
+    from camenn.featurizer import FeaturizerConfig, ItemFeaturizer
+
     rows = read_split(MINI, "val", read_classes(MINI), None)[:4]
-    featurizer = layout.ItemFeaturizer.from_config(layout.FeaturizerConfig(patch_grid=2, patch_size=112))
+    featurizer = ItemFeaturizer.from_config(FeaturizerConfig(patch_grid=2, patch_size=112))
     featurizer.image_model.eval()
     ours = layout.encode_tokens(featurizer, MINI, rows, 2, 112, False, batch_size=3, t0=0.0)     # (4, 4, Di)
     theirs = featurizer.featurize([r["product"] for r in rows], [r["description"] for r in rows],
