@@ -17,14 +17,14 @@ TINY_CONF = TESTS / "conf" / "tiny.yaml"
 # Whole files go to the two pytest-xdist workers longest first (the Makefile passes
 # --no-loadscope-reorder: xdist would otherwise order files by their number of tests and hand
 # test_dag.py, 3 tests and 533 s, out last, leaving one worker idle for minutes; CI of
-# 2026-12-04 14:20, where test_dag.py started 23 minutes in). Worker seconds per file from that
-# run's build/test-junit.xml (3,423 s in all; test_test_time_views.py, added 2026-12-06, by its
-# 204 s alone, about 270 s with its training test); the files not named here are under 60 s each
-# and follow in collection order.
-LONGEST_FIRST = ("test_nightly.py", "test_dag.py", "test_training.py", "test_ingest.py", "test_profile_fields.py",
-                 "test_planted_defects.py", "test_feature_cache.py", "test_tracking.py", "test_grocery_real.py",
-                 "test_report.py", "test_test_time_views.py", "test_alignment_only.py", "test_promote.py",
-                 "test_notebook.py", "test_tables.py", "test_device_bench.py")
+# 2026-12-04 14:20, where test_dag.py started 23 minutes in). Worker seconds per file from the
+# clean-clone CI of 2026-12-06 12:12 (build/test-junit.xml, 3,434 s in all): test_nightly 844,
+# test_dag 777, test_training 238, test_test_time_views 212, test_grocery_real 187, ... down to
+# test_hard_negatives 31; the files not named here are under 30 s each and follow in collection order.
+LONGEST_FIRST = ("test_nightly.py", "test_dag.py", "test_training.py", "test_test_time_views.py", "test_grocery_real.py",
+                 "test_planted_defects.py", "test_feature_cache.py", "test_profile_fields.py", "test_report.py",
+                 "test_tracking.py", "test_ingest.py", "test_alignment_only.py", "test_notebook.py", "test_tables.py",
+                 "test_promote.py", "test_world.py", "test_device_bench.py", "test_hard_negatives.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -183,7 +183,11 @@ def test_both_chains_run_in_airflow_on_the_tiny_world(spark, tmp_path):
         CAMENN_SPARK_CONF_DIR=str(ROOT / "build" / "spark-conf"),   # Delta's jars resolved by make setup
         AIRFLOW_CONN_SPARK_DEFAULT=json.dumps({"conn_type": "spark", "host": "local[2]"}),
         PATH=f"{os.environ['PATH']}:{ROOT / '.venv' / 'bin'}",          # spark-submit of the project's pyspark
-        PYSPARK_PYTHON=str(ROOT / ".venv" / "bin" / "python"), SPARK_LOCAL_IP="127.0.0.1")
+        PYSPARK_PYTHON=str(ROOT / ".venv" / "bin" / "python"), SPARK_LOCAL_IP="127.0.0.1",
+        # the six jobs are short-lived JVMs on tiny tables: the JIT's optimising tier costs more CPU
+        # than it saves there (this test alone: 456-458 s with it, 395 s without; 2026-12-06). Only
+        # these subprocesses: the suite's long-lived session got slower without it (230 s -> 292 s).
+        SPARK_SUBMIT_OPTS="-XX:TieredStopAtLevel=1")
     migrate = subprocess.run([str(AIRFLOW_PYTHON.parent / "airflow"), "db", "migrate"], env=env, cwd=tmp_path,
                              capture_output=True, text=True, timeout=600)
     assert migrate.returncode == 0, migrate.stdout[-2000:] + migrate.stderr[-2000:]
