@@ -185,8 +185,9 @@ def test_both_chains_run_in_airflow_on_the_tiny_world(spark, tmp_path):
         PATH=f"{os.environ['PATH']}:{ROOT / '.venv' / 'bin'}",          # spark-submit of the project's pyspark
         PYSPARK_PYTHON=str(ROOT / ".venv" / "bin" / "python"), SPARK_LOCAL_IP="127.0.0.1",
         # the six jobs are short-lived JVMs on tiny tables: the JIT's optimising tier costs more CPU
-        # than it saves there (this test alone: 456-458 s with it, 395 s without; 2026-12-06). Only
-        # these subprocesses: the suite's long-lived session got slower without it (230 s -> 292 s).
+        # than it saves there (this test alone: 456 and 458 s with it, 395 s without; 2026-12-06).
+        # Only these subprocesses: the suite's long-lived in-process session needs it (test_feature_cache.py
+        # and test_tracking.py together: 230 s with it, 292 s without).
         SPARK_SUBMIT_OPTS="-XX:TieredStopAtLevel=1")
     migrate = subprocess.run([str(AIRFLOW_PYTHON.parent / "airflow"), "db", "migrate"], env=env, cwd=tmp_path,
                              capture_output=True, text=True, timeout=600)
