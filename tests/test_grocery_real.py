@@ -296,3 +296,24 @@ def test_the_layout_bench_encodes_the_featurizers_own_tokens_and_probes_every_la
         assert v["photos"] == 12
         # naming the product among its own class's products only can never be wrong where naming it among all was right
         assert v["within_class_acc"] >= v["product_acc"]
+
+
+def test_the_seed_summary_reads_each_seeds_views_row_and_refuses_a_seed_twice(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    import summarise_grocery_seeds as seeds
+
+    results = BENCH / "results"
+    inputs = [results / "bench_grocery_reference_test_time_views.json", results / "bench_grocery_reference_seed_1.json"]
+    runs = [json.loads(p.read_text()) for p in inputs]
+    out = tmp_path / "seeds.json"
+    seeds.main([*map(str, inputs), "--json", str(out), "--plot", str(tmp_path / "seeds.png")])
+    summary = json.loads(out.read_text())
+    assert summary["seeds"] == ["0", "1"]
+    hard_ita = summary["figures"]["same class ITA acc"]
+    assert hard_ita["per_seed"] == {"0": runs[0]["results"]["views"]["validation"]["hard"]["ita"]["acc"],
+                                    "1": runs[1]["results"]["views"]["validation"]["hard"]["ita"]["acc"]}
+    assert hard_ita["min"] < hard_ita["mean"] < hard_ita["max"] and hard_ita["sd"] > 0
+    assert hard_ita["seeds_at_target"] == sum(v >= 0.90 for v in hard_ita["per_seed"].values())
+    assert (tmp_path / "seeds.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="the same seed twice"):
+        seeds.main([str(inputs[1]), str(inputs[1])])

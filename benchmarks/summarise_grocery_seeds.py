@@ -1,0 +1,133 @@
+"""Issue 15's GroceryStore targets over several training seeds of one setting: each seed's figures,
+their mean and spread, and a picture of them against the targets.
+
+    .venv/bin/python benchmarks/summarise_grocery_seeds.py \
+        benchmarks/results/bench_grocery_reference_test_time_views.json \
+        benchmarks/results/bench_grocery_reference_seed_{1,2,3}.json \
+        --json benchmarks/results/bench_grocery_seeds.json --plot docs/img/grocery_seeds.png
+
+It reads ``bench_grocery_reference.py`` results (one trained variant each) and trains nothing.
+Every figure is the ``views`` row: the photo and its test-time views, cuts taken on the held-out
+training photos, the way the night scores with ``conf/grocery.yaml``. A seed's draw moved the
+same-class figures more than most settings did (README, 2026-12-06), so a setting is judged
+by the mean over its seeds and the spread says how far one run can be trusted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(_ROOT / "benchmarks"))
+
+from _common import write_json  # noqa: E402
+
+ROW = "views"
+# (name, where in the row, issue 15's target: at least this)
+FIGURES = (
+    ("random ITA acc", ("validation", "random", "ita", "acc"), 0.95),
+    ("random TIA acc", ("validation", "random", "tia", "acc"), 0.95),
+    ("random ITA AUROC", ("validation", "random", "ita", "auroc"), 0.98),
+    ("random TIA AUROC", ("validation", "random", "tia", "auroc"), 0.98),
+    ("same class ITA acc", ("validation", "hard", "ita", "acc"), 0.90),
+    ("same class TIA acc", ("validation", "hard", "tia", "acc"), 0.90),
+    ("same class ITA AUROC", ("validation", "hard", "ita", "auroc"), None),
+    ("same class TIA AUROC", ("validation", "hard", "tia", "auroc"), None),
+    ("detection AUROC", ("validation", "flags", "auroc"), 0.98),
+    ("best precision at recall 0.8", ("validation", "flags", "best_precision_at_recall_0.8"), 0.90),
+)
+
+
+def dig(obj: dict, keys: tuple[str, ...]) -> float:
+    for key in keys:
+        obj = obj[key]
+    return float(obj)
+
+
+def seed_of(result: dict) -> str:
+    """The seed a reference run's variant was trained with, from its bench_grocery variant name."""
+    name = result["variant"]
+    return name.rsplit("seed ", 1)[1] if "seed " in name else "0"
+
+
+def summarise(results: list[dict]) -> dict:
+    seeds = [seed_of(r) for r in results]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"error: the same seed twice among the inputs ({seeds}): one run a seed")
+    rows = {}
+    for name, keys, target in FIGURES:
+        values = [dig(r["results"][ROW], keys) for r in results]
+        rows[name] = {"per_seed": dict(zip(seeds, values)), "mean": statistics.fmean(values),
+                      "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+                      "min": min(values), "max": max(values), "target": target,
+                      "seeds_at_target": None if target is None else sum(v >= target for v in values)}
+    return {"seeds": seeds, "row": ROW, "figures": rows}
+
+
+def table(summary: dict) -> list[str]:
+    seeds = summary["seeds"]
+    lines = ["| figure | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | sd | target | seeds at target |",
+             "|---|" + "---|" * (len(seeds) + 4)]
+    for name, row in summary["figures"].items():
+        target = "-" if row["target"] is None else f">= {row['target']:.2f}"
+        at = "-" if row["seeds_at_target"] is None else f"{row['seeds_at_target']} of {len(seeds)}"
+        lines.append(f"| {name} | " + " | ".join(f"{row['per_seed'][s]:.3f}" for s in seeds)
+                     + f" | {row['mean']:.3f} | {row['sd']:.3f} | {target} | {at} |")
+    return lines
+
+
+def plot(summary: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary["figures"])
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 1.2))
+    for y, name in enumerate(names):
+        row = summary["figures"][name]
+        values = list(row["per_seed"].values())
+        ax.scatter(values, [y] * len(values), color="tab:blue", s=22, zorder=3, label="one seed" if y == 0 else None)
+        ax.scatter([row["mean"]], [y], color="black", marker="|", s=260, zorder=4, label="mean" if y == 0 else None)
+        if row["target"] is not None:
+            ax.scatter([row["target"]], [y], color="tab:red", marker="x", s=50, zorder=4,
+                       label="issue 15's target" if y == 0 else None)
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlim(0.6, 1.0)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(f"GroceryStore validation, CameNN over {len(summary['seeds'])} training seeds (photo + test-time views)")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("results", nargs="+", help="bench_grocery_reference.py --json outputs, one seed each")
+    p.add_argument("--json", help="also write the summary to this JSON file")
+    p.add_argument("--plot", help="also draw the seeds against the targets into this image")
+    args = p.parse_args(argv)
+    results = []
+    for path in args.results:
+        result = json.loads(Path(path).read_text())
+        if result.get("benchmark") != "bench_grocery_reference" or ROW not in result.get("results", {}):
+            raise SystemExit(f"error: {path} is not a bench_grocery_reference.py result with a {ROW!r} row")
+        results.append(result)
+    summary = {"benchmark": "summarise_grocery_seeds", "inputs": [str(p) for p in args.results],
+               "variants": [r["variant"] for r in results], **summarise(results)}
+    summary["table"] = table(summary)
+    print("\n".join(summary["table"]))
+    write_json(args.json, summary)
+    if args.plot:
+        plot(summary, Path(args.plot))
+        print(f"plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
