@@ -41,6 +41,10 @@ damaged listings (as the planted night), and the best precision at recall 0.8 th
 Cost for a night: 2K more pair forwards per listing through the fused model (the alignment heads,
 not the encoders), or the same with the pooled cosine (``model.alignment_skip``) at the price of a
 dot product. Nothing here runs in the nightly job yet.
+
+``--pools any`` draws references from one pool only: the raw and views rows (what the seed summary,
+summarise_grocery_seeds.py, reads) come with the first pool, so this scores a model in about a third
+of the time. The JSON records the scored models' training seeds (``model_seeds``, from their artifacts).
 """
 
 from __future__ import annotations
@@ -80,6 +84,8 @@ def parse_args(argv=None):
                    help="also score with this bench root's variant and take the mean logit of the models (repeatable; "
                         "its features must be the same encoder's and its vocabulary the same)")
     p.add_argument("--k", type=int, default=16, help="reference listings per listing")
+    p.add_argument("--pools", nargs="+", choices=POOLS, default=list(POOLS),
+                   help="where references come from (default all); the raw and views rows come with the first")
     p.add_argument("--flag-quantile", type=float, default=0.02)
     p.add_argument("--damaged-share", type=float, default=0.1, help="share of damaged listings for the precision")
     p.add_argument("--seed", type=int, default=0)
@@ -242,7 +248,7 @@ def main(argv=None) -> dict:
     spark = get_spark(config)
     art = load_artifact(str(root / "model" / slug(args.variant)))
     vocab = FeatureVocab.from_dict(art.metadata["vocab"])
-    members = [art.model.eval()]
+    members, seeds = [art.model.eval()], [int(art.metadata["seed"])]
     for spec in args.ensemble:
         other_root, _, other_variant = spec.partition(":")
         other = load_artifact(str(Path(other_root).resolve() / "model" / slug(other_variant)))
@@ -250,6 +256,7 @@ def main(argv=None) -> dict:
             if other.metadata[key] != art.metadata[key]:
                 raise SystemExit(f"--ensemble {spec}: its {key} is not {args.variant}'s, so it reads other inputs")
         members.append(other.model.eval())
+        seeds.append(int(other.metadata["seed"]))
     model = mean_of_models(members)
     store = load_item_store(spark, config.table("item_features"), None, config.table("items"), None,
                             art.metadata["encoder_fingerprint"], vocab, art.config.n_patches)
@@ -283,13 +290,13 @@ def main(argv=None) -> dict:
         donor_hard = partners(fine[idx], coarse[idx], True, rng)
         lists = listings_of(idx, donor_random, donor_hard)
         scores[set_name] = {}
-        for pool in POOLS:
+        for pool in args.pools:
             rng = np.random.default_rng(args.seed)
             per_kind = {}
             for kind, (text, image, feat) in lists.items():
                 ref_pool = sets_of["held_out"] if pool == "held_out" else idx
                 refs = draw_references(text, feat, ref_pool, fine, coarse, args.k, pool == "category", rng)
-                per_kind[kind] = listing_scores(model, store, text, image, feat, refs, views if pool == POOLS[0] else None)
+                per_kind[kind] = listing_scores(model, store, text, image, feat, refs, views if pool == args.pools[0] else None)
             scored = next(iter(per_kind.values()))   # the methods each kind was scored by (views: first pool only)
             scores[set_name][pool] = {m: {kind: per_kind[kind][m] for kind in lists} for m in scored}
             say(f"{set_name}: scored {sum(len(t) for t, _, _ in lists.values())} listings with {args.k} "
@@ -300,9 +307,9 @@ def main(argv=None) -> dict:
              "| same class: ITA acc / AUROC | same class: TIA acc / AUROC | flags: clean flagged / swaps caught / precision "
              "| flags at the cuts: clean flagged / swaps caught / precision | best precision at recall 0.8 | detection AUROC |",
              "|---" * 11 + "|"]
-    for pool in POOLS:
+    for pool in args.pools:
         for method in methods:
-            if method in ("raw", "views") and pool != POOLS[0]:
+            if method in ("raw", "views") and pool != args.pools[0]:
                 continue   # raw scores (and their views) do not use the references
             cal, val = scores["held_out"][pool][method], scores["validation"][pool][method]
             cuts = np.array([best_cut(cal["clean"][:, 0], cal["text_swap_random"][:, 0]),
@@ -340,7 +347,8 @@ def main(argv=None) -> dict:
     figures = {"benchmark": "bench_grocery_reference", "created": dt.datetime.now().isoformat(timespec="seconds"),
                "command": " ".join(["benchmarks/bench_grocery_reference.py", *(argv if argv is not None else sys.argv[1:])]),
                "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
-               "variant": args.variant, "ensemble": args.ensemble, "k": args.k, "test_time_views": k_views,
+               "variant": args.variant, "ensemble": args.ensemble, "model_seeds": seeds, "pools": args.pools,
+               "k": args.k, "test_time_views": k_views,
                "flag_quantile": args.flag_quantile,
                "damaged_share": args.damaged_share,
                "listings": {s: len(i) for s, i in sets_of.items()}, "results": results, "table": lines,

@@ -49,9 +49,17 @@ def dig(obj: dict, keys: tuple[str, ...]) -> float:
 
 
 def seed_of(result: dict) -> str:
-    """The seed a reference run's variant was trained with, from its bench_grocery variant name."""
+    """The seed the scored model was trained with: its artifact's, as bench_grocery_reference.py records it
+    (``model_seeds``). Runs from before it recorded one (until 2026-12-06) fall back to the variant's name
+    ("..., seed N"; no seed in the name is the config's default, 0), and say so."""
+    if "model_seeds" in result:
+        if len(result["model_seeds"]) != 1:
+            raise SystemExit(f"error: {result['variant']!r} scored an ensemble of seeds {result['model_seeds']}: one model a seed")
+        return str(result["model_seeds"][0])
     name = result["variant"]
-    return name.rsplit("seed ", 1)[1] if "seed " in name else "0"
+    seed = name.rsplit("seed ", 1)[1] if "seed " in name else "0"
+    print(f"note: {name!r} records no model seed (a run from before it recorded one); its name says seed {seed}", file=sys.stderr)
+    return seed
 
 
 def summarise(results: list[dict]) -> dict:

@@ -317,3 +317,11 @@ def test_the_seed_summary_reads_each_seeds_views_row_and_refuses_a_seed_twice(tm
     assert (tmp_path / "seeds.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="the same seed twice"):
         seeds.main([str(inputs[1]), str(inputs[1])])
+    # a run that records its model's seed is read by it, not by its name; an ensemble is no seed
+    recorded = tmp_path / "recorded.json"
+    recorded.write_text(json.dumps({**runs[1], "model_seeds": [5]}))
+    seeds.main([str(inputs[0]), str(recorded), "--json", str(out)])
+    assert json.loads(out.read_text())["seeds"] == ["0", "5"]
+    recorded.write_text(json.dumps({**runs[1], "model_seeds": [1, 2]}))
+    with pytest.raises(SystemExit, match="an ensemble"):
+        seeds.main([str(inputs[0]), str(recorded)])
