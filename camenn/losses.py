@@ -139,9 +139,11 @@ def make_alignment_examples(
     Rows, in order: the B items as they are (ita=1, tia=1); round(swap_fraction * B) of them
     with the text (and text_mask) of another item in the batch (text-swapped); and
     round(swap_fraction * B) of them, chosen independently, with another item's image
-    (image-swapped). Donors come from one derangement of the batch, so no row is its own donor;
-    a batch holding duplicate items can still pair an item with its twin, a label noise the
-    caller avoids by de-duplicating.
+    (image-swapped). Donors come from one derangement of the batch, so no row is its own donor,
+    and never from the row's twins (identical text: two photos of one product, or a photo and
+    its augmented view): a twin's text is the row's own, so its swap would be labelled 0 while it
+    matches. A twin donor is redrawn from the row's other items; a row whose batch holds only its
+    twins keeps its own text and photo with both labels masked.
 
     Hard negatives. With ``hard_share`` > 0 each swapped row takes, with that probability, a
     donor from ``hard_donors`` instead (``hard_kind`` "category": another item of the same
@@ -185,9 +187,13 @@ def make_alignment_examples(
     if hard_share > 0:
         donor_t, donor_i = (_mix_hard(donor, hard_donors(items, generator, hard_kind, side), hard_share, generator)
                             for side in ("text", "image"))
+    key = twin_key(items).cpu()  # (B,)
+    donor_t, donor_i = (_no_twin(d, key, generator) for d in (donor_t, donor_i))
+    lone_t, lone_i = donor_t[rows_t] < 0, donor_i[rows_i] < 0  # (n,) rows with no donor but twins
 
-    t_rows, t_donor = rows_t.to(dev), donor_t[rows_t].to(dev)
-    i_rows, i_donor = rows_i.to(dev), donor_i[rows_i].to(dev)
+    t_rows, i_rows = rows_t.to(dev), rows_i.to(dev)
+    t_donor = torch.where(lone_t, rows_t, donor_t[rows_t]).to(dev)  # (n,)
+    i_donor = torch.where(lone_i, rows_i, donor_i[rows_i]).to(dev)  # (n,)
     text_swapped = ItemTokens(items.text[t_donor], items.text_mask[t_donor], items.image[t_rows], items.feats[t_rows])
     image_swapped = ItemTokens(items.text[i_rows], items.text_mask[i_rows], items.image[i_donor], items.feats[i_rows])
     examples = ItemTokens.cat([items, text_swapped, image_swapped])
@@ -206,7 +212,23 @@ def make_alignment_examples(
     if not attribute_side:
         tia_mask[B:B + n] = False  # a text swap says nothing the paper would label about the image
         ita_mask[B + n:] = False
+    lone = torch.cat([torch.zeros(B, dtype=torch.bool), lone_t, lone_i]).to(dev)  # (B + 2n,)
+    ita_mask[lone] = False
+    tia_mask[lone] = False
     return examples, {"ita": ita, "tia": tia}, {"ita": ita_mask, "tia": tia_mask}
+
+
+def _no_twin(donor: torch.Tensor, key: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``donor`` (B,) with each twin donor (``key`` equal to its row's) redrawn at random from the row's
+    non-twins, or -1 where the row has none. A batch without twins draws nothing, so it gets the donors
+    it always had."""
+    twin = key[donor] == key  # (B,)
+    if not twin.any():
+        return donor
+    ok = key[:, None] != key[None, :]  # (B, B)
+    score = torch.rand(len(key), len(key), generator=generator).masked_fill(~ok, float("-inf"))
+    other = torch.where(ok.any(1), score.argmax(1), torch.full_like(donor, -1))  # (B,)
+    return torch.where(twin, other, donor)
 
 
 def _mix_hard(donor: torch.Tensor, hard: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:

@@ -234,3 +234,21 @@ def test_alignment_skip_adds_the_scaled_pooled_cosine_and_leaves_the_rest_of_the
         torch.testing.assert_close(b[task], a[task] + 10.0 * cos)
     # the cosine is the contrastive loss's pair score, so that loss trains what the skip reads
     assert contrastive_loss(skip, batch.target).requires_grad
+
+
+def test_a_swap_never_takes_a_twins_text_or_photo():
+    """Two photos of one product share their text: one's text on the other's photo is a match, not a negative."""
+    cats = [c for c in range(2) for _ in range(6)]
+    items = items_of(cats, seed=8, twins=tuple((a, a + 1) for a in range(0, 12, 2)))   # 6 products, 2 photos each
+    product = [i // 2 for i in range(12)]
+    for seed in range(20):
+        for share in (0.0, 0.5):
+            ex, _, mask = make_alignment_examples(items, torch.Generator().manual_seed(seed), hard_share=share)
+            for r in range(len(items), len(ex)):
+                of_text = {product[i] for i in range(len(items)) if torch.equal(items.text[i], ex.text[r])}
+                assert product[origin(items.image, ex.image[r])] not in of_text, (seed, share, r)
+                assert mask["ita"][r] and mask["tia"][r]
+    # a batch of one product's photos holds no negative: its swapped rows are masked, not labelled 0
+    one = ItemTokens(items.text[:1].expand(4, -1, -1), items.text_mask[:4], items.image[:4], items.feats[:4])
+    ex, labels, mask = make_alignment_examples(one, torch.Generator().manual_seed(0))
+    assert mask["ita"][:4].all() and not mask["ita"][4:].any() and not mask["tia"][4:].any()
