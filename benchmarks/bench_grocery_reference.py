@@ -43,8 +43,8 @@ not the encoders), or the same with the pooled cosine (``model.alignment_skip``)
 dot product. Nothing here runs in the nightly job yet.
 
 ``--pools any`` draws references from one pool only: the raw and views rows (what the seed summary,
-summarise_grocery_seeds.py, reads) come with the first pool, so this scores a model in about a third
-of the time. The JSON records the scored models' training seeds (``model_seeds``, from their artifacts).
+summarise_grocery_seeds.py, reads) come with the first pool, and the other pools' reference passes
+are skipped. The JSON records the scored models' training seeds (``model_seeds``, from their artifacts).
 """
 
 from __future__ import annotations

@@ -11,12 +11,18 @@ Every figure is the ``views`` row: the photo and its test-time views, cuts taken
 training photos, the way the night scores with ``conf/grocery.yaml``. A seed's draw moved the
 same-class figures more than most settings did (README, 2026-12-06), so a setting is judged
 by the mean over its seeds and the spread says how far one run can be trusted.
+
+With ``--against`` another setting's summary (this script's ``--json``), it also writes the two settings
+side by side: each figure's mean and sd over its seeds, the difference and Welch's t (the difference over
+its standard error; with 3 or 4 seeds a side, |t| under about 2.5 is within what the seeds spread), and
+the plot draws both settings' seeds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -88,7 +94,32 @@ def table(summary: dict) -> list[str]:
     return lines
 
 
-def plot(summary: dict, out: Path) -> None:
+def compare(summary: dict, other: dict) -> dict:
+    """Per figure: both settings' means and sds, the difference (this minus the other) and Welch's t."""
+    rows = {}
+    for name, row in summary["figures"].items():
+        base = other["figures"][name]
+        n, m = len(row["per_seed"]), len(base["per_seed"])
+        diff = row["mean"] - base["mean"]
+        se = math.sqrt(row["sd"] ** 2 / n + base["sd"] ** 2 / m)
+        rows[name] = {"mean": row["mean"], "sd": row["sd"], "against_mean": base["mean"], "against_sd": base["sd"],
+                      "difference": diff, "welch_t": diff / se if se > 0 else None}
+    return {"against": other["setting"], "seeds": len(summary["seeds"]), "against_seeds": len(other["seeds"]),
+            "figures": rows}
+
+
+def comparison_table(summary: dict) -> list[str]:
+    c = summary["comparison"]
+    lines = [f"| figure | {c['against']} ({c['against_seeds']} seeds): mean / sd | {summary['setting']} ({c['seeds']} seeds): "
+             "mean / sd | difference | Welch t |", "|---|---|---|---|---|"]
+    for name, row in c["figures"].items():
+        t = "-" if row["welch_t"] is None else f"{row['welch_t']:+.1f}"
+        lines.append(f"| {name} | {row['against_mean']:.3f} / {row['against_sd']:.3f} | {row['mean']:.3f} / {row['sd']:.3f} "
+                     f"| {row['difference']:+.3f} | {t} |")
+    return lines
+
+
+def plot(summary: dict, out: Path, other: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,11 +127,18 @@ def plot(summary: dict, out: Path) -> None:
 
     names = list(summary["figures"])
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 1.2))
+    settings = [(summary, 0.0, "tab:blue", "black")]
+    if other is not None:   # the other setting's seeds just above each row, in grey
+        settings.insert(0, (other, -0.18, "tab:gray", "dimgray"))
     for y, name in enumerate(names):
+        for s, dy, colour, mean_colour in settings:
+            row = s["figures"][name]
+            values = list(row["per_seed"].values())
+            label = f"{s['setting']}: one seed" if other is not None else "one seed"
+            ax.scatter(values, [y + dy] * len(values), color=colour, s=22, zorder=3, label=label if y == 0 else None)
+            ax.scatter([row["mean"]], [y + dy], color=mean_colour, marker="|", s=260, zorder=4,
+                       label=("mean" if other is None else f"{s['setting']}: mean") if y == 0 else None)
         row = summary["figures"][name]
-        values = list(row["per_seed"].values())
-        ax.scatter(values, [y] * len(values), color="tab:blue", s=22, zorder=3, label="one seed" if y == 0 else None)
-        ax.scatter([row["mean"]], [y], color="black", marker="|", s=260, zorder=4, label="mean" if y == 0 else None)
         if row["target"] is not None:
             ax.scatter([row["target"]], [y], color="tab:red", marker="x", s=50, zorder=4,
                        label="issue 15's target" if y == 0 else None)
@@ -108,7 +146,10 @@ def plot(summary: dict, out: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlim(0.6, 1.0)
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title(f"GroceryStore validation, CameNN over {len(summary['seeds'])} training seeds (photo + test-time views)")
+    title = f"{summary['setting']} over {len(summary['seeds'])} seeds"
+    if other is not None:
+        title += f", against {other['setting']} over {len(other['seeds'])}"
+    ax.set_title(f"GroceryStore validation: {title} (photo + test-time views)", fontsize=9)
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -118,22 +159,34 @@ def plot(summary: dict, out: Path) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("results", nargs="+", help="bench_grocery_reference.py --json outputs, one seed each")
+    p.add_argument("--setting", default="CameNN", help="what the inputs were trained with, as the tables name it")
+    p.add_argument("--against", help="another setting's summary (--json of this script) to compare with")
     p.add_argument("--json", help="also write the summary to this JSON file")
     p.add_argument("--plot", help="also draw the seeds against the targets into this image")
     args = p.parse_args(argv)
+    other = None
+    if args.against:
+        other = json.loads(Path(args.against).read_text())
+        if other.get("benchmark") != "summarise_grocery_seeds" or other.get("row") != ROW:
+            raise SystemExit(f"error: {args.against} is not a summarise_grocery_seeds.py summary of the {ROW!r} row")
+        other.setdefault("setting", Path(args.against).stem)
     results = []
     for path in args.results:
         result = json.loads(Path(path).read_text())
         if result.get("benchmark") != "bench_grocery_reference" or ROW not in result.get("results", {}):
             raise SystemExit(f"error: {path} is not a bench_grocery_reference.py result with a {ROW!r} row")
         results.append(result)
-    summary = {"benchmark": "summarise_grocery_seeds", "inputs": [str(p) for p in args.results],
+    summary = {"benchmark": "summarise_grocery_seeds", "setting": args.setting, "inputs": [str(p) for p in args.results],
                "variants": [r["variant"] for r in results], **summarise(results)}
     summary["table"] = table(summary)
     print("\n".join(summary["table"]))
+    if other is not None:
+        summary["comparison"] = compare(summary, other)
+        summary["comparison_table"] = comparison_table(summary)
+        print("\n" + "\n".join(summary["comparison_table"]))
     write_json(args.json, summary)
     if args.plot:
-        plot(summary, Path(args.plot))
+        plot(summary, Path(args.plot), other)
         print(f"plot: {args.plot}")
 
 

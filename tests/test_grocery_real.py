@@ -325,3 +325,24 @@ def test_the_seed_summary_reads_each_seeds_views_row_and_refuses_a_seed_twice(tm
     recorded.write_text(json.dumps({**runs[1], "model_seeds": [1, 2]}))
     with pytest.raises(SystemExit, match="an ensemble"):
         seeds.main([str(inputs[0]), str(recorded)])
+
+
+def test_the_seed_summary_sets_two_settings_side_by_side(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    import summarise_grocery_seeds as seeds
+
+    results = BENCH / "results"
+    first = [results / "bench_grocery_reference_test_time_views.json", results / "bench_grocery_reference_seed_1.json"]
+    second = [results / f"bench_grocery_reference_seed_{s}.json" for s in (2, 3)]
+    seeds.main([*map(str, first), "--setting", "A", "--json", str(tmp_path / "a.json")])
+    seeds.main([*map(str, second), "--setting", "B", "--against", str(tmp_path / "a.json"), "--json", str(tmp_path / "b.json"),
+                "--plot", str(tmp_path / "b.png")])
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    row = b["comparison"]["figures"]["same class ITA acc"]
+    mean_a, mean_b = a["figures"]["same class ITA acc"]["mean"], b["figures"]["same class ITA acc"]["mean"]
+    assert row["against_mean"] == mean_a and row["mean"] == mean_b and row["difference"] == pytest.approx(mean_b - mean_a)
+    assert (row["welch_t"] > 0) == (mean_b > mean_a)
+    assert b["comparison"]["against"] == "A" and len(b["comparison_table"]) == 2 + len(seeds.FIGURES)
+    assert (tmp_path / "b.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="not a summarise_grocery_seeds"):
+        seeds.main([*map(str, second), "--against", str(first[0])])
