@@ -150,7 +150,7 @@ def plot(summary: dict, out: Path, other: dict | None = None) -> None:
     if other is not None:
         title += f", against {other['setting']} over {len(other['seeds'])}"
     ax.set_title(f"GroceryStore validation: {title} (photo + test-time views)", fontsize=9)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
