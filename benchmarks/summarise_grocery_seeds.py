@@ -45,6 +45,10 @@ FIGURES = (
     ("same class TIA AUROC", ("validation", "hard", "tia", "auroc"), None),
     ("detection AUROC", ("validation", "flags", "auroc"), 0.98),
     ("best precision at recall 0.8", ("validation", "flags", "best_precision_at_recall_0.8"), 0.90),
+    # the lower side names the swapped one; across classes only: a same-class swap is labelled a
+    # mismatch on both sides in training (same_category_swaps: both_sides), so it has no side to name
+    ("side named, text swaps across classes", ("validation", "flags", "side_named", "text_swap_random"), 0.95),
+    ("side named, image swaps across classes", ("validation", "flags", "side_named", "image_swap_random"), 0.95),
 )
 
 
@@ -126,7 +130,7 @@ def plot(summary: dict, out: Path, other: dict | None = None) -> None:
     import matplotlib.pyplot as plt
 
     names = list(summary["figures"])
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 1.2))
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(names) + 1.2))
     settings = [(summary, 0.0, "tab:blue", "black")]
     if other is not None:   # the other setting's seeds just above each row, in grey
         settings.insert(0, (other, -0.18, "tab:gray", "dimgray"))
@@ -144,12 +148,13 @@ def plot(summary: dict, out: Path, other: dict | None = None) -> None:
                        label="issue 15's target" if y == 0 else None)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
-    ax.set_xlim(0.6, 1.0)
+    lowest = min(v for s in settings for row in s[0]["figures"].values() for v in row["per_seed"].values())
+    ax.set_xlim(min(0.6, lowest - 0.02), 1.0)
     ax.grid(axis="x", alpha=0.3)
     title = f"{summary['setting']} over {len(summary['seeds'])} seeds"
     if other is not None:
         title += f", against {other['setting']} over {len(other['seeds'])}"
-    ax.set_title(f"GroceryStore validation: {title} (photo + test-time views)", fontsize=9)
+    ax.set_title(f"GroceryStore validation, photo + test-time views: {title}", fontsize=9)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
