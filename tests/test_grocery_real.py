@@ -346,3 +346,12 @@ def test_the_seed_summary_sets_two_settings_side_by_side(tmp_path):
     assert (tmp_path / "b.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="not a summarise_grocery_seeds"):
         seeds.main([*map(str, second), "--against", str(first[0])])
+
+
+def test_no_random_swap_takes_a_twin_over_the_real_training_split():
+    sys.path.insert(0, str(BENCH))
+    import grocery_twin_donors
+
+    figures = grocery_twin_donors.main(["--data", str(MINI), "--batches", "40"])
+    assert figures["twin_share_derangement"] > 0.01   # the old sampler hit twins
+    assert figures["twin_share_now"] == 0.0
