@@ -154,7 +154,7 @@ def plot(summary: dict, out: Path, other: dict | None = None) -> None:
     title = f"{summary['setting']} over {len(summary['seeds'])} seeds"
     if other is not None:
         title += f", against {other['setting']} over {len(other['seeds'])}"
-    ax.set_title(f"GroceryStore validation, photo + test-time views: {title}", fontsize=9)
+    ax.set_title(f"GroceryStore validation, photo + test-time views:\n{title}", fontsize=9)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
