@@ -100,16 +100,17 @@ def _pooled_unit(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Ten
 
 
 def hard_donors(items: ItemTokens, generator: torch.Generator, kind: str = "category",
-                side: str = "text") -> torch.Tensor:
+                side: str = "text", key: torch.Tensor | None = None) -> torch.Tensor:
     """(B,) for each row a donor row of the same batch that makes a hard negative, or -1 where none.
 
     kind "category": a random other item of the same category (feats[:, 0]), so the category
     field is the same on both sides of the swap and cannot decide; "neighbour": the item whose
     mean-pooled encoder output of ``side`` (text tokens or image patches) is nearest by cosine,
-    any category. Never the row itself nor a twin (identical text, ``twin_key``).
+    any category. Never the row itself nor a twin (identical text, ``twin_key``; ``key``: its value
+    for these items where the caller has it, so a batch pays for the ``torch.unique`` once).
     """
     B = len(items)
-    key = twin_key(items)
+    key = twin_key(items) if key is None else key.to(items.text.device)
     ok = key[:, None] != key[None, :]  # (B, B) not itself, not a twin
     if kind == "category":
         cat = items.feats[:, 0]
@@ -184,10 +185,11 @@ def make_alignment_examples(
     donor_t, donor_i = donor, donor
     if same_category_swaps not in ("one_side", "both_sides"):
         raise ValueError(f"same_category_swaps must be 'one_side' or 'both_sides', got {same_category_swaps!r}")
+    key = twin_key(items)  # (B,) on the items' device; draws nothing from the generator
     if hard_share > 0:
-        donor_t, donor_i = (_mix_hard(donor, hard_donors(items, generator, hard_kind, side), hard_share, generator)
+        donor_t, donor_i = (_mix_hard(donor, hard_donors(items, generator, hard_kind, side, key), hard_share, generator)
                             for side in ("text", "image"))
-    key = twin_key(items).cpu()  # (B,)
+    key = key.cpu()
     donor_t, donor_i = (_no_twin(d, key, generator) for d in (donor_t, donor_i))
     lone_t, lone_i = donor_t[rows_t] < 0, donor_i[rows_i] < 0  # (n,) rows with no donor but twins
 

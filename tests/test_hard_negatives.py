@@ -252,3 +252,19 @@ def test_a_swap_never_takes_a_twins_text_or_photo():
     one = ItemTokens(items.text[:1].expand(4, -1, -1), items.text_mask[:4], items.image[:4], items.feats[:4])
     ex, labels, mask = make_alignment_examples(one, torch.Generator().manual_seed(0))
     assert mask["ita"][:4].all() and not mask["ita"][4:].any() and not mask["tia"][4:].any()
+
+
+def test_a_batch_computes_its_twin_key_once(monkeypatch):
+    """make_alignment_examples hands its twin key to hard_donors (a ``torch.unique`` over the batch's
+    text tokens), and hard_donors given a key draws what it draws when it computes the key itself."""
+    import camenn.losses as losses
+
+    items = items_of([c % 4 for c in range(24)], seed=2, twins=((0, 4), (1, 5)))
+    key = twin_key(items)
+    for side in ("text", "image"):
+        assert torch.equal(hard_donors(items, torch.Generator().manual_seed(5), "category", side, key),
+                           hard_donors(items, torch.Generator().manual_seed(5), "category", side))
+    calls = []
+    monkeypatch.setattr(losses, "twin_key", lambda it: calls.append(1) or twin_key(it))
+    make_alignment_examples(items, torch.Generator().manual_seed(3), hard_share=0.5)
+    assert len(calls) == 1
