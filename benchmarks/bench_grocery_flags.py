@@ -18,10 +18,16 @@ Runs after benchmarks/bench_grocery.py, on its tables and one of its trained var
    ingested into tables of its own (``<bench-root>/flags``) through jobs/ingest_catalog.py.
 3. The nightly job (pipeline.jobs.score_catalog, the code of ``score_catalog.py``) encodes and
    scores them with the variant's model and the calibrated thresholds; there are no users or
-   candidates, so it runs the alignment stages alone.
+   candidates, so it runs the alignment stages alone. With ``--recentre`` the job moves those
+   thresholds by the distance between the night's median score and the held-out photos' median
+   (logit scale; ``scoring.thresholds.recentre``, camenn.config.ThresholdConfig).
 4. From the published ``item_alignment`` rows: detection AUROC (damaged against clean, score
    1 - min(p_ita, p_tia); and per side), precision and recall of the job's own flags, and how often
    the lower of ITA/TIA names the damaged side; the same at the fixed 0.5 thresholds for comparison.
+5. Other threshold rules on the same published scores (``rules``, ``threshold_rules``): the held-out
+   quantile as it is, recentred, recentred and rescaled by the night's spread, and the night's own
+   quantile, each at the 1, 2 and 5% quantiles. They read the job's scores; only the job's own
+   flags (``job_flags``) come from the job's rule.
 """
 
 from __future__ import annotations
@@ -56,9 +62,15 @@ def parse_args(argv=None):
     p.add_argument("--calibrate-on-photo", action="store_true",
                    help="take the quantiles over the held-out photos alone, as before 2026-12-06, even when the night "
                         "scores over test-time views (by default they are taken over the photo and the night's views)")
+    p.add_argument("--recentre", action="store_true",
+                   help="the job moves the thresholds by the distance between the night's median score and the held-out "
+                        "photos' median, on the logit scale (scoring.thresholds.recentre)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as given to bench_grocery.py")
     p.add_argument("--json", default=None)
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="the held-out photos' and the night's ITA and TIA on the logit scale, clean and damaged, with the "
+                        "thresholds the job applied (and before the move, with --recentre)")
     return p.parse_args(argv)
 
 
@@ -113,8 +125,9 @@ def torch_rows(rows: list[int]):
     return torch.as_tensor(rows, dtype=torch.long)
 
 
-def calibrate(spark, config, model_dir: str, quantile: float, views: int = 0) -> dict:
-    """ITA/TIA thresholds: the ``quantile`` of the variant's scores on the training photos it held out.
+def calibrate(spark, config, model_dir: str, quantile: float, views: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
+    """ITA/TIA thresholds: the ``quantile`` of the variant's scores on the training photos it held out
+    (with their medians, the centres ``--recentre`` moves them from); and those scores, task -> (n,).
 
     With ``views``, each photo is scored over itself and that many test-time views (mean logit), as
     the night scores a listing and as training takes its recorded quantiles since 2026-12-06.
@@ -137,7 +150,8 @@ def calibrate(spark, config, model_dir: str, quantile: float, views: int = 0) ->
     views_of = encode_held_out_views(spark, config, store, held, views) if views else None
     p, n_over_views = clean_scores(art.model, store, torch_rows(held), 256, "cpu", views_of)
     return {"ita": float(np.quantile(p["ita"], quantile)), "tia": float(np.quantile(p["tia"], quantile)),
-            "n_held_out": len(held), "quantile": quantile, "views": views, "n_over_views": n_over_views}
+            "centre_ita": float(np.median(p["ita"])), "centre_tia": float(np.median(p["tia"])),
+            "n_held_out": len(held), "quantile": quantile, "views": views, "n_over_views": n_over_views}, p
 
 
 def _share(hits: list[bool]) -> float | None:
@@ -176,6 +190,78 @@ def flag_metrics(rows: list[dict], damaged: dict[str, str], flag_of, across: set
     }
 
 
+def _logit(p) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def threshold_rules(held_out: dict[str, np.ndarray], night: dict[str, np.ndarray],
+                    quantiles=(0.01, 0.02, 0.05)) -> dict[str, dict[float, dict[str, float]]]:
+    """ITA / TIA thresholds (probabilities) that other rules would set on this night: rule -> quantile -> task ->
+    threshold. Read on the night's published scores beside the job's own flags, so that a rule the job does not
+    have is measured on the same listings before it is built.
+
+    - "held-out quantile": the quantile of the held-out photos' scores (the job's ``calibrated``);
+    - "recentred": that, moved on the logit scale by the night's median against the held-out median
+      (the job's ``recentre``);
+    - "recentred and rescaled": the held-out quantile's distance under the held-out median, in units of
+      the held-out median absolute deviation, laid under the night's median in the night's own MADs;
+    - "night quantile": the quantile of the night's own scores (a fixed share flagged every night).
+    """
+    def mad(x):
+        return float(np.median(np.abs(x - np.median(x))))
+
+    rules: dict = {"held-out quantile": {}, "recentred": {}, "recentred and rescaled": {}, "night quantile": {}}
+    for q in quantiles:
+        for name in rules:
+            rules[name][q] = {}
+        for task in ("ita", "tia"):
+            # quantiles and medians of the probabilities, as calibrate takes them, then on the logit scale
+            ho, nt = _logit(held_out[task]), _logit(night[task])
+            ho_q, ho_med, nt_med = _logit(np.quantile(held_out[task], q)), _logit(np.median(held_out[task])), _logit(np.median(night[task]))
+            below = ho_med - ho_q   # how far under the typical held-out photo the quantile lies
+            logits = {"held-out quantile": ho_q, "recentred": nt_med - below,
+                      "recentred and rescaled": nt_med - below * mad(nt) / mad(ho),
+                      "night quantile": _logit(np.quantile(night[task], q))}
+            for name, x in logits.items():
+                rules[name][q][task] = float(1 / (1 + np.exp(-x)))
+    return rules
+
+
+def plot_scores(held_out: dict[str, np.ndarray], night: dict[str, np.ndarray], side: np.ndarray, applied: dict,
+                path: str, title: str) -> None:
+    """Per task, histograms of the logits: held-out photos (where the thresholds were taken), the night's clean
+    listings and the swaps that task should catch (``side``: "text", "image" or "" per listing of the night);
+    a line at each threshold applied, and a dashed one where it stood before the night moved it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, task, swapped in zip(axes, ("ita", "tia"), ("text", "image")):
+        ho, nt = _logit(held_out[task]), _logit(night[task])
+        clean, caught = side == "", side == swapped
+        bins = np.linspace(min(ho.min(), nt.min()), max(ho.max(), nt.max()), 40)
+        ax.hist(ho, bins, density=True, alpha=0.45, label=f"held-out training photos ({len(ho)})")
+        ax.hist(nt[clean], bins, density=True, alpha=0.45, label=f"night: clean validation photos ({clean.sum()})")
+        ax.hist(nt[caught], bins, density=True, histtype="step", lw=2, color="crimson",
+                label=f"night: planted {swapped} swaps ({caught.sum()})")
+        ax.axvline(_logit(applied[task]), color="black", label="threshold applied")
+        if "before_recentre" in applied:
+            ax.axvline(_logit(applied["before_recentre"][task]), color="black", ls="--", label="held-out quantile, before the move")
+        ax.set_xlabel(f"{task.upper()} logit (mean over the photo and its views)")
+        ax.set_title(task.upper())
+    axes[0].set_ylabel("density")
+    for ax in axes:
+        ax.legend(fontsize=7, loc="upper left", framealpha=0.6)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def oracle_precision(y: np.ndarray, suspicion: np.ndarray, recall: float) -> float | None:
     """Precision of the one threshold on ``suspicion`` that first reaches ``recall``, chosen on these very
     items: what the scores allow (issue 15's 0.9 at 0.8), not a rule a night could apply."""
@@ -202,7 +288,7 @@ def main(argv=None) -> dict:
 
     views = 0 if args.calibrate_on_photo else bench_config.scoring.test_time_views
     say(f"calibrate thresholds on the held-out training photos ({args.variant}), over the photo and {views} view(s)", t0)
-    thr = calibrate(spark, bench_config, model_dir, args.clean_quantile, views)
+    thr, held_out = calibrate(spark, bench_config, model_dir, args.clean_quantile, views)
     say(f"thresholds ita {thr['ita']:.4f}, tia {thr['tia']:.4f} ({thr['n_held_out']} held-out photos)", t0)
 
     classes = read_classes(data)
@@ -213,6 +299,10 @@ def main(argv=None) -> dict:
     # --set mode (category_quantile) comes after it and keeps them for its small categories
     sets = ["scoring.thresholds.mode=absolute", *args.set, f"data.root={flags_root / 'tables'}", f"scoring.model_dir={model_dir}",
             f"scoring.thresholds.ita={thr['ita']}", f"scoring.thresholds.tia={thr['tia']}"]
+    # the config's own recentre setting never applies: the bench's thresholds are absolute, their centres its own
+    sets += [f"scoring.thresholds.recentre={str(args.recentre).lower()}"]
+    if args.recentre:
+        sets += [f"scoring.thresholds.centre_ita={thr['centre_ita']}", f"scoring.thresholds.centre_tia={thr['centre_tia']}"]
     say(f"ingest {len(rows)} validation photos, {len(damaged)} with a planted swap", t0)
     ingest(args.conf, sets, write_export(rows, flags_root / "exports" / "val-planted.csv"), data, "overwrite")
 
@@ -233,6 +323,8 @@ def main(argv=None) -> dict:
     config = load_config(args.conf, sets)
     out = [r.asDict() for r in run_record.published(spark, config, "item_alignment", RUN_DATE, job="score_catalog")
            .select("item_id", "p_ita", "p_tia", "flag", "suspect_side").collect()]
+    # the thresholds the job flagged with, as its runs row recorded them (recentred ones are the night's own)
+    applied = run_record.published_details(spark, config, run_record.SCORING_JOB, RUN_DATE)["thresholds"]
     plant_of = {r["photo_id"]: r.get("plant") for r in rows}
     across = {i for i in damaged if "another class" in plant_of[i]}
     figures = {
@@ -243,14 +335,24 @@ def main(argv=None) -> dict:
                    "image": sum(v == "image" for v in damaged.values()),
                    "same_class": sum("same class" in (plant_of[i] or "") for i in damaged),
                    "kinds": {i: plant_of[i] for i in sorted(damaged)}},
-        "thresholds": thr, "items_scored": len(out),
-        # what the job flags in mode absolute (the default here): a check that it flagged by these thresholds
-        "below_the_thresholds": sum(r["p_ita"] < thr["ita"] or r["p_tia"] < thr["tia"] for r in out),
+        "thresholds": thr, "applied_thresholds": applied, "items_scored": len(out),
+        # what the job flags in mode absolute (the default here): a check that it flagged by the thresholds it recorded
+        "below_the_thresholds": sum(r["p_ita"] < applied["ita"] or r["p_tia"] < applied["tia"] for r in out),
         "job_flags": flag_metrics(out, damaged, lambda r: r["flag"], across),
         "at_0.5": flag_metrics(out, damaged, lambda r: min(r["p_ita"], r["p_tia"]) < 0.5, across),
+        "rules": {},   # other rules' thresholds on the same published scores (threshold_rules)
         "by_plant": {},
         "seconds": {"nightly_job": nightly_s, "total": time.perf_counter() - t0},
     }
+    night = {task: np.array([r[f"p_{task}"] for r in out]) for task in ("ita", "tia")}
+    for name, by_q in threshold_rules(held_out, night).items():
+        figures["rules"][name] = {str(q): {"thresholds": t, **flag_metrics(out, damaged, lambda r, t=t: r["p_ita"] < t["ita"]
+                                                                          or r["p_tia"] < t["tia"], across)}
+                                  for q, t in by_q.items()}
+    # every listing's scores, so that the figures and the plot can be read again from the JSON
+    figures["scores"] = {"held_out": {t: v.tolist() for t, v in held_out.items()},
+                         "night": [{"item_id": r["item_id"], "p_ita": r["p_ita"], "p_tia": r["p_tia"],
+                                    "damaged": damaged.get(r["item_id"])} for r in out]}
     by_id = {r["item_id"]: r for r in out}
     for kind in sorted({v for v in plant_of.values() if v}):
         ids = [i for i, v in plant_of.items() if v == kind]
@@ -262,8 +364,15 @@ def main(argv=None) -> dict:
     job = figures["job_flags"]
     t_cfg = config.scoring.thresholds
     rule = f"calibrated ({args.clean_quantile:.0%} of held-out clean) ita {thr['ita']:.3f} tia {thr['tia']:.3f}"
+    if t_cfg.recentre:
+        med = applied["night_median"]
+        rule += (f", recentred on the night's median (ita {med['ita']:.3f}, tia {med['tia']:.3f}): "
+                 f"ita {applied['ita']:.3f} tia {applied['tia']:.3f}")
     if t_cfg.mode == "category_quantile":   # the calibrated thresholds stay for categories under the minimum
         rule = f"{t_cfg.mode} {t_cfg.quantile} (categories of >= {t_cfg.min_category_items} photos; the others: {rule})"
+    if args.plot:
+        plot_scores(held_out, night, np.array([damaged.get(r["item_id"], "") for r in out]), applied, args.plot,
+                    f"{args.variant}\n{rule}")
     print(f"| thresholds | AUROC (text / image swaps) | precision | recall | right side | clean flagged |\n|---|---|---|---|---|---|\n"
           f"| {rule} | "
           f"{job['auroc']:.3f} ({job['auroc_text_swaps']:.3f} / {job['auroc_image_swaps']:.3f}) | {job['precision']:.3f} | "
@@ -273,6 +382,11 @@ def main(argv=None) -> dict:
     print(f"| 0.5 | same | {a['precision']:.3f} | {a['recall']:.3f} | same | {a['clean_flagged_share']:.3f} |", flush=True)
     print(f"the best one threshold, chosen on these photos: precision {job['oracle_precision_at_recall_0.8']:.3f} at recall 0.8",
           flush=True)
+    print("other rules on the same scores (precision / recall / clean flagged), at the quantiles "
+          + ", ".join(next(iter(figures["rules"].values()))) + ":", flush=True)
+    for name, by_q in figures["rules"].items():
+        print(f"  {name:24s} " + " | ".join(f"{m['precision']:.3f} / {m['recall']:.3f} / {m['clean_flagged_share']:.3f}"
+                                           for m in by_q.values()), flush=True)
     write_json(args.json, figures)
     say(f"done in {figures['seconds']['total']:.0f}s", t0)
     if ours:

@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from camenn.chunks import Chunk, ChunkCache, Examples, HeldOutViews, batch_stream, home_stream, load_chunk, rank_chunks
-from camenn.config import CALIBRATION_QUANTILES
+from camenn.config import CALIBRATION_CENTRE, CALIBRATION_QUANTILES
 from camenn.inputs import ITEM_FEATURES, FeatureVocab, ItemStore, full_batch
 from camenn.logs import setup_logging
 from camenn.losses import derangement, hard_donors, make_alignment_examples, multitask_loss, twin_key
@@ -639,7 +639,8 @@ def held_out_metrics(model: CameNN, cache: ChunkCache, chunks: list[int], batch_
     """CVR AUC on the test split and ITA/TIA accuracy and AUC on held-out home items, over every rank's chunks.
 
     Also the 1/2/5/10% quantiles of the held-out items' own ITA and TIA (``ita_clean_q05``, ...):
-    the thresholds of ``scoring.thresholds.mode: calibrated`` (camenn.config.ThresholdConfig), and
+    the thresholds of ``scoring.thresholds.mode: calibrated`` (camenn.config.ThresholdConfig), their
+    median (``ita_clean_q50``: the centre ``thresholds.recentre`` moves them from), and
     the cut where the held-out pairs with random negatives split best (``ita_cut``, with
     ``ita_acc_at_cut``; ``ita_acc`` is at 0.5).
 
@@ -683,6 +684,7 @@ def held_out_metrics(model: CameNN, cache: ChunkCache, chunks: list[int], batch_
     for task in tasks:   # the held-out items as they are: what thresholds.mode "calibrated" flags below
         if clean[task].all_reduce(dist_info).n:
             metrics.update({f"{task}_clean_q{round(q * 100):02d}": clean[task].quantile(q) for q in CALIBRATION_QUANTILES})
+            metrics[f"{task}_clean_{CALIBRATION_CENTRE}"] = clean[task].quantile(0.5)   # what thresholds.recentre moves from
         if align[task].n:
             # the model's own decision point: where its held-out pairs (random negatives) split best; a model
             # whose scores lean to one side (logit adjustment, a skewed share of negatives) is read at it

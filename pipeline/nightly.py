@@ -205,6 +205,26 @@ def run_thresholds(thresholds: ThresholdConfig, model) -> ThresholdConfig:
     return resolved
 
 
+def night_recentred(scores: DataFrame, thresholds: ThresholdConfig) -> tuple[ThresholdConfig, dict]:
+    """``thresholds`` moved to the night's median ITA / TIA when they are to be recentred (``recentre``); with
+    what a night records of the move: {"night_median": {...}, "before": {...}} (empty when nothing moved).
+
+    One aggregation over the night's scores (two doubles a row, approximate medians to 1e-4 in rank).
+    """
+    if not (thresholds.recentre and thresholds.mode == "absolute"):
+        return thresholds, {}
+    m = scores.agg(F.count(F.lit(1)).alias("n"), F.percentile_approx("p_ita", 0.5, 10000).alias("ita"),
+                   F.percentile_approx("p_tia", 0.5, 10000).alias("tia")).first()
+    if not m["n"]:
+        return thresholds, {}
+    moved = thresholds.recentred(float(m["ita"]), float(m["tia"]))
+    _say(f"    thresholds recentred on the night's median (ita {m['ita']:.4f}, tia {m['tia']:.4f}; held-out "
+         f"{thresholds.centre_ita:.4f}, {thresholds.centre_tia:.4f}): ita {thresholds.ita:.4f} -> {moved.ita:.4f}, "
+         f"tia {thresholds.tia:.4f} -> {moved.tia:.4f}")
+    return moved, {"night_median": {"ita": float(m["ita"]), "tia": float(m["tia"])},
+                   "before_recentre": {"ita": thresholds.ita, "tia": thresholds.tia}}
+
+
 def share_below(flagged: dict[str, int], scored: int) -> dict[str, float]:
     """The share of scored items under the ITA and under the TIA threshold, from the night's flag counts."""
     n = max(1, scored)
@@ -296,7 +316,9 @@ def score_alignment(spark: SparkSession, config: AppConfig, model, outputs: Data
     totals = scores.agg(F.count(F.lit(1)).alias("n"), F.sum(F.when(_not_finite("p_ita", "p_tia"), 1).otherwise(0)).alias("bad")).first()
     check_finite_share("item alignment", int(totals["bad"] or 0), int(totals["n"]), sc.max_not_finite_share, model.version)
     thresholds = run_thresholds(sc.thresholds, model)
-    flagged = alignment_flags(scores.where(~_not_finite("p_ita", "p_tia")), thresholds).persist(StorageLevel.MEMORY_AND_DISK)
+    finite = scores.where(~_not_finite("p_ita", "p_tia"))
+    thresholds, moved = night_recentred(finite, thresholds)
+    flagged = alignment_flags(finite, thresholds).persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(flagged)
     rows = flagged.select(F.lit(run_date).alias("run_date"), "item_id", "merchant_id", "category", "p_ita", "p_tia",
                           "flag", "reason", F.lit(model.version).alias("model_version"), "suspect_side")
@@ -306,8 +328,9 @@ def score_alignment(spark: SparkSession, config: AppConfig, model, outputs: Data
     n_bad = int(totals["bad"] or 0)
     quarantine = tables.quarantine_rows(bad, run_date=run_date, job=JOB, source="item_alignment", key_col="item_id",
                                         payload_cols=["merchant_id", "category", "p_ita", "p_tia"])
-    used = recorded_thresholds(sc.thresholds, thresholds, by_reason,
-                               views_warnings(sc.thresholds, model.metadata.get("metrics") or {}, sc.test_time_views))
+    used = {**recorded_thresholds(sc.thresholds, thresholds, by_reason,
+                                  views_warnings(sc.thresholds, model.metadata.get("metrics") or {}, sc.test_time_views)),
+            **moved}
     for line in used.get("warnings", []):
         log.warning(line)
     return {"rows": rows, "scored": sum(by_reason.values()), "not_finite": n_bad, "thresholds": used,
@@ -688,6 +711,6 @@ def _write_run(spark: SparkSession, config: AppConfig, result: ScoreRun, started
 
 
 __all__ = ["run", "ScoreRun", "MissingInput", "NotFiniteScores", "check_finite_share", "check_inputs", "cvr_skip_reason",
-           "run_thresholds", "share_below", "calibration_warnings", "views_warnings", "recorded_thresholds",
+           "run_thresholds", "night_recentred", "share_below", "calibration_warnings", "views_warnings", "recorded_thresholds",
            "alignment_flags", "checked_candidates", "behaviour_inputs", "scorable_pairs", "score_alignment",
            "score_cvr", "JOB", "FLAG_REASONS"]

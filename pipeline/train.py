@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from camenn.checkpoint import code_fingerprint
-from camenn.config import AppConfig, project_root
+from camenn.config import CALIBRATION_CENTRE, AppConfig, project_root
 from pipeline.training_data import TrainingData, prepare_training_data
 
 log = logging.getLogger(__name__)
@@ -173,6 +173,10 @@ def current_artifact(config: AppConfig, path: str | None = None, seed: int | Non
     # views they were taken over: a model calibrated over other views than the night's is retrained
     calibrated_over = int(art.metadata["metrics"].get("calibration_views") or 0)
     if config.scoring.thresholds.mode == "calibrated" and calibrated_over != config.scoring.test_time_views:
+        return None
+    # nor can a model trained before held-out medians were recorded recentre its thresholds
+    if config.scoring.thresholds.recentre and config.scoring.thresholds.mode == "calibrated" and any(
+            f"{task}_clean_{CALIBRATION_CENTRE}" not in art.metadata["metrics"] for task in ("ita", "tia")):
         return None
     return art
 

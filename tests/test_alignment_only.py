@@ -106,6 +106,33 @@ def test_night_without_users_or_candidates_scores_alignment_and_records_the_skip
     assert details["thresholds"]["share_below"] == pytest.approx(expected, abs=1e-12)
 
 
+def test_a_recentred_night_moves_its_thresholds_to_its_own_median_and_records_the_move(spark, catalogue_only):
+    """scoring.thresholds.recentre with absolute thresholds and their centres: the night takes the median of
+    its own scores, moves each threshold by its logit distance from the centre, flags by the moved ones
+    and records both."""
+    import numpy as np
+
+    from pipeline.report.advice import FlagRule
+
+    root, night = Path(catalogue_only.data.root).parent, RUN + dt.timedelta(days=1)
+    config = tiny_config(root, "scoring.thresholds.ita=0.6", "scoring.thresholds.tia=0.6", "scoring.thresholds.recentre=true",
+                         "scoring.thresholds.centre_ita=0.9", "scoring.thresholds.centre_tia=0.95")
+    result = nightly.run(spark, config, night)
+    assert result.status == "succeeded", result.summary()
+    align = run_record.published(spark, config, "item_alignment", night, job=nightly.JOB).toPandas()
+    thr = run_record.published_details(spark, config, run_record.SCORING_JOB, night)["thresholds"]
+    logit = lambda p: np.log(p / (1 - p))                                                   # noqa: E731
+    for task, centre in (("ita", 0.9), ("tia", 0.95)):
+        scores = np.sort(align[f"p_{task}"].to_numpy())
+        assert thr["night_median"][task] == pytest.approx(scores[(len(scores) - 1) // 2])   # the lower middle, as Spark's
+        assert thr["before_recentre"][task] == 0.6
+        assert logit(thr[task]) == pytest.approx(logit(0.6) + logit(thr["night_median"][task]) - logit(centre))
+        assert thr["share_below"][task] == pytest.approx((scores < thr[task]).mean())
+    under = (align["p_ita"] < thr["ita"]) | (align["p_tia"] < thr["tia"])
+    assert (align["flag"] == under).all() and thr["ita"] != 0.6
+    assert "moved by as much as tonight's median listing" in FlagRule.of(thr, config.scoring.thresholds).summary()
+
+
 def test_cvr_skip_reasons(spark, catalogue_only, tmp_path):
     from camenn.predictor import Predictor
 

@@ -123,3 +123,50 @@ def test_relative_paths_resolve_against_the_project_root():
 def test_unknown_table_name_is_rejected(tmp_path):
     path = write_yaml(tmp_path, "name: x\ndata: {root: d, tables: {itmes: /x}}\n")
     assert "unknown table(s) ['itmes']" in config_error(path)
+
+
+def logit(p):
+    import numpy as np
+
+    return np.log(p / (1 - p))
+
+
+def test_recentred_thresholds_flag_the_held_out_share_of_a_night_that_scores_lower_as_a_whole():
+    """A night whose listings score 3 logits under the held-out items (photos taken otherwise): the held-out
+    2% quantile flags 29% of it, the same quantile moved to the night's median flags 2% again."""
+    import numpy as np
+
+    from camenn.config import ThresholdConfig
+
+    rng = np.random.default_rng(0)
+    held_out = rng.normal(5.0, 2.0, size=(2, 20001))                      # (ita/tia, items) logits
+    night = 1 / (1 + np.exp(-(held_out - 3.0)))
+    held_out = 1 / (1 + np.exp(-held_out))
+    metrics = {f"{t}_clean_{q}": float(np.quantile(held_out[k], v)) for k, t in enumerate(("ita", "tia"))
+               for q, v in (("q02", 0.02), ("q50", 0.5))}
+    rule = ThresholdConfig(mode="calibrated", quantile=0.02, recentre=True).for_model(metrics, "m1")
+    assert (rule.mode, rule.ita, rule.centre_ita) == ("absolute", metrics["ita_clean_q02"], metrics["ita_clean_q50"])
+    assert rule.recentred(rule.centre_ita, rule.centre_tia) == rule        # a night like the held-out items
+    moved = rule.recentred(*np.median(night, axis=1))
+    for k, t in enumerate(("ita", "tia")):
+        assert (night[k] < getattr(rule, t)).mean() > 0.2                  # the held-out quantile as it is: 29%
+        assert (night[k] < getattr(moved, t)).mean() == pytest.approx(0.02, abs=0.002)
+        assert logit(getattr(moved, t)) - logit(getattr(rule, t)) == pytest.approx(-3.0, abs=0.05)
+    higher = rule.recentred(0.9999, 0.9999)                                # and up, for a night that scores higher
+    assert higher.ita > rule.ita and higher.tia > rule.tia
+    plain = ThresholdConfig(mode="calibrated", quantile=0.02).for_model(metrics, "m1")
+    assert plain.recentred(0.5, 0.5) == plain                              # recentre off: nothing moves
+
+
+def test_recentred_thresholds_need_a_centre():
+    from camenn.config import ThresholdConfig
+
+    with pytest.raises(ValueError, match="records no held-out median"):
+        ThresholdConfig(mode="calibrated", quantile=0.02, recentre=True).for_model(
+            {"ita_clean_q02": 0.5, "tia_clean_q02": 0.5}, "old-model")
+    with pytest.raises(ValueError, match="needs centre_ita and centre_tia"):
+        ThresholdConfig(mode="absolute", recentre=True, centre_ita=0.9)
+    with pytest.raises(ValueError, match="already follows the night"):
+        ThresholdConfig(mode="category_quantile", recentre=True)
+    with pytest.raises(ConfigError, match="centre_ita"):
+        load_config(project_root() / "conf" / "demo.yaml", ["scoring.thresholds.centre_ita=1.5"])

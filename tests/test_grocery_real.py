@@ -14,6 +14,7 @@ exist, the probe on the real encoders' features ranks random pairs above chance.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def test_planted_swaps_go_through_the_nightly_job(bench):
 
     root, sets, _ = bench
     flags = bench_grocery_flags.main(with_sets(["--data", str(MINI), "--bench-root", str(root), "--variant", "skip",
-                                                "--share", "0.1", "--json", str(root / "flags.json")], sets))
+                                                "--share", "0.1", "--recentre", "--json", str(root / "flags.json")], sets))
     assert flags["items_scored"] == 12
     assert flags["plants"]["text"] == 1 and flags["plants"]["image"] == 1
     job = flags["job_flags"]
@@ -103,6 +104,17 @@ def test_planted_swaps_go_through_the_nightly_job(bench):
     thr = flags["thresholds"]
     assert thr["views"] > 0 and thr["n_over_views"] == thr["n_held_out"] >= 2, thr
     assert job["flagged"] == flags["below_the_thresholds"]
+    # other rules, read on the same scores; the held-out quantile at the bench's own quantile is the job's before the move
+    assert flags["rules"]["held-out quantile"]["0.02"]["thresholds"] == pytest.approx({"ita": thr["ita"], "tia": thr["tia"]})
+    assert all(0.0 <= m["precision"] <= 1.0 and 0.0 <= m["recall"] <= 1.0
+               for by_q in flags["rules"].values() for m in by_q.values())
+    # --recentre: the job moved the held-out quantiles by its night's median against the held-out photos' median
+    applied = flags["applied_thresholds"]
+    assert applied["before_recentre"] == {"ita": thr["ita"], "tia": thr["tia"]}
+    for task in ("ita", "tia"):
+        logit = lambda p: math.log(p / (1 - p))   # noqa: E731
+        assert logit(applied[task]) == pytest.approx(logit(thr[task]) + logit(applied["night_median"][task])
+                                                     - logit(thr[f"centre_{task}"]))
     assert job["oracle_precision_at_recall_0.8"] is not None and 0.0 < job["oracle_precision_at_recall_0.8"] <= 1.0
     assert job["flagged"] == sum(v["flagged"] for v in flags["by_plant"].values()) + round(
         job["clean_flagged_share"] * job["n_clean"])

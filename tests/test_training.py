@@ -374,12 +374,14 @@ def test_calibrated_thresholds_come_from_the_artifact(trained):
     config, result = trained
     metrics = load_artifact(result.artifact).metadata["metrics"]
     for task in ("ita", "tia"):
-        values = [metrics[f"{task}_clean_q{round(q * 100):02d}"] for q in CALIBRATION_QUANTILES]
-        assert all(0.0 < v <= 1.0 for v in values) and values == sorted(values), (task, values)
+        values = [metrics[f"{task}_clean_q{round(q * 100):02d}"] for q in CALIBRATION_QUANTILES] + [metrics[f"{task}_clean_q50"]]
+        assert all(0.0 < v <= 1.0 for v in values) and values == sorted(values), (task, values)   # ... and the median
     for task in ("ita", "tia"):   # the model's decision point: no worse than 0.5 on the same held-out pairs
         assert 0.0 <= metrics[f"{task}_cut"] <= 1.0 and metrics[f"{task}_acc_at_cut"] >= metrics[f"{task}_acc"], task
     resolved = ThresholdConfig(mode="calibrated", quantile=0.05).for_model(metrics, "m1")
     assert (resolved.mode, resolved.ita, resolved.tia) == ("absolute", metrics["ita_clean_q05"], metrics["tia_clean_q05"])
+    centred = ThresholdConfig(mode="calibrated", quantile=0.05, recentre=True).for_model(metrics, "m1")
+    assert (centred.centre_ita, centred.centre_tia) == (metrics["ita_clean_q50"], metrics["tia_clean_q50"])
     absolute = ThresholdConfig(ita=0.8, tia=0.8)
     assert absolute.for_model(metrics, "m1") is absolute   # the other modes do not read the model
     with pytest.raises(ValueError, match="records no held-out q05"):

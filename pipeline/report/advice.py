@@ -51,6 +51,7 @@ class FlagRule:
     share_below: dict[str, float] = field(default_factory=dict)   # share of scored items under each threshold
     warnings: tuple[str, ...] = ()
     recorded: bool = True          # False: a night from before thresholds were recorded; the config's rule
+    night_median: dict[str, float] = field(default_factory=dict)  # recentred: the night's medians the values moved to
 
     @classmethod
     def of(cls, recorded: dict | None, configured) -> FlagRule:
@@ -61,7 +62,8 @@ class FlagRule:
         return cls(recorded["mode"], float(recorded["ita"]), float(recorded["tia"]), float(recorded["quantile"]),
                    int(recorded.get("min_category_items", 0)),
                    {k: float(v) for k, v in (recorded.get("share_below") or {}).items()},
-                   tuple(recorded.get("warnings") or ()))
+                   tuple(recorded.get("warnings") or ()),
+                   night_median={k: float(v) for k, v in (recorded.get("night_median") or {}).items()})
 
     def summary(self) -> str:
         """One sentence for the index page: the rule, the values and, for an unrecorded night, where they come from."""
@@ -73,6 +75,9 @@ class FlagRule:
                     f"{self.min_category_items} listings), else {values}")
         else:
             rule = f"{values} (fixed thresholds)"
+        if self.night_median:   # thresholds.recentre
+            rule += (", moved by as much as tonight's median listing (ITA {ita:.3f}, TIA {tia:.3f}) scores from the "
+                     "listings they were set on").format(**self.night_median)
         return rule if self.recorded else f"{rule}; the night recorded no thresholds, so these are the configuration's"
 
 
