@@ -164,7 +164,7 @@ def test_alignment_balance_reaches_the_training_loss(trained, balance):
     assert losses != plain
 
 
-def test_if_missing_skips_a_current_artifact(spark, world_root, trained):
+def test_if_missing_skips_a_current_artifact(spark, world_root, trained, tmp_path):
     from pipeline.train import run_training
 
     config, result = trained
@@ -183,6 +183,16 @@ def test_if_missing_skips_a_current_artifact(spark, world_root, trained):
     assert current_artifact(tiny_config(world_root, *calibrated)) is not None
     assert current_artifact(tiny_config(world_root, *calibrated, "scoring.test_time_views=2")) is None
     assert current_artifact(tiny_config(world_root, *FAST, "scoring.test_time_views=2")) is not None   # absolute
+    # a model records its held-out medians, so it serves a night that recentres its thresholds on them; one
+    # from before it recorded them does not
+    from camenn.checkpoint import write_artifact
+
+    recentred = tiny_config(world_root, *calibrated, "scoring.thresholds.recentre=true")
+    art = current_artifact(recentred)
+    assert art is not None
+    older = {**art.metadata, "metrics": {k: v for k, v in art.metadata["metrics"].items() if k != "ita_clean_q50"}}
+    path = write_artifact(tmp_path / "before-medians", art.model, older)
+    assert current_artifact(recentred, path) is None and current_artifact(tiny_config(world_root, *calibrated), path) is not None
 
 
 def test_torch_distributor_two_processes(spark, world_root, tmp_path, capfd):
