@@ -206,7 +206,7 @@ def run_thresholds(thresholds: ThresholdConfig, model) -> ThresholdConfig:
 
 
 def night_recentred(scores: DataFrame, thresholds: ThresholdConfig) -> tuple[ThresholdConfig, dict]:
-    """``thresholds`` moved to the night's median ITA / TIA when they are to be recentred (``recentre``); with
+    """``thresholds`` moved down to the night's median ITA / TIA when they are to be recentred (``recentre``); with
     what a night records of the move: {"night_median": {...}, "before": {...}} (empty when nothing moved).
 
     One aggregation over the night's scores (two doubles a row, approximate medians to 1e-4 in rank).
@@ -218,9 +218,10 @@ def night_recentred(scores: DataFrame, thresholds: ThresholdConfig) -> tuple[Thr
     if not m["n"]:
         return thresholds, {}
     moved = thresholds.recentred(float(m["ita"]), float(m["tia"]))
+    change = ", ".join(f"{t} {getattr(thresholds, t):.4f} -> {getattr(moved, t):.4f}" if getattr(moved, t) != getattr(thresholds, t)
+                       else f"{t} not moved (the night's median is not under the held-out one)" for t in ("ita", "tia"))
     _say(f"    thresholds recentred on the night's median (ita {m['ita']:.4f}, tia {m['tia']:.4f}; held-out "
-         f"{thresholds.centre_ita:.4f}, {thresholds.centre_tia:.4f}): ita {thresholds.ita:.4f} -> {moved.ita:.4f}, "
-         f"tia {thresholds.tia:.4f} -> {moved.tia:.4f}")
+         f"{thresholds.centre_ita:.4f}, {thresholds.centre_tia:.4f}): {change}")
     return moved, {"night_median": {"ita": float(m["ita"]), "tia": float(m["tia"])},
                    "before_recentre": {"ita": thresholds.ita, "tia": thresholds.tia}}
 

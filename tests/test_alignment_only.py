@@ -116,20 +116,23 @@ def test_a_recentred_night_moves_its_thresholds_to_its_own_median_and_records_th
 
     root, night = Path(catalogue_only.data.root).parent, RUN + dt.timedelta(days=1)
     config = tiny_config(root, "scoring.thresholds.ita=0.6", "scoring.thresholds.tia=0.6", "scoring.thresholds.recentre=true",
-                         "scoring.thresholds.centre_ita=0.9", "scoring.thresholds.centre_tia=0.95")
+                         "scoring.thresholds.centre_ita=0.999", "scoring.thresholds.centre_tia=0.001")
     result = nightly.run(spark, config, night)
     assert result.status == "succeeded", result.summary()
     align = run_record.published(spark, config, "item_alignment", night, job=nightly.JOB).toPandas()
     thr = run_record.published_details(spark, config, run_record.SCORING_JOB, night)["thresholds"]
     logit = lambda p: np.log(p / (1 - p))                                                   # noqa: E731
-    for task, centre in (("ita", 0.9), ("tia", 0.95)):
+    for task, centre in (("ita", 0.999), ("tia", 0.001)):
         scores = np.sort(align[f"p_{task}"].to_numpy())
         assert thr["night_median"][task] == pytest.approx(scores[(len(scores) - 1) // 2])   # the lower middle, as Spark's
         assert thr["before_recentre"][task] == 0.6
-        assert logit(thr[task]) == pytest.approx(logit(0.6) + logit(thr["night_median"][task]) - logit(centre))
+        shift = min(0.0, logit(thr["night_median"][task]) - logit(centre))                  # down only
+        assert logit(thr[task]) == pytest.approx(logit(0.6) + shift)
         assert thr["share_below"][task] == pytest.approx((scores < thr[task]).mean())
     under = (align["p_ita"] < thr["ita"]) | (align["p_tia"] < thr["tia"])
-    assert (align["flag"] == under).all() and thr["ita"] != 0.6
+    assert (align["flag"] == under).all()
+    assert thr["night_median"]["ita"] < 0.999 and thr["ita"] < 0.6         # a night under its centre: moved down
+    assert thr["night_median"]["tia"] > 0.001 and thr["tia"] == 0.6        # one over it: not moved up
     assert "moved by as much as tonight's median listing" in FlagRule.of(thr, config.scoring.thresholds).summary()
 
 

@@ -152,8 +152,10 @@ def test_recentred_thresholds_flag_the_held_out_share_of_a_night_that_scores_low
         assert (night[k] < getattr(rule, t)).mean() > 0.2                  # the held-out quantile as it is: 29%
         assert (night[k] < getattr(moved, t)).mean() == pytest.approx(0.02, abs=0.002)
         assert logit(getattr(moved, t)) - logit(getattr(rule, t)) == pytest.approx(-3.0, abs=0.05)
-    higher = rule.recentred(0.9999, 0.9999)                                # and up, for a night that scores higher
-    assert higher.ita > rule.ita and higher.tia > rule.tia
+    # never up: a night that scores higher (a catalogue of the model's own training listings) keeps them
+    assert rule.recentred(0.9999, 0.9999) == rule
+    one_side = rule.recentred(0.9999, float(np.median(night[1])))
+    assert one_side.ita == rule.ita and one_side.tia == moved.tia
     plain = ThresholdConfig(mode="calibrated", quantile=0.02).for_model(metrics, "m1")
     assert plain.recentred(0.5, 0.5) == plain                              # recentre off: nothing moves
 
