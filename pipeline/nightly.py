@@ -207,7 +207,8 @@ def run_thresholds(thresholds: ThresholdConfig, model) -> ThresholdConfig:
 
 def night_recentred(scores: DataFrame, thresholds: ThresholdConfig) -> tuple[ThresholdConfig, dict]:
     """``thresholds`` moved down to the night's median ITA / TIA when they are to be recentred (``recentre``); with
-    what a night records of the move: {"night_median": {...}, "before": {...}} (empty when nothing moved).
+    what a night records of it: {"night_median": {...}, "before_recentre": {...}} (empty when it does not recentre;
+    a side whose night median is not under its centre keeps its value, ThresholdConfig.recentred).
 
     One aggregation over the night's scores (two doubles a row, approximate medians to 1e-4 in rank).
     """

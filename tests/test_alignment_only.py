@@ -133,7 +133,9 @@ def test_a_recentred_night_moves_its_thresholds_to_its_own_median_and_records_th
     assert (align["flag"] == under).all()
     assert thr["night_median"]["ita"] < 0.999 and thr["ita"] < 0.6         # a night under its centre: moved down
     assert thr["night_median"]["tia"] > 0.001 and thr["tia"] == 0.6        # one over it: not moved up
-    assert "moved by as much as tonight's median listing" in FlagRule.of(thr, config.scoring.thresholds).summary()
+    assert "moved down from ITA 0.600 / TIA 0.600" in FlagRule.of(thr, config.scoring.thresholds).summary()
+    unmoved = {**thr, "ita": 0.6, "tia": 0.6}
+    assert ", not moved: tonight's median listing" in FlagRule.of(unmoved, config.scoring.thresholds).summary()
 
 
 def test_cvr_skip_reasons(spark, catalogue_only, tmp_path):

@@ -51,7 +51,8 @@ class FlagRule:
     share_below: dict[str, float] = field(default_factory=dict)   # share of scored items under each threshold
     warnings: tuple[str, ...] = ()
     recorded: bool = True          # False: a night from before thresholds were recorded; the config's rule
-    night_median: dict[str, float] = field(default_factory=dict)  # recentred: the night's medians the values moved to
+    night_median: dict[str, float] = field(default_factory=dict)  # recentre: the night's median ITA / TIA
+    before_recentre: dict[str, float] = field(default_factory=dict)  # recentre: the values before the night moved them
 
     @classmethod
     def of(cls, recorded: dict | None, configured) -> FlagRule:
@@ -63,7 +64,8 @@ class FlagRule:
                    int(recorded.get("min_category_items", 0)),
                    {k: float(v) for k, v in (recorded.get("share_below") or {}).items()},
                    tuple(recorded.get("warnings") or ()),
-                   night_median={k: float(v) for k, v in (recorded.get("night_median") or {}).items()})
+                   night_median={k: float(v) for k, v in (recorded.get("night_median") or {}).items()},
+                   before_recentre={k: float(v) for k, v in (recorded.get("before_recentre") or {}).items()})
 
     def summary(self) -> str:
         """One sentence for the index page: the rule, the values and, for an unrecorded night, where they come from."""
@@ -75,9 +77,14 @@ class FlagRule:
                     f"{self.min_category_items} listings), else {values}")
         else:
             rule = f"{values} (fixed thresholds)"
-        if self.night_median:   # thresholds.recentre
-            rule += (", moved by as much as tonight's median listing (ITA {ita:.3f}, TIA {tia:.3f}) scores from the "
-                     "listings they were set on").format(**self.night_median)
+        if self.night_median:   # thresholds.recentre: moved down where tonight's median listing scores lower
+            median = "tonight's median listing (ITA {ita:.3f}, TIA {tia:.3f})".format(**self.night_median)
+            before = self.before_recentre
+            if before and (before.get("ita") != self.ita or before.get("tia") != self.tia):
+                rule += (f", moved down from ITA {before['ita']:.3f} / TIA {before['tia']:.3f} by as much as {median} "
+                         "scores under the listings they were set on")
+            else:
+                rule += f", not moved: {median} scores no lower than the listings they were set on"
         return rule if self.recorded else f"{rule}; the night recorded no thresholds, so these are the configuration's"
 
 
