@@ -2,7 +2,7 @@
 
     result = run(spark, config, run_date)       # ScoreRun; spark-submit jobs/score_catalog.py
 
-One module (~690 lines): the five stages share one run's state (the valid items, the model
+One module (~720 lines): the five stages share one run's state (the valid items, the model
 cache, the persisted frames, the counts that must add up) and are read in order; the caches,
 the CVR carry-over and the run record live in their own modules.
 
