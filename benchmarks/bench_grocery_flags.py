@@ -202,8 +202,8 @@ def threshold_rules(held_out: dict[str, np.ndarray], night: dict[str, np.ndarray
     have is measured on the same listings before it is built.
 
     - "held-out quantile": the quantile of the held-out photos' scores (the job's ``calibrated``);
-    - "recentred": that, moved on the logit scale by the night's median against the held-out median
-      (the job's ``recentre``);
+    - "recentred": that, moved down on the logit scale by as far as the night's median lies under the
+      held-out median (the job's ``recentre``);
     - "recentred and rescaled": the held-out quantile's distance under the held-out median, in units of
       the held-out median absolute deviation, laid under the night's median in the night's own MADs;
     - "night quantile": the quantile of the night's own scores (a fixed share flagged every night).
@@ -220,8 +220,9 @@ def threshold_rules(held_out: dict[str, np.ndarray], night: dict[str, np.ndarray
             ho, nt = _logit(held_out[task]), _logit(night[task])
             ho_q, ho_med, nt_med = _logit(np.quantile(held_out[task], q)), _logit(np.median(held_out[task])), _logit(np.median(night[task]))
             below = ho_med - ho_q   # how far under the typical held-out photo the quantile lies
-            logits = {"held-out quantile": ho_q, "recentred": nt_med - below,
-                      "recentred and rescaled": nt_med - below * mad(nt) / mad(ho),
+            centre = min(nt_med, ho_med)   # down only, as the job moves them (ThresholdConfig.recentred)
+            logits = {"held-out quantile": ho_q, "recentred": centre - below,
+                      "recentred and rescaled": centre - below * mad(nt) / mad(ho),
                       "night quantile": _logit(np.quantile(night[task], q))}
             for name, x in logits.items():
                 rules[name][q][task] = float(1 / (1 + np.exp(-x)))

@@ -367,3 +367,24 @@ def test_no_random_swap_takes_a_twin_over_the_real_training_split():
     figures = grocery_twin_donors.main(["--data", str(MINI), "--batches", "40"])
     assert figures["twin_share_derangement"] > 0.01   # the old sampler hit twins
     assert figures["twin_share_now"] == 0.0
+
+
+def test_the_flag_benchs_other_rules_come_from_its_stored_scores_and_never_move_up():
+    """bench_grocery_flags' ``rules`` are read again from the scores its JSON stores; a night scoring above the
+    held-out photos keeps the held-out quantile under "recentred", as the job's down-only move does."""
+    import numpy as np
+
+    sys.path.insert(0, str(BENCH))
+    from bench_grocery_flags import threshold_rules
+
+    figures = json.loads((BENCH / "results" / "bench_grocery_flags_recentred.json").read_text())
+    held_out = {t: np.array(v) for t, v in figures["scores"]["held_out"].items()}
+    night = {t: np.array([r[f"p_{t}"] for r in figures["scores"]["night"]]) for t in ("ita", "tia")}
+    rules = threshold_rules(held_out, night)
+    for name, by_q in rules.items():
+        for q, thresholds in by_q.items():
+            assert thresholds == pytest.approx(figures["rules"][name][str(q)]["thresholds"]), (name, q)
+    assert rules["recentred"][0.02]["tia"] < rules["held-out quantile"][0.02]["tia"]   # this night scored lower
+    higher = threshold_rules(held_out, {t: np.full(9, 0.99999) for t in ("ita", "tia")})
+    for q, thresholds in higher["recentred"].items():
+        assert thresholds == pytest.approx(higher["held-out quantile"][q]), q
