@@ -6,7 +6,7 @@
 Reads the published ``item_alignment`` rows of the world's run date (the nightly job's p_ita and
 p_tia of every item) and the world's ``truth_items`` (which defect each item was given; the jobs
 never read it), then flags the same scores under each threshold rule with the job's own
-``pipeline.nightly.alignment_flags``:
+``pipeline.flag_rules.alignment_flags``:
 
 - ``absolute``: ITA and TIA below a fixed value (the demo's 0.5, and lower and higher ones);
 - ``category_quantile``: below the q-quantile of the item's category, computed over the night's
@@ -87,7 +87,7 @@ def main(argv=None) -> dict:
     from pyspark.sql import SparkSession
 
     from camenn.checkpoint import load_artifact
-    from pipeline import nightly, run_record, tables
+    from pipeline import flag_rules, run_record, tables
     from pipeline.session import get_spark
 
     ours = SparkSession.getActiveSession() is None
@@ -109,7 +109,7 @@ def main(argv=None) -> dict:
         rules = {name: rule.for_model(model.metadata.get("metrics") or {}, model.version) for name, rule in RULES.items()}
         results = {}
         for name, rule in rules.items():
-            flags = nightly.alignment_flags(scores, rule).select("item_id", "defect", "flag", "suspect_side").toPandas()
+            flags = flag_rules.alignment_flags(scores, rule).select("item_id", "defect", "flag", "suspect_side").toPandas()
             results[name] = rule_metrics(flags)
     finally:
         if ours:

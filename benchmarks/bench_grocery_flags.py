@@ -47,6 +47,7 @@ from _common import write_json  # noqa: E402
 from bench_grocery import DATA, RUN_DATE, ingest, is_view, read_classes, read_split, say, slug, write_export  # noqa: E402
 
 from camenn.config import load_config  # noqa: E402
+from camenn.logits import logit, sigmoid  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -190,11 +191,6 @@ def flag_metrics(rows: list[dict], damaged: dict[str, str], flag_of, across: set
     }
 
 
-def _logit(p) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
-
-
 def threshold_rules(held_out: dict[str, np.ndarray], night: dict[str, np.ndarray],
                     quantiles=(0.01, 0.02, 0.05)) -> dict[str, dict[float, dict[str, float]]]:
     """ITA / TIA thresholds (probabilities) that other rules would set on this night: rule -> quantile -> task ->
@@ -217,15 +213,15 @@ def threshold_rules(held_out: dict[str, np.ndarray], night: dict[str, np.ndarray
             rules[name][q] = {}
         for task in ("ita", "tia"):
             # quantiles and medians of the probabilities, as calibrate takes them, then on the logit scale
-            ho, nt = _logit(held_out[task]), _logit(night[task])
-            ho_q, ho_med, nt_med = _logit(np.quantile(held_out[task], q)), _logit(np.median(held_out[task])), _logit(np.median(night[task]))
+            ho, nt = logit(held_out[task]), logit(night[task])
+            ho_q, ho_med, nt_med = logit(np.quantile(held_out[task], q)), logit(np.median(held_out[task])), logit(np.median(night[task]))
             below = ho_med - ho_q   # how far under the typical held-out photo the quantile lies
             centre = min(nt_med, ho_med)   # down only, as the job moves them (ThresholdConfig.recentred)
             logits = {"held-out quantile": ho_q, "recentred": centre - below,
                       "recentred and rescaled": centre - below * mad(nt) / mad(ho),
-                      "night quantile": _logit(np.quantile(night[task], q))}
+                      "night quantile": logit(np.quantile(night[task], q))}
             for name, x in logits.items():
-                rules[name][q][task] = float(1 / (1 + np.exp(-x)))
+                rules[name][q][task] = float(sigmoid(x))
     return rules
 
 
@@ -241,16 +237,16 @@ def plot_scores(held_out: dict[str, np.ndarray], night: dict[str, np.ndarray], s
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for ax, task, swapped in zip(axes, ("ita", "tia"), ("text", "image")):
-        ho, nt = _logit(held_out[task]), _logit(night[task])
+        ho, nt = logit(held_out[task]), logit(night[task])
         clean, caught = side == "", side == swapped
         bins = np.linspace(min(ho.min(), nt.min()), max(ho.max(), nt.max()), 40)
         ax.hist(ho, bins, density=True, alpha=0.45, label=f"held-out training photos ({len(ho)})")
         ax.hist(nt[clean], bins, density=True, alpha=0.45, label=f"night: clean validation photos ({clean.sum()})")
         ax.hist(nt[caught], bins, density=True, histtype="step", lw=2, color="crimson",
                 label=f"night: planted {swapped} swaps ({caught.sum()})")
-        ax.axvline(_logit(applied[task]), color="black", label="threshold applied")
+        ax.axvline(logit(applied[task]), color="black", label="threshold applied")
         if "before_recentre" in applied:
-            ax.axvline(_logit(applied["before_recentre"][task]), color="black", ls="--", label="held-out quantile, before the move")
+            ax.axvline(logit(applied["before_recentre"][task]), color="black", ls="--", label="held-out quantile, before the move")
         ax.set_xlabel(f"{task.upper()} logit (mean over the photo and its views)")
         ax.set_title(task.upper())
     axes[0].set_ylabel("density")

@@ -11,7 +11,6 @@ are read where the YAML is parsed; split by section, the cross-section checks wo
 from __future__ import annotations
 
 import datetime as dt
-import math
 import os
 import re
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from camenn.logits import logit, sigmoid
 
 TABLE_NAMES = (
     "items", "users", "events", "impressions", "candidates",
@@ -242,7 +243,10 @@ class ThresholdConfig(Section):
     quantile lay under the typical held-out item. Never up: a catalogue made mostly of the model's
     own training listings scores above its held-out items because the model fit them, and raising
     the thresholds on that would flag more of its new listings (`make grocery`, 2026-12-06: 121
-    flagged against 95). The median holds while fewer than half the scored listings are damaged.
+    flagged against 95). For the same reason the night's median is taken over its listings new
+    to the model, the ones its training snapshot did not hold (pipeline.flag_rules.night_recentred),
+    when there are ``min_new_listings`` of them: a new shop among many trained listings barely moves
+    the whole night's median. The median holds while fewer than half of those are damaged.
     """
 
     mode: Literal["absolute", "category_quantile", "calibrated"] = "absolute"
@@ -259,6 +263,9 @@ class ThresholdConfig(Section):
                            "median score lies under the median of the scores they were taken on")
     centre_ita: float | None = Field(None, gt=0, lt=1, description="recentre, absolute: the median ITA the ita threshold was taken against")
     centre_tia: float | None = Field(None, gt=0, lt=1, description="recentre, absolute: the median TIA the tia threshold was taken against")
+    min_new_listings: int = Field(
+        100, ge=1, description="recentre: the median is taken over the listings new to the model (not in its training "
+                               "snapshot) when the night has at least this many, else over all its listings")
 
     @field_validator("quantile")
     @classmethod
@@ -304,18 +311,9 @@ class ThresholdConfig(Section):
         by as much as those lie under the centres; a side whose night median is at or above its centre keeps its threshold."""
         if not self.recentre or self.mode != "absolute":
             return self
-        moved = {task: float(_sigmoid(_logit(getattr(self, task)) + min(0.0, _logit(night) - _logit(getattr(self, f"centre_{task}")))))
+        moved = {task: float(sigmoid(logit(getattr(self, task)) + min(0.0, logit(night) - logit(getattr(self, f"centre_{task}")))))
                  for task, night in (("ita", night_ita), ("tia", night_tia))}
         return self.model_copy(update=moved)
-
-
-def _logit(p: float) -> float:
-    p = min(max(float(p), 1e-7), 1 - 1e-7)   # a threshold at 0 or 1 (absolute 0.0) stays where it is, near enough
-    return math.log(p / (1 - p))
-
-
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x))
 
 
 class ScoringConfig(Section):

@@ -39,6 +39,7 @@ import torch
 from camenn.checkpoint import Artifact, ArtifactError, load_artifact
 from camenn.featurizer import pack_tokens
 from camenn.inputs import FeatureVocab, ItemStore, full_batch, item_only_batch
+from camenn.logits import logit, sigmoid
 from camenn.model import CameNNBatch
 
 __all__ = ["Predictor", "AUTOCAST_DTYPES", "pool_behaviour_items", "mean_logit"]
@@ -59,9 +60,8 @@ def mean_logit(probs: Sequence[np.ndarray]) -> np.ndarray:
     """The sigmoid of the mean logit of each row over ``probs`` (one array per view): how a photo's
     views are combined. In logits, not probabilities: one view sure of a mismatch (0.001) and one
     unsure (0.5) say "mismatch", where a mean probability would say 0.25."""
-    clipped = [np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7) for p in probs]
-    z = np.stack([np.log(p) - np.log1p(-p) for p in clipped])  # (V, n)
-    return 1.0 / (1.0 + np.exp(-z.mean(0)))
+    z = np.stack([logit(p) for p in probs])  # (V, n)
+    return sigmoid(z.mean(0))
 
 
 def _seq(value) -> list:

@@ -693,7 +693,7 @@ def held_out_metrics(model: CameNN, cache: ChunkCache, chunks: list[int], batch_
     if align:
         n = _all_reduce([float(n_items), float(n_hard), float(n_clean), float(n_over_views)], "sum", dist_info)
         metrics["n_items"], metrics["n_items_hard"] = int(n[0]), int(n[1])
-        # the night compares its own scoring.test_time_views with these (pipeline.nightly.views_warnings)
+        # the night compares its own scoring.test_time_views with these (pipeline.flag_rules.views_warnings)
         metrics["calibration_views"] = int(_all_reduce([float(n_views)], "max", dist_info)[0])
         metrics["calibration_items"], metrics["calibration_items_over_views"] = int(n[2]), int(n[3])
     return metrics

@@ -2,9 +2,9 @@
 
     result = run(spark, config, run_date)       # ScoreRun; spark-submit jobs/score_catalog.py
 
-One module (~720 lines): the five stages share one run's state (the valid items, the model
+One module (~600 lines): the five stages share one run's state (the valid items, the model
 cache, the persisted frames, the counts that must add up) and are read in order; the caches,
-the CVR carry-over and the run record live in their own modules.
+the CVR carry-over, the flag rules and the run record live in their own modules.
 
 1. ``update_item_features`` (pipeline.feature_cache): validate items from their stored
    content hashes, quarantine bad rows, encode only new or changed items, MERGE them into
@@ -18,6 +18,8 @@ the CVR carry-over and the run record live in their own modules.
    or a per-category quantile computed with Spark's percentile_approx over all of them) are
    flagged "text suspect" (low ITA only), "image suspect" (low TIA only) or "text and image
    suspect" (both).
+   The thresholds, their move to the night's new listings (``recentre``) and what the ``runs``
+   row records of them are pipeline.flag_rules'.
    With ``scoring.test_time_views`` = K an item's p_ita / p_tia are the mean logit over its photo
    and K random views of it (encoded in stage 1 beside the photo, scored in stage 2).
 4. CVR (skipped with one line and its reason in the ``runs`` row's details when the model
@@ -55,8 +57,9 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from camenn import checkpoint
-from camenn.config import AppConfig, ThresholdConfig
+from camenn.config import AppConfig
 from pipeline import cvr_cache, feature_cache, history, model_cache, run_record, tables, tracking
+from pipeline.flag_rules import FLAG_REASONS, alignment_flags, night_recentred, recorded_thresholds, run_thresholds, views_warnings
 from udfs.cached_tokens import cached_tokens_fn
 from udfs.predict import (
     CVR_SCHEMA,
@@ -75,10 +78,6 @@ REQUIRED_INPUTS = ("items",)
 # the CVR stage's own inputs: a night without them (or with them empty) scores alignment alone;
 # events are optional even then (no purchases = empty behaviour sequences)
 CVR_INPUTS = ("users", "candidates")
-TEXT_SUSPECT, IMAGE_SUSPECT, BOTH_SUSPECT = "text suspect", "image suspect", "text and image suspect"
-FLAG_REASONS = (TEXT_SUSPECT, IMAGE_SUSPECT, BOTH_SUSPECT)
-# item_alignment.suspect_side, the typed column readers use; ``reason`` is its label for people
-SUSPECT_SIDES = {"text": TEXT_SUSPECT, "image": IMAGE_SUSPECT, "both": BOTH_SUSPECT}
 ARROW_BATCH = "spark.sql.execution.arrow.maxRecordsPerBatch"
 # Arrow rows of the grouped CVR input are users with their candidates (tens each): a user batch
 # is max_records_per_batch / 16 users, so a batch's bytes stay near those of the per-row path's.
@@ -196,110 +195,6 @@ def load_model(config: AppConfig):
 # ------------------------------------------------------------------------ alignment
 
 
-def run_thresholds(thresholds: ThresholdConfig, model) -> ThresholdConfig:
-    """The night's thresholds: mode ``calibrated`` becomes the model's recorded held-out quantiles (absolute)."""
-    resolved = thresholds.for_model(model.metadata.get("metrics") or {}, model.version)
-    if resolved is not thresholds:
-        _say(f"    thresholds: the {thresholds.quantile:.0%} quantile of model {model.version}'s held-out items: "
-             f"ita {resolved.ita:.4f}, tia {resolved.tia:.4f}")
-    return resolved
-
-
-def night_recentred(scores: DataFrame, thresholds: ThresholdConfig) -> tuple[ThresholdConfig, dict]:
-    """``thresholds`` moved down to the night's median ITA / TIA when they are to be recentred (``recentre``); with
-    what a night records of it: {"night_median": {...}, "before_recentre": {...}} (empty when it does not recentre;
-    a side whose night median is not under its centre keeps its value, ThresholdConfig.recentred).
-
-    One aggregation over the night's scores (two doubles a row, approximate medians to 1e-4 in rank).
-    """
-    if not (thresholds.recentre and thresholds.mode == "absolute"):
-        return thresholds, {}
-    m = scores.agg(F.count(F.lit(1)).alias("n"), F.percentile_approx("p_ita", 0.5, 10000).alias("ita"),
-                   F.percentile_approx("p_tia", 0.5, 10000).alias("tia")).first()
-    if not m["n"]:
-        return thresholds, {}
-    moved = thresholds.recentred(float(m["ita"]), float(m["tia"]))
-    change = ", ".join(f"{t} {getattr(thresholds, t):.4f} -> {getattr(moved, t):.4f}" if getattr(moved, t) != getattr(thresholds, t)
-                       else f"{t} not moved (the night's median is not under the held-out one)" for t in ("ita", "tia"))
-    _say(f"    thresholds recentred on the night's median (ita {m['ita']:.4f}, tia {m['tia']:.4f}; held-out "
-         f"{thresholds.centre_ita:.4f}, {thresholds.centre_tia:.4f}): {change}")
-    return moved, {"night_median": {"ita": float(m["ita"]), "tia": float(m["tia"])},
-                   "before_recentre": {"ita": thresholds.ita, "tia": thresholds.tia}}
-
-
-def share_below(flagged: dict[str, int], scored: int) -> dict[str, float]:
-    """The share of scored items under the ITA and under the TIA threshold, from the night's flag counts."""
-    n = max(1, scored)
-    return {"ita": (flagged.get(TEXT_SUSPECT, 0) + flagged.get(BOTH_SUSPECT, 0)) / n,
-            "tia": (flagged.get(IMAGE_SUSPECT, 0) + flagged.get(BOTH_SUSPECT, 0)) / n}
-
-
-def calibration_warnings(shares: dict[str, float], thresholds: ThresholdConfig) -> list[str]:
-    """One line per side whose share under a calibrated threshold is more than ``warn_ratio`` times the quantile.
-
-    Why: calibrated thresholds are quantiles of the model's held-out items, which are listings of the
-    kind it trained on. A catalogue of photos or texts unlike those (a new shop; GroceryStore's
-    validation photos put 24-33% of clean listings under a 2% quantile, README) scores lower as a whole,
-    and the night would flag a large share of clean listings without a word.
-    """
-    if thresholds.mode != "calibrated":
-        return []
-    limit = thresholds.warn_ratio * thresholds.quantile
-    return [f"calibration: {share:.1%} of the scored items are under the {task.upper()} threshold, where the model's "
-            f"held-out items had {thresholds.quantile:.0%}: this catalogue's listings differ from the ones the model "
-            "was trained and calibrated on (retrain on them, or set absolute thresholds)"
-            for task, share in shares.items() if share > limit]
-
-
-def views_warnings(thresholds: ThresholdConfig, metrics: dict, views: int) -> list[str]:
-    """One line when calibrated thresholds were taken over another number of test-time views than the night's.
-
-    Why: a listing's score over its photo and K views (the mean logit) is not its photo's score,
-    so a quantile taken one way and applied to scores taken the other flags another share than the
-    configured one. Training records the views it calibrated over (``metrics.calibration_views``,
-    camenn.training.held_out_metrics); a model trained before that calibrated on the photo alone.
-    """
-    if thresholds.mode != "calibrated":
-        return []
-    recorded = int(metrics.get("calibration_views") or 0)
-    if recorded != views:
-        return [f"calibration: the model's thresholds are quantiles of its held-out items scored over their photo and "
-                f"{recorded} test-time view(s), and this night scores over the photo and {views}: retrain the model with "
-                f"scoring.test_time_views={views} (or set that back to {recorded})"]
-    # some held-out items had no views in the cache when training read it: those were scored on the photo
-    items, over_views = metrics.get("calibration_items"), metrics.get("calibration_items_over_views")
-    if views and items is not None and over_views is not None and over_views < items:
-        return [f"calibration: only {over_views} of the model's {items} held-out items were scored over {views} "
-                "test-time views when its thresholds were taken, the others on their photo alone: retrain it"]
-    return []
-
-
-def alignment_flags(scores: DataFrame, thresholds: ThresholdConfig) -> DataFrame:
-    """scores (item_id, category, p_ita, p_tia, ...) + flag, suspect_side (text, image, both) and reason."""
-    ita_abs, tia_abs = F.lit(float(thresholds.ita)), F.lit(float(thresholds.tia))
-    if thresholds.mode == "absolute":
-        scored = scores.withColumn("_ita_thr", ita_abs).withColumn("_tia_thr", tia_abs)
-    elif thresholds.mode == "category_quantile":   # ("calibrated" is resolved to absolute by run_thresholds)
-        q = float(thresholds.quantile)
-        per_category = (scores.groupBy("category").agg(
-            F.count(F.lit(1)).alias("_n"),
-            F.percentile_approx("p_ita", q, 10000).alias("_q_ita"),
-            F.percentile_approx("p_tia", q, 10000).alias("_q_tia"))
-            .withColumnRenamed("category", "_category"))
-        big = F.col("_n") >= thresholds.min_category_items
-        scored = (scores.join(F.broadcast(per_category), scores["category"].eqNullSafe(per_category["_category"]), "left")
-                  .withColumn("_ita_thr", F.when(big, F.col("_q_ita")).otherwise(ita_abs))
-                  .withColumn("_tia_thr", F.when(big, F.col("_q_tia")).otherwise(tia_abs))
-                  .drop("_category", "_n", "_q_ita", "_q_tia"))
-    else:
-        raise ValueError(f"unknown threshold mode {thresholds.mode!r}")
-    low_ita, low_tia = F.col("p_ita") < F.col("_ita_thr"), F.col("p_tia") < F.col("_tia_thr")
-    side = F.when(low_ita & low_tia, F.lit("both")).when(low_ita, F.lit("text")).when(low_tia, F.lit("image"))
-    reason = F.create_map(*[F.lit(x) for pair in SUSPECT_SIDES.items() for x in pair])[F.col("suspect_side")]
-    return (scored.withColumn("suspect_side", side).withColumn("reason", reason)
-            .withColumn("flag", F.col("suspect_side").isNotNull()).drop("_ita_thr", "_tia_thr"))
-
-
 def _not_finite(*cols: str):
     cond = F.lit(False)
     for c in cols:
@@ -319,7 +214,7 @@ def score_alignment(spark: SparkSession, config: AppConfig, model, outputs: Data
     check_finite_share("item alignment", int(totals["bad"] or 0), int(totals["n"]), sc.max_not_finite_share, model.version)
     thresholds = run_thresholds(sc.thresholds, model)
     finite = scores.where(~_not_finite("p_ita", "p_tia"))
-    thresholds, moved = night_recentred(finite, thresholds)
+    thresholds, moved = night_recentred(spark, config, finite, thresholds, model.metadata)
     flagged = alignment_flags(finite, thresholds).persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(flagged)
     rows = flagged.select(F.lit(run_date).alias("run_date"), "item_id", "merchant_id", "category", "p_ita", "p_tia",
@@ -337,21 +232,6 @@ def score_alignment(spark: SparkSession, config: AppConfig, model, outputs: Data
         log.warning(line)
     return {"rows": rows, "scored": sum(by_reason.values()), "not_finite": n_bad, "thresholds": used,
             "flagged": {reason: by_reason.get(reason, 0) for reason in FLAG_REASONS}, "quarantine": quarantine}
-
-
-def recorded_thresholds(configured: ThresholdConfig, applied: ThresholdConfig, by_reason: dict[str, int],
-                        other_warnings: list[str] = ()) -> dict:
-    """What a night records of its thresholds (``runs.details.thresholds``, read again by the report).
-
-    The rule as configured (mode, quantile) with the values applied (a calibrated mode's come from
-    the model), each side's share of the scored items under its threshold (``by_reason``: the count
-    of scored items per reason, unflagged ones under None) and the calibration warnings, if any
-    (``other_warnings``: the ones found before the flags, views_warnings).
-    """
-    used = {**applied.model_dump(), "mode": configured.mode, "quantile": configured.quantile,
-            "share_below": share_below(by_reason, sum(by_reason.values()))}
-    warnings = [*other_warnings, *calibration_warnings(used["share_below"], configured)]
-    return {**used, "warnings": warnings} if warnings else used
 
 
 # ------------------------------------------------------------------------ CVR
@@ -713,6 +593,5 @@ def _write_run(spark: SparkSession, config: AppConfig, result: ScoreRun, started
 
 
 __all__ = ["run", "ScoreRun", "MissingInput", "NotFiniteScores", "check_finite_share", "check_inputs", "cvr_skip_reason",
-           "run_thresholds", "night_recentred", "share_below", "calibration_warnings", "views_warnings", "recorded_thresholds",
-           "alignment_flags", "checked_candidates", "behaviour_inputs", "scorable_pairs", "score_alignment",
+           "checked_candidates", "behaviour_inputs", "scorable_pairs", "score_alignment",
            "score_cvr", "JOB", "FLAG_REASONS"]

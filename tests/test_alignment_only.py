@@ -19,7 +19,7 @@ from test_feature_cache import clean_items, poison_items, write_items
 from test_training import FAST
 from test_training_data import synthetic_world, write_world
 
-from pipeline import nightly, run_record, tables
+from pipeline import flag_rules, nightly, run_record, tables
 
 RUN = dt.date(2026, 11, 24)
 N_CLEAN = 20
@@ -136,6 +136,72 @@ def test_a_recentred_night_moves_its_thresholds_to_its_own_median_and_records_th
     assert "moved down from ITA 0.600 / TIA 0.600" in FlagRule.of(thr, config.scoring.thresholds).summary()
     unmoved = {**thr, "ita": 0.6, "tia": 0.6}
     assert ", not moved: tonight's median listing" in FlagRule.of(unmoved, config.scoring.thresholds).summary()
+    # the artifact pins no training snapshot: nothing tells new listings from trained ones, so the median is all of them
+    assert thr["recentred_over"]["listings"] == "all" and thr["recentred_over"]["n"] == N_CLEAN
+    assert thr["recentred_over"]["why"].startswith("the model pins no training_items version")
+
+
+def snapshot_of(spark, config, home: list[str], referenced: list[str]) -> int:
+    """A training_items version whose alignment (home) rows are ``home`` and whose other rows are ``referenced``
+    (items a CVR example named, never an alignment item); the features are placeholders the night never reads."""
+    rows = [(k % 2, item_id, is_home, "c", 1.0, b"t", 1, b"i", None)
+            for k, (item_id, is_home) in enumerate([(i, True) for i in home] + [(i, False) for i in referenced])]
+    tables.overwrite_table(spark, config, "training_items", spark.createDataFrame(rows, tables.schema_of(spark, "training_items")))
+    return tables.table_version(spark, config, "training_items")
+
+
+def test_a_recentred_night_takes_its_median_over_the_listings_new_to_the_model(spark, catalogue_only, tmp_path):
+    """The model pins a training snapshot holding 12 of the 20 listings as alignment items: the night's median is
+    the other 8's. Fewer new listings than min_new_listings, or no readable snapshot, take the whole night's,
+    and the runs row says which and why."""
+    import numpy as np
+    from test_nightly import make_artifact
+
+    from camenn.config import ThresholdConfig
+    from pipeline.report.advice import FlagRule
+
+    root, night = Path(catalogue_only.data.root).parent, RUN + dt.timedelta(days=2)
+    ids = [f"i{i:03d}" for i in range(N_CLEAN)]
+    known = ids[:12]
+    model_dir = tmp_path / "model"
+    settings = ("scoring.thresholds.ita=0.6", "scoring.thresholds.tia=0.6", "scoring.thresholds.recentre=true",
+                "scoring.thresholds.centre_ita=0.999", "scoring.thresholds.centre_tia=0.999")
+    config = tiny_config(root, f"scoring.model_dir={model_dir}", *settings, "scoring.thresholds.min_new_listings=8")
+    # one of the 8 new listings is referenced by a CVR example in the snapshot: not an alignment item, still new
+    version = snapshot_of(spark, config, home=known, referenced=[ids[12]])
+    make_artifact(config, model_dir, seed=1, table_versions={"training_items": version})
+    result = nightly.run(spark, config, night)
+    assert result.status == "succeeded", result.summary()
+    published = run_record.published(spark, config, "item_alignment", night, job=nightly.JOB)
+    align = published.toPandas().set_index("item_id")
+    thr = run_record.published_details(spark, config, run_record.SCORING_JOB, night)["thresholds"]
+    assert thr["recentred_over"] == {"listings": "new", "n": N_CLEAN - len(known), "scored": N_CLEAN}
+    new = align.drop(index=known)
+    logit = lambda p: np.log(p / (1 - p))                                                   # noqa: E731
+    for task in ("ita", "tia"):
+        scores = np.sort(new[f"p_{task}"].to_numpy())
+        assert thr["night_median"][task] == pytest.approx(scores[(len(scores) - 1) // 2])   # the new listings' lower middle
+        assert logit(thr[task]) == pytest.approx(logit(0.6) + min(0.0, logit(thr["night_median"][task]) - logit(0.999)))
+    everyone = np.sort(align["p_ita"].to_numpy())
+    assert thr["night_median"]["ita"] != pytest.approx(everyone[(N_CLEAN - 1) // 2])        # not the whole night's
+    assert "the median of tonight's 8 listings new to the model" in FlagRule.of(thr, config.scoring.thresholds).summary()
+
+    # the same scores under the other cases, through the night's own function
+    def recentred_over(min_new: int, pinned: dict):
+        rule = ThresholdConfig(ita=0.6, tia=0.6, recentre=True, centre_ita=0.999, centre_tia=0.999, min_new_listings=min_new)
+        moved, record = flag_rules.night_recentred(spark, config, published, rule, {"table_versions": pinned})
+        assert record["night_median"]["ita"] == pytest.approx(
+            (everyone if record["recentred_over"]["listings"] == "all" else np.sort(new["p_ita"].to_numpy()))[
+                (record["recentred_over"]["n"] - 1) // 2])
+        return record["recentred_over"]
+
+    assert recentred_over(8, {"training_items": version})["listings"] == "new"
+    too_few = recentred_over(9, {"training_items": version})
+    assert too_few == {"listings": "all", "n": N_CLEAN, "scored": N_CLEAN,
+                       "why": "8 of 20 listings are new to the model, under scoring.thresholds.min_new_listings 9"}
+    assert recentred_over(8, {"training_items": version + 7})["why"].startswith(
+        f"training_items version {version + 7} is not readable at ")
+    assert recentred_over(8, {})["why"].startswith("the model pins no training_items version")
 
 
 def test_cvr_skip_reasons(spark, catalogue_only, tmp_path):
@@ -158,16 +224,16 @@ def test_cvr_skip_reasons(spark, catalogue_only, tmp_path):
 def test_a_calibrated_night_says_when_far_more_items_fall_under_a_threshold_than_held_out_ones_did():
     from camenn.config import ThresholdConfig
 
-    counts = {nightly.TEXT_SUSPECT: 10, nightly.IMAGE_SUSPECT: 2, nightly.BOTH_SUSPECT: 5, None: 83}
-    shares = nightly.share_below(counts, 100)
+    counts = {flag_rules.TEXT_SUSPECT: 10, flag_rules.IMAGE_SUSPECT: 2, flag_rules.BOTH_SUSPECT: 5, None: 83}
+    shares = flag_rules.share_below(counts, 100)
     assert shares == pytest.approx({"ita": 0.15, "tia": 0.07})
-    two = nightly.calibration_warnings(shares, ThresholdConfig(mode="calibrated", quantile=0.02))   # limit 6%
+    two = flag_rules.calibration_warnings(shares, ThresholdConfig(mode="calibrated", quantile=0.02))   # limit 6%
     assert [line.split(" of ")[0] for line in two] == ["calibration: 15.0%", "calibration: 7.0%"]
     assert "under the ITA threshold" in two[0] and "held-out items had 2%" in two[0]
-    assert nightly.calibration_warnings(shares, ThresholdConfig(mode="calibrated", quantile=0.05)) == []   # 15% = 3 x 5%
-    assert nightly.calibration_warnings(shares, ThresholdConfig(mode="calibrated", quantile=0.05, warn_ratio=2)) == \
-        [nightly.calibration_warnings(shares, ThresholdConfig(mode="calibrated", quantile=0.02))[0].replace("2%", "5%")]
-    assert nightly.calibration_warnings(shares, ThresholdConfig(mode="absolute", ita=0.9)) == []   # no held-out share to compare
+    assert flag_rules.calibration_warnings(shares, ThresholdConfig(mode="calibrated", quantile=0.05)) == []   # 15% = 3 x 5%
+    assert flag_rules.calibration_warnings(shares, ThresholdConfig(mode="calibrated", quantile=0.05, warn_ratio=2)) == \
+        [flag_rules.calibration_warnings(shares, ThresholdConfig(mode="calibrated", quantile=0.02))[0].replace("2%", "5%")]
+    assert flag_rules.calibration_warnings(shares, ThresholdConfig(mode="absolute", ita=0.9)) == []   # no held-out share to compare
 
 
 def test_a_calibrated_night_says_when_its_thresholds_were_taken_over_other_views():
@@ -175,16 +241,16 @@ def test_a_calibrated_night_says_when_its_thresholds_were_taken_over_other_views
 
     calibrated = ThresholdConfig(mode="calibrated", quantile=0.02)
     over_4 = {"calibration_views": 4, "calibration_items": 259, "calibration_items_over_views": 259}
-    assert nightly.views_warnings(calibrated, over_4, 4) == []
-    assert nightly.views_warnings(ThresholdConfig(mode="absolute"), over_4, 0) == []   # nothing calibrated
-    assert nightly.views_warnings(calibrated, over_4, 0) == [
+    assert flag_rules.views_warnings(calibrated, over_4, 4) == []
+    assert flag_rules.views_warnings(ThresholdConfig(mode="absolute"), over_4, 0) == []   # nothing calibrated
+    assert flag_rules.views_warnings(calibrated, over_4, 0) == [
         "calibration: the model's thresholds are quantiles of its held-out items scored over their photo and 4 test-time "
         "view(s), and this night scores over the photo and 0: retrain the model with scoring.test_time_views=0 (or set "
         "that back to 4)"]
     # a model from before views were recorded was calibrated on the photo alone
-    assert nightly.views_warnings(calibrated, {}, 0) == [] and "over their photo and 0 test-time" in \
-        nightly.views_warnings(calibrated, {}, 4)[0]
+    assert flag_rules.views_warnings(calibrated, {}, 0) == [] and "over their photo and 0 test-time" in \
+        flag_rules.views_warnings(calibrated, {}, 4)[0]
     partly = {**over_4, "calibration_items_over_views": 200}
-    assert nightly.views_warnings(calibrated, partly, 4) == [
+    assert flag_rules.views_warnings(calibrated, partly, 4) == [
         "calibration: only 200 of the model's 259 held-out items were scored over 4 test-time views when its "
         "thresholds were taken, the others on their photo alone: retrain it"]

@@ -28,7 +28,7 @@ from conftest import tiny_config
 from pyspark.sql import functions as F
 from test_feature_cache import CATEGORIES, POISON_REASONS, clean_items, poison_items, write_items
 
-from pipeline import feature_cache, nightly, tables
+from pipeline import feature_cache, flag_rules, nightly, tables
 
 RUN = dt.date(2026, 11, 24)
 BEFORE = RUN - dt.timedelta(days=1)
@@ -80,10 +80,11 @@ def write_world(spark, config):
         candidate_rows(RUN) + candidate_rows(BEFORE)[:6], tables.schema_of(spark, "candidates")))
 
 
-def make_artifact(config, path: Path, seed: int, nan_head: str | None = None) -> str:
+def make_artifact(config, path: Path, seed: int, nan_head: str | None = None, table_versions: dict | None = None) -> str:
     """A real CameNN sized from the featurizer and the world, saved with the training metadata contract.
 
     ``nan_head``: that task's head weights are NaN, a model that emits NaN for every row of the task.
+    ``table_versions``: the training tables' versions it pins (none: a model trained elsewhere).
     """
     from camenn.checkpoint import load_artifact, write_artifact
     from camenn.inputs import FeatureVocab
@@ -110,7 +111,7 @@ def make_artifact(config, path: Path, seed: int, nan_head: str | None = None) ->
             model.heads[nan_head].weight.fill_(float("nan"))
     metadata = {"featurizer": {k: getattr(fcfg, k) for k in fcfg.__dataclass_fields__},
                 "encoder_fingerprint": featurizer.fingerprint, "vocab": vocab.to_dict(),
-                "table_versions": {}, "metrics": {}}
+                "table_versions": dict(table_versions or {}), "metrics": {}}
     write_artifact(path, model, metadata, overwrite=True)
     return load_artifact(path).version
 
@@ -326,7 +327,7 @@ def test_alignment_flags_absolute_and_per_category_quantile(spark):
     rows += [("t1", "m2", "tea", 0.3, 0.9), ("t2", "m2", "tea", 0.9, 0.2), ("n1", "m2", None, 0.1, 0.1)]
     scores = spark.createDataFrame(rows, "item_id string, merchant_id string, category string, p_ita double, p_tia double")
 
-    flags = nightly.alignment_flags(scores, ThresholdConfig(ita=0.5, tia=0.5)).collect()
+    flags = flag_rules.alignment_flags(scores, ThresholdConfig(ita=0.5, tia=0.5)).collect()
     absolute = {r.item_id: r.reason for r in flags}
     assert absolute["t1"] == "text suspect" and absolute["t2"] == "image suspect" and absolute["n1"] == "text and image suspect"
     assert absolute["f60"] == "image suspect" and absolute["f40"] == "text suspect" and absolute["f50"] is None
@@ -335,7 +336,7 @@ def test_alignment_flags_absolute_and_per_category_quantile(spark):
     assert all(r.flag == (r.suspect_side is not None) for r in flags)
 
     quantile = ThresholdConfig(mode="category_quantile", quantile=0.05, min_category_items=50, ita=0.5, tia=0.5)
-    got = {r.item_id: (r.flag, r.reason) for r in nightly.alignment_flags(scores, quantile).collect()}
+    got = {r.item_id: (r.flag, r.reason) for r in flag_rules.alignment_flags(scores, quantile).collect()}
     fruit = {k: v for k, v in got.items() if k.startswith("f")}
     # the lowest 5% of each score in the category: f00..f03 (p_ita < 0.04), f96..f99 (p_tia < 0.05)
     assert sorted(k for k, (flag, _) in fruit.items() if flag) == ["f00", "f01", "f02", "f03", "f96", "f97", "f98", "f99"]

@@ -113,7 +113,7 @@ def write_world(spark, config, items: list[Item], run_date: dt.date, *, write_it
                  for i, it in enumerate(items)]
         tables.overwrite_table(spark, config, "item_features",
                                spark.createDataFrame(feats, tables.schema_of(spark, "item_features")))
-    from pipeline.nightly import SUSPECT_SIDES
+    from pipeline.flag_rules import SUSPECT_SIDES
 
     align = [(run_date, it.item_id, it.merchant_id, it.category, it.p_ita, it.p_tia, it.flag, SUSPECT_SIDES.get(it.side),
               model_version, it.side, run_id) for it in items]   # run_id None: a table from before run ids
@@ -138,14 +138,14 @@ def record_scoring_run(spark, config, items: list[Item], run_date: dt.date, run_
     """The scoring job's succeeded ``runs`` row for the date, its thresholds recorded by the night's own
     function: a calibrated night (2% quantile) whose values are 0.5, with the shares of ``items``."""
     from camenn.config import ThresholdConfig
-    from pipeline import nightly, run_record
+    from pipeline import flag_rules, run_record
 
     by_reason: dict = {}
     for it in items:   # an item flagged without a side (a table from before the column) counts as unflagged
-        reason = nightly.SUSPECT_SIDES.get(it.side) if it.flag else None
+        reason = flag_rules.SUSPECT_SIDES.get(it.side) if it.flag else None
         by_reason[reason] = by_reason.get(reason, 0) + 1
-    recorded = nightly.recorded_thresholds(ThresholdConfig(mode="calibrated", quantile=0.02),
-                                           ThresholdConfig(mode="absolute", ita=0.5, tia=0.5), by_reason)
+    recorded = flag_rules.recorded_thresholds(ThresholdConfig(mode="calibrated", quantile=0.02),
+                                              ThresholdConfig(mode="absolute", ita=0.5, tia=0.5), by_reason)
     tables.append_rows(spark, config, "runs", tables.runs_row(
         spark, run_id=run_id, job=run_record.SCORING_JOB, run_date=run_date, model_version="test-model-1",
         started_at=T0, finished_at=T0 + dt.timedelta(minutes=5), status=run_record.SUCCEEDED, counts={}, timings={},

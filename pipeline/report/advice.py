@@ -53,6 +53,7 @@ class FlagRule:
     recorded: bool = True          # False: a night from before thresholds were recorded; the config's rule
     night_median: dict[str, float] = field(default_factory=dict)  # recentre: the night's median ITA / TIA
     before_recentre: dict[str, float] = field(default_factory=dict)  # recentre: the values before the night moved them
+    recentred_over: dict = field(default_factory=dict)  # recentre: {"listings": "new" or "all", "n", "scored", "why"}
 
     @classmethod
     def of(cls, recorded: dict | None, configured) -> FlagRule:
@@ -65,7 +66,8 @@ class FlagRule:
                    {k: float(v) for k, v in (recorded.get("share_below") or {}).items()},
                    tuple(recorded.get("warnings") or ()),
                    night_median={k: float(v) for k, v in (recorded.get("night_median") or {}).items()},
-                   before_recentre={k: float(v) for k, v in (recorded.get("before_recentre") or {}).items()})
+                   before_recentre={k: float(v) for k, v in (recorded.get("before_recentre") or {}).items()},
+                   recentred_over=dict(recorded.get("recentred_over") or {}))
 
     def summary(self) -> str:
         """One sentence for the index page: the rule, the values and, for an unrecorded night, where they come from."""
@@ -78,7 +80,10 @@ class FlagRule:
         else:
             rule = f"{values} (fixed thresholds)"
         if self.night_median:   # thresholds.recentre: moved down where tonight's median listing scores lower
-            median = "tonight's median listing (ITA {ita:.3f}, TIA {tia:.3f})".format(**self.night_median)
+            over = self.recentred_over
+            whose = (f"the median of tonight's {over['n']:,} listings new to the model" if over.get("listings") == "new"
+                     else "tonight's median listing")   # "all": too few new ones, no snapshot, or a night recorded before the field
+            median = f"{whose} (ITA {self.night_median['ita']:.3f}, TIA {self.night_median['tia']:.3f})"
             before = self.before_recentre
             if before and (before.get("ita") != self.ita or before.get("tia") != self.tia):
                 rule += (f", moved down from ITA {before['ita']:.3f} / TIA {before['tia']:.3f} by as much as {median} "

@@ -1,0 +1,158 @@
+"""GroceryStore: planted swaps among a catalogue the model mostly trained on, the case of a new shop.
+
+    /tmp/jobslot .venv/bin/python benchmarks/bench_grocery_chain_plants.py --source data/grocery \
+        --root runs/bench/grocery-chain-plants --json benchmarks/results/bench_grocery_chain_plants.json
+
+Runs after `make grocery`. bench_grocery_flags.py scores the 296 validation photos alone, so every
+listing of its night is new to the model. A real catalogue is mostly listings the model trained on
+with a few new ones; the `make grocery` catalogue is that: 2,640 training photos and 296 new ones.
+
+1. Copies the chain's tables (``--source``: items, the feature and model caches, training_items
+   with its history, so the model's pinned version reads) under ``--root``; the chain's own tables
+   are never written.
+2. Plants the same swaps as bench_grocery_flags.py (same function and seed: 5% text swaps and 5%
+   image swaps of the validation photos) and merges them with jobs/ingest_catalog.py, so only those
+   listings change and the night encodes only them.
+3. Runs the nightly job with conf/grocery.yaml as it is (the chain's model, calibrated 2%
+   thresholds, ``recentre`` over the listings new to the model).
+4. From the published scores: precision, recall and clean listings flagged for the job's own flags
+   and, on the same scores, for the thresholds before any move and for the move by the whole
+   night's median (as ``recentre`` did before it took the new listings' median; new_listing_flags.rule_thresholds), over
+   the whole catalogue and over its new listings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(_ROOT))
+sys.path.insert(0, str(_ROOT / "benchmarks"))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH")) if p)
+
+import numpy as np  # noqa: E402
+from _common import write_json  # noqa: E402
+from bench_grocery import DATA, read_classes, read_split, say, write_export  # noqa: E402
+from bench_grocery_flags import flag_metrics, plant  # noqa: E402
+from new_listing_flags import rule_thresholds  # noqa: E402
+
+from camenn.config import load_config  # noqa: E402
+
+COPIED = ("items", "item_features", "item_model_outputs", "training_items")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--conf", default=str(_ROOT / "conf" / "grocery.yaml"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--data", default=str(DATA), help="the GroceryStore folder (train.txt, val.txt, classes.csv)")
+    p.add_argument("--source", default=str(_ROOT / "data" / "grocery"), help="the tables `make grocery` wrote")
+    p.add_argument("--root", default=str(_ROOT / "runs" / "bench" / "grocery-chain-plants"))
+    p.add_argument("--run-date", default="2026-11-24", help="the chain's run date (the Makefile's RUN_DATE)")
+    p.add_argument("--share", type=float, default=0.05, help="share of validation photos per side with a planted swap")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    data, source, root = Path(args.data).resolve(), Path(args.source).resolve(), Path(args.root).resolve()
+    run_date = dt.date.fromisoformat(args.run_date)
+    missing = [name for name in COPIED if not (source / name / "_delta_log").is_dir()]
+    if missing:
+        raise SystemExit(f"error: no {missing} under {source}; run `make grocery` first")
+    say(f"copy the chain's tables {list(COPIED)} from {source} to {root / 'tables'}", t0)
+    shutil.rmtree(root, ignore_errors=True)
+    for name in COPIED:
+        shutil.copytree(source / name, root / "tables" / name)
+    sets = [*args.set, f"data.root={root / 'tables'}", f"report.out_dir={root / 'reports'}"]
+    config = load_config(args.conf, sets)
+
+    from pyspark.sql import SparkSession
+
+    from pipeline.session import get_spark
+
+    ours = SparkSession.getActiveSession() is None
+    spark = get_spark(config)
+    from bench_grocery import ingest
+
+    rows, damaged = plant(read_split(data, "val", read_classes(data), None), args.share, np.random.default_rng(args.seed))
+    planted = [r for r in rows if r["photo_id"] in damaged]
+    say(f"merge {len(planted)} validation photos with a planted swap into the copy", t0)
+    ingest(args.conf, sets, write_export(planted, root / "exports" / "val-planted.csv"), data, "merge")
+
+    say("the nightly job with the config as it is", t0)
+    t = time.perf_counter()
+    from pipeline.jobs.score_catalog import main as score_main
+
+    argv_score = ["--conf", args.conf, "--run-date", run_date.isoformat()]
+    for s in sets:
+        argv_score += ["--set", s]
+    if score_main(argv_score) != 0:
+        raise SystemExit("score_catalog failed")
+    nightly_s = time.perf_counter() - t
+
+    from pyspark.sql import functions as F
+
+    from camenn.checkpoint import load_artifact
+    from pipeline import flag_rules, run_record
+
+    scores = run_record.published(spark, config, "item_alignment", run_date, job=run_record.SCORING_JOB)
+    applied = run_record.published_details(spark, config, run_record.SCORING_JOB, run_date)["thresholds"]
+    known, why_not = flag_rules.snapshot_listings(spark, config, load_artifact(config.model_dir).metadata)
+    if known is None:
+        raise SystemExit(f"error: {why_not}")
+    out = [r.asDict() for r in (scores.join(known.withColumn("_known", F.lit(True)), "item_id", "left")
+                                .select("item_id", "p_ita", "p_tia", "flag", "suspect_side",
+                                        F.col("_known").isNull().alias("new")).collect())]
+    if ours:
+        spark.stop()
+    whole = {t: float(np.sort([r[f"p_{t}"] for r in out])[(len(out) - 1) // 2]) for t in ("ita", "tia")}   # the lower middle
+    rules = rule_thresholds(applied, whole)
+    plant_of = {r["photo_id"]: r.get("plant") for r in rows}
+    across = {i for i in damaged if "another class" in plant_of[i]}
+    new = [r for r in out if r["new"]]
+    results = {}
+    for rule, thr in rules.items():
+        flag_of = (lambda r: r["flag"]) if rule == "applied" else (lambda r, t=thr: r["p_ita"] < t["ita"] or r["p_tia"] < t["tia"])
+        results[rule] = {"thresholds": thr, "catalogue": flag_metrics(out, damaged, flag_of, across),
+                         "new_listings": flag_metrics(new, damaged, flag_of, across),
+                         "known_flagged": sum(bool(flag_of(r)) for r in out if not r["new"])}
+    figures = {
+        "benchmark": "bench_grocery_chain_plants", "created": dt.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join(["benchmarks/bench_grocery_chain_plants.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": {"cpus": os.cpu_count()}, "model_dir": config.model_dir, "source": str(source),
+        "listings": {"scored": len(out), "new": len(new), "known": len(out) - len(new), "damaged": len(damaged),
+                     "damaged_new": sum(r["item_id"] in damaged for r in new)},
+        "plants": {i: plant_of[i] for i in sorted(damaged)},
+        "applied_thresholds": applied, "whole_night_median": whole,
+        # the job flags by the thresholds it recorded: a check of the "applied" row
+        "below_the_applied": sum(r["p_ita"] < applied["ita"] or r["p_tia"] < applied["tia"] for r in out),
+        "rules": results, "seconds": {"nightly_job": nightly_s, "total": time.perf_counter() - t0},
+    }
+    print(f"\n{len(out)} listings ({len(new)} new to the model, {len(damaged)} of them with a planted swap); "
+          f"recentred over {applied.get('recentred_over')}")
+    print("| thresholds | ITA / TIA | precision | recall | clean flagged (catalogue) | clean new listings flagged | "
+          "known listings flagged |\n|---|---|---|---|---|---|---|")
+    for rule, r in results.items():
+        c, n = r["catalogue"], r["new_listings"]
+        print(f"| {rule} | {r['thresholds']['ita']:.3f} / {r['thresholds']['tia']:.3f} | {c['precision']:.3f} | "
+              f"{c['recall']:.3f} | {c['clean_flagged_share']:.1%} | {n['clean_flagged_share']:.1%} | {r['known_flagged']} |")
+    print(f"detection AUROC {results['applied']['catalogue']['auroc']:.3f} over the catalogue, "
+          f"{results['applied']['new_listings']['auroc']:.3f} over the new listings; the best single threshold: "
+          f"precision {results['applied']['catalogue']['oracle_precision_at_recall_0.8']:.3f} at recall 0.8")
+    write_json(args.json, figures)
+    say(f"done in {figures['seconds']['total']:.0f}s", t0)
+    return figures
+
+
+if __name__ == "__main__":
+    main()
