@@ -225,6 +225,20 @@ def ingest(conf: str, sets: list[str], export: Path, data: Path, mode: str) -> N
         raise SystemExit(f"ingest of {export} exited {status}")
 
 
+def score_night(conf: str, sets: list[str], run_date: dt.date) -> float:
+    """The nightly job (jobs/score_catalog.py's main) on the config with ``sets``, in this process; its seconds."""
+    from pipeline.jobs.score_catalog import main as score_main
+
+    t = time.perf_counter()
+    argv = ["--conf", conf, "--run-date", run_date.isoformat()]
+    for s in sets:
+        argv += ["--set", s]
+    status = score_main(argv)
+    if status != 0:
+        raise SystemExit(f"score_catalog exited {status}")
+    return time.perf_counter() - t
+
+
 # ------------------------------------------------------------------------ pairs and metrics
 
 

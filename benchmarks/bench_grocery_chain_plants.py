@@ -38,7 +38,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), os.environ.ge
 
 import numpy as np  # noqa: E402
 from _common import write_json  # noqa: E402
-from bench_grocery import DATA, read_classes, read_split, say, write_export  # noqa: E402
+from bench_grocery import DATA, ingest, read_classes, read_split, say, score_night, write_export  # noqa: E402
 from bench_grocery_flags import flag_metrics, plant  # noqa: E402
 from new_listing_flags import rule_thresholds  # noqa: E402
 
@@ -82,23 +82,13 @@ def main(argv=None) -> dict:
 
     ours = SparkSession.getActiveSession() is None
     spark = get_spark(config)
-    from bench_grocery import ingest
-
     rows, damaged = plant(read_split(data, "val", read_classes(data), None), args.share, np.random.default_rng(args.seed))
     planted = [r for r in rows if r["photo_id"] in damaged]
     say(f"merge {len(planted)} validation photos with a planted swap into the copy", t0)
     ingest(args.conf, sets, write_export(planted, root / "exports" / "val-planted.csv"), data, "merge")
 
     say("the nightly job with the config as it is", t0)
-    t = time.perf_counter()
-    from pipeline.jobs.score_catalog import main as score_main
-
-    argv_score = ["--conf", args.conf, "--run-date", run_date.isoformat()]
-    for s in sets:
-        argv_score += ["--set", s]
-    if score_main(argv_score) != 0:
-        raise SystemExit("score_catalog failed")
-    nightly_s = time.perf_counter() - t
+    nightly_s = score_night(args.conf, sets, run_date)
 
     from pyspark.sql import functions as F
 

@@ -44,7 +44,7 @@ sys.path.insert(0, str(_ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 from _common import write_json  # noqa: E402
-from bench_grocery import DATA, RUN_DATE, ingest, is_view, read_classes, read_split, say, slug, write_export  # noqa: E402
+from bench_grocery import DATA, RUN_DATE, ingest, is_view, read_classes, read_split, say, score_night, slug, write_export  # noqa: E402
 
 from camenn.config import load_config  # noqa: E402
 from camenn.logits import logit, sigmoid  # noqa: E402
@@ -304,16 +304,7 @@ def main(argv=None) -> dict:
     ingest(args.conf, sets, write_export(rows, flags_root / "exports" / "val-planted.csv"), data, "overwrite")
 
     say("the nightly job: encode, score, flag (no users or candidates: no CVR stage)", t0)
-    t = time.perf_counter()
-    from pipeline.jobs.score_catalog import main as score_main
-
-    argv_score = ["--conf", args.conf, "--run-date", RUN_DATE.isoformat()]
-    for s in sets:
-        argv_score += ["--set", s]
-    status = score_main(argv_score)
-    if status != 0:
-        raise SystemExit(f"score_catalog exited {status}")
-    nightly_s = time.perf_counter() - t
+    nightly_s = score_night(args.conf, sets, RUN_DATE)
 
     from pipeline import run_record
 
