@@ -90,7 +90,6 @@ def main(argv=None) -> dict:
     say("the nightly job with the config as it is", t0)
     nightly_s = score_night(args.conf, sets, run_date)
 
-    from pyspark.sql import functions as F
 
     from camenn.checkpoint import load_artifact
     from pipeline import flag_rules, run_record
@@ -100,9 +99,8 @@ def main(argv=None) -> dict:
     known, why_not = flag_rules.snapshot_listings(spark, config, load_artifact(config.model_dir).metadata)
     if known is None:
         raise SystemExit(f"error: {why_not}")
-    out = [r.asDict() for r in (scores.join(known.withColumn("_known", F.lit(True)), "item_id", "left")
-                                .select("item_id", "p_ita", "p_tia", "flag", "suspect_side",
-                                        F.col("_known").isNull().alias("new")).collect())]
+    out = [r.asDict() for r in flag_rules.mark_new(scores, known)
+           .select("item_id", "p_ita", "p_tia", "flag", "suspect_side", "new").collect()]
     if ours:
         spark.stop()
     whole = {t: float(np.sort([r[f"p_{t}"] for r in out])[(len(out) - 1) // 2]) for t in ("ita", "tia")}   # the lower middle

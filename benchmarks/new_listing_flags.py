@@ -4,9 +4,10 @@
         --json benchmarks/results/grocery_chain_new_listing_flags.json     # after `make grocery`; about a minute
 
 Reads the date's published ``item_alignment`` scores and the thresholds its ``runs`` row recorded,
-splits the listings with the job's own ``pipeline.flag_rules.snapshot_listings`` (new = not an
-alignment item of the model's training snapshot) and counts, for each side, the listings flagged
-under three rules on the same scores:
+splits the listings with the job's own ``pipeline.flag_rules.snapshot_listings`` and ``mark_new``
+(new = not an alignment item of the model's training snapshot; by id alone, since item_alignment
+keeps no content hash, so a listing changed since training counts as known here, unlike in the
+job) and counts, for each side, the listings flagged under three rules on the same scores:
 
 - "held-out quantile": the thresholds before any move (``before_recentre``, or the ones applied
   on a night that did not recentre);
@@ -85,8 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         known, why_not = flag_rules.snapshot_listings(spark, config, model.metadata)
         if known is None:
             raise SystemExit(f"error: cannot tell the model's new listings from its trained ones: {why_not}")
-        marked = (scores.join(known.withColumn("_known", F.lit(True)), "item_id", "left")
-                  .withColumn("new", F.col("_known").isNull()).localCheckpoint())
+        marked = flag_rules.mark_new(scores, known).localCheckpoint()
         medians = marked.agg(*[F.percentile_approx(f"p_{t}", 0.5, 10000).alias(t) for t in ("ita", "tia")]).first()
         rules = rule_thresholds(recorded, {t: float(medians[t]) for t in ("ita", "tia")})
         groups = {"new": F.col("new"), "known": ~F.col("new")}

@@ -34,19 +34,20 @@ def run_thresholds(thresholds: ThresholdConfig, model) -> ThresholdConfig:
     resolved = thresholds.for_model(model.metadata.get("metrics") or {}, model.version)
     if resolved is not thresholds:
         log.info(f"    thresholds: the {thresholds.quantile:.0%} quantile of model {model.version}'s held-out items: "
-             f"ita {resolved.ita:.4f}, tia {resolved.tia:.4f}")
+                 f"ita {resolved.ita:.4f}, tia {resolved.tia:.4f}")
     return resolved
 
 
 def snapshot_listings(spark: SparkSession, config: AppConfig, metadata: dict) -> tuple[DataFrame | None, str]:
-    """(item_id of each listing the model's training snapshot held for its alignment tasks, None), or (None, why not).
+    """(item_id and content_hash of each listing the model's training snapshot held for its alignment tasks, ""),
+    or (None, why not).
 
     Those are the ``home`` rows of ``training_items`` at the version the artifact pins
     (``table_versions``): what the alignment tasks trained on, and the held-out share they were
     calibrated on. Bounded by the training budget (pipeline.training_data.home_fraction), not by
-    the catalogue. A listing whose content changed since keeps its id and counts as known: the
-    table holds no content hash (a known limit). A model trained on another root's tables, or a
-    version no longer readable here, gives None and the reason.
+    the catalogue. content_hash is the content their features were encoded from; it is null in a
+    snapshot written before the table had it, whose listings are then known by id alone. A model
+    trained on another root's tables, or a version no longer readable here, gives None and the reason.
     """
     version = (metadata.get("table_versions") or {}).get("training_items")
     if version is None:
@@ -55,10 +56,27 @@ def snapshot_listings(spark: SparkSession, config: AppConfig, metadata: dict) ->
     if not tables.is_delta(spark, path):
         return None, f"no training_items table at {path} to find the model's training listings in"
     try:
-        known = tables.read_path(spark, path, int(version)).where(F.col("home")).select("item_id").distinct()
+        snapshot = tables.read_path(spark, path, int(version))
     except Exception as e:   # a version this table never had (another root's model) or one vacuumed away
         return None, f"training_items version {version} is not readable at {path} ({type(e).__name__})"
-    return known, ""
+    content = F.col("content_hash") if "content_hash" in snapshot.columns else F.lit(None).cast("string")
+    return snapshot.where(F.col("home")).select("item_id", content.alias("content_hash")).distinct(), ""
+
+
+def mark_new(scores: DataFrame, known: DataFrame) -> DataFrame:
+    """``scores`` + ``new``: true where the listing is not one of ``known`` (snapshot_listings) as it is now.
+
+    A listing is known when the snapshot holds its id with the content it has now (``scores``'
+    content_hash, where it has one), or with no recorded content: one whose photo or text changed
+    since training is new to the model. Both sides keep one row per listing, so the left join
+    neither drops nor repeats a scored row.
+    """
+    k = known.select(F.col("item_id").alias("_known_id"), F.col("content_hash").alias("_known_hash"))
+    same = scores["item_id"] == k["_known_id"]
+    if "content_hash" in scores.columns:
+        same = same & (k["_known_hash"].isNull() | (scores["content_hash"] == k["_known_hash"]))
+    return (scores.join(k, same, "left").withColumn("new", F.col("_known_id").isNull())
+            .drop("_known_id", "_known_hash"))
 
 
 def night_recentred(spark: SparkSession, config: AppConfig, scores: DataFrame, thresholds: ThresholdConfig,
@@ -69,26 +87,22 @@ def night_recentred(spark: SparkSession, config: AppConfig, scores: DataFrame, t
     its value, ThresholdConfig.recentred).
 
     New listings are the scored ones the training snapshot of the model (its artifact's ``metadata``) did
-    not hold (:func:`snapshot_listings`):
+    not hold as they are now (:func:`snapshot_listings`, :func:`mark_new`: a listing changed since counts as new):
     like its held-out items, listings it never fit, so their median is the one to set beside the held-out
     median. A night of mostly trained listings scores above its held-out items because the model fit them,
     and its median would hide a new shop that scores lower. With fewer than ``min_new_listings`` new ones, or
     no readable snapshot, the median is the whole night's: it can only move the thresholds less than the new
     listings' would (trained listings score higher), and ``recentred_over`` says which and why.
 
-    One left join of the night's scores (item_id and two doubles a row, ~50 bytes) to the snapshot's ids
-    (a few bytes each; broadcast by adaptive execution while small), then one aggregation with approximate
-    medians to 1e-4 in rank.
+    One left join of the night's scores (item_id, content hash and two doubles a row, ~120 bytes) to the
+    snapshot's ids and hashes (~100 bytes each; broadcast by adaptive execution while small), then one
+    aggregation with approximate medians to 1e-4 in rank.
     """
     if not (thresholds.recentre and thresholds.mode == "absolute"):
         return thresholds, {}
     known, why_not = snapshot_listings(spark, config, metadata)
-    if known is None:
-        marked = scores.withColumn("_new", F.lit(False))
-    else:
-        marked = (scores.join(known.withColumn("_known", F.lit(True)), "item_id", "left")
-                  .withColumn("_new", F.col("_known").isNull()))
-    new = F.col("_new")
+    marked = scores.withColumn("new", F.lit(False)) if known is None else mark_new(scores, known)
+    new = F.col("new")
     m = marked.agg(F.count(F.lit(1)).alias("n"), F.count(F.when(new, 1)).alias("n_new"),
                    *[F.percentile_approx(F.col(f"p_{t}"), 0.5, 10000).alias(t) for t in ("ita", "tia")],
                    *[F.percentile_approx(F.when(new, F.col(f"p_{t}")), 0.5, 10000).alias(f"new_{t}") for t in ("ita", "tia")]
@@ -107,7 +121,7 @@ def night_recentred(spark: SparkSession, config: AppConfig, scores: DataFrame, t
     change = ", ".join(f"{t} {getattr(thresholds, t):.4f} -> {getattr(moved, t):.4f}" if getattr(moved, t) != getattr(thresholds, t)
                        else f"{t} not moved (that median is not under the held-out one)" for t in ("ita", "tia"))
     log.info(f"    thresholds recentred on {whose}: ita {median['ita']:.4f}, tia {median['tia']:.4f} (held-out "
-         f"{thresholds.centre_ita:.4f}, {thresholds.centre_tia:.4f}): {change}")
+             f"{thresholds.centre_ita:.4f}, {thresholds.centre_tia:.4f}): {change}")
     return moved, {"night_median": median, "before_recentre": {"ita": thresholds.ita, "tia": thresholds.tia},
                    "recentred_over": over}
 

@@ -206,10 +206,11 @@ def score_alignment(spark: SparkSession, config: AppConfig, model, outputs: Data
                     persisted: list[DataFrame]) -> dict:
     """Flag every valid item from its cached scores; returns the item_alignment rows, counts and the quarantine rows.
 
-    ``outputs``: item_id, merchant_id, category, p_ita, p_tia of every valid item (model_cache.current).
+    ``outputs``: item_id, merchant_id, category, content_hash, p_ita, p_tia of every valid item (model_cache.current).
     """
     sc = config.scoring
-    scores = outputs.select("item_id", "merchant_id", "category", "p_ita", "p_tia")
+    # content_hash: which listings changed since the model's training snapshot (flag_rules.night_recentred)
+    scores = outputs.select("item_id", "merchant_id", "category", "content_hash", "p_ita", "p_tia")
     totals = scores.agg(F.count(F.lit(1)).alias("n"), F.sum(F.when(_not_finite("p_ita", "p_tia"), 1).otherwise(0)).alias("bad")).first()
     check_finite_share("item alignment", int(totals["bad"] or 0), int(totals["n"]), sc.max_not_finite_share, model.version)
     thresholds = run_thresholds(sc.thresholds, model)

@@ -112,9 +112,12 @@ SPECS: dict[str, TableSpec] = {spec.name: spec for spec in [
     # == chunk), plus each valid item once in its home chunk for the alignment tasks: a training
     # process reads one chunk's partition at a time. view_image_emb: the test-time views of the
     # held-out home items, for the calibration quantiles (training_data.held_out_views), else null.
+    # content_hash: the content the features were encoded from, so a night can tell a listing changed
+    # since training from one the model saw (pipeline.flag_rules.snapshot_listings); null in tables
+    # written before 2026-12-06.
     TableSpec("training_items", """chunk INT NOT NULL, item_id STRING NOT NULL, home BOOLEAN NOT NULL, category STRING,
         price DOUBLE, text_emb BINARY NOT NULL, n_text_tokens INT NOT NULL, image_emb BINARY NOT NULL,
-        view_image_emb BINARY""",
+        view_image_emb BINARY, content_hash STRING""",
         partition_by=("chunk",), key=("chunk", "item_id")),
 ]}
 

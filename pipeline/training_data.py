@@ -274,8 +274,8 @@ def chunk_items(examples: DataFrame, items: DataFrame, n_chunks: int, fraction: 
                 held_out: tuple[int, dict] | None = None) -> DataFrame:
     """training_items rows: per chunk, the valid items its examples reference, and home items in their home chunk.
 
-    ``items``: valid items with their features (item_id, category, price, text_emb, n_text_tokens,
-    image_emb). An item's home chunk (a hash of its id) is where the alignment tasks see it, so
+    ``items``: valid items with their features (item_id, content_hash, category, price, text_emb,
+    n_text_tokens, image_emb). An item's home chunk (a hash of its id) is where the alignment tasks see it, so
     every valid item (or, past one per example, a stable ``fraction`` of them, see
     :func:`home_fraction`) is trained on and evaluated once, whether or not an example mentions it.
     ``held_out`` = (views, split): see :func:`held_out_views`; without it view_image_emb is null.

@@ -53,6 +53,10 @@ def test_alignment_only_training_without_users_or_purchases(spark, photos_only, 
     # the pinned inputs are the items and their features; there was nothing else to pin
     assert {"users", "events"}.isdisjoint(art.metadata["table_versions"])
     assert art.metadata["example_counts"].get("items_valid") == 28
+    # the snapshot the night tells new listings from: every item an alignment item, with the content it was trained on
+    snapshot = tables.read_table(spark, photos_only, "training_items", version=art.metadata["table_versions"]["training_items"])
+    items = {r.item_id: r.content_hash for r in tables.read_table(spark, photos_only, "items").collect()}
+    assert {r.item_id: r.content_hash for r in snapshot.where("home").collect()} == items
     json.dumps(art.metadata)
     assert "cvr_auc" not in result.summary() and "ita_acc" in result.summary()
 
@@ -141,19 +145,21 @@ def test_a_recentred_night_moves_its_thresholds_to_its_own_median_and_records_th
     assert thr["recentred_over"]["why"].startswith("the model pins no training_items version")
 
 
-def snapshot_of(spark, config, home: list[str], referenced: list[str]) -> int:
-    """A training_items version whose alignment (home) rows are ``home`` and whose other rows are ``referenced``
-    (items a CVR example named, never an alignment item); the features are placeholders the night never reads."""
-    rows = [(k % 2, item_id, is_home, "c", 1.0, b"t", 1, b"i", None)
-            for k, (item_id, is_home) in enumerate([(i, True) for i in home] + [(i, False) for i in referenced])]
+def snapshot_of(spark, config, home: dict[str, str | None], referenced: list[str]) -> int:
+    """A training_items version whose alignment (home) rows are ``home`` (item_id -> the content hash it was
+    trained on, None in a table from before the column) and whose other rows are ``referenced`` (items a CVR
+    example named, never an alignment item); the features are placeholders the night never reads."""
+    rows = [(k % 2, item_id, is_home, "c", 1.0, b"t", 1, b"i", None, content)
+            for k, (item_id, is_home, content) in enumerate([(i, True, h) for i, h in home.items()]
+                                                            + [(i, False, None) for i in referenced])]
     tables.overwrite_table(spark, config, "training_items", spark.createDataFrame(rows, tables.schema_of(spark, "training_items")))
     return tables.table_version(spark, config, "training_items")
 
 
 def test_a_recentred_night_takes_its_median_over_the_listings_new_to_the_model(spark, catalogue_only, tmp_path):
-    """The model pins a training snapshot holding 12 of the 20 listings as alignment items: the night's median is
-    the other 8's. Fewer new listings than min_new_listings, or no readable snapshot, take the whole night's,
-    and the runs row says which and why."""
+    """The model pins a training snapshot holding 12 of the 20 listings as alignment items, one of them with other
+    content than it has now: the night's median is the other 9's. Fewer new listings than min_new_listings, or no
+    readable snapshot, take the whole night's, and the runs row says which and why."""
     import numpy as np
     from test_nightly import make_artifact
 
@@ -162,13 +168,14 @@ def test_a_recentred_night_takes_its_median_over_the_listings_new_to_the_model(s
 
     root, night = Path(catalogue_only.data.root).parent, RUN + dt.timedelta(days=2)
     ids = [f"i{i:03d}" for i in range(N_CLEAN)]
-    known = ids[:12]
+    content = {r.item_id: r.content_hash for r in tables.read_table(spark, catalogue_only, "items").collect()}
+    known, edited = ids[:11], ids[11]                    # edited: trained on, its photo or text changed since
     model_dir = tmp_path / "model"
     settings = ("scoring.thresholds.ita=0.6", "scoring.thresholds.tia=0.6", "scoring.thresholds.recentre=true",
                 "scoring.thresholds.centre_ita=0.999", "scoring.thresholds.centre_tia=0.999")
-    config = tiny_config(root, f"scoring.model_dir={model_dir}", *settings, "scoring.thresholds.min_new_listings=8")
-    # one of the 8 new listings is referenced by a CVR example in the snapshot: not an alignment item, still new
-    version = snapshot_of(spark, config, home=known, referenced=[ids[12]])
+    config = tiny_config(root, f"scoring.model_dir={model_dir}", *settings, "scoring.thresholds.min_new_listings=9")
+    # one new listing is referenced by a CVR example in the snapshot: not an alignment item, still new
+    version = snapshot_of(spark, config, {**{i: content[i] for i in known}, edited: "content-before-the-edit"}, [ids[12]])
     make_artifact(config, model_dir, seed=1, table_versions={"training_items": version})
     result = nightly.run(spark, config, night)
     assert result.status == "succeeded", result.summary()
@@ -184,23 +191,30 @@ def test_a_recentred_night_takes_its_median_over_the_listings_new_to_the_model(s
         assert logit(thr[task]) == pytest.approx(logit(0.6) + min(0.0, logit(thr["night_median"][task]) - logit(0.999)))
     everyone = np.sort(align["p_ita"].to_numpy())
     assert thr["night_median"]["ita"] != pytest.approx(everyone[(N_CLEAN - 1) // 2])        # not the whole night's
-    assert "the median of tonight's 8 listings new to the model" in FlagRule.of(thr, config.scoring.thresholds).summary()
+    assert "the median of tonight's 9 listings new to the model" in FlagRule.of(thr, config.scoring.thresholds).summary()
 
-    # the same scores under the other cases, through the night's own function
-    def recentred_over(min_new: int, pinned: dict):
+    # the same scores under the other cases, through the night's own function, with their content as the night has it
+    scored = published.join(tables.read_table(spark, config, "items").select("item_id", "content_hash"), "item_id")
+
+    def recentred_over(min_new: int, pinned: dict, scores=scored):
         rule = ThresholdConfig(ita=0.6, tia=0.6, recentre=True, centre_ita=0.999, centre_tia=0.999, min_new_listings=min_new)
-        moved, record = flag_rules.night_recentred(spark, config, published, rule, {"table_versions": pinned})
-        assert record["night_median"]["ita"] == pytest.approx(
-            (everyone if record["recentred_over"]["listings"] == "all" else np.sort(new["p_ita"].to_numpy()))[
-                (record["recentred_over"]["n"] - 1) // 2])
-        return record["recentred_over"]
+        moved, record = flag_rules.night_recentred(spark, config, scores, rule, {"table_versions": pinned})
+        over = record["recentred_over"]
+        pool = everyone if over["listings"] == "all" else np.sort(align.loc[~align.index.isin(ids[:N_CLEAN - over["n"]]),
+                                                                            "p_ita"].to_numpy())
+        assert record["night_median"]["ita"] == pytest.approx(pool[(over["n"] - 1) // 2])
+        return over
 
-    assert recentred_over(8, {"training_items": version})["listings"] == "new"
-    too_few = recentred_over(9, {"training_items": version})
-    assert too_few == {"listings": "all", "n": N_CLEAN, "scored": N_CLEAN,
-                       "why": "8 of 20 listings are new to the model, under scoring.thresholds.min_new_listings 9"}
-    assert recentred_over(8, {"training_items": version + 7})["why"].startswith(
-        f"training_items version {version + 7} is not readable at ")
+    assert recentred_over(9, {"training_items": version}) == thr["recentred_over"]
+    # by id alone, the edited listing is known: scores without their content, or a snapshot without it
+    assert recentred_over(8, {"training_items": version}, published)["n"] == 8
+    by_id = snapshot_of(spark, config, {i: None for i in ids[:12]}, [ids[12]])
+    assert recentred_over(8, {"training_items": by_id}) == {"listings": "new", "n": 8, "scored": N_CLEAN}
+    assert recentred_over(10, {"training_items": version}) == {
+        "listings": "all", "n": N_CLEAN, "scored": N_CLEAN,
+        "why": "9 of 20 listings are new to the model, under scoring.thresholds.min_new_listings 10"}
+    assert recentred_over(8, {"training_items": by_id + 7})["why"].startswith(
+        f"training_items version {by_id + 7} is not readable at ")
     assert recentred_over(8, {})["why"].startswith("the model pins no training_items version")
 
 
