@@ -388,3 +388,30 @@ def test_the_flag_benchs_other_rules_come_from_its_stored_scores_and_never_move_
     higher = threshold_rules(held_out, {t: np.full(9, 0.99999) for t in ("ita", "tia")})
     for q, thresholds in higher["recentred"].items():
         assert thresholds == pytest.approx(higher["held-out quantile"][q]), q
+
+
+def test_the_chain_benchs_rows_come_from_the_nights_record():
+    """bench_grocery_chain_plants' and new_listing_flags' rules: the thresholds before the move, the whole-night move
+    (down only, as ThresholdConfig.recentred), and the applied ones; the committed chain result reads back so."""
+    sys.path.insert(0, str(BENCH))
+    from new_listing_flags import rule_thresholds
+
+    from camenn.config import ThresholdConfig
+
+    recorded = {"ita": 0.3, "tia": 0.1, "centre_ita": 0.99, "centre_tia": 0.9, "before_recentre": {"ita": 0.45, "tia": 0.24}}
+    lower = rule_thresholds(recorded, {"ita": 0.95, "tia": 0.95})       # ITA's whole night under its centre, TIA's over
+    moved = ThresholdConfig(ita=0.45, tia=0.24, recentre=True, centre_ita=0.99, centre_tia=0.9).recentred(0.95, 0.95)
+    assert lower == {"held-out quantile": {"ita": 0.45, "tia": 0.24},
+                     "recentred on the whole night": {"ita": moved.ita, "tia": 0.24},
+                     "applied": {"ita": 0.3, "tia": 0.1}}
+    assert moved.ita < 0.45
+    unmoved = {"ita": 0.5, "tia": 0.5}                                   # a night that did not recentre: no centres
+    assert rule_thresholds(unmoved, {"ita": 0.1, "tia": 0.1}) == {"held-out quantile": unmoved, "applied": unmoved}
+
+    figures = json.loads((BENCH / "results" / "bench_grocery_chain_plants.json").read_text())
+    applied = figures["applied_thresholds"]
+    assert figures["rules"]["applied"]["thresholds"] == {t: applied[t] for t in ("ita", "tia")}
+    assert figures["rules"]["applied"]["catalogue"]["flagged"] == figures["below_the_applied"]   # the job's flags
+    assert figures["rules"] == {k: {**v, "thresholds": rule_thresholds(applied, figures["whole_night_median"])[k]}
+                                for k, v in figures["rules"].items()}
+    assert applied["recentred_over"] == {"listings": "new", "n": figures["listings"]["new"], "scored": figures["listings"]["scored"]}
