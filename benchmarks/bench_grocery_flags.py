@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 from _common import write_json  # noqa: E402
 from bench_grocery import DATA, RUN_DATE, ingest, is_view, read_classes, read_split, say, score_night, slug, write_export  # noqa: E402
 
-from camenn.config import load_config  # noqa: E402
+from camenn.config import ThresholdConfig, load_config  # noqa: E402
 from camenn.logits import logit, sigmoid  # noqa: E402
 
 
@@ -217,11 +217,16 @@ def threshold_rules(held_out: dict[str, np.ndarray], night: dict[str, np.ndarray
             ho_q, ho_med, nt_med = logit(np.quantile(held_out[task], q)), logit(np.median(held_out[task])), logit(np.median(night[task]))
             below = ho_med - ho_q   # how far under the typical held-out photo the quantile lies
             centre = min(nt_med, ho_med)   # down only, as the job moves them (ThresholdConfig.recentred)
-            logits = {"held-out quantile": ho_q, "recentred": centre - below,
-                      "recentred and rescaled": centre - below * mad(nt) / mad(ho),
+            logits = {"held-out quantile": ho_q, "recentred and rescaled": centre - below * mad(nt) / mad(ho),
                       "night quantile": logit(np.quantile(night[task], q))}
             for name, x in logits.items():
                 rules[name][q][task] = float(sigmoid(x))
+        # the job's own rule on the held-out quantile, at numpy's median of the night (the job takes Spark's lower middle)
+        held = rules["held-out quantile"][q]
+        moved = ThresholdConfig(ita=held["ita"], tia=held["tia"], recentre=True,
+                                **{f"centre_{t}": float(np.median(held_out[t])) for t in ("ita", "tia")}
+                                ).recentred(*(float(np.median(night[t])) for t in ("ita", "tia")))
+        rules["recentred"][q] = {"ita": moved.ita, "tia": moved.tia}
     return rules
 
 
