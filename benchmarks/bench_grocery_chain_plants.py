@@ -18,7 +18,9 @@ with a few new ones; the `make grocery` catalogue is that: 2,640 training photos
 4. From the published scores: precision, recall and clean listings flagged for the job's own flags
    and, on the same scores, for the thresholds before any move and for the move by the whole
    night's median (as ``recentre`` did before it took the new listings' median; new_listing_flags.rule_thresholds), over
-   the whole catalogue and over its new listings.
+   the whole catalogue and over its new listings; and for the same move from each held-out quantile
+   the artifact records (ThresholdConfig.for_model and .recentred, the job's own functions), a dial
+   of ``scoring.thresholds.quantile``.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from bench_grocery import DATA, ingest, read_classes, read_split, say, score_nig
 from bench_grocery_flags import flag_metrics, plant  # noqa: E402
 from new_listing_flags import rule_thresholds  # noqa: E402
 
-from camenn.config import load_config  # noqa: E402
+from camenn.config import CALIBRATION_QUANTILES, load_config  # noqa: E402
 
 COPIED = ("items", "item_features", "item_model_outputs", "training_items")
 
@@ -105,6 +107,13 @@ def main(argv=None) -> dict:
         spark.stop()
     whole = {t: float(np.sort([r[f"p_{t}"] for r in out])[(len(out) - 1) // 2]) for t in ("ita", "tia")}   # the lower middle
     rules = rule_thresholds(applied, whole)
+    if applied.get("recentred_over", {}).get("listings") == "new":
+        # the same move at each quantile the artifact records: how the quantile trades recall for precision
+        metrics = load_artifact(config.model_dir).metadata["metrics"]
+        for q in CALIBRATION_QUANTILES:
+            at_q = (config.scoring.thresholds.model_copy(update={"quantile": q}).for_model(metrics, config.model_dir)
+                    .recentred(applied["night_median"]["ita"], applied["night_median"]["tia"]))
+            rules[f"quantile {q:g}, recentred on the new listings"] = {"ita": at_q.ita, "tia": at_q.tia}
     plant_of = {r["photo_id"]: r.get("plant") for r in rows}
     across = {i for i in damaged if "another class" in plant_of[i]}
     new = [r for r in out if r["new"]]
@@ -117,7 +126,7 @@ def main(argv=None) -> dict:
     figures = {
         "benchmark": "bench_grocery_chain_plants", "created": dt.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join(["benchmarks/bench_grocery_chain_plants.py", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"cpus": os.cpu_count()}, "model_dir": config.model_dir, "source": str(source),
+        "machine": {"cpus": os.cpu_count()}, "model_dir": config.model_dir, "source": str(source), "root": str(root),
         "listings": {"scored": len(out), "new": len(new), "known": len(out) - len(new), "damaged": len(damaged),
                      "damaged_new": sum(r["item_id"] in damaged for r in new)},
         "plants": {i: plant_of[i] for i in sorted(damaged)},

@@ -188,6 +188,9 @@ class TrainingConfig(Section):
                             "and the flags ask about a 1:1 split. weights: each class weighs half the loss; "
                             "logit_adjustment: the loss adds the batch's log prior odds to the logit, so the "
                             "model's own probability is for a 1:1 prior (camenn.losses.multitask_loss)")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="validate, keep and save an exponential moving average of the weights (this decay "
+                                      "a step) instead of the last step's; null = the weights as they are")
     split: SplitConfig = SplitConfig()
     seeds: list[int] = [0, 1, 2]
     num_processes: int = Field(1, ge=1, description="TorchDistributor processes; 1 = train in the driver")

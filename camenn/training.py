@@ -565,6 +565,18 @@ class _LineStream:
         self.stream.flush()
 
 
+def weight_average(model: CameNN, decay: float | None) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of ``model``'s parameters and buffers (``training.ema_decay``), or None.
+
+    Its ``module`` has ``model``'s state-dict keys, so a kept average loads into the model that is saved.
+    """
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(decay)), use_buffers=True)
+
+
 @dataclass
 class TrainState:
     best_loss: float = math.inf
@@ -774,6 +786,10 @@ def train_fn(spec: dict) -> dict:
         amp_dtype = training_autocast_dtype(device, tcfg.get("autocast", "none"))
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
         scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+        # why an average: the last step's weights follow its batch; an average over the last ~1/(1-decay) steps
+        # is the usual cheaper stand-in for an ensemble of nearby models (torch's own swa_utils keeps it)
+        ema = weight_average(model, tcfg.get("ema_decay"))
+        kept = ema.module if ema is not None else model   # what is validated, kept as best and saved
 
         ws = dist_info.world_size
         bs = max(1, math.ceil(int(tcfg["batch_size"]) / ws))
@@ -832,6 +848,8 @@ def train_fn(spec: dict) -> dict:
                 loss, per = train_step(step_module, opt, full, ex.label if ex is not None else None, align, labels,
                                        amask, weights, amp_dtype, scaler, n_real=n_real, balance=_balance(spec))
                 schedule.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 running += (float(loss.detach()) - running) / (step + 1)
                 if is_main and (step % 10 == 0 or step == n_steps - 1):
                     # as lines (under a distributor) a redraw per postfix would be a log line per 10 steps
@@ -842,14 +860,14 @@ def train_fn(spec: dict) -> dict:
             if spec.get("steps_only"):  # benchmarks/bench_training_scale.py: the steps alone, no chunk walks
                 state.history.append({"epoch": epoch + 1, "train_loss": running, "seconds": time.perf_counter() - t_train})
                 continue
-            val = validation_loss(model, cache, chunks, spec, device, dist_info)
+            val = validation_loss(kept, cache, chunks, spec, device, dist_info)
             record = {"epoch": epoch + 1, "train_loss": running, **{f"valid_{k}": x for k, x in val.items()},
                       "seconds": time.perf_counter() - t_train}
             state.history.append(record)
             improved = val["loss"] < state.best_loss - 1e-4
             if improved:
                 state.best_loss, state.best_epoch, state.bad_epochs = val["loss"], epoch + 1, 0
-                state.best_state = copy.deepcopy(model.state_dict())
+                state.best_state = copy.deepcopy(kept.state_dict())
             else:
                 state.bad_epochs += 1
             log(f"epoch {epoch + 1}: train loss {running:.4f}, valid loss {val['loss']:.4f}"
@@ -861,6 +879,8 @@ def train_fn(spec: dict) -> dict:
         train_s = time.perf_counter() - t_train
         if state.best_state is not None:
             model.load_state_dict(state.best_state)
+        elif ema is not None:   # steps_only: no validation chose an epoch
+            model.load_state_dict(kept.state_dict())
 
         # ---- held-out metrics -----------------------------------------------------------
         metrics = {} if spec.get("steps_only") else held_out_metrics(model, cache, chunks, max(bs, 256), device, seed,

@@ -47,7 +47,8 @@ VARIANTS: dict[str, dict] = {
 
 
 _LATER_MODEL_KEYS = ("alignment_skip",)
-_LATER_TRAINING_KEYS = ("hard_negative_share", "hard_negative_kind", "contrastive_weight", "same_category_swaps")
+_LATER_TRAINING_KEYS = ("hard_negative_share", "hard_negative_kind", "contrastive_weight", "same_category_swaps",
+                        "ema_decay")
 
 
 def config_hash(config: AppConfig) -> str:

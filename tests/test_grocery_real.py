@@ -415,3 +415,21 @@ def test_the_chain_benchs_rows_come_from_the_nights_record():
     assert figures["rules"] == {k: {**v, "thresholds": rule_thresholds(applied, figures["whole_night_median"])[k]}
                                 for k, v in figures["rules"].items()}
     assert applied["recentred_over"] == {"listings": "new", "n": figures["listings"]["new"], "scored": figures["listings"]["scored"]}
+
+
+def test_every_chain_night_flags_what_its_thresholds_say_and_the_seed_summary_reads_back():
+    """Each committed chain result (one per training seed and setting, bench_grocery_chain_seeds.py): the job's flags
+    are the listings under the thresholds it recorded; the summary's figures are recomputed from those results."""
+    sys.path.insert(0, str(BENCH))
+    from bench_grocery_chain_seeds import summarise
+
+    results = sorted([*(BENCH / "results").glob("bench_grocery_chain_plants*.json"),
+                      *(BENCH / "results").glob("bench_grocery_chain_seed_*.json")])
+    assert len(results) >= 2
+    for path in results:
+        figures = json.loads(path.read_text())
+        assert figures["rules"]["applied"]["catalogue"]["flagged"] == figures["below_the_applied"], path.name
+        assert figures["listings"]["damaged_new"] == figures["listings"]["damaged"] == len(figures["plants"]), path.name
+    summary = json.loads((BENCH / "results" / "bench_grocery_chain_seeds.json").read_text())
+    inputs = [str(BENCH.parent / p) for p in summary["inputs"]]
+    assert summarise(inputs) == summary["settings"]

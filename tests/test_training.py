@@ -148,6 +148,46 @@ def test_training_is_deterministic_given_a_seed(spark, trained):
     assert a["metrics"]["cvr_auc"] == b["metrics"]["cvr_auc"]
 
 
+def test_a_weight_average_validates_and_keeps_the_average_not_the_last_step(trained):
+    from camenn.training import train_fn
+    from pipeline.train import make_spec
+
+    config, result = trained
+    spec = make_spec(config, result.data, artifact_dir="")
+    assert spec["training"]["ema_decay"] is None
+    plain = train_fn(spec)["history"]
+    spec["training"]["ema_decay"] = 0.5
+    averaged = train_fn(spec)["history"]
+    # the average watches the steps and never takes one: the same batches give the same training losses
+    assert [r["train_loss"] for r in averaged] == [r["train_loss"] for r in plain]
+    # what each epoch validates (and keeps as the best) is the average
+    assert [r["valid_loss"] for r in averaged] != [r["valid_loss"] for r in plain]
+
+
+def test_the_weight_average_is_the_decayed_mean_of_the_steps_and_loads_into_the_model():
+    from camenn.model import CameNN, CameNNConfig
+    from camenn.training import weight_average
+
+    assert weight_average(torch.nn.Linear(2, 2), None) is None
+    model = CameNN(CameNNConfig(d_model=8, n_heads=2, n_experts=2, tasks=("ita", "tia")))
+    ema = weight_average(model, 0.75)
+    firsts, seconds = {}, {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.fill_(1.0)
+            firsts[name] = p.clone()
+        ema.update_parameters(model)   # the first update copies
+        for name, p in model.named_parameters():
+            p.fill_(3.0)
+            seconds[name] = p.clone()
+        ema.update_parameters(model)
+    kept = ema.module.state_dict()
+    for name in firsts:
+        torch.testing.assert_close(kept[name], 0.75 * firsts[name] + 0.25 * seconds[name])
+    fresh = CameNN(model.cfg)
+    fresh.load_state_dict(kept)   # strict: the same keys as the model that is saved
+
+
 @pytest.mark.parametrize("balance", ["weights", "logit_adjustment"])
 def test_alignment_balance_reaches_the_training_loss(trained, balance):
     from camenn.training import train_fn

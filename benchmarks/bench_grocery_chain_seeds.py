@@ -1,0 +1,218 @@
+"""GroceryStore: the chain's planted-swap night for one more training seed of a setting, trained the way `make grocery` trains.
+
+    /tmp/jobslot .venv/bin/python benchmarks/bench_grocery_chain_seeds.py --seed 2 --name plain \
+        --set training.ema_decay=null --json benchmarks/results/bench_grocery_chain_seed_2_plain.json
+    /tmp/jobslot .venv/bin/python benchmarks/bench_grocery_chain_seeds.py --seed 2 --name ema \
+        --set training.ema_decay=0.99 --json benchmarks/results/bench_grocery_chain_seed_2_ema.json
+    .venv/bin/python benchmarks/bench_grocery_chain_seeds.py --summarise benchmarks/results/bench_grocery_chain_seed_*.json \
+        --json benchmarks/results/bench_grocery_chain_seeds.json --plot docs/img/grocery_chain_seeds.png
+
+Runs after `make grocery`. A single night's precision spreads widely over training seeds (README,
+"2026-12-06 evening"), so a training setting is judged here over several seeds of it, each on the
+same plants. For one seed, under ``runs/bench/grocery-chain-<name>-seed-<seed>``:
+
+1. a copy of the chain's feature caches and exports, so no photo is encoded again;
+2. jobs/ingest_catalog.py: the 2,640 training photos;
+3. jobs/train.py with the Makefile's GROCERY_TRAIN_ARGS (``make grocery-train-args``), the seed and
+   ``--set`` (the setting under test), one torch thread so two seeds can run side by side;
+4. jobs/ingest_catalog.py: the 296 validation photos merged in, as `make grocery` does;
+5. bench_grocery_chain_plants.py on that root: the same plants, the job's own flags, its JSON.
+
+``--summarise`` reads such JSONs and prints, per setting (the name in each JSON), the mean and sd
+over its seeds of what the job's flags give and of the ranking among the new listings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(_ROOT / "benchmarks"))
+
+from bench_grocery import DATA, say  # noqa: E402
+
+RUN_DATE = "2026-11-24"   # the Makefile's RUN_DATE, as bench_grocery_chain_plants.py assumes
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--conf", default=str(_ROOT / "conf" / "grocery.yaml"))
+    p.add_argument("--data", default=str(DATA), help="the GroceryStore folder")
+    p.add_argument("--source", default=str(_ROOT / "data" / "grocery"), help="the tables `make grocery` wrote")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--name", default="plain", help="the setting's name (folder names, the summary's rows)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the setting, on top of GROCERY_TRAIN_ARGS")
+    p.add_argument("--chain-only", action="store_true", help="the night alone again, on a seed's root trained before")
+    p.add_argument("--json", default=None)
+    p.add_argument("--summarise", nargs="+", default=None, metavar="JSON")
+    p.add_argument("--plot", default=None, metavar="PNG", help="with --summarise: the seeds' figures as dots")
+    return p.parse_args(argv)
+
+
+def submit(*args: str) -> None:
+    subprocess.run([str(_ROOT / ".venv" / "bin" / "spark-submit"), *args], cwd=_ROOT, check=True)
+
+
+def train_args() -> list[str]:
+    out = subprocess.run(["make", "-s", "grocery-train-args"], cwd=_ROOT, check=True, capture_output=True, text=True)
+    return out.stdout.split()
+
+
+def one_seed(args) -> dict:
+    t0 = time.perf_counter()
+    source = Path(args.source).resolve()
+    root = _ROOT / "runs" / "bench" / f"grocery-chain-{args.name}-seed-{args.seed}"
+    for name in ("item_features", "item_model_outputs"):
+        if not (source / name / "_delta_log").is_dir():
+            raise SystemExit(f"error: no {name} under {source}; run `make grocery` first")
+    if not (source / "exports" / "train.csv").is_file():
+        raise SystemExit(f"error: no exports/train.csv under {source}; run `make grocery` first")
+    setting = [x for kv in args.set for x in ("--set", kv)]
+    train_s = None
+    if args.chain_only:
+        if not (root / "model" / "LATEST").is_file():
+            raise SystemExit(f"error: no model under {root}; run this seed without --chain-only first")
+    else:
+        train_s = train_seed(args, root, setting, t0)
+    from bench_grocery_chain_plants import main as chain_plants
+
+    figures = chain_plants(["--conf", args.conf, "--data", args.data, "--source", str(root / "tables"),
+                            "--root", str(_ROOT / "runs" / "bench" / f"grocery-chain-plants-{args.name}-seed-{args.seed}"),
+                            "--set", f"training.artifact_dir={root / 'model'}",
+                            "--set", f"tracking.uri=sqlite:///{root / 'mlflow' / 'mlflow.db'}"])   # its JSON: ours, below
+    figures.update(setting={"name": args.name, "seed": args.seed, "sets": args.set, "grocery_train_args": train_args()},
+                   command=" ".join(["benchmarks/bench_grocery_chain_seeds.py", *sys.argv[1:]]))
+    if train_s is not None:
+        figures["seconds"].update(training_job=train_s, with_training=time.perf_counter() - t0)
+    elif args.json:   # the night again: the first run's training time stays
+        old = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
+        figures["seconds"].update({k: v for k, v in old.get("seconds", {}).items() if k in ("training_job", "with_training")})
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
+    say(f"done in {time.perf_counter() - t0:.0f}s", t0)
+    return figures
+
+
+def train_seed(args, root: Path, setting: list[str], t0: float) -> float:
+    """Steps 1-4 on a fresh ``root``; the training job's seconds."""
+    source = Path(args.source).resolve()
+    shutil.rmtree(root, ignore_errors=True)
+    for name in ("item_features", "item_model_outputs"):
+        shutil.copytree(source / name, root / "tables" / name)
+    shutil.copytree(source / "exports", root / "exports")
+    (root / "mlflow").mkdir()
+    where = ["--set", f"data.root={root / 'tables'}", "--set", f"training.artifact_dir={root / 'model'}",
+             "--set", f"tracking.uri=sqlite:///{root / 'mlflow' / 'mlflow.db'}"]
+    ingest = ["jobs/ingest_catalog.py", "--conf", args.conf, *where, "--images-root", args.data, "--run-date", RUN_DATE]
+    say(f"ingest the training photos into {root / 'tables'}", t0)
+    submit(*ingest, "--items-path", str(root / "exports" / "train.csv"), "--mode", "overwrite")
+    say(f"train seed {args.seed} with GROCERY_TRAIN_ARGS {' '.join(setting)}", t0)
+    t_train = time.perf_counter()
+    submit("jobs/train.py", "--conf", args.conf, *where, *train_args(), *setting,
+           "--set", f"training.seeds=[{args.seed}]", "--set", "training.num_threads=1")
+    train_s = time.perf_counter() - t_train
+    say("merge the validation photos", t0)
+    submit(*ingest, "--items-path", str(root / "exports" / "val.csv"), "--mode", "merge")
+    return train_s
+
+
+# what the summary reads from a chain JSON's rules: (row label, rule, part, key)
+SUMMARY = (("job's flags: precision", "applied", "catalogue", "precision"),
+           ("job's flags: recall", "applied", "catalogue", "recall"),
+           ("clean new listings flagged", "applied", "new_listings", "clean_flagged_share"),
+           ("job's flags among new listings: precision", "applied", "new_listings", "precision"),
+           ("detection AUROC among new listings", "applied", "new_listings", "auroc"),
+           ("best single threshold among new: precision at recall 0.8", "applied", "new_listings",
+            "oracle_precision_at_recall_0.8"),
+           ("held-out quantile as it is: precision", "held-out quantile", "catalogue", "precision"),
+           ("quantile 0.01, recentred: precision", "quantile 0.01, recentred on the new listings", "catalogue", "precision"),
+           ("quantile 0.01, recentred: recall", "quantile 0.01, recentred on the new listings", "catalogue", "recall"))
+
+
+def summarise(paths: list[str]) -> dict:
+    runs: dict[str, dict[int, dict]] = {}
+    for path in paths:
+        figures = json.loads(Path(path).read_text())
+        if "setting" not in figures:
+            raise SystemExit(f"error: {path} is not a result of this script (no 'setting')")
+        name, seed = figures["setting"]["name"], int(figures["setting"]["seed"])
+        if seed in runs.get(name, {}):
+            raise SystemExit(f"error: two results of {name} seed {seed}")
+        runs.setdefault(name, {})[seed] = figures
+    table = {}
+    for name, by_seed in runs.items():
+        rows = {}
+        for label, rule, part, key in SUMMARY:
+            values = [by_seed[s]["rules"][rule][part][key] for s in sorted(by_seed)]
+            rows[label] = {"seeds": sorted(by_seed), "values": values, "mean": statistics.fmean(values),
+                           "sd": statistics.stdev(values) if len(values) > 1 else None}
+        table[name] = rows
+    names = list(table)
+    print("| figure | " + " | ".join(f"{n}: seeds {table[n][SUMMARY[0][0]]['seeds']}" for n in names) + " |")
+    print("|---|" + "---|" * len(names))
+    for label, *_ in SUMMARY:
+        cells = []
+        for n in names:
+            r = table[n][label]
+            cells.append(", ".join(f"{v:.3f}" for v in r["values"]) + f" (mean {r['mean']:.3f}"
+                         + (f", sd {r['sd']:.3f})" if r["sd"] is not None else ")"))
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    return table
+
+
+def plot(table: dict, path: str) -> None:
+    """One panel per figure, a dot per seed and a bar at the mean, per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [label for label, *_ in SUMMARY]
+    cols = 4
+    rows_n = -(-len(labels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 3.0 * rows_n), squeeze=False)
+    for ax in axes.flat[len(labels):]:
+        ax.axis("off")
+    for ax, label in zip(axes.flat, labels):
+        for i, rows in enumerate(table.values()):
+            r = rows[label]
+            ax.scatter([i] * len(r["values"]), r["values"], s=18, alpha=0.8)
+            for seed, v in zip(r["seeds"], r["values"]):
+                ax.annotate(str(seed), (i, v), xytext=(4, 0), textcoords="offset points", fontsize=6)
+            ax.hlines(r["mean"], i - 0.25, i + 0.25, colors="black")
+        ax.set_xticks(range(len(table)), list(table), fontsize=7)
+        ax.set_xlim(-0.6, len(table) - 0.4)
+        ax.set_title(label, fontsize=7, wrap=True)
+    fig.suptitle("GroceryStore chain, the same 30 plants among 296 new listings: one dot per training seed", fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.summarise:
+        table = summarise(args.summarise)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"benchmark": "bench_grocery_chain_seeds", "inputs": args.summarise,
+                                                   "settings": table}, indent=2))
+        if args.plot:
+            plot(table, args.plot)
+        return table
+    if args.seed is None:
+        raise SystemExit("error: --seed is needed (or --summarise)")
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    return one_seed(args)
+
+
+if __name__ == "__main__":
+    main()
