@@ -98,7 +98,8 @@ def main(argv=None) -> dict:
 
     scores = run_record.published(spark, config, "item_alignment", run_date, job=run_record.SCORING_JOB)
     applied = run_record.published_details(spark, config, run_record.SCORING_JOB, run_date)["thresholds"]
-    known, why_not = flag_rules.snapshot_listings(spark, config, load_artifact(config.model_dir).metadata)
+    metadata = load_artifact(config.model_dir).metadata
+    known, why_not = flag_rules.snapshot_listings(spark, config, metadata)
     if known is None:
         raise SystemExit(f"error: {why_not}")
     out = [r.asDict() for r in flag_rules.mark_new(scores, known)
@@ -109,9 +110,8 @@ def main(argv=None) -> dict:
     rules = rule_thresholds(applied, whole)
     if applied.get("recentred_over", {}).get("listings") == "new":
         # the same move at each quantile the artifact records: how the quantile trades recall for precision
-        metrics = load_artifact(config.model_dir).metadata["metrics"]
         for q in CALIBRATION_QUANTILES:
-            at_q = (config.scoring.thresholds.model_copy(update={"quantile": q}).for_model(metrics, config.model_dir)
+            at_q = (config.scoring.thresholds.model_copy(update={"quantile": q}).for_model(metadata["metrics"], config.model_dir)
                     .recentred(applied["night_median"]["ita"], applied["night_median"]["tia"]))
             rules[f"quantile {q:g}, recentred on the new listings"] = {"ita": at_q.ita, "tia": at_q.tia}
     plant_of = {r["photo_id"]: r.get("plant") for r in rows}
