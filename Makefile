@@ -64,10 +64,10 @@ ship-demo-model: setup
 # photos are ingested and trained on (alignment only: no users or purchases), then the validation
 # photos are merged in, scored (no CVR stage: no users or candidates) and reported.
 GROCERY_DATA ?= ../shared/data/grocery-store
-# the best variant of benchmarks/bench_grocery.py (README, "GroceryStore"): same-class negatives
+# the best variant of benchmarks/bench_grocery.py (docs/results/grocery-store.md): same-class negatives
 # labelled a mismatch on both sides, the contrastive loss and the heads' skip to its pooled cosine,
 # d_model 64, logit adjustment; and (2026-12-07) a moving average of the weights, which lifted the
-# night's precision on each of 4 seeds at the same recall (README, "2026-12-07")
+# night's precision on each of 4 seeds at the same recall (docs/results/grocery-store.md, "2026-12-07")
 GROCERY_TRAIN_ARGS ?= --set training.hard_negative_share=0.5 --set training.contrastive_weight=1.0 \
 	--set training.same_category_swaps=both_sides --set model.alignment_skip=true \
 	--set training.alignment_balance=logit_adjustment --set model.d_model=64 --set model.n_heads=4 \

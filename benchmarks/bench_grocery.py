@@ -191,7 +191,7 @@ def augment_photos(rows: list[dict], data: Path, out: Path, k: int, seed: int = 
 
     A view is ``random_view(photo, rng, colour)``: a crop, a mirror, a light and, with ``colour``, a
     white balance, saturation and contrast. Why: the model that ranks the training job's held-out
-    photos well loses accuracy on the validation photos (README, GroceryStore), which are framed
+    photos well loses accuracy on the validation photos (docs/results/grocery-store.md), which are framed
     and lit otherwise; views widen what the training photos show.
     A view keeps its photo's text, so it is a twin of it (losses.twin_key), never its negative.
     """

@@ -7,7 +7,7 @@
     .venv/bin/python benchmarks/bench_grocery_chain_seeds.py --summarise benchmarks/results/bench_grocery_chain_seed_*.json \
         --json benchmarks/results/bench_grocery_chain_seeds.json --plot docs/img/grocery_chain_seeds.png
 
-Runs after `make grocery`. A single night's precision spreads widely over training seeds (README,
+Runs after `make grocery`. A single night's precision spreads widely over training seeds (docs/results/grocery-store.md,
 "2026-12-06 evening"), so a training setting is judged here over several seeds of it, each on the
 same plants. For one seed, under ``runs/bench/grocery-chain-<name>-seed-<seed>``:
 

@@ -7,8 +7,8 @@ Runs after benchmarks/bench_grocery.py, on its tables and one of its trained var
 
 Why: on the validation photos the model ranks pairs well (random ITA AUROC 0.997) but scores true
 pairs lower than on photos taken like the training ones, so a fixed cut (0.5, or a quantile of the
-held-out training photos) rejects many true pairs and flags many clean listings (README,
-GroceryStore). A listing's logit measured against the same listing with K other listings' texts
+held-out training photos) rejects many true pairs and flags many clean listings
+(docs/results/grocery-store.md). A listing's logit measured against the same listing with K other listings' texts
 (ITA) or photos (TIA) would cancel what moves every score of a photo or of a text at once: the
 question becomes "does this text fit this photo better than other listings' texts do?".
 

@@ -4,7 +4,7 @@
 
 Each row: a GroceryStore validation photo and K views of it drawn by the product's own code
 (``camenn.images.random_view`` with ``view_seed``), seeded here by the photo's path hash, where
-the night uses the listing's content hash. Not a measurement; a picture for the README.
+the night uses the listing's content hash. Not a measurement; a picture for docs/results/grocery-store.md.
 """
 
 from __future__ import annotations

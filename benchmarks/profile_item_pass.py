@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/profile_item_pass.py [--items 8192] [--batch-size 1024] [--top 14]
 
 On an H200 the item pass as the UDF runs it was 6-52x slower than the model alone on a batch
-already on the device (README, "The scoring stages on a GPU"): per-row Python, not the model, is
+already on the device (docs/results/gpu-scoring.md): per-row Python, not the model, is
 the ceiling there. This profiles the same call here, on one CPU thread, with the shipped model
 over random fp16 encoder blobs (bench_gpu_scoring's pool), and prints the project's functions by
 cumulative time (``item_store`` unpacks the blobs, ``gather`` assembles the batch, ``predict`` and

@@ -9,7 +9,7 @@ their mean and spread, and a picture of them against the targets.
 It reads ``bench_grocery_reference.py`` results (one trained variant each) and trains nothing.
 Every figure is the ``views`` row: the photo and its test-time views, cuts taken on the held-out
 training photos, the way the night scores with ``conf/grocery.yaml``. A seed's draw moved the
-same-class figures more than most settings did (README, 2026-12-06), so a setting is judged
+same-class figures more than most settings did (docs/results/grocery-store.md, 2026-12-06), so a setting is judged
 by the mean over its seeds and the spread says how far one run can be trusted.
 
 With ``--against`` another setting's summary (this script's ``--json``), it also writes the two settings

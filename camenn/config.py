@@ -241,7 +241,7 @@ class ThresholdConfig(Section):
     median of the scores the threshold was taken on (the held-out items' ``*_clean_q50``, or the
     centres given). Why: listings unlike the model's training ones (photos taken in another
     session, a new shop) score lower as a whole, and a held-out quantile then flags a large share
-    of clean listings (GroceryStore's validation photos: 30% at a 2% quantile, README). Moved, a
+    of clean listings (GroceryStore's validation photos: 30% at a 2% quantile, docs/results/grocery-store.md). Moved, a
     listing is flagged when it lies as far under the catalogue's typical listing as the held-out
     quantile lay under the typical held-out item. Never up: a catalogue made mostly of the model's
     own training listings scores above its held-out items because the model fit them, and raising

@@ -134,7 +134,7 @@ def random_view(photo: Image.Image, rng: np.random.Generator, colour: float = 0.
     The one view of a photo in the project: the GroceryStore benchmarks train on such views and
     the nightly job scores a photo over itself and a few of them (``scoring.test_time_views``).
     Why views: the model reads a photo of another framing and light worse than the ones it trained
-    on (README, "GroceryStore"). The colour draws come after the others, so colour 0 gives the same
+    on (docs/results/grocery-store.md). The colour draws come after the others, so colour 0 gives the same
     crop, mirror and light as without it.
     """
     from PIL import ImageEnhance

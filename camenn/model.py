@@ -89,7 +89,7 @@ class CameNNConfig:
     # ITA/TIA logits also read the cosine of the target's mean projected text and mean projected
     # image, with a learnt scale per task: the pair score the contrastive loss trains
     # (training.contrastive_weight). On real photos that pooled score generalised to new photos
-    # better than the fused towers (README, "GroceryStore"); off = the paper's heads alone
+    # better than the fused towers (docs/results/grocery-store.md); off = the paper's heads alone
     alignment_skip: bool = False
 
     def __post_init__(self):

@@ -138,7 +138,7 @@ def calibration_warnings(shares: dict[str, float], thresholds: ThresholdConfig) 
 
     Why: calibrated thresholds are quantiles of the model's held-out items, which are listings of the
     kind it trained on. A catalogue of photos or texts unlike those (a new shop; GroceryStore's
-    validation photos put 24-33% of clean listings under a 2% quantile, README) scores lower as a whole,
+    validation photos put 24-33% of clean listings under a 2% quantile, docs/results/grocery-store.md) scores lower as a whole,
     and the night would flag a large share of clean listings without a word.
     """
     if thresholds.mode != "calibrated":

@@ -14,7 +14,7 @@ task's GPU, or its CPU threads) on the current one. On CPU one thread prepares, 
 encoders' torch threads already hold the task's cores; on a GPU as many as the task has CPUs
 (``spark.task.cpus``, at most 8, :func:`prepare_threads`): at production's shape one thread
 prepares 45-76 items/s and an H200 encodes 277; this loop ran at 60 items/s with one thread, 158
-with 4, 162 with 8 and 129 with 16 (the GIL; README, "The scoring stages on a GPU").
+with 4, 162 with 8 and 129 with 16 (the GIL; docs/results/gpu-scoring.md).
 
 Input rows: item_id, merchant_id, category, title, description, image, image_size, price,
 updated_at, content_hash (as stored in ``items``). Output rows follow :data:`STAGING_SCHEMA`
