@@ -133,7 +133,9 @@ def main(argv=None) -> dict:
         "applied_thresholds": applied, "whole_night_median": whole,
         # the job flags by the thresholds it recorded: a check of the "applied" row
         "below_the_applied": sum(r["p_ita"] < applied["ita"] or r["p_tia"] < applied["tia"] for r in out),
-        "rules": results, "seconds": {"nightly_job": nightly_s, "total": time.perf_counter() - t0},
+        "rules": results, "seconds": {"nightly_job": nightly_s, "total": time.perf_counter() - t0,
+                                       # the model's own training time, as its artifact records it
+                                       "train_fn": metadata["metrics"].get("total_seconds")},
     }
     print(f"\n{len(out)} listings ({len(new)} new to the model, {len(damaged)} of them with a planted swap); "
           f"recentred over {applied.get('recentred_over')}")

@@ -77,16 +77,12 @@ def one_seed(args) -> dict:
         trained = train_seed(args, root, t0)
     from bench_grocery_chain_plants import main as chain_plants
 
-    from camenn.checkpoint import load_artifact
-
     figures = chain_plants(["--conf", args.conf, "--data", args.data, "--source", str(root / "tables"),
                             "--root", str(_ROOT / "runs" / "bench" / f"grocery-chain-plants-{args.name}-seed-{args.seed}"),
                             "--set", f"training.artifact_dir={root / 'model'}",
                             "--set", f"tracking.uri=sqlite:///{root / 'mlflow' / 'mlflow.db'}"])   # its JSON: ours, below
     figures.update(setting={"name": args.name, "seed": args.seed, "sets": args.set},
                    command=" ".join(["benchmarks/bench_grocery_chain_seeds.py", *sys.argv[1:]]))
-    # the artifact records its own training time, so a night run again (--chain-only) still has it
-    figures["seconds"]["train_fn"] = load_artifact(str(root / "model")).metadata["metrics"]["total_seconds"]
     if trained is not None:
         figures["setting"]["grocery_train_args"] = trained["grocery_train_args"]
         figures["seconds"].update(training_job=trained["seconds"], with_training=time.perf_counter() - t0)

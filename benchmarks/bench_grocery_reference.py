@@ -284,7 +284,7 @@ def main(argv=None) -> dict:
         f"validation photos {len(sets_of['validation'])}; K = {args.k}; test-time views a photo {k_views}", t0)
     if not len(sets_of["validation"]):
         # bench_grocery merges the validation photos after its last variant has trained
-        raise SystemExit(f"{args.bench_root}: no validation photos in its items yet; let bench_grocery.py on it run to the end")
+        raise SystemExit(f"error: {args.bench_root}: no validation photos in its items yet; let bench_grocery.py on it run to the end")
 
     scores: dict = {}   # set -> pool -> method -> listing kind -> (n, 2)
     for set_name, idx in sets_of.items():
