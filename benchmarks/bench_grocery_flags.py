@@ -99,7 +99,7 @@ def plant(rows: list[dict], share: float, rng: np.random.Generator) -> tuple[lis
 
 
 def encode_held_out_views(spark, config, store, rows: list[int], views: int):
-    """camenn.chunks.HeldOutViews of the held-out photos: their ``views`` test-time views, encoded here
+    """camenn.chunks.ItemViews of the held-out photos: their ``views`` test-time views, encoded here
     by the nightly job's own encoder function (udfs.encode, seeded by the content hash), so that they
     are the views a night would score these photos over."""
     from pyspark.sql import functions as F

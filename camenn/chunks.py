@@ -11,8 +11,9 @@ at a time, through delta-rs (the chunk is a partition column, so a read opens on
 
 Memory per process is one chunk: its examples (ids and small ints) and its ItemStore (fp16
 encoder outputs of at most ``examples_per_chunk`` x (1 + max_behaviour) referenced items plus
-its home items, and with ``scoring.test_time_views`` K the K views of its held-out home items:
-``HeldOutViews``), not the catalogue and not every example. docs/training.md has the bytes.
+its home items, and with ``scoring.test_time_views`` K the K views of its held-out home items,
+with ``training.view_share`` of its training home items too: ``ItemViews``), not the catalogue
+and not every example. docs/training.md has the bytes.
 """
 
 from __future__ import annotations
@@ -56,16 +57,17 @@ class Chunk:
     splits: dict[str, Examples]
     home: dict[str, torch.Tensor]     # split -> store rows of this chunk's home items in that alignment split
     dropped: int                      # examples whose target is not in the store (0 unless the table is damaged)
-    views: HeldOutViews | None = None  # the test-time views of the held-out home items (spec["calibration_views"])
+    views: ItemViews | None = None    # the test-time views of some home items (spec["calibration_views"])
 
 
 @dataclass
-class HeldOutViews:
-    """The test-time views of a chunk's held-out home items, so that the calibration quantiles are
-    taken over what the night scores a listing over: its photo and these views (mean logit).
+class ItemViews:
+    """The test-time views of some of a chunk's home items. The held-out ones carry them so that
+    the calibration quantiles are taken over what the night scores a listing over: its photo and
+    these views (mean logit); with ``training.view_share`` the training ones too, to train on.
 
-    Only the held-out items carry views (training_data.held_out_views), ``split.test_fraction`` of
-    the home items, so a store row maps to a slot here or to -1.
+    Which rows carry views is training_data.home_views's choice, so a store row maps to a slot
+    here or to -1.
     """
 
     slot: torch.Tensor    # (N,) long: store row -> row of ``image``, -1 = no views
@@ -86,8 +88,8 @@ class HeldOutViews:
         return self.image[slots, view].float()                                 # (b, P, Di)
 
 
-def views_from_arrow(table, store: ItemStore, n_views: int, n_patches: int) -> HeldOutViews | None:
-    """HeldOutViews from the training_items rows whose ``view_image_emb`` holds ``n_views`` views; None if none does.
+def views_from_arrow(table, store: ItemStore, n_views: int, n_patches: int) -> ItemViews | None:
+    """ItemViews from the training_items rows whose ``view_image_emb`` holds ``n_views`` views; None if none does.
 
     A blob is K x P x Di fp16 values, view after view (the layout of featurizer.pack_views); a row with fewer
     views than asked (a cache row of an older night) has none here and is calibrated on its photo.
@@ -104,7 +106,7 @@ def views_from_arrow(table, store: ItemStore, n_views: int, n_patches: int) -> H
     slot[store.lookup([i for i, _ in kept])] = torch.arange(len(kept))
     image = torch.stack([torch.from_numpy(np.frombuffer(b, dtype=BLOB_FP16, count=size // BLOB_FP16.itemsize).copy())
                          for _, b in kept]).view(len(kept), n_views, n_patches, image_dim)   # (n, K, P, Di) fp16
-    return HeldOutViews(slot, image)
+    return ItemViews(slot, image)
 
 
 def chunk_buckets(chunk: int, n_chunks: int) -> list[int]:

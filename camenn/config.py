@@ -191,6 +191,10 @@ class TrainingConfig(Section):
     ema_decay: float | None = Field(
         None, gt=0, lt=1, description="validate, keep and save an exponential moving average of the weights (this decay "
                                       "a step) instead of the last step's; null = the weights as they are")
+    view_share: float = Field(
+        0.0, ge=0, lt=1, description="share of the alignment examples of a training item whose image is one of its "
+                                     "cached test-time views (scoring.test_time_views: a crop, a mirror, a light) "
+                                     "instead of its photo, drawn afresh each time; 0 = the photo always")
     split: SplitConfig = SplitConfig()
     seeds: list[int] = [0, 1, 2]
     num_processes: int = Field(1, ge=1, description="TorchDistributor processes; 1 = train in the driver")
@@ -488,6 +492,14 @@ class AppConfig(Section):
     spark: SparkConfig = SparkConfig()
     ingest: IngestConfig = IngestConfig()
     source: str = Field("", description="the file this config came from (filled in by load_config)")
+
+    @model_validator(mode="after")
+    def _views_to_train_on(self) -> AppConfig:
+        if self.training.view_share > 0 and self.scoring.test_time_views < 1:
+            raise ValueError(f"training.view_share={self.training.view_share} trains on the cached test-time views, "
+                             "and scoring.test_time_views is 0: set it to the number of views to encode (4 in "
+                             "conf/grocery.yaml), or view_share to 0")
+        return self
 
     @model_validator(mode="after")
     def _user_map_fields(self) -> AppConfig:

@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from camenn.chunks import Chunk, ChunkCache, Examples, HeldOutViews, batch_stream, home_stream, load_chunk, rank_chunks
+from camenn.chunks import Chunk, ChunkCache, Examples, ItemViews, batch_stream, home_stream, load_chunk, rank_chunks
 from camenn.config import CALIBRATION_CENTRE, CALIBRATION_QUANTILES
 from camenn.inputs import ITEM_FEATURES, FeatureVocab, ItemStore, full_batch
 from camenn.logs import setup_logging
@@ -114,19 +114,44 @@ def _cut(items: ItemTokens, length: int) -> ItemTokens:
 
 
 def alignment_batch(store: ItemStore, idx: torch.Tensor, generator: torch.Generator, attribute_side: bool,
-                    hard_share: float = 0.0, hard_kind: str = "category",
-                    same_category_swaps: str = "one_side") -> tuple[CameNNBatch, dict, dict]:
-    examples, labels, mask = make_alignment_examples(store.gather(idx), generator, attribute_side=attribute_side,
+                    hard_share: float = 0.0, hard_kind: str = "category", same_category_swaps: str = "one_side",
+                    views: ItemViews | None = None, view_share: float = 0.0) -> tuple[CameNNBatch, dict, dict]:
+    items = store.gather(idx)
+    if views is not None and view_share > 0:
+        items = with_views(items, idx, views, view_share, generator)
+    examples, labels, mask = make_alignment_examples(items, generator, attribute_side=attribute_side,
                                                      hard_share=hard_share, hard_kind=hard_kind,
                                                      same_category_swaps=same_category_swaps)
     return CameNNBatch(target=trim_items(examples)), labels, mask
 
 
+def with_views(items: ItemTokens, rows: torch.Tensor, views: ItemViews, share: float,
+               generator: torch.Generator) -> ItemTokens:
+    """``items`` (the store rows ``rows``) with the image of about ``share`` of those that carry views
+    replaced by one of their views, drawn at random (``training.view_share``).
+
+    Why: the photos a night scores are new ones, framed and lit otherwise than those trained on, and
+    a model that has seen only the trained photos' exact features scores them higher than new ones
+    (docs/results/grocery-store.md). A view is the photo cropped, mirrored and lit otherwise; it keeps
+    the item's text, category and price, so the example's label is the photo's.
+    """
+    has = views.has(rows)                                                      # (b,) bool
+    take = has & (torch.rand(len(rows), generator=generator) < share)          # (b,) bool
+    which = torch.randint(views.n_views, (len(rows),), generator=generator)   # (b,)
+    if not bool(take.any()):
+        return items
+    picked = take.nonzero().squeeze(1)                                         # (k,)
+    image = items.image.clone()                                                # (b, P, Di)
+    image[picked] = views.image[views.slot[rows[picked]], which[picked]].float()   # (k, P, Di)
+    return ItemTokens(items.text, items.text_mask, image, items.feats)
+
+
 def alignment_options(tcfg: dict) -> dict:
-    """The training section's alignment-example settings, as alignment_batch's keyword arguments."""
+    """The training section's alignment-example settings, as alignment_batch's keyword arguments (but ``views``)."""
     return {"attribute_side": bool(tcfg["attribute_side"]), "hard_share": float(tcfg.get("hard_negative_share", 0.0)),
             "hard_kind": str(tcfg.get("hard_negative_kind", "category")),
-            "same_category_swaps": str(tcfg.get("same_category_swaps", "one_side"))}
+            "same_category_swaps": str(tcfg.get("same_category_swaps", "one_side")),
+            "view_share": float(tcfg.get("view_share") or 0.0)}
 
 
 def cvr_tasks(model: CameNN) -> tuple[str, ...]:
@@ -198,7 +223,7 @@ def predict_cvr(model: CameNN, store: ItemStore, ex: Examples, batch_size: int, 
 @torch.no_grad()
 def predict_items(model: CameNN, store: ItemStore, idx: torch.Tensor, batch_size: int, device,
                   swap: str | None = None, donor: torch.Tensor | None = None,
-                  views: HeldOutViews | None = None, view: int = 0) -> dict[str, np.ndarray]:
+                  views: ItemViews | None = None, view: int = 0) -> dict[str, np.ndarray]:
     """Item-only probabilities per task for items ``idx``; ``swap`` = "text"/"image" takes that side from ``donor``.
 
     With ``views``, the image is view ``view`` of each row's photo instead of the photo.
@@ -226,7 +251,7 @@ def predict_items(model: CameNN, store: ItemStore, idx: torch.Tensor, batch_size
 
 
 def clean_scores(model: CameNN, store: ItemStore, idx: torch.Tensor, batch_size: int, device,
-                 views: HeldOutViews | None = None) -> tuple[dict[str, np.ndarray], int]:
+                 views: ItemViews | None = None) -> tuple[dict[str, np.ndarray], int]:
     """Items ``idx`` as they are, scored as the night scores them: (task -> probabilities, rows over views).
 
     The rows that carry test-time views get the mean logit over their photo and its views
@@ -766,6 +791,10 @@ def train_fn(spec: dict) -> dict:
         load_s = time.perf_counter() - t0
         log(f"{n_chunks} chunk(s), {len(chunks)} per process; chunk {first.index}: {len(first.store)} items, examples " +
             ", ".join(f"{k}={len(e)}" for k, e in first.splits.items()) + f", read in {load_s:.1f}s")
+        if float(tcfg.get("view_share") or 0.0) > 0:   # a training item without views trains on its photo alone
+            carry = int(first.views.has(first.home["train"]).sum()) if first.views is not None else 0
+            log(f"view_share {tcfg['view_share']}: {carry} of chunk {first.index}'s {len(first.home['train'])} training "
+                f"items carry {first.views.n_views if first.views is not None else 0} test-time views")
 
         # ---- model ------------------------------------------------------------------------
         text_dim, image_dim = first.store.text.shape[-1], first.store.image.shape[-1]
@@ -831,7 +860,7 @@ def train_fn(spec: dict) -> dict:
                 chunk, rows = next(stream)
                 ex = full = align = labels = amask = None
                 if align_only:   # rows are the chunk's own training items
-                    align, labels, amask = alignment_batch(chunk.store, rows, g_epoch, **align_opts)
+                    align, labels, amask = alignment_batch(chunk.store, rows, g_epoch, views=chunk.views, **align_opts)
                     align = align.to(device)
                 else:
                     ex = chunk.splits["train"].select(rows)
@@ -842,7 +871,7 @@ def train_fn(spec: dict) -> dict:
                         raise ValueError(f"chunk {chunk.index} has {len(home)} training item(s) of its own; the alignment "
                                          "tasks need 2 (raise training.examples_per_chunk: fewer, larger chunks)")
                     pick = home[torch.randperm(len(home), generator=g_epoch)[:abs_]]
-                    align, labels, amask = alignment_batch(chunk.store, pick, g_epoch, **align_opts)
+                    align, labels, amask = alignment_batch(chunk.store, pick, g_epoch, views=chunk.views, **align_opts)
                     align = align.to(device)
                 n_real = len(rows) if align_only else (len(pick) if align is not None else 0)
                 loss, per = train_step(step_module, opt, full, ex.label if ex is not None else None, align, labels,

@@ -111,7 +111,8 @@ SPECS: dict[str, TableSpec] = {spec.name: spec for spec in [
     # The features of the items each training chunk references (examples with bucket % n_chunks
     # == chunk), plus each valid item once in its home chunk for the alignment tasks: a training
     # process reads one chunk's partition at a time. view_image_emb: the test-time views of the
-    # held-out home items, for the calibration quantiles (training_data.held_out_views), else null.
+    # held-out home items, for the calibration quantiles, and with training.view_share of the training
+    # home items, to train on (training_data.home_views); else null.
     # content_hash: the content the features were encoded from, so a night can tell a listing changed
     # since training from one the model saw (pipeline.flag_rules.snapshot_listings); null in tables
     # written before 2026-12-06.

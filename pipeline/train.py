@@ -48,7 +48,7 @@ VARIANTS: dict[str, dict] = {
 
 _LATER_MODEL_KEYS = ("alignment_skip",)
 _LATER_TRAINING_KEYS = ("hard_negative_share", "hard_negative_kind", "contrastive_weight", "same_category_swaps",
-                        "ema_decay")
+                        "ema_decay", "view_share")
 
 
 def config_hash(config: AppConfig) -> str:

@@ -271,14 +271,14 @@ def home_fraction(n_items: int, n_chunks: int, examples_per_chunk: int) -> float
 
 
 def chunk_items(examples: DataFrame, items: DataFrame, n_chunks: int, fraction: float = 1.0,
-                held_out: tuple[int, dict] | None = None) -> DataFrame:
+                views: tuple[int, dict, bool] | None = None) -> DataFrame:
     """training_items rows: per chunk, the valid items its examples reference, and home items in their home chunk.
 
     ``items``: valid items with their features (item_id, content_hash, category, price, text_emb,
     n_text_tokens, image_emb). An item's home chunk (a hash of its id) is where the alignment tasks see it, so
     every valid item (or, past one per example, a stable ``fraction`` of them, see
     :func:`home_fraction`) is trained on and evaluated once, whether or not an example mentions it.
-    ``held_out`` = (views, split): see :func:`held_out_views`; without it view_image_emb is null.
+    ``views`` = (K, split, trained_too): see :func:`home_views`; without it view_image_emb is null.
     """
     referenced = (examples.select((F.col("bucket") % n_chunks).alias("chunk"),
                                   F.explode(F.array_union(F.array("item_id"), "behaviour")).alias("item_id"))
@@ -288,32 +288,36 @@ def chunk_items(examples: DataFrame, items: DataFrame, n_chunks: int, fraction: 
     homes = sampled.select(home_chunk(F.col("item_id"), n_chunks).alias("chunk"), "item_id", F.lit(True).alias("home"))
     wanted = (referenced.unionByName(homes).groupBy("chunk", "item_id").agg(F.max("home").alias("home")))
     rows = wanted.join(items, "item_id", "inner")
-    if held_out is None or not held_out[0]:
+    if views is None or not views[0]:
         return rows.withColumn("view_image_emb", F.lit(None).cast("binary"))
-    return held_out_views(rows, *held_out)
+    return home_views(rows, *views)
 
 
-def held_out_views(rows: DataFrame, n_views: int, split: dict) -> DataFrame:
+def home_views(rows: DataFrame, n_views: int, split: dict, trained_too: bool = False) -> DataFrame:
     """training_items rows with ``view_image_emb``: the first ``n_views`` test-time views of the
-    held-out home items (camenn.training.item_split "test"), null on every other row.
+    held-out home items (camenn.training.item_split "test") and, with ``trained_too``, of the
+    training ones ("train"); null on every other row.
 
-    Why: the calibrated thresholds are quantiles of the held-out items' own scores, and the night
-    scores a listing over its photo and ``scoring.test_time_views`` views (mean logit), which
-    moves the scores; the quantiles are taken the same way (camenn.training.held_out_metrics).
-    Only the held-out items carry them, about ``split.test_fraction`` of the home items, K x the
-    image_emb bytes each (4 views of 2x2 x 1280 fp16 tokens: 40 kB). ``rows`` must carry
-    view_image_emb and n_views (item_features' VIEW_COLUMNS); a row encoded with fewer views than
-    asked carries none and is calibrated on its photo alone.
+    Why the held-out ones: the calibrated thresholds are quantiles of the held-out items' own
+    scores, and the night scores a listing over its photo and ``scoring.test_time_views`` views
+    (mean logit), which moves the scores; the quantiles are taken the same way
+    (camenn.training.held_out_metrics). Why the training ones (``training.view_share``): a view
+    stands in for the photo in some of the item's alignment examples (camenn.training.with_views).
+    Each carrying row holds K x its image_emb bytes more (4 views of 2x2 x 1280 fp16 tokens:
+    40 kB): about ``split.test_fraction`` of the home items, or with ``trained_too`` all but the
+    validation ones. ``rows`` must carry view_image_emb and n_views (item_features' VIEW_COLUMNS);
+    a row encoded with fewer views than asked carries none (calibrated, or trained, on its photo alone).
     """
     test_fraction, valid_fraction, salt = float(split["test_fraction"]), float(split["valid_fraction"]), int(split["seed"])
+    wanted = ("test", "train") if trained_too else ("test",)
 
     @F.pandas_udf("boolean")
-    def is_held_out(item_ids: pd.Series) -> pd.Series:
+    def carries_views(item_ids: pd.Series) -> pd.Series:
         from camenn.training import item_split
 
-        return item_ids.map(lambda i: item_split(i, test_fraction, valid_fraction, salt) == "test")
+        return item_ids.map(lambda i: item_split(i, test_fraction, valid_fraction, salt) in wanted)
 
-    keep = F.col("home") & (F.coalesce(F.col("n_views"), F.lit(0)) >= n_views) & is_held_out(F.col("item_id"))
+    keep = F.col("home") & (F.coalesce(F.col("n_views"), F.lit(0)) >= n_views) & carries_views(F.col("item_id"))
     first_views = F.expr(f"substring(view_image_emb, 1, {int(n_views)} * length(image_emb))")
     return rows.withColumn("view_image_emb", F.when(keep, first_views).otherwise(F.lit(None).cast("binary")))
 
@@ -323,14 +327,14 @@ def home_chunk(item_id, n_chunks: int):
 
 
 def write_chunk_items(spark: SparkSession, config: AppConfig, examples: DataFrame, items: DataFrame, n_chunks: int,
-                      inputs: dict, fraction: float = 1.0, held_out: tuple[int, dict] | None = None) -> tuple[int, bool]:
+                      inputs: dict, fraction: float = 1.0, views: tuple[int, dict, bool] | None = None) -> tuple[int, bool]:
     """Overwrite training_items in one commit tagged with ``inputs``; reuse it when the tag matches. (version, reused)."""
     path = tables.ensure_table(spark, config, "training_items")
     key = _inputs_key(inputs)
     latest = tables.latest_commit(spark, path)
     if latest is not None and latest[1] == key:
         return latest[0], True
-    tables.overwrite_table(spark, config, "training_items", chunk_items(examples, items, n_chunks, fraction, held_out),
+    tables.overwrite_table(spark, config, "training_items", chunk_items(examples, items, n_chunks, fraction, views),
                            tag=key)
     return tables.table_version(spark, config, "training_items"), False
 
@@ -370,7 +374,7 @@ def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.d
         frames.setdefault(name, spark.createDataFrame([], tables.schema_of(spark, name, config)))
     # valid items: those the cache holds under this fingerprint with their current content (the nightly rule)
     spark.sparkContext.setJobDescription("training: valid items and vocabulary")
-    # the held-out items' views: the calibrated thresholds are taken over them as the night scores (held_out_views)
+    # the held-out items' views: the calibrated thresholds are taken over them as the night scores (home_views)
     views = config.scoring.test_time_views
     cached = (frames["item_features"].where(F.col("encoder_fingerprint") == fingerprint)
               .select(*feature_cache.FEATURE_COLUMNS, *(feature_cache.VIEW_COLUMNS if views else ())))
@@ -420,10 +424,15 @@ def prepare_training_data(spark: SparkSession, config: AppConfig, run_date: dt.d
     if views:
         calibration = {"calibration_views": views,
                        "items_with_views": with_blobs.where(F.col("n_views") >= views).count()}
+    # the training items carry their views too when a share of their examples is to be drawn from them;
+    # only then is that in the key, so tables written before view_share existed stay reusable
+    trained_too = bool(views) and config.training.view_share > 0
+    if trained_too:
+        calibration["trained_views"] = True
     item_version, _ = write_chunk_items(spark, config, written, with_blobs, n_chunks,
                                         {**inputs, "training_examples": version, "n_chunks": n_chunks,
                                          "home_fraction": fraction, **calibration},
-                                        fraction, (views, config.training.split.model_dump()) if views else None)
+                                        fraction, (views, config.training.split.model_dump(), trained_too) if views else None)
     versions["training_items"] = item_version
     chunk_rows = (written.groupBy((F.col("bucket") % n_chunks).alias("chunk"), "split").agg(F.count(F.lit(1)).alias("n"))
                   .collect())

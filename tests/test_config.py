@@ -172,3 +172,10 @@ def test_recentred_thresholds_need_a_centre():
         ThresholdConfig(mode="category_quantile", recentre=True)
     with pytest.raises(ConfigError, match="centre_ita"):
         load_config(project_root() / "conf" / "demo.yaml", ["scoring.thresholds.centre_ita=1.5"])
+
+
+def test_training_on_views_needs_views_to_be_encoded():
+    message = config_error(CONF / "demo.yaml", "training.view_share=0.5")
+    assert "training.view_share=0.5" in message and "scoring.test_time_views is 0" in message
+    config = load_config(CONF / "grocery.yaml", ["training.view_share=0.5"])
+    assert (config.training.view_share, config.scoring.test_time_views) == (0.5, 4)

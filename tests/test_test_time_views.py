@@ -1,5 +1,6 @@
-"""Test-time views in the nightly job (``scoring.test_time_views``): real Spark + Delta, the real
-encoders, a real CameNN (test_nightly's), on test_nightly's clean items and a poison one.
+"""Test-time views in the nightly job (``scoring.test_time_views``) and in training
+(``training.view_share``): real Spark + Delta, the real encoders, a real CameNN (test_nightly's),
+on test_nightly's clean items and a poison one.
 
 An item's p_ita / p_tia over K views are the mean logit of its photo's scores and its K views'
 scores, each scored with the item's own text, category and price: the oracle here computes that
@@ -233,3 +234,109 @@ def test_training_items_carry_the_held_out_items_views_once_they_are_encoded(spa
     cached = features(spark, config)
     for i in held_out:
         assert rows[i].view_image_emb == cached[i].view_image_emb[:VIEWS * len(cached[i].image_emb)]
+
+
+# ------------------------------------------------------------------ training on the views (training.view_share)
+
+
+def tiny_views(n: int, carrying: list[int], k: int = 3):
+    """An ItemStore of ``n`` items and ItemViews for the rows ``carrying``: every image token of item r is
+    -r, of view j of item r is 10 r + j + 1 (k < 10; fp16 holds these exactly), so an image says whose
+    photo or view it is."""
+    import torch
+
+    from camenn.chunks import ItemViews
+    from camenn.inputs import ItemStore
+
+    P, D = 2, 4
+    image = -torch.arange(n, dtype=torch.float16)[:, None, None].expand(n, P, D).clone()       # (n, P, Di)
+    text = torch.randn(n, 3, 5).half()                                                         # (n, L, Dt)
+    store = ItemStore([f"i{r:02d}" for r in range(n)], text, torch.ones(n, 3, dtype=torch.bool), image,
+                      torch.zeros(n, 2, dtype=torch.long))
+    slot = torch.full((n,), -1, dtype=torch.long)
+    slot[carrying] = torch.arange(len(carrying))
+    marks = torch.tensor([[10 * r + j + 1 for j in range(k)] for r in carrying], dtype=torch.float32)     # (c, K)
+    views = ItemViews(slot, marks[:, :, None, None].expand(len(carrying), k, P, D).half())      # (c, K, P, Di)
+    return store, views
+
+
+def test_a_view_stands_in_for_the_photo_in_a_share_of_the_examples_of_items_that_carry_views():
+    import torch
+
+    from camenn.training import with_views
+
+    n, k = 40, 3
+    carrying = list(range(0, n, 2))
+    store, views = tiny_views(n, carrying, k)
+    rows = torch.arange(n)
+    seen = {r: set() for r in range(n)}
+    for draw in range(50):
+        g = torch.Generator().manual_seed(draw)
+        items = with_views(store.gather(rows), rows, views, 0.5, g)
+        assert torch.equal(items.text, store.gather(rows).text) and torch.equal(items.feats, store.gather(rows).feats)
+        for r in range(n):
+            patch = items.image[r]                                                 # (P, Di): one mark throughout
+            assert bool((patch == patch[0, 0]).all())
+            seen[r].add(int(patch[0, 0]))
+    for r in range(n):
+        if r in carrying:   # its photo and each of its views, over 50 draws at share 0.5
+            assert seen[r] == {-r} | {10 * r + j + 1 for j in range(k)}, (r, seen[r])
+        else:
+            assert seen[r] == {-r}, (r, seen[r])
+    # about half of a batch's carrying rows take a view
+    g = torch.Generator().manual_seed(99)
+    batch = torch.tensor(carrying * 10)
+    took = (with_views(store.gather(batch), batch, views, 0.5, g).image[:, 0, 0] != -batch.float()).float().mean()
+    assert 0.4 < float(took) < 0.6, float(took)
+
+
+def test_without_a_view_share_an_alignment_batch_is_drawn_as_before():
+    """view_share 0 draws nothing from the generator: a training without it is the training it was."""
+    import torch
+
+    from camenn.training import alignment_batch
+
+    store, views = tiny_views(16, list(range(16)))
+    rows = torch.arange(16)
+    plain = alignment_batch(store, rows, torch.Generator().manual_seed(3), True)
+    zero = alignment_batch(store, rows, torch.Generator().manual_seed(3), True, views=views, view_share=0.0)
+    assert torch.equal(plain[0].target.image, zero[0].target.image) and torch.equal(plain[0].target.text, zero[0].target.text)
+    assert all(torch.equal(plain[1][t], zero[1][t]) for t in plain[1])
+    some = alignment_batch(store, rows, torch.Generator().manual_seed(3), True, views=views, view_share=0.5)
+    assert not torch.equal(plain[0].target.image, some[0].target.image)
+
+
+def test_a_training_with_a_view_share_carries_the_training_items_views_and_trains_on_them(spark, tmp_path, caplog):
+    """training_items carries the views of the training home items too (the validation ones never), the
+    table of a training without the share is written again rather than reused, and the training says
+    how many of its items carry views."""
+    import logging
+
+    from test_training import FAST
+    from test_training_data import synthetic_world, write_world
+
+    from camenn.training import item_split
+    from pipeline.train import run_training
+    from pipeline.training_data import prepare_training_data
+
+    n_items = 24
+    config = tiny_config(tmp_path, *FAST, f"scoring.test_time_views={VIEWS}", "training.split.test_fraction=0.25",
+                         "training.split.valid_fraction=0.25")
+    write_world(spark, config, {"items": synthetic_world(n_items=n_items, n_users=4, days=2)["items"]})
+    without = prepare_training_data(spark, config, RUN)
+    shared = config.model_copy(update={"training": config.training.model_copy(update={"view_share": 0.5})})
+    with caplog.at_level(logging.INFO):
+        trained = run_training(spark, shared)
+    assert trained.data.versions["training_items"] > without.versions["training_items"]
+    rows = {r.item_id: r for r in tables.read_table(spark, config, "training_items",
+                                                    version=trained.data.versions["training_items"]).collect()}
+    split = config.training.split
+    part = {i: item_split(i, split.test_fraction, split.valid_fraction, split.seed) for i, r in rows.items() if r.home}
+    assert set(part.values()) == {"train", "valid", "test"}, part
+    assert {i for i, r in rows.items() if r.view_image_emb is not None} == {i for i, s in part.items() if s != "valid"}
+    cached = features(spark, config)
+    for i, r in rows.items():
+        if r.view_image_emb is not None:
+            assert r.view_image_emb == cached[i].view_image_emb[:VIEWS * len(cached[i].image_emb)]
+    n_train = sum(s == "train" for s in part.values())
+    assert f"view_share 0.5: {n_train} of chunk 0's {n_train} training items carry {VIEWS} test-time views" in caplog.text
