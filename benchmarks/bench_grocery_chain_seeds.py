@@ -51,6 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--name", default="plain", help="the setting's name (folder names, the summary's rows)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the setting, on top of GROCERY_TRAIN_ARGS")
     p.add_argument("--chain-only", action="store_true", help="the night alone again, on a seed's root trained before")
+    p.add_argument("--plants-seed", type=int, default=0,
+                   help="the seed of the planted swaps (bench_grocery_chain_plants.py --seed); another than 0 tests a "
+                        "choice made on the plants of seed 0 on other swaps of the same photos")
     p.add_argument("--json", default=None)
     p.add_argument("--summarise", nargs="+", default=None, metavar="JSON")
     p.add_argument("--plot", default=None, metavar="PNG", help="with --summarise: the seeds' figures as dots")
@@ -77,11 +80,12 @@ def one_seed(args) -> dict:
         trained = train_seed(args, root, t0)
     from bench_grocery_chain_plants import main as chain_plants
 
-    figures = chain_plants(["--conf", args.conf, "--data", args.data, "--source", str(root / "tables"),
-                            "--root", str(_ROOT / "runs" / "bench" / f"grocery-chain-plants-{args.name}-seed-{args.seed}"),
+    plants = f"-plants-{args.plants_seed}" if args.plants_seed else ""
+    figures = chain_plants(["--conf", args.conf, "--data", args.data, "--source", str(root / "tables"), "--seed", str(args.plants_seed),
+                            "--root", str(_ROOT / "runs" / "bench" / f"grocery-chain-plants-{args.name}-seed-{args.seed}{plants}"),
                             "--set", f"training.artifact_dir={root / 'model'}",
                             "--set", f"tracking.uri=sqlite:///{root / 'mlflow' / 'mlflow.db'}"])   # its JSON: ours, below
-    figures.update(setting={"name": args.name, "seed": args.seed, "sets": args.set},
+    figures.update(setting={"name": args.name, "seed": args.seed, "sets": args.set, "plants_seed": args.plants_seed},
                    command=" ".join(["benchmarks/bench_grocery_chain_seeds.py", *sys.argv[1:]]))
     if trained is not None:
         figures["setting"]["grocery_train_args"] = trained["grocery_train_args"]
