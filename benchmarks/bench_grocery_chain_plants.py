@@ -13,8 +13,8 @@ with a few new ones; the `make grocery` catalogue is that: 2,640 training photos
 2. Plants the same swaps as bench_grocery_flags.py (same function and seed: 5% text swaps and 5%
    image swaps of the validation photos) and merges them with jobs/ingest_catalog.py, so only those
    listings change and the night encodes only them.
-3. Runs the nightly job with conf/grocery.yaml as it is (the chain's model, calibrated 2%
-   thresholds, ``recentre`` over the listings new to the model).
+3. Runs the nightly job with conf/grocery.yaml as it is (the chain's model, its calibrated
+   thresholds at the configured quantile, ``recentre`` over the listings new to the model).
 4. From the published scores: precision, recall and clean listings flagged for the job's own flags
    and, on the same scores, for the thresholds before any move and for the move by the whole
    night's median (as ``recentre`` did before it took the new listings' median; new_listing_flags.rule_thresholds), over
