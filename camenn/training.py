@@ -651,6 +651,7 @@ def validation_loss(model: CameNN, cache: ChunkCache, chunks: list[int], spec: d
                 rows = align_idx[s:s + abs_]
                 if len(rows) < 2:
                     continue
+                # no views passed: validation scores the photos themselves, whatever training.view_share
                 batch, labels, mask = alignment_batch(store, rows, g, **alignment_options(spec["training"]))
                 out = model(batch.to(device), tuple(align_tasks))
                 for t in align_tasks:
