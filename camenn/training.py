@@ -17,7 +17,7 @@ imports pyspark. Each process
    held-out items), each process over its chunks, reducing histograms and counts only;
 4. on rank 0 alone, writes the artifact with :func:`camenn.checkpoint.save_artifact`.
 
-Why one module of ~930 lines: the loop, its batches, its metrics and the pieces a training
+Why one module of ~960 lines: the loop, its batches, its metrics and the pieces a training
 process runs (distributed setup, schedule, step) are read together when a run misbehaves;
 the data it reads lives in ``camenn.chunks`` and the model in ``camenn.model``.
 
