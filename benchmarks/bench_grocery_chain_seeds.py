@@ -18,7 +18,7 @@ same plants. For one seed, under ``runs/bench/grocery-chain-<name>-seed-<seed>``
 4. jobs/ingest_catalog.py: the 296 validation photos merged in, as `make grocery` does;
 5. bench_grocery_chain_plants.py on that root: the same plants, the job's own flags, its JSON.
 
-``--summarise`` reads such JSONs and prints, per setting (the name in each JSON), the mean and sd
+``--summarise`` reads such JSONs (of one draw of plants) and prints, per setting (the name in each JSON), the mean and sd
 over its seeds of what the job's flags give and of the ranking among the new listings.
 """
 
@@ -134,11 +134,16 @@ SUMMARY = (("job's flags: precision", "applied", "catalogue", "precision"),
            ("best single threshold among new: precision at recall 0.8", "applied", "new_listings",
             "oracle_precision_at_recall_0.8"),
            ("held-out quantile as it is: precision", "held-out quantile", "catalogue", "precision"),
+           # the configured quantile changed (0.02 -> 0.01 on 2026-12-07), so "job's flags" of runs from before and after
+           # differ in the rule too; these rows hold each quantile fixed over every run
+           ("quantile 0.02, recentred: precision", "quantile 0.02, recentred on the new listings", "catalogue", "precision"),
+           ("quantile 0.02, recentred: recall", "quantile 0.02, recentred on the new listings", "catalogue", "recall"),
            ("quantile 0.01, recentred: precision", "quantile 0.01, recentred on the new listings", "catalogue", "precision"),
            ("quantile 0.01, recentred: recall", "quantile 0.01, recentred on the new listings", "catalogue", "recall"))
 
 
-def summarise(paths: list[str]) -> dict:
+def summarise(paths: list[str]) -> tuple[dict, int]:
+    """Per setting and SUMMARY row, the seeds' values, mean and sd; and the one plants seed they share."""
     runs: dict[str, dict[int, dict]] = {}
     for path in paths:
         figures = json.loads(Path(path).read_text())
@@ -148,6 +153,10 @@ def summarise(paths: list[str]) -> dict:
         if seed in runs.get(name, {}):
             raise SystemExit(f"error: two results of {name} seed {seed}")
         runs.setdefault(name, {})[seed] = figures
+    # a summary compares settings on one draw of plants; mixing draws would compare the plants, not the settings
+    plants_seeds = {figures["setting"].get("plants_seed", 0) for by_seed in runs.values() for figures in by_seed.values()}
+    if len(plants_seeds) > 1:
+        raise SystemExit(f"error: these results plant swaps with different seeds {sorted(plants_seeds)}; summarise one at a time")
     table = {}
     for name, by_seed in runs.items():
         rows = {}
@@ -166,10 +175,10 @@ def summarise(paths: list[str]) -> dict:
             cells.append(", ".join(f"{v:.3f}" for v in r["values"]) + f" (mean {r['mean']:.3f}"
                          + (f", sd {r['sd']:.3f})" if r["sd"] is not None else ")"))
         print(f"| {label} | " + " | ".join(cells) + " |")
-    return table
+    return table, plants_seeds.pop()
 
 
-def plot(table: dict, path: str) -> None:
+def plot(table: dict, plants_seed: int, path: str) -> None:
     """One panel per figure, a dot per seed and a bar at the mean, per setting."""
     import matplotlib
 
@@ -192,7 +201,8 @@ def plot(table: dict, path: str) -> None:
         ax.set_xticks(range(len(table)), list(table), fontsize=7)
         ax.set_xlim(-0.6, len(table) - 0.4)
         ax.set_title(label, fontsize=7, wrap=True)
-    fig.suptitle("GroceryStore chain, the same 30 plants among 296 new listings: one dot per training seed", fontsize=9)
+    fig.suptitle(f"GroceryStore chain, the same plants (seed {plants_seed}) among 296 new listings: one dot per training seed",
+                 fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -202,12 +212,12 @@ def plot(table: dict, path: str) -> None:
 def main(argv=None):
     args = parse_args(argv)
     if args.summarise:
-        table = summarise(args.summarise)
+        table, plants_seed = summarise(args.summarise)
         if args.json:
             Path(args.json).write_text(json.dumps({"benchmark": "bench_grocery_chain_seeds", "inputs": args.summarise,
-                                                   "settings": table}, indent=2))
+                                                   "plants_seed": plants_seed, "settings": table}, indent=2))
         if args.plot:
-            plot(table, args.plot)
+            plot(table, plants_seed, args.plot)
         return table
     if args.seed is None:
         raise SystemExit("error: --seed is needed (or --summarise)")

@@ -435,4 +435,6 @@ def test_every_chain_night_flags_what_its_thresholds_say_and_the_seed_summary_re
     for path in summaries:
         summary = json.loads(path.read_text())
         inputs = [str(BENCH.parent / p) for p in summary["inputs"]]
-        assert summarise(inputs) == summary["settings"], path.name
+        settings, plants_seed = summarise(inputs)
+        assert settings == summary["settings"], path.name
+        assert plants_seed == summary["plants_seed"] == json.loads(Path(inputs[0]).read_text())["setting"].get("plants_seed", 0)
