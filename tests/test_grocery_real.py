@@ -438,3 +438,14 @@ def test_every_chain_night_flags_what_its_thresholds_say_and_the_seed_summary_re
         settings, plants_seed = summarise(inputs)
         assert settings == summary["settings"], path.name
         assert plants_seed == summary["plants_seed"] == json.loads(Path(inputs[0]).read_text())["setting"].get("plants_seed", 0)
+
+
+def test_the_seed_summary_refuses_results_of_two_draws_of_plants():
+    """A summary compares settings on one draw of plants: results from two draws are refused in one line."""
+    sys.path.insert(0, str(BENCH))
+    from bench_grocery_chain_seeds import summarise
+
+    one_draw = [str(BENCH / "results" / f"bench_grocery_chain_seed_0_{n}.json") for n in ("views", "views25")]
+    assert summarise(one_draw)[1] == 0
+    with pytest.raises(SystemExit, match="different seeds \\[0, 1\\]"):
+        summarise([one_draw[0], str(BENCH / "results" / "bench_grocery_chain_seed_1_views_plants_1.json")])
