@@ -21,6 +21,12 @@ with a few new ones; the `make grocery` catalogue is that: 2,640 training photos
    the whole catalogue and over its new listings; and for the same move from each held-out quantile
    the artifact records (ThresholdConfig.for_model and .recentred, the job's own functions), a dial
    of ``scoring.thresholds.quantile``.
+5. Two rules the job does not have, on the same scores, to judge them before it takes one
+   (:func:`candidate_rules`): each quantile read off a normal fitted on the logit scale to the held-out
+   median and 5% and 10% quantiles ("logit-normal tail"), and each quantile's distance under the
+   median stretched by as much as the new listings' lower half is wider than the held-out items'
+   ("rescaled"). The night's scores go into the JSON (``scores``), so a rule can be judged later
+   without another night.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from statistics import NormalDist
 
 _ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(_ROOT))
@@ -45,6 +52,7 @@ from bench_grocery_flags import flag_metrics, plant  # noqa: E402
 from new_listing_flags import rule_thresholds  # noqa: E402
 
 from camenn.config import CALIBRATION_QUANTILES, load_config  # noqa: E402
+from camenn.logits import logit, sigmoid  # noqa: E402
 
 COPIED = ("items", "item_features", "item_model_outputs", "training_items")
 
@@ -61,6 +69,42 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
+
+
+def candidate_rules(metrics: dict, night_median: dict[str, float], new_scores: dict[str, np.ndarray]) -> dict:
+    """rule -> {"ita", "tia"}: rules the job does not apply, from the model's held-out quantiles
+    (``metrics``), the new listings' median as the job took it, and their scores (per side).
+
+    All on the logit scale, from the recentred centre (the held-out median moved down to the night's,
+    never up, as ThresholdConfig.recentred does):
+    - logit-normal tail: centre + z(q) x the spread that fits the held-out 5% and 10% quantiles'
+      distances under the median best (least squares through the centre); dozens of held-out items
+      decide it where the observed 1% rests on the third-lowest of 259;
+    - rescaled: centre + (the held-out q's distance under the median) x max(1, the new listings'
+      median-to-lower-quartile distance / the held-out items'); never narrower, as recentring never
+      moves up. Needs the held-out lower quartile (``*_clean_q25``, recorded since 2026-12-07).
+    """
+    z = NormalDist().inv_cdf
+    rules: dict[str, dict[str, float]] = {}
+    for q in CALIBRATION_QUANTILES:
+        key = f"q{round(q * 100):02d}"
+        tail, rescaled = {}, {}
+        for t in ("ita", "tia"):
+            centre = float(logit(metrics[f"{t}_clean_q50"]))
+            moved = centre + min(0.0, float(logit(night_median[t])) - centre)
+            shares = (0.05, 0.10)
+            zs = np.array([z(share) for share in shares])                                           # (2,)
+            gaps = np.array([float(logit(metrics[f"{t}_clean_q{round(share * 100):02d}"])) - centre for share in shares])
+            tail[t] = float(sigmoid(moved + z(q) * float(zs @ gaps / (zs @ zs))))
+            if f"{t}_clean_q25" in metrics:
+                held_out = centre - float(logit(metrics[f"{t}_clean_q25"]))
+                night = float(logit(night_median[t])) - float(logit(np.quantile(new_scores[t], 0.25)))
+                gap = float(logit(metrics[f"{t}_clean_{key}"])) - centre
+                rescaled[t] = float(sigmoid(moved + gap * max(1.0, night / held_out)))
+        rules[f"quantile {q:g}, logit-normal tail, recentred on the new listings"] = tail
+        if len(rescaled) == 2:
+            rules[f"quantile {q:g}, recentred and rescaled on the new listings"] = rescaled
+    return rules
 
 
 def main(argv=None) -> dict:
@@ -114,6 +158,8 @@ def main(argv=None) -> dict:
             at_q = (config.scoring.thresholds.model_copy(update={"quantile": q}).for_model(metadata["metrics"], config.model_dir)
                     .recentred(applied["night_median"]["ita"], applied["night_median"]["tia"]))
             rules[f"quantile {q:g}, recentred on the new listings"] = {"ita": at_q.ita, "tia": at_q.tia}
+        new_scores = {t: np.array([r[f"p_{t}"] for r in out if r["new"]]) for t in ("ita", "tia")}
+        rules.update(candidate_rules(metadata["metrics"], applied["night_median"], new_scores))
     plant_of = {r["photo_id"]: r.get("plant") for r in rows}
     across = {i for i in damaged if "another class" in plant_of[i]}
     new = [r for r in out if r["new"]]
@@ -131,6 +177,11 @@ def main(argv=None) -> dict:
                      "damaged_new": sum(r["item_id"] in damaged for r in new)},
         "plants": {i: plant_of[i] for i in sorted(damaged)},
         "applied_thresholds": applied, "whole_night_median": whole,
+        # the night's scores, for rules judged later: the new listings by id, the known ones' as two lists (~80 kB)
+        "scores": {"new": [{"item_id": r["item_id"], "p_ita": round(r["p_ita"], 7), "p_tia": round(r["p_tia"], 7),
+                            "damaged": r["item_id"] in damaged} for r in new],
+                   "known": {t: [round(r[f"p_{t}"], 7) for r in out if not r["new"]] for t in ("ita", "tia")}},
+        "held_out": {k: v for k, v in metadata["metrics"].items() if "_clean_" in k},
         # the job flags by the thresholds it recorded: a check of the "applied" row
         "below_the_applied": sum(r["p_ita"] < applied["ita"] or r["p_tia"] < applied["tia"] for r in out),
         "rules": results, "seconds": {"nightly_job": nightly_s, "total": time.perf_counter() - t0,

@@ -139,7 +139,16 @@ SUMMARY = (("job's flags: precision", "applied", "catalogue", "precision"),
            ("quantile 0.02, recentred: precision", "quantile 0.02, recentred on the new listings", "catalogue", "precision"),
            ("quantile 0.02, recentred: recall", "quantile 0.02, recentred on the new listings", "catalogue", "recall"),
            ("quantile 0.01, recentred: precision", "quantile 0.01, recentred on the new listings", "catalogue", "precision"),
-           ("quantile 0.01, recentred: recall", "quantile 0.01, recentred on the new listings", "catalogue", "recall"))
+           ("quantile 0.01, recentred: recall", "quantile 0.01, recentred on the new listings", "catalogue", "recall"),
+           # rules the job does not apply (bench_grocery_chain_plants.candidate_rules); results from before 2026-12-07 lack them
+           ("quantile 0.01, logit-normal tail: precision", "quantile 0.01, logit-normal tail, recentred on the new listings",
+            "catalogue", "precision"),
+           ("quantile 0.01, logit-normal tail: recall", "quantile 0.01, logit-normal tail, recentred on the new listings",
+            "catalogue", "recall"),
+           ("quantile 0.01, rescaled: precision", "quantile 0.01, recentred and rescaled on the new listings", "catalogue", "precision"),
+           ("quantile 0.01, rescaled: recall", "quantile 0.01, recentred and rescaled on the new listings", "catalogue", "recall"),
+           ("quantile 0.02, rescaled: precision", "quantile 0.02, recentred and rescaled on the new listings", "catalogue", "precision"),
+           ("quantile 0.02, rescaled: recall", "quantile 0.02, recentred and rescaled on the new listings", "catalogue", "recall"))
 
 
 def summarise(paths: list[str]) -> tuple[dict, int]:
@@ -161,6 +170,11 @@ def summarise(paths: list[str]) -> tuple[dict, int]:
     for name, by_seed in runs.items():
         rows = {}
         for label, rule, part, key in SUMMARY:
+            has = [rule in by_seed[s]["rules"] for s in sorted(by_seed)]
+            if not any(has):
+                continue   # a rule added after these results were taken
+            if not all(has):
+                raise SystemExit(f"error: only some seeds of {name} have the rule {rule!r}; rerun the others with --chain-only")
             values = [by_seed[s]["rules"][rule][part][key] for s in sorted(by_seed)]
             rows[label] = {"seeds": sorted(by_seed), "values": values, "mean": statistics.fmean(values),
                            "sd": statistics.stdev(values) if len(values) > 1 else None}
@@ -169,9 +183,14 @@ def summarise(paths: list[str]) -> tuple[dict, int]:
     print("| figure | " + " | ".join(f"{n}: seeds {table[n][SUMMARY[0][0]]['seeds']}" for n in names) + " |")
     print("|---|" + "---|" * len(names))
     for label, *_ in SUMMARY:
+        if not any(label in table[n] for n in names):
+            continue
         cells = []
         for n in names:
-            r = table[n][label]
+            r = table[n].get(label)
+            if r is None:
+                cells.append("-")
+                continue
             cells.append(", ".join(f"{v:.3f}" for v in r["values"]) + f" (mean {r['mean']:.3f}"
                          + (f", sd {r['sd']:.3f})" if r["sd"] is not None else ")"))
         print(f"| {label} | " + " | ".join(cells) + " |")
@@ -185,7 +204,7 @@ def plot(table: dict, plants_seed: int, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [label for label, *_ in SUMMARY]
+    labels = [label for label, *_ in SUMMARY if any(label in rows for rows in table.values())]
     cols = 4
     rows_n = -(-len(labels) // cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 3.0 * rows_n), squeeze=False)
@@ -193,7 +212,9 @@ def plot(table: dict, plants_seed: int, path: str) -> None:
         ax.axis("off")
     for ax, label in zip(axes.flat, labels):
         for i, rows in enumerate(table.values()):
-            r = rows[label]
+            r = rows.get(label)
+            if r is None:
+                continue
             ax.scatter([i] * len(r["values"]), r["values"], s=18, alpha=0.8)
             for seed, v in zip(r["seeds"], r["values"]):
                 ax.annotate(str(seed), (i, v), xytext=(4, 0), textcoords="offset points", fontsize=6)

@@ -723,6 +723,8 @@ def held_out_metrics(model: CameNN, cache: ChunkCache, chunks: list[int], batch_
         if clean[task].all_reduce(dist_info).n:
             metrics.update({f"{task}_clean_q{round(q * 100):02d}": clean[task].quantile(q) for q in CALIBRATION_QUANTILES})
             metrics[f"{task}_clean_{CALIBRATION_CENTRE}"] = clean[task].quantile(0.5)   # what thresholds.recentre moves from
+            # the lower quartile: with the median, the spread of the lower half that a night's is compared with
+            metrics[f"{task}_clean_q25"] = clean[task].quantile(0.25)
         if align[task].n:
             # the model's own decision point: where its held-out pairs (random negatives) split best; a model
             # whose scores lean to one side (logit adjustment, a skewed share of negatives) is read at it

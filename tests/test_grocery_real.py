@@ -281,6 +281,38 @@ def test_flag_precision_counts_the_damaged_at_their_share():
     assert m["side_named"] == {"text_swap_random": 1.0, "image_swap_random": 1.0}
 
 
+def test_the_candidate_rules_read_the_tail_off_a_fit_and_stretch_it_to_a_wider_night():
+    import numpy as np
+
+    sys.path.insert(0, str(BENCH))
+    from bench_grocery_chain_plants import candidate_rules
+
+    from camenn.logits import logit, sigmoid
+
+    rng = np.random.default_rng(0)
+    held = rng.normal(5.0, 1.0, size=200_001)                      # held-out logits, normal: the fit's own case
+    metrics = {f"{t}_clean_q{round(q * 100):02d}": float(sigmoid(np.quantile(held, q)))
+               for t in ("ita", "tia") for q in (0.01, 0.02, 0.05, 0.10, 0.25, 0.5)}
+
+    def rules_for(night):
+        return candidate_rules(metrics, {t: float(sigmoid(np.median(night))) for t in ("ita", "tia")},
+                               {t: sigmoid(night) for t in ("ita", "tia")})
+
+    wide = rng.normal(4.0, 2.0, size=200_001)                      # a night one lower and twice as wide
+    rules = rules_for(wide)
+    tail = rules["quantile 0.01, logit-normal tail, recentred on the new listings"]
+    assert logit(tail["ita"]) == pytest.approx(np.quantile(held, 0.01) - 1.0, abs=0.05)   # the observed 1%, moved
+    assert (wide < np.quantile(held, 0.01) - 1.0).mean() > 0.1      # recentred alone: 12% of this night under it
+    rescaled = rules["quantile 0.01, recentred and rescaled on the new listings"]
+    assert (wide < logit(rescaled["tia"])).mean() == pytest.approx(0.01, abs=0.002)
+    # a night narrower than the held-out items keeps the recentred threshold: the rule only widens
+    narrow = rules_for(rng.normal(4.0, 0.5, size=200_001))["quantile 0.01, recentred and rescaled on the new listings"]
+    assert logit(narrow["ita"]) == pytest.approx(logit(metrics["ita_clean_q01"]) - 1.0, abs=0.02)
+    # a model that records no lower quartile (trained before 2026-12-07) gets the fitted tail alone
+    del metrics["ita_clean_q25"]
+    assert not any("rescaled" in rule for rule in rules_for(wide))
+
+
 def test_the_layout_bench_encodes_the_featurizers_own_tokens_and_probes_every_layout_of_them():
     import numpy as np
 
