@@ -51,7 +51,7 @@ from bench_grocery import DATA, ingest, read_classes, read_split, say, score_nig
 from bench_grocery_flags import flag_metrics, plant  # noqa: E402
 from new_listing_flags import rule_thresholds  # noqa: E402
 
-from camenn.config import CALIBRATION_QUANTILES, load_config  # noqa: E402
+from camenn.config import CALIBRATION_QUANTILES, CALIBRATION_QUARTILE, ThresholdConfig, load_config  # noqa: E402
 from camenn.logits import logit, sigmoid  # noqa: E402
 
 COPIED = ("items", "item_features", "item_model_outputs", "training_items")
@@ -82,13 +82,14 @@ def candidate_rules(metrics: dict, night_median: dict[str, float], new_scores: d
       decide it where the observed 1% rests on the third-lowest of 259;
     - rescaled: centre + (the held-out q's distance under the median) x max(1, the new listings'
       median-to-lower-quartile distance / the held-out items'); never narrower, as recentring never
-      moves up. Needs the held-out lower quartile (``*_clean_q25``, recorded since 2026-12-07).
+      moves up. The job's ``scoring.thresholds.rescale`` (ThresholdConfig.recentred), with the lower
+      quartile taken as Spark's percentile_approx takes it. Needs the held-out lower quartile
+      (``*_clean_q25``, recorded since 2026-12-07).
     """
     z = NormalDist().inv_cdf
     rules: dict[str, dict[str, float]] = {}
     for q in CALIBRATION_QUANTILES:
-        key = f"q{round(q * 100):02d}"
-        tail, rescaled = {}, {}
+        tail = {}
         for t in ("ita", "tia"):
             centre = float(logit(metrics[f"{t}_clean_q50"]))
             moved = centre + min(0.0, float(logit(night_median[t])) - centre)
@@ -96,14 +97,12 @@ def candidate_rules(metrics: dict, night_median: dict[str, float], new_scores: d
             zs = np.array([z(share) for share in shares])                                           # (2,)
             gaps = np.array([float(logit(metrics[f"{t}_clean_q{round(share * 100):02d}"])) - centre for share in shares])
             tail[t] = float(sigmoid(moved + z(q) * float(zs @ gaps / (zs @ zs))))
-            if f"{t}_clean_q25" in metrics:
-                held_out = centre - float(logit(metrics[f"{t}_clean_q25"]))
-                night = float(logit(night_median[t])) - float(logit(np.quantile(new_scores[t], 0.25)))
-                gap = float(logit(metrics[f"{t}_clean_{key}"])) - centre
-                rescaled[t] = float(sigmoid(moved + gap * max(1.0, night / held_out)))
         rules[f"quantile {q:g}, logit-normal tail, recentred on the new listings"] = tail
-        if len(rescaled) == 2:
-            rules[f"quantile {q:g}, recentred and rescaled on the new listings"] = rescaled
+        if all(f"{t}_clean_{CALIBRATION_QUARTILE}" in metrics for t in ("ita", "tia")):   # the job's own rule
+            rule = (ThresholdConfig(mode="calibrated", quantile=q, recentre=True, rescale=True).for_model(metrics, "model")
+                    .recentred(night_median["ita"], night_median["tia"],
+                               {t: float(np.quantile(new_scores[t], 0.25, method="inverted_cdf")) for t in ("ita", "tia")}))
+            rules[f"quantile {q:g}, recentred and rescaled on the new listings"] = {"ita": rule.ita, "tia": rule.tia}
     return rules
 
 

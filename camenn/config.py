@@ -4,7 +4,7 @@ Every section is a pydantic model that forbids unknown keys, so a typo in a YAML
 before Spark starts, with the file, the dotted key and what was expected. Jobs accept
 ``--set section.key=value`` overrides, parsed as YAML scalars.
 
-One module (~590 lines): each section is short, and a key's type, default and description
+One module (~630 lines): each section is short, and a key's type, default and description
 are read where the YAML is parsed; split by section, the cross-section checks would span files.
 """
 
@@ -230,6 +230,8 @@ class TrainingConfig(Section):
 CALIBRATION_QUANTILES = (0.01, 0.02, 0.05, 0.10)
 # and their median (``ita_clean_q50``), the centre ``thresholds.recentre`` moves them from
 CALIBRATION_CENTRE = "q50"
+# and their lower quartile (``ita_clean_q25``), with the median the spread ``thresholds.rescale`` compares a night's with
+CALIBRATION_QUARTILE = "q25"
 
 
 class ThresholdConfig(Section):
@@ -270,6 +272,14 @@ class ThresholdConfig(Section):
                            "median score lies under the median of the scores they were taken on")
     centre_ita: float | None = Field(None, gt=0, lt=1, description="recentre, absolute: the median ITA the ita threshold was taken against")
     centre_tia: float | None = Field(None, gt=0, lt=1, description="recentre, absolute: the median TIA the tia threshold was taken against")
+    rescale: bool = Field(
+        False, description="recentre: also stretch each threshold's distance under its centre (logit scale) by as much "
+                           "as the night's lower half (median to lower quartile) is wider than that of the scores the "
+                           "thresholds were taken on; never narrower")
+    quartile_ita: float | None = Field(None, gt=0, lt=1, description="rescale, absolute: the lower quartile of the ITA "
+                                                                     "the ita threshold was taken against")
+    quartile_tia: float | None = Field(None, gt=0, lt=1, description="rescale, absolute: the lower quartile of the TIA "
+                                                                     "the tia threshold was taken against")
     min_new_listings: int = Field(
         100, ge=1, description="recentre: the median is taken over the listings new to the model (not in its training "
                                "snapshot) when the night has at least this many, else over all its listings")
@@ -283,6 +293,8 @@ class ThresholdConfig(Section):
 
     @model_validator(mode="after")
     def _centred(self) -> ThresholdConfig:
+        if self.rescale and not self.recentre:
+            raise ValueError("thresholds.rescale stretches thresholds as they are recentred: set thresholds.recentre true")
         if not self.recentre:
             return self
         if self.mode == "category_quantile":
@@ -291,6 +303,9 @@ class ThresholdConfig(Section):
         if self.mode == "absolute" and (self.centre_ita is None or self.centre_tia is None):
             raise ValueError("thresholds.recentre with mode absolute needs centre_ita and centre_tia: the median ITA and "
                              "TIA of the scores the thresholds were taken on")
+        if self.rescale and self.mode == "absolute" and (self.quartile_ita is None or self.quartile_tia is None):
+            raise ValueError("thresholds.rescale with mode absolute needs quartile_ita and quartile_tia: the lower "
+                             "quartiles of the ITA and TIA the thresholds were taken on")
         return self
 
     def for_model(self, metrics: dict, model: str) -> ThresholdConfig:
@@ -310,16 +325,32 @@ class ThresholdConfig(Section):
             if any(v is None for v in centres.values()):
                 raise ValueError(f"model {model} records no held-out median of ITA/TIA ({CALIBRATION_CENTRE}, since "
                                  "2026-12-06) to recentre its thresholds on: retrain it, or set thresholds.recentre false")
+        if self.rescale:
+            centres.update({f"quartile_{task}": metrics.get(f"{task}_clean_{CALIBRATION_QUARTILE}") for task in ("ita", "tia")})
+            if any(centres[f"quartile_{task}"] is None for task in ("ita", "tia")):
+                raise ValueError(f"model {model} records no held-out lower quartile of ITA/TIA ({CALIBRATION_QUARTILE}, since "
+                                 "2026-12-07) to rescale its thresholds on: retrain it, or set thresholds.rescale false")
         return ThresholdConfig(mode="absolute", ita=float(found["ita"]), tia=float(found["tia"]),
-                               recentre=self.recentre, **centres)
+                               recentre=self.recentre, rescale=self.rescale, **centres)
 
-    def recentred(self, night_ita: float, night_tia: float) -> ThresholdConfig:
+    def recentred(self, night_ita: float, night_tia: float, night_quartiles: dict[str, float] | None = None) -> ThresholdConfig:
         """These absolute thresholds moved down to a night whose median ITA / TIA are these (``recentre``),
-        by as much as those lie under the centres; a side whose night median is at or above its centre keeps its threshold."""
+        by as much as those lie under the centres; a side whose night median is at or above its centre keeps its threshold.
+
+        With ``rescale`` and the night's lower quartiles (``{"ita", "tia"}``), each threshold's distance under its
+        centre is also stretched by the ratio of the night's median-to-quartile distance to the centre's, when
+        that is over 1. All on the logit scale; neither move ever raises a threshold.
+        """
         if not self.recentre or self.mode != "absolute":
             return self
-        moved = {task: float(sigmoid(logit(getattr(self, task)) + min(0.0, logit(night) - logit(getattr(self, f"centre_{task}")))))
-                 for task, night in (("ita", night_ita), ("tia", night_tia))}
+        moved = {}
+        for task, night in (("ita", night_ita), ("tia", night_tia)):
+            threshold, centre = logit(getattr(self, task)), logit(getattr(self, f"centre_{task}"))
+            stretch = 0.0   # how much further under the centre than the threshold was, as a share of its distance
+            if self.rescale and night_quartiles is not None and threshold < centre:
+                spread = centre - logit(getattr(self, f"quartile_{task}"))
+                stretch = max(0.0, (logit(night) - logit(night_quartiles[task])) / max(float(spread), 1e-6) - 1.0)
+            moved[task] = float(sigmoid(threshold + min(0.0, logit(night) - centre) + (threshold - centre) * stretch))
         return self.model_copy(update=moved)
 
 

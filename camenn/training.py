@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from camenn.chunks import Chunk, ChunkCache, Examples, ItemViews, batch_stream, home_stream, load_chunk, rank_chunks
-from camenn.config import CALIBRATION_CENTRE, CALIBRATION_QUANTILES
+from camenn.config import CALIBRATION_CENTRE, CALIBRATION_QUANTILES, CALIBRATION_QUARTILE
 from camenn.inputs import ITEM_FEATURES, FeatureVocab, ItemStore, full_batch
 from camenn.logs import setup_logging
 from camenn.losses import derangement, hard_donors, make_alignment_examples, multitask_loss, twin_key
@@ -723,8 +723,7 @@ def held_out_metrics(model: CameNN, cache: ChunkCache, chunks: list[int], batch_
         if clean[task].all_reduce(dist_info).n:
             metrics.update({f"{task}_clean_q{round(q * 100):02d}": clean[task].quantile(q) for q in CALIBRATION_QUANTILES})
             metrics[f"{task}_clean_{CALIBRATION_CENTRE}"] = clean[task].quantile(0.5)   # what thresholds.recentre moves from
-            # the lower quartile: with the median, the spread of the lower half that a night's is compared with
-            metrics[f"{task}_clean_q25"] = clean[task].quantile(0.25)
+            metrics[f"{task}_clean_{CALIBRATION_QUARTILE}"] = clean[task].quantile(0.25)   # what thresholds.rescale compares
         if align[task].n:
             # the model's own decision point: where its held-out pairs (random negatives) split best; a model
             # whose scores lean to one side (logit adjustment, a skewed share of negatives) is read at it

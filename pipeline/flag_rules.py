@@ -82,9 +82,9 @@ def mark_new(scores: DataFrame, known: DataFrame) -> DataFrame:
 def night_recentred(spark: SparkSession, config: AppConfig, scores: DataFrame, thresholds: ThresholdConfig,
                     metadata: dict) -> tuple[ThresholdConfig, dict]:
     """``thresholds`` moved down to the median ITA / TIA of the night's new listings when they are to be
-    recentred (``recentre``), with what a night records of it: {"night_median", "before_recentre",
-    "recentred_over"} (empty when it does not recentre; a side whose median is not under its centre keeps
-    its value, ThresholdConfig.recentred).
+    recentred (``recentre``), and stretched by their lower half's spread (``rescale``), with what a night records
+    of it: {"night_median", "night_quartile", "before_recentre", "recentred_over"} (empty when it does not
+    recentre; a side whose median is not under its centre keeps its value, ThresholdConfig.recentred).
 
     New listings are the scored ones the training snapshot of the model (its artifact's ``metadata``) did
     not hold as they are now (:func:`snapshot_listings`, :func:`mark_new`: a listing changed since counts as new):
@@ -96,34 +96,39 @@ def night_recentred(spark: SparkSession, config: AppConfig, scores: DataFrame, t
 
     One left join of the night's scores (item_id, content hash and two doubles a row, ~120 bytes) to the
     snapshot's ids and hashes (~100 bytes each; broadcast by adaptive execution while small), then one
-    aggregation with approximate medians to 1e-4 in rank.
+    aggregation with approximate medians and lower quartiles to 1e-4 in rank.
     """
     if not (thresholds.recentre and thresholds.mode == "absolute"):
         return thresholds, {}
     known, why_not = snapshot_listings(spark, config, metadata)
     marked = scores.withColumn("new", F.lit(False)) if known is None else mark_new(scores, known)
     new = F.col("new")
+    # the median and lower quartile of each side, over all listings and over the new ones
     m = marked.agg(F.count(F.lit(1)).alias("n"), F.count(F.when(new, 1)).alias("n_new"),
-                   *[F.percentile_approx(F.col(f"p_{t}"), 0.5, 10000).alias(t) for t in ("ita", "tia")],
-                   *[F.percentile_approx(F.when(new, F.col(f"p_{t}")), 0.5, 10000).alias(f"new_{t}") for t in ("ita", "tia")]
-                   ).first()
+                   *[F.percentile_approx(F.col(f"p_{t}"), [0.5, 0.25], 10000).alias(t) for t in ("ita", "tia")],
+                   *[F.percentile_approx(F.when(new, F.col(f"p_{t}")), [0.5, 0.25], 10000).alias(f"new_{t}")
+                     for t in ("ita", "tia")]).first()
     if not m["n"]:
         return thresholds, {}
     n, n_new, least = int(m["n"]), int(m["n_new"]), thresholds.min_new_listings
     if known is not None and n_new >= least:
-        over, median = {"listings": "new", "n": n_new, "scored": n}, {t: float(m[f"new_{t}"]) for t in ("ita", "tia")}
+        over, prefix = {"listings": "new", "n": n_new, "scored": n}, "new_"
         whose = f"the median of the {n_new} of {n} listings new to the model"
     else:
         why = why_not or f"{n_new} of {n} listings are new to the model, under scoring.thresholds.min_new_listings {least}"
-        over, median = {"listings": "all", "n": n, "scored": n, "why": why}, {t: float(m[t]) for t in ("ita", "tia")}
+        over, prefix = {"listings": "all", "n": n, "scored": n, "why": why}, ""
         whose = f"the night's median over all {n} listings ({why})"
-    moved = thresholds.recentred(median["ita"], median["tia"])
+    median, quartile = ({t: float(m[f"{prefix}{t}"][k]) for t in ("ita", "tia")} for k in (0, 1))
+    moved = thresholds.recentred(median["ita"], median["tia"], quartile)
     change = ", ".join(f"{t} {getattr(thresholds, t):.4f} -> {getattr(moved, t):.4f}" if getattr(moved, t) != getattr(thresholds, t)
                        else f"{t} not moved (that median is not under the held-out one)" for t in ("ita", "tia"))
     log.info(f"    thresholds recentred on {whose}: ita {median['ita']:.4f}, tia {median['tia']:.4f} (held-out "
              f"{thresholds.centre_ita:.4f}, {thresholds.centre_tia:.4f}): {change}")
-    return moved, {"night_median": median, "before_recentre": {"ita": thresholds.ita, "tia": thresholds.tia},
-                   "recentred_over": over}
+    if thresholds.rescale:
+        log.info(f"    and rescaled by the lower half's spread: the night's lower quartiles ita {quartile['ita']:.4f}, "
+                 f"tia {quartile['tia']:.4f} (held-out {thresholds.quartile_ita:.4f}, {thresholds.quartile_tia:.4f})")
+    return moved, {"night_median": median, "night_quartile": quartile,
+                   "before_recentre": {"ita": thresholds.ita, "tia": thresholds.tia}, "recentred_over": over}
 
 
 def share_below(flagged: dict[str, int], scored: int) -> dict[str, float]:

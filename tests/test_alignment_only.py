@@ -268,3 +268,33 @@ def test_a_calibrated_night_says_when_its_thresholds_were_taken_over_other_views
     assert flag_rules.views_warnings(calibrated, partly, 4) == [
         "calibration: only 200 of the model's 259 held-out items were scored over 4 test-time views when its "
         "thresholds were taken, the others on their photo alone: retrain it"]
+
+
+def test_a_rescaled_night_stretches_its_thresholds_by_its_lower_half_and_records_its_quartiles(spark, catalogue_only):
+    """scoring.thresholds.rescale: the night takes the lower quartile beside the median, and each threshold's
+    distance under its centre grows by as much as the night's median-to-quartile distance exceeds the centre's."""
+    import numpy as np
+
+    from camenn.config import ThresholdConfig
+    from camenn.logits import logit
+    from pipeline.report.advice import FlagRule
+
+    rng = np.random.default_rng(3)
+    p = 1 / (1 + np.exp(-rng.normal(2.0, 3.0, size=(2, 401))))            # (ita/tia, listings), wider than the centres'
+    scores = spark.createDataFrame([(f"i{k:03d}", float(p[0, k]), float(p[1, k])) for k in range(401)],
+                                   "item_id string, p_ita double, p_tia double")
+    rule = ThresholdConfig(ita=0.6, tia=0.6, recentre=True, rescale=True, centre_ita=0.999, centre_tia=0.999,
+                           quartile_ita=0.995, quartile_tia=0.998)
+    moved, record = flag_rules.night_recentred(spark, catalogue_only, scores, rule, {})   # no snapshot: all listings
+    for k, task in enumerate(("ita", "tia")):
+        s = np.sort(p[k])
+        median, quartile = record["night_median"][task], record["night_quartile"][task]
+        assert (median, quartile) == (pytest.approx(s[200]), pytest.approx(s[100]))      # Spark's ranks: the 201st and 101st
+        gap = logit(0.6) - logit(0.999)
+        stretch = (logit(median) - logit(quartile)) / (logit(0.999) - logit(getattr(rule, f"quartile_{task}")))
+        assert stretch > 1
+        assert logit(getattr(moved, task)) == pytest.approx(logit(0.999) + min(0.0, logit(median) - logit(0.999)) + gap * stretch)
+    assert moved.tia < moved.ita       # the narrower held-out TIA stretches further
+    recorded = {**rule.model_dump(), **record, "ita": moved.ita, "tia": moved.tia}
+    assert "and further by as much as their lower half" in FlagRule.of(recorded, rule).summary()
+    assert "further" not in FlagRule.of({**recorded, "rescale": False}, rule).summary()

@@ -160,6 +160,45 @@ def test_recentred_thresholds_flag_the_held_out_share_of_a_night_that_scores_low
     assert plain.recentred(0.5, 0.5) == plain                              # recentre off: nothing moves
 
 
+def test_rescaled_thresholds_stretch_to_a_wider_night_and_never_narrow():
+    import numpy as np
+
+    from camenn.config import ThresholdConfig
+    from camenn.logits import logit, sigmoid
+
+    rng = np.random.default_rng(1)
+    held_out = rng.normal(5.0, 1.0, size=200_001)                        # held-out logits
+    metrics = {f"{t}_clean_q{round(q * 100):02d}": float(sigmoid(np.quantile(held_out, q)))
+               for t in ("ita", "tia") for q in (0.01, 0.25, 0.5)}
+    rule = ThresholdConfig(mode="calibrated", quantile=0.01, recentre=True, rescale=True).for_model(metrics, "m1")
+    assert (rule.quartile_ita, rule.rescale) == (metrics["ita_clean_q25"], True)
+    wide = rng.normal(4.0, 2.0, size=200_001)                            # a night one lower and twice as wide
+    median, quartile = (float(sigmoid(np.quantile(wide, q))) for q in (0.5, 0.25))
+    moved = rule.recentred(median, median, {"ita": quartile, "tia": quartile})
+    only_recentred = rule.recentred(median, median)                      # no quartiles: the median's move alone
+    assert (wide < logit(only_recentred.ita)).mean() > 0.1              # 12% of this night under the 1% line
+    assert (wide < logit(moved.ita)).mean() == pytest.approx(0.01, abs=0.002)
+    # a narrower night keeps the median's move; a higher one keeps the thresholds: neither move goes up
+    narrow = rng.normal(4.0, 0.5, size=200_001)
+    kept = rule.recentred(median, median, {t: float(sigmoid(np.quantile(narrow, 0.25))) for t in ("ita", "tia")})
+    assert kept == only_recentred
+    higher = rule.recentred(0.9999, 0.9999, {"ita": quartile, "tia": quartile})
+    assert higher.ita < rule.ita                                         # still stretched: the night spreads wider
+    assert rule.recentred(rule.centre_ita, rule.centre_tia, {"ita": rule.quartile_ita, "tia": rule.quartile_tia}) == rule
+
+
+def test_rescaled_thresholds_need_a_lower_quartile_and_a_recentre():
+    from camenn.config import ThresholdConfig
+
+    with pytest.raises(ValueError, match="records no held-out lower quartile"):
+        ThresholdConfig(mode="calibrated", quantile=0.01, recentre=True, rescale=True).for_model(
+            {"ita_clean_q01": 0.5, "tia_clean_q01": 0.5, "ita_clean_q50": 0.9, "tia_clean_q50": 0.9}, "old-model")
+    with pytest.raises(ValueError, match="set thresholds.recentre true"):
+        ThresholdConfig(mode="calibrated", quantile=0.01, rescale=True)
+    with pytest.raises(ValueError, match="needs quartile_ita and quartile_tia"):
+        ThresholdConfig(mode="absolute", recentre=True, rescale=True, centre_ita=0.9, centre_tia=0.9)
+
+
 def test_recentred_thresholds_need_a_centre():
     from camenn.config import ThresholdConfig
 

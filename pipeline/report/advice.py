@@ -54,6 +54,7 @@ class FlagRule:
     night_median: dict[str, float] = field(default_factory=dict)  # recentre: the night's median ITA / TIA
     before_recentre: dict[str, float] = field(default_factory=dict)  # recentre: the values before the night moved them
     recentred_over: dict = field(default_factory=dict)  # recentre: {"listings": "new" or "all", "n", "scored", "why"}
+    night_quartile: dict[str, float] = field(default_factory=dict)  # rescale: the night's lower quartile ITA / TIA
 
     @classmethod
     def of(cls, recorded: dict | None, configured) -> FlagRule:
@@ -67,7 +68,9 @@ class FlagRule:
                    tuple(recorded.get("warnings") or ()),
                    night_median={k: float(v) for k, v in (recorded.get("night_median") or {}).items()},
                    before_recentre={k: float(v) for k, v in (recorded.get("before_recentre") or {}).items()},
-                   recentred_over=dict(recorded.get("recentred_over") or {}))
+                   recentred_over=dict(recorded.get("recentred_over") or {}),
+                   night_quartile={k: float(v) for k, v in (recorded.get("night_quartile") or {}).items()
+                                   if recorded.get("rescale")})
 
     def summary(self) -> str:
         """One sentence for the index page: the rule, the values and, for an unrecorded night, where they come from."""
@@ -88,6 +91,9 @@ class FlagRule:
             if before and (before.get("ita") != self.ita or before.get("tia") != self.tia):
                 rule += (f", moved down from ITA {before['ita']:.3f} / TIA {before['tia']:.3f} by as much as {median} "
                          "scores under the listings they were set on")
+                if self.night_quartile:   # thresholds.rescale
+                    rule += (f", and further by as much as their lower half (lower quartile ITA {self.night_quartile['ita']:.3f}, "
+                             f"TIA {self.night_quartile['tia']:.3f}) spreads wider than those listings'")
             else:
                 rule += f", not moved: {median} scores no lower than the listings they were set on"
         return rule if self.recorded else f"{rule}; the night recorded no thresholds, so these are the configuration's"
