@@ -148,7 +148,13 @@ SUMMARY = (("job's flags: precision", "applied", "catalogue", "precision"),
            ("quantile 0.01, rescaled: precision", "quantile 0.01, recentred and rescaled on the new listings", "catalogue", "precision"),
            ("quantile 0.01, rescaled: recall", "quantile 0.01, recentred and rescaled on the new listings", "catalogue", "recall"),
            ("quantile 0.02, rescaled: precision", "quantile 0.02, recentred and rescaled on the new listings", "catalogue", "precision"),
-           ("quantile 0.02, rescaled: recall", "quantile 0.02, recentred and rescaled on the new listings", "catalogue", "recall"))
+           ("quantile 0.02, rescaled: recall", "quantile 0.02, recentred and rescaled on the new listings", "catalogue", "recall"),
+           ("quantile 0.05, rescaled: precision", "quantile 0.05, recentred and rescaled on the new listings", "catalogue", "precision"),
+           ("quantile 0.05, rescaled: recall", "quantile 0.05, recentred and rescaled on the new listings", "catalogue", "recall"),
+           ("quantile 0.01, rescaled: clean new listings flagged", "quantile 0.01, recentred and rescaled on the new listings",
+            "new_listings", "clean_flagged_share"),
+           ("quantile 0.01, recentred: clean new listings flagged", "quantile 0.01, recentred on the new listings",
+            "new_listings", "clean_flagged_share"))
 
 
 def summarise(paths: list[str]) -> tuple[dict, int]:

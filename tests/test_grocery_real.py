@@ -462,6 +462,15 @@ def test_every_chain_night_flags_what_its_thresholds_say_and_the_seed_summary_re
         figures = json.loads(path.read_text())
         assert figures["rules"]["applied"]["catalogue"]["flagged"] == figures["below_the_applied"], path.name
         assert figures["listings"]["damaged_new"] == figures["listings"]["damaged"] == len(figures["plants"]), path.name
+        if "scores" in figures:   # since 2026-12-07 evening: each rule's flags again, from the night's saved scores
+            saved = figures["scores"]
+            pairs = [(x["p_ita"], x["p_tia"]) for x in saved["new"]] + list(zip(saved["known"]["ita"], saved["known"]["tia"]))
+            assert len(pairs) == figures["listings"]["scored"] and sum(x["damaged"] for x in saved["new"]) == len(figures["plants"])
+            for rule, r in figures["rules"].items():
+                t = r["thresholds"]
+                # the scores are saved to 7 decimals: a listing within that of a threshold may go either way
+                surely, maybe = (sum(a < t["ita"] + e or b < t["tia"] + e for a, b in pairs) for e in (-1e-7, 1e-7))
+                assert surely <= r["catalogue"]["flagged"] <= maybe, (path.name, rule)
     summaries = sorted((BENCH / "results").glob("bench_grocery_chain_seeds*.json"))
     assert summaries
     for path in summaries:
