@@ -125,9 +125,13 @@ def train_seed(args, root: Path, t0: float) -> dict:
     return {"seconds": train_s, "grocery_train_args": base}
 
 
+def _precision_recall(label: str, rule: str) -> tuple[tuple[str, str, str, str], ...]:
+    """One rule's two summary rows over the whole catalogue."""
+    return (f"{label}: precision", rule, "catalogue", "precision"), (f"{label}: recall", rule, "catalogue", "recall")
+
+
 # what the summary reads from a chain JSON's rules: (row label, rule, part, key)
-SUMMARY = (("job's flags: precision", "applied", "catalogue", "precision"),
-           ("job's flags: recall", "applied", "catalogue", "recall"),
+SUMMARY = (*_precision_recall("job's flags", "applied"),
            ("clean new listings flagged", "applied", "new_listings", "clean_flagged_share"),
            ("job's flags among new listings: precision", "applied", "new_listings", "precision"),
            ("detection AUROC among new listings", "applied", "new_listings", "auroc"),
@@ -136,25 +140,14 @@ SUMMARY = (("job's flags: precision", "applied", "catalogue", "precision"),
            ("held-out quantile as it is: precision", "held-out quantile", "catalogue", "precision"),
            # the configured quantile changed (0.02 -> 0.01 on 2026-12-07), so "job's flags" of runs from before and after
            # differ in the rule too; these rows hold each quantile fixed over every run
-           ("quantile 0.02, recentred: precision", "quantile 0.02, recentred on the new listings", "catalogue", "precision"),
-           ("quantile 0.02, recentred: recall", "quantile 0.02, recentred on the new listings", "catalogue", "recall"),
-           ("quantile 0.01, recentred: precision", "quantile 0.01, recentred on the new listings", "catalogue", "precision"),
-           ("quantile 0.01, recentred: recall", "quantile 0.01, recentred on the new listings", "catalogue", "recall"),
+           *(row for q in ("0.02", "0.01") for row in _precision_recall(f"quantile {q}, recentred",
+                                                                        f"quantile {q}, recentred on the new listings")),
            # rules the job does not apply (bench_grocery_chain_plants.candidate_rules); results from before 2026-12-07 lack them
-           ("quantile 0.01, logit-normal tail: precision", "quantile 0.01, logit-normal tail, recentred on the new listings",
-            "catalogue", "precision"),
-           ("quantile 0.01, logit-normal tail: recall", "quantile 0.01, logit-normal tail, recentred on the new listings",
-            "catalogue", "recall"),
-           ("quantile 0.01, rescaled: precision", "quantile 0.01, recentred and rescaled on the new listings", "catalogue", "precision"),
-           ("quantile 0.01, rescaled: recall", "quantile 0.01, recentred and rescaled on the new listings", "catalogue", "recall"),
-           ("quantile 0.02, rescaled: precision", "quantile 0.02, recentred and rescaled on the new listings", "catalogue", "precision"),
-           ("quantile 0.02, rescaled: recall", "quantile 0.02, recentred and rescaled on the new listings", "catalogue", "recall"),
-           ("quantile 0.05, rescaled: precision", "quantile 0.05, recentred and rescaled on the new listings", "catalogue", "precision"),
-           ("quantile 0.05, rescaled: recall", "quantile 0.05, recentred and rescaled on the new listings", "catalogue", "recall"),
-           ("quantile 0.01, rescaled: clean new listings flagged", "quantile 0.01, recentred and rescaled on the new listings",
-            "new_listings", "clean_flagged_share"),
-           ("quantile 0.01, recentred: clean new listings flagged", "quantile 0.01, recentred on the new listings",
-            "new_listings", "clean_flagged_share"))
+           *_precision_recall("quantile 0.01, logit-normal tail", "quantile 0.01, logit-normal tail, recentred on the new listings"),
+           *(row for q in ("0.01", "0.02", "0.05") for row in _precision_recall(
+               f"quantile {q}, rescaled", f"quantile {q}, recentred and rescaled on the new listings")),
+           *((f"quantile 0.01, {name}: clean new listings flagged", f"quantile 0.01, {rule} on the new listings", "new_listings",
+              "clean_flagged_share") for name, rule in (("rescaled", "recentred and rescaled"), ("recentred", "recentred"))))
 
 
 def summarise(paths: list[str]) -> tuple[dict, int]:
