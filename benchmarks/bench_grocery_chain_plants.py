@@ -88,14 +88,14 @@ def candidate_rules(metrics: dict, night_median: dict[str, float], new_scores: d
       (``*_clean_q25``, recorded since 2026-12-07).
     """
     z = NormalDist().inv_cdf
+    shares = (0.05, 0.10)
+    zs = np.array([z(share) for share in shares])                                                   # (2,)
     rules: dict[str, dict[str, float]] = {}
     for q in CALIBRATION_QUANTILES:
         tail = {}
         for t in ("ita", "tia"):
             centre = float(logit(metrics[f"{t}_clean_q50"]))
             moved = centre + min(0.0, float(logit(night_median[t])) - centre)
-            shares = (0.05, 0.10)
-            zs = np.array([z(share) for share in shares])                                           # (2,)
             gaps = np.array([float(logit(metrics[f"{t}_clean_q{round(share * 100):02d}"])) - centre for share in shares])
             tail[t] = float(sigmoid(moved + z(q) * float(zs @ gaps / (zs @ zs))))
         rules[f"quantile {q:g}, logit-normal tail, recentred on the new listings"] = tail
@@ -177,7 +177,7 @@ def main(argv=None) -> dict:
                      "damaged_new": sum(r["item_id"] in damaged for r in new)},
         "plants": {i: plant_of[i] for i in sorted(damaged)},
         "applied_thresholds": applied, "whole_night_median": whole,
-        # the night's scores, for rules judged later: the new listings by id, the known ones' as two lists (~80 kB)
+        # the night's scores, for rules judged later: the new listings by id, the known ones' as two lists (~160 kB a result)
         "scores": {"new": [{"item_id": r["item_id"], "p_ita": round(r["p_ita"], 7), "p_tia": round(r["p_tia"], 7),
                             "damaged": r["item_id"] in damaged} for r in new],
                    "known": {t: [round(r[f"p_{t}"], 7) for r in out if not r["new"]] for t in ("ita", "tia")}},
