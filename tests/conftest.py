@@ -61,6 +61,27 @@ def spark(tmp_path_factory):
     session.stop()
 
 
+def machine_speed() -> str:
+    """fp32 matmul GFLOP/s on 1 and 2 torch threads: the suite's wall time is only comparable between
+    runs at the same speed (this shared 2-core box has measured 91 / 179 and 61 / 113 on different days)."""
+    import sys
+
+    sys.path.insert(0, str(TESTS.parent / "benchmarks"))
+    from _common import matmul_peak
+
+    return ", ".join(f"{t} thread(s) {matmul_peak(t, n=1024, reps=10) / 1e9:.0f}" for t in (1, 2)) + " GFLOP/s (fp32 matmul)"
+
+
+def pytest_report_header(config):
+    if not hasattr(config, "workerinput"):
+        return f"machine speed at the start: {machine_speed()}"
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if not hasattr(config, "workerinput"):
+        terminalreporter.write_line(f"machine speed at the end: {machine_speed()}")
+
+
 @pytest.fixture
 def one_torch_thread():
     """Tiny tensors: with two threads on a busy 2-core box a training step was 20x slower."""
