@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import shutil
 import sys
@@ -49,13 +50,14 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), os.environ.ge
 import numpy as np  # noqa: E402
 from _common import write_json  # noqa: E402
 from bench_grocery import DATA, ingest, read_classes, read_split, say, score_night, write_export  # noqa: E402
-from bench_grocery_flags import flag_metrics, plant  # noqa: E402
+from bench_grocery_flags import CONTRAST_RULE, flag_metrics, plant, rule_flags  # noqa: E402
 from new_listing_flags import rule_thresholds  # noqa: E402
 
 from camenn.config import CALIBRATION_QUANTILES, CALIBRATION_QUARTILE, ThresholdConfig, load_config  # noqa: E402
 from camenn.logits import logit, sigmoid  # noqa: E402
 
 COPIED = ("items", "item_features", "item_model_outputs", "training_items")
+CONTRASTS = (0.1, 0.25)   # scoring.thresholds.contrast values judged beside the job's rule
 
 
 def parse_args(argv=None):
@@ -69,6 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--share", type=float, default=0.05, help="share of validation photos per side with a planted swap")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
+    p.add_argument("--rejudge", nargs="+", metavar="RESULT", default=[],
+                   help="judge the candidate rules a committed result lacks on its saved scores, in place; runs no night")
     return p.parse_args(argv)
 
 
@@ -86,6 +90,9 @@ def candidate_rules(metrics: dict, night_median: dict[str, float], new_scores: d
       moves up. The job's ``scoring.thresholds.rescale`` (ThresholdConfig.recentred), with the lower
       quartile taken as Spark's percentile_approx takes it. Needs the held-out lower quartile
       (``*_clean_q25``, recorded since 2026-12-07).
+    - contrast c (CONTRASTS): the job's recentred thresholds, each side's logit compared less c x the
+      other side's above the new listings' median (``scoring.thresholds.contrast``, ThresholdConfig.below);
+      these rules carry the whole ThresholdConfig they were judged with.
     """
     z = NormalDist().inv_cdf
     shares = (0.05, 0.10)
@@ -104,11 +111,55 @@ def candidate_rules(metrics: dict, night_median: dict[str, float], new_scores: d
                     .recentred(night_median["ita"], night_median["tia"],
                                {t: float(np.quantile(new_scores[t], 0.25, method="inverted_cdf")) for t in ("ita", "tia")}))
             rules[f"quantile {q:g}, recentred and rescaled on the new listings"] = {"ita": rule.ita, "tia": rule.tia}
+        for c in CONTRASTS:
+            rule = (ThresholdConfig(mode="calibrated", quantile=q, recentre=True, contrast=c).for_model(metrics, "model")
+                    .recentred(night_median["ita"], night_median["tia"]))
+            rules[f"quantile {q:g}, recentred, contrast {c:g}"] = rule.model_dump(include=set(CONTRAST_RULE))
     return rules
+
+
+def judge(rules: dict, rows: list[dict], damaged: dict[str, str], across: set[str]) -> dict:
+    """Each rule's figures over the catalogue (``rows``: item_id, p_ita, p_tia, new and, for "applied", the
+    job's flag) and over its new listings."""
+    is_new = np.array([bool(r["new"]) for r in rows])
+    new = [r for r in rows if r["new"]]
+    results = {}
+    for rule, thr in rules.items():
+        flags, suspicion = (np.array([bool(r["flag"]) for r in rows]), None) if rule == "applied" else rule_flags(thr, rows)
+        flag_of = dict(zip((r["item_id"] for r in rows), flags))
+        results[rule] = {"thresholds": thr,
+                         "catalogue": flag_metrics(rows, damaged, lambda r, f=flag_of: f[r["item_id"]], across, suspicion),
+                         "new_listings": flag_metrics(new, damaged, lambda r, f=flag_of: f[r["item_id"]], across,
+                                                      None if suspicion is None else suspicion[is_new]),
+                         "known_flagged": int(flags[~is_new].sum())}
+    return results
+
+
+def rejudge(path: str) -> dict:
+    """A committed result with the candidate rules it lacks judged on its saved scores (``scores``), no night run:
+    the known listings' ids are not saved, so they are numbered; every rule it has stays as it is."""
+    figures = json.loads(Path(path).read_text())
+    if "scores" not in figures:
+        raise SystemExit(f"error: {path} saved no scores (a result from before 2026-12-07 evening): run its night again")
+    saved, applied = figures["scores"], figures["applied_thresholds"]
+    rows = [{**r, "new": True} for r in saved["new"]] + [
+        {"item_id": f"known-{k}", "p_ita": a, "p_tia": b, "new": False} for k, (a, b) in enumerate(zip(*saved["known"].values()))]
+    new_scores = {t: np.array([r[f"p_{t}"] for r in saved["new"]]) for t in ("ita", "tia")}
+    missing = {k: v for k, v in candidate_rules(figures["held_out"], applied["night_median"], new_scores).items()
+               if k not in figures["rules"]}
+    damaged = {i: plant.split()[0] for i, plant in figures["plants"].items()}   # "text from another class" -> text
+    across = {i for i, plant in figures["plants"].items() if "another class" in plant}
+    figures["rules"].update(judge(missing, rows, damaged, across))
+    figures.setdefault("rejudged", []).append({"created": dt.datetime.now().isoformat(timespec="seconds"), "rules": sorted(missing)})
+    Path(path).write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"{path}: {len(missing)} rules judged on its saved scores")
+    return figures
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.rejudge:
+        return {path: rejudge(path) for path in args.rejudge}
     t0 = time.perf_counter()
     data, source, root = Path(args.data).resolve(), Path(args.source).resolve(), Path(args.root).resolve()
     run_date = dt.date.fromisoformat(args.run_date)
@@ -163,12 +214,7 @@ def main(argv=None) -> dict:
     plant_of = {r["photo_id"]: r.get("plant") for r in rows}
     across = {i for i in damaged if "another class" in plant_of[i]}
     new = [r for r in out if r["new"]]
-    results = {}
-    for rule, thr in rules.items():
-        flag_of = (lambda r: r["flag"]) if rule == "applied" else (lambda r, t=thr: r["p_ita"] < t["ita"] or r["p_tia"] < t["tia"])
-        results[rule] = {"thresholds": thr, "catalogue": flag_metrics(out, damaged, flag_of, across),
-                         "new_listings": flag_metrics(new, damaged, flag_of, across),
-                         "known_flagged": sum(bool(flag_of(r)) for r in out if not r["new"])}
+    results = judge(rules, out, damaged, across)
     figures = {
         "benchmark": "bench_grocery_chain_plants", "created": dt.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join(["benchmarks/bench_grocery_chain_plants.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -183,7 +229,7 @@ def main(argv=None) -> dict:
                    "known": {t: [round(r[f"p_{t}"], 7) for r in out if not r["new"]] for t in ("ita", "tia")}},
         "held_out": {k: v for k, v in metadata["metrics"].items() if "_clean_" in k},
         # the job flags by the thresholds it recorded: a check of the "applied" row
-        "below_the_applied": sum(r["p_ita"] < applied["ita"] or r["p_tia"] < applied["tia"] for r in out),
+        "below_the_applied": int(rule_flags(applied, out)[0].sum()),
         "rules": results, "seconds": {"nightly_job": nightly_s, "total": time.perf_counter() - t0,
                                        # the model's own training time, as its artifact records it
                                        "train_fn": metadata["metrics"].get("total_seconds")},

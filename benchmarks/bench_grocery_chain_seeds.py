@@ -37,7 +37,11 @@ from pathlib import Path
 _ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(_ROOT / "benchmarks"))
 
+import numpy as np  # noqa: E402
 from bench_grocery import DATA, say  # noqa: E402
+
+sys.path.insert(0, str(_ROOT))
+from camenn.config import CALIBRATION_QUANTILES  # noqa: E402
 
 RUN_DATE = "2026-11-24"   # the Makefile's RUN_DATE, as bench_grocery_chain_plants.py assumes
 
@@ -57,6 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--json", default=None)
     p.add_argument("--summarise", nargs="+", default=None, metavar="JSON")
     p.add_argument("--plot", default=None, metavar="PNG", help="with --summarise: the seeds' figures as dots")
+    p.add_argument("--frontier", default=None, metavar="PNG",
+                   help="with --summarise: precision against recall of each rule family over the quantiles (the dial)")
     return p.parse_args(argv)
 
 
@@ -147,7 +153,14 @@ SUMMARY = (*_precision_recall("job's flags", "applied"),
            *(row for q in ("0.01", "0.02", "0.05") for row in _precision_recall(
                f"quantile {q}, rescaled", f"quantile {q}, recentred and rescaled on the new listings")),
            *((f"quantile 0.01, {name}: clean new listings flagged", f"quantile 0.01, {rule} on the new listings", "new_listings",
-              "clean_flagged_share") for name, rule in (("rescaled", "recentred and rescaled"), ("recentred", "recentred"))))
+              "clean_flagged_share") for name, rule in (("rescaled", "recentred and rescaled"), ("recentred", "recentred"))),
+           # each side read against the other (scoring.thresholds.contrast); judged on results from 2026-12-07 evening on
+           *(row for q in ("0.01", "0.02") for c in ("0.1", "0.25")
+             for row in _precision_recall(f"quantile {q}, contrast {c}", f"quantile {q}, recentred, contrast {c}")),
+           *((f"quantile 0.01, contrast {c}: {name}", f"quantile 0.01, recentred, contrast {c}", "new_listings", key)
+             for c in ("0.1", "0.25") for name, key in (
+                 ("clean new listings flagged", "clean_flagged_share"), ("detection AUROC among new listings", "auroc"),
+                 ("best single threshold among new: precision at recall 0.8", "oracle_precision_at_recall_0.8"))))
 
 
 def summarise(paths: list[str]) -> tuple[dict, int]:
@@ -229,6 +242,51 @@ def plot(table: dict, plants_seed: int, path: str) -> None:
     plt.close(fig)
 
 
+# rule families over the quantile dial: (label, rule name with {q})
+FRONTIER = (("recentred (the job's rule)", "quantile {q}, recentred on the new listings"),
+            ("recentred, contrast 0.1", "quantile {q}, recentred, contrast 0.1"),
+            ("recentred, contrast 0.25", "quantile {q}, recentred, contrast 0.25"),
+            ("recentred and rescaled", "quantile {q}, recentred and rescaled on the new listings"))
+
+
+def plot_frontier(paths: list[str], path: str) -> None:
+    """Precision against recall over the whole catalogue, one line per rule family through the quantiles the
+    artifact records (means over the results; each result's points faint): a rule is better where its line
+    lies above another's at the same recall, whatever quantile gets it there."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for k, (label, rule) in enumerate(FRONTIER):
+        names = [rule.format(q=f"{q:g}") for q in CALIBRATION_QUANTILES]
+        names = [n for n in names if all(n in r["rules"] for r in runs)]
+        if not names:
+            continue
+        pr = np.array([[(r["rules"][n]["catalogue"]["precision"], r["rules"][n]["catalogue"]["recall"]) for n in names]
+                       for r in runs])                                                           # (results, quantiles, 2)
+        for one in pr:
+            ax.plot(one[:, 1], one[:, 0], color=f"C{k}", alpha=0.15, lw=0.8)
+        mean = pr.mean(axis=0)                                                                   # (quantiles, 2)
+        ax.plot(mean[:, 1], mean[:, 0], "o-", color=f"C{k}", label=label)
+        for (p_, r_), n in zip(mean, names):
+            ax.annotate(n.split(",")[0].removeprefix("quantile "), (r_, p_), xytext=(3, 3), textcoords="offset points", fontsize=6)
+    ax.axhline(0.9, color="grey", ls=":", lw=0.8)
+    ax.axvline(0.8, color="grey", ls=":", lw=0.8)
+    ax.set_xlabel("recall (planted swaps flagged)")
+    ax.set_ylabel("precision (flags that are swaps)")
+    plants = {r["setting"].get("plants_seed", 0) for r in runs}
+    ax.set_title(f"GroceryStore chain, {len(runs)} training seeds, plants seed {sorted(plants)}: each family through its quantiles",
+                 fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.summarise:
@@ -238,6 +296,8 @@ def main(argv=None):
                                                    "plants_seed": plants_seed, "settings": table}, indent=2))
         if args.plot:
             plot(table, plants_seed, args.plot)
+        if args.frontier:
+            plot_frontier(args.summarise, args.frontier)
         return table
     if args.seed is None:
         raise SystemExit("error: --seed is needed (or --summarise)")

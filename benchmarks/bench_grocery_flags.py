@@ -159,8 +159,11 @@ def _share(hits: list[bool]) -> float | None:
     return float(np.mean(hits)) if hits else None
 
 
-def flag_metrics(rows: list[dict], damaged: dict[str, str], flag_of, across: set[str]) -> dict:
+def flag_metrics(rows: list[dict], damaged: dict[str, str], flag_of, across: set[str], suspicion=None) -> dict:
     """Precision/recall of flags (``flag_of(row)`` -> bool) and detection AUROC over damaged vs clean items.
+
+    ``suspicion`` (one value a row, higher = more suspect): what the AUROC and the best single threshold
+    rank by; the default is the lower of the two scores (1 - min(p_ita, p_tia)).
 
     ``across``: the damaged items whose partner came from another coarse class. Only there does the
     listing say which side is wrong (the category fits the side that was kept); a swap within the
@@ -174,9 +177,10 @@ def flag_metrics(rows: list[dict], damaged: dict[str, str], flag_of, across: set
     side = np.array([damaged.get(r["item_id"], "") for r in rows])
     clean = ~y
     named = np.where(p_ita < p_tia, "text", "image")
+    suspicion = 1 - np.minimum(p_ita, p_tia) if suspicion is None else np.asarray(suspicion, dtype=float)
     tp = int((flags & y).sum())
     return {
-        "auroc": float(roc_auc(y.astype(float), 1 - np.minimum(p_ita, p_tia))),
+        "auroc": float(roc_auc(y.astype(float), suspicion)),
         "auroc_text_swaps": float(roc_auc(np.r_[np.ones((side == "text").sum()), np.zeros(clean.sum())],
                                           np.r_[1 - p_ita[side == "text"], 1 - p_ita[clean]])),
         "auroc_image_swaps": float(roc_auc(np.r_[np.ones((side == "image").sum()), np.zeros(clean.sum())],
@@ -187,8 +191,27 @@ def flag_metrics(rows: list[dict], damaged: dict[str, str], flag_of, across: set
         "right_side_named_across_classes": _share([named[k] == side[k] for k, r in enumerate(rows)
                                                    if r["item_id"] in across]),
         "n_damaged": int(y.sum()), "n_clean": int(clean.sum()),
-        "oracle_precision_at_recall_0.8": oracle_precision(y, 1 - np.minimum(p_ita, p_tia), 0.8),
+        "oracle_precision_at_recall_0.8": oracle_precision(y, suspicion, 0.8),
     }
+
+
+# the fields of a ThresholdConfig a contrast rule is applied with (ThresholdConfig.below)
+CONTRAST_RULE = ("ita", "tia", "centre_ita", "centre_tia", "contrast", "contrast_ita", "contrast_tia")
+
+
+def rule_flags(thresholds: dict, rows: list[dict]) -> tuple[np.ndarray, np.ndarray | None]:
+    """A rule's flags over ``rows`` (p_ita, p_tia), and for a contrast rule the suspicion it ranks by: how far
+    the lower side lies under its threshold once read against the other (logits); None: the lower score's.
+    ``thresholds``: {"ita", "tia"}, or a contrast rule's CONTRAST_RULE fields (a night's record holds them)."""
+    p_ita, p_tia = np.array([r["p_ita"] for r in rows]), np.array([r["p_tia"] for r in rows])
+    if not thresholds.get("contrast"):   # a rule of two thresholds, or a night's record from before contrast or without it
+        return (p_ita < thresholds["ita"]) | (p_tia < thresholds["tia"]), None
+    rule = ThresholdConfig(recentre=True, **{k: thresholds[k] for k in CONTRAST_RULE})
+    low_ita, low_tia = rule.below(p_ita, p_tia)
+    c, l_ita, l_tia = rule.contrast, logit(p_ita), logit(p_tia)
+    margin = np.maximum(logit(rule.ita) - (l_ita - c * (l_tia - logit(rule.contrast_tia))),
+                        logit(rule.tia) - (l_tia - c * (l_ita - logit(rule.contrast_ita))))
+    return low_ita | low_tia, margin
 
 
 def threshold_rules(held_out: dict[str, np.ndarray], night: dict[str, np.ndarray],
@@ -330,7 +353,7 @@ def main(argv=None) -> dict:
                    "kinds": {i: plant_of[i] for i in sorted(damaged)}},
         "thresholds": thr, "applied_thresholds": applied, "items_scored": len(out),
         # what the job flags in mode absolute (the default here): a check that it flagged by the thresholds it recorded
-        "below_the_thresholds": sum(r["p_ita"] < applied["ita"] or r["p_tia"] < applied["tia"] for r in out),
+        "below_the_thresholds": int(rule_flags(applied, out)[0].sum()),
         "job_flags": flag_metrics(out, damaged, lambda r: r["flag"], across),
         "at_0.5": flag_metrics(out, damaged, lambda r: min(r["p_ita"], r["p_tia"]) < 0.5, across),
         "rules": {},   # other rules' thresholds on the same published scores (threshold_rules)

@@ -2,7 +2,7 @@
 
     thresholds = run_thresholds(config.scoring.thresholds, model)         # calibrated -> the model's quantiles
     thresholds, moved = night_recentred(spark, config, scores, thresholds, model.metadata)   # recentre
-    flagged = alignment_flags(scores, thresholds)                         # + flag, suspect_side, reason
+    flagged = alignment_flags(scores, thresholds)                         # + flag, suspect_side, reason (contrast: sides read together)
     details = recorded_thresholds(config.scoring.thresholds, thresholds, by_reason)   # runs.details.thresholds
 
 The rules themselves are ``camenn.config.ThresholdConfig``'s; this module applies them to a
@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from camenn.config import AppConfig, ThresholdConfig
+from camenn.logits import EPS, logit
 from pipeline import tables
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,8 @@ def night_recentred(spark: SparkSession, config: AppConfig, scores: DataFrame, t
     if thresholds.rescale:
         log.info(f"    and rescaled by the lower half's spread: the night's lower quartiles ita {quartile['ita']:.4f}, "
                  f"tia {quartile['tia']:.4f} (held-out {thresholds.quartile_ita:.4f}, {thresholds.quartile_tia:.4f})")
+    if thresholds.contrast:
+        log.info(f"    each side read against the other: its logit less {thresholds.contrast:g} x the other's above that median")
     return moved, {"night_median": median, "night_quartile": quartile,
                    "before_recentre": {"ita": thresholds.ita, "tia": thresholds.tia}, "recentred_over": over}
 
@@ -197,11 +200,24 @@ def alignment_flags(scores: DataFrame, thresholds: ThresholdConfig) -> DataFrame
                   .drop("_category", "_n", "_q_ita", "_q_tia"))
     else:
         raise ValueError(f"unknown threshold mode {thresholds.mode!r}")
-    low_ita, low_tia = F.col("p_ita") < F.col("_ita_thr"), F.col("p_tia") < F.col("_tia_thr")
+    if thresholds.contrast:   # each side against the other, on the logit scale (ThresholdConfig.below)
+        if thresholds.contrast_ita is None or thresholds.contrast_tia is None:
+            raise ValueError("thresholds.contrast reads the night's medians: recentre the thresholds first (night_recentred)")
+        c, l_ita, l_tia = float(thresholds.contrast), _logit(F.col("p_ita")), _logit(F.col("p_tia"))
+        low_ita = l_ita - F.lit(c) * (l_tia - F.lit(float(logit(thresholds.contrast_tia)))) < _logit(F.col("_ita_thr"))
+        low_tia = l_tia - F.lit(c) * (l_ita - F.lit(float(logit(thresholds.contrast_ita)))) < _logit(F.col("_tia_thr"))
+    else:
+        low_ita, low_tia = F.col("p_ita") < F.col("_ita_thr"), F.col("p_tia") < F.col("_tia_thr")
     side = F.when(low_ita & low_tia, F.lit("both")).when(low_ita, F.lit("text")).when(low_tia, F.lit("image"))
     reason = F.create_map(*[F.lit(x) for pair in SUSPECT_SIDES.items() for x in pair])[F.col("suspect_side")]
     return (scored.withColumn("suspect_side", side).withColumn("reason", reason)
             .withColumn("flag", F.col("suspect_side").isNotNull()).drop("_ita_thr", "_tia_thr"))
+
+
+def _logit(p: Column) -> Column:
+    """camenn.logits.logit as a Spark expression: clipped to [EPS, 1 - EPS] the same way."""
+    clipped = F.least(F.greatest(p.cast("double"), F.lit(EPS)), F.lit(1 - EPS))
+    return F.log(clipped) - F.log1p(-clipped)
 
 
 def recorded_thresholds(configured: ThresholdConfig, applied: ThresholdConfig, by_reason: dict[str, int],

@@ -298,3 +298,33 @@ def test_a_rescaled_night_stretches_its_thresholds_by_its_lower_half_and_records
     recorded = {**rule.model_dump(), **record, "ita": moved.ita, "tia": moved.tia}
     assert "and further by as much as their lower half" in FlagRule.of(recorded, rule).summary()
     assert "further" not in FlagRule.of({**recorded, "rescale": False}, rule).summary()
+
+
+def test_a_contrasted_night_flags_each_side_against_the_other_as_the_config_says(spark, catalogue_only):
+    """scoring.thresholds.contrast: Spark's flags and sides are ThresholdConfig.below's on the same scores, a listing
+    whose two sides are both low is spared where one low side beside a high one is flagged, and the report says so."""
+    import numpy as np
+
+    from camenn.config import ThresholdConfig
+    from pipeline.report.advice import FlagRule
+
+    rng = np.random.default_rng(5)
+    common = rng.normal(0.0, 1.5, size=400)                                  # how unusual the photo is: both sides
+    p = 1 / (1 + np.exp(-(2.0 + common + rng.normal(0.0, 0.7, size=(2, 400)))))   # (ita/tia, listings)
+    p[0, :20] = 1 / (1 + np.exp(-(2.0 + np.abs(common[:20]) - 4.0)))          # 20 text swaps: ITA low, TIA as it was
+    scores = spark.createDataFrame([(f"i{k:03d}", "Apple", float(p[0, k]), float(p[1, k])) for k in range(400)],
+                                   "item_id string, category string, p_ita double, p_tia double")
+    rule = ThresholdConfig(ita=0.3, tia=0.3, recentre=True, centre_ita=0.95, centre_tia=0.95, contrast=0.3)
+    moved, record = flag_rules.night_recentred(spark, catalogue_only, scores, rule, {})
+    assert (moved.contrast_ita, moved.contrast_tia) == (record["night_median"]["ita"], record["night_median"]["tia"])
+    got = {r.item_id: r.suspect_side for r in flag_rules.alignment_flags(scores, moved).collect()}
+    low_ita, low_tia = moved.below(p[0], p[1])
+    want = {f"i{k:03d}": ("both" if a and b else "text" if a else "image" if b else None) for k, (a, b) in enumerate(zip(low_ita, low_tia))}
+    assert got == want
+    alone = {r.item_id: r.suspect_side for r in flag_rules.alignment_flags(scores, moved.model_copy(update={"contrast": 0.0})).collect()}
+    spared = [i for i in alone if alone[i] and not got[i]]
+    assert spared and all(int(i[1:]) >= 20 for i in spared)                  # only clean listings are spared
+    assert sum(bool(got[f"i{k:03d}"]) for k in range(20)) >= sum(bool(alone[f"i{k:03d}"]) for k in range(20))
+    recorded = {**moved.model_dump(), **record}
+    assert "each side read against the other" in FlagRule.of(recorded, rule).summary()
+    assert "against the other" not in FlagRule.of({**recorded, "contrast": 0.0}, rule).summary()

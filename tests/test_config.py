@@ -199,6 +199,35 @@ def test_rescaled_thresholds_need_a_lower_quartile_and_a_recentre():
         ThresholdConfig(mode="absolute", recentre=True, rescale=True, centre_ita=0.9, centre_tia=0.9)
 
 
+def test_contrast_reads_each_side_against_the_others_distance_above_the_night_median():
+    import numpy as np
+
+    from camenn.config import ThresholdConfig
+    from camenn.logits import logit, sigmoid
+
+    rule = ThresholdConfig(ita=0.5, tia=0.5, recentre=True, centre_ita=0.9, centre_tia=0.9, contrast=0.25)
+    moved = rule.recentred(0.8, 0.7)                                         # the night's medians, under the centres
+    assert (moved.contrast_ita, moved.contrast_tia) == (0.8, 0.7)
+    t = logit(moved.ita)                                                      # ITA just under / over its threshold
+    p_ita = sigmoid(np.array([t - 0.2, t + 0.2, t - 0.2, 5.0]))
+    p_tia = np.array([float(sigmoid(logit(0.7) - 2.0)), float(sigmoid(logit(0.7) + 2.0)), 0.7, 0.3])
+    alone = ThresholdConfig(**{**moved.model_dump(), "contrast": 0.0})
+    low_ita, low_tia = moved.below(p_ita, p_tia)
+    # ITA 0.2 under its threshold while TIA lies 2 logits under the night's median: half a logit back, not flagged;
+    # ITA 0.2 over it while TIA lies 2 logits above: flagged; TIA at the median: as alone
+    assert low_ita.tolist() == [False, True, True, False]
+    assert alone.below(p_ita, p_tia)[0].tolist() == [True, False, True, False]
+    assert low_tia.tolist() == (logit(p_tia) - 0.25 * (logit(p_ita) - logit(0.8)) < logit(moved.tia)).tolist()
+    assert ThresholdConfig(**{**moved.model_dump(), "contrast": 0.0}).below(p_ita, p_tia)[1].tolist() == (p_tia < moved.tia).tolist()
+    with pytest.raises(ValueError, match="set thresholds.recentre true"):
+        ThresholdConfig(mode="calibrated", quantile=0.01, contrast=0.25)
+    with pytest.raises(ValueError, match="recentre the thresholds first"):
+        rule.below(p_ita, p_tia)                                              # no night's medians yet
+    calibrated = ThresholdConfig(mode="calibrated", quantile=0.01, recentre=True, contrast=0.25).for_model(
+        {"ita_clean_q01": 0.5, "tia_clean_q01": 0.4, "ita_clean_q50": 0.9, "tia_clean_q50": 0.9}, "m1")
+    assert calibrated.contrast == 0.25
+
+
 def test_recentred_thresholds_need_a_centre():
     from camenn.config import ThresholdConfig
 

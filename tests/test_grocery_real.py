@@ -308,6 +308,11 @@ def test_the_candidate_rules_read_the_tail_off_a_fit_and_stretch_it_to_a_wider_n
     # a night narrower than the held-out items keeps the recentred threshold: the rule only widens
     narrow = rules_for(rng.normal(4.0, 0.5, size=200_001))["quantile 0.01, recentred and rescaled on the new listings"]
     assert logit(narrow["ita"]) == pytest.approx(logit(metrics["ita_clean_q01"]) - 1.0, abs=0.02)
+    # contrast: the job's recentred thresholds, each side read against the other from the night's medians
+    contrast = rules["quantile 0.01, recentred, contrast 0.25"]
+    median = float(sigmoid(np.median(wide)))
+    assert (contrast["contrast"], contrast["contrast_ita"], contrast["contrast_tia"]) == (0.25, median, median)
+    assert logit(contrast["ita"]) == pytest.approx(logit(metrics["ita_clean_q01"]) + logit(median) - logit(metrics["ita_clean_q50"]))
     # a model that records no lower quartile (trained before 2026-12-07) gets the fitted tail alone
     del metrics["ita_clean_q25"]
     assert not any("rescaled" in rule for rule in rules_for(wide))
@@ -452,8 +457,12 @@ def test_the_chain_benchs_rows_come_from_the_nights_record():
 def test_every_chain_night_flags_what_its_thresholds_say_and_the_seed_summary_reads_back():
     """Each committed chain result (one per training seed and setting, bench_grocery_chain_seeds.py): the job's flags
     are the listings under the thresholds it recorded; each summary's figures are recomputed from its results."""
+    import numpy as np
+
     sys.path.insert(0, str(BENCH))
     from bench_grocery_chain_seeds import summarise
+
+    from camenn.config import ThresholdConfig
 
     results = sorted([*(BENCH / "results").glob("bench_grocery_chain_plants*.json"),
                       *(BENCH / "results").glob("bench_grocery_chain_seed_*.json")])
@@ -466,10 +475,15 @@ def test_every_chain_night_flags_what_its_thresholds_say_and_the_seed_summary_re
             saved = figures["scores"]
             pairs = [(x["p_ita"], x["p_tia"]) for x in saved["new"]] + list(zip(saved["known"]["ita"], saved["known"]["tia"]))
             assert len(pairs) == figures["listings"]["scored"] and sum(x["damaged"] for x in saved["new"]) == len(figures["plants"])
+            p_ita, p_tia = (np.array(side) for side in zip(*pairs))
             for rule, r in figures["rules"].items():
                 t = r["thresholds"]
                 # the scores are saved to 7 decimals: a listing within that of a threshold may go either way
-                surely, maybe = (sum(a < t["ita"] + e or b < t["tia"] + e for a, b in pairs) for e in (-1e-7, 1e-7))
+                if t.get("contrast"):   # each side read against the other: the other side's error moves it the other way
+                    below = ThresholdConfig(recentre=True, **t).below
+                    surely, maybe = (int((below(p_ita - e, p_tia + e)[0] | below(p_ita + e, p_tia - e)[1]).sum()) for e in (-1e-7, 1e-7))
+                else:
+                    surely, maybe = (int(((p_ita < t["ita"] + e) | (p_tia < t["tia"] + e)).sum()) for e in (-1e-7, 1e-7))
                 assert surely <= r["catalogue"]["flagged"] <= maybe, (path.name, rule)
     summaries = sorted((BENCH / "results").glob("bench_grocery_chain_seeds*.json"))
     assert summaries

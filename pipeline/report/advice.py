@@ -55,6 +55,7 @@ class FlagRule:
     before_recentre: dict[str, float] = field(default_factory=dict)  # recentre: the values before the night moved them
     recentred_over: dict = field(default_factory=dict)  # recentre: {"listings": "new" or "all", "n", "scored", "why"}
     night_quartile: dict[str, float] = field(default_factory=dict)  # rescale: the night's lower quartile ITA / TIA
+    contrast: float = 0.0          # each side read against the other's distance above the night's median
 
     @classmethod
     def of(cls, recorded: dict | None, configured) -> FlagRule:
@@ -70,7 +71,8 @@ class FlagRule:
                    before_recentre={k: float(v) for k, v in (recorded.get("before_recentre") or {}).items()},
                    recentred_over=dict(recorded.get("recentred_over") or {}),
                    night_quartile={k: float(v) for k, v in (recorded.get("night_quartile") or {}).items()
-                                   if recorded.get("rescale")})
+                                   if recorded.get("rescale")},
+                   contrast=float(recorded.get("contrast") or 0.0))
 
     def summary(self) -> str:
         """One sentence for the index page: the rule, the values and, for an unrecorded night, where they come from."""
@@ -96,6 +98,10 @@ class FlagRule:
                              f"TIA {self.night_quartile['tia']:.3f}) spreads wider than those listings'")
             else:
                 rule += f", not moved: {median} scores no lower than the listings they were set on"
+            if self.contrast:   # thresholds.contrast
+                rule += (f"; each side read against the other: its score less {self.contrast:g} x how far the other "
+                         "side's lies above tonight's median (a listing whose two sides are both low is an unusual photo "
+                         "more often than a mismatch)")
         return rule if self.recorded else f"{rule}; the night recorded no thresholds, so these are the configuration's"
 
 
