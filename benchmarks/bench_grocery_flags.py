@@ -208,10 +208,8 @@ def rule_flags(thresholds: dict, rows: list[dict]) -> tuple[np.ndarray, np.ndarr
         return (p_ita < thresholds["ita"]) | (p_tia < thresholds["tia"]), None
     rule = ThresholdConfig(recentre=True, **{k: thresholds[k] for k in CONTRAST_RULE})
     low_ita, low_tia = rule.below(p_ita, p_tia)
-    c, l_ita, l_tia = rule.contrast, logit(p_ita), logit(p_tia)
-    margin = np.maximum(logit(rule.ita) - (l_ita - c * (l_tia - logit(rule.contrast_tia))),
-                        logit(rule.tia) - (l_tia - c * (l_ita - logit(rule.contrast_ita))))
-    return low_ita | low_tia, margin
+    read_ita, read_tia = rule.read(p_ita, p_tia)
+    return low_ita | low_tia, np.maximum(logit(rule.ita) - read_ita, logit(rule.tia) - read_tia)
 
 
 def threshold_rules(held_out: dict[str, np.ndarray], night: dict[str, np.ndarray],

@@ -258,7 +258,7 @@ class ThresholdConfig(Section):
     when there are ``min_new_listings`` of them: a new shop among many trained listings barely moves
     the whole night's median. The median holds while fewer than half of those are damaged.
 
-    ``contrast`` (with ``recentre``): each side is read against the other (:meth:`below`): a photo
+    ``contrast`` (with ``recentre``): each side is read against the other (:meth:`read`): a photo
     unlike the training ones lowers both scores, a damaged side mostly its own. On GroceryStore's
     planted-swap nights it raised precision at the same quantile (docs/results/grocery-store.md,
     "2026-12-07, night").
@@ -369,22 +369,29 @@ class ThresholdConfig(Section):
             moved.update(contrast_ita=float(night_ita), contrast_tia=float(night_tia))
         return self.model_copy(update=moved)
 
-    def below(self, p_ita, p_tia):
-        """(ITA under its threshold, TIA under its threshold) for arrays of scores, as the night flags them
-        (pipeline.flag_rules.alignment_flags does the same in Spark).
+    def read(self, p_ita, p_tia):
+        """Each side's score as the night compares it with its threshold: its logit, and with ``contrast``
+        less ``contrast`` x (the other side's logit - the night's median of it).
 
-        With ``contrast`` each side is read against the other: a damaged side lowers its own score and
-        leaves the other's where it was, or raises it (a photo with the text of another product scores
-        high on TIA), while a clean photo unlike the training ones lowers both. So each side's logit
-        is compared less ``contrast`` x (the other side's logit - the night's median of it).
+        Why: a damaged side lowers its own score and leaves the other's where it was, or raises it (a
+        photo with the text of another product scores high on TIA), while a clean photo unlike the
+        training ones lowers both; read alone, each side flags those photos too.
         """
+        l_ita, l_tia = logit(p_ita), logit(p_tia)
         if not self.contrast:
-            return np.asarray(p_ita) < self.ita, np.asarray(p_tia) < self.tia
+            return l_ita, l_tia
         if self.contrast_ita is None or self.contrast_tia is None:
             raise ValueError("thresholds.contrast reads the night's medians: recentre the thresholds first (recentred)")
-        l_ita, l_tia = logit(p_ita), logit(p_tia)
-        return (l_ita - self.contrast * (l_tia - logit(self.contrast_tia)) < logit(self.ita),
-                l_tia - self.contrast * (l_ita - logit(self.contrast_ita)) < logit(self.tia))
+        return (l_ita - self.contrast * (l_tia - logit(self.contrast_tia)),
+                l_tia - self.contrast * (l_ita - logit(self.contrast_ita)))
+
+    def below(self, p_ita, p_tia):
+        """(ITA under its threshold, TIA under its threshold) for arrays of scores, as the night flags them
+        (pipeline.flag_rules.alignment_flags does the same in Spark): each side as :meth:`read` reads it."""
+        if not self.contrast:   # the probabilities themselves: no clipping at the ends
+            return np.asarray(p_ita) < self.ita, np.asarray(p_tia) < self.tia
+        read_ita, read_tia = self.read(p_ita, p_tia)
+        return read_ita < logit(self.ita), read_tia < logit(self.tia)
 
 
 class ScoringConfig(Section):

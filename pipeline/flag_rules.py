@@ -109,8 +109,8 @@ def night_recentred(spark: SparkSession, config: AppConfig, scores: DataFrame, t
                    *[F.percentile_approx(F.col(f"p_{t}"), [0.5, 0.25], 10000).alias(t) for t in ("ita", "tia")],
                    *[F.percentile_approx(F.when(new, F.col(f"p_{t}")), [0.5, 0.25], 10000).alias(f"new_{t}")
                      for t in ("ita", "tia")]).first()
-    if not m["n"]:
-        return thresholds, {}
+    if not m["n"]:   # nothing to flag: no medians, so nothing for contrast to read either
+        return thresholds.model_copy(update={"contrast": 0.0}), {}
     n, n_new, least = int(m["n"]), int(m["n_new"]), thresholds.min_new_listings
     if known is not None and n_new >= least:
         over, prefix = {"listings": "new", "n": n_new, "scored": n}, "new_"
@@ -200,7 +200,7 @@ def alignment_flags(scores: DataFrame, thresholds: ThresholdConfig) -> DataFrame
                   .drop("_category", "_n", "_q_ita", "_q_tia"))
     else:
         raise ValueError(f"unknown threshold mode {thresholds.mode!r}")
-    if thresholds.contrast:   # each side against the other, on the logit scale (ThresholdConfig.below)
+    if thresholds.contrast:   # each side against the other, on the logit scale (ThresholdConfig.read)
         if thresholds.contrast_ita is None or thresholds.contrast_tia is None:
             raise ValueError("thresholds.contrast reads the night's medians: recentre the thresholds first (night_recentred)")
         c, l_ita, l_tia = float(thresholds.contrast), _logit(F.col("p_ita")), _logit(F.col("p_tia"))

@@ -325,6 +325,9 @@ def test_a_contrasted_night_flags_each_side_against_the_other_as_the_config_says
     spared = [i for i in alone if alone[i] and not got[i]]
     assert spared and all(int(i[1:]) >= 20 for i in spared)                  # only clean listings are spared
     assert sum(bool(got[f"i{k:03d}"]) for k in range(20)) >= sum(bool(alone[f"i{k:03d}"]) for k in range(20))
+    empty = scores.limit(0)                                                  # a night with nothing scored: no medians
+    kept, none = flag_rules.night_recentred(spark, catalogue_only, empty, rule, {})
+    assert (kept.contrast, none) == (0.0, {}) and flag_rules.alignment_flags(empty, kept).count() == 0
     recorded = {**moved.model_dump(), **record}
     assert "each side read against the other" in FlagRule.of(recorded, rule).summary()
     assert "against the other" not in FlagRule.of({**recorded, "contrast": 0.0}, rule).summary()
