@@ -21,13 +21,16 @@ with a few new ones; the `make grocery` catalogue is that: 2,640 training photos
    the whole catalogue and over its new listings; and for the same move from each held-out quantile
    the artifact records (ThresholdConfig.for_model and .recentred, the job's own functions), a dial
    of ``scoring.thresholds.quantile``.
-5. Two rules that conf/grocery.yaml does not apply, on the same scores (:func:`candidate_rules`):
+5. Rules beside the job's, on the same scores (:func:`candidate_rules`):
    each quantile read off a normal fitted on the logit scale to the held-out median and 5% and 10%
    quantiles ("logit-normal tail"), and each quantile's distance under the median stretched by as
    much as the new listings' lower half is wider than the held-out items' ("rescaled", the job's
-   ``scoring.thresholds.rescale``). Neither was adopted (docs/results/grocery-store.md, "2026-12-07,
-   evening"). The night's scores go into the JSON (``scores``), so a rule can be judged later
-   without another night.
+   ``scoring.thresholds.rescale``); neither was adopted (docs/results/grocery-store.md, "2026-12-07,
+   evening"). And each side read against the other at CONTRASTS (``scoring.thresholds.contrast``;
+   conf/grocery.yaml applies 0.1 since 2026-12-07 night, so the "applied" row is that rule and the
+   "recentred on the new listings" rows are the same thresholds read side by side). The night's
+   scores go into the JSON (``scores``), so a rule can be judged later without another night
+   (``--rejudge``).
 """
 
 from __future__ import annotations

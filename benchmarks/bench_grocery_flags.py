@@ -324,6 +324,8 @@ def main(argv=None) -> dict:
             f"scoring.thresholds.ita={thr['ita']}", f"scoring.thresholds.tia={thr['tia']}"]
     # the config's own recentre setting never applies: the bench's thresholds are absolute, their centres its own
     sets += [f"scoring.thresholds.recentre={str(args.recentre).lower()}"]
+    if not args.recentre:   # contrast reads the medians recentring takes: without it each side is read alone
+        sets += ["scoring.thresholds.contrast=0"]
     if args.recentre:
         sets += [f"scoring.thresholds.centre_ita={thr['centre_ita']}", f"scoring.thresholds.centre_tia={thr['centre_tia']}"]
     say(f"ingest {len(rows)} validation photos, {len(damaged)} with a planted swap", t0)
