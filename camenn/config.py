@@ -4,7 +4,7 @@ Every section is a pydantic model that forbids unknown keys, so a typo in a YAML
 before Spark starts, with the file, the dotted key and what was expected. Jobs accept
 ``--set section.key=value`` overrides, parsed as YAML scalars.
 
-One module (~630 lines): each section is short, and a key's type, default and description
+One module (~670 lines): each section is short, and a key's type, default and description
 are read where the YAML is parsed; split by section, the cross-section checks would span files.
 """
 
