@@ -203,9 +203,10 @@ def alignment_flags(scores: DataFrame, thresholds: ThresholdConfig) -> DataFrame
     if thresholds.contrast:   # each side against the other, on the logit scale (ThresholdConfig.read)
         if thresholds.contrast_ita is None or thresholds.contrast_tia is None:
             raise ValueError("thresholds.contrast reads the night's medians: recentre the thresholds first (night_recentred)")
+        # contrast needs recentre, so the mode is absolute: the thresholds' logits are constants, not per-row work
         c, l_ita, l_tia = float(thresholds.contrast), _logit(F.col("p_ita")), _logit(F.col("p_tia"))
-        low_ita = l_ita - F.lit(c) * (l_tia - F.lit(float(logit(thresholds.contrast_tia)))) < _logit(F.col("_ita_thr"))
-        low_tia = l_tia - F.lit(c) * (l_ita - F.lit(float(logit(thresholds.contrast_ita)))) < _logit(F.col("_tia_thr"))
+        low_ita = l_ita - F.lit(c) * (l_tia - F.lit(float(logit(thresholds.contrast_tia)))) < F.lit(float(logit(thresholds.ita)))
+        low_tia = l_tia - F.lit(c) * (l_ita - F.lit(float(logit(thresholds.contrast_ita)))) < F.lit(float(logit(thresholds.tia)))
     else:
         low_ita, low_tia = F.col("p_ita") < F.col("_ita_thr"), F.col("p_tia") < F.col("_tia_thr")
     side = F.when(low_ita & low_tia, F.lit("both")).when(low_ita, F.lit("text")).when(low_tia, F.lit("image"))
