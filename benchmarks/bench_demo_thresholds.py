@@ -14,6 +14,13 @@ never read it), then flags the same scores under each threshold rule with the jo
 - ``calibrated``: below the q-quantile of the model's own clean held-out items (recorded in its
   artifact at training, so a new model brings its thresholds).
 
+- ``recentred`` and ``contrast`` (``scoring.thresholds.recentre`` / ``.contrast``, what
+  `conf/grocery.yaml` reads with): the demo's 0.6 moved down by as far as the night's median lies
+  under the model's held-out median, then each side read against the other; the night's medians
+  come from the job's own ``pipeline.flag_rules.night_recentred``. Contrast was chosen on real
+  photos, where a photo unlike the training ones lowers both sides; here it asks whether a blurred
+  photo or a vague text, which may lower both, is still caught.
+
 For each rule: the share of items flagged, the precision of the flags (flagged items that carry
 any defect), the recall of each defect type, and for the defects that have a side (text swap
 and vague text: text; image swap and blurred image: image) how often the flag names that side
@@ -36,7 +43,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), os.environ.ge
 
 from _common import write_json  # noqa: E402
 
-from camenn.config import ThresholdConfig, load_config  # noqa: E402
+from camenn.config import CALIBRATION_CENTRE, ThresholdConfig, load_config  # noqa: E402
 
 SIDE_OF = {"text_swap": "text", "vague_text": "text", "image_swap": "image", "blurred_image": "image"}
 RULES = {
@@ -55,6 +62,20 @@ RULES = {
     "calibrated 0.05": ThresholdConfig(mode="calibrated", quantile=0.05),
     "calibrated 0.10": ThresholdConfig(mode="calibrated", quantile=0.10),
 }
+# absolute thresholds that the night recentres (around the model's held-out medians) and reads with contrast
+CENTRED_RULES = {
+    "absolute 0.6, recentred": {"ita": 0.6, "tia": 0.6, "contrast": 0.0},
+    "absolute 0.6, recentred, contrast 0.1": {"ita": 0.6, "tia": 0.6, "contrast": 0.1},
+    "absolute 0.6, recentred, contrast 0.25": {"ita": 0.6, "tia": 0.6, "contrast": 0.25},
+}
+
+
+def centred_rule(setting: dict, metrics: dict) -> ThresholdConfig:
+    """An absolute rule of CENTRED_RULES with the model's held-out medians as its centres."""
+    centres = {f"centre_{t}": metrics.get(f"{t}_clean_{CALIBRATION_CENTRE}") for t in ("ita", "tia")}
+    if any(v is None for v in centres.values()):
+        raise SystemExit(f"error: the model records no held-out median ({CALIBRATION_CENTRE}) to recentre on; retrain it")
+    return ThresholdConfig(mode="absolute", recentre=True, **setting, **centres)
 
 
 def rule_metrics(flags) -> dict:
@@ -106,7 +127,12 @@ def main(argv=None) -> dict:
         if versions != [model.version]:
             raise SystemExit(f"error: the night of {run_date} was scored by {versions}, the config's model is "
                              f"{model.version}; rerun `make demo` or point scoring.model_dir at that model")
-        rules = {name: rule.for_model(model.metadata.get("metrics") or {}, model.version) for name, rule in RULES.items()}
+        metrics = model.metadata.get("metrics") or {}
+        configured = {**RULES, **{name: centred_rule(setting, metrics) for name, setting in CENTRED_RULES.items()}}
+        rules = {name: rule.for_model(metrics, model.version) for name, rule in configured.items()}
+        # the night's own medians, as the job takes them (all listings when the model's training snapshot is not here)
+        rules.update({name: flag_rules.night_recentred(spark, config, scores, rules[name], model.metadata)[0]
+                      for name in CENTRED_RULES})
         results = {}
         for name, rule in rules.items():
             flags = flag_rules.alignment_flags(scores, rule).select("item_id", "defect", "flag", "suspect_side").toPandas()
@@ -117,15 +143,15 @@ def main(argv=None) -> dict:
 
     kinds = sorted({k for r in results.values() for k in r["recall"]})
     print(f"\n{n} items of {run_date} under {config.data.root} (model {', '.join(versions)})")
-    print(f"{'rule':28s} {'flagged':>8s} {'precision':>9s} " + " ".join(f"{k[:14]:>14s}" for k in kinds))
+    print(f"{'rule':40s} {'flagged':>8s} {'precision':>9s} " + " ".join(f"{k[:14]:>14s}" for k in kinds))
     for name, r in results.items():
         prec = f"{r['precision']:.3f}" if r["precision"] is not None else "-"
-        print(f"{name:28s} {r['flagged_share']:8.3f} {prec:>9s} "
+        print(f"{name:40s} {r['flagged_share']:8.3f} {prec:>9s} "
               + " ".join(f"{r['recall'][k]['recall']:14.3f}" for k in kinds))
     figures = {"config": args.conf, "overrides": args.set, "run_date": run_date.isoformat(), "items": n,
                "model_versions": versions, "platform": platform.platform(),
                "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-               "rules": {name: {"rule": RULES[name].model_dump(), "resolved": rules[name].model_dump(), **r}
+               "rules": {name: {"rule": configured[name].model_dump(), "resolved": rules[name].model_dump(), **r}
                          for name, r in results.items()}}
     write_json(args.json, figures)
     return figures
