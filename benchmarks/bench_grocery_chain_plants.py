@@ -31,6 +31,10 @@ with a few new ones; the `make grocery` catalogue is that: 2,640 training photos
    "recentred on the new listings" rows are the same thresholds read side by side). The night's
    scores go into the JSON (``scores``), so a rule can be judged later without another night
    (``--rejudge``).
+
+``--plant categories`` plants wrong categories instead of swaps: as many validation listings filed
+under another coarse class, photo and text as they were. The grocery model reads the category in the
+item's [CLS] on both sides, so a wrong one can lower both scores, which is what contrast spares.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), os.environ.ge
 import numpy as np  # noqa: E402
 from _common import write_json  # noqa: E402
 from bench_grocery import DATA, ingest, read_classes, read_split, say, score_night, write_export  # noqa: E402
-from bench_grocery_flags import CONTRAST_RULE, flag_metrics, plant, rule_flags  # noqa: E402
+from bench_grocery_flags import CONTRAST_RULE, flag_metrics, plant, plant_categories, rule_flags  # noqa: E402
 from new_listing_flags import rule_thresholds  # noqa: E402
 
 from camenn.config import CALIBRATION_QUANTILES, CALIBRATION_QUARTILE, ThresholdConfig, load_config  # noqa: E402
@@ -72,6 +76,9 @@ def parse_args(argv=None):
     p.add_argument("--root", default=str(_ROOT / "runs" / "bench" / "grocery-chain-plants"))
     p.add_argument("--run-date", default="2026-11-24", help="the chain's run date (the Makefile's RUN_DATE)")
     p.add_argument("--share", type=float, default=0.05, help="share of validation photos per side with a planted swap")
+    p.add_argument("--plant", choices=("swaps", "categories"), default="swaps",
+                   help="swaps: text and image swaps (bench_grocery_flags.plant); categories: as many listings filed "
+                        "under another coarse class, photo and text kept (a wrong category, which lowers both sides)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
     p.add_argument("--rejudge", nargs="+", metavar="RESULT", default=[],
@@ -182,9 +189,10 @@ def main(argv=None) -> dict:
 
     ours = SparkSession.getActiveSession() is None
     spark = get_spark(config)
-    rows, damaged = plant(read_split(data, "val", read_classes(data), None), args.share, np.random.default_rng(args.seed))
+    planter = plant if args.plant == "swaps" else plant_categories
+    rows, damaged = planter(read_split(data, "val", read_classes(data), None), args.share, np.random.default_rng(args.seed))
     planted = [r for r in rows if r["photo_id"] in damaged]
-    say(f"merge {len(planted)} validation photos with a planted swap into the copy", t0)
+    say(f"merge {len(planted)} validation photos with a planted {'swap' if args.plant == 'swaps' else 'wrong category'} into the copy", t0)
     ingest(args.conf, sets, write_export(planted, root / "exports" / "val-planted.csv"), data, "merge")
 
     say("the nightly job with the config as it is", t0)
@@ -237,7 +245,8 @@ def main(argv=None) -> dict:
                                        # the model's own training time, as its artifact records it
                                        "train_fn": metadata["metrics"].get("total_seconds")},
     }
-    print(f"\n{len(out)} listings ({len(new)} new to the model, {len(damaged)} of them with a planted swap); "
+    planted_kind = "swap" if args.plant == "swaps" else "wrong category"
+    print(f"\n{len(out)} listings ({len(new)} new to the model, {len(damaged)} of them with a planted {planted_kind}); "
           f"recentred over {applied.get('recentred_over')}")
     print("| thresholds | ITA / TIA | precision | recall | clean flagged (catalogue) | clean new listings flagged | "
           "known listings flagged |\n|---|---|---|---|---|---|---|")

@@ -98,6 +98,21 @@ def plant(rows: list[dict], share: float, rng: np.random.Generator) -> tuple[lis
     return rows, damaged
 
 
+def plant_categories(rows: list[dict], share: float, rng: np.random.Generator) -> tuple[list[dict], dict[str, str]]:
+    """A copy of ``rows`` with a wrong category planted in 2 x ``share`` of them (as many listings as :func:`plant`
+    damages): the coarse class of another product's, photo and text left as they are; photo_id -> "category"."""
+    rows = [dict(r) for r in rows]
+    n = int(round(share * len(rows)))
+    classes = sorted({r["coarse_class"] for r in rows})
+    damaged = {}
+    for i in rng.permutation(len(rows))[:2 * n]:
+        wrong = str(rng.choice([c for c in classes if c != rows[i]["coarse_class"]]))
+        rows[i]["plant"] = f"category {rows[i]['coarse_class']} filed as {wrong}"
+        rows[i]["coarse_class"] = wrong
+        damaged[rows[i]["photo_id"]] = "category"
+    return rows, damaged
+
+
 def encode_held_out_views(spark, config, store, rows: list[int], views: int):
     """camenn.chunks.ItemViews of the held-out photos: their ``views`` test-time views, encoded here
     by the nightly job's own encoder function (udfs.encode, seeded by the content hash), so that they

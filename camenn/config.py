@@ -261,7 +261,9 @@ class ThresholdConfig(Section):
     ``contrast`` (with ``recentre``): each side is read against the other (:meth:`read`): a photo
     unlike the training ones lowers both scores, a damaged side mostly its own. On GroceryStore's
     planted-swap nights it raised precision at the same quantile (docs/results/grocery-store.md,
-    "2026-12-07, night").
+    "2026-12-07, night"). Any defect that lowers both sides is spared too: the demo model's wrong
+    categories (docs/results/demo-model.md, "2026-12-07, late"), while the GroceryStore model's
+    raise TIA and are caught more often; measure a model's defects before its config reads with it.
     """
 
     mode: Literal["absolute", "category_quantile", "calibrated"] = "absolute"
