@@ -469,7 +469,8 @@ def test_every_chain_night_flags_what_its_thresholds_say_and_the_seed_summary_re
     from camenn.config import ThresholdConfig
 
     results = sorted([*(BENCH / "results").glob("bench_grocery_chain_plants*.json"),
-                      *(BENCH / "results").glob("bench_grocery_chain_seed_*.json")])
+                      *(BENCH / "results").glob("bench_grocery_chain_seed_*.json"),
+                      *(BENCH / "results").glob("bench_grocery_chain_categories_seed_*.json")])   # wrong categories planted
     assert len(results) >= 2
     for path in results:
         figures = json.loads(path.read_text())
