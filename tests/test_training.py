@@ -33,10 +33,15 @@ def world_root(spark, tmp_path_factory):
 
 
 THREADS_AFTER: dict[str, int] = {}   # torch's thread count in this process once `trained` has trained
+# the run date `trained` trained on: today's, as a job's default, but fixed before it starts. Other tests of
+# this module train on the same tables on their own date, which is another one when the module runs past midnight
+TRAINED_ON: dict[str, object] = {}
 
 
 @pytest.fixture(scope="module")
 def trained(spark, world_root):
+    import datetime as dt
+
     import torch
 
     from pipeline.train import run_training
@@ -44,8 +49,9 @@ def trained(spark, world_root):
     config = tiny_config(world_root, *FAST)
     before = torch.get_num_threads()
     torch.set_num_threads(1)   # what a test worker has, or OMP_NUM_THREADS=1
+    TRAINED_ON["run_date"] = dt.date.today()
     try:
-        result = run_training(spark, config)
+        result = run_training(spark, config, run_date=TRAINED_ON["run_date"])
         THREADS_AFTER["trained"] = torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
@@ -300,10 +306,12 @@ def test_dropped_input_rows_are_counted_and_quarantined(spark, trained):
     config, result = trained
     drops = result.data.drops
     assert drops, "the tiny world has no row to leave out: this test would prove nothing"
-    q = tables.read_table(spark, config, "quarantine").where(F.col("job") == "train")
+    # that run's date: a training replaces its own date's rows, and the module's other trainings may write another date's
+    on_its_date = (F.col("job") == "train") & (F.col("run_date") == F.lit(TRAINED_ON["run_date"]))
+    q = tables.read_table(spark, config, "quarantine").where(on_its_date)
     assert drops == {"dropped impressions: user: unknown": 1, "dropped events: item: unknown or invalid": 1}
     assert q.count() == sum(drops.values())
-    row = tables.read_table(spark, config, "runs").where(F.col("job") == "train").orderBy(F.col("started_at").desc()).first()
+    row = tables.read_table(spark, config, "runs").where(on_its_date).orderBy(F.col("started_at").desc()).first()
     assert row.status == "succeeded" and all(row.counts[k] == v for k, v in drops.items())
 
 
