@@ -189,10 +189,10 @@ def main(argv=None) -> dict:
 
     ours = SparkSession.getActiveSession() is None
     spark = get_spark(config)
-    planter = plant if args.plant == "swaps" else plant_categories
+    planter, planted_kind = (plant, "swap") if args.plant == "swaps" else (plant_categories, "wrong category")
     rows, damaged = planter(read_split(data, "val", read_classes(data), None), args.share, np.random.default_rng(args.seed))
     planted = [r for r in rows if r["photo_id"] in damaged]
-    say(f"merge {len(planted)} validation photos with a planted {'swap' if args.plant == 'swaps' else 'wrong category'} into the copy", t0)
+    say(f"merge {len(planted)} validation photos with a planted {planted_kind} into the copy", t0)
     ingest(args.conf, sets, write_export(planted, root / "exports" / "val-planted.csv"), data, "merge")
 
     say("the nightly job with the config as it is", t0)
@@ -245,7 +245,6 @@ def main(argv=None) -> dict:
                                        # the model's own training time, as its artifact records it
                                        "train_fn": metadata["metrics"].get("total_seconds")},
     }
-    planted_kind = "swap" if args.plant == "swaps" else "wrong category"
     print(f"\n{len(out)} listings ({len(new)} new to the model, {len(damaged)} of them with a planted {planted_kind}); "
           f"recentred over {applied.get('recentred_over')}")
     print("| thresholds | ITA / TIA | precision | recall | clean flagged (catalogue) | clean new listings flagged | "
